@@ -1,0 +1,29 @@
+//! Health, ping, and the 404 fallback.
+
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AppState;
+use crate::util::time::now_iso;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/gateway/ping", get(ping))
+        .route("/", get(|| async { Redirect::temporary("/docs") }))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "healthy", "service": "abstractgateway", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn ping() -> Json<serde_json::Value> {
+    Json(json!({"ok": true, "status": "healthy", "service": "abstractgateway", "time": now_iso()}))
+}
+
+pub async fn not_found(uri: Uri) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"detail": format!("Not Found: {}", uri.path())}))).into_response()
+}

@@ -1,0 +1,61 @@
+//! The durable command inbox: `POST /commands` (idempotent on `command_id`) and
+//! `GET /commands/{command_id}` (what became of it).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::validate::{parse_body, safe_id, Fields};
+use super::AppState;
+use crate::runtime::commands::TYPES;
+use crate::store::NewCommand;
+use crate::util::time::now_iso;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/gateway/commands", post(submit))
+        .route("/api/gateway/commands/{command_id}", get(status))
+}
+
+async fn submit(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let m = parse_body(&body)?;
+    let mut f = Fields::new(&m);
+    let command_id = f.req_str("command_id");
+    let run_id = f.req_str("run_id");
+    let kind = f.req_str("type");
+    let payload = f.opt_obj("payload").unwrap_or_default();
+    let ts = f.opt_str("ts");
+    let client_id = f.opt_str("client_id");
+    f.finish()?;
+    let kind = kind.trim().to_string();
+    if !TYPES.contains(&kind.as_str()) {
+        return Err(ApiError::bad_request(format!("type must be one of {}", TYPES.join("|"))));
+    }
+    let command_id = if command_id.trim().is_empty() { crate::util::new_hex_id() } else { command_id };
+    safe_id("command_id", &command_id)?;
+    safe_id("run_id", &run_id)?;
+    let cmd = NewCommand { command_id: command_id.clone(), run_id: run_id.clone(), kind: kind.clone(), payload: Value::Object(payload), ts: ts.unwrap_or_else(now_iso), client_id };
+    let ack = st.blocking(move |s| s.append_command(cmd)).await?;
+    if ack.accepted {
+        tracing::info!(command_id = %command_id, run_id = %run_id, kind = %kind, seq = ack.seq, "command accepted");
+        st.notifier.wake_runner();
+    }
+    Ok(Json(json!({"accepted": ack.accepted, "duplicate": ack.duplicate, "seq": ack.seq})))
+}
+
+async fn status(State(st): State<AppState>, Path(command_id): Path<String>) -> ApiResult<Json<Value>> {
+    safe_id("command_id", &command_id)?;
+    let id = command_id.clone();
+    let row = st
+        .blocking(move |s| s.get_command(&id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Command '{command_id}' not found")))?;
+    Ok(Json(json!({
+        "command_id": row.command_id, "seq": row.seq, "run_id": row.run_id, "type": row.kind, "payload": row.payload,
+        "ts": row.ts, "client_id": row.client_id, "status": row.state, "detail": row.detail,
+        "affected_run_ids": row.affected_run_ids, "processed_at": row.processed_at,
+    })))
+}

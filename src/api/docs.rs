@@ -1,0 +1,86 @@
+//! `/openapi.json`, built from the route table below (the same paths the routers register; a test
+//! checks every documented operation answers), and `/docs`, an offline page that renders it.
+
+use axum::response::Html;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use super::AppState;
+
+/// (method, path, summary, query params)
+pub const ROUTES: &[(&str, &str, &str, &[&str])] = &[
+    ("get", "/api/health", "Liveness (no auth)", &[]),
+    ("get", "/api/gateway/ping", "Cheap authenticated probe", &[]),
+    ("post", "/api/gateway/runs/start", "Start a run of a bundle entrypoint", &[]),
+    ("post", "/api/gateway/runs/schedule", "Schedule repeated runs of a bundle entrypoint", &[]),
+    ("get", "/api/gateway/runs", "List runs, most recent first", &["status", "workflow_id", "session_id", "parent_run_id", "root_only", "include_drafts", "include_ledger_len", "limit", "offset"]),
+    ("get", "/api/gateway/runs/{run_id}", "Run summary", &[]),
+    ("get", "/api/gateway/runs/{run_id}/input_data", "The entry inputs a run was started with", &[]),
+    ("get", "/api/gateway/runs/{run_id}/ledger", "Replay the ledger from a cursor", &["after", "limit"]),
+    ("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[]),
+    ("get", "/api/gateway/runs/{run_id}/ledger/stream", "Stream the ledger (SSE); resume with ?after= or Last-Event-ID", &["after", "heartbeat_s"]),
+    ("post", "/api/gateway/commands", "Submit a durable command (idempotent on command_id)", &[]),
+    ("get", "/api/gateway/commands/{command_id}", "What became of a command: pending, applied, ignored or rejected", &[]),
+    ("get", "/api/gateway/bundles", "List bundles (latest versions)", &["all_versions", "include_drafts"]),
+    ("post", "/api/gateway/bundles/upload", "Install a .flow bundle (multipart: file, overwrite)", &[]),
+    ("post", "/api/gateway/bundles/reload", "Re-scan the flows directory", &[]),
+    ("get", "/api/gateway/bundles/{bundle_id}", "Inspect a bundle", &["bundle_version"]),
+    ("delete", "/api/gateway/bundles/{bundle_id}", "Remove one version (or all versions) of a bundle", &["bundle_version"]),
+    ("get", "/api/gateway/bundles/{bundle_id}/flows/{flow_id}", "A flow's VisualFlow JSON", &["bundle_version"]),
+    ("get", "/api/gateway/bundles/{bundle_id}/flows/{flow_id}/input_schema", "JSON schema of a flow's inputs", &["bundle_version"]),
+    ("get", "/api/gateway/workflows/{workflow_id}/flow", "A workflow's flow (bundle or generated schedule wrapper)", &[]),
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi)).route("/docs", get(docs)).route("/redoc", get(docs))
+}
+
+pub fn spec() -> Value {
+    let mut paths = Map::new();
+    for (method, path, summary, query) in ROUTES {
+        let mut params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        params.extend(query.iter().map(|q| json!({"name": q, "in": "query", "required": false, "schema": {}})));
+        let mut op = json!({"summary": summary, "parameters": params, "responses": {"200": {"description": "OK"}}});
+        if path.starts_with("/api/gateway") {
+            op["security"] = json!([{"gatewayBearerAuth": []}]);
+            op["responses"]["401"] = json!({"description": "Unauthorized"});
+        }
+        if *method == "post" {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": "object"}}}});
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "AbstractGateway", "description": "Durable Run Gateway (commands + ledger replay/stream).", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"securitySchemes": {"gatewayBearerAuth": {"type": "http", "scheme": "bearer"}}},
+    })
+}
+
+async fn openapi() -> Json<Value> {
+    Json(spec())
+}
+
+async fn docs() -> Html<&'static str> {
+    Html(DOCS_HTML)
+}
+
+/// Self-contained: no CDN, works air-gapped.
+const DOCS_HTML: &str = r#"<!doctype html><html><head><meta charset="utf-8"><title>AbstractGateway API</title>
+<style>body{font:14px/1.45 system-ui,sans-serif;margin:2em;max-width:960px}code{background:#f3f3f3;padding:1px 4px}
+.op{border:1px solid #ddd;border-radius:6px;margin:.5em 0;padding:.5em .8em}.m{font-weight:700;text-transform:uppercase;width:4.5em;display:inline-block}
+.get{color:#2a7}.post{color:#27c}.delete{color:#c33}.lock{color:#a70;font-size:12px}</style></head><body>
+<h1>AbstractGateway API</h1><p>Machine-readable spec: <a href="/openapi.json">/openapi.json</a>. Operations marked 🔒 need <code>Authorization: Bearer &lt;token&gt;</code>.</p>
+<div id="ops">loading…</div><script>
+fetch('/openapi.json').then(r=>r.json()).then(s=>{const o=document.getElementById('ops');o.innerHTML='';
+for(const [p,ms] of Object.entries(s.paths)){for(const [m,op] of Object.entries(ms)){const d=document.createElement('div');d.className='op';
+const q=(op.parameters||[]).filter(x=>x.in==='query').map(x=>x.name).join(', ');
+d.innerHTML=`<span class="m ${m}">${m}</span> <code>${p}</code> ${op.security?'<span class="lock">🔒</span>':''}<br>${op.summary||''}${q?`<br><small>query: ${q}</small>`:''}`;o.appendChild(d);}}});
+</script></body></html>"#;

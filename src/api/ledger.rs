@@ -1,0 +1,206 @@
+//! Ledger replay (`?after=` cursor = records already consumed), batch replay, and the SSE stream.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::validate::{parse_body, query_int, query_map};
+use super::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/gateway/runs/{run_id}/ledger", get(page))
+        .route("/api/gateway/runs/ledger/batch", post(batch))
+        .route("/api/gateway/runs/{run_id}/ledger/stream", get(stream))
+}
+
+const MAX_PAGE: i64 = 10_000;
+
+fn json_response(body: String) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Records are stored as JSON text and spliced into the response without re-parsing.
+fn page_json(items: &[String], next_after: u64) -> String {
+    let mut out = String::with_capacity(items.iter().map(|s| s.len() + 1).sum::<usize>() + 40);
+    out.push_str("{\"items\":[");
+    for (i, it) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(it);
+    }
+    out.push_str("],\"next_after\":");
+    out.push_str(&next_after.to_string());
+    out.push('}');
+    out
+}
+
+async fn page(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let q = query_map(q.as_deref());
+    let after = query_int(&q, "after", 0, 0, None)? as u64;
+    let limit = query_int(&q, "limit", 200, 1, Some(MAX_PAGE))? as u64;
+    let id = run_id.clone();
+    let items = st
+        .blocking(move |s| {
+            if s.get_run(&id)?.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(s.ledger_page(&id, after, limit)?))
+        })
+        .await?
+        .ok_or_else(|| ApiError::run_not_found(&run_id))?;
+    let next = after + items.len() as u64;
+    Ok(json_response(page_json(&items, next)))
+}
+
+async fn batch(State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let m = parse_body(&body)?;
+    let limit = match m.get("limit") {
+        None | Some(Value::Null) => 200,
+        Some(Value::Number(n)) if n.as_i64().map(|v| (1..=MAX_PAGE).contains(&v)).unwrap_or(false) => n.as_i64().unwrap_or(200) as u64,
+        Some(other) => return Err(ApiError::invalid("int_range", json!(["body", "limit"]), format!("limit must be an integer between 1 and {MAX_PAGE}"), other.clone())),
+    };
+    let runs = match m.get("runs") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) => a.clone(),
+        Some(other) => return Err(ApiError::invalid("list_type", json!(["body", "runs"]), "Input should be a valid list", other.clone())),
+    };
+    if runs.len() > 500 {
+        return Err(ApiError::bad_request("at most 500 runs per batch"));
+    }
+    let mut wanted = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        let id = r.get("run_id").and_then(Value::as_str);
+        let after = r.get("after").map(|a| a.as_i64()).unwrap_or(Some(0));
+        match (id, after) {
+            (Some(id), Some(a)) if a >= 0 => wanted.push((id.to_string(), a as u64)),
+            _ => return Err(ApiError::invalid("value_error", json!(["body", "runs", i]), "each item needs run_id (string) and after (integer >= 0)", r.clone())),
+        }
+    }
+    let pages = st
+        .blocking(move |s| {
+            let mut out = Vec::new();
+            for (id, after) in wanted {
+                // Unknown runs are omitted, as upstream does.
+                if s.get_run(&id)?.is_some() {
+                    let items = s.ledger_page(&id, after, limit)?;
+                    out.push((id, after, items));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    let mut body = String::from("{\"runs\":{");
+    for (i, (id, after, items)) in pages.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&serde_json::to_string(id).unwrap_or_default());
+        body.push(':');
+        body.push_str(&page_json(items, after + items.len() as u64));
+    }
+    body.push_str("}}");
+    Ok(json_response(body))
+}
+
+fn frame(cursor: u64, record: &str) -> String {
+    format!("id: {cursor}\nevent: step\ndata: {{\"cursor\":{cursor},\"record\":{record}}}\n\n")
+}
+
+async fn stream(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
+    let q = query_map(q.as_deref());
+    let mut after = query_int(&q, "after", 0, 0, None)? as u64;
+    if !q.contains_key("after") || after == 0 {
+        // Standard SSE reconnection: browsers send the last `id:` they saw.
+        if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
+            after = last;
+        }
+    }
+    let heartbeat = match q.get("heartbeat_s") {
+        None => 5.0,
+        Some(h) => match h.parse::<f64>() {
+            Ok(v) if v > 0.1 && v <= 60.0 => v,
+            _ => return Err(ApiError::invalid("value_error", json!(["query", "heartbeat_s"]), "heartbeat_s must be > 0.1 and <= 60", json!(h))),
+        },
+    };
+    let id = run_id.clone();
+    if st.blocking(move |s| s.get_run(&id)).await?.is_none() {
+        return Err(ApiError::run_not_found(&run_id));
+    }
+    let watch = st.notifier.watch_run(&run_id);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut cursor = after;
+        let mut last_sent = tokio::time::Instant::now();
+        let hb = Duration::from_secs_f64(heartbeat);
+        loop {
+            // Register interest before reading, so an append between read and wait is not missed.
+            let notified = watch.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (rid, c) = (run_id.clone(), cursor);
+            let read = st
+                .blocking(move |s| {
+                    let items = s.ledger_page(&rid, c, 500)?;
+                    // Run state and its terminal record commit together, so "terminal" read after
+                    // an empty page means every record has been seen.
+                    let terminal = if items.is_empty() { s.get_run(&rid)?.map(|r| r.status.is_terminal()).unwrap_or(true) } else { false };
+                    let len = if terminal { s.ledger_len(&rid)? } else { 0 };
+                    Ok((items, terminal, len))
+                })
+                .await;
+            let Ok((items, terminal, len)) = read else { break };
+            if !items.is_empty() {
+                let mut chunk = String::new();
+                for rec in &items {
+                    cursor += 1;
+                    chunk.push_str(&frame(cursor, rec));
+                }
+                if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+                continue;
+            }
+            if terminal {
+                let done = format!("event: done\ndata: {}\n\n", json!({"run_id": run_id, "cursor": len, "status": "terminal"}));
+                let _ = tx.send(Ok(Bytes::from(done))).await;
+                return;
+            }
+            let wait = hb.saturating_sub(last_sent.elapsed());
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(wait) => {
+                    if last_sent.elapsed() >= hb {
+                        if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
+                            return;
+                        }
+                        last_sent = tokio::time::Instant::now();
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream(rx));
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+fn tokio_stream(mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

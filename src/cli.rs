@@ -1,0 +1,315 @@
+//! Command line: `serve`, `runner`, `migrate`, `config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::{self, AppState};
+use crate::config::{envfile, Config};
+use crate::runtime::bundle::BundleRegistry;
+use crate::runtime::notify::Notifier;
+use crate::runtime::runner::Runner;
+use crate::security::Security;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(name = "abstractgateway", version, about = "Durable AI run gateway: start, steer and replay workflow runs over HTTP.",
+    long_about = "abstractgateway is the HTTP control plane for durable AI runs (API-compatible with the Python AbstractGateway).\n\
+Clients start runs of .flow bundles, steer them with durable commands and render them by replaying or streaming each run's ledger.\n\n\
+Configuration comes from ABSTRACTGATEWAY_* environment variables (see `abstractgateway config status`).")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the HTTP API (and, unless --no-runner, advance runs in this process).
+    Serve(ServeArgs),
+    /// Advance runs only (no HTTP); pairs with `serve --no-runner` on the same data dir.
+    Runner(EnvArgs),
+    /// Import an upstream file-backend data dir into SQLite.
+    Migrate(MigrateArgs),
+    /// Inspect or create configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct EnvArgs {
+    /// Read KEY=VALUE lines from this file first (variables already set win).
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1", env = "ABSTRACTGATEWAY_BIND_HOST")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080, env = "ABSTRACTGATEWAY_PORT")]
+    pub port: u16,
+    /// Do not advance runs here (run `abstractgateway runner` separately).
+    #[arg(long)]
+    pub no_runner: bool,
+    #[command(flatten)]
+    pub env: EnvArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// Source backend (only `file`).
+    #[arg(long, default_value = "file")]
+    pub from: String,
+    /// Destination backend (only `sqlite`).
+    #[arg(long, default_value = "sqlite")]
+    pub to: String,
+    /// The upstream data dir to import (defaults to ABSTRACTGATEWAY_DATA_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Database to create (default <data-dir>/gateway.sqlite3).
+    #[arg(long)]
+    pub db_path: Option<PathBuf>,
+    /// Replace an existing database.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Print the effective configuration (token values are never printed).
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        env: EnvArgs,
+    },
+    /// Write a starter env file with a freshly generated token (mode 0600).
+    Init {
+        #[arg(long, default_value = ".env")]
+        env_file: PathBuf,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        auth_token: Option<String>,
+        #[arg(long, default_value = crate::config::DEFAULT_ORIGINS)]
+        allowed_origins: String,
+        #[arg(long, default_value = "./runtime")]
+        data_dir: String,
+        #[arg(long)]
+        flows_dir: Option<String>,
+    },
+}
+
+pub fn init_tracing() {
+    let filter = std::env::var("ABSTRACTGATEWAY_LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn load_env(e: &EnvArgs) -> Result<(), String> {
+    if let Some(p) = &e.env_file {
+        envfile::load(p).map_err(|err| format!("cannot read env file {}: {err}", p.display()))?;
+    }
+    Ok(())
+}
+
+pub fn new_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+const NO_TOKEN: &str = "abstractgateway: refusing to start without a token: set ABSTRACTGATEWAY_AUTH_TOKEN (e.g. `export ABSTRACTGATEWAY_AUTH_TOKEN=$(openssl rand -hex 32)`) or run `abstractgateway config init --env-file .env` and pass `--env-file .env`";
+
+struct Core {
+    cfg: Arc<Config>,
+    store: Arc<SqliteStore>,
+    registry: Arc<BundleRegistry>,
+    notifier: Arc<Notifier>,
+}
+
+async fn open_core(needs_token: bool) -> Result<Core, String> {
+    let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
+    if needs_token && cfg.security_enabled && (cfg.protect_write || cfg.protect_read) && cfg.auth_tokens.is_empty() {
+        return Err(NO_TOKEN.into());
+    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("abstractgateway: cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    cfg.check_db_inside_data_dir().map_err(|e| format!("abstractgateway: {e}"))?;
+    let store = SqliteStore::open(&cfg.db_path).map_err(|e| format!("abstractgateway: cannot open {}: {e}", cfg.db_path.display()))?;
+    let registry = Arc::new(BundleRegistry::new(cfg.flows_dir.clone()));
+    let n = registry.reload().map_err(|e| format!("abstractgateway: {e}"))?;
+    tracing::info!(flows_dir = %cfg.flows_dir.display(), bundles = n, "bundles loaded");
+    let notifier = Notifier::with_peers(&cfg.data_dir).map_err(|e| format!("abstractgateway: cannot create notify socket: {e}"))?;
+    Ok(Core { cfg: Arc::new(cfg), store: Arc::new(store), registry, notifier })
+}
+
+fn spawn_runner(core: &Core, shutdown: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    let runner = Arc::new(Runner {
+        store: core.store.clone() as Arc<dyn Store>,
+        registry: core.registry.clone(),
+        notifier: core.notifier.clone(),
+        max_steps: core.cfg.tick_max_steps,
+    });
+    tokio::spawn(runner.run_forever(shutdown))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    load_env(&args.env)?;
+    let core = open_core(true).await?;
+    let loopback = matches!(args.host.as_str(), "127.0.0.1" | "localhost" | "::1");
+    if !loopback && core.cfg.auth_tokens.iter().any(|t| t.len() < 15) {
+        return Err("abstractgateway: refusing to bind a non-loopback address with a token shorter than 15 characters".into());
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let runner = (!args.no_runner && core.cfg.runner_enabled).then(|| spawn_runner(&core, stop_rx));
+    let state = AppState { cfg: core.cfg.clone(), store: core.store.clone(), registry: core.registry.clone(), notifier: core.notifier.clone() };
+    let app = api::router(state, Security::new(core.cfg.clone()));
+    let host = if args.host == "localhost" { "127.0.0.1".to_string() } else { args.host.clone() };
+    let addr: SocketAddr = format!("{host}:{}", args.port)
+        .parse()
+        .or_else(|_| format!("[{host}]:{}", args.port).parse())
+        .map_err(|_| format!("abstractgateway: invalid --host {:?}", args.host))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("abstractgateway: cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%local, data_dir = %core.cfg.data_dir.display(), runner = runner.is_some(), "abstractgateway listening");
+    eprintln!("abstractgateway listening on http://{local} (data dir: {})", core.cfg.data_dir.display());
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("abstractgateway: server error: {e}"))?;
+    let _ = stop_tx.send(true);
+    if let Some(r) = runner {
+        let _ = r.await;
+    }
+    core.store.close();
+    Ok(())
+}
+
+async fn runner_only(args: EnvArgs) -> Result<(), String> {
+    load_env(&args)?;
+    let core = open_core(false).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let h = spawn_runner(&core, stop_rx);
+    eprintln!("abstractgateway runner started (data dir: {})", core.cfg.data_dir.display());
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = h.await;
+    core.store.close();
+    Ok(())
+}
+
+fn migrate(a: MigrateArgs) -> Result<(), String> {
+    if a.from != "file" || a.to != "sqlite" {
+        return Err(format!("abstractgateway migrate: only --from file --to sqlite is supported (got --from {} --to {})", a.from, a.to));
+    }
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => Config::from_env().map_err(|e| e.to_string())?.data_dir,
+    };
+    let db = a.db_path.unwrap_or_else(|| data_dir.join("gateway.sqlite3"));
+    eprintln!("importing {} into {} ...", data_dir.display(), db.display());
+    let report = crate::store::migrate::migrate_file_to_sqlite(&data_dir, &db, a.overwrite).map_err(|e| format!("abstractgateway migrate: {e}"))?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    Ok(())
+}
+
+fn config(c: ConfigCmd) -> Result<(), String> {
+    match c {
+        ConfigCmd::Status { json, env } => {
+            load_env(&env)?;
+            let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
+            let v = cfg.status_json();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else if let Some(o) = v.as_object() {
+                for (k, val) in o {
+                    println!("{k:24} {}", match val { serde_json::Value::String(s) => s.clone(), other => other.to_string() });
+                }
+            }
+            Ok(())
+        }
+        ConfigCmd::Init { env_file, force, auth_token, allowed_origins, data_dir, flows_dir } => {
+            if env_file.exists() && !force {
+                return Err(format!("{} exists; pass --force to overwrite", env_file.display()));
+            }
+            let token = auth_token.unwrap_or_else(new_token);
+            let mut text = String::from("# abstractgateway configuration (generated by `abstractgateway config init`)\n# Keep this file private: it holds the gateway's bearer token.\n");
+            text.push_str(&format!("ABSTRACTGATEWAY_AUTH_TOKEN={token}\nABSTRACTGATEWAY_ALLOWED_ORIGINS={allowed_origins}\nABSTRACTGATEWAY_DATA_DIR={data_dir}\n"));
+            if let Some(f) = flows_dir {
+                text.push_str(&format!("ABSTRACTGATEWAY_FLOWS_DIR={f}\n"));
+            }
+            write_private(&env_file, &text).map_err(|e| format!("cannot write {}: {e}", env_file.display()))?;
+            println!("wrote {} (mode 0600); start with: abstractgateway serve --env-file {}", env_file.display(), env_file.display());
+            Ok(())
+        }
+    }
+}
+
+fn write_private(p: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(p)?;
+    f.write_all(text.as_bytes())
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let res = match cli.command {
+        Command::Migrate(a) => migrate(a),
+        Command::Config(c) => config(c),
+        Command::Serve(a) => runtime().block_on(serve(a)),
+        Command::Runner(a) => runtime().block_on(runner_only(a)),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("abstractgateway: cannot start the async runtime: {e}");
+            std::process::exit(2)
+        }
+    }
+}

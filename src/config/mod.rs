@@ -1,0 +1,200 @@
+//! One typed configuration, read from `ABSTRACTGATEWAY_*` variables (with the upstream legacy
+//! fallbacks) and optionally from an env file, printed by `abstractgateway config status`.
+
+pub mod envfile;
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub flows_dir: PathBuf,
+    pub db_path: PathBuf,
+    #[serde(skip)]
+    pub auth_tokens: Vec<String>,
+    pub security_enabled: bool,
+    pub protect_read: bool,
+    pub protect_write: bool,
+    pub dev_read_no_auth: bool,
+    pub allowed_origins: Vec<String>,
+    pub max_body_bytes: u64,
+    pub max_bundle_bytes: u64,
+    pub max_upload_body_bytes: u64,
+    pub max_concurrency: usize,
+    pub max_sse: usize,
+    pub lockout_after: u32,
+    pub lockout_base_s: f64,
+    pub lockout_max_s: f64,
+    pub trust_proxy: bool,
+    pub audit_log: bool,
+    pub audit_log_max_bytes: u64,
+    pub audit_log_rotations: u32,
+    pub runner_enabled: bool,
+    pub tick_max_steps: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads a variable, trying legacy names in order; empty values count as unset.
+fn var(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .map(|v| v.trim().to_string())
+        .find(|v| !v.is_empty())
+}
+
+fn flag(names: &[&str], default: bool) -> Result<bool, ConfigError> {
+    match var(names) {
+        None => Ok(default),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::Invalid(format!("{} must be a boolean (1/0/true/false), got {v:?}", names[0]))),
+        },
+    }
+}
+
+fn number<T: std::str::FromStr>(names: &[&str], default: T) -> Result<T, ConfigError> {
+    match var(names) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<T>()
+            .map_err(|_| ConfigError::Invalid(format!("{} must be a number, got {v:?}", names[0]))),
+    }
+}
+
+pub const DEFAULT_ORIGINS: &str = "http://localhost:*,http://127.0.0.1:*";
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let data_dir = PathBuf::from(
+            var(&["ABSTRACTGATEWAY_DATA_DIR", "ABSTRACTFLOW_RUNTIME_DIR", "ABSTRACTFLOW_GATEWAY_DATA_DIR"])
+                .unwrap_or_else(|| "./runtime".into()),
+        );
+        let flows_dir = var(&["ABSTRACTGATEWAY_FLOWS_DIR", "ABSTRACTFRAMEWORK_WORKFLOWS_DIR", "ABSTRACTFLOW_FLOWS_DIR"])
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("flows"));
+        let db_path = var(&["ABSTRACTGATEWAY_DB_PATH"])
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("gateway.sqlite3"));
+        let mut auth_tokens: Vec<String> = Vec::new();
+        if let Some(t) = var(&["ABSTRACTGATEWAY_AUTH_TOKEN", "ABSTRACTFLOW_GATEWAY_AUTH_TOKEN"]) {
+            auth_tokens.push(t);
+        }
+        if let Some(list) = var(&["ABSTRACTGATEWAY_AUTH_TOKENS", "ABSTRACTFLOW_GATEWAY_AUTH_TOKENS"]) {
+            auth_tokens.extend(list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+        }
+        auth_tokens.dedup();
+        let allowed_origins = var(&["ABSTRACTGATEWAY_ALLOWED_ORIGINS", "ABSTRACTFLOW_GATEWAY_ALLOWED_ORIGINS"])
+            .unwrap_or_else(|| DEFAULT_ORIGINS.into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let max_bundle_bytes = number(&["ABSTRACTGATEWAY_MAX_BUNDLE_BYTES"], 78_643_200u64)?;
+        let cfg = Config {
+            db_path,
+            flows_dir,
+            auth_tokens,
+            security_enabled: flag(&["ABSTRACTGATEWAY_SECURITY"], true)?,
+            protect_read: flag(&["ABSTRACTGATEWAY_PROTECT_READ"], true)?,
+            protect_write: flag(&["ABSTRACTGATEWAY_PROTECT_WRITE"], true)?,
+            dev_read_no_auth: flag(&["ABSTRACTGATEWAY_DEV_READ_NO_AUTH"], false)?,
+            allowed_origins,
+            // The live upstream (0.15.x) uses 10 MiB; the older spec used 256000.
+            max_body_bytes: number(&["ABSTRACTGATEWAY_MAX_BODY_BYTES"], 10_485_760u64)?,
+            max_bundle_bytes,
+            max_upload_body_bytes: number(&["ABSTRACTGATEWAY_MAX_UPLOAD_BODY_BYTES"], 0u64)?,
+            max_concurrency: number(&["ABSTRACTGATEWAY_MAX_CONCURRENCY"], 64usize)?,
+            max_sse: number(&["ABSTRACTGATEWAY_MAX_SSE"], 32usize)?,
+            lockout_after: number(&["ABSTRACTGATEWAY_LOCKOUT_AFTER"], 5u32)?,
+            lockout_base_s: number(&["ABSTRACTGATEWAY_LOCKOUT_BASE_S"], 1.0f64)?,
+            lockout_max_s: number(&["ABSTRACTGATEWAY_LOCKOUT_MAX_S"], 60.0f64)?,
+            trust_proxy: flag(&["ABSTRACTGATEWAY_TRUST_PROXY"], false)?,
+            audit_log: flag(&["ABSTRACTGATEWAY_AUDIT_LOG"], true)?,
+            audit_log_max_bytes: number(&["ABSTRACTGATEWAY_AUDIT_LOG_MAX_BYTES"], 52_428_800u64)?,
+            audit_log_rotations: number(&["ABSTRACTGATEWAY_AUDIT_LOG_ROTATIONS"], 10u32)?,
+            runner_enabled: flag(&["ABSTRACTGATEWAY_RUNNER"], true)?,
+            tick_max_steps: number(&["ABSTRACTGATEWAY_TICK_MAX_STEPS"], 10_000usize)?,
+            data_dir,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_concurrency == 0 || self.max_sse == 0 {
+            return Err(ConfigError::Invalid("ABSTRACTGATEWAY_MAX_CONCURRENCY and _MAX_SSE must be >= 1".into()));
+        }
+        if self.lockout_after == 0 {
+            return Err(ConfigError::Invalid("ABSTRACTGATEWAY_LOCKOUT_AFTER must be >= 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Upload routes get the endpoint cap plus 2 MiB of multipart overhead, as upstream.
+    pub fn upload_body_limit(&self) -> u64 {
+        let auto = self.max_bundle_bytes + 2 * 1024 * 1024;
+        if self.max_upload_body_bytes > 0 {
+            auto.min(self.max_upload_body_bytes)
+        } else {
+            auto
+        }
+    }
+
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.data_dir.join("audit_log.jsonl")
+    }
+
+    /// The database must live inside the data dir (upstream refuses otherwise, and so do we:
+    /// a data dir is the unit people back up and move).
+    pub fn check_db_inside_data_dir(&self) -> Result<(), ConfigError> {
+        let dd = absolute(&self.data_dir);
+        let db = absolute(&self.db_path);
+        if !db.starts_with(&dd) {
+            return Err(ConfigError::Invalid(format!(
+                "ABSTRACTGATEWAY_DB_PATH ({}) must be inside ABSTRACTGATEWAY_DATA_DIR ({})",
+                db.display(),
+                dd.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A redacted view for `config status`: token values never leave the process.
+    pub fn status_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "auth_tokens".into(),
+                serde_json::json!({
+                    "count": self.auth_tokens.len(),
+                    "fingerprints": self.auth_tokens.iter().map(|t| crate::util::token_fingerprint(t)).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        v
+    }
+}
+
+pub fn absolute(p: &Path) -> PathBuf {
+    let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    // Lexical normalisation (the paths may not exist yet).
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}

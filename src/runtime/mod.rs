@@ -1,0 +1,12 @@
+//! The run model and everything that advances runs: bundles, flows, the interpreter, commands,
+//! the scheduler and the event-driven runner.
+
+pub mod bundle;
+pub mod commands;
+pub mod flow;
+pub mod interpreter;
+pub mod model;
+pub mod notify;
+pub mod pure;
+pub mod runner;
+pub mod schedule;

@@ -1,0 +1,313 @@
+//! The security baseline, applied to every request by one middleware (`guard`), in upstream order:
+//! request id → origin allowlist → auth lockout → bearer auth → body limit → concurrency limit →
+//! handler → CORS headers → audit log (writes).
+
+pub mod audit;
+pub mod glob;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::util::{new_hex_id, time::now_iso, token_fingerprint};
+
+pub struct Security {
+    cfg: Arc<Config>,
+    token_digests: Vec<[u8; 32]>,
+    lockout: Mutex<HashMap<IpAddr, (u32, Option<Instant>)>>,
+    requests: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    audit: Option<audit::AuditLog>,
+}
+
+fn digest(t: &str) -> [u8; 32] {
+    Sha256::digest(t.as_bytes()).into()
+}
+
+pub fn detail(status: StatusCode, msg: &str) -> Response {
+    let mut r = (status, axum::Json(serde_json::json!({"detail": msg}))).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r
+}
+
+enum Auth {
+    Ok(Option<String>),
+    Missing,
+    Invalid,
+}
+
+impl Security {
+    pub fn new(cfg: Arc<Config>) -> Arc<Security> {
+        let audit = (cfg.security_enabled && cfg.audit_log)
+            .then(|| audit::AuditLog::start(cfg.audit_log_path(), cfg.audit_log_max_bytes, cfg.audit_log_rotations));
+        Arc::new(Security {
+            token_digests: cfg.auth_tokens.iter().map(|t| digest(t)).collect(),
+            lockout: Mutex::new(HashMap::new()),
+            requests: Arc::new(Semaphore::new(cfg.max_concurrency)),
+            streams: Arc::new(Semaphore::new(cfg.max_sse)),
+            audit,
+            cfg,
+        })
+    }
+
+    /// Constant-time check against every configured token (digests, so lengths leak nothing).
+    fn token_ok(&self, token: &str) -> bool {
+        let d = digest(token);
+        let mut ok = 0u8;
+        for t in &self.token_digests {
+            ok |= t.ct_eq(&d).unwrap_u8();
+        }
+        ok == 1
+    }
+
+    fn authenticate(&self, headers: &HeaderMap, query: Option<&str>, read: bool) -> Auth {
+        if let Some(h) = headers.get(header::AUTHORIZATION) {
+            let v = h.to_str().unwrap_or("");
+            return match v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+                Some(t) if self.token_ok(t.trim()) => Auth::Ok(Some(token_fingerprint(t.trim()))),
+                _ => Auth::Invalid,
+            };
+        }
+        // EventSource cannot send headers: reads may carry `?access_token=` (never writes).
+        if read {
+            if let Some(t) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token="))) {
+                let t = percent_decode(t);
+                return if self.token_ok(&t) { Auth::Ok(Some(token_fingerprint(&t))) } else { Auth::Invalid };
+            }
+        }
+        Auth::Missing
+    }
+
+    fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        if self.cfg.trust_proxy {
+            if let Some(ip) = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok())
+            {
+                return ip;
+            }
+        }
+        peer
+    }
+
+    fn locked_for(&self, ip: IpAddr) -> Option<u64> {
+        let map = self.lockout.lock().ok()?;
+        let (_, until) = map.get(&ip)?;
+        let remaining = (*until)?.checked_duration_since(Instant::now())?;
+        // Upstream truncates to whole seconds and does not enforce < 1 s.
+        let secs = remaining.as_secs();
+        (secs >= 1).then_some(secs)
+    }
+
+    /// Records a failed credential; returns Some(retry_after) once the threshold is reached.
+    fn auth_failed(&self, ip: IpAddr) -> Option<u64> {
+        let mut map = self.lockout.lock().ok()?;
+        if map.len() > 100_000 {
+            map.retain(|_, (_, u)| u.map(|u| u > Instant::now()).unwrap_or(false));
+        }
+        let e = map.entry(ip).or_insert((0, None));
+        e.0 += 1;
+        if e.0 >= self.cfg.lockout_after {
+            let exp = (e.0 - self.cfg.lockout_after).min(30);
+            let secs = (self.cfg.lockout_base_s * 2f64.powi(exp as i32)).min(self.cfg.lockout_max_s).max(1.0);
+            e.1 = Some(Instant::now() + Duration::from_secs_f64(secs));
+            return Some(secs.ceil() as u64);
+        }
+        None
+    }
+
+    fn auth_succeeded(&self, ip: IpAddr) {
+        if let Ok(mut map) = self.lockout.lock() {
+            map.remove(&ip);
+        }
+    }
+
+    fn origin_ok(&self, origin: &str) -> bool {
+        glob::origin_allowed(&self.cfg.allowed_origins, origin)
+    }
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn is_write(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+}
+
+fn with_retry_after(mut r: Response, secs: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(new_hex_id);
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let origin_ok = origin.as_deref().map(|o| sec.origin_ok(o));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let gateway = path.starts_with("/api/gateway") || path.starts_with("/v1/");
+    let ip = sec.client_ip(req.headers(), peer.ip());
+
+    let mut audit_fp: Option<String> = None;
+    let mut bytes_in: Option<u64> = None;
+    let write = is_write(&method);
+    let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+
+    let mut resp = 'resp: {
+        // Preflight: answered here; allowed origins only (stricter than upstream, which says yes to all).
+        if method == Method::OPTIONS && origin.is_some() {
+            if origin_ok != Some(true) {
+                break 'resp detail(StatusCode::FORBIDDEN, "Forbidden (origin not allowed)");
+            }
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"));
+            let asked = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.unwrap_or(HeaderValue::from_static("authorization, content-type, last-event-id, x-request-id")));
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+            break 'resp r;
+        }
+        if !gateway || !sec.cfg.security_enabled {
+            break 'resp next.run(req).await;
+        }
+        if origin_ok == Some(false) {
+            break 'resp detail(StatusCode::FORBIDDEN, "Forbidden (origin not allowed)");
+        }
+        if let Some(secs) = sec.locked_for(ip) {
+            break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (auth lockout)"), secs);
+        }
+        let read = matches!(method, Method::GET | Method::HEAD);
+        let needs_auth = if write { sec.cfg.protect_write } else { sec.cfg.protect_read && !(sec.cfg.dev_read_no_auth && ip.is_loopback()) };
+        if needs_auth {
+            if sec.token_digests.is_empty() {
+                break 'resp detail(StatusCode::SERVICE_UNAVAILABLE, "Gateway auth required but no token configured");
+            }
+            match sec.authenticate(req.headers(), query.as_deref(), read) {
+                Auth::Ok(fp) => {
+                    sec.auth_succeeded(ip);
+                    audit_fp = fp;
+                }
+                Auth::Missing => {
+                    let mut r = detail(StatusCode::UNAUTHORIZED, "Unauthorized");
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    break 'resp r;
+                }
+                Auth::Invalid => {
+                    if let Some(secs) = sec.auth_failed(ip) {
+                        tracing::warn!(%ip, "auth lockout engaged after repeated invalid credentials");
+                        break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (auth lockout)"), secs);
+                    }
+                    let mut r = detail(StatusCode::UNAUTHORIZED, "Unauthorized");
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    break 'resp r;
+                }
+            }
+        }
+        let stream = path.ends_with("/ledger/stream");
+        let pool = if stream { sec.streams.clone() } else { sec.requests.clone() };
+        let permit = match tokio::time::timeout(Duration::from_millis(10), pool.acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (concurrency limit)"), 1),
+        };
+        let req = if write {
+            let limit = if path.ends_with("/bundles/upload") { sec.cfg.upload_body_limit() } else { sec.cfg.max_body_bytes };
+            let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            if let Some(n) = declared {
+                if n > limit {
+                    break 'resp detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Payload Too Large ({n} bytes > {limit} bytes)"));
+                }
+            }
+            // Buffer (bounded) so chunked bodies are cut at the limit too.
+            let (parts, body) = req.into_parts();
+            match axum::body::to_bytes(body, limit as usize + 1).await {
+                Ok(b) if b.len() as u64 > limit => {
+                    break 'resp detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Payload Too Large ({} bytes > {limit} bytes)", b.len()));
+                }
+                Ok(b) => {
+                    bytes_in = Some(b.len() as u64);
+                    Request::from_parts(parts, Body::from(b))
+                }
+                Err(_) => break 'resp detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Payload Too Large (> {limit} bytes)")),
+            }
+        } else {
+            req
+        };
+        let mut r = next.run(req).await;
+        if stream {
+            // The SSE permit must live as long as the stream, not the handler call.
+            r.extensions_mut().insert(Arc::new(permit));
+        } else {
+            drop(permit);
+        }
+        r
+    };
+
+    let h = resp.headers_mut();
+    if !h.contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            h.insert("x-request-id", v);
+        }
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let (Some(o), Some(true)) = (&origin, origin_ok) {
+        if let Ok(v) = HeaderValue::from_str(o) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("x-request-id, retry-after, www-authenticate"));
+        }
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("{ms:.1}")) {
+        h.insert("x-gateway-duration-ms", v);
+    }
+    if write && gateway {
+        if let Some(a) = &sec.audit {
+            // Query values are redacted: only keys are kept (a token could sit in a value).
+            let q = query.as_deref().map(|q| q.split('&').map(|kv| format!("{}=<redacted>", kv.split('=').next().unwrap_or(""))).collect::<Vec<_>>().join("&"));
+            a.write(serde_json::json!({
+                "ts": now_iso(), "request_id": request_id, "ip": ip.to_string(), "method": method.as_str(), "path": path,
+                "query": q, "status": resp.status().as_u16(), "duration_ms": (ms * 1000.0).round() / 1000.0,
+                "auth_required": sec.cfg.protect_write, "auth_token_fp": audit_fp, "origin": origin, "user_agent": user_agent, "bytes_in": bytes_in,
+            }));
+        }
+    }
+    resp
+}

@@ -1,0 +1,139 @@
+//! Durable storage behind a `Store` trait: runs, the per-run ledger, the command inbox and consumer
+//! cursors. `api/` and `runtime/` only see this trait, so a Postgres backend can be added later.
+//!
+//! Contract every backend keeps:
+//! - a write returns only after its transaction is durable (SQLite: WAL + `synchronous=FULL`);
+//! - ledger sequence numbers are per run, 1-based and gap-free;
+//! - a `RunnerBatch` (run states + ledger appends + command outcomes + cursor) commits atomically,
+//!   so a run's state and its ledger never disagree, even after `kill -9`.
+
+pub mod migrate;
+pub mod sqlite;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::runtime::model::{RunState, RunStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("run '{0}' already exists")]
+    RunExists(String),
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("corrupt stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("store is shutting down")]
+    Closed,
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub status: Option<RunStatus>,
+    pub workflow_id: Option<String>,
+    pub session_id: Option<String>,
+    pub parent_run_id: Option<String>,
+    pub root_only: bool,
+    pub include_drafts: bool,
+    pub include_internal: bool,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    pub runs: Vec<RunState>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub command_id: String,
+    pub run_id: String,
+    pub kind: String,
+    pub payload: Value,
+    pub ts: String,
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CommandAck {
+    pub accepted: bool,
+    pub duplicate: bool,
+    pub seq: u64,
+}
+
+/// What became of a command once the runner looked at it. Upstream only logs failures; we keep
+/// them, so `GET /commands/{id}` can say why nothing happened.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CommandOutcome {
+    /// `applied` | `ignored` | `rejected`
+    pub state: &'static str,
+    pub detail: String,
+    pub affected_run_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandRow {
+    pub seq: u64,
+    pub command_id: String,
+    pub run_id: String,
+    pub kind: String,
+    pub payload: Value,
+    pub ts: String,
+    pub client_id: Option<String>,
+    /// `pending` until the runner records an outcome.
+    pub state: String,
+    pub detail: Option<String>,
+    pub affected_run_ids: Vec<String>,
+    pub processed_at: Option<String>,
+}
+
+/// Everything one runner pass writes, committed in one transaction.
+#[derive(Debug, Default)]
+pub struct RunnerBatch {
+    /// Run states to insert or replace.
+    pub runs: Vec<RunState>,
+    /// Ledger records to append, in order (`run_id`, record JSON text).
+    pub ledger: Vec<(String, String)>,
+    pub command_outcomes: Vec<(u64, CommandOutcome)>,
+    pub cursor: Option<(String, u64)>,
+}
+
+impl RunnerBatch {
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.ledger.is_empty() && self.command_outcomes.is_empty() && self.cursor.is_none()
+    }
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn create_run(&self, run: &RunState) -> StoreResult<()>;
+    fn get_run(&self, run_id: &str) -> StoreResult<Option<RunState>>;
+    fn list_runs(&self, q: &RunQuery) -> StoreResult<RunPage>;
+    /// Raw record JSON for `ledger[after .. after+limit]` (cursor = records already consumed).
+    fn ledger_page(&self, run_id: &str, after: u64, limit: u64) -> StoreResult<Vec<String>>;
+    fn ledger_len(&self, run_id: &str) -> StoreResult<u64>;
+    /// Commits a runner pass; returns each touched run's new ledger length.
+    fn commit(&self, batch: RunnerBatch) -> StoreResult<Vec<(String, u64)>>;
+    fn append_command(&self, cmd: NewCommand) -> StoreResult<CommandAck>;
+    fn commands_after(&self, seq: u64, limit: u64) -> StoreResult<Vec<CommandRow>>;
+    fn get_command(&self, command_id: &str) -> StoreResult<Option<CommandRow>>;
+    fn cursor(&self, consumer: &str) -> StoreResult<u64>;
+    /// Runs the runner must advance: `running` and not paused.
+    fn runnable_run_ids(&self, limit: u64) -> StoreResult<Vec<String>>;
+    /// Non-paused `until` waits whose deadline is at or before `now_iso`.
+    fn due_run_ids(&self, now_iso: &str, limit: u64) -> StoreResult<Vec<String>>;
+    /// Earliest pending `until` deadline, for the runner's timer.
+    fn next_deadline(&self) -> StoreResult<Option<String>>;
+    fn waiting_on_key(&self, wait_key: &str) -> StoreResult<Vec<String>>;
+    fn children_of(&self, run_id: &str) -> StoreResult<Vec<String>>;
+    /// Parents waiting on a child that is already terminal (repair after a crash).
+    fn stale_subworkflow_waits(&self, limit: u64) -> StoreResult<Vec<String>>;
+    /// Single-runner lease: true if `holder` now holds it for `ttl_s` seconds.
+    fn acquire_lease(&self, holder: &str, ttl_s: f64) -> StoreResult<bool>;
+    fn release_lease(&self, holder: &str) -> StoreResult<()>;
+}

@@ -1,0 +1,36 @@
+//! Small helpers shared by every layer: timestamps, durations, ids, hashing.
+
+pub mod time;
+
+use sha2::{Digest, Sha256};
+
+/// A new run/step id in the upstream format (uuid4, hyphenated).
+pub fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A new id in the upstream "hex" format (uuid4 without hyphens).
+pub fn new_hex_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// First 12 hex chars of sha256(token): how upstream names a token without revealing it.
+pub fn token_fingerprint(token: &str) -> String {
+    sha256_hex(token.as_bytes())[..12].to_string()
+}
+
+/// Ids that end up in file names, SQL keys and URLs: reject path tricks and control characters.
+/// Upstream accepts almost anything here; we refuse `..`, slashes and controls so an id can never
+/// name a path outside its directory.
+pub fn is_safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && id != "."
+        && id != ".."
+        && !id.contains("..")
+        && !id.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+}
