@@ -107,9 +107,8 @@ impl Security {
         let map = self.lockout.lock().ok()?;
         let (_, until) = map.get(&ip)?;
         let remaining = (*until)?.checked_duration_since(Instant::now())?;
-        // Upstream truncates to whole seconds and does not enforce < 1 s.
-        let secs = remaining.as_secs();
-        (secs >= 1).then_some(secs)
+        // Upstream ignores locks with < 1 s left; we enforce them and round Retry-After up.
+        (!remaining.is_zero()).then(|| remaining.as_secs_f64().ceil().max(1.0) as u64)
     }
 
     /// Records a failed credential; returns Some(retry_after) once the threshold is reached.
@@ -270,14 +269,19 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         } else {
             req
         };
-        let mut r = next.run(req).await;
+        let r = next.run(req).await;
         if stream {
-            // The SSE permit must live as long as the stream, not the handler call.
-            r.extensions_mut().insert(Arc::new(permit));
+            // The SSE permit must live as long as the stream body, not the handler call.
+            let (parts, body) = r.into_parts();
+            let body = Body::from_stream(futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+                let _held = &permit;
+                chunk
+            }));
+            Response::from_parts(parts, body)
         } else {
             drop(permit);
+            r
         }
-        r
     };
 
     let h = resp.headers_mut();

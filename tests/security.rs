@@ -1,0 +1,191 @@
+//! Security baseline over real HTTP: auth matrix, origins, CORS, 413, lockout, request ids, audit.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+#[test]
+fn auth_matrix_and_request_ids() {
+    let g = Gateway::start();
+    let c = &g.http;
+    // Health is public.
+    let r = c.get(g.url("/api/health")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-request-id").is_some());
+    // Reads and writes need the token.
+    for (m, p) in [("GET", "/api/gateway/runs?limit=10"), ("GET", "/api/gateway/runs/x/ledger/stream"), ("POST", "/api/gateway/commands")] {
+        let r = c.request(m.parse().unwrap(), g.url(p)).send().unwrap();
+        assert_eq!(r.status(), 401, "{m} {p}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        assert!(r.headers().get("x-request-id").is_some());
+        let v: Value = r.json().unwrap();
+        assert_eq!(v, json!({"detail": "Unauthorized"}));
+    }
+    // Wrong token / wrong scheme.
+    assert_eq!(c.get(g.url("/api/gateway/bundles")).bearer_auth("nope").send().unwrap().status(), 401);
+    assert_eq!(c.get(g.url("/api/gateway/bundles")).header("Authorization", "Basic Zm9vOmJhcg==").send().unwrap().status(), 401);
+    // Right token; supplied request id is echoed.
+    let r = c.get(g.url("/api/gateway/runs?limit=10")).bearer_auth(TOKEN).header("X-Request-Id", "abc-123").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    assert!(r.json::<Value>().unwrap()["items"].is_array());
+    // ?access_token= for reads only.
+    assert_eq!(c.get(g.url(&format!("/api/gateway/bundles?access_token={TOKEN}"))).send().unwrap().status(), 200);
+    let r = c.post(g.url(&format!("/api/gateway/runs/start?access_token={TOKEN}"))).json(&json!({"bundle_id": "test-noop"})).send().unwrap();
+    assert_eq!(r.status(), 401);
+    // Ping.
+    let (s, v) = g.get("/api/gateway/ping");
+    assert_eq!(s, 200);
+    assert_eq!(v["ok"], true);
+}
+
+#[test]
+fn origins_and_cors() {
+    let g = Gateway::start_with(&[("ABSTRACTGATEWAY_ALLOWED_ORIGINS", "http://localhost:*,https://*.ngrok-free.app")], &[]);
+    let c = &g.http;
+    let get = |o: &str| c.get(g.url("/api/gateway/bundles")).bearer_auth(TOKEN).header("Origin", o).send().unwrap();
+    for bad in ["https://evil.example", "http://localhost.evil.example", "null"] {
+        let r = get(bad);
+        assert_eq!(r.status(), 403, "{bad}");
+        assert!(r.headers().get("access-control-allow-origin").is_none(), "CORS must not echo {bad}");
+        assert_eq!(r.json::<Value>().unwrap()["detail"], "Forbidden (origin not allowed)");
+    }
+    for ok in ["http://localhost:3000", "https://abc.ngrok-free.app"] {
+        let r = get(ok);
+        assert_eq!(r.status(), 200, "{ok}");
+        assert_eq!(r.headers()["access-control-allow-origin"], ok);
+        assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    }
+    // Preflight: allowed origin answered, others refused.
+    let pre = |o: &str| {
+        c.request(reqwest::Method::OPTIONS, g.url("/api/gateway/runs/start"))
+            .header("Origin", o)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "authorization,content-type")
+            .send()
+            .unwrap()
+    };
+    let r = pre("http://localhost:5173");
+    assert!(r.status().is_success());
+    assert_eq!(r.headers()["access-control-allow-origin"], "http://localhost:5173");
+    assert_eq!(r.headers()["access-control-allow-headers"], "authorization,content-type");
+    let r = pre("https://evil.example");
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[test]
+fn body_limits_413() {
+    let g = Gateway::start_with(&[("ABSTRACTGATEWAY_MAX_BODY_BYTES", "1000"), ("ABSTRACTGATEWAY_MAX_BUNDLE_BYTES", "2000")], &[]);
+    let big = json!({"bundle_id": "test-noop", "input_data": {"x": "y".repeat(5000)}});
+    let (s, v) = g.post("/api/gateway/runs/start", &big);
+    assert_eq!(s, 413);
+    assert!(v["detail"].as_str().unwrap().starts_with("Payload Too Large ("), "{v}");
+    let (s, _) = g.post("/api/gateway/commands", &json!({"command_id": "c", "run_id": "r", "type": "pause", "payload": {"x": "y".repeat(5000)}}));
+    assert_eq!(s, 413);
+    // Chunked body without Content-Length is cut at the limit too.
+    let body = reqwest::blocking::Body::new(std::io::Cursor::new(big.to_string().into_bytes()));
+    let r = g.http.post(g.url("/api/gateway/runs/start")).bearer_auth(TOKEN).header("content-type", "application/json").body(body).send().unwrap();
+    assert_eq!(r.status(), 413);
+    // Uploads: bundle limit + 2 MiB multipart overhead at the door, bundle limit on the file itself.
+    let (s, v) = upload(&g, vec![b'P'; 5000], false);
+    assert_eq!(s, 413, "{v}");
+    let head = format!("POST /api/gateway/bundles/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n", 3 * 1024 * 1024);
+    let resp = raw_head(g.port, &head);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("Payload Too Large (3145728 bytes > 2099152 bytes)"), "{resp}");
+    // Unauthenticated huge body: auth is checked first.
+    let r = g.http.post(g.url("/api/gateway/runs/start")).json(&big).send().unwrap();
+    assert_eq!(r.status(), 401);
+    // Nothing was written.
+    let (_, runs) = g.get("/api/gateway/runs");
+    assert_eq!(runs["items"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn lockout_after_repeated_bad_tokens() {
+    let g = Gateway::start();
+    let mut statuses = Vec::new();
+    let mut retry = None;
+    for _ in 0..5 {
+        let r = g.http.get(g.url("/api/gateway/bundles")).bearer_auth("bad-token").send().unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(r.json::<Value>().unwrap()["detail"], "Too Many Requests (auth lockout)");
+        }
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 429]);
+    assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
+    // While locked, even the right token is refused.
+    let r = g.http.get(g.url("/api/gateway/bundles")).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+}
+
+#[test]
+fn concurrency_limit_429() {
+    let g = Gateway::start_with(&[("ABSTRACTGATEWAY_MAX_SSE", "1")], &[]);
+    let id = g.start_run(json!({"bundle_id": "test-wait", "input_data": {"event_key": "evt:session:zz:go"}}));
+    g.wait_status(&id, "waiting");
+    let first = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream"))).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(first.status(), 200);
+    let second = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream"))).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["retry-after"], "1");
+    assert_eq!(second.json::<Value>().unwrap()["detail"], "Too Many Requests (concurrency limit)");
+    drop(first);
+}
+
+#[test]
+fn audit_log_has_writes_without_secrets() {
+    let g = Gateway::start();
+    g.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "1"}}));
+    let _ = g.http.post(g.url("/api/gateway/commands?access_token=secret-in-query")).bearer_auth("wrong-secret-token").json(&json!({})).send().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = std::fs::read_to_string(g.dir.join("audit_log.jsonl")).unwrap();
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["path"] == "/api/gateway/runs/start" && l["status"] == 200));
+    assert!(lines.iter().any(|l| l["path"] == "/api/gateway/commands" && l["status"] == 401));
+    for secret in [TOKEN, "wrong-secret-token", "secret-in-query"] {
+        assert!(!log.contains(secret), "audit log leaks {secret}");
+    }
+}
+
+#[test]
+fn refuses_to_start_without_token() {
+    let dir = temp_dir("notoken");
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--port", &free_port().to_string()])
+        .env_clear()
+        .env("ABSTRACTGATEWAY_DATA_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("ABSTRACTGATEWAY_AUTH_TOKEN") && err.contains("config init"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn openapi_and_docs() {
+    let g = Gateway::start();
+    let v: Value = g.http.get(g.url("/openapi.json")).send().unwrap().json().unwrap();
+    assert_eq!(v["components"]["securitySchemes"]["gatewayBearerAuth"], json!({"type": "http", "scheme": "bearer"}));
+    for (path, ops) in v["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            assert_eq!(op.get("security").is_some(), path.starts_with("/api/gateway"), "{method} {path}");
+            // Every documented operation exists (never a 404/405 from the router itself).
+            let url = g.url(&path.replace("{run_id}", "nope").replace("{command_id}", "nope").replace("{bundle_id}", "nope").replace("{flow_id}", "nope").replace("{workflow_id}", "nope"));
+            let r = g.http.request(method.to_uppercase().parse().unwrap(), url).bearer_auth(TOKEN).header("content-type", "application/json").body("{}").send().unwrap();
+            assert_ne!(r.status(), 405, "{method} {path}");
+            if r.status() == 404 {
+                let d: Value = r.json().unwrap();
+                assert!(!d["detail"].as_str().unwrap_or("").starts_with("Not Found:"), "{method} {path} is not routed");
+            }
+        }
+    }
+    let html = g.http.get(g.url("/docs")).send().unwrap().text().unwrap();
+    assert!(html.contains("/openapi.json") && !html.contains("cdn"), "docs must be offline");
+}
