@@ -1,0 +1,472 @@
+//! Runs, commands, ledger and SSE over real HTTP, against the upstream LLM-free test bundles.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+fn wait_run(g: &Gateway, session: &str) -> String {
+    let id = g.start_run(json!({"bundle_id": "test-wait", "session_id": session, "input_data": {"event_key": format!("evt:session:{session}:go")}}));
+    g.wait_status(&id, "waiting");
+    id
+}
+
+#[test]
+fn noop_run_records_and_summary() {
+    let g = Gateway::start();
+    let (s, v) = g.post("/api/gateway/runs/start", &json!({"bundle_id": "test-noop", "input_data": {"x": "hello"}}));
+    assert_eq!(s, 200);
+    assert_eq!(v["resolved_workflow"]["workflow_id"], "test-noop@0.1.0:noop");
+    let id = v["run_id"].as_str().unwrap();
+    let r = g.wait_status(id, "completed");
+    assert_eq!(r["output"], json!({"result": "hello", "success": true}));
+    assert_eq!(r["session_id"], id);
+    assert_eq!(r["actor_id"], "gateway");
+    let led = g.ledger(id);
+    assert_eq!(led.len(), 2);
+    assert_eq!(led[0]["idempotency_key"], "system:completion:end");
+    assert_eq!(led[1]["effect"]["payload"], json!({"name": "abstract.status", "scope": "session", "payload": {"text": "completed"}}));
+    let keys: Vec<&String> = led[0].as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 16, "StepRecord has 16 keys: {keys:?}");
+    // Namespaced flow ids and bundle@version forms resolve too.
+    for body in [json!({"flow_id": "test-noop:noop"}), json!({"flow_id": "test-noop@0.1.0:noop"}), json!({"bundle_id": "test-noop@0.1.0"})] {
+        let (s, v) = g.post("/api/gateway/runs/start", &body);
+        assert_eq!(s, 200, "{body} -> {v}");
+    }
+    let (_, list) = g.get("/api/gateway/runs?limit=2&workflow_id=test-noop@0.1.0:noop");
+    assert_eq!(list["count"], 2);
+    assert_eq!(list["has_more"], true);
+    assert!(list["items"][0]["ledger_len"].as_u64().unwrap() >= 1);
+    let (_, page2) = g.get("/api/gateway/runs?limit=2&offset=2&workflow_id=test-noop@0.1.0:noop");
+    assert_eq!(page2["count"], 2);
+    assert_eq!(page2["has_more"], false);
+}
+
+#[test]
+fn start_errors() {
+    let g = Gateway::start();
+    let cases = [
+        (json!({}), 400, "flow_id is required (or provide bundle_id to start a bundle entrypoint)"),
+        (json!({"bundle_id": "no-such-bundle"}), 404, "Bundle 'no-such-bundle' not found"),
+        (json!({"bundle_id": "test-noop", "bundle_version": "9.9.9"}), 404, "Bundle 'test-noop@9.9.9' not found"),
+        (json!({"bundle_id": "test-noop", "flow_id": "deadbeef"}), 404, "Workflow 'test-noop@0.1.0:deadbeef' not found"),
+        (json!({"bundle_id": "../etc", "flow_id": "x"}), 400, ""),
+    ];
+    for (body, status, detail) in cases {
+        let (s, v) = g.post("/api/gateway/runs/start", &body);
+        assert_eq!(s, status, "{body} -> {v}");
+        if !detail.is_empty() {
+            assert_eq!(v["detail"], detail);
+        }
+    }
+    let (s, v) = g.post("/api/gateway/runs/start", &json!({"bundle_id": "test-noop", "input_data": "hello"}));
+    assert_eq!(s, 422);
+    assert_eq!(v["detail"][0]["type"], "dict_type");
+    assert_eq!(v["detail"][0]["loc"], json!(["body", "input_data"]));
+    let r = g.http.post(g.url("/api/gateway/runs/start")).bearer_auth(TOKEN).header("content-type", "application/json").body("{\"bundle_id\":").send().unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().unwrap()["detail"][0]["type"], "json_invalid");
+    let (s, _) = g.get("/api/gateway/runs?status=bogus");
+    assert_eq!(s, 400);
+    let (s, v) = g.get("/api/gateway/runs/nope-123");
+    assert_eq!((s, v), (404, json!({"detail": "Run 'nope-123' not found"})));
+    // Odd unicode is data, not an error.
+    let id = g.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "héllo \u{1F600} \u{202E}rtl \u{0}nul"}}));
+    let r = g.wait_status(&id, "completed");
+    assert_eq!(r["output"]["result"], "héllo \u{1F600} \u{202E}rtl \u{0}nul");
+    // Nothing but the good runs was written.
+    let (_, list) = g.get("/api/gateway/runs?limit=100");
+    assert_eq!(list["count"], 1);
+}
+
+#[test]
+fn commands_idempotent_and_validated() {
+    let g = Gateway::start();
+    let id = wait_run(&g, "cmd-s1");
+    let a = g.command_ok("cmd-pause-1", &id, "pause", json!({"reason": "test pause"}));
+    assert_eq!(a["accepted"], true);
+    assert_eq!(a["duplicate"], false);
+    let seq = a["seq"].as_u64().unwrap();
+    // Same id, even with a different body, is a duplicate of the original.
+    let d = g.command_ok("cmd-pause-1", &id, "cancel", json!({}));
+    assert_eq!(d, json!({"accepted": false, "duplicate": true, "seq": seq}));
+    let b = g.command_ok("cmd-other", &id, "resume", json!({}));
+    assert!(b["seq"].as_u64().unwrap() > seq);
+    let (s, v) = g.post("/api/gateway/commands", &json!({"command_id": "x", "run_id": id, "type": "explode"}));
+    assert_eq!(s, 400);
+    assert_eq!(v["detail"], "type must be one of pause|resume|cancel|emit_event|update_schedule|compact_memory");
+    let (s, v) = g.post("/api/gateway/commands", &json!({"payload": {}}));
+    assert_eq!(s, 422);
+    let missing: Vec<&Value> = v["detail"].as_array().unwrap().iter().map(|e| &e["loc"][1]).collect();
+    assert_eq!(missing, vec!["command_id", "run_id", "type"]);
+    let (s, v) = g.post("/api/gateway/commands", &json!({"command_id": "y", "run_id": id, "type": "pause", "payload": [1, 2]}));
+    assert_eq!(s, 422);
+    assert_eq!(v["detail"][0]["type"], "dict_type");
+    let (s, _) = g.post("/api/gateway/commands", &json!({"command_id": "../../x", "run_id": id, "type": "pause"}));
+    assert_eq!(s, 400);
+    // Accepted at the door, never silently dropped.
+    g.command_ok("ghost", "no-such-run", "pause", json!({}));
+    let st = g.command_status("ghost");
+    assert_eq!(st["status"], "rejected");
+    assert_eq!(st["detail"], "run 'no-such-run' not found");
+    g.command_ok("noname", "sess-x", "emit_event", json!({}));
+    assert_eq!(g.command_status("noname")["detail"], "payload.name is required for emit_event");
+    assert_eq!(g.command_status("cmd-pause-1")["status"], "applied");
+    let (s, _) = g.get("/api/gateway/commands/never-sent");
+    assert_eq!(s, 404);
+}
+
+#[test]
+fn pause_resume_cancel_emit_on_waiting_runs() {
+    let g = Gateway::start();
+    let id = wait_run(&g, "sess-wait-1");
+    g.command_ok("p1", &id, "pause", json!({"reason": "test pause"}));
+    let r = g.wait_run(&id, "paused", |r| r["paused"] == true);
+    assert_eq!(r["status"], "waiting");
+    assert_eq!(r["pause_reason"], "test pause");
+    assert!(r["paused_at"].is_string());
+    // An event while paused is dropped for the paused run, and the outcome says so.
+    g.command_ok("e0", "sess-wait-1", "emit_event", json!({"name": "go", "payload": {"v": 0}}));
+    let st = g.command_status("e0");
+    assert_eq!(st["status"], "ignored");
+    assert!(st["detail"].as_str().unwrap().contains("paused"), "{st}");
+    assert_eq!(g.run(&id)["status"], "waiting");
+    g.command_ok("r1", &id, "resume", json!({}));
+    let r = g.wait_run(&id, "resumed", |r| r["paused"] == false);
+    assert!(r["resumed_at"].is_string());
+    g.command_ok("e1", "sess-wait-1", "emit_event", json!({"name": "go", "payload": {"answer": 42}}));
+    let r = g.wait_status(&id, "completed");
+    assert_eq!(r["output"]["event_data"]["payload"], json!({"answer": 42}));
+    assert_eq!(r["output"]["event_data"]["emitter"]["source"], "external");
+    assert_eq!(g.command_status("e1")["affected_run_ids"], json!([id]));
+    // Cancel after completion: accepted, ignored, explained.
+    g.command_ok("late-cancel", &id, "cancel", json!({}));
+    let st = g.command_status("late-cancel");
+    assert_eq!(st["status"], "ignored");
+    assert_eq!(st["detail"], "run is already completed");
+    // Cancel a waiting run.
+    let id2 = wait_run(&g, "sess-wait-2");
+    g.command_ok("c1", &id2, "cancel", json!({"reason": "user stop"}));
+    let r = g.wait_status(&id2, "cancelled");
+    assert_eq!(r["error"], "user stop");
+    assert!(r["waiting"].is_null());
+    let led = g.ledger(&id2);
+    let last = led.last().unwrap();
+    assert_eq!(last["idempotency_key"], "system:terminal_status:cancelled");
+    assert_eq!(last["effect"]["payload"]["payload"]["text"], "cancelled");
+    // Resume with a payload answers the wait; a wrong wait_key is rejected with the reason.
+    let id3 = wait_run(&g, "sess-wait-3");
+    g.command_ok("bad-key", &id3, "resume", json!({"wait_key": "evt:session:other:go", "payload": {"t": 1}}));
+    assert!(g.command_status("bad-key")["detail"].as_str().unwrap().starts_with("wait_key mismatch"));
+    g.command_ok("good-key", &id3, "resume", json!({"wait_key": "evt:session:sess-wait-3:go", "payload": {"text": "answer"}}));
+    let r = g.wait_status(&id3, "completed");
+    assert_eq!(r["output"]["event_data"], json!({"text": "answer"}));
+    let led = g.ledger(&id3);
+    assert!(led.iter().any(|rec| rec["effect"]["type"] == "resume" && rec["result"] == json!({"resumed": true})));
+}
+
+#[test]
+fn ask_user_then_resume() {
+    let g = Gateway::start();
+    let id = g.start_run(json!({"bundle_id": "test-ask"}));
+    let r = g.wait_status(&id, "waiting");
+    assert_eq!(r["waiting"]["reason"], "user");
+    assert_eq!(r["waiting"]["prompt"], "who are you ?");
+    let key = r["waiting"]["wait_key"].as_str().unwrap().to_string();
+    g.command_ok("answer", &id, "resume", json!({"wait_key": key, "payload": {"response": "I am X"}}));
+    let r = g.wait_status(&id, "completed");
+    assert_eq!(r["output"], json!({"response": "I am X", "success": true}));
+    // started/terminal pairs share step ids.
+    let led = g.ledger(&id);
+    for (i, rec) in led.iter().enumerate() {
+        assert!(["started", "completed", "waiting", "failed"].contains(&rec["status"].as_str().unwrap()));
+        if rec["status"] == "started" {
+            assert_eq!(led[i + 1]["step_id"], rec["step_id"]);
+            assert_ne!(led[i + 1]["status"], "started");
+        }
+    }
+}
+
+#[test]
+fn ledger_paging() {
+    let g = Gateway::start();
+    let items: Vec<u32> = (0..50).collect();
+    let id = g.start_run(json!({"bundle_id": "test-loop", "input_data": {"items": items}}));
+    g.wait_status(&id, "completed");
+    let (s, all) = g.get(&format!("/api/gateway/runs/{id}/ledger?after=0&limit=2000"));
+    assert_eq!(s, 200);
+    let n = all["items"].as_array().unwrap().len();
+    assert_eq!(n, 102);
+    assert_eq!(all["next_after"], n);
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let (_, p) = g.get(&format!("/api/gateway/runs/{id}/ledger?after={after}&limit=7"));
+        let items = p["items"].as_array().unwrap();
+        assert_eq!(p["next_after"], after + items.len());
+        if items.is_empty() {
+            break;
+        }
+        seen.extend(items.iter().map(|r| r["step_id"].as_str().unwrap().to_string() + r["status"].as_str().unwrap()));
+        after = p["next_after"].as_u64().unwrap() as usize;
+    }
+    let full: Vec<String> = all["items"].as_array().unwrap().iter().map(|r| r["step_id"].as_str().unwrap().to_string() + r["status"].as_str().unwrap()).collect();
+    assert_eq!(seen, full);
+    let (_, past) = g.get(&format!("/api/gateway/runs/{id}/ledger?after=999"));
+    assert_eq!(past, json!({"items": [], "next_after": 999}));
+    for q in ["after=-1", "limit=0", "limit=10001", "after=abc"] {
+        let (s, v) = g.get(&format!("/api/gateway/runs/{id}/ledger?{q}"));
+        assert_eq!(s, 422, "{q}: {v}");
+    }
+    let (s, _) = g.get("/api/gateway/runs/nope/ledger");
+    assert_eq!(s, 404);
+    // Batch: unknown ids are omitted; next_after continues.
+    let id2 = g.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "1"}}));
+    g.wait_status(&id2, "completed");
+    let (s, b) = g.post("/api/gateway/runs/ledger/batch", &json!({"runs": [{"run_id": id, "after": 0}, {"run_id": id2, "after": 0}, {"run_id": "ghost", "after": 0}], "limit": 500}));
+    assert_eq!(s, 200);
+    assert_eq!(b["runs"].as_object().unwrap().len(), 2);
+    assert_eq!(b["runs"][&id2]["next_after"], 2);
+    let (_, b2) = g.post("/api/gateway/runs/ledger/batch", &json!({"runs": [{"run_id": id2, "after": 2}]}));
+    assert_eq!(b2["runs"][&id2]["items"], json!([]));
+}
+
+#[test]
+fn sse_framing_and_reconnect_without_loss_or_duplicates() {
+    let g = Gateway::start();
+    let id = g.start_run(json!({"bundle_id": "test-loopwait", "session_id": "lw", "input_data": {"items": [1, 2, 3, 4], "event_key": "evt:session:lw:next"}}));
+    g.wait_status(&id, "waiting");
+    // First connection: read what exists, then one live event, then disconnect.
+    let resp = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?heartbeat_s=0.2"))).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream; charset=utf-8");
+    let mut fired = false;
+    let g2 = &g;
+    let first = read_sse(resp, |ev| {
+        if ev.comment && !fired {
+            fired = true;
+            g2.command_ok("n1", "lw", "emit_event", json!({"name": "next"}));
+        }
+        ev.id.as_deref().map(|i| i.parse::<u64>().unwrap() >= 5).unwrap_or(false)
+    });
+    assert!(first.iter().any(|e| e.comment), "keep-alive comments are sent while idle");
+    let steps: Vec<&Sse> = first.iter().filter(|e| e.event.as_deref() == Some("step")).collect();
+    for (i, e) in steps.iter().enumerate() {
+        let cursor = (i + 1) as u64;
+        assert_eq!(e.id.as_deref(), Some(cursor.to_string().as_str()));
+        let d: Value = serde_json::from_str(e.data.as_deref().unwrap()).unwrap();
+        assert_eq!(d["cursor"], cursor);
+        assert_eq!(d["record"]["run_id"], id);
+    }
+    let last_id = steps.last().unwrap().id.clone().unwrap();
+    // Events while disconnected.
+    for n in ["n2", "n3", "n4"] {
+        g.command_ok(n, "lw", "emit_event", json!({"name": "next"}));
+        g.command_status(n);
+    }
+    g.wait_status(&id, "completed");
+    // Reconnect with Last-Event-ID: everything after it, once, then done.
+    let resp = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream"))).bearer_auth(TOKEN).header("Last-Event-ID", &last_id).send().unwrap();
+    let rest = read_sse(resp, |_| false);
+    let done = rest.last().unwrap();
+    assert_eq!(done.event.as_deref(), Some("done"));
+    assert!(done.id.is_none());
+    let all_ids: Vec<u64> = steps.iter().copied().chain(rest.iter().filter(|e| e.event.as_deref() == Some("step"))).map(|e| e.id.as_ref().unwrap().parse().unwrap()).collect();
+    let total = g.ledger(&id).len() as u64;
+    assert_eq!(all_ids, (1..=total).collect::<Vec<_>>(), "no loss, no duplicates");
+    let d: Value = serde_json::from_str(done.data.as_deref().unwrap()).unwrap();
+    assert_eq!(d, json!({"run_id": id, "cursor": total, "status": "terminal"}));
+    // The terminal record is always delivered before done.
+    let last_step: Value = serde_json::from_str(rest[rest.len() - 2].data.as_deref().unwrap()).unwrap();
+    assert_eq!(last_step["record"]["idempotency_key"], "system:terminal_status:completed");
+    // ?after= resumes exactly; past the end goes straight to done with the real cursor.
+    let resp = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?after={}", total - 1))).bearer_auth(TOKEN).send().unwrap();
+    let tail = read_sse(resp, |_| false);
+    assert_eq!(tail.len(), 2);
+    assert_eq!(tail[0].id.as_deref(), Some(total.to_string().as_str()));
+    let resp = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?after=999"))).bearer_auth(TOKEN).send().unwrap();
+    let past = read_sse(resp, |_| false);
+    assert_eq!(past.len(), 1);
+    assert_eq!(serde_json::from_str::<Value>(past[0].data.as_deref().unwrap()).unwrap()["cursor"], total);
+    let (s, _) = g.get("/api/gateway/runs/nope/ledger/stream");
+    assert_eq!(s, 404);
+}
+
+#[test]
+fn subflow_and_loop() {
+    let g = Gateway::start();
+    let id = g.start_run(json!({"bundle_id": "test-subflow", "input_data": {"x": "hi"}}));
+    let r = g.wait_status(&id, "completed");
+    assert_eq!(r["output"], json!({"result": "hi", "success": true}));
+    let led = g.ledger(&id);
+    let start = led.iter().find(|r| r["effect"]["type"] == "start_subworkflow").unwrap();
+    assert_eq!(start["effect"]["payload"]["workflow_id"], "test-subflow@0.1.0:child");
+    let (_, kids) = g.get(&format!("/api/gateway/runs?parent_run_id={id}"));
+    assert_eq!(kids["count"], 1);
+    assert_eq!(kids["items"][0]["parent_run_id"], id);
+    assert_eq!(kids["items"][0]["session_id"], id);
+    let items: Vec<u32> = (0..2500).collect();
+    let id = g.start_run(json!({"bundle_id": "test-loop", "input_data": {"items": items}}));
+    g.wait_status(&id, "completed");
+    let led = g.ledger(&id);
+    assert_eq!(led.len(), 2 * 2500 + 2);
+    assert_eq!(led[2 * 2499 + 1]["effect"]["payload"]["payload"], json!({"value": 2499}));
+}
+
+#[test]
+fn schedules_with_repeat_count_and_updates() {
+    let g = Gateway::start();
+    let (s, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.1s", "repeat_count": 2, "start_at": "now", "input_data": {"x": "tick"}}));
+    assert_eq!(s, 200, "{v}");
+    let p = v["run_id"].as_str().unwrap().to_string();
+    let r = g.wait_status(&p, "completed");
+    assert_eq!(r["is_scheduled"], true);
+    assert_eq!(r["schedule"]["kind"], "scheduled_run");
+    let (_, kids) = g.get(&format!("/api/gateway/runs?parent_run_id={p}"));
+    assert_eq!(kids["count"], 2);
+    for k in kids["items"].as_array().unwrap() {
+        assert_eq!(k["session_id"], p);
+        assert_eq!(k["output"]["result"], "tick");
+    }
+    // Separate sessions when share_context is false.
+    let (_, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.05s", "repeat_count": 2, "share_context": false}));
+    let p2 = v["run_id"].as_str().unwrap().to_string();
+    g.wait_status(&p2, "completed");
+    let (_, kids) = g.get(&format!("/api/gateway/runs?parent_run_id={p2}"));
+    let sessions: std::collections::HashSet<String> = kids["items"].as_array().unwrap().iter().map(|k| k["session_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(sessions.len(), 2);
+    assert!(!sessions.contains(&p2));
+    // Validation.
+    for (body, detail) in [
+        (json!({"bundle_id": "test-noop", "flow_id": "noop", "repeat_count": 0}), "repeat_count must be >= 1"),
+        (json!({"bundle_id": "test-noop", "flow_id": "noop", "repeat_count": 3}), "repeat_count > 1 requires interval"),
+        (json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 2, "repeat_until": "2030-01-01T00:00:00Z"}), "repeat_until cannot be combined with repeat_count"),
+        (json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "soon"}), ""),
+        (json!({"bundle_id": "test-noop"}), "bundle_id and flow_id are required"),
+    ] {
+        let (s, v) = g.post("/api/gateway/runs/schedule", &body);
+        assert_eq!(s, 400, "{body} -> {v}");
+        if !detail.is_empty() {
+            assert_eq!(v["detail"], detail);
+        }
+    }
+    // A slow schedule waits on its interval; update_schedule (sent to a child) makes it quick.
+    let (_, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "60s", "repeat_count": 3}));
+    let p3 = v["run_id"].as_str().unwrap().to_string();
+    let r = g.wait_run(&p3, "waiting on interval", |r| r["current_node"] == "wait_interval" && r["status"] == "waiting");
+    assert_eq!(r["waiting"]["reason"], "until");
+    // Pause/resume on a scheduled run.
+    g.command_ok("sp", &p3, "pause", json!({}));
+    g.wait_run(&p3, "paused", |r| r["paused"] == true);
+    g.command_ok("sr", &p3, "resume", json!({}));
+    g.wait_run(&p3, "unpaused", |r| r["paused"] == false);
+    // Resuming a recurrent schedule fires its next execution at once (upstream semantics).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while g.get(&format!("/api/gateway/runs?parent_run_id={p3}")).1["count"] != 2 {
+        assert!(std::time::Instant::now() < deadline, "resume did not fire the next execution");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    g.wait_run(&p3, "waiting on interval again", |r| r["current_node"] == "wait_interval" && r["status"] == "waiting");
+    let (_, kids) = g.get(&format!("/api/gateway/runs?parent_run_id={p3}"));
+    let child = kids["items"][0]["run_id"].as_str().unwrap().to_string();
+    g.command_ok("us", &child, "update_schedule", json!({"interval": "0.1s", "apply_immediately": true}));
+    let r = g.wait_status(&p3, "completed");
+    assert_eq!(r["schedule"]["interval"], "0.1s");
+    assert_eq!(g.get(&format!("/api/gateway/runs?parent_run_id={p3}")).1["count"], 3);
+    assert_eq!(g.command_status("us")["status"], "applied");
+    // The generated wrapper flow can be read back.
+    let (s, f) = g.get(&format!("/api/gateway/workflows/{}/flow", r["workflow_id"].as_str().unwrap()));
+    assert_eq!(s, 200);
+    assert_eq!(f["source"], "dynamic");
+    // update_schedule on a plain run is rejected with a reason.
+    let plain = g.start_run(json!({"bundle_id": "test-noop"}));
+    g.command_ok("us2", &plain, "update_schedule", json!({"interval": "1s"}));
+    assert_eq!(g.command_status("us2")["status"], "rejected");
+    g.command_ok("cm", &plain, "compact_memory", json!({}));
+    assert_eq!(g.command_status("cm")["detail"], "compact_memory applies to scheduled run trees only");
+}
+
+#[test]
+fn bundles_upload_inspect_remove() {
+    let g = Gateway::start();
+    let (_, list) = g.get("/api/gateway/bundles");
+    let first = &list["items"][0];
+    assert_eq!(first["entrypoints"][0]["workflow_id"], format!("{}:{}", first["bundle_ref"].as_str().unwrap(), first["default_entrypoint"].as_str().unwrap()));
+    let noop = std::fs::read_to_string(format!("{BUNDLES}/src/noop.json")).unwrap();
+    let bytes = make_flow(&manifest("demo", "0.0.1", "noop"), &[("flows/noop.json", noop.clone().into_bytes())]);
+    let (s, v) = upload(&g, bytes.clone(), false);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["bundle_ref"], "demo@0.0.1");
+    let (s, v) = upload(&g, bytes.clone(), false);
+    assert_eq!((s, v["detail"].as_str().unwrap()), (400, "Bundle already installed: demo@0.0.1.flow"));
+    assert_eq!(upload(&g, bytes, true).0, 200);
+    // A newer version becomes latest; both stay runnable.
+    let (s, _) = upload(&g, make_flow(&manifest("demo", "0.0.10", "noop"), &[("flows/noop.json", noop.into_bytes())]), false);
+    assert_eq!(s, 200);
+    let (_, b) = g.get("/api/gateway/bundles/demo");
+    assert_eq!(b["bundle_version"], "0.0.10");
+    assert_eq!(b["entrypoints"][0]["inputs"][0]["id"], "x");
+    let (_, sch) = g.get("/api/gateway/bundles/test-ask/flows/ask/input_schema");
+    assert_eq!(sch["version"], 1);
+    assert_eq!(sch["input_data_schema"]["type"], "object");
+    assert_eq!(sch["defaults"], json!({"question": "who are you ?"}));
+    assert_eq!(sch["input_data_schema"]["properties"]["attachment"]["required"], json!(["$artifact"]));
+    let (s, _) = g.get("/api/gateway/bundles/test-ask/flows/nope/input_schema");
+    assert_eq!(s, 404);
+    let id = g.start_run(json!({"bundle_id": "demo", "bundle_version": "0.0.1", "input_data": {"x": "v1"}}));
+    assert_eq!(g.wait_status(&id, "completed")["workflow_id"], "demo@0.0.1:noop");
+    let r = g.http.delete(g.url("/api/gateway/bundles/demo?bundle_version=0.0.1")).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["removed"], 1);
+    let r = g.http.delete(g.url("/api/gateway/bundles/demo?bundle_version=0.0.1")).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(!g.dir.join("flows/demo@0.0.1.flow").exists());
+}
+
+#[test]
+fn unknown_node_type_fails_the_run_naming_it() {
+    let g = Gateway::start();
+    let flow = json!({"id": "f", "nodes": [
+        {"id": "start", "type": "on_flow_start", "data": {"outputs": [{"id": "exec-out", "type": "execution"}]}},
+        {"id": "n2", "type": "teleport", "data": {"inputs": [{"id": "exec-in", "type": "execution"}], "outputs": [{"id": "exec-out", "type": "execution"}]}}],
+        "edges": [{"source": "start", "sourceHandle": "exec-out", "target": "n2", "targetHandle": "exec-in"}], "entryNode": "start"});
+    let (s, _) = upload(&g, make_flow(&manifest("weird", "1.0.0", "f"), &[("flows/f.json", flow.to_string().into_bytes())]), false);
+    assert_eq!(s, 200);
+    let id = g.start_run(json!({"bundle_id": "weird"}));
+    let r = g.wait_status(&id, "failed");
+    assert!(r["error"].as_str().unwrap().contains("Unknown node type 'teleport'"), "{r}");
+    let led = g.ledger(&id);
+    assert_eq!(led[0]["status"], "failed");
+    assert_eq!(led[0]["node_id"], "n2");
+    assert_eq!(led[1]["idempotency_key"], "system:terminal_status:failed");
+}
+
+#[test]
+fn bad_bundle_uploads_are_refused_and_write_nothing() {
+    let g = Gateway::start();
+    let bad = std::fs::read(format!("{BUNDLES}/bad.flow")).unwrap();
+    let (s, v) = upload(&g, bad, false);
+    assert_eq!(s, 400);
+    assert_eq!(v["detail"], "Failed installing bundle: File is not a zip file");
+    let noop = std::fs::read(format!("{BUNDLES}/src/noop.json")).unwrap();
+    let mut m = manifest("evil", "1.0.0", "noop");
+    m["flows"]["noop"] = json!("../../etc/passwd");
+    let (s, v) = upload(&g, make_flow(&m, &[("flows/noop.json", noop.clone())]), false);
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = upload(&g, make_flow(&manifest("evil", "1.0.0", "noop"), &[("flows/noop.json", noop.clone()), ("../escape.txt", b"x".to_vec())]), false);
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("unsafe path"));
+    let (s, _) = upload(&g, make_flow(&manifest("../evil", "1.0.0", "noop"), &[("flows/noop.json", noop.clone())]), false);
+    assert_eq!(s, 400);
+    let mut m = manifest("evil", "1.0.0", "noop");
+    m["bundle_format_version"] = json!("2");
+    let (s, v) = upload(&g, make_flow(&m, &[("flows/noop.json", noop)]), false);
+    assert_eq!((s, v["detail"].as_str().unwrap()), (400, "Failed installing bundle: invalid manifest: bundle_format_version must be \"1\" (got \"2\")"));
+    // Zip bomb: 60 MiB of zeros deflates to ~60 KiB.
+    let (s, v) = upload(&g, make_flow(&manifest("bomb", "1.0.0", "noop"), &[("flows/noop.json", vec![b'0'; 60 * 1024 * 1024])]), false);
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("zip bomb"), "{v}");
+    let names: Vec<String> = std::fs::read_dir(g.dir.join("flows")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.iter().all(|n| n.starts_with("test-")), "{names:?}");
+    // Still serving.
+    assert_eq!(g.get("/api/gateway/ping").0, 200);
+}
