@@ -31,6 +31,7 @@ fn noop_run_records_and_summary() {
     for body in [json!({"flow_id": "test-noop:noop"}), json!({"flow_id": "test-noop@0.1.0:noop"}), json!({"bundle_id": "test-noop@0.1.0"})] {
         let (s, v) = g.post("/api/gateway/runs/start", &body);
         assert_eq!(s, 200, "{body} -> {v}");
+        g.wait_status(v["run_id"].as_str().unwrap(), "completed");
     }
     let (_, list) = g.get("/api/gateway/runs?limit=2&workflow_id=test-noop@0.1.0:noop");
     assert_eq!(list["count"], 2);
