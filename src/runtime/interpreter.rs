@@ -182,8 +182,12 @@ fn push_frame(run: &mut RunState, node_id: &str, frame: Value) {
     }
 }
 
+fn frame_ref<'a>(run: &'a RunState, node_id: &str) -> Option<&'a Value> {
+    run.vars.get("_temp")?.get("_control")?.get("frames")?.get(node_id)
+}
+
 fn frame(run: &RunState, node_id: &str) -> Option<Value> {
-    run.vars.get("_temp")?.get("_control")?.get("frames")?.get(node_id).cloned()
+    frame_ref(run, node_id).cloned()
 }
 
 fn update_frame(run: &mut RunState, node_id: &str, f: Value) {
@@ -514,36 +518,44 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             Ok(Step::Goto(after(run, flow, nid, &handle)))
         }
         "loop" | "foreach" | "for_each" => {
-            let f = match frame(run, nid) {
-                Some(f) => f,
-                None => {
-                    let items = match input(run, flow, node, "items")? {
-                        Value::Array(a) => a,
-                        Value::Null => vec![],
-                        Value::Object(o) => o.into_iter().map(|(_, v)| v).collect(),
-                        other => vec![other],
-                    };
-                    let f = json!({"kind": "loop", "idx": 0, "items": items});
-                    push_frame(run, nid, f.clone());
-                    f
-                }
+            if frame_ref(run, nid).is_none() {
+                let items = match input(run, flow, node, "items")? {
+                    Value::Array(a) => a,
+                    Value::Null => vec![],
+                    Value::Object(o) => o.into_iter().map(|(_, v)| v).collect(),
+                    other => vec![other],
+                };
+                push_frame(run, nid, json!({"kind": "loop", "idx": 0, "items": items}));
+            }
+            // Read the current item by reference: the frame holds every item, and cloning it on
+            // each iteration would make big loops quadratic.
+            let (idx, item) = {
+                let f = frame_ref(run, nid);
+                let idx = f.and_then(|f| f.get("idx")).and_then(Value::as_u64).unwrap_or(0) as usize;
+                (idx, f.and_then(|f| f.get("items")).and_then(|i| i.get(idx)).cloned())
             };
-            let idx = f.get("idx").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let items = f.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
             let body = flow.next(nid, "loop").map(str::to_string);
-            if body.is_none() || idx >= items.len() {
+            let (Some(body), Some(item)) = (body, item) else {
                 pop_frame(run, nid);
                 return Ok(Step::Goto(after(run, flow, nid, "done")));
-            }
-            let mut out = match run.vars.get("_last_output") {
-                Some(Value::Object(o)) => o.clone(),
-                _ => Map::new(),
             };
-            out.insert("item".into(), items[idx].clone());
-            out.insert("index".into(), json!(idx));
-            set_outputs(run, nid, out);
-            update_frame(run, nid, json!({"kind": "loop", "idx": idx + 1, "items": items}));
-            Ok(Step::Goto(body))
+            if let Some(Value::Object(f)) = obj_entry(control(run), "frames").get_mut(nid) {
+                f.insert("idx".into(), json!(idx + 1));
+            }
+            // Upstream keeps the previous output and adds item/index; update it in place.
+            let mut own = Map::new();
+            own.insert("item".into(), item.clone());
+            own.insert("index".into(), json!(idx));
+            obj_entry(temp(run), "node_outputs").insert(nid.to_string(), Value::Object(own));
+            let last = run.vars.entry("_last_output").or_insert_with(|| Value::Object(Map::new()));
+            if !last.is_object() {
+                *last = json!({"input": last.clone()});
+            }
+            if let Value::Object(o) = last {
+                o.insert("item".into(), item);
+                o.insert("index".into(), json!(idx));
+            }
+            Ok(Step::Goto(Some(body)))
         }
         "for" => {
             let f = match frame(run, nid) {
