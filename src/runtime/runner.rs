@@ -212,21 +212,26 @@ impl<'a> Pass<'a> {
         self.records.len() < MAX_RECORDS_PER_PASS && self.dirty.len() < MAX_RUNS_PER_PASS
     }
 
+    fn drain_queue(&mut self) -> StoreResult<()> {
+        while let Some(id) = self.queue.pop_front() {
+            self.queued.remove(&id);
+            self.tick_run(&id)?;
+            if !self.budget_left() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// One pass. Returns (did any work, touched run ids).
+    ///
+    /// Order matters: the command batch is read first, then every run that was already runnable
+    /// is advanced, and only then are the commands applied. A run whose start was acknowledged
+    /// before a client sent a command has therefore reached its wait when the command lands, so an
+    /// `emit_event` sent right after `runs/start` is not lost to a race.
     pub fn run(mut self) -> StoreResult<(bool, Vec<String>)> {
         let mut cursor = self.store.cursor(RUNNER_CONSUMER)?;
         let commands = self.store.commands_after(cursor, 256)?;
-        for c in &commands {
-            if c.state == "pending" {
-                let outcome = self.apply_command(c);
-                tracing::info!(command_id = %c.command_id, seq = c.seq, kind = %c.kind, state = outcome.state, detail = %outcome.detail, "command processed");
-                self.outcomes.push((c.seq, outcome));
-            }
-            cursor = c.seq;
-        }
-        if !commands.is_empty() {
-            self.cursor = Some((RUNNER_CONSUMER.into(), cursor));
-        }
         let now_s = now_iso();
         for id in self.store.runnable_run_ids(512)? {
             self.enqueue(&id);
@@ -237,14 +242,21 @@ impl<'a> Pass<'a> {
         for id in self.store.stale_subworkflow_waits(64)? {
             self.enqueue(&id);
         }
-        while let Some(id) = self.queue.pop_front() {
-            self.queued.remove(&id);
-            self.tick_run(&id)?;
+        self.drain_queue()?;
+        for c in &commands {
             if !self.budget_left() {
                 break;
             }
+            if c.state == "pending" {
+                let outcome = self.apply_command(c);
+                tracing::info!(command_id = %c.command_id, seq = c.seq, kind = %c.kind, state = outcome.state, detail = %outcome.detail, "command processed");
+                self.outcomes.push((c.seq, outcome));
+            }
+            cursor = c.seq;
+            self.cursor = Some((RUNNER_CONSUMER.into(), cursor));
+            self.drain_queue()?;
         }
-        let worked = !commands.is_empty() || !self.dirty.is_empty();
+        let worked = self.cursor.is_some() || !self.dirty.is_empty();
         let mut touched: Vec<String> = self.dirty.clone();
         for (r, _) in &self.records {
             if !touched.contains(r) {
@@ -316,7 +328,7 @@ impl Runner {
     /// Runs passes until `shutdown` flips. Sleeps only until the next wake-up: a notification, the
     /// earliest due timer, or the lease renewal.
     pub async fn run_forever(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let holder = format!("{}-{}", std::process::id(), crate::util::new_hex_id());
+        let holder = format!("{}@{}-{}", std::process::id(), host_id(), crate::util::new_hex_id());
         let mut holding = false;
         let mut renewed = Instant::now() - LEASE_RENEW * 2;
         loop {
@@ -326,7 +338,12 @@ impl Runner {
             if !holding || renewed.elapsed() >= LEASE_RENEW {
                 let store = self.store.clone();
                 let h = holder.clone();
-                let got = tokio::task::spawn_blocking(move || store.acquire_lease(&h, LEASE_TTL_S)).await;
+                let got = tokio::task::spawn_blocking(move || {
+                    // A holder whose process is gone (kill -9 on this host) need not be waited out.
+                    let dead = store.lease_holder()?.filter(|cur| cur != &h && holder_is_dead(cur));
+                    store.acquire_lease(&h, LEASE_TTL_S, dead.as_deref())
+                })
+                .await;
                 let got = matches!(got, Ok(Ok(true)));
                 if got && !holding {
                     tracing::info!(holder = %holder, "runner lease acquired; this process advances runs");
@@ -382,4 +399,22 @@ impl Runner {
             let _ = tokio::task::spawn_blocking(move || store.release_lease(&holder)).await;
         }
     }
+}
+
+/// Identifies this host, so a lease holder's pid is only checked on the host that owns it.
+fn host_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// True when the holder ran on this host (same boot) and its process no longer exists.
+fn holder_is_dead(holder: &str) -> bool {
+    let Some((pid, rest)) = holder.split_once('@') else { return false };
+    let Some((host, _)) = rest.rsplit_once('-') else { return false };
+    if host.is_empty() || host != host_id() || pid.parse::<u32>().is_err() {
+        return false;
+    }
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

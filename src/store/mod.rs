@@ -133,7 +133,10 @@ pub trait Store: Send + Sync + 'static {
     fn children_of(&self, run_id: &str) -> StoreResult<Vec<String>>;
     /// Parents waiting on a child that is already terminal (repair after a crash).
     fn stale_subworkflow_waits(&self, limit: u64) -> StoreResult<Vec<String>>;
-    /// Single-runner lease: true if `holder` now holds it for `ttl_s` seconds.
-    fn acquire_lease(&self, holder: &str, ttl_s: f64) -> StoreResult<bool>;
+    /// Single-runner lease: true if `holder` now holds it for `ttl_s` seconds. `steal_from` names
+    /// a holder known to be dead, whose lease may be taken before it expires.
+    fn acquire_lease(&self, holder: &str, ttl_s: f64, steal_from: Option<&str>) -> StoreResult<bool>;
+    /// The current lease holder, if any.
+    fn lease_holder(&self) -> StoreResult<Option<String>>;
     fn release_lease(&self, holder: &str) -> StoreResult<()>;
 }

@@ -77,7 +77,7 @@ enum Op {
     CreateRun(RunState),
     AppendCommand(NewCommand),
     Commit(RunnerBatch),
-    Lease { holder: String, ttl_s: f64 },
+    Lease { holder: String, ttl_s: f64, steal_from: Option<String> },
     Release(String),
 }
 
@@ -341,14 +341,14 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
             }
             Ok(OpOut::Heads(heads))
         }
-        Op::Lease { holder, ttl_s } => {
+        Op::Lease { holder, ttl_s, steal_from } => {
             let now = epoch_s();
             let n = conn.prepare_cached(
                 "INSERT INTO runner_lease (name, holder, expires_at) VALUES ('runner', ?1, ?2) \
                  ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-                 WHERE runner_lease.holder = excluded.holder OR runner_lease.expires_at < ?3",
+                 WHERE runner_lease.holder = excluded.holder OR runner_lease.expires_at < ?3 OR runner_lease.holder = ?4",
             )?
-            .execute(params![holder, now + ttl_s, now])?;
+            .execute(params![holder, now + ttl_s, now, steal_from])?;
             Ok(OpOut::Bool(n > 0))
         }
         Op::Release(holder) => {
@@ -557,8 +557,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn acquire_lease(&self, holder: &str, ttl_s: f64) -> StoreResult<bool> {
-        match self.submit(Op::Lease { holder: holder.into(), ttl_s })? {
+    fn lease_holder(&self) -> StoreResult<Option<String>> {
+        self.read(|c| Ok(c.prepare_cached("SELECT holder FROM runner_lease WHERE name = 'runner'")?.query_row([], |r| r.get(0)).optional()?))
+    }
+
+    fn acquire_lease(&self, holder: &str, ttl_s: f64, steal_from: Option<&str>) -> StoreResult<bool> {
+        match self.submit(Op::Lease { holder: holder.into(), ttl_s, steal_from: steal_from.map(str::to_string) })? {
             OpOut::Bool(b) => Ok(b),
             _ => Err(StoreError::Other("unexpected writer reply".into())),
         }

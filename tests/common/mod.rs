@@ -190,10 +190,18 @@ impl Gateway {
         }
     }
 
+    /// The whole ledger, paging through it (a page holds at most 10,000 records).
     pub fn ledger(&self, id: &str) -> Vec<Value> {
-        let (s, v) = self.get(&format!("/api/gateway/runs/{id}/ledger?limit=10000"));
-        assert_eq!(s, 200, "{v}");
-        v["items"].as_array().unwrap().clone()
+        let mut out = Vec::new();
+        loop {
+            let (s, v) = self.get(&format!("/api/gateway/runs/{id}/ledger?after={}&limit=10000", out.len()));
+            assert_eq!(s, 200, "{v}");
+            let items = v["items"].as_array().unwrap();
+            if items.is_empty() {
+                return out;
+            }
+            out.extend(items.iter().cloned());
+        }
     }
 }
 
