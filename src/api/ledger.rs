@@ -50,17 +50,23 @@ async fn page(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery(q
     let after = query_int(&q, "after", 0, 0, None)? as u64;
     let limit = query_int(&q, "limit", 200, 1, Some(MAX_PAGE))? as u64;
     let id = run_id.clone();
-    let items = st
+    let body = st
         .blocking(move |s| {
-            if s.get_run(&id)?.is_none() {
+            if !s.run_exists(&id)? {
                 return Ok(None);
             }
-            Ok(Some(s.ledger_page(&id, after, limit)?))
+            // Records are stored as JSON text: splice them straight into the body.
+            let mut body = String::with_capacity(64 * 1024);
+            body.push_str("{\"items\":[");
+            let n = s.ledger_page_into(&id, after, limit, &mut body)?;
+            body.push_str("],\"next_after\":");
+            body.push_str(&(after + n).to_string());
+            body.push('}');
+            Ok(Some(body))
         })
         .await?
         .ok_or_else(|| ApiError::run_not_found(&run_id))?;
-    let next = after + items.len() as u64;
-    Ok(json_response(page_json(&items, next)))
+    Ok(json_response(body))
 }
 
 async fn batch(State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
@@ -92,7 +98,7 @@ async fn batch(State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
             let mut out = Vec::new();
             for (id, after) in wanted {
                 // Unknown runs are omitted, as upstream does.
-                if s.get_run(&id)?.is_some() {
+                if s.run_exists(&id)? {
                     let items = s.ledger_page(&id, after, limit)?;
                     out.push((id, after, items));
                 }
@@ -134,7 +140,7 @@ async fn stream(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery
         },
     };
     let id = run_id.clone();
-    if st.blocking(move |s| s.get_run(&id)).await?.is_none() {
+    if !st.blocking(move |s| s.run_exists(&id)).await? {
         return Err(ApiError::run_not_found(&run_id));
     }
     let watch = st.notifier.watch_run(&run_id);

@@ -113,10 +113,23 @@ impl RunnerBatch {
 pub trait Store: Send + Sync + 'static {
     fn create_run(&self, run: &RunState) -> StoreResult<()>;
     fn get_run(&self, run_id: &str) -> StoreResult<Option<RunState>>;
+    fn run_exists(&self, run_id: &str) -> StoreResult<bool>;
     fn list_runs(&self, q: &RunQuery) -> StoreResult<RunPage>;
     /// Raw record JSON for `ledger[after .. after+limit]` (cursor = records already consumed).
     fn ledger_page(&self, run_id: &str, after: u64, limit: u64) -> StoreResult<Vec<String>>;
     fn ledger_len(&self, run_id: &str) -> StoreResult<u64>;
+    /// Like `ledger_page`, but appends the records to `out` as a JSON array body (comma
+    /// separated, no brackets) without per-record allocations. Returns how many were written.
+    fn ledger_page_into(&self, run_id: &str, after: u64, limit: u64, out: &mut String) -> StoreResult<u64> {
+        let items = self.ledger_page(run_id, after, limit)?;
+        for (i, it) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(it);
+        }
+        Ok(items.len() as u64)
+    }
     /// Commits a runner pass; returns each touched run's new ledger length.
     fn commit(&self, batch: RunnerBatch) -> StoreResult<Vec<(String, u64)>>;
     fn append_command(&self, cmd: NewCommand) -> StoreResult<CommandAck>;

@@ -407,6 +407,26 @@ impl Store for SqliteStore {
         })
     }
 
+    fn run_exists(&self, run_id: &str) -> StoreResult<bool> {
+        self.read(|c| Ok(c.prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")?.query_row([run_id], |_| Ok(())).optional()?.is_some()))
+    }
+
+    fn ledger_page_into(&self, run_id: &str, after: u64, limit: u64, out: &mut String) -> StoreResult<u64> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT record_json FROM ledger WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
+            let mut rows = stmt.query(params![run_id, after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as u64) as i64])?;
+            let mut n = 0u64;
+            while let Some(row) = rows.next()? {
+                if n > 0 {
+                    out.push(',');
+                }
+                out.push_str(row.get_ref(0)?.as_str().map_err(|e| StoreError::Other(e.to_string()))?);
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     fn list_runs(&self, q: &RunQuery) -> StoreResult<RunPage> {
         let mut sql = String::from("SELECT run_json FROM runs WHERE 1=1");
         let mut args: Vec<String> = Vec::new();
