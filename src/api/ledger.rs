@@ -56,7 +56,8 @@ async fn page(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery(q
                 return Ok(None);
             }
             // Records are stored as JSON text: splice them straight into the body.
-            let mut body = String::with_capacity(64 * 1024);
+            // Records average ~600 bytes; sizing up front avoids regrowing a multi-MB buffer.
+            let mut body = String::with_capacity((limit.min(20_000) as usize) * 640 + 64);
             body.push_str("{\"items\":[");
             let n = s.ledger_page_into(&id, after, limit, &mut body)?;
             body.push_str("],\"next_after\":");

@@ -117,6 +117,9 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -8000)?;
+    // Readers map the database instead of copying pages through read(2): replays are mostly
+    // large sequential scans of one run's records.
+    conn.pragma_update(None, "mmap_size", 256i64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
