@@ -33,7 +33,11 @@ fn free_port() -> u16 {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(16).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(16)
+        .build()
+        .unwrap()
 }
 
 fn launch(name: &'static str, exe: &Path, upstream: bool) -> Target {
@@ -72,7 +76,13 @@ fn launch(name: &'static str, exe: &Path, upstream: bool) -> Target {
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    Target { name, child, port, dir, cold_start: t0.elapsed() }
+    Target {
+        name,
+        child,
+        port,
+        dir,
+        cold_start: t0.elapsed(),
+    }
 }
 
 impl Target {
@@ -81,30 +91,62 @@ impl Target {
     }
     fn rss_mib(&self) -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|k| k.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
     }
     fn upload_bundles(&self, http: &reqwest::blocking::Client) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bundles");
         for name in ["test-noop@0.1.0.flow", "test-wait@0.1.0.flow", "test-loop@0.1.0.flow"] {
             let bytes = std::fs::read(format!("{dir}/{name}")).unwrap();
-            let form = reqwest::blocking::multipart::Form::new().part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name(name.to_string()));
-            let r = http.post(self.url("/api/gateway/bundles/upload")).bearer_auth(TOKEN).multipart(form).send().unwrap();
-            assert!(r.status().is_success(), "{}: upload {name}: {}", self.name, r.text().unwrap_or_default());
+            let form = reqwest::blocking::multipart::Form::new()
+                .part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name(name.to_string()));
+            let r = http
+                .post(self.url("/api/gateway/bundles/upload"))
+                .bearer_auth(TOKEN)
+                .multipart(form)
+                .send()
+                .unwrap();
+            assert!(
+                r.status().is_success(),
+                "{}: upload {name}: {}",
+                self.name,
+                r.text().unwrap_or_default()
+            );
         }
     }
     fn start(&self, http: &reqwest::blocking::Client, body: &Value) -> String {
-        let r = http.post(self.url("/api/gateway/runs/start")).bearer_auth(TOKEN).json(body).send().unwrap();
+        let r = http
+            .post(self.url("/api/gateway/runs/start"))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .unwrap();
         assert!(r.status().is_success());
         r.json::<Value>().unwrap()["run_id"].as_str().unwrap().to_string()
     }
     fn wait_status(&self, http: &reqwest::blocking::Client, id: &str, status: &str) {
         let t0 = Instant::now();
         loop {
-            let v: Value = http.get(self.url(&format!("/api/gateway/runs/{id}"))).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+            let v: Value = http
+                .get(self.url(&format!("/api/gateway/runs/{id}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
             if v["status"] == status {
                 return;
             }
-            assert!(t0.elapsed() < Duration::from_secs(300), "{}: run {id} stuck at {}", self.name, v["status"]);
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "{}: run {id} stuck at {}",
+                self.name,
+                v["status"]
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -144,7 +186,10 @@ struct Figures {
 
 fn measure(t: &Target, quick: bool) -> Figures {
     let http = client();
-    let mut f = Figures { cold_ms: t.cold_start.as_secs_f64() * 1e3, ..Default::default() };
+    let mut f = Figures {
+        cold_ms: t.cold_start.as_secs_f64() * 1e3,
+        ..Default::default()
+    };
     std::thread::sleep(Duration::from_secs(2));
     f.idle_rss_mib = t.rss_mib();
     t.upload_bundles(&http);
@@ -160,7 +205,10 @@ fn measure(t: &Target, quick: bool) -> Figures {
     }
     f.start_p50_ms = pct(&mut lat, 0.5);
     f.start_p99_ms = pct(&mut lat, 0.99);
-    eprintln!("[{}] sequential start p50 {:.2} ms p99 {:.2} ms ({n} starts)", t.name, f.start_p50_ms, f.start_p99_ms);
+    eprintln!(
+        "[{}] sequential start p50 {:.2} ms p99 {:.2} ms ({n} starts)",
+        t.name, f.start_p50_ms, f.start_p99_ms
+    );
 
     // 8 concurrent clients for a fixed time.
     let secs = if quick { 2.0 } else { 5.0 };
@@ -175,7 +223,11 @@ fn measure(t: &Target, quick: bool) -> Figures {
                 let http = client();
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let r = http.post(&url).bearer_auth(TOKEN).json(&json!({"bundle_id": "test-noop", "input_data": {"x": format!("c{w}-{i}")}})).send();
+                    let r = http
+                        .post(&url)
+                        .bearer_auth(TOKEN)
+                        .json(&json!({"bundle_id": "test-noop", "input_data": {"x": format!("c{w}-{i}")}}))
+                        .send();
                     if matches!(r, Ok(ref r) if r.status().is_success()) {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
@@ -214,14 +266,34 @@ fn measure(t: &Target, quick: bool) -> Figures {
     let mut lat = Vec::new();
     for i in 0..if quick { 5 } else { 20 } {
         let session = format!("bench-{}-{i}", t.name);
-        let id = t.start(&http, &json!({"bundle_id": "test-wait", "session_id": session, "input_data": {"event_key": format!("evt:session:{session}:go")}}));
+        let id = t.start(
+            &http,
+            &json!({"bundle_id": "test-wait", "session_id": session, "input_data": {"event_key": format!("evt:session:{session}:go")}}),
+        );
         t.wait_status(&http, &id, "waiting");
-        let n = http.get(t.url(&format!("/api/gateway/runs/{id}/ledger?after=0&limit=100"))).bearer_auth(TOKEN).send().unwrap().json::<Value>().unwrap()["next_after"].as_u64().unwrap();
-        let resp = client().get(t.url(&format!("/api/gateway/runs/{id}/ledger/stream?after={n}&heartbeat_s=30"))).bearer_auth(TOKEN).send().unwrap();
+        let n = http
+            .get(t.url(&format!("/api/gateway/runs/{id}/ledger?after=0&limit=100")))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["next_after"]
+            .as_u64()
+            .unwrap();
+        let resp = client()
+            .get(t.url(&format!("/api/gateway/runs/{id}/ledger/stream?after={n}&heartbeat_s=30")))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
         let mut reader = BufReader::new(resp);
         std::thread::sleep(Duration::from_millis(50));
         let t0 = Instant::now();
-        let r = http.post(t.url("/api/gateway/commands")).bearer_auth(TOKEN).json(&json!({"command_id": format!("{session}-go"), "run_id": session, "type": "emit_event", "payload": {"name": "go"}})).send().unwrap();
+        let r = http
+            .post(t.url("/api/gateway/commands"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"command_id": format!("{session}-go"), "run_id": session, "type": "emit_event", "payload": {"name": "go"}}))
+            .send()
+            .unwrap();
         assert!(r.status().is_success());
         let mut line = String::new();
         loop {
@@ -246,7 +318,11 @@ fn main() {
         return;
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("machine: {} cores, loadavg {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!(
+        "machine: {} cores, loadavg {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
     let ours = {
         let t = launch("ours", Path::new(env!("CARGO_BIN_EXE_abstractgateway")), false);
         measure(&t, quick)
@@ -256,13 +332,55 @@ fn main() {
         measure(&t, quick)
     });
     let rows: [(&str, f64, Option<f64>, bool, &str); 7] = [
-        ("cold start to healthy (ms)", ours.cold_ms, upstream.as_ref().map(|u| u.cold_ms), false, "<= 100"),
-        ("idle RSS (MiB)", ours.idle_rss_mib, upstream.as_ref().map(|u| u.idle_rss_mib), false, "<= 20"),
-        ("start p50, sequential (ms)", ours.start_p50_ms, upstream.as_ref().map(|u| u.start_p50_ms), false, ""),
-        ("start p99, sequential (ms)", ours.start_p99_ms, upstream.as_ref().map(|u| u.start_p99_ms), false, "<= 3"),
-        ("starts/s, 8 clients", ours.starts_per_s, upstream.as_ref().map(|u| u.starts_per_s), true, ">= 2000"),
-        ("replay 5,000 records p50 (ms)", ours.replay_p50_ms, upstream.as_ref().map(|u| u.replay_p50_ms), false, "<= 5"),
-        ("command -> SSE frame p50 (ms)", ours.cmd_sse_p50_ms, upstream.as_ref().map(|u| u.cmd_sse_p50_ms), false, "<= 5"),
+        (
+            "cold start to healthy (ms)",
+            ours.cold_ms,
+            upstream.as_ref().map(|u| u.cold_ms),
+            false,
+            "<= 100",
+        ),
+        (
+            "idle RSS (MiB)",
+            ours.idle_rss_mib,
+            upstream.as_ref().map(|u| u.idle_rss_mib),
+            false,
+            "<= 20",
+        ),
+        (
+            "start p50, sequential (ms)",
+            ours.start_p50_ms,
+            upstream.as_ref().map(|u| u.start_p50_ms),
+            false,
+            "",
+        ),
+        (
+            "start p99, sequential (ms)",
+            ours.start_p99_ms,
+            upstream.as_ref().map(|u| u.start_p99_ms),
+            false,
+            "<= 3",
+        ),
+        (
+            "starts/s, 8 clients",
+            ours.starts_per_s,
+            upstream.as_ref().map(|u| u.starts_per_s),
+            true,
+            ">= 2000",
+        ),
+        (
+            "replay 5,000 records p50 (ms)",
+            ours.replay_p50_ms,
+            upstream.as_ref().map(|u| u.replay_p50_ms),
+            false,
+            "<= 5",
+        ),
+        (
+            "command -> SSE frame p50 (ms)",
+            ours.cmd_sse_p50_ms,
+            upstream.as_ref().map(|u| u.cmd_sse_p50_ms),
+            false,
+            "<= 5",
+        ),
     ];
     println!();
     println!("{:<32} {:>12} {:>12} {:>12}  {}", "metric", "ours", "upstream", "advantage", "goal");

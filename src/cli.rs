@@ -16,10 +16,14 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
 #[derive(Parser, Debug)]
-#[command(name = "abstractgateway", version, about = "Durable AI run gateway: start, steer and replay workflow runs over HTTP.",
+#[command(
+    name = "abstractgateway",
+    version,
+    about = "Durable AI run gateway: start, steer and replay workflow runs over HTTP.",
     long_about = "abstractgateway is the HTTP control plane for durable AI runs (API-compatible with the Python AbstractGateway).\n\
 Clients start runs of .flow bundles, steer them with durable commands and render them by replaying or streaming each run's ledger.\n\n\
-Configuration comes from ABSTRACTGATEWAY_* environment variables (see `abstractgateway config status`).")]
+Configuration comes from ABSTRACTGATEWAY_* environment variables (see `abstractgateway config status`)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -104,7 +108,9 @@ pub enum ConfigCmd {
 }
 
 pub fn init_tracing() {
-    let filter = std::env::var("ABSTRACTGATEWAY_LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    let filter = std::env::var("ABSTRACTGATEWAY_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -140,14 +146,20 @@ async fn open_core(needs_token: bool) -> Result<Core, String> {
     if needs_token && cfg.security_enabled && (cfg.protect_write || cfg.protect_read) && cfg.auth_tokens.is_empty() {
         return Err(NO_TOKEN.into());
     }
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("abstractgateway: cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("abstractgateway: cannot create data dir {}: {e}", cfg.data_dir.display()))?;
     cfg.check_db_inside_data_dir().map_err(|e| format!("abstractgateway: {e}"))?;
     let store = SqliteStore::open(&cfg.db_path).map_err(|e| format!("abstractgateway: cannot open {}: {e}", cfg.db_path.display()))?;
     let registry = Arc::new(BundleRegistry::new(cfg.flows_dir.clone()));
     let n = registry.reload().map_err(|e| format!("abstractgateway: {e}"))?;
     tracing::info!(flows_dir = %cfg.flows_dir.display(), bundles = n, "bundles loaded");
     let notifier = Notifier::with_peers(&cfg.data_dir).map_err(|e| format!("abstractgateway: cannot create notify socket: {e}"))?;
-    Ok(Core { cfg: Arc::new(cfg), store: Arc::new(store), registry, notifier })
+    Ok(Core {
+        cfg: Arc::new(cfg),
+        store: Arc::new(store),
+        registry,
+        notifier,
+    })
 }
 
 fn spawn_runner(core: &Core, shutdown: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
@@ -187,17 +199,31 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = (!args.no_runner && core.cfg.runner_enabled).then(|| spawn_runner(&core, stop_rx));
-    let state = AppState { cfg: core.cfg.clone(), store: core.store.clone(), registry: core.registry.clone(), notifier: core.notifier.clone() };
+    let state = AppState {
+        cfg: core.cfg.clone(),
+        store: core.store.clone(),
+        registry: core.registry.clone(),
+        notifier: core.notifier.clone(),
+    };
     let app = api::router(state, Security::new(core.cfg.clone()));
-    let host = if args.host == "localhost" { "127.0.0.1".to_string() } else { args.host.clone() };
+    let host = if args.host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        args.host.clone()
+    };
     let addr: SocketAddr = format!("{host}:{}", args.port)
         .parse()
         .or_else(|_| format!("[{host}]:{}", args.port).parse())
         .map_err(|_| format!("abstractgateway: invalid --host {:?}", args.host))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("abstractgateway: cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("abstractgateway: cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, data_dir = %core.cfg.data_dir.display(), runner = runner.is_some(), "abstractgateway listening");
-    eprintln!("abstractgateway listening on http://{local} (data dir: {})", core.cfg.data_dir.display());
+    eprintln!(
+        "abstractgateway listening on http://{local} (data dir: {})",
+        core.cfg.data_dir.display()
+    );
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -225,7 +251,10 @@ async fn runner_only(args: EnvArgs) -> Result<(), String> {
 
 fn migrate(a: MigrateArgs) -> Result<(), String> {
     if a.from != "file" || a.to != "sqlite" {
-        return Err(format!("abstractgateway migrate: only --from file --to sqlite is supported (got --from {} --to {})", a.from, a.to));
+        return Err(format!(
+            "abstractgateway migrate: only --from file --to sqlite is supported (got --from {} --to {})",
+            a.from, a.to
+        ));
     }
     let data_dir = match a.data_dir {
         Some(d) => d,
@@ -233,7 +262,8 @@ fn migrate(a: MigrateArgs) -> Result<(), String> {
     };
     let db = a.db_path.unwrap_or_else(|| data_dir.join("gateway.sqlite3"));
     eprintln!("importing {} into {} ...", data_dir.display(), db.display());
-    let report = crate::store::migrate::migrate_file_to_sqlite(&data_dir, &db, a.overwrite).map_err(|e| format!("abstractgateway migrate: {e}"))?;
+    let report =
+        crate::store::migrate::migrate_file_to_sqlite(&data_dir, &db, a.overwrite).map_err(|e| format!("abstractgateway migrate: {e}"))?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -251,12 +281,25 @@ fn config(c: ConfigCmd) -> Result<(), String> {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else if let Some(o) = v.as_object() {
                 for (k, val) in o {
-                    println!("{k:24} {}", match val { serde_json::Value::String(s) => s.clone(), other => other.to_string() });
+                    println!(
+                        "{k:24} {}",
+                        match val {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        }
+                    );
                 }
             }
             Ok(())
         }
-        ConfigCmd::Init { env_file, force, auth_token, allowed_origins, data_dir, flows_dir } => {
+        ConfigCmd::Init {
+            env_file,
+            force,
+            auth_token,
+            allowed_origins,
+            data_dir,
+            flows_dir,
+        } => {
             if env_file.exists() && !force {
                 return Err(format!("{} exists; pass --force to overwrite", env_file.display()));
             }
@@ -267,7 +310,11 @@ fn config(c: ConfigCmd) -> Result<(), String> {
                 text.push_str(&format!("ABSTRACTGATEWAY_FLOWS_DIR={f}\n"));
             }
             write_private(&env_file, &text).map_err(|e| format!("cannot write {}: {e}", env_file.display()))?;
-            println!("wrote {} (mode 0600); start with: abstractgateway serve --env-file {}", env_file.display(), env_file.display());
+            println!(
+                "wrote {} (mode 0600); start with: abstractgateway serve --env-file {}",
+                env_file.display(),
+                env_file.display()
+            );
             Ok(())
         }
     }

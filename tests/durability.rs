@@ -104,7 +104,11 @@ fn restart_resumes_a_running_loop_exactly_once_per_item() {
     for i in 0..n as usize {
         assert_eq!(led[2 * i]["status"], "started");
         assert_eq!(led[2 * i + 1]["status"], "completed");
-        assert_eq!(led[2 * i + 1]["effect"]["payload"]["payload"], json!({"value": i}), "item {i} out of order or repeated");
+        assert_eq!(
+            led[2 * i + 1]["effect"]["payload"]["payload"],
+            json!({"value": i}),
+            "item {i} out of order or repeated"
+        );
     }
 }
 
@@ -113,7 +117,10 @@ fn restart_keeps_waits_and_timers() {
     let mut g = Gateway::start();
     let w = g.start_run(json!({"bundle_id": "test-wait", "session_id": "rs1", "input_data": {"event_key": "evt:session:rs1:go"}}));
     g.wait_status(&w, "waiting");
-    let (_, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.5s", "repeat_count": 3}));
+    let (_, v) = g.post(
+        "/api/gateway/runs/schedule",
+        &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.5s", "repeat_count": 3}),
+    );
     let p = v["run_id"].as_str().unwrap().to_string();
     g.wait_run(&p, "waiting on its interval", |r| r["current_node"] == "wait_interval");
     g.restart();
@@ -134,11 +141,17 @@ fn migrate_from_upstream_file_data_dir() {
         "output": null, "error": null, "created_at": "2026-11-24T06:19:02.896076+00:00", "updated_at": "2026-11-24T06:19:02.912663+00:00",
         "actor_id": "gateway", "session_id": "sess-wait-1", "parent_run_id": null});
     std::fs::write(dir.join(format!("run_{run_id}.json")), run.to_string()).unwrap();
-    let rec = |status: &str| json!({"run_id": run_id, "step_id": "07cb8a03", "node_id": "node-2", "status": status, "effect": {"type": "wait_event", "payload": {}, "result_key": null},
+    let rec = |status: &str| {
+        json!({"run_id": run_id, "step_id": "07cb8a03", "node_id": "node-2", "status": status, "effect": {"type": "wait_event", "payload": {}, "result_key": null},
         "result": null, "error": null, "started_at": "2026-11-24T06:19:02.9+00:00", "ended_at": null, "actor_id": "gateway", "session_id": "sess-wait-1",
-        "attempt": 1, "idempotency_key": "k", "prev_hash": null, "record_hash": null, "signature": null});
+        "attempt": 1, "idempotency_key": "k", "prev_hash": null, "record_hash": null, "signature": null})
+    };
     // Two records, the second written without a newline separator (upstream's reader recovers these).
-    std::fs::write(dir.join(format!("ledger_{run_id}.jsonl")), format!("{}\n{}", rec("started"), rec("waiting"))).unwrap();
+    std::fs::write(
+        dir.join(format!("ledger_{run_id}.jsonl")),
+        format!("{}\n{}", rec("started"), rec("waiting")),
+    )
+    .unwrap();
     let cmds = [
         json!({"command_id": "cmd-pause-1", "run_id": run_id, "type": "pause", "payload": {"reason": "x"}, "ts": "2026-11-24T06:19:09+00:00", "client_id": null, "seq": 1}),
         json!({"command_id": "cmd-resume-1", "run_id": run_id, "type": "resume", "payload": {}, "ts": "2026-11-24T06:19:13+00:00", "client_id": null, "seq": 2}),
@@ -146,22 +159,53 @@ fn migrate_from_upstream_file_data_dir() {
     ];
     let text: String = cmds.iter().map(|c| c.to_string() + "\n").collect::<String>() + "{\"broken\": true}\n";
     std::fs::write(dir.join("commands.jsonl"), text).unwrap();
-    std::fs::write(dir.join("commands_cursor.json"), json!({"cursor": 2, "updated_at": "2026-11-24T06:19:14+00:00"}).to_string()).unwrap();
+    std::fs::write(
+        dir.join("commands_cursor.json"),
+        json!({"cursor": 2, "updated_at": "2026-11-24T06:19:14+00:00"}).to_string(),
+    )
+    .unwrap();
     let flows = dir.join("flows");
     seed_bundles(&flows);
 
-    let out = std::process::Command::new(bin()).args(["migrate", "--from", "file", "--to", "sqlite", "--data-dir"]).arg(&dir).output().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["migrate", "--from", "file", "--to", "sqlite", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["runs"].as_u64(), report["ledger_records"].as_u64(), report["commands"].as_u64(), report["cursor"].as_u64()), (Some(1), Some(2), Some(3), Some(2)));
-    assert!(report["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("commands.jsonl line 4")));
+    assert_eq!(
+        (
+            report["runs"].as_u64(),
+            report["ledger_records"].as_u64(),
+            report["commands"].as_u64(),
+            report["cursor"].as_u64()
+        ),
+        (Some(1), Some(2), Some(3), Some(2))
+    );
+    assert!(report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("commands.jsonl line 4")));
     // Refuses to clobber without --overwrite.
-    let again = std::process::Command::new(bin()).args(["migrate", "--data-dir"]).arg(&dir).output().unwrap();
+    let again = std::process::Command::new(bin())
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(!again.status.success());
 
     // Serve the migrated dir: the run is there with its ledger, and the pending emit_event (seq 3,
     // after the upstream cursor) is applied by our runner, completing the run.
-    let mut g = Gateway { child: None, port: free_port(), dir: dir.clone(), env: vec![], extra_args: vec![], http: reqwest::blocking::Client::new() };
+    let mut g = Gateway {
+        child: None,
+        port: free_port(),
+        dir: dir.clone(),
+        env: vec![],
+        extra_args: vec![],
+        http: reqwest::blocking::Client::new(),
+    };
     g.spawn();
     let r = g.wait_status(run_id, "completed");
     assert_eq!(r["output"]["event_data"]["payload"], json!({"answer": 42}));
@@ -169,7 +213,10 @@ fn migrate_from_upstream_file_data_dir() {
     assert_eq!(led[0]["status"], "started");
     assert_eq!(led[1]["status"], "waiting");
     assert_eq!(led.len(), 5);
-    assert_eq!(g.command_status("cmd-pause-1")["detail"], "consumed by the upstream runner before migration");
+    assert_eq!(
+        g.command_status("cmd-pause-1")["detail"],
+        "consumed by the upstream runner before migration"
+    );
     assert_eq!(g.command_status("cmd-emit-1")["status"], "applied");
     // New commands continue the upstream sequence.
     assert_eq!(g.command_ok("new-1", run_id, "cancel", json!({}))["seq"], 4);
@@ -190,13 +237,22 @@ fn split_api_and_runner_processes() {
     // Commands and live SSE cross the process boundary without polling.
     let w = api.start_run(json!({"bundle_id": "test-wait", "session_id": "sp", "input_data": {"event_key": "evt:session:sp:go"}}));
     api.wait_status(&w, "waiting");
-    let resp = api.http.get(api.url(&format!("/api/gateway/runs/{w}/ledger/stream?after=2"))).bearer_auth(TOKEN).send().unwrap();
+    let resp = api
+        .http
+        .get(api.url(&format!("/api/gateway/runs/{w}/ledger/stream?after=2")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     let t0 = Instant::now();
     api.command_ok("sp-go", "sp", "emit_event", json!({"name": "go"}));
     let evs = read_sse(resp, |_| false);
     assert_eq!(evs.last().unwrap().event.as_deref(), Some("done"));
     assert_eq!(evs.iter().filter(|e| e.event.as_deref() == Some("step")).count(), 3);
-    assert!(t0.elapsed() < Duration::from_secs(2), "cross-process wake-up took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "cross-process wake-up took {:?}",
+        t0.elapsed()
+    );
     let _ = runner.kill();
     let _ = runner.wait();
     // The standby takes over once the lease expires.

@@ -5,7 +5,9 @@ use common::*;
 use serde_json::{json, Value};
 
 fn wait_run(g: &Gateway, session: &str) -> String {
-    let id = g.start_run(json!({"bundle_id": "test-wait", "session_id": session, "input_data": {"event_key": format!("evt:session:{session}:go")}}));
+    let id = g.start_run(
+        json!({"bundle_id": "test-wait", "session_id": session, "input_data": {"event_key": format!("evt:session:{session}:go")}}),
+    );
     g.wait_status(&id, "waiting");
     id
 }
@@ -13,7 +15,10 @@ fn wait_run(g: &Gateway, session: &str) -> String {
 #[test]
 fn noop_run_records_and_summary() {
     let g = Gateway::start();
-    let (s, v) = g.post("/api/gateway/runs/start", &json!({"bundle_id": "test-noop", "input_data": {"x": "hello"}}));
+    let (s, v) = g.post(
+        "/api/gateway/runs/start",
+        &json!({"bundle_id": "test-noop", "input_data": {"x": "hello"}}),
+    );
     assert_eq!(s, 200);
     assert_eq!(v["resolved_workflow"]["workflow_id"], "test-noop@0.1.0:noop");
     let id = v["run_id"].as_str().unwrap();
@@ -24,11 +29,18 @@ fn noop_run_records_and_summary() {
     let led = g.ledger(id);
     assert_eq!(led.len(), 2);
     assert_eq!(led[0]["idempotency_key"], "system:completion:end");
-    assert_eq!(led[1]["effect"]["payload"], json!({"name": "abstract.status", "scope": "session", "payload": {"text": "completed"}}));
+    assert_eq!(
+        led[1]["effect"]["payload"],
+        json!({"name": "abstract.status", "scope": "session", "payload": {"text": "completed"}})
+    );
     let keys: Vec<&String> = led[0].as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 16, "StepRecord has 16 keys: {keys:?}");
     // Namespaced flow ids and bundle@version forms resolve too.
-    for body in [json!({"flow_id": "test-noop:noop"}), json!({"flow_id": "test-noop@0.1.0:noop"}), json!({"bundle_id": "test-noop@0.1.0"})] {
+    for body in [
+        json!({"flow_id": "test-noop:noop"}),
+        json!({"flow_id": "test-noop@0.1.0:noop"}),
+        json!({"bundle_id": "test-noop@0.1.0"}),
+    ] {
         let (s, v) = g.post("/api/gateway/runs/start", &body);
         assert_eq!(s, 200, "{body} -> {v}");
         g.wait_status(v["run_id"].as_str().unwrap(), "completed");
@@ -46,10 +58,22 @@ fn noop_run_records_and_summary() {
 fn start_errors() {
     let g = Gateway::start();
     let cases = [
-        (json!({}), 400, "flow_id is required (or provide bundle_id to start a bundle entrypoint)"),
+        (
+            json!({}),
+            400,
+            "flow_id is required (or provide bundle_id to start a bundle entrypoint)",
+        ),
         (json!({"bundle_id": "no-such-bundle"}), 404, "Bundle 'no-such-bundle' not found"),
-        (json!({"bundle_id": "test-noop", "bundle_version": "9.9.9"}), 404, "Bundle 'test-noop@9.9.9' not found"),
-        (json!({"bundle_id": "test-noop", "flow_id": "deadbeef"}), 404, "Workflow 'test-noop@0.1.0:deadbeef' not found"),
+        (
+            json!({"bundle_id": "test-noop", "bundle_version": "9.9.9"}),
+            404,
+            "Bundle 'test-noop@9.9.9' not found",
+        ),
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "deadbeef"}),
+            404,
+            "Workflow 'test-noop@0.1.0:deadbeef' not found",
+        ),
         (json!({"bundle_id": "../etc", "flow_id": "x"}), 400, ""),
     ];
     for (body, status, detail) in cases {
@@ -63,7 +87,14 @@ fn start_errors() {
     assert_eq!(s, 422);
     assert_eq!(v["detail"][0]["type"], "dict_type");
     assert_eq!(v["detail"][0]["loc"], json!(["body", "input_data"]));
-    let r = g.http.post(g.url("/api/gateway/runs/start")).bearer_auth(TOKEN).header("content-type", "application/json").body("{\"bundle_id\":").send().unwrap();
+    let r = g
+        .http
+        .post(g.url("/api/gateway/runs/start"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"bundle_id\":")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(r.json::<Value>().unwrap()["detail"][0]["type"], "json_invalid");
     let (s, _) = g.get("/api/gateway/runs?status=bogus");
@@ -92,17 +123,29 @@ fn commands_idempotent_and_validated() {
     assert_eq!(d, json!({"accepted": false, "duplicate": true, "seq": seq}));
     let b = g.command_ok("cmd-other", &id, "resume", json!({}));
     assert!(b["seq"].as_u64().unwrap() > seq);
-    let (s, v) = g.post("/api/gateway/commands", &json!({"command_id": "x", "run_id": id, "type": "explode"}));
+    let (s, v) = g.post(
+        "/api/gateway/commands",
+        &json!({"command_id": "x", "run_id": id, "type": "explode"}),
+    );
     assert_eq!(s, 400);
-    assert_eq!(v["detail"], "type must be one of pause|resume|cancel|emit_event|update_schedule|compact_memory");
+    assert_eq!(
+        v["detail"],
+        "type must be one of pause|resume|cancel|emit_event|update_schedule|compact_memory"
+    );
     let (s, v) = g.post("/api/gateway/commands", &json!({"payload": {}}));
     assert_eq!(s, 422);
     let missing: Vec<&Value> = v["detail"].as_array().unwrap().iter().map(|e| &e["loc"][1]).collect();
     assert_eq!(missing, vec!["command_id", "run_id", "type"]);
-    let (s, v) = g.post("/api/gateway/commands", &json!({"command_id": "y", "run_id": id, "type": "pause", "payload": [1, 2]}));
+    let (s, v) = g.post(
+        "/api/gateway/commands",
+        &json!({"command_id": "y", "run_id": id, "type": "pause", "payload": [1, 2]}),
+    );
     assert_eq!(s, 422);
     assert_eq!(v["detail"][0]["type"], "dict_type");
-    let (s, _) = g.post("/api/gateway/commands", &json!({"command_id": "../../x", "run_id": id, "type": "pause"}));
+    let (s, _) = g.post(
+        "/api/gateway/commands",
+        &json!({"command_id": "../../x", "run_id": id, "type": "pause"}),
+    );
     assert_eq!(s, 400);
     // Accepted at the door, never silently dropped.
     g.command_ok("ghost", "no-such-run", "pause", json!({}));
@@ -156,13 +199,28 @@ fn pause_resume_cancel_emit_on_waiting_runs() {
     assert_eq!(last["effect"]["payload"]["payload"]["text"], "cancelled");
     // Resume with a payload answers the wait; a wrong wait_key is rejected with the reason.
     let id3 = wait_run(&g, "sess-wait-3");
-    g.command_ok("bad-key", &id3, "resume", json!({"wait_key": "evt:session:other:go", "payload": {"t": 1}}));
-    assert!(g.command_status("bad-key")["detail"].as_str().unwrap().starts_with("wait_key mismatch"));
-    g.command_ok("good-key", &id3, "resume", json!({"wait_key": "evt:session:sess-wait-3:go", "payload": {"text": "answer"}}));
+    g.command_ok(
+        "bad-key",
+        &id3,
+        "resume",
+        json!({"wait_key": "evt:session:other:go", "payload": {"t": 1}}),
+    );
+    assert!(g.command_status("bad-key")["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("wait_key mismatch"));
+    g.command_ok(
+        "good-key",
+        &id3,
+        "resume",
+        json!({"wait_key": "evt:session:sess-wait-3:go", "payload": {"text": "answer"}}),
+    );
     let r = g.wait_status(&id3, "completed");
     assert_eq!(r["output"]["event_data"], json!({"text": "answer"}));
     let led = g.ledger(&id3);
-    assert!(led.iter().any(|rec| rec["effect"]["type"] == "resume" && rec["result"] == json!({"resumed": true})));
+    assert!(led
+        .iter()
+        .any(|rec| rec["effect"]["type"] == "resume" && rec["result"] == json!({"resumed": true})));
 }
 
 #[test]
@@ -207,10 +265,19 @@ fn ledger_paging() {
         if items.is_empty() {
             break;
         }
-        seen.extend(items.iter().map(|r| r["step_id"].as_str().unwrap().to_string() + r["status"].as_str().unwrap()));
+        seen.extend(
+            items
+                .iter()
+                .map(|r| r["step_id"].as_str().unwrap().to_string() + r["status"].as_str().unwrap()),
+        );
         after = p["next_after"].as_u64().unwrap() as usize;
     }
-    let full: Vec<String> = all["items"].as_array().unwrap().iter().map(|r| r["step_id"].as_str().unwrap().to_string() + r["status"].as_str().unwrap()).collect();
+    let full: Vec<String> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["step_id"].as_str().unwrap().to_string() + r["status"].as_str().unwrap())
+        .collect();
     assert_eq!(seen, full);
     let (_, past) = g.get(&format!("/api/gateway/runs/{id}/ledger?after=999"));
     assert_eq!(past, json!({"items": [], "next_after": 999}));
@@ -223,7 +290,10 @@ fn ledger_paging() {
     // Batch: unknown ids are omitted; next_after continues.
     let id2 = g.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "1"}}));
     g.wait_status(&id2, "completed");
-    let (s, b) = g.post("/api/gateway/runs/ledger/batch", &json!({"runs": [{"run_id": id, "after": 0}, {"run_id": id2, "after": 0}, {"run_id": "ghost", "after": 0}], "limit": 500}));
+    let (s, b) = g.post(
+        "/api/gateway/runs/ledger/batch",
+        &json!({"runs": [{"run_id": id, "after": 0}, {"run_id": id2, "after": 0}, {"run_id": "ghost", "after": 0}], "limit": 500}),
+    );
     assert_eq!(s, 200);
     assert_eq!(b["runs"].as_object().unwrap().len(), 2);
     assert_eq!(b["runs"][&id2]["next_after"], 2);
@@ -237,7 +307,12 @@ fn sse_framing_and_reconnect_without_loss_or_duplicates() {
     let id = g.start_run(json!({"bundle_id": "test-loopwait", "session_id": "lw", "input_data": {"items": [1, 2, 3, 4], "event_key": "evt:session:lw:next"}}));
     g.wait_status(&id, "waiting");
     // First connection: read what exists, then one live event, then disconnect.
-    let resp = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?heartbeat_s=0.2"))).bearer_auth(TOKEN).send().unwrap();
+    let resp = g
+        .http
+        .get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?heartbeat_s=0.2")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream; charset=utf-8");
     let mut fired = false;
@@ -266,12 +341,23 @@ fn sse_framing_and_reconnect_without_loss_or_duplicates() {
     }
     g.wait_status(&id, "completed");
     // Reconnect with Last-Event-ID: everything after it, once, then done.
-    let resp = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream"))).bearer_auth(TOKEN).header("Last-Event-ID", &last_id).send().unwrap();
+    let resp = g
+        .http
+        .get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream")))
+        .bearer_auth(TOKEN)
+        .header("Last-Event-ID", &last_id)
+        .send()
+        .unwrap();
     let rest = read_sse(resp, |_| false);
     let done = rest.last().unwrap();
     assert_eq!(done.event.as_deref(), Some("done"));
     assert!(done.id.is_none());
-    let all_ids: Vec<u64> = steps.iter().copied().chain(rest.iter().filter(|e| e.event.as_deref() == Some("step"))).map(|e| e.id.as_ref().unwrap().parse().unwrap()).collect();
+    let all_ids: Vec<u64> = steps
+        .iter()
+        .copied()
+        .chain(rest.iter().filter(|e| e.event.as_deref() == Some("step")))
+        .map(|e| e.id.as_ref().unwrap().parse().unwrap())
+        .collect();
     let total = g.ledger(&id).len() as u64;
     assert_eq!(all_ids, (1..=total).collect::<Vec<_>>(), "no loss, no duplicates");
     let d: Value = serde_json::from_str(done.data.as_deref().unwrap()).unwrap();
@@ -280,14 +366,27 @@ fn sse_framing_and_reconnect_without_loss_or_duplicates() {
     let last_step: Value = serde_json::from_str(rest[rest.len() - 2].data.as_deref().unwrap()).unwrap();
     assert_eq!(last_step["record"]["idempotency_key"], "system:terminal_status:completed");
     // ?after= resumes exactly; past the end goes straight to done with the real cursor.
-    let resp = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?after={}", total - 1))).bearer_auth(TOKEN).send().unwrap();
+    let resp = g
+        .http
+        .get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?after={}", total - 1)))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     let tail = read_sse(resp, |_| false);
     assert_eq!(tail.len(), 2);
     assert_eq!(tail[0].id.as_deref(), Some(total.to_string().as_str()));
-    let resp = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?after=999"))).bearer_auth(TOKEN).send().unwrap();
+    let resp = g
+        .http
+        .get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream?after=999")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     let past = read_sse(resp, |_| false);
     assert_eq!(past.len(), 1);
-    assert_eq!(serde_json::from_str::<Value>(past[0].data.as_deref().unwrap()).unwrap()["cursor"], total);
+    assert_eq!(
+        serde_json::from_str::<Value>(past[0].data.as_deref().unwrap()).unwrap()["cursor"],
+        total
+    );
     let (s, _) = g.get("/api/gateway/runs/nope/ledger/stream");
     assert_eq!(s, 404);
 }
@@ -329,18 +428,35 @@ fn schedules_with_repeat_count_and_updates() {
         assert_eq!(k["output"]["result"], "tick");
     }
     // Separate sessions when share_context is false.
-    let (_, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.05s", "repeat_count": 2, "share_context": false}));
+    let (_, v) = g.post(
+        "/api/gateway/runs/schedule",
+        &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.05s", "repeat_count": 2, "share_context": false}),
+    );
     let p2 = v["run_id"].as_str().unwrap().to_string();
     g.wait_status(&p2, "completed");
     let (_, kids) = g.get(&format!("/api/gateway/runs?parent_run_id={p2}"));
-    let sessions: std::collections::HashSet<String> = kids["items"].as_array().unwrap().iter().map(|k| k["session_id"].as_str().unwrap().to_string()).collect();
+    let sessions: std::collections::HashSet<String> = kids["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["session_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(sessions.len(), 2);
     assert!(!sessions.contains(&p2));
     // Validation.
     for (body, detail) in [
-        (json!({"bundle_id": "test-noop", "flow_id": "noop", "repeat_count": 0}), "repeat_count must be >= 1"),
-        (json!({"bundle_id": "test-noop", "flow_id": "noop", "repeat_count": 3}), "repeat_count > 1 requires interval"),
-        (json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 2, "repeat_until": "2030-01-01T00:00:00Z"}), "repeat_until cannot be combined with repeat_count"),
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "noop", "repeat_count": 0}),
+            "repeat_count must be >= 1",
+        ),
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "noop", "repeat_count": 3}),
+            "repeat_count > 1 requires interval",
+        ),
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 2, "repeat_until": "2030-01-01T00:00:00Z"}),
+            "repeat_until cannot be combined with repeat_count",
+        ),
         (json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "soon"}), ""),
         (json!({"bundle_id": "test-noop"}), "bundle_id and flow_id are required"),
     ] {
@@ -351,9 +467,14 @@ fn schedules_with_repeat_count_and_updates() {
         }
     }
     // A slow schedule waits on its interval; update_schedule (sent to a child) makes it quick.
-    let (_, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "60s", "repeat_count": 3}));
+    let (_, v) = g.post(
+        "/api/gateway/runs/schedule",
+        &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "60s", "repeat_count": 3}),
+    );
     let p3 = v["run_id"].as_str().unwrap().to_string();
-    let r = g.wait_run(&p3, "waiting on interval", |r| r["current_node"] == "wait_interval" && r["status"] == "waiting");
+    let r = g.wait_run(&p3, "waiting on interval", |r| {
+        r["current_node"] == "wait_interval" && r["status"] == "waiting"
+    });
     assert_eq!(r["waiting"]["reason"], "until");
     // Pause/resume on a scheduled run.
     g.command_ok("sp", &p3, "pause", json!({}));
@@ -366,10 +487,17 @@ fn schedules_with_repeat_count_and_updates() {
         assert!(std::time::Instant::now() < deadline, "resume did not fire the next execution");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    g.wait_run(&p3, "waiting on interval again", |r| r["current_node"] == "wait_interval" && r["status"] == "waiting");
+    g.wait_run(&p3, "waiting on interval again", |r| {
+        r["current_node"] == "wait_interval" && r["status"] == "waiting"
+    });
     let (_, kids) = g.get(&format!("/api/gateway/runs?parent_run_id={p3}"));
     let child = kids["items"][0]["run_id"].as_str().unwrap().to_string();
-    g.command_ok("us", &child, "update_schedule", json!({"interval": "0.1s", "apply_immediately": true}));
+    g.command_ok(
+        "us",
+        &child,
+        "update_schedule",
+        json!({"interval": "0.1s", "apply_immediately": true}),
+    );
     let r = g.wait_status(&p3, "completed");
     assert_eq!(r["schedule"]["interval"], "0.1s");
     assert_eq!(g.get(&format!("/api/gateway/runs?parent_run_id={p3}")).1["count"], 3);
@@ -383,7 +511,10 @@ fn schedules_with_repeat_count_and_updates() {
     g.command_ok("us2", &plain, "update_schedule", json!({"interval": "1s"}));
     assert_eq!(g.command_status("us2")["status"], "rejected");
     g.command_ok("cm", &plain, "compact_memory", json!({}));
-    assert_eq!(g.command_status("cm")["detail"], "compact_memory applies to scheduled run trees only");
+    assert_eq!(
+        g.command_status("cm")["detail"],
+        "compact_memory applies to scheduled run trees only"
+    );
 }
 
 #[test]
@@ -391,17 +522,34 @@ fn bundles_upload_inspect_remove() {
     let g = Gateway::start();
     let (_, list) = g.get("/api/gateway/bundles");
     let first = &list["items"][0];
-    assert_eq!(first["entrypoints"][0]["workflow_id"], format!("{}:{}", first["bundle_ref"].as_str().unwrap(), first["default_entrypoint"].as_str().unwrap()));
+    assert_eq!(
+        first["entrypoints"][0]["workflow_id"],
+        format!(
+            "{}:{}",
+            first["bundle_ref"].as_str().unwrap(),
+            first["default_entrypoint"].as_str().unwrap()
+        )
+    );
     let noop = std::fs::read_to_string(format!("{BUNDLES}/src/noop.json")).unwrap();
-    let bytes = make_flow(&manifest("demo", "0.0.1", "noop"), &[("flows/noop.json", noop.clone().into_bytes())]);
+    let bytes = make_flow(
+        &manifest("demo", "0.0.1", "noop"),
+        &[("flows/noop.json", noop.clone().into_bytes())],
+    );
     let (s, v) = upload(&g, bytes.clone(), false);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["bundle_ref"], "demo@0.0.1");
     let (s, v) = upload(&g, bytes.clone(), false);
-    assert_eq!((s, v["detail"].as_str().unwrap()), (400, "Bundle already installed: demo@0.0.1.flow"));
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (400, "Bundle already installed: demo@0.0.1.flow")
+    );
     assert_eq!(upload(&g, bytes, true).0, 200);
     // A newer version becomes latest; both stay runnable.
-    let (s, _) = upload(&g, make_flow(&manifest("demo", "0.0.10", "noop"), &[("flows/noop.json", noop.into_bytes())]), false);
+    let (s, _) = upload(
+        &g,
+        make_flow(&manifest("demo", "0.0.10", "noop"), &[("flows/noop.json", noop.into_bytes())]),
+        false,
+    );
     assert_eq!(s, 200);
     let (_, b) = g.get("/api/gateway/bundles/demo");
     assert_eq!(b["bundle_version"], "0.0.10");
@@ -410,15 +558,28 @@ fn bundles_upload_inspect_remove() {
     assert_eq!(sch["version"], 1);
     assert_eq!(sch["input_data_schema"]["type"], "object");
     assert_eq!(sch["defaults"], json!({"question": "who are you ?"}));
-    assert_eq!(sch["input_data_schema"]["properties"]["attachment"]["required"], json!(["$artifact"]));
+    assert_eq!(
+        sch["input_data_schema"]["properties"]["attachment"]["required"],
+        json!(["$artifact"])
+    );
     let (s, _) = g.get("/api/gateway/bundles/test-ask/flows/nope/input_schema");
     assert_eq!(s, 404);
     let id = g.start_run(json!({"bundle_id": "demo", "bundle_version": "0.0.1", "input_data": {"x": "v1"}}));
     assert_eq!(g.wait_status(&id, "completed")["workflow_id"], "demo@0.0.1:noop");
-    let r = g.http.delete(g.url("/api/gateway/bundles/demo?bundle_version=0.0.1")).bearer_auth(TOKEN).send().unwrap();
+    let r = g
+        .http
+        .delete(g.url("/api/gateway/bundles/demo?bundle_version=0.0.1"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().unwrap()["removed"], 1);
-    let r = g.http.delete(g.url("/api/gateway/bundles/demo?bundle_version=0.0.1")).bearer_auth(TOKEN).send().unwrap();
+    let r = g
+        .http
+        .delete(g.url("/api/gateway/bundles/demo?bundle_version=0.0.1"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert!(!g.dir.join("flows/demo@0.0.1.flow").exists());
 }
@@ -430,7 +591,11 @@ fn unknown_node_type_fails_the_run_naming_it() {
         {"id": "start", "type": "on_flow_start", "data": {"outputs": [{"id": "exec-out", "type": "execution"}]}},
         {"id": "n2", "type": "teleport", "data": {"inputs": [{"id": "exec-in", "type": "execution"}], "outputs": [{"id": "exec-out", "type": "execution"}]}}],
         "edges": [{"source": "start", "sourceHandle": "exec-out", "target": "n2", "targetHandle": "exec-in"}], "entryNode": "start"});
-    let (s, _) = upload(&g, make_flow(&manifest("weird", "1.0.0", "f"), &[("flows/f.json", flow.to_string().into_bytes())]), false);
+    let (s, _) = upload(
+        &g,
+        make_flow(&manifest("weird", "1.0.0", "f"), &[("flows/f.json", flow.to_string().into_bytes())]),
+        false,
+    );
     assert_eq!(s, 200);
     let id = g.start_run(json!({"bundle_id": "weird"}));
     let r = g.wait_status(&id, "failed");
@@ -453,20 +618,47 @@ fn bad_bundle_uploads_are_refused_and_write_nothing() {
     m["flows"]["noop"] = json!("../../etc/passwd");
     let (s, v) = upload(&g, make_flow(&m, &[("flows/noop.json", noop.clone())]), false);
     assert_eq!(s, 400, "{v}");
-    let (s, v) = upload(&g, make_flow(&manifest("evil", "1.0.0", "noop"), &[("flows/noop.json", noop.clone()), ("../escape.txt", b"x".to_vec())]), false);
+    let (s, v) = upload(
+        &g,
+        make_flow(
+            &manifest("evil", "1.0.0", "noop"),
+            &[("flows/noop.json", noop.clone()), ("../escape.txt", b"x".to_vec())],
+        ),
+        false,
+    );
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().unwrap().contains("unsafe path"));
-    let (s, _) = upload(&g, make_flow(&manifest("../evil", "1.0.0", "noop"), &[("flows/noop.json", noop.clone())]), false);
+    let (s, _) = upload(
+        &g,
+        make_flow(&manifest("../evil", "1.0.0", "noop"), &[("flows/noop.json", noop.clone())]),
+        false,
+    );
     assert_eq!(s, 400);
     let mut m = manifest("evil", "1.0.0", "noop");
     m["bundle_format_version"] = json!("2");
     let (s, v) = upload(&g, make_flow(&m, &[("flows/noop.json", noop)]), false);
-    assert_eq!((s, v["detail"].as_str().unwrap()), (400, "Failed installing bundle: invalid manifest: bundle_format_version must be \"1\" (got \"2\")"));
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (
+            400,
+            "Failed installing bundle: invalid manifest: bundle_format_version must be \"1\" (got \"2\")"
+        )
+    );
     // Zip bomb: 60 MiB of zeros deflates to ~60 KiB.
-    let (s, v) = upload(&g, make_flow(&manifest("bomb", "1.0.0", "noop"), &[("flows/noop.json", vec![b'0'; 60 * 1024 * 1024])]), false);
+    let (s, v) = upload(
+        &g,
+        make_flow(
+            &manifest("bomb", "1.0.0", "noop"),
+            &[("flows/noop.json", vec![b'0'; 60 * 1024 * 1024])],
+        ),
+        false,
+    );
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().unwrap().contains("zip bomb"), "{v}");
-    let names: Vec<String> = std::fs::read_dir(g.dir.join("flows")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> = std::fs::read_dir(g.dir.join("flows"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert!(names.iter().all(|n| n.starts_with("test-")), "{names:?}");
     // Still serving.
     assert_eq!(g.get("/api/gateway/ping").0, 200);

@@ -13,7 +13,11 @@ fn auth_matrix_and_request_ids() {
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("x-request-id").is_some());
     // Reads and writes need the token.
-    for (m, p) in [("GET", "/api/gateway/runs?limit=10"), ("GET", "/api/gateway/runs/x/ledger/stream"), ("POST", "/api/gateway/commands")] {
+    for (m, p) in [
+        ("GET", "/api/gateway/runs?limit=10"),
+        ("GET", "/api/gateway/runs/x/ledger/stream"),
+        ("POST", "/api/gateway/commands"),
+    ] {
         let r = c.request(m.parse().unwrap(), g.url(p)).send().unwrap();
         assert_eq!(r.status(), 401, "{m} {p}");
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
@@ -22,16 +26,41 @@ fn auth_matrix_and_request_ids() {
         assert_eq!(v, json!({"detail": "Unauthorized"}));
     }
     // Wrong token / wrong scheme.
-    assert_eq!(c.get(g.url("/api/gateway/bundles")).bearer_auth("nope").send().unwrap().status(), 401);
-    assert_eq!(c.get(g.url("/api/gateway/bundles")).header("Authorization", "Basic Zm9vOmJhcg==").send().unwrap().status(), 401);
+    assert_eq!(
+        c.get(g.url("/api/gateway/bundles")).bearer_auth("nope").send().unwrap().status(),
+        401
+    );
+    assert_eq!(
+        c.get(g.url("/api/gateway/bundles"))
+            .header("Authorization", "Basic Zm9vOmJhcg==")
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
     // Right token; supplied request id is echoed.
-    let r = c.get(g.url("/api/gateway/runs?limit=10")).bearer_auth(TOKEN).header("X-Request-Id", "abc-123").send().unwrap();
+    let r = c
+        .get(g.url("/api/gateway/runs?limit=10"))
+        .bearer_auth(TOKEN)
+        .header("X-Request-Id", "abc-123")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     assert!(r.json::<Value>().unwrap()["items"].is_array());
     // ?access_token= for reads only.
-    assert_eq!(c.get(g.url(&format!("/api/gateway/bundles?access_token={TOKEN}"))).send().unwrap().status(), 200);
-    let r = c.post(g.url(&format!("/api/gateway/runs/start?access_token={TOKEN}"))).json(&json!({"bundle_id": "test-noop"})).send().unwrap();
+    assert_eq!(
+        c.get(g.url(&format!("/api/gateway/bundles?access_token={TOKEN}")))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c
+        .post(g.url(&format!("/api/gateway/runs/start?access_token={TOKEN}")))
+        .json(&json!({"bundle_id": "test-noop"}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Ping.
     let (s, v) = g.get("/api/gateway/ping");
@@ -41,9 +70,18 @@ fn auth_matrix_and_request_ids() {
 
 #[test]
 fn origins_and_cors() {
-    let g = Gateway::start_with(&[("ABSTRACTGATEWAY_ALLOWED_ORIGINS", "http://localhost:*,https://*.ngrok-free.app")], &[]);
+    let g = Gateway::start_with(
+        &[("ABSTRACTGATEWAY_ALLOWED_ORIGINS", "http://localhost:*,https://*.ngrok-free.app")],
+        &[],
+    );
     let c = &g.http;
-    let get = |o: &str| c.get(g.url("/api/gateway/bundles")).bearer_auth(TOKEN).header("Origin", o).send().unwrap();
+    let get = |o: &str| {
+        c.get(g.url("/api/gateway/bundles"))
+            .bearer_auth(TOKEN)
+            .header("Origin", o)
+            .send()
+            .unwrap()
+    };
     for bad in ["https://evil.example", "http://localhost.evil.example", "null"] {
         let r = get(bad);
         assert_eq!(r.status(), 403, "{bad}");
@@ -76,16 +114,32 @@ fn origins_and_cors() {
 
 #[test]
 fn body_limits_413() {
-    let g = Gateway::start_with(&[("ABSTRACTGATEWAY_MAX_BODY_BYTES", "1000"), ("ABSTRACTGATEWAY_MAX_BUNDLE_BYTES", "2000")], &[]);
+    let g = Gateway::start_with(
+        &[
+            ("ABSTRACTGATEWAY_MAX_BODY_BYTES", "1000"),
+            ("ABSTRACTGATEWAY_MAX_BUNDLE_BYTES", "2000"),
+        ],
+        &[],
+    );
     let big = json!({"bundle_id": "test-noop", "input_data": {"x": "y".repeat(5000)}});
     let (s, v) = g.post("/api/gateway/runs/start", &big);
     assert_eq!(s, 413);
     assert!(v["detail"].as_str().unwrap().starts_with("Payload Too Large ("), "{v}");
-    let (s, _) = g.post("/api/gateway/commands", &json!({"command_id": "c", "run_id": "r", "type": "pause", "payload": {"x": "y".repeat(5000)}}));
+    let (s, _) = g.post(
+        "/api/gateway/commands",
+        &json!({"command_id": "c", "run_id": "r", "type": "pause", "payload": {"x": "y".repeat(5000)}}),
+    );
     assert_eq!(s, 413);
     // Chunked body without Content-Length is cut at the limit too.
     let body = reqwest::blocking::Body::new(std::io::Cursor::new(big.to_string().into_bytes()));
-    let r = g.http.post(g.url("/api/gateway/runs/start")).bearer_auth(TOKEN).header("content-type", "application/json").body(body).send().unwrap();
+    let r = g
+        .http
+        .post(g.url("/api/gateway/runs/start"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 413);
     // Uploads: bundle limit + 2 MiB multipart overhead at the door, bundle limit on the file itself.
     let (s, v) = upload(&g, vec![b'P'; 5000], false);
@@ -128,9 +182,19 @@ fn concurrency_limit_429() {
     let g = Gateway::start_with(&[("ABSTRACTGATEWAY_MAX_SSE", "1")], &[]);
     let id = g.start_run(json!({"bundle_id": "test-wait", "input_data": {"event_key": "evt:session:zz:go"}}));
     g.wait_status(&id, "waiting");
-    let first = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream"))).bearer_auth(TOKEN).send().unwrap();
+    let first = g
+        .http
+        .get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     assert_eq!(first.status(), 200);
-    let second = g.http.get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream"))).bearer_auth(TOKEN).send().unwrap();
+    let second = g
+        .http
+        .get(g.url(&format!("/api/gateway/runs/{id}/ledger/stream")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     assert_eq!(second.status(), 429);
     assert_eq!(second.headers()["retry-after"], "1");
     assert_eq!(second.json::<Value>().unwrap()["detail"], "Too Many Requests (concurrency limit)");
@@ -141,7 +205,13 @@ fn concurrency_limit_429() {
 fn audit_log_has_writes_without_secrets() {
     let g = Gateway::start();
     g.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "1"}}));
-    let _ = g.http.post(g.url("/api/gateway/commands?access_token=secret-in-query")).bearer_auth("wrong-secret-token").json(&json!({})).send().unwrap();
+    let _ = g
+        .http
+        .post(g.url("/api/gateway/commands?access_token=secret-in-query"))
+        .bearer_auth("wrong-secret-token")
+        .json(&json!({}))
+        .send()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = std::fs::read_to_string(g.dir.join("audit_log.jsonl")).unwrap();
     let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -172,20 +242,115 @@ fn refuses_to_start_without_token() {
 fn openapi_and_docs() {
     let g = Gateway::start();
     let v: Value = g.http.get(g.url("/openapi.json")).send().unwrap().json().unwrap();
-    assert_eq!(v["components"]["securitySchemes"]["gatewayBearerAuth"], json!({"type": "http", "scheme": "bearer"}));
+    assert_eq!(
+        v["components"]["securitySchemes"]["gatewayBearerAuth"],
+        json!({"type": "http", "scheme": "bearer"})
+    );
     for (path, ops) in v["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             assert_eq!(op.get("security").is_some(), path.starts_with("/api/gateway"), "{method} {path}");
             // Every documented operation exists (never a 404/405 from the router itself).
-            let url = g.url(&path.replace("{run_id}", "nope").replace("{command_id}", "nope").replace("{bundle_id}", "nope").replace("{flow_id}", "nope").replace("{workflow_id}", "nope"));
-            let r = g.http.request(method.to_uppercase().parse().unwrap(), url).bearer_auth(TOKEN).header("content-type", "application/json").body("{}").send().unwrap();
+            let url = g.url(
+                &path
+                    .replace("{run_id}", "nope")
+                    .replace("{command_id}", "nope")
+                    .replace("{bundle_id}", "nope")
+                    .replace("{flow_id}", "nope")
+                    .replace("{workflow_id}", "nope"),
+            );
+            let r = g
+                .http
+                .request(method.to_uppercase().parse().unwrap(), url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .unwrap();
             assert_ne!(r.status(), 405, "{method} {path}");
             if r.status() == 404 {
                 let d: Value = r.json().unwrap();
-                assert!(!d["detail"].as_str().unwrap_or("").starts_with("Not Found:"), "{method} {path} is not routed");
+                assert!(
+                    !d["detail"].as_str().unwrap_or("").starts_with("Not Found:"),
+                    "{method} {path} is not routed"
+                );
             }
         }
     }
     let html = g.http.get(g.url("/docs")).send().unwrap().text().unwrap();
     assert!(html.contains("/openapi.json") && !html.contains("cdn"), "docs must be offline");
+}
+
+#[test]
+fn config_cli_never_prints_tokens() {
+    let dir = temp_dir("cfg");
+    let env = dir.join(".env");
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env_clear()
+            .env("ABSTRACTGATEWAY_DATA_DIR", &dir)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["config", "init", "--env-file", env.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&env).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ABSTRACTGATEWAY_AUTH_TOKEN="))
+        .unwrap()
+        .to_string();
+    assert_eq!(token.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&env).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert!(
+        !run(&["config", "init", "--env-file", env.to_str().unwrap()]).status.success(),
+        "refuses to overwrite"
+    );
+    let out = run(&["config", "status", "--json", "--env-file", env.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(&token), "config status leaks the token");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["auth_tokens"]["count"], 1);
+    assert_eq!(v["max_body_bytes"], 10485760);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn debug_logs_never_contain_credentials() {
+    let mut g = Gateway::start_with(&[("ABSTRACTGATEWAY_LOG_LEVEL", "debug")], &[]);
+    g.kill9();
+    let log = g.dir.join("stderr.log");
+    let mut c = g.command("serve");
+    c.env("ABSTRACTGATEWAY_LOG_LEVEL", "debug")
+        .args(["--port", &g.port.to_string()])
+        .stderr(std::fs::File::create(&log).unwrap());
+    g.child = Some(c.spawn().unwrap());
+    g.wait_healthy();
+    let id = g.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "1"}}));
+    g.wait_status(&id, "completed");
+    let _ = g
+        .http
+        .get(g.url("/api/gateway/runs?access_token=query-secret-value"))
+        .send()
+        .unwrap();
+    let _ = g
+        .http
+        .get(g.url("/api/gateway/runs"))
+        .bearer_auth("bad-secret-value")
+        .header("Cookie", "abstractgateway_session=cookie-secret-value")
+        .send()
+        .unwrap();
+    g.kill9();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("run started"), "debug log captured: {text}");
+    for secret in [TOKEN, "query-secret-value", "bad-secret-value", "cookie-secret-value"] {
+        assert!(!text.contains(secret), "log leaks {secret}");
+    }
+    for rec in g.ledger_from_db(&id) {
+        assert!(!rec.contains(TOKEN));
+    }
 }

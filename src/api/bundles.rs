@@ -28,7 +28,9 @@ fn split_ref(bundle_id: &str, version: Option<String>) -> ApiResult<(String, Opt
         Some((i, v)) => {
             if let Some(q) = &version {
                 if q != v {
-                    return Err(ApiError::bad_request(format!("bundle_version '{q}' conflicts with bundle_id '{bundle_id}'")));
+                    return Err(ApiError::bad_request(format!(
+                        "bundle_version '{q}' conflicts with bundle_id '{bundle_id}'"
+                    )));
                 }
             }
             (i.to_string(), Some(v.to_string()))
@@ -44,8 +46,14 @@ fn split_ref(bundle_id: &str, version: Option<String>) -> ApiResult<(String, Opt
 
 fn find(st: &AppState, id: &str, version: Option<&str>) -> ApiResult<Arc<Bundle>> {
     match version {
-        Some(v) => st.registry.get(id, v).ok_or_else(|| ApiError::not_found(format!("Bundle '{id}@{v}' not found"))),
-        None => st.registry.latest(id).ok_or_else(|| ApiError::not_found(format!("Bundle '{id}' not found"))),
+        Some(v) => st
+            .registry
+            .get(id, v)
+            .ok_or_else(|| ApiError::not_found(format!("Bundle '{id}@{v}' not found"))),
+        None => st
+            .registry
+            .latest(id)
+            .ok_or_else(|| ApiError::not_found(format!("Bundle '{id}' not found"))),
     }
 }
 
@@ -79,7 +87,11 @@ async fn list(State(st): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Js
     for id in &ids {
         let versions = st.registry.versions(id);
         let latest = st.registry.latest(id);
-        let latest_pub = versions.iter().filter(|b| !b.is_draft()).map(|b| b.version.clone()).max_by_key(|v| crate::runtime::bundle::parse_semver(v));
+        let latest_pub = versions
+            .iter()
+            .filter(|b| !b.is_draft())
+            .map(|b| b.version.clone())
+            .max_by_key(|v| crate::runtime::bundle::parse_semver(v));
         let latest_any = latest.as_ref().map(|b| b.version.clone());
         if all {
             for b in versions.iter().filter(|b| drafts || !b.is_draft()) {
@@ -90,7 +102,9 @@ async fn list(State(st): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Js
         }
     }
     let default = if ids.len() == 1 { Some(ids[0].clone()) } else { None };
-    Ok(Json(json!({"items": items, "default_bundle_id": default, "load_errors": st.registry.load_errors()})))
+    Ok(Json(
+        json!({"items": items, "default_bundle_id": default, "load_errors": st.registry.load_errors()}),
+    ))
 }
 
 fn node_index(f: &Flow) -> Value {
@@ -122,9 +136,11 @@ async fn inspect(State(st): State<AppState>, Path(bundle_id): Path<String>, RawQ
                    "deprecated": false, "deprecated_at": null, "deprecated_reason": null})
         })
         .collect();
-    Ok(Json(json!({"bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "created_at": b.created_at,
+    Ok(Json(
+        json!({"bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "created_at": b.created_at,
                    "default_entrypoint": b.default_entrypoint, "entrypoints": eps, "flows": b.flows.keys().collect::<Vec<_>>(),
-                   "metadata": b.metadata, "sha256": b.sha256})))
+                   "metadata": b.metadata, "sha256": b.sha256}),
+    ))
 }
 
 fn resolve_flow(st: &AppState, bundle_id: &str, flow_id: &str, version: Option<String>) -> ApiResult<(Arc<Bundle>, Arc<Flow>)> {
@@ -134,20 +150,33 @@ fn resolve_flow(st: &AppState, bundle_id: &str, flow_id: &str, version: Option<S
         Some((prefix, f)) => {
             let pid = prefix.split('@').next().unwrap_or(prefix);
             if pid != b.id {
-                return Err(ApiError::bad_request(format!("flow_id prefix '{pid}' does not match bundle '{}'", b.id)));
+                return Err(ApiError::bad_request(format!(
+                    "flow_id prefix '{pid}' does not match bundle '{}'",
+                    b.id
+                )));
             }
             f.to_string()
         }
         None => flow_id.to_string(),
     };
-    let f = b.flows.get(&fid).cloned().ok_or_else(|| ApiError::not_found(format!("Flow '{fid}' not found in bundle '{}'", b.bundle_ref())))?;
+    let f = b
+        .flows
+        .get(&fid)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("Flow '{fid}' not found in bundle '{}'", b.bundle_ref())))?;
     Ok((b, f))
 }
 
-async fn flow_json(State(st): State<AppState>, Path((bundle_id, flow_id)): Path<(String, String)>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+async fn flow_json(
+    State(st): State<AppState>,
+    Path((bundle_id, flow_id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
     let q = query_map(q.as_deref());
     let (b, f) = resolve_flow(&st, &bundle_id, &flow_id, q.get("bundle_version").cloned())?;
-    Ok(Json(json!({"bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "flow_id": f.id, "workflow_id": f.workflow_id, "flow": f.raw})))
+    Ok(Json(
+        json!({"bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "flow_id": f.id, "workflow_id": f.workflow_id, "flow": f.raw}),
+    ))
 }
 
 /// JSON schema for one entry pin, from its VisualFlow type.
@@ -169,7 +198,10 @@ fn pin_schema(ty: &str, default: Option<&Value>) -> Value {
         s.insert("type".into(), json!("object"));
         s.insert("required".into(), json!(["$artifact"]));
         s.insert("properties".into(), json!({"$artifact": {"type": "string"}}));
-        s.insert("x-abstract-artifact-modality".into(), json!(ty.trim_start_matches("artifact").trim_start_matches('_')));
+        s.insert(
+            "x-abstract-artifact-modality".into(),
+            json!(ty.trim_start_matches("artifact").trim_start_matches('_')),
+        );
     } else if let Some(b) = base {
         s.insert("type".into(), json!(b));
     }
@@ -194,7 +226,11 @@ fn schema_inputs(f: &Flow) -> Vec<Value> {
         .collect()
 }
 
-async fn input_schema(State(st): State<AppState>, Path((bundle_id, flow_id)): Path<(String, String)>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+async fn input_schema(
+    State(st): State<AppState>,
+    Path((bundle_id, flow_id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
     let q = query_map(q.as_deref());
     let (b, f) = resolve_flow(&st, &bundle_id, &flow_id, q.get("bundle_version").cloned())?;
     let inputs = schema_inputs(&f);
@@ -207,9 +243,11 @@ async fn input_schema(State(st): State<AppState>, Path((bundle_id, flow_id)): Pa
         }
         props.insert(id, i["schema"].clone());
     }
-    Ok(Json(json!({"bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "flow_id": f.id, "workflow_id": f.workflow_id,
+    Ok(Json(
+        json!({"bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "flow_id": f.id, "workflow_id": f.workflow_id,
                    "version": 1, "inputs": inputs, "defaults": defaults,
-                   "input_data_schema": {"type": "object", "additionalProperties": true, "properties": props}})))
+                   "input_data_schema": {"type": "object", "additionalProperties": true, "properties": props}}),
+    ))
 }
 
 fn form_bool(s: &str) -> Option<bool> {
@@ -231,15 +269,24 @@ async fn upload(State(st): State<AppState>, mut mp: Multipart) -> ApiResult<Json
             Err(e) => return Err(ApiError::bad_request(format!("invalid multipart body: {e}"))),
         };
         let name = field.name().unwrap_or("").to_string();
-        let data = field.bytes().await.map_err(|e| ApiError::bad_request(format!("invalid multipart field '{name}': {e}")))?;
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("invalid multipart field '{name}': {e}")))?;
         match name.as_str() {
             "file" => {
                 if data.len() as u64 > max {
-                    return Err(ApiError::Status(axum::http::StatusCode::PAYLOAD_TOO_LARGE, format!("Bundle too large ({} bytes > {max} bytes)", data.len())));
+                    return Err(ApiError::Status(
+                        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("Bundle too large ({} bytes > {max} bytes)", data.len()),
+                    ));
                 }
                 file = Some(data);
             }
-            "overwrite" => overwrite = form_bool(&String::from_utf8_lossy(&data)).ok_or_else(|| ApiError::bad_request("overwrite must be a boolean"))?,
+            "overwrite" => {
+                overwrite =
+                    form_bool(&String::from_utf8_lossy(&data)).ok_or_else(|| ApiError::bad_request("overwrite must be a boolean"))?
+            }
             "reload" => {}
             _ => {}
         }
@@ -255,12 +302,23 @@ async fn upload(State(st): State<AppState>, mut mp: Multipart) -> ApiResult<Json
         Ok(b) => b,
         Err(InstallError::Exists(n)) => return Err(ApiError::bad_request(format!("Bundle already installed: {n}"))),
         Err(InstallError::Invalid(e)) => return Err(ApiError::bad_request(format!("Failed installing bundle: {e}"))),
-        Err(InstallError::Io(e)) => return Err(ApiError::Status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("Failed installing bundle: {e}"))),
+        Err(InstallError::Io(e)) => {
+            return Err(ApiError::Status(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Failed installing bundle: {e}"),
+            ))
+        }
     };
     tracing::info!(bundle = %b.bundle_ref(), "bundle installed");
-    let eps: Vec<Value> = b.entrypoints.iter().map(|e| json!({"flow_id": e.flow_id, "name": e.name, "description": e.description, "interfaces": e.interfaces})).collect();
-    Ok(Json(json!({"ok": true, "bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "sha256": b.sha256,
-                   "default_entrypoint": b.default_entrypoint, "entrypoints": eps, "gateway_reloaded": true, "gateway_reload_error": null})))
+    let eps: Vec<Value> = b
+        .entrypoints
+        .iter()
+        .map(|e| json!({"flow_id": e.flow_id, "name": e.name, "description": e.description, "interfaces": e.interfaces}))
+        .collect();
+    Ok(Json(
+        json!({"ok": true, "bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "sha256": b.sha256,
+                   "default_entrypoint": b.default_entrypoint, "entrypoints": eps, "gateway_reloaded": true, "gateway_reload_error": null}),
+    ))
 }
 
 async fn reload(State(st): State<AppState>) -> ApiResult<Json<Value>> {
@@ -288,5 +346,7 @@ async fn remove(State(st): State<AppState>, Path(bundle_id): Path<String>, RawQu
     if removed == 0 {
         return Err(ApiError::not_found(format!("Bundle '{bref}' not found")));
     }
-    Ok(Json(json!({"ok": true, "bundle_ref": bref, "removed": removed, "gateway_reloaded": true, "gateway_reload_error": null})))
+    Ok(Json(
+        json!({"ok": true, "bundle_ref": bref, "removed": removed, "gateway_reloaded": true, "gateway_reload_error": null}),
+    ))
 }

@@ -34,10 +34,21 @@ async fn submit(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value
     if !TYPES.contains(&kind.as_str()) {
         return Err(ApiError::bad_request(format!("type must be one of {}", TYPES.join("|"))));
     }
-    let command_id = if command_id.trim().is_empty() { crate::util::new_hex_id() } else { command_id };
+    let command_id = if command_id.trim().is_empty() {
+        crate::util::new_hex_id()
+    } else {
+        command_id
+    };
     safe_id("command_id", &command_id)?;
     safe_id("run_id", &run_id)?;
-    let cmd = NewCommand { command_id: command_id.clone(), run_id: run_id.clone(), kind: kind.clone(), payload: Value::Object(payload), ts: ts.unwrap_or_else(now_iso), client_id };
+    let cmd = NewCommand {
+        command_id: command_id.clone(),
+        run_id: run_id.clone(),
+        kind: kind.clone(),
+        payload: Value::Object(payload),
+        ts: ts.unwrap_or_else(now_iso),
+        client_id,
+    };
     let ack = st.blocking(move |s| s.append_command(cmd)).await?;
     if ack.accepted {
         tracing::info!(command_id = %command_id, run_id = %run_id, kind = %kind, seq = ack.seq, "command accepted");

@@ -13,27 +13,105 @@ pub const ROUTES: &[(&str, &str, &str, &[&str])] = &[
     ("get", "/api/health", "Liveness (no auth)", &[]),
     ("get", "/api/gateway/ping", "Cheap authenticated probe", &[]),
     ("post", "/api/gateway/runs/start", "Start a run of a bundle entrypoint", &[]),
-    ("post", "/api/gateway/runs/schedule", "Schedule repeated runs of a bundle entrypoint", &[]),
-    ("get", "/api/gateway/runs", "List runs, most recent first", &["status", "workflow_id", "session_id", "parent_run_id", "root_only", "include_drafts", "include_ledger_len", "limit", "offset"]),
+    (
+        "post",
+        "/api/gateway/runs/schedule",
+        "Schedule repeated runs of a bundle entrypoint",
+        &[],
+    ),
+    (
+        "get",
+        "/api/gateway/runs",
+        "List runs, most recent first",
+        &[
+            "status",
+            "workflow_id",
+            "session_id",
+            "parent_run_id",
+            "root_only",
+            "include_drafts",
+            "include_ledger_len",
+            "limit",
+            "offset",
+        ],
+    ),
     ("get", "/api/gateway/runs/{run_id}", "Run summary", &[]),
-    ("get", "/api/gateway/runs/{run_id}/input_data", "The entry inputs a run was started with", &[]),
-    ("get", "/api/gateway/runs/{run_id}/ledger", "Replay the ledger from a cursor", &["after", "limit"]),
+    (
+        "get",
+        "/api/gateway/runs/{run_id}/input_data",
+        "The entry inputs a run was started with",
+        &[],
+    ),
+    (
+        "get",
+        "/api/gateway/runs/{run_id}/ledger",
+        "Replay the ledger from a cursor",
+        &["after", "limit"],
+    ),
     ("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[]),
-    ("get", "/api/gateway/runs/{run_id}/ledger/stream", "Stream the ledger (SSE); resume with ?after= or Last-Event-ID", &["after", "heartbeat_s"]),
-    ("post", "/api/gateway/commands", "Submit a durable command (idempotent on command_id)", &[]),
-    ("get", "/api/gateway/commands/{command_id}", "What became of a command: pending, applied, ignored or rejected", &[]),
-    ("get", "/api/gateway/bundles", "List bundles (latest versions)", &["all_versions", "include_drafts"]),
-    ("post", "/api/gateway/bundles/upload", "Install a .flow bundle (multipart: file, overwrite)", &[]),
+    (
+        "get",
+        "/api/gateway/runs/{run_id}/ledger/stream",
+        "Stream the ledger (SSE); resume with ?after= or Last-Event-ID",
+        &["after", "heartbeat_s"],
+    ),
+    (
+        "post",
+        "/api/gateway/commands",
+        "Submit a durable command (idempotent on command_id)",
+        &[],
+    ),
+    (
+        "get",
+        "/api/gateway/commands/{command_id}",
+        "What became of a command: pending, applied, ignored or rejected",
+        &[],
+    ),
+    (
+        "get",
+        "/api/gateway/bundles",
+        "List bundles (latest versions)",
+        &["all_versions", "include_drafts"],
+    ),
+    (
+        "post",
+        "/api/gateway/bundles/upload",
+        "Install a .flow bundle (multipart: file, overwrite)",
+        &[],
+    ),
     ("post", "/api/gateway/bundles/reload", "Re-scan the flows directory", &[]),
     ("get", "/api/gateway/bundles/{bundle_id}", "Inspect a bundle", &["bundle_version"]),
-    ("delete", "/api/gateway/bundles/{bundle_id}", "Remove one version (or all versions) of a bundle", &["bundle_version"]),
-    ("get", "/api/gateway/bundles/{bundle_id}/flows/{flow_id}", "A flow's VisualFlow JSON", &["bundle_version"]),
-    ("get", "/api/gateway/bundles/{bundle_id}/flows/{flow_id}/input_schema", "JSON schema of a flow's inputs", &["bundle_version"]),
-    ("get", "/api/gateway/workflows/{workflow_id}/flow", "A workflow's flow (bundle or generated schedule wrapper)", &[]),
+    (
+        "delete",
+        "/api/gateway/bundles/{bundle_id}",
+        "Remove one version (or all versions) of a bundle",
+        &["bundle_version"],
+    ),
+    (
+        "get",
+        "/api/gateway/bundles/{bundle_id}/flows/{flow_id}",
+        "A flow's VisualFlow JSON",
+        &["bundle_version"],
+    ),
+    (
+        "get",
+        "/api/gateway/bundles/{bundle_id}/flows/{flow_id}/input_schema",
+        "JSON schema of a flow's inputs",
+        &["bundle_version"],
+    ),
+    (
+        "get",
+        "/api/gateway/workflows/{workflow_id}/flow",
+        "A workflow's flow (bundle or generated schedule wrapper)",
+        &[],
+    ),
 ];
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(openapi)).route("/docs", get(docs)).route("/redoc", get(docs))
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(docs))
+        .route("/redoc", get(docs))
 }
 
 pub fn spec() -> Value {
@@ -44,7 +122,11 @@ pub fn spec() -> Value {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
-        params.extend(query.iter().map(|q| json!({"name": q, "in": "query", "required": false, "schema": {}})));
+        params.extend(
+            query
+                .iter()
+                .map(|q| json!({"name": q, "in": "query", "required": false, "schema": {}})),
+        );
         let mut op = json!({"summary": summary, "parameters": params, "responses": {"200": {"description": "OK"}}});
         if path.starts_with("/api/gateway") {
             op["security"] = json!([{"gatewayBearerAuth": []}]);

@@ -39,7 +39,11 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(errs) => (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"detail": errs}))).into_response(),
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
-                (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"detail": format!("Internal store error: {e}")}))).into_response()
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"detail": format!("Internal store error: {e}")})),
+                )
+                    .into_response()
             }
         }
     }

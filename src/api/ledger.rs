@@ -25,7 +25,8 @@ const MAX_PAGE: i64 = 10_000;
 
 fn json_response(body: String) -> Response {
     let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -75,12 +76,26 @@ async fn batch(State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
     let limit = match m.get("limit") {
         None | Some(Value::Null) => 200,
         Some(Value::Number(n)) if n.as_i64().map(|v| (1..=MAX_PAGE).contains(&v)).unwrap_or(false) => n.as_i64().unwrap_or(200) as u64,
-        Some(other) => return Err(ApiError::invalid("int_range", json!(["body", "limit"]), format!("limit must be an integer between 1 and {MAX_PAGE}"), other.clone())),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "int_range",
+                json!(["body", "limit"]),
+                format!("limit must be an integer between 1 and {MAX_PAGE}"),
+                other.clone(),
+            ))
+        }
     };
     let runs = match m.get("runs") {
         None | Some(Value::Null) => vec![],
         Some(Value::Array(a)) => a.clone(),
-        Some(other) => return Err(ApiError::invalid("list_type", json!(["body", "runs"]), "Input should be a valid list", other.clone())),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "list_type",
+                json!(["body", "runs"]),
+                "Input should be a valid list",
+                other.clone(),
+            ))
+        }
     };
     if runs.len() > 500 {
         return Err(ApiError::bad_request("at most 500 runs per batch"));
@@ -91,7 +106,14 @@ async fn batch(State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
         let after = r.get("after").map(|a| a.as_i64()).unwrap_or(Some(0));
         match (id, after) {
             (Some(id), Some(a)) if a >= 0 => wanted.push((id.to_string(), a as u64)),
-            _ => return Err(ApiError::invalid("value_error", json!(["body", "runs", i]), "each item needs run_id (string) and after (integer >= 0)", r.clone())),
+            _ => {
+                return Err(ApiError::invalid(
+                    "value_error",
+                    json!(["body", "runs", i]),
+                    "each item needs run_id (string) and after (integer >= 0)",
+                    r.clone(),
+                ))
+            }
         }
     }
     let pages = st
@@ -129,7 +151,11 @@ async fn stream(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery
     let mut after = query_int(&q, "after", 0, 0, None)? as u64;
     if !q.contains_key("after") || after == 0 {
         // Standard SSE reconnection: browsers send the last `id:` they saw.
-        if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
+        if let Some(last) = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
             after = last;
         }
     }
@@ -137,7 +163,14 @@ async fn stream(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery
         None => 5.0,
         Some(h) => match h.parse::<f64>() {
             Ok(v) if v > 0.1 && v <= 60.0 => v,
-            _ => return Err(ApiError::invalid("value_error", json!(["query", "heartbeat_s"]), "heartbeat_s must be > 0.1 and <= 60", json!(h))),
+            _ => {
+                return Err(ApiError::invalid(
+                    "value_error",
+                    json!(["query", "heartbeat_s"]),
+                    "heartbeat_s must be > 0.1 and <= 60",
+                    json!(h),
+                ))
+            }
         },
     };
     let id = run_id.clone();
@@ -161,7 +194,11 @@ async fn stream(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery
                     let items = s.ledger_page(&rid, c, 500)?;
                     // Run state and its terminal record commit together, so "terminal" read after
                     // an empty page means every record has been seen.
-                    let terminal = if items.is_empty() { s.get_run(&rid)?.map(|r| r.status.is_terminal()).unwrap_or(true) } else { false };
+                    let terminal = if items.is_empty() {
+                        s.get_run(&rid)?.map(|r| r.status.is_terminal()).unwrap_or(true)
+                    } else {
+                        false
+                    };
                     let len = if terminal { s.ledger_len(&rid)? } else { 0 };
                     Ok((items, terminal, len))
                 })
@@ -180,7 +217,10 @@ async fn stream(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery
                 continue;
             }
             if terminal {
-                let done = format!("event: done\ndata: {}\n\n", json!({"run_id": run_id, "cursor": len, "status": "terminal"}));
+                let done = format!(
+                    "event: done\ndata: {}\n\n",
+                    json!({"run_id": run_id, "cursor": len, "status": "terminal"})
+                );
                 let _ = tx.send(Ok(Bytes::from(done))).await;
                 return;
             }
@@ -208,6 +248,8 @@ async fn stream(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery
     Ok(r)
 }
 
-fn tokio_stream(mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+fn tokio_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

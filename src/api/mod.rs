@@ -32,11 +32,16 @@ pub struct AppState {
 
 impl AppState {
     /// Runs blocking store work off the async workers.
-    pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&dyn Store) -> crate::store::StoreResult<T> + Send + 'static) -> ApiResult<T> {
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> crate::store::StoreResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
             Ok(r) => Ok(r?),
-            Err(e) => Err(error::ApiError::Store(crate::store::StoreError::Other(format!("worker failed: {e}")))),
+            Err(e) => Err(error::ApiError::Store(crate::store::StoreError::Other(format!(
+                "worker failed: {e}"
+            )))),
         }
     }
 }

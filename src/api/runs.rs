@@ -46,12 +46,17 @@ pub fn resolve_target(
     interface: Option<String>,
     lifecycle_draft: bool,
 ) -> ApiResult<Resolved> {
-    let (mut bid, mut ver) = (bundle_id.filter(|s| !s.trim().is_empty()), bundle_version.filter(|s| !s.trim().is_empty()));
+    let (mut bid, mut ver) = (
+        bundle_id.filter(|s| !s.trim().is_empty()),
+        bundle_version.filter(|s| !s.trim().is_empty()),
+    );
     if let Some(b) = bid.clone() {
         if let Some((id, v)) = b.split_once('@') {
             if let Some(given) = &ver {
                 if given != v {
-                    return Err(ApiError::bad_request(format!("bundle_version '{given}' conflicts with bundle_id '{b}'")));
+                    return Err(ApiError::bad_request(format!(
+                        "bundle_version '{given}' conflicts with bundle_id '{b}'"
+                    )));
                 }
             }
             bid = Some(id.to_string());
@@ -61,10 +66,21 @@ pub fn resolve_target(
     let mut flow = flow_id.filter(|s| !s.trim().is_empty());
     let mut source = "client";
     if flow.as_deref() == Some("@default") {
-        let iface = interface.clone().filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("flow_id '@default' requires an interface (e.g. abstractcode.agent.v1)"))?;
-        let hit = st.registry.ids().into_iter().filter_map(|id| st.registry.latest(&id)).find_map(|b| {
-            b.entrypoints.iter().find(|e| e.interfaces.contains(&iface)).map(|e| (b.id.clone(), e.flow_id.clone()))
-        });
+        let iface = interface
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::bad_request("flow_id '@default' requires an interface (e.g. abstractcode.agent.v1)"))?;
+        let hit = st
+            .registry
+            .ids()
+            .into_iter()
+            .filter_map(|id| st.registry.latest(&id))
+            .find_map(|b| {
+                b.entrypoints
+                    .iter()
+                    .find(|e| e.interfaces.contains(&iface))
+                    .map(|e| (b.id.clone(), e.flow_id.clone()))
+            });
         let (b, f) = hit.ok_or_else(|| ApiError::not_found(format!("No workflow implements interface '{iface}'")))?;
         bid = Some(b);
         flow = Some(f);
@@ -77,12 +93,16 @@ pub fn resolve_target(
             };
             if let Some(b) = &bid {
                 if b != &pid {
-                    return Err(ApiError::bad_request(format!("flow_id prefix '{pid}' does not match bundle_id '{b}'")));
+                    return Err(ApiError::bad_request(format!(
+                        "flow_id prefix '{pid}' does not match bundle_id '{b}'"
+                    )));
                 }
             }
             if let (Some(pv), Some(v)) = (&pver, &ver) {
                 if pv != v {
-                    return Err(ApiError::bad_request(format!("flow_id version '{pv}' conflicts with bundle_version '{v}'")));
+                    return Err(ApiError::bad_request(format!(
+                        "flow_id version '{pv}' conflicts with bundle_version '{v}'"
+                    )));
                 }
             }
             bid = Some(pid);
@@ -93,7 +113,9 @@ pub fn resolve_target(
         }
     }
     if bid.is_none() && flow.is_none() {
-        return Err(ApiError::bad_request("flow_id is required (or provide bundle_id to start a bundle entrypoint)"));
+        return Err(ApiError::bad_request(
+            "flow_id is required (or provide bundle_id to start a bundle entrypoint)",
+        ));
     }
     let bid = match bid {
         Some(b) => b,
@@ -102,28 +124,53 @@ pub fn resolve_target(
             if ids.len() == 1 {
                 ids[0].clone()
             } else {
-                return Err(ApiError::bad_request(format!("bundle_id is required: {} bundles are loaded", ids.len())));
+                return Err(ApiError::bad_request(format!(
+                    "bundle_id is required: {} bundles are loaded",
+                    ids.len()
+                )));
             }
         }
     };
     safe_id("bundle_id", &bid)?;
     let bundle = match &ver {
-        Some(v) => st.registry.get(&bid, v).ok_or_else(|| ApiError::not_found(format!("Bundle '{bid}@{v}' not found")))?,
-        None => st.registry.latest(&bid).ok_or_else(|| ApiError::not_found(format!("Bundle '{bid}' not found")))?,
+        Some(v) => st
+            .registry
+            .get(&bid, v)
+            .ok_or_else(|| ApiError::not_found(format!("Bundle '{bid}@{v}' not found")))?,
+        None => st
+            .registry
+            .latest(&bid)
+            .ok_or_else(|| ApiError::not_found(format!("Bundle '{bid}' not found")))?,
     };
     if bundle.is_draft() && !lifecycle_draft {
-        return Err(ApiError::bad_request("draft bundle versions require run_lifecycle.purpose='draft_test'"));
+        return Err(ApiError::bad_request(
+            "draft bundle versions require run_lifecycle.purpose='draft_test'",
+        ));
     }
     let fid = match flow {
         Some(f) => f,
         None => match (&bundle.default_entrypoint, bundle.entrypoints.len()) {
             (_, 1) => bundle.entrypoints[0].flow_id.clone(),
             (Some(d), _) => d.clone(),
-            (None, n) => return Err(ApiError::bad_request(format!("Bundle '{}' has {n} entrypoints; specify flow_id", bundle.bundle_ref()))),
+            (None, n) => {
+                return Err(ApiError::bad_request(format!(
+                    "Bundle '{}' has {n} entrypoints; specify flow_id",
+                    bundle.bundle_ref()
+                )))
+            }
         },
     };
-    let flow = bundle.flows.get(&fid).cloned().ok_or_else(|| ApiError::not_found(format!("Workflow '{}' not found", bundle.workflow_id(&fid))))?;
-    Ok(Resolved { bundle, flow, source, interface })
+    let flow = bundle
+        .flows
+        .get(&fid)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("Workflow '{}' not found", bundle.workflow_id(&fid))))?;
+    Ok(Resolved {
+        bundle,
+        flow,
+        source,
+        interface,
+    })
 }
 
 /// Keeps only the lifecycle keys we understand, with the types we expect.
@@ -136,7 +183,9 @@ fn sanitize_lifecycle(l: &Map<String, Value>) -> Value {
         out.insert("label".into(), json!(s));
     }
     if let Some(r) = l.get("retention").and_then(Value::as_object) {
-        let ttl = r.get("ttl_s").and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())));
+        let ttl = r
+            .get("ttl_s")
+            .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())));
         if let Some(t) = ttl {
             out.insert("retention".into(), json!({"ttl_s": t}));
         }
@@ -167,7 +216,12 @@ async fn start(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>
     let thinking = m.get("thinking").cloned();
     if let Some(t) = &thinking {
         if !(t.is_null() || t.is_boolean() || t.is_string()) {
-            return Err(ApiError::invalid("string_type", json!(["body", "thinking"]), "Input should be a valid boolean or string", t.clone()));
+            return Err(ApiError::invalid(
+                "string_type",
+                json!(["body", "thinking"]),
+                "Input should be a valid boolean or string",
+                t.clone(),
+            ));
         }
     }
     f.finish()?;
@@ -193,7 +247,9 @@ async fn start(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>
     tracing::info!(run_id = %run_id, workflow_id = %run.workflow_id, "run started");
     st.blocking(move |s| s.create_run(&run)).await?;
     st.notifier.wake_runner();
-    Ok(Json(json!({"run_id": run_id, "runner_warning": null, "resolved_workflow": resolved_json(&r)})))
+    Ok(Json(
+        json!({"run_id": run_id, "runner_warning": null, "resolved_workflow": resolved_json(&r)}),
+    ))
 }
 
 async fn schedule_run(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
@@ -223,18 +279,31 @@ async fn schedule_run(State(st): State<AppState>, body: Bytes) -> ApiResult<Json
             }
             Some(c as u64)
         }
-        Some(other) => return Err(ApiError::invalid("int_type", json!(["body", "repeat_count"]), "Input should be a valid integer", other)),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "int_type",
+                json!(["body", "repeat_count"]),
+                "Input should be a valid integer",
+                other,
+            ))
+        }
     };
     if let Some(s) = &session_id {
         safe_id("session_id", s)?;
     }
     let interval_d = match &interval {
-        Some(i) => Some(parse_duration(i).ok_or_else(|| ApiError::bad_request(format!("invalid interval {i:?}: expected e.g. 30s, 0.5s, 5m, 1h, 1d")))?),
+        Some(i) => Some(
+            parse_duration(i)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid interval {i:?}: expected e.g. 30s, 0.5s, 5m, 1h, 1d")))?,
+        ),
         None => None,
     };
     let start = match start_at.as_deref().map(str::trim) {
         None | Some("") | Some("now") => None,
-        Some(s) => Some(parse_iso(s).ok_or_else(|| ApiError::bad_request(format!("invalid start_at {s:?}: expected an ISO 8601 timestamp or \"now\"")))?),
+        Some(s) => Some(
+            parse_iso(s)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid start_at {s:?}: expected an ISO 8601 timestamp or \"now\"")))?,
+        ),
     };
     if repeat_count.map(|c| c > 1).unwrap_or(false) && interval_d.is_none() {
         return Err(ApiError::bad_request("repeat_count > 1 requires interval"));
@@ -244,7 +313,9 @@ async fn schedule_run(State(st): State<AppState>, body: Bytes) -> ApiResult<Json
         if repeat_count.is_some() {
             return Err(ApiError::bad_request("repeat_until cannot be combined with repeat_count"));
         }
-        let Some(d) = interval_d else { return Err(ApiError::bad_request("repeat_until requires interval")) };
+        let Some(d) = interval_d else {
+            return Err(ApiError::bad_request("repeat_until requires interval"));
+        };
         let until = parse_iso(u).ok_or_else(|| ApiError::bad_request(format!("invalid repeat_until {u:?}")))?;
         let from = start.unwrap_or_else(now);
         if until < from {
@@ -253,7 +324,10 @@ async fn schedule_run(State(st): State<AppState>, body: Bytes) -> ApiResult<Json
         let span = (until - from).to_std().unwrap_or_default().as_secs_f64();
         let n = 1 + (span / d.as_secs_f64().max(1e-6)).floor() as u64;
         if n > schedule::MAX_DERIVED_COUNT {
-            return Err(ApiError::bad_request(format!("repeat_until/interval derive {n} executions (> {})", schedule::MAX_DERIVED_COUNT)));
+            return Err(ApiError::bad_request(format!(
+                "repeat_until/interval derive {n} executions (> {})",
+                schedule::MAX_DERIVED_COUNT
+            )));
         }
         count = Some(n);
     }
@@ -294,14 +368,20 @@ async fn schedule_run(State(st): State<AppState>, body: Bytes) -> ApiResult<Json
 
 async fn get_run(State(st): State<AppState>, Path(run_id): Path<String>) -> ApiResult<Json<Value>> {
     let id = run_id.clone();
-    let run = st.blocking(move |s| s.get_run(&id)).await?.ok_or_else(|| ApiError::run_not_found(&run_id))?;
+    let run = st
+        .blocking(move |s| s.get_run(&id))
+        .await?
+        .ok_or_else(|| ApiError::run_not_found(&run_id))?;
     Ok(Json(run_summary(&run)))
 }
 
 async fn list(State(st): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let q = query_map(q.as_deref());
     let status = match q.get("status").filter(|s| !s.is_empty()) {
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| ApiError::bad_request("Invalid status (expected: running|waiting|completed|failed|cancelled)"))?),
+        Some(s) => Some(
+            RunStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_request("Invalid status (expected: running|waiting|completed|failed|cancelled)"))?,
+        ),
         None => None,
     };
     let limit = query_int(&q, "limit", 50, 1, Some(10_000))? as u64;
@@ -343,12 +423,17 @@ async fn list(State(st): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Js
             v
         })
         .collect();
-    Ok(Json(json!({"count": items.len(), "offset": offset, "has_more": page.has_more, "items": items})))
+    Ok(Json(
+        json!({"count": items.len(), "offset": offset, "has_more": page.has_more, "items": items}),
+    ))
 }
 
 async fn input_data(State(st): State<AppState>, Path(run_id): Path<String>) -> ApiResult<Json<Value>> {
     let id = run_id.clone();
-    let run = st.blocking(move |s| s.get_run(&id)).await?.ok_or_else(|| ApiError::run_not_found(&run_id))?;
+    let run = st
+        .blocking(move |s| s.get_run(&id))
+        .await?
+        .ok_or_else(|| ApiError::run_not_found(&run_id))?;
     let (wid, vars) = match run.schedule() {
         Some(s) => (
             s.get("target_workflow_id").and_then(Value::as_str).unwrap_or("").to_string(),
@@ -357,28 +442,49 @@ async fn input_data(State(st): State<AppState>, Path(run_id): Path<String>) -> A
         None => (run.workflow_id.clone(), run.vars.clone()),
     };
     let flow = st.registry.flow(&wid);
-    let pins: Vec<String> = flow.as_ref().map(|f| f.entry_pins().into_iter().map(|(p, _)| p.id).collect()).unwrap_or_default();
+    let pins: Vec<String> = flow
+        .as_ref()
+        .map(|f| f.entry_pins().into_iter().map(|(p, _)| p.id).collect())
+        .unwrap_or_default();
     let data: Map<String, Value> = if pins.is_empty() {
-        vars.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), v.clone())).collect()
+        vars.iter()
+            .filter(|(k, _)| !k.starts_with('_'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     } else {
         pins.iter().filter_map(|p| vars.get(p).map(|v| (p.clone(), v.clone()))).collect()
     };
     let (bref, fid) = wid.rsplit_once(':').unwrap_or(("", &wid));
     let (bid, bver) = bref.split_once('@').map(|(a, b)| (a, Some(b))).unwrap_or((bref, None));
-    Ok(Json(json!({"run_id": run.run_id, "workflow_id": wid, "bundle_id": bid, "bundle_version": bver, "flow_id": fid,
-                   "pin_ids": pins, "input_data": data, "workspace": {}})))
+    Ok(Json(
+        json!({"run_id": run.run_id, "workflow_id": wid, "bundle_id": bid, "bundle_version": bver, "flow_id": fid,
+                   "pin_ids": pins, "input_data": data, "workspace": {}}),
+    ))
 }
 
 async fn workflow_flow(State(st): State<AppState>, Path(workflow_id): Path<String>) -> ApiResult<Json<Value>> {
     if schedule::is_scheduled_workflow(&workflow_id) {
         let wid = workflow_id.clone();
         let page = st
-            .blocking(move |s| s.list_runs(&RunQuery { workflow_id: Some(wid), include_drafts: true, limit: 1, ..Default::default() }))
+            .blocking(move |s| {
+                s.list_runs(&RunQuery {
+                    workflow_id: Some(wid),
+                    include_drafts: true,
+                    limit: 1,
+                    ..Default::default()
+                })
+            })
             .await?;
-        let run = page.runs.first().ok_or_else(|| ApiError::not_found(format!("Workflow '{workflow_id}' not found")))?;
+        let run = page
+            .runs
+            .first()
+            .ok_or_else(|| ApiError::not_found(format!("Workflow '{workflow_id}' not found")))?;
         let flow = schedule::wrapper_json(run).ok_or_else(|| ApiError::not_found(format!("Workflow '{workflow_id}' not found")))?;
         return Ok(Json(json!({"workflow_id": workflow_id, "flow": flow, "source": "dynamic"})));
     }
-    let flow = st.registry.flow(&workflow_id).ok_or_else(|| ApiError::not_found(format!("Workflow '{workflow_id}' not found")))?;
+    let flow = st
+        .registry
+        .flow(&workflow_id)
+        .ok_or_else(|| ApiError::not_found(format!("Workflow '{workflow_id}' not found")))?;
     Ok(Json(json!({"workflow_id": workflow_id, "flow": flow.raw, "source": "bundle"})))
 }

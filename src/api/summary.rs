@@ -20,7 +20,11 @@ pub fn run_summary(run: &RunState) -> Value {
                "pct": pct, "warn_tokens_pct": l.get("warn_tokens_pct")}})
     });
     let sched = run.schedule();
-    let warnings = run.vars.get("_flow_warnings").filter(|w| w.as_array().map(|a| !a.is_empty()).unwrap_or(false)).cloned();
+    let warnings = run
+        .vars
+        .get("_flow_warnings")
+        .filter(|w| w.as_array().map(|a| !a.is_empty()).unwrap_or(false))
+        .cloned();
     json!({
         "run_id": run.run_id, "workflow_id": run.workflow_id, "status": run.status.as_str(), "current_node": run.current_node,
         "created_at": run.created_at, "updated_at": run.updated_at, "actor_id": run.actor_id, "session_id": run.session_id,

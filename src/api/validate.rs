@@ -17,7 +17,12 @@ pub fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     })?;
     match v {
         Value::Object(m) => Ok(m),
-        other => Err(ApiError::invalid("model_attributes_type", json!(["body"]), "Input should be a valid dictionary or object to extract fields from", other)),
+        other => Err(ApiError::invalid(
+            "model_attributes_type",
+            json!(["body"]),
+            "Input should be a valid dictionary or object to extract fields from",
+            other,
+        )),
     }
 }
 
@@ -46,14 +51,16 @@ impl<'a> Fields<'a> {
     }
 
     fn err(&mut self, kind: &str, field: &str, msg: &str, input: Value) {
-        self.errs.push(json!({"type": kind, "loc": ["body", field], "msg": msg, "input": input}));
+        self.errs
+            .push(json!({"type": kind, "loc": ["body", field], "msg": msg, "input": input}));
     }
 
     pub fn req_str(&mut self, k: &str) -> String {
         match self.m.get(k) {
             Some(Value::String(s)) => s.clone(),
             None => {
-                self.errs.push(json!({"type": "missing", "loc": ["body", k], "msg": "Field required", "input": Value::Object(self.m.clone())}));
+                self.errs
+                    .push(json!({"type": "missing", "loc": ["body", k], "msg": "Field required", "input": Value::Object(self.m.clone())}));
                 String::new()
             }
             Some(other) => {
@@ -139,14 +146,23 @@ pub fn query_map(q: Option<&str>) -> HashMap<String, String> {
 pub fn query_int(q: &HashMap<String, String>, k: &str, default: i64, min: i64, max: Option<i64>) -> Result<i64, ApiError> {
     let Some(raw) = q.get(k) else { return Ok(default) };
     let v: i64 = raw.trim().parse().map_err(|_| {
-        ApiError::invalid("int_parsing", json!(["query", k]), "Input should be a valid integer, unable to parse string as an integer", json!(raw))
+        ApiError::invalid(
+            "int_parsing",
+            json!(["query", k]),
+            "Input should be a valid integer, unable to parse string as an integer",
+            json!(raw),
+        )
     })?;
     if v < min {
-        return Err(ApiError::Invalid(vec![json!({"type": "greater_than_equal", "loc": ["query", k], "msg": format!("Input should be greater than or equal to {min}"), "input": raw, "ctx": {"ge": min}})]));
+        return Err(ApiError::Invalid(vec![
+            json!({"type": "greater_than_equal", "loc": ["query", k], "msg": format!("Input should be greater than or equal to {min}"), "input": raw, "ctx": {"ge": min}}),
+        ]));
     }
     if let Some(max) = max {
         if v > max {
-            return Err(ApiError::Invalid(vec![json!({"type": "less_than_equal", "loc": ["query", k], "msg": format!("Input should be less than or equal to {max}"), "input": raw, "ctx": {"le": max}})]));
+            return Err(ApiError::Invalid(vec![
+                json!({"type": "less_than_equal", "loc": ["query", k], "msg": format!("Input should be less than or equal to {max}"), "input": raw, "ctx": {"le": max}}),
+            ]));
         }
     }
     Ok(v)
@@ -157,7 +173,12 @@ pub fn query_bool(q: &HashMap<String, String>, k: &str, default: bool) -> Result
         None => Ok(default),
         Some(s) if matches!(s.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
         Some(s) if matches!(s.as_str(), "0" | "false" | "no" | "off") => Ok(false),
-        Some(s) => Err(ApiError::invalid("bool_parsing", json!(["query", k]), "Input should be a valid boolean, unable to interpret input", json!(s))),
+        Some(s) => Err(ApiError::invalid(
+            "bool_parsing",
+            json!(["query", k]),
+            "Input should be a valid boolean, unable to interpret input",
+            json!(s),
+        )),
     }
 }
 
@@ -166,6 +187,8 @@ pub fn safe_id(kind: &str, id: &str) -> Result<(), ApiError> {
     if crate::util::is_safe_id(id) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("invalid {kind}: must be non-empty, at most 256 characters, without '..', slashes or control characters")))
+        Err(ApiError::bad_request(format!(
+            "invalid {kind}: must be non-empty, at most 256 characters, without '..', slashes or control characters"
+        )))
     }
 }

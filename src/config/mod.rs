@@ -55,7 +55,10 @@ fn flag(names: &[&str], default: bool) -> Result<bool, ConfigError> {
         Some(v) => match v.to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(true),
             "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError::Invalid(format!("{} must be a boolean (1/0/true/false), got {v:?}", names[0]))),
+            _ => Err(ConfigError::Invalid(format!(
+                "{} must be a boolean (1/0/true/false), got {v:?}",
+                names[0]
+            ))),
         },
     }
 }
@@ -74,12 +77,20 @@ pub const DEFAULT_ORIGINS: &str = "http://localhost:*,http://127.0.0.1:*";
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         let data_dir = PathBuf::from(
-            var(&["ABSTRACTGATEWAY_DATA_DIR", "ABSTRACTFLOW_RUNTIME_DIR", "ABSTRACTFLOW_GATEWAY_DATA_DIR"])
-                .unwrap_or_else(|| "./runtime".into()),
+            var(&[
+                "ABSTRACTGATEWAY_DATA_DIR",
+                "ABSTRACTFLOW_RUNTIME_DIR",
+                "ABSTRACTFLOW_GATEWAY_DATA_DIR",
+            ])
+            .unwrap_or_else(|| "./runtime".into()),
         );
-        let flows_dir = var(&["ABSTRACTGATEWAY_FLOWS_DIR", "ABSTRACTFRAMEWORK_WORKFLOWS_DIR", "ABSTRACTFLOW_FLOWS_DIR"])
-            .map(PathBuf::from)
-            .unwrap_or_else(|| data_dir.join("flows"));
+        let flows_dir = var(&[
+            "ABSTRACTGATEWAY_FLOWS_DIR",
+            "ABSTRACTFRAMEWORK_WORKFLOWS_DIR",
+            "ABSTRACTFLOW_FLOWS_DIR",
+        ])
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("flows"));
         let db_path = var(&["ABSTRACTGATEWAY_DB_PATH"])
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("gateway.sqlite3"));
@@ -130,7 +141,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_concurrency == 0 || self.max_sse == 0 {
-            return Err(ConfigError::Invalid("ABSTRACTGATEWAY_MAX_CONCURRENCY and _MAX_SSE must be >= 1".into()));
+            return Err(ConfigError::Invalid(
+                "ABSTRACTGATEWAY_MAX_CONCURRENCY and _MAX_SSE must be >= 1".into(),
+            ));
         }
         if self.lockout_after == 0 {
             return Err(ConfigError::Invalid("ABSTRACTGATEWAY_LOCKOUT_AFTER must be >= 1".into()));
@@ -184,7 +197,11 @@ impl Config {
 }
 
 pub fn absolute(p: &Path) -> PathBuf {
-    let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
     // Lexical normalisation (the paths may not exist yet).
     let mut out = PathBuf::new();
     for c in p.components() {

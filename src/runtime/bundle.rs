@@ -123,11 +123,15 @@ fn read_archive(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> 
             .read_to_end(&mut buf)
             .map_err(|e| BundleError::BadZip(format!("{name}: {e}")))?;
         if buf.len() as u64 > MAX_ENTRY_BYTES {
-            return Err(BundleError::Unsafe(format!("entry {name:?} is larger than {MAX_ENTRY_BYTES} bytes")));
+            return Err(BundleError::Unsafe(format!(
+                "entry {name:?} is larger than {MAX_ENTRY_BYTES} bytes"
+            )));
         }
         total += buf.len() as u64;
         if total > MAX_TOTAL_BYTES {
-            return Err(BundleError::Unsafe("archive inflates past the total size limit (possible zip bomb)".into()));
+            return Err(BundleError::Unsafe(
+                "archive inflates past the total size limit (possible zip bomb)".into(),
+            ));
         }
         out.insert(name, buf);
     }
@@ -138,25 +142,37 @@ pub fn load_bundle(bytes: &[u8], path: Option<PathBuf>) -> Result<Bundle, Bundle
     let files = read_archive(bytes)?;
     let manifest: Value = serde_json::from_slice(files.get("manifest.json").ok_or(BundleError::NoManifest)?)
         .map_err(|e| BundleError::Manifest(format!("manifest.json is not JSON: {e}")))?;
-    let m = manifest.as_object().ok_or_else(|| BundleError::Manifest("manifest.json must be an object".into()))?;
+    let m = manifest
+        .as_object()
+        .ok_or_else(|| BundleError::Manifest("manifest.json must be an object".into()))?;
     let fmt = get(m, "bundle_format_version", "bundleFormatVersion")
         .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
         .unwrap_or_default();
     if fmt != "1" {
         return Err(BundleError::Manifest(format!("bundle_format_version must be \"1\" (got {fmt:?})")));
     }
-    let id = string(m, "bundle_id", "bundleId").filter(|s| !s.is_empty()).ok_or_else(|| BundleError::Manifest("bundle_id is required".into()))?;
+    let id = string(m, "bundle_id", "bundleId")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| BundleError::Manifest("bundle_id is required".into()))?;
     if !is_safe_id(&id) || id.contains('@') || id.contains(':') {
         return Err(BundleError::Manifest(format!("bundle_id {id:?} is not a safe identifier")));
     }
-    let version = string(m, "bundle_version", "bundleVersion").filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0".into());
+    let version = string(m, "bundle_version", "bundleVersion")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "0.0.0".into());
     if !is_safe_id(&version) || version.contains('@') || version.contains(':') {
-        return Err(BundleError::Manifest(format!("bundle_version {version:?} is not a safe identifier")));
+        return Err(BundleError::Manifest(format!(
+            "bundle_version {version:?} is not a safe identifier"
+        )));
     }
     let mut entrypoints = Vec::new();
     for e in get(m, "entrypoints", "entryPoints").and_then(Value::as_array).into_iter().flatten() {
-        let eo = e.as_object().ok_or_else(|| BundleError::Manifest("entrypoints must be objects".into()))?;
-        let flow_id = string(eo, "flow_id", "flowId").filter(|s| !s.is_empty()).ok_or_else(|| BundleError::Manifest("entrypoint without flow_id".into()))?;
+        let eo = e
+            .as_object()
+            .ok_or_else(|| BundleError::Manifest("entrypoints must be objects".into()))?;
+        let flow_id = string(eo, "flow_id", "flowId")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| BundleError::Manifest("entrypoint without flow_id".into()))?;
         if entrypoints.iter().any(|x: &Entrypoint| x.flow_id == flow_id) {
             return Err(BundleError::Manifest(format!("duplicate entrypoint flow_id {flow_id:?}")));
         }
@@ -164,7 +180,11 @@ pub fn load_bundle(bytes: &[u8], path: Option<PathBuf>) -> Result<Bundle, Bundle
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_str().map(str::to_string).ok_or_else(|| BundleError::Manifest("interfaces must be strings".into())))
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| BundleError::Manifest("interfaces must be strings".into()))
+                })
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(BundleError::Manifest("interfaces must be a list of strings".into())),
         };
@@ -199,14 +219,18 @@ pub fn load_bundle(bytes: &[u8], path: Option<PathBuf>) -> Result<Bundle, Bundle
     let namespace = format!("{id}@{version}");
     let mut flows = BTreeMap::new();
     for (fid, p) in &flow_map {
-        let p = p.as_str().ok_or_else(|| BundleError::Manifest(format!("flows.{fid} must be a path")))?;
+        let p = p
+            .as_str()
+            .ok_or_else(|| BundleError::Manifest(format!("flows.{fid} must be a path")))?;
         if !is_safe_rel_path(p) {
             return Err(BundleError::Manifest(format!("flows.{fid}: unsafe path {p:?}")));
         }
         if !is_safe_id(fid) || fid.contains(':') {
             return Err(BundleError::Manifest(format!("flow id {fid:?} is not a safe identifier")));
         }
-        let bytes = files.get(p).ok_or_else(|| BundleError::Manifest(format!("flows.{fid}: {p} is missing from the archive")))?;
+        let bytes = files
+            .get(p)
+            .ok_or_else(|| BundleError::Manifest(format!("flows.{fid}: {p} is missing from the archive")))?;
         let raw: Value = serde_json::from_slice(bytes).map_err(|e| BundleError::Manifest(format!("{p} is not JSON: {e}")))?;
         let mut flow = Flow::compile(&raw, Some(&namespace), &flow_ids).map_err(|e| BundleError::Flow(fid.clone(), e))?;
         // The manifest key is authoritative for the flow's id inside the bundle.
@@ -221,7 +245,11 @@ pub fn load_bundle(bytes: &[u8], path: Option<PathBuf>) -> Result<Bundle, Bundle
     }
     Ok(Bundle {
         created_at: string(m, "created_at", "createdAt").unwrap_or_default(),
-        metadata: m.get("metadata").cloned().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new())),
+        metadata: m
+            .get("metadata")
+            .cloned()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| Value::Object(Map::new())),
         sha256: sha256_hex(bytes),
         id,
         version,
@@ -281,7 +309,9 @@ impl BundleRegistry {
             .collect();
         entries.sort();
         for p in entries {
-            let res = std::fs::read(&p).map_err(|e| BundleError::Io(e.to_string())).and_then(|b| load_bundle(&b, Some(p.clone())));
+            let res = std::fs::read(&p)
+                .map_err(|e| BundleError::Io(e.to_string()))
+                .and_then(|b| load_bundle(&b, Some(p.clone())));
             match res {
                 Ok(b) => {
                     map.entry(b.id.clone()).or_default().insert(b.version.clone(), Arc::new(b));
@@ -307,7 +337,11 @@ impl BundleRegistry {
     }
 
     pub fn versions(&self, id: &str) -> Vec<Arc<Bundle>> {
-        self.bundles.read().ok().and_then(|b| b.get(id).map(|v| v.values().cloned().collect())).unwrap_or_default()
+        self.bundles
+            .read()
+            .ok()
+            .and_then(|b| b.get(id).map(|v| v.values().cloned().collect()))
+            .unwrap_or_default()
     }
 
     pub fn get(&self, id: &str, version: &str) -> Option<Arc<Bundle>> {
@@ -318,8 +352,16 @@ impl BundleRegistry {
     pub fn latest(&self, id: &str) -> Option<Arc<Bundle>> {
         let versions = self.versions(id);
         let published: Vec<&Arc<Bundle>> = versions.iter().filter(|b| !b.is_draft()).collect();
-        let pool: Vec<&Arc<Bundle>> = if published.is_empty() { versions.iter().collect() } else { published };
-        if let Some(b) = pool.iter().filter(|b| semver_key(&b.version).is_some()).max_by_key(|b| semver_key(&b.version)) {
+        let pool: Vec<&Arc<Bundle>> = if published.is_empty() {
+            versions.iter().collect()
+        } else {
+            published
+        };
+        if let Some(b) = pool
+            .iter()
+            .filter(|b| semver_key(&b.version).is_some())
+            .max_by_key(|b| semver_key(&b.version))
+        {
             return Some((*b).clone());
         }
         pool.into_iter().max_by(|a, b| a.created_at.cmp(&b.created_at)).cloned()
@@ -357,9 +399,14 @@ impl BundleRegistry {
             let _ = std::fs::remove_file(&tmp);
             return Err(InstallError::Io(e.to_string()));
         }
-        let bundle = Arc::new(Bundle { path: Some(dest), ..bundle });
+        let bundle = Arc::new(Bundle {
+            path: Some(dest),
+            ..bundle
+        });
         if let Ok(mut map) = self.bundles.write() {
-            map.entry(bundle.id.clone()).or_default().insert(bundle.version.clone(), bundle.clone());
+            map.entry(bundle.id.clone())
+                .or_default()
+                .insert(bundle.version.clone(), bundle.clone());
         }
         Ok(bundle)
     }

@@ -14,7 +14,11 @@ use crate::util::time::{add_duration, format_iso, now, now_iso, parse_duration};
 pub const TYPES: &[&str] = &["pause", "resume", "cancel", "emit_event", "update_schedule", "compact_memory"];
 
 fn outcome(state: &'static str, detail: impl Into<String>, affected: Vec<String>) -> CommandOutcome {
-    CommandOutcome { state, detail: detail.into(), affected_run_ids: affected }
+    CommandOutcome {
+        state,
+        detail: detail.into(),
+        affected_run_ids: affected,
+    }
 }
 
 fn s(v: &Value, k: &str) -> Option<String> {
@@ -82,7 +86,11 @@ impl Pass<'_> {
         }
         Ok(if affected.is_empty() {
             let st = self.runs.get(&c.run_id).map(|r| r.status.as_str()).unwrap_or("unknown");
-            outcome("ignored", format!("nothing to pause: run is {st} (already paused, terminal, or waiting on the user)"), vec![])
+            outcome(
+                "ignored",
+                format!("nothing to pause: run is {st} (already paused, terminal, or waiting on the user)"),
+                vec![],
+            )
         } else {
             outcome("applied", format!("paused {} run(s)", affected.len()), affected)
         })
@@ -97,7 +105,9 @@ impl Pass<'_> {
             if !p.is_object() {
                 return Ok(outcome("rejected", "payload.payload must be an object", vec![]));
             }
-            let Some(run) = self.runs.get(&c.run_id) else { return Ok(outcome("rejected", "run vanished", vec![])) };
+            let Some(run) = self.runs.get(&c.run_id) else {
+                return Ok(outcome("rejected", "run vanished", vec![]));
+            };
             if run.status != RunStatus::Waiting {
                 return Ok(outcome("rejected", format!("run is {}, not waiting", run.status.as_str()), vec![]));
             }
@@ -108,7 +118,11 @@ impl Pass<'_> {
             let actual = run.waiting.as_ref().and_then(|w| w.wait_key.clone());
             if let Some(e) = expected {
                 if Some(&e) != actual.as_ref() {
-                    return Ok(outcome("rejected", format!("wait_key mismatch: run waits on {actual:?}, command names {e:?}"), vec![]));
+                    return Ok(outcome(
+                        "rejected",
+                        format!("wait_key mismatch: run waits on {actual:?}, command names {e:?}"),
+                        vec![],
+                    ));
                 }
             }
             return Ok(match self.resume_run(&c.run_id, p.clone()) {
@@ -130,7 +144,12 @@ impl Pass<'_> {
                 ctl.insert("paused".into(), json!(false));
                 ctl.insert("pause_reason".into(), Value::Null);
                 ctl.insert("resumed_at".into(), json!(ts));
-                let synthetic = run.waiting.as_ref().and_then(|w| w.wait_key.as_deref()).map(|k| k.starts_with("pause:")).unwrap_or(false);
+                let synthetic = run
+                    .waiting
+                    .as_ref()
+                    .and_then(|w| w.wait_key.as_deref())
+                    .map(|k| k.starts_with("pause:"))
+                    .unwrap_or(false);
                 if synthetic {
                     let w = run.waiting.take();
                     run.status = RunStatus::Running;
@@ -156,7 +175,11 @@ impl Pass<'_> {
             }
         }
         Ok(if affected.is_empty() {
-            outcome("ignored", "nothing to resume: no paused run in this tree (to answer a wait, send payload.payload)", vec![])
+            outcome(
+                "ignored",
+                "nothing to resume: no paused run in this tree (to answer a wait, send payload.payload)",
+                vec![],
+            )
         } else {
             outcome("applied", format!("resumed {} run(s)", affected.len()), affected)
         })
@@ -193,7 +216,9 @@ impl Pass<'_> {
             return Ok(outcome("rejected", "payload.name is required for emit_event", vec![]));
         };
         let scope = s(&c.payload, "scope").unwrap_or_else(|| "session".into());
-        let session = s(&c.payload, "session_id").or_else(|| s(&c.payload, "sessionId")).unwrap_or_else(|| c.run_id.clone());
+        let session = s(&c.payload, "session_id")
+            .or_else(|| s(&c.payload, "sessionId"))
+            .unwrap_or_else(|| c.run_id.clone());
         let scope_id = match scope.as_str() {
             "session" => session.clone(),
             "workflow" => match s(&c.payload, "workflow_id") {
@@ -202,7 +227,13 @@ impl Pass<'_> {
             },
             "run" => s(&c.payload, "run_id").unwrap_or_else(|| c.run_id.clone()),
             "global" => "global".into(),
-            other => return Ok(outcome("rejected", format!("scope must be one of session|workflow|run|global, got '{other}'"), vec![])),
+            other => {
+                return Ok(outcome(
+                    "rejected",
+                    format!("scope must be one of session|workflow|run|global, got '{other}'"),
+                    vec![],
+                ))
+            }
         };
         let wait_key = format!("evt:{scope}:{scope_id}:{name}");
         let payload = match c.payload.get("payload") {
@@ -225,10 +256,18 @@ impl Pass<'_> {
         }
         let resumed = interpreter::Host::deliver_event(self, &wait_key, &envelope);
         Ok(if resumed.is_empty() {
-            let why = if paused > 0 { format!("{paused} listener(s) on {wait_key} are paused; event dropped for them") } else { format!("no run is waiting on {wait_key}") };
+            let why = if paused > 0 {
+                format!("{paused} listener(s) on {wait_key} are paused; event dropped for them")
+            } else {
+                format!("no run is waiting on {wait_key}")
+            };
             outcome("ignored", why, vec![])
         } else {
-            let extra = if paused > 0 { format!(" ({paused} paused listener(s) skipped)") } else { String::new() };
+            let extra = if paused > 0 {
+                format!(" ({paused} paused listener(s) skipped)")
+            } else {
+                String::new()
+            };
             outcome("applied", format!("delivered to {} run(s){extra}", resumed.len()), resumed)
         })
     }
@@ -254,17 +293,31 @@ impl Pass<'_> {
             return Ok(outcome("rejected", "payload.interval is required (e.g. \"30s\", \"5m\")", vec![]));
         };
         let Some(dur) = parse_duration(&interval) else {
-            return Ok(outcome("rejected", format!("invalid interval {interval:?}: expected a relative duration like 10s, 0.5s, 5m, 1h, 1d"), vec![]));
+            return Ok(outcome(
+                "rejected",
+                format!("invalid interval {interval:?}: expected a relative duration like 10s, 0.5s, 5m, 1h, 1d"),
+                vec![],
+            ));
         };
         let apply_now = c.payload.get("apply_immediately").and_then(Value::as_bool).unwrap_or(true);
         let root = self.root_of(&c.run_id)?;
-        let Some(run) = self.runs.get_mut(&root) else { return Ok(outcome("rejected", "run vanished", vec![])) };
+        let Some(run) = self.runs.get_mut(&root) else {
+            return Ok(outcome("rejected", "run vanished", vec![]));
+        };
         let recurrent = run.schedule().map(schedule::is_recurrent).unwrap_or(false);
         if !recurrent {
-            return Ok(outcome("rejected", format!("run '{root}' is not a recurrent scheduled run"), vec![]));
+            return Ok(outcome(
+                "rejected",
+                format!("run '{root}' is not a recurrent scheduled run"),
+                vec![],
+            ));
         }
         if run.status.is_terminal() {
-            return Ok(outcome("ignored", format!("scheduled run '{root}' is already {}", run.status.as_str()), vec![]));
+            return Ok(outcome(
+                "ignored",
+                format!("scheduled run '{root}' is already {}", run.status.as_str()),
+                vec![],
+            ));
         }
         let ts = now_iso();
         if let Some(Value::Object(sch)) = run.vars.get_mut("_meta").and_then(|m| m.get_mut("schedule")) {
@@ -278,12 +331,21 @@ impl Pass<'_> {
                 applied_now = true;
             }
         }
-        crate::runtime::model::obj_entry(&mut run.vars, "_runtime")
-            .insert("last_schedule_update".into(), json!({"interval": interval, "at": ts, "command_id": c.command_id, "applied_immediately": applied_now}));
+        crate::runtime::model::obj_entry(&mut run.vars, "_runtime").insert(
+            "last_schedule_update".into(),
+            json!({"interval": interval, "at": ts, "command_id": c.command_id, "applied_immediately": applied_now}),
+        );
         run.touch();
         self.mark(&root);
         self.enqueue(&root);
-        Ok(outcome("applied", format!("interval set to {interval}{}", if applied_now { "; pending wait rescheduled" } else { "" }), vec![root]))
+        Ok(outcome(
+            "applied",
+            format!(
+                "interval set to {interval}{}",
+                if applied_now { "; pending wait rescheduled" } else { "" }
+            ),
+            vec![root],
+        ))
     }
 
     fn cmd_compact(&mut self, c: &CommandRow) -> crate::store::StoreResult<CommandOutcome> {
@@ -302,7 +364,14 @@ impl Pass<'_> {
                 // The deepest run of the tree that carries conversation messages.
                 let mut best = None;
                 for id in self.tree(&root)? {
-                    if self.load(&id)? && self.runs.get(&id).and_then(|r| r.vars.get("context")).and_then(|x| x.get("messages")).is_some() {
+                    if self.load(&id)?
+                        && self
+                            .runs
+                            .get(&id)
+                            .and_then(|r| r.vars.get("context"))
+                            .and_then(|x| x.get("messages"))
+                            .is_some()
+                    {
                         best = Some(id);
                     }
                 }
@@ -315,18 +384,31 @@ impl Pass<'_> {
         if !self.load(&target)? {
             return Ok(outcome("rejected", format!("target run '{target}' not found"), vec![]));
         }
-        let Some(run) = self.runs.get_mut(&target) else { return Ok(outcome("rejected", "run vanished", vec![])) };
+        let Some(run) = self.runs.get_mut(&target) else {
+            return Ok(outcome("rejected", "run vanished", vec![]));
+        };
         let Some(Value::Array(msgs)) = run.vars.get_mut("context").and_then(|x| x.get_mut("messages")) else {
             return Ok(outcome("ignored", format!("run '{target}' has no context.messages"), vec![]));
         };
         if msgs.len() <= preserve {
-            return Ok(outcome("ignored", format!("{} message(s), nothing older than the {preserve} to preserve", msgs.len()), vec![]));
+            return Ok(outcome(
+                "ignored",
+                format!("{} message(s), nothing older than the {preserve} to preserve", msgs.len()),
+                vec![],
+            ));
         }
         // Without a model to summarise, compaction keeps system messages and the recent tail.
         let cut = msgs.len() - preserve;
         let (old, recent) = msgs.split_at(cut);
-        let removed = old.iter().filter(|m| m.get("role").and_then(Value::as_str) != Some("system")).count();
-        let mut kept: Vec<Value> = old.iter().filter(|m| m.get("role").and_then(Value::as_str) == Some("system")).cloned().collect();
+        let removed = old
+            .iter()
+            .filter(|m| m.get("role").and_then(Value::as_str) != Some("system"))
+            .count();
+        let mut kept: Vec<Value> = old
+            .iter()
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+            .cloned()
+            .collect();
         kept.extend_from_slice(recent);
         *msgs = kept;
         crate::runtime::model::obj_entry(&mut run.vars, "_runtime").insert(
@@ -335,6 +417,10 @@ impl Pass<'_> {
         );
         run.touch();
         self.mark(&target);
-        Ok(outcome("applied", format!("removed {removed} older message(s), kept the last {preserve}"), vec![target]))
+        Ok(outcome(
+            "applied",
+            format!("removed {removed} older message(s), kept the last {preserve}"),
+            vec![target],
+        ))
     }
 }

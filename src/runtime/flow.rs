@@ -90,7 +90,17 @@ fn pins(v: Option<&Value>) -> Vec<Pin> {
 }
 
 /// Handles that carry control flow even when a node does not declare its pins.
-const EXEC_HANDLES: &[&str] = &["exec-out", "exec-in", "loop", "done", "true", "false", "then", "completed", "default"];
+const EXEC_HANDLES: &[&str] = &[
+    "exec-out",
+    "exec-in",
+    "loop",
+    "done",
+    "true",
+    "false",
+    "then",
+    "completed",
+    "default",
+];
 
 impl Flow {
     /// Compiles a VisualFlow JSON document. `namespace` (`bundle@version`) prefixes the workflow id
@@ -128,7 +138,13 @@ impl Flow {
                     }
                 }
             }
-            let node = Node { inputs: pins(data.get("inputs")), outputs: pins(data.get("outputs")), id: nid.clone(), kind, data };
+            let node = Node {
+                inputs: pins(data.get("inputs")),
+                outputs: pins(data.get("outputs")),
+                id: nid.clone(),
+                kind,
+                data,
+            };
             if nodes.insert(nid.clone(), node).is_some() {
                 return Err(FlowError::DuplicateNode(id, nid));
             }
@@ -144,7 +160,9 @@ impl Flow {
             if src.is_empty() || tgt.is_empty() || sh.is_empty() || th.is_empty() {
                 continue;
             }
-            let Some(src_node) = nodes.get(&src) else { return Err(FlowError::UnknownEdgeNode(id, src)) };
+            let Some(src_node) = nodes.get(&src) else {
+                return Err(FlowError::UnknownEdgeNode(id, src));
+            };
             if !nodes.contains_key(&tgt) {
                 return Err(FlowError::UnknownEdgeNode(id, tgt));
             }
@@ -158,7 +176,12 @@ impl Flow {
                 data_edges.insert((tgt, th), (src, sh));
             }
         }
-        let entry = match obj.get("entryNode").and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()) {
+        let entry = match obj
+            .get("entryNode")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             Some(e) if nodes.contains_key(e) => e.to_string(),
             Some(e) => return Err(FlowError::BadEntry(id, e.to_string())),
             None => nodes
@@ -189,7 +212,10 @@ impl Flow {
     }
 
     pub fn start_node(&self) -> Option<&Node> {
-        self.nodes.get(&self.entry).filter(|n| n.kind == "on_flow_start").or_else(|| self.nodes.values().find(|n| n.kind == "on_flow_start"))
+        self.nodes
+            .get(&self.entry)
+            .filter(|n| n.kind == "on_flow_start")
+            .or_else(|| self.nodes.values().find(|n| n.kind == "on_flow_start"))
     }
 
     /// Entry inputs: the data outputs of `on_flow_start`, with their pin defaults.

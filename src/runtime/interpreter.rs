@@ -170,7 +170,14 @@ fn control(run: &mut RunState) -> &mut Map<String, Value> {
 }
 
 fn stack_top(run: &RunState) -> Option<String> {
-    run.vars.get("_temp")?.get("_control")?.get("stack")?.as_array()?.last()?.as_str().map(str::to_string)
+    run.vars
+        .get("_temp")?
+        .get("_control")?
+        .get("stack")?
+        .as_array()?
+        .last()?
+        .as_str()
+        .map(str::to_string)
 }
 
 fn push_frame(run: &mut RunState, node_id: &str, frame: Value) {
@@ -237,7 +244,12 @@ pub fn resolve(run: &RunState, flow: &Flow, node: &Node, pin: &str, depth: usize
 fn output_of(run: &RunState, flow: &Flow, src: &str, pin: &str, depth: usize) -> Result<Value, String> {
     let Some(n) = flow.nodes.get(src) else { return Ok(Value::Null) };
     if n.kind == "on_flow_start" {
-        return Ok(run.vars.get(pin).cloned().or_else(|| n.pin_default(pin).cloned()).unwrap_or(Value::Null));
+        return Ok(run
+            .vars
+            .get(pin)
+            .cloned()
+            .or_else(|| n.pin_default(pin).cloned())
+            .unwrap_or(Value::Null));
     }
     if pure::is_pure(&n.kind) {
         let inputs = pure_inputs(run, flow, n, depth)?;
@@ -359,7 +371,15 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             let delivered_to = host.deliver_event(&wait_key, &envelope);
             let effect_payload = json!({"scope": scope, "name": name, "payload": payload, "session_id": session});
             let result = json!({"wait_key": wait_key, "name": name, "scope": scope, "delivered": delivered_to.len(), "delivered_to": delivered_to, "resumed": delivered_to.len()});
-            effect_pair(host, run, nid, "emit_event", effect_payload, None, Outcome::Completed(result.clone()));
+            effect_pair(
+                host,
+                run,
+                nid,
+                "emit_event",
+                effect_payload,
+                None,
+                Outcome::Completed(result.clone()),
+            );
             let mut out = Map::new();
             out.insert("delivered".into(), result["delivered"].clone());
             out.insert("delivered_to".into(), result["delivered_to"].clone());
@@ -388,7 +408,15 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             w.wait_key = Some(wait_key.clone());
             w.resume_to_node = after(run, flow, nid, "exec-out");
             w.result_key = Some(format!("_temp.effects.{nid}"));
-            effect_pair(host, run, nid, "wait_event", json!({"type": "wait_event", "wait_key": wait_key, "resume_to_node": w.resume_to_node}), w.result_key.clone(), Outcome::Waiting(&w));
+            effect_pair(
+                host,
+                run,
+                nid,
+                "wait_event",
+                json!({"type": "wait_event", "wait_key": wait_key, "resume_to_node": w.resume_to_node}),
+                w.result_key.clone(),
+                Outcome::Waiting(&w),
+            );
             Ok(Step::Wait(w))
         }
         "wait_until" | "delay" | "on_schedule" => {
@@ -408,7 +436,12 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
                             Value::Null => std::time::Duration::ZERO,
                             Value::Number(n) => std::time::Duration::from_secs_f64(n.as_f64().unwrap_or(0.0).clamp(0.0, 1e9)),
                             Value::String(s) => parse_duration(s)
-                                .or_else(|| s.trim().parse::<f64>().ok().map(|f| std::time::Duration::from_secs_f64(f.clamp(0.0, 1e9))))
+                                .or_else(|| {
+                                    s.trim()
+                                        .parse::<f64>()
+                                        .ok()
+                                        .map(|f| std::time::Duration::from_secs_f64(f.clamp(0.0, 1e9)))
+                                })
                                 .ok_or_else(|| format!("wait_until node '{nid}': invalid duration {s:?}"))?,
                             other => return Err(format!("wait_until node '{nid}': invalid duration {other}")),
                         };
@@ -420,7 +453,15 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             w.until = Some(format_iso(until));
             w.resume_to_node = after(run, flow, nid, "exec-out");
             let ty = if node.kind == "on_schedule" { "wait_until" } else { "wait_until" };
-            effect_pair(host, run, nid, ty, json!({"type": ty, "until": w.until}), None, Outcome::Waiting(&w));
+            effect_pair(
+                host,
+                run,
+                nid,
+                ty,
+                json!({"type": ty, "until": w.until}),
+                None,
+                Outcome::Waiting(&w),
+            );
             Ok(Step::Wait(w))
         }
         "ask_user" => {
@@ -442,7 +483,15 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             let message = as_string(&input(run, flow, node, "message")?)
                 .or_else(|| as_string(&input(run, flow, node, "text").ok()?))
                 .unwrap_or_default();
-            effect_pair(host, run, nid, "answer_user", json!({"message": message}), None, Outcome::Completed(json!({"message": message})));
+            effect_pair(
+                host,
+                run,
+                nid,
+                "answer_user",
+                json!({"message": message}),
+                None,
+                Outcome::Completed(json!({"message": message})),
+            );
             let mut out = Map::new();
             out.insert("message".into(), Value::String(message));
             set_outputs(run, nid, out);
@@ -456,7 +505,9 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| format!("subflow node '{nid}' has no subflowId"))?
                 .to_string();
-            let child_flow = host.flow(&wid).ok_or_else(|| format!("subflow node '{nid}': workflow '{wid}' not found"))?;
+            let child_flow = host
+                .flow(&wid)
+                .ok_or_else(|| format!("subflow node '{nid}': workflow '{wid}' not found"))?;
             let mut vars = Map::new();
             if let Value::Object(o) = input(run, flow, node, "input")? {
                 vars.extend(o);
@@ -470,8 +521,15 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
                     vars.insert(p.id.clone(), v);
                 }
             }
-            let session = as_string(&input(run, flow, node, "session_id")?).filter(|s| !s.is_empty()).or_else(|| run.session_id.clone());
-            let child = new_run(&child_flow, start_vars(&child_flow, vars.clone()), session, Some(run.run_id.clone()));
+            let session = as_string(&input(run, flow, node, "session_id")?)
+                .filter(|s| !s.is_empty())
+                .or_else(|| run.session_id.clone());
+            let child = new_run(
+                &child_flow,
+                start_vars(&child_flow, vars.clone()),
+                session,
+                Some(run.run_id.clone()),
+            );
             let child_id = child.run_id.clone();
             let mut w = WaitState::new("subworkflow");
             w.wait_key = Some(format!("subworkflow:{child_id}"));
@@ -479,7 +537,15 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             w.result_key = Some(format!("_temp.effects.{nid}"));
             w.details = Some(json!({"sub_run_id": child_id, "sub_workflow_id": wid, "async": true, "include_traces": false}));
             let payload = json!({"type": "start_subworkflow", "workflow_id": wid, "vars": vars, "async": true, "wait": true, "resume_to_node": w.resume_to_node});
-            effect_pair(host, run, nid, "start_subworkflow", payload, w.result_key.clone(), Outcome::Waiting(&w));
+            effect_pair(
+                host,
+                run,
+                nid,
+                "start_subworkflow",
+                payload,
+                w.result_key.clone(),
+                Outcome::Waiting(&w),
+            );
             host.spawn(child);
             Ok(Step::Wait(w))
         }
@@ -501,7 +567,9 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
                     let cv = c.get("value").map(|x| as_string(x).unwrap_or_default());
                     if cv.as_deref() == Some(sv.as_str()) {
                         if let Some(id) = c.get("id").and_then(Value::as_str) {
-                            handle = [format!("case:{id}"), id.to_string()].into_iter().find(|h| flow.next(nid, h).is_some());
+                            handle = [format!("case:{id}"), id.to_string()]
+                                .into_iter()
+                                .find(|h| flow.next(nid, h).is_some());
                         }
                     }
                 }
@@ -583,13 +651,21 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
                 pop_frame(run, nid);
                 return Ok(Step::Goto(after(run, flow, nid, "done")));
             }
-            let iv = if i.fract() == 0.0 && i.abs() < 9e15 { json!(i as i64) } else { json!(i) };
+            let iv = if i.fract() == 0.0 && i.abs() < 9e15 {
+                json!(i as i64)
+            } else {
+                json!(i)
+            };
             let mut out = Map::new();
             out.insert("i".into(), iv.clone());
             out.insert("index".into(), json!(n));
             out.insert("item".into(), iv);
             set_outputs(run, nid, out);
-            update_frame(run, nid, json!({"kind": "for", "i": i + step, "end": end, "step": step, "n": n + 1}));
+            update_frame(
+                run,
+                nid,
+                json!({"kind": "for", "i": i + step, "end": end, "step": step, "n": n + 1}),
+            );
             Ok(Step::Goto(body))
         }
         "while" => {
@@ -641,7 +717,9 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| format!("set_var node '{nid}' has no variable name"))?;
             if name.starts_with('_') {
-                return Err(format!("set_var node '{nid}': variable '{name}' is reserved (names starting with '_' belong to the runtime)"));
+                return Err(format!(
+                    "set_var node '{nid}': variable '{name}' is reserved (names starting with '_' belong to the runtime)"
+                ));
             }
             let value = input(run, flow, node, "value")?;
             run.vars.insert(name, value.clone());
@@ -661,7 +739,10 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             set_outputs(run, nid, out);
             Ok(Step::Goto(after(run, flow, nid, "exec-out")))
         }
-        other => Err(format!("Unknown node type '{other}' (node '{nid}' in flow '{}'): this gateway cannot execute it", flow.workflow_id)),
+        other => Err(format!(
+            "Unknown node type '{other}' (node '{nid}' in flow '{}'): this gateway cannot execute it",
+            flow.workflow_id
+        )),
     }
 }
 
@@ -690,7 +771,12 @@ pub fn tick(run: &mut RunState, flow: &Flow, host: &mut dyn Host, max_steps: usi
             break;
         };
         let Some(node) = flow.nodes.get(&node_id) else {
-            fail(run, host, &node_id, format!("node '{node_id}' does not exist in flow '{}'", flow.workflow_id));
+            fail(
+                run,
+                host,
+                &node_id,
+                format!("node '{node_id}' does not exist in flow '{}'", flow.workflow_id),
+            );
             break;
         };
         match exec_node(run, flow, node, host) {

@@ -117,7 +117,10 @@ impl RunState {
     }
 
     pub fn is_paused(&self) -> bool {
-        self.control().and_then(|c| c.get("paused")).and_then(Value::as_bool).unwrap_or(false)
+        self.control()
+            .and_then(|c| c.get("paused"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
     }
 
     pub fn control_mut(&mut self) -> &mut Map<String, Value> {

@@ -31,7 +31,11 @@ const PEER_REFRESH: Duration = Duration::from_millis(500);
 impl Notifier {
     /// In-process only (tests, migrations).
     pub fn local() -> Arc<Notifier> {
-        Arc::new(Notifier { runner: Notify::new(), runs: Mutex::new(HashMap::new()), peers: None })
+        Arc::new(Notifier {
+            runner: Notify::new(),
+            runs: Mutex::new(HashMap::new()),
+            peers: None,
+        })
     }
 
     /// Also reachable by other gateway processes on the same data dir.
@@ -46,7 +50,12 @@ impl Notifier {
         let n = Arc::new(Notifier {
             runner: Notify::new(),
             runs: Mutex::new(HashMap::new()),
-            peers: Some(Peers { dir, me, socket, cache: Mutex::new((Instant::now() - PEER_REFRESH * 2, Vec::new())) }),
+            peers: Some(Peers {
+                dir,
+                me,
+                socket,
+                cache: Mutex::new((Instant::now() - PEER_REFRESH * 2, Vec::new())),
+            }),
         });
         let weak = Arc::downgrade(&n);
         tokio::spawn(async move {

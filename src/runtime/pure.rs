@@ -4,13 +4,49 @@
 use serde_json::{json, Map, Value};
 
 const PURE: &[&str] = &[
-    "literal_string", "literal_number", "literal_boolean", "literal_json", "literal_array",
-    "add", "subtract", "multiply", "divide", "modulo", "power", "abs", "round",
-    "concat", "split", "join", "format", "string_template", "uppercase", "lowercase", "trim",
-    "substring", "length", "is_empty_string", "contains", "replace",
-    "compare", "not", "and", "or", "coalesce",
-    "get", "set", "merge", "make_object", "get_element", "array_length", "array_append",
-    "parse_json", "stringify_json", "get_var", "get_variable", "system_datetime",
+    "literal_string",
+    "literal_number",
+    "literal_boolean",
+    "literal_json",
+    "literal_array",
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "modulo",
+    "power",
+    "abs",
+    "round",
+    "concat",
+    "split",
+    "join",
+    "format",
+    "string_template",
+    "uppercase",
+    "lowercase",
+    "trim",
+    "substring",
+    "length",
+    "is_empty_string",
+    "contains",
+    "replace",
+    "compare",
+    "not",
+    "and",
+    "or",
+    "coalesce",
+    "get",
+    "set",
+    "merge",
+    "make_object",
+    "get_element",
+    "array_length",
+    "array_append",
+    "parse_json",
+    "stringify_json",
+    "get_var",
+    "get_variable",
+    "system_datetime",
 ];
 
 pub fn is_pure(kind: &str) -> bool {
@@ -32,7 +68,13 @@ pub fn text(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Bool(b)) => if *b { "True".into() } else { "False".into() },
+        Some(Value::Bool(b)) => {
+            if *b {
+                "True".into()
+            } else {
+                "False".into()
+            }
+        }
         Some(other) => other.to_string(),
     }
 }
@@ -113,7 +155,18 @@ pub fn eval(kind: &str, i: &Map<String, Value>, vars: &Map<String, Value>) -> Re
         "split" => {
             let t = text(g("text"));
             let d = unescape(&g("delimiter").map(|v| text(Some(v))).unwrap_or_else(|| ",".into()));
-            let parts: Vec<Value> = if d.is_empty() { vec![Value::String(t)] } else { t.split(d.as_str()).map(str::to_string).collect::<Vec<_>>().into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).map(Value::String).collect() };
+            let parts: Vec<Value> = if d.is_empty() {
+                vec![Value::String(t)]
+            } else {
+                t.split(d.as_str())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .map(Value::String)
+                    .collect()
+            };
             Value::Array(parts)
         }
         "join" => {
@@ -164,9 +217,15 @@ pub fn eval(kind: &str, i: &Map<String, Value>, vars: &Map<String, Value>) -> Re
         "substring" => {
             let chars: Vec<char> = text(g("text")).chars().collect();
             let n = chars.len() as i64;
-            let idx = |x: f64| -> usize { let x = x as i64; (if x < 0 { (n + x).max(0) } else { x.min(n) }) as usize };
+            let idx = |x: f64| -> usize {
+                let x = x as i64;
+                (if x < 0 { (n + x).max(0) } else { x.min(n) }) as usize
+            };
             let s = idx(num(g("start"), 0.0)?);
-            let e = match g("end") { None | Some(Value::Null) => chars.len(), v => idx(num(v, 0.0)?) };
+            let e = match g("end") {
+                None | Some(Value::Null) => chars.len(),
+                v => idx(num(v, 0.0)?),
+            };
             Value::String(if s < e { chars[s..e].iter().collect() } else { String::new() })
         }
         "length" => json!(text(g("text")).chars().count()),
@@ -204,11 +263,25 @@ pub fn eval(kind: &str, i: &Map<String, Value>, vars: &Map<String, Value>) -> Re
             })
         }
         "not" => Value::Bool(!crate::runtime::interpreter::truthy(g("value").unwrap_or(&Value::Null))),
-        "and" => Value::Bool(g("a").map(crate::runtime::interpreter::truthy).unwrap_or(false) && g("b").map(crate::runtime::interpreter::truthy).unwrap_or(false)),
-        "or" => Value::Bool(g("a").map(crate::runtime::interpreter::truthy).unwrap_or(false) || g("b").map(crate::runtime::interpreter::truthy).unwrap_or(false)),
+        "and" => Value::Bool(
+            g("a").map(crate::runtime::interpreter::truthy).unwrap_or(false)
+                && g("b").map(crate::runtime::interpreter::truthy).unwrap_or(false),
+        ),
+        "or" => Value::Bool(
+            g("a").map(crate::runtime::interpreter::truthy).unwrap_or(false)
+                || g("b").map(crate::runtime::interpreter::truthy).unwrap_or(false),
+        ),
         "coalesce" => {
-            let order: Vec<String> = g("_pin_order").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_else(|| vec!["a".into(), "b".into()]);
-            order.iter().filter_map(|p| i.get(p)).find(|v| !v.is_null()).cloned().unwrap_or(Value::Null)
+            let order: Vec<String> = g("_pin_order")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_else(|| vec!["a".into(), "b".into()]);
+            order
+                .iter()
+                .filter_map(|p| i.get(p))
+                .find(|v| !v.is_null())
+                .cloned()
+                .unwrap_or(Value::Null)
         }
         "get" => {
             let key = text(g("key"));
@@ -235,7 +308,12 @@ pub fn eval(kind: &str, i: &Map<String, Value>, vars: &Map<String, Value>) -> Re
             }
             Value::Object(a)
         }
-        "make_object" => Value::Object(i.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), v.clone())).collect()),
+        "make_object" => Value::Object(
+            i.iter()
+                .filter(|(k, _)| !k.starts_with('_'))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
         "get_element" => {
             let idx = num(g("index"), 0.0)? as i64;
             match g("array") {
@@ -269,7 +347,10 @@ pub fn pick(kind: &str, v: Value, pin: &str) -> Value {
         return v;
     }
     match &v {
-        Value::Object(o) if matches!(kind, "get") || (o.contains_key(pin) && !matches!(kind, "merge" | "set" | "make_object" | "literal_json" | "parse_json")) => {
+        Value::Object(o)
+            if matches!(kind, "get")
+                || (o.contains_key(pin) && !matches!(kind, "merge" | "set" | "make_object" | "literal_json" | "parse_json")) =>
+        {
             o.get(pin).cloned().unwrap_or(Value::Null)
         }
         _ => v,
@@ -290,10 +371,27 @@ mod tests {
         assert_eq!(eval("add", &m(json!({"a": 2, "b": "3"})), &none).unwrap(), json!(5.0));
         assert!(eval("divide", &m(json!({"a": 1, "b": 0})), &none).is_err());
         assert_eq!(eval("concat", &m(json!({"a": "x:", "b": 3})), &none).unwrap(), json!("x:3"));
-        assert_eq!(eval("split", &m(json!({"text": "a, b,,c", "delimiter": ","})), &none).unwrap(), json!(["a", "b", "c"]));
-        assert_eq!(eval("compare", &m(json!({"a": 0, "b": 0.0, "op": "=="})), &none).unwrap(), json!(true));
-        assert_eq!(eval("substring", &m(json!({"text": "héllo", "start": 1, "end": 3})), &none).unwrap(), json!("él"));
-        assert_eq!(eval("string_template", &m(json!({"template": "hi {{ u.name }}!", "vars": {"u": {"name": "Ann"}}})), &none).unwrap(), json!("hi Ann!"));
+        assert_eq!(
+            eval("split", &m(json!({"text": "a, b,,c", "delimiter": ","})), &none).unwrap(),
+            json!(["a", "b", "c"])
+        );
+        assert_eq!(
+            eval("compare", &m(json!({"a": 0, "b": 0.0, "op": "=="})), &none).unwrap(),
+            json!(true)
+        );
+        assert_eq!(
+            eval("substring", &m(json!({"text": "héllo", "start": 1, "end": 3})), &none).unwrap(),
+            json!("él")
+        );
+        assert_eq!(
+            eval(
+                "string_template",
+                &m(json!({"template": "hi {{ u.name }}!", "vars": {"u": {"name": "Ann"}}})),
+                &none
+            )
+            .unwrap(),
+            json!("hi Ann!")
+        );
         assert!(eval("compare", &m(json!({"a": 1, "b": 2, "op": "~"})), &none).is_err());
     }
 }

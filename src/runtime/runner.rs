@@ -145,6 +145,7 @@ impl<'a> Pass<'a> {
     }
 
     fn tick_run(&mut self, id: &str) -> StoreResult<()> {
+        let _span = tracing::debug_span!("run", run_id = %id).entered();
         if !self.load(id)? {
             return Ok(());
         }
@@ -157,14 +158,21 @@ impl<'a> Pass<'a> {
             let w = run.waiting.clone();
             match w.as_ref().map(|w| w.reason.as_str()) {
                 Some("until") => {
-                    let due = w.and_then(|w| w.until).and_then(|u| parse_iso(&u)).map(|u| u <= now()).unwrap_or(true);
+                    let due = w
+                        .and_then(|w| w.until)
+                        .and_then(|u| parse_iso(&u))
+                        .map(|u| u <= now())
+                        .unwrap_or(true);
                     if due {
                         let _ = self.resume_run(id, Value::Null);
                     }
                 }
                 Some("subworkflow") => {
                     // Repair: the child may have ended while nobody resumed us.
-                    if let Some(child) = w.and_then(|w| w.wait_key).and_then(|k| k.strip_prefix("subworkflow:").map(str::to_string)) {
+                    if let Some(child) = w
+                        .and_then(|w| w.wait_key)
+                        .and_then(|k| k.strip_prefix("subworkflow:").map(str::to_string))
+                    {
                         if self.load(&child)? {
                             self.maybe_resume_parent(&child)?;
                         }
@@ -189,7 +197,9 @@ impl<'a> Pass<'a> {
         if !child.status.is_terminal() {
             return Ok(());
         }
-        let Some(parent_id) = child.parent_run_id.clone() else { return Ok(()) };
+        let Some(parent_id) = child.parent_run_id.clone() else {
+            return Ok(());
+        };
         let output = match child.status {
             RunStatus::Completed => child.output.clone().unwrap_or(Value::Null),
             s => json!({"success": false, "cancelled": s == RunStatus::Cancelled, "error": child.error}),
@@ -301,7 +311,10 @@ impl Host for Pass<'_> {
                 let matches = self.runs.get(&id).map(|r| {
                     r.status == RunStatus::Waiting
                         && !r.is_paused()
-                        && r.waiting.as_ref().map(|w| w.reason == "event" && w.wait_key.as_deref() == Some(wait_key)).unwrap_or(false)
+                        && r.waiting
+                            .as_ref()
+                            .map(|w| w.reason == "event" && w.wait_key.as_deref() == Some(wait_key))
+                            .unwrap_or(false)
                 });
                 if matches == Some(true) && self.resume_run(&id, envelope.clone()).is_ok() {
                     resumed.push(id);
@@ -382,7 +395,11 @@ impl Runner {
                 continue;
             }
             let store = self.store.clone();
-            let deadline = tokio::task::spawn_blocking(move || store.next_deadline()).await.ok().and_then(|r| r.ok()).flatten();
+            let deadline = tokio::task::spawn_blocking(move || store.next_deadline())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten();
             let mut sleep = LEASE_RENEW.saturating_sub(renewed.elapsed());
             if let Some(d) = deadline.and_then(|d| parse_iso(&d)) {
                 let until = (d - now()).to_std().unwrap_or(Duration::ZERO);

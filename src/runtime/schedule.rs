@@ -26,7 +26,14 @@ pub fn is_recurrent(schedule: &Value) -> bool {
 pub fn wrapper_json(run: &RunState) -> Option<Value> {
     let s = run.schedule()?;
     let target = s.get("target_workflow_id")?.as_str()?;
-    let count = s.get("repeat_count").and_then(Value::as_u64).unwrap_or(if s.get("interval").and_then(Value::as_str).is_some() { FOREVER } else { 1 });
+    let count = s
+        .get("repeat_count")
+        .and_then(Value::as_u64)
+        .unwrap_or(if s.get("interval").and_then(Value::as_str).is_some() {
+            FOREVER
+        } else {
+            1
+        });
     let start_at = s.get("start_at").and_then(Value::as_str).unwrap_or("now");
     let interval = s.get("interval").and_then(Value::as_str).unwrap_or("0s");
     let share = s.get("share_context").and_then(Value::as_bool).unwrap_or(true);
@@ -34,16 +41,48 @@ pub fn wrapper_json(run: &RunState) -> Option<Value> {
     let data = |id: &str, ty: &str| json!({"id": id, "label": id, "type": ty});
     let node = |id: &str, ty: &str, d: Value| json!({"id": id, "type": ty, "position": {"x": 0, "y": 0}, "data": d});
     let mut nodes = vec![
-        node("start", "on_flow_start", json!({"nodeType": "on_flow_start", "outputs": [exec("exec-out"), data("vars", "object")]})),
-        node("repeat", "for", json!({"nodeType": "for", "inputs": [exec("exec-in"), data("start", "number"), data("end", "number"), data("step", "number")],
-            "outputs": [exec("loop"), exec("done"), data("i", "number"), data("index", "number")], "pinDefaults": {"start": 0, "end": count, "step": 1}})),
-        node("is_first", "compare", json!({"nodeType": "compare", "inputs": [data("a", "any"), data("b", "any"), data("op", "string")],
-            "outputs": [data("result", "boolean")], "pinDefaults": {"b": 0, "op": "=="}})),
-        node("pick_wait", "if", json!({"nodeType": "if", "inputs": [exec("exec-in"), data("condition", "boolean")], "outputs": [exec("true"), exec("false")]})),
-        node("wait_start", "on_schedule", json!({"nodeType": "on_schedule", "inputs": [exec("exec-in")], "outputs": [exec("exec-out")], "eventConfig": {"schedule": start_at}})),
-        node("wait_interval", "on_schedule", json!({"nodeType": "on_schedule", "inputs": [exec("exec-in")], "outputs": [exec("exec-out")], "eventConfig": {"schedule": interval}})),
-        node("run_target", "subflow", json!({"nodeType": "subflow", "subflowId": target, "inputs": [exec("exec-in"), data("input", "object"), data("session_id", "string")], "outputs": [exec("exec-out"), data("output", "object")]})),
-        node("end", "on_flow_end", json!({"nodeType": "on_flow_end", "inputs": [exec("exec-in")]})),
+        node(
+            "start",
+            "on_flow_start",
+            json!({"nodeType": "on_flow_start", "outputs": [exec("exec-out"), data("vars", "object")]}),
+        ),
+        node(
+            "repeat",
+            "for",
+            json!({"nodeType": "for", "inputs": [exec("exec-in"), data("start", "number"), data("end", "number"), data("step", "number")],
+            "outputs": [exec("loop"), exec("done"), data("i", "number"), data("index", "number")], "pinDefaults": {"start": 0, "end": count, "step": 1}}),
+        ),
+        node(
+            "is_first",
+            "compare",
+            json!({"nodeType": "compare", "inputs": [data("a", "any"), data("b", "any"), data("op", "string")],
+            "outputs": [data("result", "boolean")], "pinDefaults": {"b": 0, "op": "=="}}),
+        ),
+        node(
+            "pick_wait",
+            "if",
+            json!({"nodeType": "if", "inputs": [exec("exec-in"), data("condition", "boolean")], "outputs": [exec("true"), exec("false")]}),
+        ),
+        node(
+            "wait_start",
+            "on_schedule",
+            json!({"nodeType": "on_schedule", "inputs": [exec("exec-in")], "outputs": [exec("exec-out")], "eventConfig": {"schedule": start_at}}),
+        ),
+        node(
+            "wait_interval",
+            "on_schedule",
+            json!({"nodeType": "on_schedule", "inputs": [exec("exec-in")], "outputs": [exec("exec-out")], "eventConfig": {"schedule": interval}}),
+        ),
+        node(
+            "run_target",
+            "subflow",
+            json!({"nodeType": "subflow", "subflowId": target, "inputs": [exec("exec-in"), data("input", "object"), data("session_id", "string")], "outputs": [exec("exec-out"), data("output", "object")]}),
+        ),
+        node(
+            "end",
+            "on_flow_end",
+            json!({"nodeType": "on_flow_end", "inputs": [exec("exec-in")]}),
+        ),
     ];
     let edge = |s: &str, sh: &str, t: &str, th: &str| json!({"id": format!("e-{s}-{sh}-{t}-{th}"), "source": s, "sourceHandle": sh, "target": t, "targetHandle": th});
     let mut edges = vec![
@@ -60,13 +99,19 @@ pub fn wrapper_json(run: &RunState) -> Option<Value> {
     ];
     if !share {
         // Each execution gets its own session: "<parent run id>:<index>".
-        nodes.push(node("child_sid", "concat", json!({"nodeType": "concat", "inputs": [data("a", "string"), data("b", "string")],
-            "outputs": [data("result", "string")], "pinDefaults": {"a": format!("scheduled:{}:", run.run_id)}})));
+        nodes.push(node(
+            "child_sid",
+            "concat",
+            json!({"nodeType": "concat", "inputs": [data("a", "string"), data("b", "string")],
+            "outputs": [data("result", "string")], "pinDefaults": {"a": format!("scheduled:{}:", run.run_id)}}),
+        ));
         edges.push(edge("repeat", "index", "child_sid", "b"));
         edges.push(edge("child_sid", "result", "run_target", "session_id"));
     }
-    Some(json!({"id": run.workflow_id, "name": "scheduled run", "description": format!("scheduled executions of {target}"),
-        "interfaces": [], "nodes": nodes, "edges": edges, "entryNode": "start"}))
+    Some(
+        json!({"id": run.workflow_id, "name": "scheduled run", "description": format!("scheduled executions of {target}"),
+        "interfaces": [], "nodes": nodes, "edges": edges, "entryNode": "start"}),
+    )
 }
 
 pub fn wrapper_flow(run: &RunState) -> Result<Flow, FlowError> {

@@ -37,7 +37,8 @@ fn digest(t: &str) -> [u8; 32] {
 
 pub fn detail(status: StatusCode, msg: &str) -> Response {
     let mut r = (status, axum::Json(serde_json::json!({"detail": msg}))).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     r
 }
 
@@ -83,7 +84,11 @@ impl Security {
         if read {
             if let Some(t) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token="))) {
                 let t = percent_decode(t);
-                return if self.token_ok(&t) { Auth::Ok(Some(token_fingerprint(&t))) } else { Auth::Invalid };
+                return if self.token_ok(&t) {
+                    Auth::Ok(Some(token_fingerprint(&t)))
+                } else {
+                    Auth::Invalid
+                };
             }
         }
         Auth::Missing
@@ -121,7 +126,9 @@ impl Security {
         e.0 += 1;
         if e.0 >= self.cfg.lockout_after {
             let exp = (e.0 - self.cfg.lockout_after).min(30);
-            let secs = (self.cfg.lockout_base_s * 2f64.powi(exp as i32)).min(self.cfg.lockout_max_s).max(1.0);
+            let secs = (self.cfg.lockout_base_s * 2f64.powi(exp as i32))
+                .min(self.cfg.lockout_max_s)
+                .max(1.0);
             e.1 = Some(Instant::now() + Duration::from_secs_f64(secs));
             return Some(secs.ceil() as u64);
         }
@@ -188,7 +195,11 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
     let mut audit_fp: Option<String> = None;
     let mut bytes_in: Option<u64> = None;
     let write = is_write(&method);
-    let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
 
     let mut resp = 'resp: {
         // Preflight: answered here; allowed origins only (stricter than upstream, which says yes to all).
@@ -198,14 +209,21 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             }
             let mut r = StatusCode::NO_CONTENT.into_response();
             let h = r.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"),
+            );
             let asked = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.unwrap_or(HeaderValue::from_static("authorization, content-type, last-event-id, x-request-id")));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                asked.unwrap_or(HeaderValue::from_static("authorization, content-type, last-event-id, x-request-id")),
+            );
             h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
             break 'resp r;
         }
+        let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
         if !gateway || !sec.cfg.security_enabled {
-            break 'resp next.run(req).await;
+            break 'resp tracing::Instrument::instrument(next.run(req), span).await;
         }
         if origin_ok == Some(false) {
             break 'resp detail(StatusCode::FORBIDDEN, "Forbidden (origin not allowed)");
@@ -214,7 +232,11 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (auth lockout)"), secs);
         }
         let read = matches!(method, Method::GET | Method::HEAD);
-        let needs_auth = if write { sec.cfg.protect_write } else { sec.cfg.protect_read && !(sec.cfg.dev_read_no_auth && ip.is_loopback()) };
+        let needs_auth = if write {
+            sec.cfg.protect_write
+        } else {
+            sec.cfg.protect_read && !(sec.cfg.dev_read_no_auth && ip.is_loopback())
+        };
         if needs_auth {
             if sec.token_digests.is_empty() {
                 break 'resp detail(StatusCode::SERVICE_UNAVAILABLE, "Gateway auth required but no token configured");
@@ -247,18 +269,32 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             _ => break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (concurrency limit)"), 1),
         };
         let req = if write {
-            let limit = if path.ends_with("/bundles/upload") { sec.cfg.upload_body_limit() } else { sec.cfg.max_body_bytes };
-            let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            let limit = if path.ends_with("/bundles/upload") {
+                sec.cfg.upload_body_limit()
+            } else {
+                sec.cfg.max_body_bytes
+            };
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             if let Some(n) = declared {
                 if n > limit {
-                    break 'resp detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Payload Too Large ({n} bytes > {limit} bytes)"));
+                    break 'resp detail(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("Payload Too Large ({n} bytes > {limit} bytes)"),
+                    );
                 }
             }
             // Buffer (bounded) so chunked bodies are cut at the limit too.
             let (parts, body) = req.into_parts();
             match axum::body::to_bytes(body, limit as usize + 1).await {
                 Ok(b) if b.len() as u64 > limit => {
-                    break 'resp detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Payload Too Large ({} bytes > {limit} bytes)", b.len()));
+                    break 'resp detail(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("Payload Too Large ({} bytes > {limit} bytes)", b.len()),
+                    );
                 }
                 Ok(b) => {
                     bytes_in = Some(b.len() as u64);
@@ -269,7 +305,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         } else {
             req
         };
-        let r = next.run(req).await;
+        let r = tracing::Instrument::instrument(next.run(req), span).await;
         if stream {
             // The SSE permit must live as long as the stream body, not the handler call.
             let (parts, body) = r.into_parts();
@@ -295,7 +331,10 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         if let Ok(v) = HeaderValue::from_str(o) {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
             h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("x-request-id, retry-after, www-authenticate"));
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("x-request-id, retry-after, www-authenticate"),
+            );
         }
     }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -305,7 +344,12 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
     if write && gateway {
         if let Some(a) = &sec.audit {
             // Query values are redacted: only keys are kept (a token could sit in a value).
-            let q = query.as_deref().map(|q| q.split('&').map(|kv| format!("{}=<redacted>", kv.split('=').next().unwrap_or(""))).collect::<Vec<_>>().join("&"));
+            let q = query.as_deref().map(|q| {
+                q.split('&')
+                    .map(|kv| format!("{}=<redacted>", kv.split('=').next().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            });
             a.write(serde_json::json!({
                 "ts": now_iso(), "request_id": request_id, "ip": ip.to_string(), "method": method.as_str(), "path": path,
                 "query": q, "status": resp.status().as_u16(), "duration_ms": (ms * 1000.0).round() / 1000.0,

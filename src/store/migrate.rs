@@ -45,7 +45,10 @@ pub fn migrate_file_to_sqlite(data_dir: &Path, db_path: &Path, overwrite: bool) 
             }
         }
     }
-    let mut report = MigrationReport { db_path: db_path.to_path_buf(), ..Default::default() };
+    let mut report = MigrationReport {
+        db_path: db_path.to_path_buf(),
+        ..Default::default()
+    };
     let mut conn = open_for_import(db_path)?;
     let tx = conn.transaction()?;
 
@@ -70,7 +73,9 @@ pub fn migrate_file_to_sqlite(data_dir: &Path, db_path: &Path, overwrite: bool) 
                     import_run(&tx, &run)?;
                     report.runs += 1;
                 }
-                Ok(run) => report.warnings.push(format!("{name}: run_id {} does not match file name; skipped", run.run_id)),
+                Ok(run) => report
+                    .warnings
+                    .push(format!("{name}: run_id {} does not match file name; skipped", run.run_id)),
                 Err(e) => report.warnings.push(format!("{name}: not a run state ({e}); skipped")),
             }
         }
@@ -127,15 +132,24 @@ pub fn migrate_file_to_sqlite(data_dir: &Path, db_path: &Path, overwrite: bool) 
             let v: Value = match serde_json::from_str(line) {
                 Ok(v) => v,
                 Err(e) => {
-                    report.warnings.push(format!("commands.jsonl line {}: invalid JSON ({e}); skipped", i + 1));
+                    report
+                        .warnings
+                        .push(format!("commands.jsonl line {}: invalid JSON ({e}); skipped", i + 1));
                     continue;
                 }
             };
             let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-            let (Some(seq), Some(cid), Some(rid), Some(kind), Some(ts)) =
-                (v.get("seq").and_then(Value::as_u64), s("command_id"), s("run_id"), s("type"), s("ts"))
-            else {
-                report.warnings.push(format!("commands.jsonl line {}: missing seq/command_id/run_id/type/ts; skipped", i + 1));
+            let (Some(seq), Some(cid), Some(rid), Some(kind), Some(ts)) = (
+                v.get("seq").and_then(Value::as_u64),
+                s("command_id"),
+                s("run_id"),
+                s("type"),
+                s("ts"),
+            ) else {
+                report.warnings.push(format!(
+                    "commands.jsonl line {}: missing seq/command_id/run_id/type/ts; skipped",
+                    i + 1
+                ));
                 continue;
             };
             let payload = v.get("payload").cloned().unwrap_or_else(|| Value::Object(Default::default()));
@@ -149,7 +163,11 @@ pub fn migrate_file_to_sqlite(data_dir: &Path, db_path: &Path, overwrite: bool) 
                 ts,
                 s("client_id"),
                 if done { "applied" } else { "pending" },
-                if done { Some("consumed by the upstream runner before migration") } else { None },
+                if done {
+                    Some("consumed by the upstream runner before migration")
+                } else {
+                    None
+                },
                 if done { Some(now.clone()) } else { None },
             ])?;
             report.commands += n as u64;

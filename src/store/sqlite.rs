@@ -77,7 +77,11 @@ enum Op {
     CreateRun(RunState),
     AppendCommand(NewCommand),
     Commit(RunnerBatch),
-    Lease { holder: String, ttl_s: f64, steal_from: Option<String> },
+    Lease {
+        holder: String,
+        ttl_s: f64,
+        steal_from: Option<String>,
+    },
     Release(String),
 }
 
@@ -104,10 +108,7 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -210,7 +211,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
 fn run_group(conn: &mut Connection, jobs: &mut [Job]) -> Vec<StoreResult<OpOut>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = e.to_string();
-        return jobs.iter().map(|_| Err(StoreError::Other(format!("cannot begin transaction: {msg}")))).collect();
+        return jobs
+            .iter()
+            .map(|_| Err(StoreError::Other(format!("cannot begin transaction: {msg}"))))
+            .collect();
     }
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs.iter_mut() {
@@ -231,7 +235,10 @@ fn run_group(conn: &mut Connection, jobs: &mut [Job]) -> Vec<StoreResult<OpOut>>
     if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
         let msg = e.to_string();
-        return jobs.iter().map(|_| Err(StoreError::Other(format!("commit failed: {msg}")))).collect();
+        return jobs
+            .iter()
+            .map(|_| Err(StoreError::Other(format!("commit failed: {msg}"))))
+            .collect();
     }
     results
 }
@@ -239,7 +246,12 @@ fn run_group(conn: &mut Connection, jobs: &mut [Job]) -> Vec<StoreResult<OpOut>>
 fn run_columns(run: &RunState) -> StoreResult<(String, Option<String>, Option<String>, Option<String>)> {
     let json = serde_json::to_string(run)?;
     let w = run.waiting.as_ref();
-    Ok((json, w.map(|w| w.reason.clone()), w.and_then(|w| w.wait_key.clone()), w.and_then(|w| w.until.clone())))
+    Ok((
+        json,
+        w.map(|w| w.reason.clone()),
+        w.and_then(|w| w.wait_key.clone()),
+        w.and_then(|w| w.until.clone()),
+    ))
 }
 
 const UPSERT_RUN: &str = "INSERT INTO runs (run_id, workflow_id, status, current_node, wait_reason, wait_key, wait_until, \
@@ -300,13 +312,26 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
                 .query_row([&c.command_id], |r| r.get(0))
                 .optional()?;
             if let Some(seq) = existing {
-                return Ok(OpOut::Ack(CommandAck { accepted: false, duplicate: true, seq: seq as u64 }));
+                return Ok(OpOut::Ack(CommandAck {
+                    accepted: false,
+                    duplicate: true,
+                    seq: seq as u64,
+                }));
             }
-            conn.prepare_cached(
-                "INSERT INTO commands (command_id, run_id, type, payload_json, ts, client_id) VALUES (?1,?2,?3,?4,?5,?6)",
-            )?
-            .execute(params![c.command_id, c.run_id, c.kind, serde_json::to_string(&c.payload)?, c.ts, c.client_id])?;
-            Ok(OpOut::Ack(CommandAck { accepted: true, duplicate: false, seq: conn.last_insert_rowid() as u64 }))
+            conn.prepare_cached("INSERT INTO commands (command_id, run_id, type, payload_json, ts, client_id) VALUES (?1,?2,?3,?4,?5,?6)")?
+                .execute(params![
+                    c.command_id,
+                    c.run_id,
+                    c.kind,
+                    serde_json::to_string(&c.payload)?,
+                    c.ts,
+                    c.client_id
+                ])?;
+            Ok(OpOut::Ack(CommandAck {
+                accepted: true,
+                duplicate: false,
+                seq: conn.last_insert_rowid() as u64,
+            }))
         }
         Op::Commit(batch) => {
             for run in &batch.runs {
@@ -330,10 +355,14 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
             }
             let now = now_iso();
             for (seq, out) in &batch.command_outcomes {
-                conn.prepare_cached(
-                    "UPDATE commands SET state = ?1, detail = ?2, affected = ?3, processed_at = ?4 WHERE seq = ?5",
-                )?
-                .execute(params![out.state, out.detail, serde_json::to_string(&out.affected_run_ids)?, now, *seq as i64])?;
+                conn.prepare_cached("UPDATE commands SET state = ?1, detail = ?2, affected = ?3, processed_at = ?4 WHERE seq = ?5")?
+                    .execute(params![
+                        out.state,
+                        out.detail,
+                        serde_json::to_string(&out.affected_run_ids)?,
+                        now,
+                        *seq as i64
+                    ])?;
             }
             if let Some((consumer, cursor)) = &batch.cursor {
                 conn.prepare_cached(
@@ -346,23 +375,28 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
         }
         Op::Lease { holder, ttl_s, steal_from } => {
             let now = epoch_s();
-            let n = conn.prepare_cached(
-                "INSERT INTO runner_lease (name, holder, expires_at) VALUES ('runner', ?1, ?2) \
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO runner_lease (name, holder, expires_at) VALUES ('runner', ?1, ?2) \
                  ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
                  WHERE runner_lease.holder = excluded.holder OR runner_lease.expires_at < ?3 OR runner_lease.holder = ?4",
-            )?
-            .execute(params![holder, now + ttl_s, now, steal_from])?;
+                )?
+                .execute(params![holder, now + ttl_s, now, steal_from])?;
             Ok(OpOut::Bool(n > 0))
         }
         Op::Release(holder) => {
-            conn.prepare_cached("DELETE FROM runner_lease WHERE name = 'runner' AND holder = ?1")?.execute([holder])?;
+            conn.prepare_cached("DELETE FROM runner_lease WHERE name = 'runner' AND holder = ?1")?
+                .execute([holder])?;
             Ok(OpOut::Unit)
         }
     }
 }
 
 fn epoch_s() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn ids(conn: &Connection, sql: &str, args: &[&dyn rusqlite::ToSql]) -> StoreResult<Vec<String>> {
@@ -389,8 +423,7 @@ fn command_row(r: &rusqlite::Row) -> rusqlite::Result<CommandRow> {
     })
 }
 
-const COMMAND_COLS: &str =
-    "seq, command_id, run_id, type, payload_json, ts, client_id, state, detail, affected, processed_at";
+const COMMAND_COLS: &str = "seq, command_id, run_id, type, payload_json, ts, client_id, state, detail, affected, processed_at";
 
 impl Store for SqliteStore {
     fn create_run(&self, run: &RunState) -> StoreResult<()> {
@@ -411,13 +444,22 @@ impl Store for SqliteStore {
     }
 
     fn run_exists(&self, run_id: &str) -> StoreResult<bool> {
-        self.read(|c| Ok(c.prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")?.query_row([run_id], |_| Ok(())).optional()?.is_some()))
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")?
+                .query_row([run_id], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
     }
 
     fn ledger_page_into(&self, run_id: &str, after: u64, limit: u64, out: &mut String) -> StoreResult<u64> {
         self.read(|c| {
             let mut stmt = c.prepare_cached("SELECT record_json FROM ledger WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
-            let mut rows = stmt.query(params![run_id, after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as u64) as i64])?;
+            let mut rows = stmt.query(params![
+                run_id,
+                after.min(i64::MAX as u64) as i64,
+                limit.min(i64::MAX as u64) as i64
+            ])?;
             let mut n = 0u64;
             while let Some(row) = rows.next()? {
                 if n > 0 {
@@ -457,7 +499,11 @@ impl Store for SqliteStore {
         if !q.include_drafts {
             sql.push_str(" AND is_draft = 0");
         }
-        sql.push_str(&format!(" ORDER BY updated_at DESC, run_id DESC LIMIT {} OFFSET {}", q.limit.saturating_add(1), q.offset));
+        sql.push_str(&format!(
+            " ORDER BY updated_at DESC, run_id DESC LIMIT {} OFFSET {}",
+            q.limit.saturating_add(1),
+            q.offset
+        ));
         self.read(|c| {
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt.query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?;
@@ -473,12 +519,11 @@ impl Store for SqliteStore {
 
     fn ledger_page(&self, run_id: &str, after: u64, limit: u64) -> StoreResult<Vec<String>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT record_json FROM ledger WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            let mut stmt = c.prepare_cached("SELECT record_json FROM ledger WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
+            let rows = stmt.query_map(
+                params![run_id, after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as u64) as i64],
+                |r| r.get::<_, String>(0),
             )?;
-            let rows = stmt.query_map(params![run_id, after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as u64) as i64], |r| {
-                r.get::<_, String>(0)
-            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -508,9 +553,7 @@ impl Store for SqliteStore {
 
     fn commands_after(&self, seq: u64, limit: u64) -> StoreResult<Vec<CommandRow>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COMMAND_COLS} FROM commands WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            ))?;
+            let mut stmt = c.prepare_cached(&format!("SELECT {COMMAND_COLS} FROM commands WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
             let rows = stmt.query_map(params![seq as i64, limit as i64], command_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -518,9 +561,11 @@ impl Store for SqliteStore {
 
     fn get_command(&self, command_id: &str) -> StoreResult<Option<CommandRow>> {
         self.read(|c| {
-            Ok(c.prepare_cached(&format!("SELECT {COMMAND_COLS} FROM commands WHERE command_id = ?1"))?
-                .query_row([command_id], command_row)
-                .optional()?)
+            Ok(
+                c.prepare_cached(&format!("SELECT {COMMAND_COLS} FROM commands WHERE command_id = ?1"))?
+                    .query_row([command_id], command_row)
+                    .optional()?,
+            )
         })
     }
 
@@ -536,7 +581,11 @@ impl Store for SqliteStore {
 
     fn runnable_run_ids(&self, limit: u64) -> StoreResult<Vec<String>> {
         self.read(|c| {
-            ids(c, "SELECT run_id FROM runs WHERE status = 'running' AND paused = 0 ORDER BY updated_at LIMIT ?1", &[&(limit as i64)])
+            ids(
+                c,
+                "SELECT run_id FROM runs WHERE status = 'running' AND paused = 0 ORDER BY updated_at LIMIT ?1",
+                &[&(limit as i64)],
+            )
         })
     }
 
@@ -553,19 +602,31 @@ impl Store for SqliteStore {
 
     fn next_deadline(&self) -> StoreResult<Option<String>> {
         self.read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT MIN(wait_until) FROM runs WHERE status = 'waiting' AND wait_reason = 'until' AND paused = 0",
-            )?
-            .query_row([], |r| r.get::<_, Option<String>>(0))?)
+            Ok(
+                c.prepare_cached("SELECT MIN(wait_until) FROM runs WHERE status = 'waiting' AND wait_reason = 'until' AND paused = 0")?
+                    .query_row([], |r| r.get::<_, Option<String>>(0))?,
+            )
         })
     }
 
     fn waiting_on_key(&self, wait_key: &str) -> StoreResult<Vec<String>> {
-        self.read(|c| ids(c, "SELECT run_id FROM runs WHERE status = 'waiting' AND wait_key = ?1 ORDER BY created_at", &[&wait_key]))
+        self.read(|c| {
+            ids(
+                c,
+                "SELECT run_id FROM runs WHERE status = 'waiting' AND wait_key = ?1 ORDER BY created_at",
+                &[&wait_key],
+            )
+        })
     }
 
     fn children_of(&self, run_id: &str) -> StoreResult<Vec<String>> {
-        self.read(|c| ids(c, "SELECT run_id FROM runs WHERE parent_run_id = ?1 ORDER BY created_at", &[&run_id]))
+        self.read(|c| {
+            ids(
+                c,
+                "SELECT run_id FROM runs WHERE parent_run_id = ?1 ORDER BY created_at",
+                &[&run_id],
+            )
+        })
     }
 
     fn stale_subworkflow_waits(&self, limit: u64) -> StoreResult<Vec<String>> {
@@ -581,11 +642,19 @@ impl Store for SqliteStore {
     }
 
     fn lease_holder(&self) -> StoreResult<Option<String>> {
-        self.read(|c| Ok(c.prepare_cached("SELECT holder FROM runner_lease WHERE name = 'runner'")?.query_row([], |r| r.get(0)).optional()?))
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT holder FROM runner_lease WHERE name = 'runner'")?
+                .query_row([], |r| r.get(0))
+                .optional()?)
+        })
     }
 
     fn acquire_lease(&self, holder: &str, ttl_s: f64, steal_from: Option<&str>) -> StoreResult<bool> {
-        match self.submit(Op::Lease { holder: holder.into(), ttl_s, steal_from: steal_from.map(str::to_string) })? {
+        match self.submit(Op::Lease {
+            holder: holder.into(),
+            ttl_s,
+            steal_from: steal_from.map(str::to_string),
+        })? {
             OpOut::Bool(b) => Ok(b),
             _ => Err(StoreError::Other("unexpected writer reply".into())),
         }

@@ -25,7 +25,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{t:x}{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -69,7 +72,10 @@ impl Gateway {
             dir,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             extra_args: args.iter().map(|s| s.to_string()).collect(),
-            http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
         };
         g.spawn();
         g
@@ -91,7 +97,8 @@ impl Gateway {
 
     pub fn spawn(&mut self) {
         let mut c = self.command("serve");
-        c.args(["--host", "127.0.0.1", "--port", &self.port.to_string()]).args(&self.extra_args);
+        c.args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(&self.extra_args);
         c.stdout(Stdio::null()).stderr(Stdio::inherit());
         self.child = Some(c.spawn().expect("spawn gateway"));
         self.wait_healthy();
@@ -145,7 +152,10 @@ impl Gateway {
     }
 
     pub fn command_ok(&self, command_id: &str, run_id: &str, kind: &str, payload: Value) -> Value {
-        let (s, v) = self.post("/api/gateway/commands", &json!({"command_id": command_id, "run_id": run_id, "type": kind, "payload": payload}));
+        let (s, v) = self.post(
+            "/api/gateway/commands",
+            &json!({"command_id": command_id, "run_id": run_id, "type": kind, "payload": payload}),
+        );
         assert_eq!(s, 200, "{v}");
         v
     }
@@ -205,6 +215,16 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Raw ledger rows straight from the SQLite file (for checks that bypass the API).
+    pub fn ledger_from_db(&self, run_id: &str) -> Vec<String> {
+        let c = rusqlite::Connection::open(self.dir.join("gateway.sqlite3")).unwrap();
+        let mut st = c.prepare("SELECT record_json FROM ledger WHERE run_id = ?1 ORDER BY seq").unwrap();
+        let rows = st.query_map([run_id], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(|r| r.unwrap()).collect()
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
@@ -224,7 +244,12 @@ pub struct Sse {
 /// Reads SSE events until `stop(event)` or the stream ends.
 pub fn read_sse(resp: reqwest::blocking::Response, mut stop: impl FnMut(&Sse) -> bool) -> Vec<Sse> {
     let mut out = Vec::new();
-    let mut cur = Sse { id: None, event: None, data: None, comment: false };
+    let mut cur = Sse {
+        id: None,
+        event: None,
+        data: None,
+        comment: false,
+    };
     let mut reader = BufReader::new(resp);
     let mut line = String::new();
     loop {
@@ -236,7 +261,15 @@ pub fn read_sse(resp: reqwest::blocking::Response, mut stop: impl FnMut(&Sse) ->
         let l = line.trim_end_matches('\n');
         if l.is_empty() {
             if cur.id.is_some() || cur.event.is_some() || cur.data.is_some() || cur.comment {
-                let ev = std::mem::replace(&mut cur, Sse { id: None, event: None, data: None, comment: false });
+                let ev = std::mem::replace(
+                    &mut cur,
+                    Sse {
+                        id: None,
+                        event: None,
+                        data: None,
+                        comment: false,
+                    },
+                );
                 let done = stop(&ev);
                 out.push(ev);
                 if done {
@@ -285,7 +318,13 @@ pub fn upload(g: &Gateway, bytes: Vec<u8>, overwrite: bool) -> (u16, Value) {
     let form = reqwest::blocking::multipart::Form::new()
         .part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name("b.flow"))
         .text("overwrite", if overwrite { "true" } else { "false" });
-    let r = g.http.post(g.url("/api/gateway/bundles/upload")).bearer_auth(TOKEN).multipart(form).send().unwrap();
+    let r = g
+        .http
+        .post(g.url("/api/gateway/bundles/upload"))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .unwrap();
     let s = r.status().as_u16();
     (s, r.json().unwrap_or(Value::Null))
 }
