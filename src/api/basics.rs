@@ -3,17 +3,24 @@
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
 
-use super::AppState;
+use super::{route, Route};
 use crate::util::time::now_iso;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/health", get(health))
-        .route("/api/gateway/ping", get(ping))
-        .route("/", get(|| async { Redirect::temporary("/docs") }))
+pub fn routes() -> Vec<Route> {
+    vec![
+        route("get", "/api/health", "Liveness (no auth)", &[], get(health)),
+        route("get", "/api/gateway/ping", "Cheap authenticated probe", &[], get(ping)),
+        route(
+            "get",
+            "/",
+            "Redirects to /docs",
+            &[],
+            get(|| async { Redirect::temporary("/docs") }),
+        ),
+    ]
 }
 
 async fn health() -> Json<serde_json::Value> {

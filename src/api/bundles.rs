@@ -3,24 +3,68 @@
 use std::sync::Arc;
 
 use axum::extract::{Multipart, Path, RawQuery, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::validate::{query_bool, query_map, safe_id};
-use super::AppState;
+use super::{route, AppState, Route};
 use crate::runtime::bundle::{Bundle, InstallError};
 use crate::runtime::flow::Flow;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/gateway/bundles", get(list))
-        .route("/api/gateway/bundles/upload", post(upload))
-        .route("/api/gateway/bundles/reload", post(reload))
-        .route("/api/gateway/bundles/{bundle_id}", get(inspect).delete(remove))
-        .route("/api/gateway/bundles/{bundle_id}/flows/{flow_id}", get(flow_json))
-        .route("/api/gateway/bundles/{bundle_id}/flows/{flow_id}/input_schema", get(input_schema))
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(
+            "get",
+            "/api/gateway/bundles",
+            "List bundles (latest versions)",
+            &["all_versions", "include_drafts"],
+            get(list),
+        ),
+        route(
+            "post",
+            "/api/gateway/bundles/upload",
+            "Install a .flow bundle (multipart: file, overwrite)",
+            &[],
+            post(upload),
+        ),
+        route(
+            "post",
+            "/api/gateway/bundles/reload",
+            "Re-scan the flows directory",
+            &[],
+            post(reload),
+        ),
+        route(
+            "get",
+            "/api/gateway/bundles/{bundle_id}",
+            "Inspect a bundle",
+            &["bundle_version"],
+            get(inspect),
+        ),
+        route(
+            "delete",
+            "/api/gateway/bundles/{bundle_id}",
+            "Remove one version (or all versions) of a bundle",
+            &["bundle_version"],
+            delete(remove),
+        ),
+        route(
+            "get",
+            "/api/gateway/bundles/{bundle_id}/flows/{flow_id}",
+            "A flow's VisualFlow JSON",
+            &["bundle_version"],
+            get(flow_json),
+        ),
+        route(
+            "get",
+            "/api/gateway/bundles/{bundle_id}/flows/{flow_id}/input_schema",
+            "JSON schema of a flow's inputs",
+            &["bundle_version"],
+            get(input_schema),
+        ),
+    ]
 }
 
 fn split_ref(bundle_id: &str, version: Option<String>) -> ApiResult<(String, Option<String>)> {

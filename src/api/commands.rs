@@ -4,20 +4,33 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::validate::{parse_body, safe_id, Fields};
-use super::AppState;
+use super::{route, AppState, Route};
 use crate::runtime::commands::TYPES;
 use crate::store::NewCommand;
 use crate::util::time::now_iso;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/gateway/commands", post(submit))
-        .route("/api/gateway/commands/{command_id}", get(status))
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(
+            "post",
+            "/api/gateway/commands",
+            "Submit a durable command (idempotent on command_id)",
+            &[],
+            post(submit),
+        ),
+        route(
+            "get",
+            "/api/gateway/commands/{command_id}",
+            "What became of a command: pending, applied, ignored or rejected",
+            &[],
+            get(status),
+        ),
+    ]
 }
 
 async fn submit(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {

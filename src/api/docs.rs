@@ -1,122 +1,25 @@
-//! `/openapi.json`, built from the route table below (the same paths the routers register; a test
-//! checks every documented operation answers), and `/docs`, an offline page that renders it.
+//! `/openapi.json`, generated from the route table the router itself is built from (`api::routes`),
+//! and `/docs`, an offline page that renders it.
 
 use axum::response::Html;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::AppState;
+use super::{route, Route};
 
-/// (method, path, summary, query params)
-pub const ROUTES: &[(&str, &str, &str, &[&str])] = &[
-    ("get", "/api/health", "Liveness (no auth)", &[]),
-    ("get", "/api/gateway/ping", "Cheap authenticated probe", &[]),
-    ("post", "/api/gateway/runs/start", "Start a run of a bundle entrypoint", &[]),
-    (
-        "post",
-        "/api/gateway/runs/schedule",
-        "Schedule repeated runs of a bundle entrypoint",
-        &[],
-    ),
-    (
-        "get",
-        "/api/gateway/runs",
-        "List runs, most recent first",
-        &[
-            "status",
-            "workflow_id",
-            "session_id",
-            "parent_run_id",
-            "root_only",
-            "include_drafts",
-            "include_ledger_len",
-            "limit",
-            "offset",
-        ],
-    ),
-    ("get", "/api/gateway/runs/{run_id}", "Run summary", &[]),
-    (
-        "get",
-        "/api/gateway/runs/{run_id}/input_data",
-        "The entry inputs a run was started with",
-        &[],
-    ),
-    (
-        "get",
-        "/api/gateway/runs/{run_id}/ledger",
-        "Replay the ledger from a cursor",
-        &["after", "limit"],
-    ),
-    ("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[]),
-    (
-        "get",
-        "/api/gateway/runs/{run_id}/ledger/stream",
-        "Stream the ledger (SSE); resume with ?after= or Last-Event-ID",
-        &["after", "heartbeat_s"],
-    ),
-    (
-        "post",
-        "/api/gateway/commands",
-        "Submit a durable command (idempotent on command_id)",
-        &[],
-    ),
-    (
-        "get",
-        "/api/gateway/commands/{command_id}",
-        "What became of a command: pending, applied, ignored or rejected",
-        &[],
-    ),
-    (
-        "get",
-        "/api/gateway/bundles",
-        "List bundles (latest versions)",
-        &["all_versions", "include_drafts"],
-    ),
-    (
-        "post",
-        "/api/gateway/bundles/upload",
-        "Install a .flow bundle (multipart: file, overwrite)",
-        &[],
-    ),
-    ("post", "/api/gateway/bundles/reload", "Re-scan the flows directory", &[]),
-    ("get", "/api/gateway/bundles/{bundle_id}", "Inspect a bundle", &["bundle_version"]),
-    (
-        "delete",
-        "/api/gateway/bundles/{bundle_id}",
-        "Remove one version (or all versions) of a bundle",
-        &["bundle_version"],
-    ),
-    (
-        "get",
-        "/api/gateway/bundles/{bundle_id}/flows/{flow_id}",
-        "A flow's VisualFlow JSON",
-        &["bundle_version"],
-    ),
-    (
-        "get",
-        "/api/gateway/bundles/{bundle_id}/flows/{flow_id}/input_schema",
-        "JSON schema of a flow's inputs",
-        &["bundle_version"],
-    ),
-    (
-        "get",
-        "/api/gateway/workflows/{workflow_id}/flow",
-        "A workflow's flow (bundle or generated schedule wrapper)",
-        &[],
-    ),
-];
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/openapi.json", get(openapi))
-        .route("/docs", get(docs))
-        .route("/redoc", get(docs))
+pub fn routes() -> Vec<Route> {
+    vec![
+        route("get", "/openapi.json", "This document", &[], get(openapi)),
+        route("get", "/docs", "Offline API reference page", &[], get(docs)),
+        route("get", "/redoc", "Offline API reference page", &[], get(docs)),
+    ]
 }
 
 pub fn spec() -> Value {
     let mut paths = Map::new();
-    for (method, path, summary, query) in ROUTES {
+    for r in super::routes() {
+        let (method, path, summary, query) = (r.method, r.path, r.summary, r.query);
         let mut params: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -132,11 +35,11 @@ pub fn spec() -> Value {
             op["security"] = json!([{"gatewayBearerAuth": []}]);
             op["responses"]["401"] = json!({"description": "Unauthorized"});
         }
-        if *method == "post" {
+        if method == "post" {
             op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": "object"}}}});
         }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = op;
+        entry[method] = op;
     }
     json!({
         "openapi": "3.1.0",

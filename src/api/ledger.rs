@@ -7,18 +7,30 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::validate::{parse_body, query_int, query_map};
-use super::AppState;
+use super::{route, AppState, Route};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/gateway/runs/{run_id}/ledger", get(page))
-        .route("/api/gateway/runs/ledger/batch", post(batch))
-        .route("/api/gateway/runs/{run_id}/ledger/stream", get(stream))
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(
+            "get",
+            "/api/gateway/runs/{run_id}/ledger",
+            "Replay the ledger from a cursor (after = records already consumed)",
+            &["after", "limit"],
+            get(page),
+        ),
+        route("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[], post(batch)),
+        route(
+            "get",
+            "/api/gateway/runs/{run_id}/ledger/stream",
+            "Stream the ledger (SSE); resume with ?after= or Last-Event-ID",
+            &["after", "heartbeat_s"],
+            get(stream),
+        ),
+    ]
 }
 
 const MAX_PAGE: i64 = 10_000;

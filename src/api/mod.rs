@@ -13,6 +13,7 @@ pub mod validate;
 
 use std::sync::Arc;
 
+use axum::routing::MethodRouter;
 use axum::Router;
 
 use crate::config::Config;
@@ -46,15 +47,56 @@ impl AppState {
     }
 }
 
+/// One HTTP operation: the router registers `handler`, and `/openapi.json` is generated from the
+/// same entries, so an operation cannot exist without being documented.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub query: &'static [&'static str],
+    pub handler: MethodRouter<AppState>,
+}
+
+pub fn route(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    query: &'static [&'static str],
+    handler: MethodRouter<AppState>,
+) -> Route {
+    Route {
+        method,
+        path,
+        summary,
+        query,
+        handler,
+    }
+}
+
+/// Every operation the gateway serves.
+pub fn routes() -> Vec<Route> {
+    let mut all = basics::routes();
+    all.extend(runs::routes());
+    all.extend(ledger::routes());
+    all.extend(commands::routes());
+    all.extend(bundles::routes());
+    all.extend(docs::routes());
+    all
+}
+
 pub fn router(state: AppState, security: Arc<Security>) -> Router {
-    Router::new()
-        .merge(basics::routes())
-        .merge(runs::routes())
-        .merge(ledger::routes())
-        .merge(commands::routes())
-        .merge(bundles::routes())
-        .merge(docs::routes())
-        .fallback(basics::not_found)
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for r in routes() {
+        match by_path.iter_mut().find(|(p, _)| *p == r.path) {
+            Some((_, m)) => *m = std::mem::take(m).merge(r.handler),
+            None => by_path.push((r.path, r.handler)),
+        }
+    }
+    let mut app = Router::new();
+    for (p, m) in by_path {
+        app = app.route(p, m);
+    }
+    app.fallback(basics::not_found)
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(security, crate::security::guard))

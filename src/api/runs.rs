@@ -5,13 +5,13 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::summary::run_summary;
 use super::validate::{parse_body, query_bool, query_int, query_map, safe_id, Fields};
-use super::AppState;
+use super::{route, AppState, Route};
 use crate::runtime::bundle::Bundle;
 use crate::runtime::flow::Flow;
 use crate::runtime::interpreter::{new_run, start_vars, ACTOR};
@@ -20,14 +20,55 @@ use crate::runtime::schedule;
 use crate::store::RunQuery;
 use crate::util::time::{now, now_iso, parse_duration, parse_iso};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/gateway/runs/start", post(start))
-        .route("/api/gateway/runs/schedule", post(schedule_run))
-        .route("/api/gateway/runs", get(list))
-        .route("/api/gateway/runs/{run_id}", get(get_run))
-        .route("/api/gateway/runs/{run_id}/input_data", get(input_data))
-        .route("/api/gateway/workflows/{workflow_id}/flow", get(workflow_flow))
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(
+            "post",
+            "/api/gateway/runs/start",
+            "Start a run of a bundle entrypoint",
+            &[],
+            post(start),
+        ),
+        route(
+            "post",
+            "/api/gateway/runs/schedule",
+            "Schedule repeated runs of a bundle entrypoint",
+            &[],
+            post(schedule_run),
+        ),
+        route(
+            "get",
+            "/api/gateway/runs",
+            "List runs, most recent first",
+            &[
+                "status",
+                "workflow_id",
+                "session_id",
+                "parent_run_id",
+                "root_only",
+                "include_drafts",
+                "include_ledger_len",
+                "limit",
+                "offset",
+            ],
+            get(list),
+        ),
+        route("get", "/api/gateway/runs/{run_id}", "Run summary", &[], get(get_run)),
+        route(
+            "get",
+            "/api/gateway/runs/{run_id}/input_data",
+            "The entry inputs a run was started with",
+            &[],
+            get(input_data),
+        ),
+        route(
+            "get",
+            "/api/gateway/workflows/{workflow_id}/flow",
+            "A workflow's flow (bundle or generated schedule wrapper)",
+            &[],
+            get(workflow_flow),
+        ),
+    ]
 }
 
 pub struct Resolved {
