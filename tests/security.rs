@@ -243,7 +243,12 @@ fn openapi_and_docs() {
     let g = Gateway::start();
     let v: Value = g.http.get(g.url("/openapi.json")).send().unwrap().json().unwrap();
     // Generated from the router's own table: the core routes are all there.
-    for p in ["/api/gateway/runs/start", "/api/gateway/runs/{run_id}/ledger/stream", "/api/gateway/commands/{command_id}", "/api/gateway/bundles/upload"] {
+    for p in [
+        "/api/gateway/runs/start",
+        "/api/gateway/runs/{run_id}/ledger/stream",
+        "/api/gateway/commands/{command_id}",
+        "/api/gateway/bundles/upload",
+    ] {
         assert!(v["paths"].get(p).is_some(), "{p} missing from openapi.json");
     }
     assert!(v["paths"]["/api/gateway/bundles/{bundle_id}"].get("delete").is_some());

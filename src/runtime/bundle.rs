@@ -77,7 +77,7 @@ pub fn is_safe_rel_path(p: &str) -> bool {
         && !p.starts_with('/')
         && !p.contains('\\')
         && !p.contains('\0')
-        && !(p.len() >= 2 && p.as_bytes()[1] == b':')
+        && (p.len() < 2 || p.as_bytes()[1] != b':')
         && p.split('/').all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
 }
 

@@ -9,8 +9,7 @@ pub fn now() -> DateTime<Utc> {
 
 pub fn format_iso(t: DateTime<Utc>) -> String {
     // Upstream writes Python's isoformat(): microseconds and an explicit +00:00 offset.
-    let s = t.to_rfc3339_opts(SecondsFormat::Micros, false);
-    s
+    t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
 
 pub fn now_iso() -> String {
