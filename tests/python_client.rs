@@ -12,9 +12,18 @@ use serde_json::{json, Value};
 fn client_python() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyclients-venv");
     let py = venv.join("bin/python");
-    let ok = Command::new(&py).args(["-c", "import abstractcode.gateway_cli"]).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new(&py)
+        .args(["-c", "import abstractcode.gateway_cli"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
-        let st = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().expect("python3 is required for the client compatibility test");
+        let st = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .expect("python3 is required for the client compatibility test");
         assert!(st.success(), "cannot create {}", venv.display());
         let st = Command::new(venv.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check", "--no-deps", "abstractcode==0.3.8"])

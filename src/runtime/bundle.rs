@@ -297,16 +297,30 @@ impl BundleRegistry {
         &self.dir
     }
 
-    /// (Re)loads every `*.flow` under the flows dir. A broken file is reported, never fatal.
+    /// Where uploads are written: the flows dir, or the directory of a single-file registry.
+    fn install_dir(&self) -> PathBuf {
+        if self.dir.is_file() {
+            self.dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+        } else {
+            self.dir.clone()
+        }
+    }
+
+    /// (Re)loads every `*.flow` under the flows dir (which, as upstream allows, may also be a
+    /// single `.flow` file). A broken file is reported, never fatal.
     pub fn reload(&self) -> Result<usize, BundleError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| BundleError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
         let mut map: BTreeMap<String, BTreeMap<String, Arc<Bundle>>> = BTreeMap::new();
         let mut errors = Vec::new();
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map_err(|e| BundleError::Io(format!("cannot read {}: {e}", self.dir.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().map(|x| x == "flow").unwrap_or(false))
-            .collect();
+        let mut entries: Vec<PathBuf> = if self.dir.is_file() {
+            vec![self.dir.clone()]
+        } else {
+            std::fs::create_dir_all(&self.dir).map_err(|e| BundleError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
+            std::fs::read_dir(&self.dir)
+                .map_err(|e| BundleError::Io(format!("cannot read {}: {e}", self.dir.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().map(|x| x == "flow").unwrap_or(false))
+                .collect()
+        };
         entries.sort();
         for p in entries {
             let res = std::fs::read(&p)
@@ -378,19 +392,20 @@ impl BundleRegistry {
     pub fn install(&self, bytes: &[u8], overwrite: bool) -> Result<Arc<Bundle>, InstallError> {
         let bundle = load_bundle(bytes, None).map_err(InstallError::Invalid)?;
         let name = format!("{}@{}.flow", bundle.id, bundle.version);
-        let dest = self.dir.join(&name);
+        let dir = self.install_dir();
+        let dest = dir.join(&name);
         if dest.exists() && !overwrite {
             return Err(InstallError::Exists(name));
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| InstallError::Io(e.to_string()))?;
-        let tmp = self.dir.join(format!(".{name}.{}.tmp", crate::util::new_hex_id()));
+        std::fs::create_dir_all(&dir).map_err(|e| InstallError::Io(e.to_string()))?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::new_hex_id()));
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &dest)?;
-            if let Ok(d) = std::fs::File::open(&self.dir) {
+            if let Ok(d) = std::fs::File::open(&dir) {
                 let _ = d.sync_all();
             }
             Ok(())
@@ -472,5 +487,19 @@ mod tests {
     #[test]
     fn not_a_zip() {
         assert!(matches!(load_bundle(b"garbage\n", None), Err(BundleError::NotZip)));
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn flows_dir_may_be_a_single_file() {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bundles/test-noop@0.1.0.flow");
+        let reg = BundleRegistry::new(PathBuf::from(src));
+        assert_eq!(reg.reload().unwrap(), 1);
+        assert!(reg.flow("test-noop@0.1.0:noop").is_some());
+        assert_eq!(reg.latest("test-noop").unwrap().version, "0.1.0");
     }
 }
