@@ -154,3 +154,32 @@ fn emit_event_between_runs() {
     }
     assert_eq!(g.run(&listeners[2])["status"], "waiting");
 }
+
+#[test]
+fn self_recursive_subflow_is_stopped() {
+    let g = Gateway::start();
+    let flow = json!({"id": "rec", "entryNode": "start", "nodes": [
+        node("start", "on_flow_start", vec![], vec![exec("exec-out")], json!({})),
+        node("again", "subflow", vec![exec("exec-in")], vec![exec("exec-out")], json!({"subflowId": "rec"})),
+    ], "edges": [edge("start", "exec-out", "again", "exec-in")]});
+    install(&g, "rec", flow);
+    let id = g.start_run(json!({"bundle_id": "rec"}));
+    // The deepest child fails naming the problem; the failure propagates up as a failed output.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, failed) = g.get("/api/gateway/runs?status=failed&limit=5");
+        if let Some(f) = failed["items"].as_array().unwrap().first() {
+            assert!(f["error"].as_str().unwrap().contains("nesting deeper than 32"), "{f}");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let (_, all) = g.get("/api/gateway/runs?limit=5");
+            panic!("recursion was not stopped: {all}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let r = g.wait_status(&id, "completed");
+    assert_eq!(r["output"]["success"], true);
+    let (_, all) = g.get("/api/gateway/runs?limit=100");
+    assert_eq!(all["count"], 33, "root + 32 nested children, then it stops");
+}

@@ -20,6 +20,8 @@ use crate::util::time::{add_duration, format_iso, now, now_iso, parse_duration, 
 use crate::util::{new_uuid, sha256_hex};
 
 pub const ACTOR: &str = "gateway";
+/// Deepest allowed chain of subflow runs.
+pub const MAX_SUBFLOW_DEPTH: u64 = 32;
 
 /// What the interpreter needs from the runner that hosts it.
 pub trait Host {
@@ -452,13 +454,13 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             let mut w = WaitState::new("until");
             w.until = Some(format_iso(until));
             w.resume_to_node = after(run, flow, nid, "exec-out");
-            let ty = if node.kind == "on_schedule" { "wait_until" } else { "wait_until" };
+            // on_schedule, delay and wait_until are all timer waits in the ledger.
             effect_pair(
                 host,
                 run,
                 nid,
-                ty,
-                json!({"type": ty, "until": w.until}),
+                "wait_until",
+                json!({"type": "wait_until", "until": w.until}),
                 None,
                 Outcome::Waiting(&w),
             );
@@ -508,6 +510,19 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             let child_flow = host
                 .flow(&wid)
                 .ok_or_else(|| format!("subflow node '{nid}': workflow '{wid}' not found"))?;
+            // A flow that (indirectly) calls itself would otherwise create runs forever.
+            let depth = run
+                .vars
+                .get("_runtime")
+                .and_then(|r| r.get("subflow_depth"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                + 1;
+            if depth > MAX_SUBFLOW_DEPTH {
+                return Err(format!(
+                    "subflow node '{nid}': nesting deeper than {MAX_SUBFLOW_DEPTH} levels (does '{wid}' call itself?)"
+                ));
+            }
             let mut vars = Map::new();
             if let Value::Object(o) = input(run, flow, node, "input")? {
                 vars.extend(o);
@@ -524,12 +539,9 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             let session = as_string(&input(run, flow, node, "session_id")?)
                 .filter(|s| !s.is_empty())
                 .or_else(|| run.session_id.clone());
-            let child = new_run(
-                &child_flow,
-                start_vars(&child_flow, vars.clone()),
-                session,
-                Some(run.run_id.clone()),
-            );
+            let mut child_vars = start_vars(&child_flow, vars.clone());
+            obj_entry(&mut child_vars, "_runtime").insert("subflow_depth".into(), json!(depth));
+            let child = new_run(&child_flow, child_vars, session, Some(run.run_id.clone()));
             let child_id = child.run_id.clone();
             let mut w = WaitState::new("subworkflow");
             w.wait_key = Some(format!("subworkflow:{child_id}"));
