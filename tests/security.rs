@@ -364,3 +364,22 @@ fn debug_logs_never_contain_credentials() {
         assert!(!rec.contains(TOKEN));
     }
 }
+
+#[test]
+fn openapi_documents_request_bodies() {
+    let g = Gateway::start();
+    let v: Value = g.http.get(g.url("/openapi.json")).send().unwrap().json().unwrap();
+    let body = |p: &str| v["paths"][p]["post"]["requestBody"]["content"].clone();
+    assert_eq!(
+        body("/api/gateway/commands")["application/json"]["schema"]["required"],
+        json!(["command_id", "run_id", "type"])
+    );
+    assert_eq!(
+        body("/api/gateway/commands")["application/json"]["schema"]["properties"]["type"]["enum"],
+        json!(["pause", "resume", "cancel", "emit_event", "update_schedule", "compact_memory"])
+    );
+    assert!(body("/api/gateway/bundles/upload")["multipart/form-data"]["schema"]["properties"]["file"].is_object());
+    assert!(body("/api/gateway/runs/start")["application/json"]["schema"]["properties"]["input_data"].is_object());
+    assert!(body("/api/gateway/runs/schedule")["application/json"]["schema"]["properties"]["repeat_count"].is_object());
+    assert!(body("/api/gateway/runs/ledger/batch")["application/json"]["schema"]["properties"]["runs"].is_object());
+}

@@ -28,6 +28,11 @@ pub fn routes() -> Vec<Route> {
             "Install a .flow bundle (multipart: file, overwrite)",
             &[],
             post(upload),
+        )
+        .body(
+            json!({"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "the .flow bundle"},
+            "overwrite": {"type": "boolean", "default": false}, "reload": {"type": "boolean", "default": true}}}}}),
         ),
         route(
             "post",

@@ -22,6 +22,13 @@ pub fn routes() -> Vec<Route> {
             "Submit a durable command (idempotent on command_id)",
             &[],
             post(submit),
+        )
+        .body(
+            json!({"application/json": {"schema": {"type": "object", "required": ["command_id", "run_id", "type"], "properties": {
+            "command_id": {"type": "string", "description": "client idempotency key"},
+            "run_id": {"type": "string", "description": "target run (a session id for emit_event)"},
+            "type": {"type": "string", "enum": TYPES},
+            "payload": {"type": "object"}, "ts": {"type": "string"}, "client_id": {"type": "string"}}}}}),
         ),
         route(
             "get",

@@ -19,7 +19,7 @@ pub fn routes() -> Vec<Route> {
 pub fn spec() -> Value {
     let mut paths = Map::new();
     for r in super::routes() {
-        let (method, path, summary, query) = (r.method, r.path, r.summary, r.query);
+        let (method, path, summary, query, body) = (r.method, r.path, r.summary, r.query, r.body);
         let mut params: Vec<Value> = path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -35,8 +35,10 @@ pub fn spec() -> Value {
             op["security"] = json!([{"gatewayBearerAuth": []}]);
             op["responses"]["401"] = json!({"description": "Unauthorized"});
         }
-        if method == "post" {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": "object"}}}});
+        if let Some(content) = body {
+            op["requestBody"] = json!({"required": true, "content": content});
+        } else if method == "post" {
+            op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}});
         }
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[method] = op;

@@ -22,7 +22,9 @@ pub fn routes() -> Vec<Route> {
             &["after", "limit"],
             get(page),
         ),
-        route("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[], post(batch)),
+        route("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[], post(batch)).body(json!({"application/json": {"schema": {
+            "type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 200},
+            "runs": {"type": "array", "items": {"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}, "after": {"type": "integer", "minimum": 0}}}}}}}})),
         route(
             "get",
             "/api/gateway/runs/{run_id}/ledger/stream",

@@ -55,6 +55,15 @@ pub struct Route {
     pub summary: &'static str,
     pub query: &'static [&'static str],
     pub handler: MethodRouter<AppState>,
+    /// OpenAPI `requestBody.content` (media type → schema), for operations that take a body.
+    pub body: Option<serde_json::Value>,
+}
+
+impl Route {
+    pub fn body(mut self, content: serde_json::Value) -> Route {
+        self.body = Some(content);
+        self
+    }
 }
 
 pub fn route(
@@ -70,6 +79,7 @@ pub fn route(
         summary,
         query,
         handler,
+        body: None,
     }
 }
 

@@ -28,13 +28,30 @@ pub fn routes() -> Vec<Route> {
             "Start a run of a bundle entrypoint",
             &[],
             post(start),
-        ),
+        )
+        .body(json!({"application/json": {"schema": {"type": "object", "properties": {
+            "bundle_id": {"type": "string", "description": "bundle id, or id@version"},
+            "bundle_version": {"type": "string"},
+            "flow_id": {"type": "string", "description": "flow id, bundle:flow, bundle@version:flow, or @default (with interface)"},
+            "interface": {"type": "string"},
+            "input_data": {"type": "object", "additionalProperties": true},
+            "session_id": {"type": "string"},
+            "thinking": {"type": ["boolean", "string"]},
+            "run_lifecycle": {"type": "object"}}}}})),
         route(
             "post",
             "/api/gateway/runs/schedule",
             "Schedule repeated runs of a bundle entrypoint",
             &[],
             post(schedule_run),
+        )
+        .body(
+            json!({"application/json": {"schema": {"type": "object", "required": ["bundle_id", "flow_id"], "properties": {
+            "bundle_id": {"type": "string"}, "bundle_version": {"type": "string"}, "flow_id": {"type": "string"},
+            "input_data": {"type": "object"}, "start_at": {"type": "string", "description": "ISO 8601 or \"now\""},
+            "interval": {"type": "string", "pattern": "^\\d+(\\.\\d+)?\\s*(ms|s|m|h|d)$"},
+            "repeat_count": {"type": "integer", "minimum": 1}, "repeat_until": {"type": "string"},
+            "share_context": {"type": "boolean", "default": true}, "session_id": {"type": "string"}}}}}),
         ),
         route(
             "get",
