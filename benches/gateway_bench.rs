@@ -178,7 +178,9 @@ impl RawClient {
     fn connect(port: u16) -> RawClient {
         let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_nodelay(true).unwrap();
-        RawClient { stream: BufReader::with_capacity(1 << 20, s) }
+        RawClient {
+            stream: BufReader::with_capacity(1 << 20, s),
+        }
     }
 
     /// Returns the body length after reading it completely.

@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::planes::{open_plane, Planes};
 use crate::api::{self, AppState};
 use crate::config::{envfile, Config};
-use crate::runtime::bundle::BundleRegistry;
-use crate::runtime::notify::Notifier;
-use crate::runtime::runner::Runner;
+use crate::security::sessions::SessionStore;
+use crate::security::users::{NewUser, UserRegistry};
 use crate::security::Security;
 use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -134,42 +133,68 @@ pub fn new_token() -> String {
 
 const NO_TOKEN: &str = "abstractgateway: refusing to start without a token: set ABSTRACTGATEWAY_AUTH_TOKEN (e.g. `export ABSTRACTGATEWAY_AUTH_TOKEN=$(openssl rand -hex 32)`) or run `abstractgateway config init --env-file .env` and pass `--env-file .env`";
 
+/// Opens the base data plane and, in hosted mode, the user registry and session store.
 struct Core {
-    cfg: Arc<Config>,
-    store: Arc<SqliteStore>,
-    registry: Arc<BundleRegistry>,
-    notifier: Arc<Notifier>,
+    base: AppState,
+    base_store: Arc<SqliteStore>,
+    users: Option<Arc<UserRegistry>>,
+    sessions: Option<Arc<SessionStore>>,
 }
 
 async fn open_core(needs_token: bool) -> Result<Core, String> {
     let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
-    if needs_token && cfg.security_enabled && (cfg.protect_write || cfg.protect_read) && cfg.auth_tokens.is_empty() {
+    if needs_token && cfg.security_enabled && (cfg.protect_write || cfg.protect_read) && cfg.auth_tokens.is_empty() && !cfg.user_auth {
         return Err(NO_TOKEN.into());
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("abstractgateway: cannot create data dir {}: {e}", cfg.data_dir.display()))?;
     cfg.check_db_inside_data_dir().map_err(|e| format!("abstractgateway: {e}"))?;
-    let store = SqliteStore::open(&cfg.db_path).map_err(|e| format!("abstractgateway: cannot open {}: {e}", cfg.db_path.display()))?;
-    let registry = Arc::new(BundleRegistry::new(cfg.flows_dir.clone()));
-    let n = registry.reload().map_err(|e| format!("abstractgateway: {e}"))?;
-    tracing::info!(flows_dir = %cfg.flows_dir.display(), bundles = n, "bundles loaded");
-    let notifier = Notifier::with_peers(&cfg.data_dir).map_err(|e| format!("abstractgateway: cannot create notify socket: {e}"))?;
+    let (users, sessions) = if cfg.user_auth {
+        let users = Arc::new(UserRegistry::open(&cfg.users_file).map_err(|e| format!("abstractgateway: {e}"))?);
+        bootstrap_admin(&cfg, &users)?;
+        let sessions = SessionStore::open(&cfg.auth_dir(), cfg.session_secret.clone(), cfg.max_sessions)
+            .map_err(|e| format!("abstractgateway: cannot open the session store: {e}"))?;
+        (Some(users), Some(Arc::new(sessions)))
+    } else {
+        (None, None)
+    };
+    let (base, base_store) = open_plane(cfg).map_err(|e| format!("abstractgateway: {e}"))?;
     Ok(Core {
-        cfg: Arc::new(cfg),
-        store: Arc::new(store),
-        registry,
-        notifier,
+        base,
+        base_store,
+        users,
+        sessions,
     })
 }
 
-fn spawn_runner(core: &Core, shutdown: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    let runner = Arc::new(Runner {
-        store: core.store.clone() as Arc<dyn Store>,
-        registry: core.registry.clone(),
-        notifier: core.notifier.clone(),
-        max_steps: core.cfg.tick_max_steps,
-    });
-    tokio::spawn(runner.run_forever(shutdown))
+/// Hosted mode on an empty registry: create `default/admin` and write its token to
+/// `<data_dir>/auth/bootstrap-admin-token` (0600), so a fresh install can sign in.
+fn bootstrap_admin(cfg: &Config, users: &UserRegistry) -> Result<(), String> {
+    if !users.is_empty() {
+        return Ok(());
+    }
+    let (user, token) = users
+        .create(NewUser {
+            user_id: "admin".into(),
+            tenant_id: "default".into(),
+            email: None,
+            roles: vec!["admin".into(), "user".into()],
+            scopes: vec!["*".into()],
+            enabled: true,
+            runtime_id: Some("default".into()),
+            token: cfg.bootstrap_admin_token.clone(),
+        })
+        .map_err(|e| format!("abstractgateway: cannot create the bootstrap admin: {e}"))?;
+    let file = cfg.auth_dir().join("bootstrap-admin-token");
+    crate::util::write_private_atomic(&file, format!("{token}\n").as_bytes())
+        .map_err(|e| format!("abstractgateway: cannot write {}: {e}", file.display()))?;
+    eprintln!(
+        "abstractgateway: created admin user {}/{}; its token is in {}",
+        user.tenant_id,
+        user.user_id,
+        file.display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -193,19 +218,16 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     load_env(&args.env)?;
     let core = open_core(true).await?;
+    let cfg = core.base.cfg.clone();
     let loopback = matches!(args.host.as_str(), "127.0.0.1" | "localhost" | "::1");
-    if !loopback && core.cfg.auth_tokens.iter().any(|t| t.len() < 15) {
+    if !loopback && cfg.auth_tokens.iter().any(|t| t.len() < 15) {
         return Err("abstractgateway: refusing to bind a non-loopback address with a token shorter than 15 characters".into());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let runner = (!args.no_runner && core.cfg.runner_enabled).then(|| spawn_runner(&core, stop_rx));
-    let state = AppState {
-        cfg: core.cfg.clone(),
-        store: core.store.clone(),
-        registry: core.registry.clone(),
-        notifier: core.notifier.clone(),
-    };
-    let app = api::router(state, Security::new(core.cfg.clone()));
+    let runs_here = !args.no_runner && cfg.runner_enabled;
+    let planes = Planes::new(core.base.clone(), core.base_store.clone(), runs_here.then_some(stop_rx));
+    let security = Security::new(cfg.clone(), core.users.clone(), core.sessions.clone(), planes.clone());
+    let app = api::router(core.base.clone(), security);
     let host = if args.host == "localhost" {
         "127.0.0.1".to_string()
     } else {
@@ -219,20 +241,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("abstractgateway: cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%local, data_dir = %core.cfg.data_dir.display(), runner = runner.is_some(), "abstractgateway listening");
-    eprintln!(
-        "abstractgateway listening on http://{local} (data dir: {})",
-        core.cfg.data_dir.display()
-    );
+    tracing::info!(%local, data_dir = %cfg.data_dir.display(), runner = runs_here, user_auth = cfg.user_auth, "abstractgateway listening");
+    eprintln!("abstractgateway listening on http://{local} (data dir: {})", cfg.data_dir.display());
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("abstractgateway: server error: {e}"))?;
     let _ = stop_tx.send(true);
-    if let Some(r) = runner {
-        let _ = r.await;
-    }
-    core.store.close();
+    planes.shutdown().await;
     Ok(())
 }
 
@@ -240,12 +256,22 @@ async fn runner_only(args: EnvArgs) -> Result<(), String> {
     load_env(&args)?;
     let core = open_core(false).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let h = spawn_runner(&core, stop_rx);
-    eprintln!("abstractgateway runner started (data dir: {})", core.cfg.data_dir.display());
+    let planes = Planes::new(core.base.clone(), core.base_store.clone(), Some(stop_rx));
+    eprintln!("abstractgateway runner started (data dir: {})", core.base.cfg.data_dir.display());
+    if core.base.cfg.user_auth {
+        // Advance every hosted user's plane too, including ones API processes create later.
+        planes.open_existing();
+        let (p, n) = (planes.clone(), core.base.notifier.clone());
+        tokio::spawn(async move {
+            loop {
+                n.planes_woken().await;
+                p.open_existing();
+            }
+        });
+    }
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    let _ = h.await;
-    core.store.close();
+    planes.shutdown().await;
     Ok(())
 }
 

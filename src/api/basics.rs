@@ -16,9 +16,9 @@ pub fn routes() -> Vec<Route> {
         route(
             "get",
             "/",
-            "Redirects to /docs",
+            "Redirects to the console",
             &[],
-            get(|| async { Redirect::temporary("/docs") }),
+            get(|| async { Redirect::temporary("/console") }),
         ),
     ]
 }

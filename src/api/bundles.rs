@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::extract::{Multipart, Path, RawQuery};
 use axum::routing::{delete, get, post};
+use axum::Extension;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
@@ -127,7 +128,7 @@ fn item(b: &Bundle, latest_published: Option<String>, latest_any: Option<String>
     })
 }
 
-async fn list(State(st): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+async fn list(Extension(st): Extension<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let q = query_map(q.as_deref());
     let all = query_bool(&q, "all_versions", false)?;
     let drafts = query_bool(&q, "include_drafts", false)?;
@@ -171,7 +172,7 @@ fn node_index(f: &Flow) -> Value {
     Value::Object(m)
 }
 
-async fn inspect(State(st): State<AppState>, Path(bundle_id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+async fn inspect(Extension(st): Extension<AppState>, Path(bundle_id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let q = query_map(q.as_deref());
     let (id, v) = split_ref(&bundle_id, q.get("bundle_version").filter(|s| !s.is_empty()).cloned())?;
     let b = find(&st, &id, v.as_deref())?;
@@ -217,7 +218,7 @@ fn resolve_flow(st: &AppState, bundle_id: &str, flow_id: &str, version: Option<S
 }
 
 async fn flow_json(
-    State(st): State<AppState>,
+    Extension(st): Extension<AppState>,
     Path((bundle_id, flow_id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -276,7 +277,7 @@ fn schema_inputs(f: &Flow) -> Vec<Value> {
 }
 
 async fn input_schema(
-    State(st): State<AppState>,
+    Extension(st): Extension<AppState>,
     Path((bundle_id, flow_id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -307,7 +308,7 @@ fn form_bool(s: &str) -> Option<bool> {
     }
 }
 
-async fn upload(State(st): State<AppState>, mut mp: Multipart) -> ApiResult<Json<Value>> {
+async fn upload(Extension(st): Extension<AppState>, mut mp: Multipart) -> ApiResult<Json<Value>> {
     let mut file: Option<axum::body::Bytes> = None;
     let mut overwrite = false;
     let max = st.cfg.max_bundle_bytes;
@@ -370,7 +371,7 @@ async fn upload(State(st): State<AppState>, mut mp: Multipart) -> ApiResult<Json
     ))
 }
 
-async fn reload(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+async fn reload(Extension(st): Extension<AppState>) -> ApiResult<Json<Value>> {
     let reg = st.registry.clone();
     let n = tokio::task::spawn_blocking(move || reg.reload())
         .await
@@ -379,7 +380,7 @@ async fn reload(State(st): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"ok": true, "bundle_count": n, "errors": st.registry.load_errors()})))
 }
 
-async fn remove(State(st): State<AppState>, Path(bundle_id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+async fn remove(Extension(st): Extension<AppState>, Path(bundle_id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let q = query_map(q.as_deref());
     let (id, v) = split_ref(&bundle_id, q.get("bundle_version").filter(|s| !s.is_empty()).cloned())?;
     let reg = st.registry.clone();

@@ -2,8 +2,9 @@
 //! `GET /commands/{command_id}` (what became of it).
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -40,7 +41,7 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-async fn submit(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn submit(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
     let m = parse_body(&body)?;
     let mut f = Fields::new(&m);
     let command_id = f.req_str("command_id");
@@ -77,7 +78,7 @@ async fn submit(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value
     Ok(Json(json!({"accepted": ack.accepted, "duplicate": ack.duplicate, "seq": ack.seq})))
 }
 
-async fn status(State(st): State<AppState>, Path(command_id): Path<String>) -> ApiResult<Json<Value>> {
+async fn status(Extension(st): Extension<AppState>, Path(command_id): Path<String>) -> ApiResult<Json<Value>> {
     safe_id("command_id", &command_id)?;
     let id = command_id.clone();
     let row = st

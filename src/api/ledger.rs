@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
@@ -60,7 +61,7 @@ fn page_json(items: &[String], next_after: u64) -> String {
     out
 }
 
-async fn page(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+async fn page(Extension(st): Extension<AppState>, Path(run_id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let q = query_map(q.as_deref());
     let after = query_int(&q, "after", 0, 0, None)? as u64;
     let limit = query_int(&q, "limit", 200, 1, Some(MAX_PAGE))? as u64;
@@ -85,7 +86,7 @@ async fn page(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery(q
     Ok(json_response(body))
 }
 
-async fn batch(State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
+async fn batch(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Response> {
     let m = parse_body(&body)?;
     let limit = match m.get("limit") {
         None | Some(Value::Null) => 200,
@@ -160,7 +161,12 @@ fn frame(cursor: u64, record: &str) -> String {
     format!("id: {cursor}\nevent: step\ndata: {{\"cursor\":{cursor},\"record\":{record}}}\n\n")
 }
 
-async fn stream(State(st): State<AppState>, Path(run_id): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
+async fn stream(
+    Extension(st): Extension<AppState>,
+    Path(run_id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let q = query_map(q.as_deref());
     let mut after = query_int(&q, "after", 0, 0, None)? as u64;
     if !q.contains_key("after") || after == 0 {

@@ -1,12 +1,15 @@
 //! HTTP surface, one router per area. Handlers validate and authorize, hand durable work to the
 //! store, and wake the runner; they never execute flows themselves.
 
+pub mod auth;
 pub mod basics;
 pub mod bundles;
 pub mod commands;
+pub mod console;
 pub mod docs;
 pub mod error;
 pub mod ledger;
+pub mod planes;
 pub mod runs;
 pub mod summary;
 pub mod validate;
@@ -91,6 +94,8 @@ pub fn routes() -> Vec<Route> {
     all.extend(commands::routes());
     all.extend(bundles::routes());
     all.extend(docs::routes());
+    all.extend(auth::routes());
+    all.extend(console::routes());
     all
 }
 

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
@@ -260,7 +261,7 @@ fn resolved_json(r: &Resolved) -> Value {
     })
 }
 
-async fn start(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn start(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
     let m = parse_body(&body)?;
     let mut f = Fields::new(&m);
     let bundle_id = f.opt_str("bundle_id");
@@ -310,7 +311,7 @@ async fn start(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>
     ))
 }
 
-async fn schedule_run(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn schedule_run(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
     let m = parse_body(&body)?;
     let mut f = Fields::new(&m);
     let bundle_id = f.opt_str("bundle_id");
@@ -424,7 +425,7 @@ async fn schedule_run(State(st): State<AppState>, body: Bytes) -> ApiResult<Json
     Ok(Json(json!({"run_id": run_id, "resolved_workflow": resolved_json(&r)})))
 }
 
-async fn get_run(State(st): State<AppState>, Path(run_id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_run(Extension(st): Extension<AppState>, Path(run_id): Path<String>) -> ApiResult<Json<Value>> {
     let id = run_id.clone();
     let run = st
         .blocking(move |s| s.get_run(&id))
@@ -433,7 +434,7 @@ async fn get_run(State(st): State<AppState>, Path(run_id): Path<String>) -> ApiR
     Ok(Json(run_summary(&run)))
 }
 
-async fn list(State(st): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+async fn list(Extension(st): Extension<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let q = query_map(q.as_deref());
     let status = match q.get("status").filter(|s| !s.is_empty()) {
         Some(s) => Some(
@@ -486,7 +487,7 @@ async fn list(State(st): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Js
     ))
 }
 
-async fn input_data(State(st): State<AppState>, Path(run_id): Path<String>) -> ApiResult<Json<Value>> {
+async fn input_data(Extension(st): Extension<AppState>, Path(run_id): Path<String>) -> ApiResult<Json<Value>> {
     let id = run_id.clone();
     let run = st
         .blocking(move |s| s.get_run(&id))
@@ -520,7 +521,7 @@ async fn input_data(State(st): State<AppState>, Path(run_id): Path<String>) -> A
     ))
 }
 
-async fn workflow_flow(State(st): State<AppState>, Path(workflow_id): Path<String>) -> ApiResult<Json<Value>> {
+async fn workflow_flow(Extension(st): Extension<AppState>, Path(workflow_id): Path<String>) -> ApiResult<Json<Value>> {
     if schedule::is_scheduled_workflow(&workflow_id) {
         let wid = workflow_id.clone();
         let page = st

@@ -32,6 +32,18 @@ pub struct Config {
     pub audit_log_rotations: u32,
     pub runner_enabled: bool,
     pub tick_max_steps: usize,
+    /// Hosted users (`ABSTRACTGATEWAY_USER_AUTH=1`): per-user tokens, browser sessions, and one
+    /// isolated data plane per user.
+    pub user_auth: bool,
+    pub users_file: PathBuf,
+    pub session_ttl_s: u64,
+    pub remember_session_ttl_s: u64,
+    pub max_sessions: usize,
+    #[serde(skip)]
+    pub session_secret: Option<String>,
+    pub admin_uses_default_runtime: bool,
+    #[serde(skip)]
+    pub bootstrap_admin_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +121,30 @@ impl Config {
             .filter(|s| !s.is_empty())
             .collect();
         let max_bundle_bytes = number(&["ABSTRACTGATEWAY_MAX_BUNDLE_BYTES"], 78_643_200u64)?;
+        let mut user_auth = flag(
+            &[
+                "ABSTRACTGATEWAY_USER_AUTH",
+                "ABSTRACTGATEWAY_MULTI_USER",
+                "ABSTRACTFLOW_GATEWAY_USER_AUTH",
+            ],
+            false,
+        )?;
+        match var(&["ABSTRACTGATEWAY_AUTH_MODE"]).map(|m| m.to_ascii_lowercase()) {
+            Some(m) if matches!(m.as_str(), "user" | "users" | "multi-user" | "multi_user" | "hosted") => user_auth = true,
+            Some(m) if matches!(m.as_str(), "legacy" | "single" | "single-user" | "local") => user_auth = false,
+            Some(m) => {
+                return Err(ConfigError::Invalid(format!(
+                    "ABSTRACTGATEWAY_AUTH_MODE must be users or legacy, got {m:?}"
+                )))
+            }
+            None => {}
+        }
+        let users_file = var(&["ABSTRACTGATEWAY_USERS_FILE"])
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("auth/users.json"));
+        if !user_auth && flag(&["ABSTRACTGATEWAY_USER_AUTH_AUTO"], false)? && users_file.exists() {
+            user_auth = true;
+        }
         let cfg = Config {
             db_path,
             flows_dir,
@@ -133,6 +169,14 @@ impl Config {
             audit_log_rotations: number(&["ABSTRACTGATEWAY_AUDIT_LOG_ROTATIONS"], 10u32)?,
             runner_enabled: flag(&["ABSTRACTGATEWAY_RUNNER"], true)?,
             tick_max_steps: number(&["ABSTRACTGATEWAY_TICK_MAX_STEPS"], 10_000usize)?,
+            user_auth,
+            users_file,
+            session_ttl_s: number(&["ABSTRACTGATEWAY_SESSION_TTL_S"], 28_800u64)?.clamp(60, 7 * 86_400),
+            remember_session_ttl_s: number(&["ABSTRACTGATEWAY_REMEMBER_SESSION_TTL_S"], 2_592_000u64)?.clamp(60, 90 * 86_400),
+            max_sessions: number(&["ABSTRACTGATEWAY_MAX_SESSIONS"], 1000usize)?.clamp(10, 10_000),
+            session_secret: var(&["ABSTRACTGATEWAY_SESSION_SECRET"]),
+            admin_uses_default_runtime: flag(&["ABSTRACTGATEWAY_ADMIN_USES_DEFAULT_RUNTIME"], true)?,
+            bootstrap_admin_token: var(&["ABSTRACTGATEWAY_BOOTSTRAP_ADMIN_TOKEN"]),
             data_dir,
         };
         cfg.validate()?;
@@ -159,6 +203,20 @@ impl Config {
         } else {
             auto
         }
+    }
+
+    pub fn auth_dir(&self) -> PathBuf {
+        self.data_dir.join("auth")
+    }
+
+    /// The configuration of one hosted user's data plane: same limits, its own directories.
+    pub fn for_plane(&self, tenant: &str, runtime: &str) -> Config {
+        let root = self.data_dir.join("users").join(tenant).join(runtime);
+        let mut c = self.clone();
+        c.data_dir = root.join("runtime");
+        c.flows_dir = root.join("flows");
+        c.db_path = c.data_dir.join("gateway.sqlite3");
+        c
     }
 
     pub fn audit_log_path(&self) -> PathBuf {

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 pub struct Notifier {
     runner: Notify,
+    planes: Notify,
     runs: Mutex<HashMap<String, Weak<Notify>>>,
     peers: Option<Peers>,
 }
@@ -33,6 +34,7 @@ impl Notifier {
     pub fn local() -> Arc<Notifier> {
         Arc::new(Notifier {
             runner: Notify::new(),
+            planes: Notify::new(),
             runs: Mutex::new(HashMap::new()),
             peers: None,
         })
@@ -49,6 +51,7 @@ impl Notifier {
         socket.set_nonblocking(true)?;
         let n = Arc::new(Notifier {
             runner: Notify::new(),
+            planes: Notify::new(),
             runs: Mutex::new(HashMap::new()),
             peers: Some(Peers {
                 dir,
@@ -73,6 +76,7 @@ impl Notifier {
     fn on_datagram(&self, msg: &[u8]) {
         match msg.first() {
             Some(b'W') => self.runner.notify_one(),
+            Some(b'P') => self.planes.notify_one(),
             Some(b'L') => {
                 let text = String::from_utf8_lossy(&msg[1..]);
                 self.notify_runs_local(text.split('\n').filter(|s| !s.is_empty()));
@@ -120,6 +124,16 @@ impl Notifier {
     pub fn wake_runner(&self) {
         self.runner.notify_one();
         self.broadcast(b"W");
+    }
+
+    /// A hosted user's data plane was created (a standalone runner process must pick it up).
+    pub fn plane_created(&self) {
+        self.planes.notify_one();
+        self.broadcast(b"P");
+    }
+
+    pub async fn planes_woken(&self) {
+        self.planes.notified().await
     }
 
     pub async fn runner_woken(&self) {

@@ -4,6 +4,9 @@
 
 pub mod audit;
 pub mod glob;
+pub mod principal;
+pub mod sessions;
+pub mod users;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,15 +18,21 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use principal::Principal;
+use sessions::{Session, SessionStore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
+use users::UserRegistry;
 
 use crate::config::Config;
 use crate::util::{new_hex_id, time::now_iso, token_fingerprint};
 
 pub struct Security {
-    cfg: Arc<Config>,
+    pub cfg: Arc<Config>,
+    pub users: Option<Arc<UserRegistry>>,
+    pub sessions: Option<Arc<SessionStore>>,
+    pub planes: Arc<crate::api::planes::Planes>,
     token_digests: Vec<[u8; 32]>,
     lockout: Mutex<HashMap<IpAddr, (u32, Option<Instant>)>>,
     requests: Arc<Semaphore>,
@@ -43,13 +52,18 @@ pub fn detail(status: StatusCode, msg: &str) -> Response {
 }
 
 enum Auth {
-    Ok(Option<String>),
+    Ok(Principal, Option<Session>),
     Missing,
     Invalid,
 }
 
 impl Security {
-    pub fn new(cfg: Arc<Config>) -> Arc<Security> {
+    pub fn new(
+        cfg: Arc<Config>,
+        users: Option<Arc<UserRegistry>>,
+        sessions: Option<Arc<SessionStore>>,
+        planes: Arc<crate::api::planes::Planes>,
+    ) -> Arc<Security> {
         let audit = (cfg.security_enabled && cfg.audit_log)
             .then(|| audit::AuditLog::start(cfg.audit_log_path(), cfg.audit_log_max_bytes, cfg.audit_log_rotations));
         Arc::new(Security {
@@ -58,6 +72,9 @@ impl Security {
             requests: Arc::new(Semaphore::new(cfg.max_concurrency)),
             streams: Arc::new(Semaphore::new(cfg.max_sse)),
             audit,
+            users,
+            sessions,
+            planes,
             cfg,
         })
     }
@@ -72,22 +89,46 @@ impl Security {
         ok == 1
     }
 
+    /// A bearer token: a legacy operator token, else (hosted mode) a user token.
+    fn check_token(&self, token: &str) -> Auth {
+        if self.token_ok(token) {
+            return Auth::Ok(Principal::legacy(Some(token_fingerprint(token))), None);
+        }
+        match self.users.as_ref().and_then(|u| u.authenticate(token)) {
+            Some(u) => Auth::Ok(u.principal(), None),
+            None => Auth::Invalid,
+        }
+    }
+
+    /// Credentials in upstream order: `Authorization: Bearer` (if present, the only thing tried),
+    /// `?access_token=` on reads, then the browser session header or cookie.
     fn authenticate(&self, headers: &HeaderMap, query: Option<&str>, read: bool) -> Auth {
         if let Some(h) = headers.get(header::AUTHORIZATION) {
             let v = h.to_str().unwrap_or("");
             return match v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
-                Some(t) if self.token_ok(t.trim()) => Auth::Ok(Some(token_fingerprint(t.trim()))),
-                _ => Auth::Invalid,
+                Some(t) => self.check_token(t.trim()),
+                None => Auth::Invalid,
             };
         }
         // EventSource cannot send headers: reads may carry `?access_token=` (never writes).
         if read {
             if let Some(t) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token="))) {
-                let t = percent_decode(t);
-                return if self.token_ok(&t) {
-                    Auth::Ok(Some(token_fingerprint(&t)))
-                } else {
-                    Auth::Invalid
+                return self.check_token(&percent_decode(t));
+            }
+        }
+        if let Some(store) = &self.sessions {
+            let presented = headers
+                .get(sessions::SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| sessions::cookie(headers, sessions::SESSION_COOKIE));
+            if let Some(p) = presented {
+                // A stale session is "not signed in", not an attack: it does not count toward lockout.
+                let Some(s) = store.resolve(&p) else { return Auth::Missing };
+                let user = self.users.as_ref().and_then(|u| u.get(&s.tenant_id, &s.user_id));
+                return match user {
+                    Some(u) if u.enabled && u.credential_fingerprint() == s.credential_fingerprint => Auth::Ok(u.principal(), Some(s)),
+                    _ => Auth::Missing,
                 };
             }
         }
@@ -193,6 +234,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
     let ip = sec.client_ip(req.headers(), peer.ip());
 
     let mut audit_fp: Option<String> = None;
+    let mut audit_user: Option<(String, String)> = None;
     let mut bytes_in: Option<u64> = None;
     let write = is_write(&method);
     let user_agent = req
@@ -222,7 +264,15 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             break 'resp r;
         }
         let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
-        if !gateway || !sec.cfg.security_enabled {
+        if !gateway {
+            break 'resp tracing::Instrument::instrument(next.run(req), span).await;
+        }
+        if !sec.cfg.security_enabled {
+            // Security off (ABSTRACTGATEWAY_SECURITY=0): everyone is the local admin on the base plane.
+            let mut req = req;
+            req.extensions_mut().insert(sec.planes.base().clone());
+            req.extensions_mut().insert(Principal::legacy(None));
+            req.extensions_mut().insert(sec.clone());
             break 'resp tracing::Instrument::instrument(next.run(req), span).await;
         }
         if origin_ok == Some(false) {
@@ -237,14 +287,21 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         } else {
             sec.cfg.protect_read && !(sec.cfg.dev_read_no_auth && ip.is_loopback())
         };
-        if needs_auth {
-            if sec.token_digests.is_empty() {
+        // Login is the one public write: it is how a browser gets a session.
+        let public = method == Method::POST && path == "/api/gateway/session/login";
+        let mut principal = Principal::legacy(None);
+        let mut session: Option<Session> = None;
+        if needs_auth && !public {
+            if sec.token_digests.is_empty() && sec.users.is_none() {
                 break 'resp detail(StatusCode::SERVICE_UNAVAILABLE, "Gateway auth required but no token configured");
             }
             match sec.authenticate(req.headers(), query.as_deref(), read) {
-                Auth::Ok(fp) => {
+                Auth::Ok(p, s) => {
                     sec.auth_succeeded(ip);
-                    audit_fp = fp;
+                    audit_fp = p.token_fingerprint.clone();
+                    audit_user = Some((p.user_id.clone(), p.tenant_id.clone()));
+                    principal = p;
+                    session = s;
                 }
                 Auth::Missing => {
                     let mut r = detail(StatusCode::UNAUTHORIZED, "Unauthorized");
@@ -262,6 +319,43 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
                 }
             }
         }
+        // Session-authenticated writes must echo the CSRF token (bearer clients are not exposed to CSRF).
+        if let (Some(s), Some(store)) = (&session, &sec.sessions) {
+            if write {
+                let token = req.headers().get(sessions::CSRF_HEADER).and_then(|v| v.to_str().ok());
+                if !store.csrf_ok(s, token) {
+                    let mut r = (
+                        StatusCode::FORBIDDEN,
+                        axum::Json(serde_json::json!({"detail": "Gateway browser session CSRF token missing or invalid", "reason_code": "csrf_required"})),
+                    )
+                        .into_response();
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+                    break 'resp r;
+                }
+            }
+        }
+        if path.starts_with("/api/gateway/admin") && !principal.is_admin() {
+            break 'resp (
+                StatusCode::FORBIDDEN,
+                axum::Json(
+                    serde_json::json!({"detail": "Admin principal required", "reason_code": "admin_required", "required_role": "admin",
+                    "resource_class": "admin", "action": if write { "write" } else { "read" }}),
+                ),
+            )
+                .into_response();
+        }
+        let plane = match sec.planes.for_principal(&principal) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the caller's data plane");
+                break 'resp detail(StatusCode::SERVICE_UNAVAILABLE, "Gateway data plane unavailable");
+            }
+        };
+        let mut req = req;
+        req.extensions_mut().insert(plane);
+        req.extensions_mut().insert(principal);
+        req.extensions_mut().insert(sec.clone());
         let stream = path.ends_with("/ledger/stream");
         let pool = if stream { sec.streams.clone() } else { sec.requests.clone() };
         let permit = match tokio::time::timeout(Duration::from_millis(10), pool.acquire_owned()).await {
@@ -353,7 +447,8 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             a.write(serde_json::json!({
                 "ts": now_iso(), "request_id": request_id, "ip": ip.to_string(), "method": method.as_str(), "path": path,
                 "query": q, "status": resp.status().as_u16(), "duration_ms": (ms * 1000.0).round() / 1000.0,
-                "auth_required": sec.cfg.protect_write, "auth_token_fp": audit_fp, "origin": origin, "user_agent": user_agent, "bytes_in": bytes_in,
+                "auth_required": sec.cfg.protect_write, "auth_token_fp": audit_fp,
+                "principal_user_id": audit_user.as_ref().map(|u| &u.0), "principal_tenant_id": audit_user.as_ref().map(|u| &u.1), "origin": origin, "user_agent": user_agent, "bytes_in": bytes_in,
             }));
         }
     }

@@ -1,0 +1,146 @@
+//! Data planes. Without hosted users there is one: the data dir. With hosted users each user gets
+//! its own — `<data_dir>/users/<tenant>/<runtime>/{runtime,flows}` with its own SQLite store,
+//! bundles, notifier and runner — so one user's runs, ledgers and bundles are invisible to another
+//! (another user's run id is simply "not found"). Planes open lazily on first use.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::AppState;
+use crate::config::Config;
+use crate::runtime::bundle::BundleRegistry;
+use crate::runtime::notify::Notifier;
+use crate::runtime::runner::Runner;
+use crate::security::principal::Principal;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+pub struct Planes {
+    base: AppState,
+    user_auth: bool,
+    admin_uses_default: bool,
+    map: Mutex<HashMap<String, AppState>>,
+    /// Set in processes that advance runs: every plane gets a runner.
+    runners: Option<tokio::sync::watch::Receiver<bool>>,
+    handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stores: Mutex<Vec<Arc<SqliteStore>>>,
+}
+
+/// Opens one plane's store, bundles and notifier.
+pub fn open_plane(cfg: Config) -> Result<(AppState, Arc<SqliteStore>), String> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    let store = Arc::new(SqliteStore::open(&cfg.db_path).map_err(|e| format!("cannot open {}: {e}", cfg.db_path.display()))?);
+    let registry = Arc::new(BundleRegistry::new(cfg.flows_dir.clone()));
+    let n = registry.reload().map_err(|e| e.to_string())?;
+    tracing::info!(flows_dir = %cfg.flows_dir.display(), bundles = n, "bundles loaded");
+    let notifier = Notifier::with_peers(&cfg.data_dir).map_err(|e| format!("cannot create notify socket: {e}"))?;
+    let st = AppState {
+        cfg: Arc::new(cfg),
+        store: store.clone() as Arc<dyn Store>,
+        registry,
+        notifier,
+    };
+    Ok((st, store))
+}
+
+impl Planes {
+    pub fn new(base: AppState, base_store: Arc<SqliteStore>, runners: Option<tokio::sync::watch::Receiver<bool>>) -> Arc<Planes> {
+        let p = Arc::new(Planes {
+            user_auth: base.cfg.user_auth,
+            admin_uses_default: base.cfg.admin_uses_default_runtime,
+            base,
+            map: Mutex::new(HashMap::new()),
+            runners,
+            handles: Mutex::new(Vec::new()),
+            stores: Mutex::new(vec![base_store]),
+        });
+        let base = p.base.clone();
+        p.spawn_runner(&base);
+        p
+    }
+
+    pub fn base(&self) -> &AppState {
+        &self.base
+    }
+
+    fn spawn_runner(&self, st: &AppState) {
+        if let Some(rx) = &self.runners {
+            let runner = Arc::new(Runner {
+                store: st.store.clone(),
+                registry: st.registry.clone(),
+                notifier: st.notifier.clone(),
+                max_steps: st.cfg.tick_max_steps,
+            });
+            if let Ok(mut h) = self.handles.lock() {
+                h.push(tokio::spawn(runner.run_forever(rx.clone())));
+            }
+        }
+    }
+
+    /// The plane a principal works in.
+    pub fn for_principal(&self, p: &Principal) -> Result<AppState, String> {
+        if !self.user_auth || p.source != "user-registry" {
+            return Ok(self.base.clone());
+        }
+        if self.admin_uses_default && p.is_admin() && p.tenant_id == "default" && matches!(p.runtime_id.as_str(), "admin" | "default") {
+            return Ok(self.base.clone());
+        }
+        self.open(&p.tenant_id, &p.runtime_id)
+    }
+
+    fn open(&self, tenant: &str, runtime: &str) -> Result<AppState, String> {
+        let key = format!("{tenant}/{runtime}");
+        let mut map = self.map.lock().map_err(|_| "plane registry poisoned".to_string())?;
+        if let Some(st) = map.get(&key) {
+            return Ok(st.clone());
+        }
+        if !crate::util::is_safe_id(tenant) || !crate::util::is_safe_id(runtime) {
+            return Err(format!("unsafe tenant/runtime id {key:?}"));
+        }
+        let (st, store) = open_plane(self.base.cfg.for_plane(tenant, runtime))?;
+        tracing::info!(tenant, runtime, data_dir = %st.cfg.data_dir.display(), "opened user data plane");
+        self.spawn_runner(&st);
+        if let Ok(mut s) = self.stores.lock() {
+            s.push(store);
+        }
+        map.insert(key, st.clone());
+        drop(map);
+        self.base.notifier.plane_created();
+        Ok(st)
+    }
+
+    /// Opens every user plane that exists on disk (a standalone runner process does this at start
+    /// and whenever an API process reports a new plane).
+    pub fn open_existing(&self) {
+        let users = self.base.cfg.data_dir.join("users");
+        let Ok(tenants) = std::fs::read_dir(&users) else { return };
+        for t in tenants.flatten() {
+            let Ok(runtimes) = std::fs::read_dir(t.path()) else { continue };
+            for r in runtimes.flatten() {
+                if Path::new(&r.path()).join("runtime/gateway.sqlite3").exists() {
+                    let (tn, rn) = (
+                        t.file_name().to_string_lossy().to_string(),
+                        r.file_name().to_string_lossy().to_string(),
+                    );
+                    if let Err(e) = self.open(&tn, &rn) {
+                        tracing::warn!(tenant = %tn, runtime = %rn, error = %e, "cannot open user data plane");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for every runner to stop (after the shutdown signal), then closes the stores.
+    pub async fn shutdown(&self) {
+        let handles: Vec<_> = self.handles.lock().map(|mut h| h.drain(..).collect()).unwrap_or_default();
+        for h in handles {
+            let _ = h.await;
+        }
+        if let Ok(s) = self.stores.lock() {
+            for st in s.iter() {
+                st.close();
+            }
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! Hosted users (ABSTRACTGATEWAY_USER_AUTH=1): bootstrap admin, user administration, browser
+//! sessions with CSRF, admin-only routes, and per-user isolation of runs, ledgers and bundles.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+fn hosted() -> Gateway {
+    Gateway::start_with(&[("ABSTRACTGATEWAY_USER_AUTH", "1")], &[])
+}
+
+fn req(g: &Gateway, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = g.http.request(method.parse().unwrap(), g.url(path)).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().unwrap_or(Value::Null))
+}
+
+fn create_user(g: &Gateway, admin: &str, user: &str, roles: &[&str]) -> String {
+    let (s, v) = req(
+        g,
+        "POST",
+        "/api/gateway/admin/users",
+        admin,
+        Some(json!({"user_id": user, "roles": roles})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert!(v["user"].get("token_hash").is_none());
+    let t = v["token"].as_str().unwrap().to_string();
+    assert!(t.starts_with("agw_"));
+    t
+}
+
+fn upload_as(g: &Gateway, token: &str, name: &str) {
+    let bytes = std::fs::read(format!("{BUNDLES}/{name}")).unwrap();
+    let form = reqwest::blocking::multipart::Form::new()
+        .part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name(name.to_string()));
+    let r = g
+        .http
+        .post(g.url("/api/gateway/bundles/upload"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn bootstrap_admin_and_user_administration() {
+    let g = hosted();
+    let admin = std::fs::read_to_string(g.dir.join("auth/bootstrap-admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (s, me) = req(&g, "GET", "/api/gateway/me", &admin, None);
+    assert_eq!(s, 200);
+    assert_eq!(me["principal"]["user_id"], "admin");
+    assert_eq!(me["principal"]["admin"], true);
+    assert_eq!(me["routing"]["mode"], "per-principal");
+    // The legacy operator token still works and is an admin.
+    let (_, me) = req(&g, "GET", "/api/gateway/me", TOKEN, None);
+    assert_eq!(me["principal"]["source"], "legacy-token");
+    let alice = create_user(&g, TOKEN, "alice", &["user"]);
+    let (s, v) = req(&g, "POST", "/api/gateway/admin/users", TOKEN, Some(json!({"user_id": "alice"})));
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (400, "Gateway user already exists: default/alice")
+    );
+    let (s, _) = req(
+        &g,
+        "POST",
+        "/api/gateway/admin/users",
+        TOKEN,
+        Some(json!({"user_id": "x", "roles": ["wizard"]})),
+    );
+    assert_eq!(s, 400);
+    let (s, v) = req(
+        &g,
+        "POST",
+        "/api/gateway/admin/users",
+        TOKEN,
+        Some(json!({"user_id": "x", "bogus": 1})),
+    );
+    assert_eq!(s, 422);
+    assert_eq!(v["detail"][0]["type"], "extra_forbidden");
+    // Users are not admins.
+    let (s, v) = req(&g, "GET", "/api/gateway/admin/users", &alice, None);
+    assert_eq!(s, 403);
+    assert_eq!(v["reason_code"], "admin_required");
+    let (_, me) = req(&g, "GET", "/api/gateway/me", &alice, None);
+    assert_eq!(me["principal"]["user_id"], "alice");
+    assert_eq!(me["principal"]["admin"], false);
+    let (_, list) = req(&g, "GET", "/api/gateway/admin/users", &admin, None);
+    assert_eq!(list["users"].as_array().unwrap().len(), 2);
+    assert!(!list.to_string().contains("pbkdf2"));
+    // Disabling a user revokes its token at once.
+    let (s, _) = req(
+        &g,
+        "PATCH",
+        "/api/gateway/admin/users/alice",
+        &admin,
+        Some(json!({"enabled": false})),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(req(&g, "GET", "/api/gateway/me", &alice, None).0, 401);
+    // Rotation: a new token is returned once and the old one stops working.
+    req(
+        &g,
+        "PATCH",
+        "/api/gateway/admin/users/alice",
+        &admin,
+        Some(json!({"enabled": true})),
+    );
+    let (_, v) = req(
+        &g,
+        "PATCH",
+        "/api/gateway/admin/users/alice",
+        &admin,
+        Some(json!({"rotate_token": true})),
+    );
+    let alice2 = v["token"].as_str().unwrap().to_string();
+    assert_eq!(req(&g, "GET", "/api/gateway/me", &alice, None).0, 401);
+    assert_eq!(req(&g, "GET", "/api/gateway/me", &alice2, None).0, 200);
+    // The registry on disk holds hashes only, mode 0600.
+    let file = std::fs::read_to_string(g.dir.join("auth/users.json")).unwrap();
+    assert!(!file.contains(&alice2) && !file.contains(&admin) && file.contains("pbkdf2_sha256$260000$"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(g.dir.join("auth/users.json")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // Deleting reserves the runtime id.
+    let (s, _) = req(&g, "DELETE", "/api/gateway/admin/users/alice", &admin, None);
+    assert_eq!(s, 200);
+    let (_, r) = req(&g, "GET", "/api/gateway/admin/runtime-reservations", &admin, None);
+    assert_eq!(r["runtime_reservations"][0]["runtime_id"], "alice");
+    let (s, _) = req(
+        &g,
+        "POST",
+        "/api/gateway/admin/users",
+        &admin,
+        Some(json!({"user_id": "mallory", "runtime_id": "alice"})),
+    );
+    assert_eq!(s, 400, "a deleted user's runtime is not handed to someone else");
+}
+
+fn set_cookies(r: &reqwest::blocking::Response) -> Vec<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+fn cookie_value(cookies: &[String], name: &str) -> String {
+    cookies
+        .iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string()
+}
+
+#[test]
+fn browser_sessions_with_csrf() {
+    let g = hosted();
+    let alice = create_user(&g, TOKEN, "alice", &["user"]);
+    let login = |body: Value, proto: Option<&str>| {
+        let mut r = g.http.post(g.url("/api/gateway/session/login")).json(&body);
+        if let Some(p) = proto {
+            r = r.header("X-Forwarded-Proto", p);
+        }
+        r.send().unwrap()
+    };
+    // Wrong token, wrong user, operator token: all refused.
+    assert_eq!(
+        login(json!({"user_id": "alice", "token": "agw_wrong-token-0000"}), None).status(),
+        401
+    );
+    let r = login(json!({"user_id": "admin", "token": alice}), None);
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().unwrap()["detail"],
+        "Gateway token resolved to user 'alice', not 'admin'."
+    );
+    assert_eq!(login(json!({"user_id": "alice", "token": TOKEN}), None).status(), 401);
+    let r = login(json!({"user_id": "alice", "token": alice}), None);
+    assert_eq!(r.status(), 200);
+    let cookies = set_cookies(&r);
+    let body: Value = r.json().unwrap();
+    let session = cookie_value(&cookies, "abstractgateway_session");
+    let csrf = cookie_value(&cookies, "abstractgateway_csrf");
+    assert!(session.starts_with("agws_") && csrf.starts_with("agcsrf_"));
+    let sc = cookies.iter().find(|c| c.starts_with("abstractgateway_session=")).unwrap();
+    assert!(
+        sc.contains("HttpOnly") && sc.contains("SameSite=Lax") && !sc.contains("Secure") && !sc.contains("Max-Age"),
+        "{sc}"
+    );
+    let cc = cookies.iter().find(|c| c.starts_with("abstractgateway_csrf=")).unwrap();
+    assert!(!cc.contains("HttpOnly"), "{cc}");
+    assert!(
+        !body.to_string().contains(&session[5..20]) && !body.to_string().contains(&csrf),
+        "body must not leak session or csrf"
+    );
+    assert_eq!(body["auth"]["session"], "gateway-browser-session");
+    // https + remember: Secure and Max-Age.
+    let r = login(json!({"user_id": "alice", "token": alice, "remember": true}), Some("https"));
+    let sc = set_cookies(&r)
+        .into_iter()
+        .find(|c| c.starts_with("abstractgateway_session="))
+        .unwrap();
+    assert!(sc.contains("Secure") && sc.contains("Max-Age=2592000"), "{sc}");
+    // Reads with the session cookie; writes need the CSRF header.
+    let with_session = |m: &str, p: &str, csrf_h: Option<&str>, body: Option<Value>| {
+        let mut r = g
+            .http
+            .request(m.parse().unwrap(), g.url(p))
+            .header("Cookie", format!("abstractgateway_session={session}"));
+        if let Some(c) = csrf_h {
+            r = r.header("X-AbstractGateway-CSRF", c);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().unwrap();
+        let s = r.status().as_u16();
+        (s, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (s, me) = with_session("GET", "/api/gateway/me", None, None);
+    assert_eq!((s, me["principal"]["user_id"].as_str()), (200, Some("alice")));
+    upload_as(&g, &alice, "test-noop@0.1.0.flow");
+    let start = json!({"bundle_id": "test-noop", "input_data": {"x": "s"}});
+    let (s, v) = with_session("POST", "/api/gateway/runs/start", None, Some(start.clone()));
+    assert_eq!((s, v["reason_code"].as_str()), (403, Some("csrf_required")));
+    assert_eq!(
+        with_session("POST", "/api/gateway/runs/start", Some("agcsrf_wrong"), Some(start.clone())).0,
+        403
+    );
+    assert_eq!(with_session("POST", "/api/gateway/runs/start", Some(&csrf), Some(start)).0, 200);
+    // The header form works too (raw session id or cookie value).
+    let r = g
+        .http
+        .get(g.url("/api/gateway/me"))
+        .header("X-AbstractGateway-Session", &session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Logout needs CSRF; afterwards the session is dead.
+    assert_eq!(with_session("POST", "/api/gateway/session/logout", None, Some(json!({}))).0, 403);
+    let (s, v) = with_session("POST", "/api/gateway/session/logout", Some(&csrf), Some(json!({})));
+    assert_eq!((s, v["deleted"].as_bool()), (200, Some(true)));
+    assert_eq!(with_session("GET", "/api/gateway/me", None, None).0, 401);
+    // Token rotation kills sessions minted with the old token.
+    let r = login(json!({"user_id": "alice", "token": alice}), None);
+    let s2 = cookie_value(&set_cookies(&r), "abstractgateway_session");
+    req(
+        &g,
+        "PATCH",
+        "/api/gateway/admin/users/alice",
+        TOKEN,
+        Some(json!({"rotate_token": true})),
+    );
+    let r = g
+        .http
+        .get(g.url("/api/gateway/me"))
+        .header("Cookie", format!("abstractgateway_session={s2}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A forged signature is refused.
+    let forged = format!("{}.{}", &s2[..s2.find('.').unwrap()], "0".repeat(48));
+    let r = g
+        .http
+        .get(g.url("/api/gateway/me"))
+        .header("Cookie", format!("abstractgateway_session={forged}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[test]
+fn users_are_isolated_from_each_other() {
+    let g = hosted();
+    let alice = create_user(&g, TOKEN, "alice", &["user"]);
+    let bob = create_user(&g, TOKEN, "bob", &["user"]);
+    upload_as(&g, &alice, "test-wait@0.1.0.flow");
+    // Bob has his own (empty) bundle registry.
+    let (_, b) = req(&g, "GET", "/api/gateway/bundles", &bob, None);
+    assert_eq!(b["items"], json!([]));
+    let (s, v) = req(
+        &g,
+        "POST",
+        "/api/gateway/runs/start",
+        &alice,
+        Some(json!({"bundle_id": "test-wait", "session_id": "a1", "input_data": {"event_key": "evt:session:a1:go"}})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while req(&g, "GET", &format!("/api/gateway/runs/{run}"), &alice, None).1["status"] != "waiting" {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for p in [
+        format!("/api/gateway/runs/{run}"),
+        format!("/api/gateway/runs/{run}/ledger"),
+        format!("/api/gateway/runs/{run}/ledger/stream"),
+        format!("/api/gateway/runs/{run}/input_data"),
+    ] {
+        let (s, v) = req(&g, "GET", &p, &bob, None);
+        assert_eq!(
+            (s, v["detail"].as_str()),
+            (404, Some(format!("Run '{run}' not found").as_str())),
+            "{p}"
+        );
+    }
+    assert_eq!(req(&g, "GET", "/api/gateway/runs", &bob, None).1["count"], 0);
+    assert_eq!(req(&g, "GET", "/api/gateway/runs", &alice, None).1["count"], 1);
+    let (_, b) = req(
+        &g,
+        "POST",
+        "/api/gateway/runs/ledger/batch",
+        &bob,
+        Some(json!({"runs": [{"run_id": run, "after": 0}]})),
+    );
+    assert_eq!(b["runs"], json!({}));
+    // Bob's events and commands cannot reach Alice's run.
+    req(
+        &g,
+        "POST",
+        "/api/gateway/commands",
+        &bob,
+        Some(json!({"command_id": "b1", "run_id": "a1", "type": "emit_event", "payload": {"name": "go"}})),
+    );
+    req(
+        &g,
+        "POST",
+        "/api/gateway/commands",
+        &bob,
+        Some(json!({"command_id": "b2", "run_id": run, "type": "cancel"})),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let st = loop {
+        let (_, st) = req(&g, "GET", "/api/gateway/commands/b2", &bob, None);
+        if st["status"] != "pending" {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(st["status"], "rejected", "{st}");
+    assert_eq!(st["detail"], format!("run '{run}' not found"));
+    // Command ids are per plane too: Alice cannot read Bob's.
+    assert_eq!(req(&g, "GET", "/api/gateway/commands/b2", &alice, None).0, 404);
+    assert_eq!(
+        req(&g, "GET", &format!("/api/gateway/runs/{run}"), &alice, None).1["status"],
+        "waiting"
+    );
+    // Alice's own event completes it; her data lives in her own plane on disk.
+    req(
+        &g,
+        "POST",
+        "/api/gateway/commands",
+        &alice,
+        Some(json!({"command_id": "a-go", "run_id": "a1", "type": "emit_event", "payload": {"name": "go"}})),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while req(&g, "GET", &format!("/api/gateway/runs/{run}"), &alice, None).1["status"] != "completed" {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(g.dir.join("users/default/alice/runtime/gateway.sqlite3").exists());
+    assert!(g.dir.join("users/default/alice/flows/test-wait@0.1.0.flow").exists());
+    // The bootstrap admin works in the base plane (which has the test bundles).
+    let admin = std::fs::read_to_string(g.dir.join("auth/bootstrap-admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        req(&g, "GET", "/api/gateway/bundles", &admin, None).1["items"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 6
+    );
+}
+
+#[test]
+fn console_page_is_served() {
+    let g = Gateway::start();
+    let r = g.http.get(g.url("/console")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = r.text().unwrap();
+    assert!(html.contains("AbstractGateway Console") && html.contains("/session/login"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the console loads nothing from elsewhere"
+    );
+    let r = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(g.url("/"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(r.headers()["location"], "/console");
+}
