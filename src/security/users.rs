@@ -295,6 +295,12 @@ impl UserRegistry {
         if token.len() < 16 {
             return Err(UserError::Invalid("token must be at least 16 characters".into()));
         }
+        // Refuse duplicates before paying for PBKDF2; re-checked under the write lock below.
+        if let Ok(d) = self.data.read() {
+            if d.users.iter().any(|u| u.tenant_id == tenant_id && u.user_id == user_id) {
+                return Err(UserError::Invalid(format!("Gateway user already exists: {tenant_id}/{user_id}")));
+            }
+        }
         let hash = hash_token(&token);
         let mut d = self.data.write().map_err(|_| UserError::Io("registry lock poisoned".into()))?;
         if d.users.iter().any(|u| u.tenant_id == tenant_id && u.user_id == user_id) {
