@@ -234,6 +234,12 @@ fn split_api_and_runner_processes() {
     let mut standby = api.command("runner").spawn().unwrap();
     let r = api.wait_status(&id, "completed");
     assert_eq!(r["output"], json!({"result": "split", "success": true}));
+    // A bundle uploaded through the API after the runner started is runnable by it.
+    let noop = std::fs::read_to_string(format!("{BUNDLES}/src/noop.json")).unwrap();
+    let (s, _) = upload(&api, make_flow(&manifest("late", "1.0.0", "noop"), &[("flows/noop.json", noop.into_bytes())]), false);
+    assert_eq!(s, 200);
+    let late = api.start_run(json!({"bundle_id": "late", "input_data": {"x": "late"}}));
+    assert_eq!(api.wait_status(&late, "completed")["output"]["result"], "late");
     // Commands and live SSE cross the process boundary without polling.
     let w = api.start_run(json!({"bundle_id": "test-wait", "session_id": "sp", "input_data": {"event_key": "evt:session:sp:go"}}));
     api.wait_status(&w, "waiting");

@@ -418,3 +418,37 @@ fn console_page_is_served() {
     assert_eq!(r.status(), 307);
     assert_eq!(r.headers()["location"], "/console");
 }
+
+#[test]
+fn standalone_runner_advances_user_planes() {
+    let mut api = Gateway::start_with(&[("ABSTRACTGATEWAY_USER_AUTH", "1")], &["--no-runner"]);
+    let mut runner = api.command("runner").env("ABSTRACTGATEWAY_USER_AUTH", "1").spawn().unwrap();
+    // A user created after the runner started: its plane appears later and must be picked up.
+    let carol = create_user(&api, TOKEN, "carol", &["user"]);
+    upload_as(&api, &carol, "test-noop@0.1.0.flow");
+    let (s, v) = req(
+        &api,
+        "POST",
+        "/api/gateway/runs/start",
+        &carol,
+        Some(json!({"bundle_id": "test-noop", "input_data": {"x": "split"}})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, r) = req(&api, "GET", &format!("/api/gateway/runs/{run}"), &carol, None);
+        if r["status"] == "completed" {
+            assert_eq!(r["output"], json!({"result": "split", "success": true}));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standalone runner never advanced carol's run: {r}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = runner.kill();
+    let _ = runner.wait();
+    api.kill9();
+}

@@ -360,6 +360,7 @@ async fn upload(Extension(st): Extension<AppState>, mut mp: Multipart) -> ApiRes
         }
     };
     tracing::info!(bundle = %b.bundle_ref(), "bundle installed");
+    st.notifier.bundles_changed();
     let eps: Vec<Value> = b
         .entrypoints
         .iter()
@@ -377,6 +378,7 @@ async fn reload(Extension(st): Extension<AppState>) -> ApiResult<Json<Value>> {
         .await
         .map_err(|e| ApiError::Status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::Status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    st.notifier.bundles_changed();
     Ok(Json(json!({"ok": true, "bundle_count": n, "errors": st.registry.load_errors()})))
 }
 
@@ -393,6 +395,9 @@ async fn remove(Extension(st): Extension<AppState>, Path(bundle_id): Path<String
         Some(v) => format!("{id}@{v}"),
         None => id.clone(),
     };
+    if removed > 0 {
+        st.notifier.bundles_changed();
+    }
     if removed == 0 {
         return Err(ApiError::not_found(format!("Bundle '{bref}' not found")));
     }

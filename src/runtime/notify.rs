@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 pub struct Notifier {
     runner: Notify,
     planes: Notify,
+    /// Set when another process changed the bundles on disk.
+    bundles_dirty: std::sync::atomic::AtomicBool,
     runs: Mutex<HashMap<String, Weak<Notify>>>,
     peers: Option<Peers>,
 }
@@ -35,6 +37,7 @@ impl Notifier {
         Arc::new(Notifier {
             runner: Notify::new(),
             planes: Notify::new(),
+            bundles_dirty: std::sync::atomic::AtomicBool::new(false),
             runs: Mutex::new(HashMap::new()),
             peers: None,
         })
@@ -52,6 +55,7 @@ impl Notifier {
         let n = Arc::new(Notifier {
             runner: Notify::new(),
             planes: Notify::new(),
+            bundles_dirty: std::sync::atomic::AtomicBool::new(false),
             runs: Mutex::new(HashMap::new()),
             peers: Some(Peers {
                 dir,
@@ -77,6 +81,10 @@ impl Notifier {
         match msg.first() {
             Some(b'W') => self.runner.notify_one(),
             Some(b'P') => self.planes.notify_one(),
+            Some(b'B') => {
+                self.bundles_dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.runner.notify_one();
+            }
             Some(b'L') => {
                 let text = String::from_utf8_lossy(&msg[1..]);
                 self.notify_runs_local(text.split('\n').filter(|s| !s.is_empty()));
@@ -130,6 +138,16 @@ impl Notifier {
     pub fn plane_created(&self) {
         self.planes.notify_one();
         self.broadcast(b"P");
+    }
+
+    /// This process changed the bundles on disk: other processes must reload theirs.
+    pub fn bundles_changed(&self) {
+        self.broadcast(b"B");
+    }
+
+    /// True once after another process reported a bundle change.
+    pub fn take_bundles_dirty(&self) -> bool {
+        self.bundles_dirty.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     pub async fn planes_woken(&self) {

@@ -88,9 +88,19 @@ impl<'a> Pass<'a> {
         if schedule::is_scheduled_workflow(&run.workflow_id) {
             return schedule::wrapper_flow(run).map(Arc::new).map_err(|e| e.to_string());
         }
-        self.registry
-            .flow(&run.workflow_id)
+        self.lookup(&run.workflow_id)
             .ok_or_else(|| format!("workflow '{}' is not loaded (was its bundle removed?)", run.workflow_id))
+    }
+
+    /// A workflow by id. On a miss the flows dir is re-scanned once: another process (the API, in
+    /// split mode) may have installed the bundle since this one loaded it.
+    fn lookup(&self, workflow_id: &str) -> Option<Arc<Flow>> {
+        self.registry.flow(workflow_id).or_else(|| {
+            if let Err(e) = self.registry.reload() {
+                tracing::warn!(error = %e, "cannot reload bundles");
+            }
+            self.registry.flow(workflow_id)
+        })
     }
 
     /// The run and all its descendants, breadth first.
@@ -288,7 +298,7 @@ impl<'a> Pass<'a> {
 
 impl Host for Pass<'_> {
     fn flow(&self, workflow_id: &str) -> Option<Arc<Flow>> {
-        self.registry.flow(workflow_id)
+        self.lookup(workflow_id)
     }
 
     fn spawn(&mut self, child: RunState) {
@@ -374,7 +384,16 @@ impl Runner {
                 }
             }
             let me = self.clone();
-            let res = tokio::task::spawn_blocking(move || Pass::new(me.store.as_ref(), &me.registry, me.max_steps).run()).await;
+            let reload = self.notifier.take_bundles_dirty();
+            let res = tokio::task::spawn_blocking(move || {
+                if reload {
+                    if let Err(e) = me.registry.reload() {
+                        tracing::warn!(error = %e, "cannot reload bundles");
+                    }
+                }
+                Pass::new(me.store.as_ref(), &me.registry, me.max_steps).run()
+            })
+            .await;
             let more = match res {
                 Ok(Ok((worked, touched))) => {
                     self.notifier.runs_changed(&touched);
