@@ -236,7 +236,11 @@ fn split_api_and_runner_processes() {
     assert_eq!(r["output"], json!({"result": "split", "success": true}));
     // A bundle uploaded through the API after the runner started is runnable by it.
     let noop = std::fs::read_to_string(format!("{BUNDLES}/src/noop.json")).unwrap();
-    let (s, _) = upload(&api, make_flow(&manifest("late", "1.0.0", "noop"), &[("flows/noop.json", noop.into_bytes())]), false);
+    let (s, _) = upload(
+        &api,
+        make_flow(&manifest("late", "1.0.0", "noop"), &[("flows/noop.json", noop.into_bytes())]),
+        false,
+    );
     assert_eq!(s, 200);
     let late = api.start_run(json!({"bundle_id": "late", "input_data": {"x": "late"}}));
     assert_eq!(api.wait_status(&late, "completed")["output"]["result"], "late");

@@ -35,17 +35,8 @@ fn create_user(g: &Gateway, admin: &str, user: &str, roles: &[&str]) -> String {
 }
 
 fn upload_as(g: &Gateway, token: &str, name: &str) {
-    let bytes = std::fs::read(format!("{BUNDLES}/{name}")).unwrap();
-    let form = reqwest::blocking::multipart::Form::new()
-        .part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name(name.to_string()));
-    let r = g
-        .http
-        .post(g.url("/api/gateway/bundles/upload"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (s, v) = upload_with(g, token, std::fs::read(format!("{BUNDLES}/{name}")).unwrap(), false);
+    assert_eq!(s, 200, "{v}");
 }
 
 #[test]

@@ -315,13 +315,18 @@ pub fn manifest(id: &str, version: &str, flow: &str) -> Value {
 }
 
 pub fn upload(g: &Gateway, bytes: Vec<u8>, overwrite: bool) -> (u16, Value) {
+    upload_with(g, TOKEN, bytes, overwrite)
+}
+
+/// Uploads a `.flow` as the holder of `token` (multipart, like the upstream clients).
+pub fn upload_with(g: &Gateway, token: &str, bytes: Vec<u8>, overwrite: bool) -> (u16, Value) {
     let form = reqwest::blocking::multipart::Form::new()
         .part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name("b.flow"))
         .text("overwrite", if overwrite { "true" } else { "false" });
     let r = g
         .http
         .post(g.url("/api/gateway/bundles/upload"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(token)
         .multipart(form)
         .send()
         .unwrap();
