@@ -336,10 +336,17 @@ pub fn upload_with(g: &Gateway, token: &str, bytes: Vec<u8>, overwrite: bool) ->
 
 /// Sends a raw HTTP request head (no body) and returns the response status line + body.
 pub fn raw_head(port: u16, head: &str) -> String {
+    raw_request(port, head, &[])
+}
+
+/// Sends a raw request and reads the response. A server may answer (413) and close before the
+/// whole body is written; write errors are therefore ignored and the response is still read.
+pub fn raw_request(port: u16, head: &str, body: &[u8]) -> String {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while let Ok(n) = s.read(&mut chunk) {
