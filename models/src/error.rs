@@ -1,0 +1,13 @@
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is not a valid GGUF file: {reason}")]
+    BadGguf { path: String, reason: String },
+    #[error("GGUF metadata key '{0}' is missing or has the wrong type")]
+    Metadata(String),
+    #[error("unsupported tokenizer: {0}")]
+    UnsupportedTokenizer(String),
+    #[error("cannot build the tokenizer: {0}")]
+    Tokenizer(String),
+}

@@ -1,0 +1,151 @@
+//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`).
+//!
+//! For byte-level BPE vocabularies (`tokenizer.ggml.model = gpt2`) the pre-tokenizer depends on
+//! `tokenizer.ggml.pre`, exactly as llama.cpp does. candle's `TokenizerFromGguf` ignores it and
+//! uses GPT-2's default with a prefix space, which mis-tokenizes SmolLM2 (digits must be split one
+//! by one and no prefix space is added). An unknown `pre` is an error, never a silent fallback.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file::Value;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+use crate::gguf::{meta_array, meta_bool, meta_str, meta_u32};
+use crate::ModelError;
+
+/// GGUF token types (llama.cpp `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// llama.cpp's split for Llama 3 style vocabularies (`llama-bpe`).
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// llama.cpp's split for Qwen2 vocabularies (digits one by one).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A tokenizer plus the special ids and flags an engine needs.
+pub struct GgufTokenizer {
+    pub tokenizer: Tokenizer,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+}
+
+impl GgufTokenizer {
+    /// Token ids for `text`; special-token text (e.g. `<|im_start|>`) maps to its id.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        if self.add_bos {
+            if let Some(b) = self.bos_id {
+                ids.insert(0, b);
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, ModelError> {
+        self.tokenizer
+            .decode(ids, skip_special)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+}
+
+fn split(pattern: &str) -> Result<PreTokenizerWrapper, ModelError> {
+    Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+        .map(PreTokenizerWrapper::Split)
+        .map_err(|e| ModelError::Tokenizer(format!("bad pre-tokenizer regex: {e}")))
+}
+
+/// The pre-tokenizer for a byte-level BPE vocabulary, by llama.cpp pre-tokenizer type.
+fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError> {
+    let bl_regex = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+    let bl_plain = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false));
+    Ok(match pre {
+        // GPT-2's regex, no prefix space.
+        "default" | "gpt2" | "gpt-2" => bl_regex,
+        // Digits one by one, then GPT-2's regex (HF: Sequence[Digits(individual), ByteLevel]).
+        "smollm" | "starcoder" | "refact" => {
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), bl_regex]))
+        }
+        "llama-bpe" | "llama3" | "llama-v3" => PreTokenizerWrapper::Sequence(Sequence::new(vec![split(LLAMA3_SPLIT)?, bl_plain])),
+        "qwen2" | "deepseek-r1-qwen" => PreTokenizerWrapper::Sequence(Sequence::new(vec![split(QWEN2_SPLIT)?, bl_plain])),
+        other => {
+            return Err(ModelError::UnsupportedTokenizer(format!(
+                "byte-level BPE pre-tokenizer '{other}' is not supported yet"
+            )))
+        }
+    })
+}
+
+pub fn tokenizer_from_gguf(m: &HashMap<String, Value>) -> Result<GgufTokenizer, ModelError> {
+    let model = meta_str(m, "tokenizer.ggml.model").ok_or_else(|| ModelError::Metadata("tokenizer.ggml.model".into()))?;
+    if model != "gpt2" {
+        return Err(ModelError::UnsupportedTokenizer(format!(
+            "tokenizer.ggml.model = '{model}' (only byte-level BPE 'gpt2' vocabularies are supported so far)"
+        )));
+    }
+    let tokens: Vec<String> = meta_array(m, "tokenizer.ggml.tokens")?
+        .iter()
+        .map(|v| {
+            v.to_string()
+                .cloned()
+                .map_err(|_| ModelError::Metadata("tokenizer.ggml.tokens".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let merges: Vec<(String, String)> = meta_array(m, "tokenizer.ggml.merges")?
+        .iter()
+        .map(|v| {
+            let s = v.to_string().map_err(|_| ModelError::Metadata("tokenizer.ggml.merges".into()))?;
+            s.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| ModelError::Tokenizer(format!("bad merge {s:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let types: Vec<i32> = match m.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|_| ModelError::Metadata("tokenizer.ggml.token_type".into()))?
+            .iter()
+            .map(|t| t.to_i32().unwrap_or(1))
+            .collect(),
+        None => vec![1; tokens.len()],
+    };
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| ModelError::Tokenizer(format!("BPE: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let pre = meta_str(m, "tokenizer.ggml.pre").unwrap_or("default");
+    tokenizer.with_pre_tokenizer(Some(byte_level_pre_tokenizer(pre)?));
+    tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
+    // Control and user-defined tokens are matched whole in the input, as llama.cpp does with
+    // `parse_special`.
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types.iter())
+        .filter(|(_, t)| **t == TOKEN_TYPE_CONTROL || **t == TOKEN_TYPE_USER_DEFINED)
+        .map(|(tok, t)| AddedToken::from(tok.clone(), *t == TOKEN_TYPE_CONTROL))
+        .collect();
+    tokenizer
+        .add_special_tokens(specials)
+        .map_err(|e| ModelError::Tokenizer(format!("special tokens: {e}")))?;
+    Ok(GgufTokenizer {
+        tokenizer,
+        bos_id: meta_u32(m, "tokenizer.ggml.bos_token_id"),
+        eos_id: meta_u32(m, "tokenizer.ggml.eos_token_id"),
+        add_bos: meta_bool(m, "tokenizer.ggml.add_bos_token").unwrap_or(false),
+        chat_template: meta_str(m, "tokenizer.chat_template").map(str::to_string),
+    })
+}

