@@ -10,4 +10,6 @@ pub enum ModelError {
     UnsupportedTokenizer(String),
     #[error("cannot build the tokenizer: {0}")]
     Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
 }
