@@ -1,0 +1,3 @@
+//! Text generation.
+
+pub mod gguf_llama;
