@@ -61,6 +61,27 @@ impl GgufTokenizer {
     }
 }
 
+/// Turns a growing token sequence into text deltas, holding back bytes until they form whole
+/// UTF-8 characters (byte-level tokens can split a character across tokens).
+#[derive(Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl StreamDecoder {
+    pub fn push(&mut self, tok: &GgufTokenizer, id: u32) -> String {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids, false).unwrap_or_default();
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+            return String::new();
+        }
+        let delta = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        delta
+    }
+}
+
 fn split(pattern: &str) -> Result<PreTokenizerWrapper, ModelError> {
     Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
         .map(PreTokenizerWrapper::Split)

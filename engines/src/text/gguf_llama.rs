@@ -50,6 +50,23 @@ impl LlamaGguf {
 
     /// Greedy decoding: the arg-max token at every step, until a stop id or `max_new` tokens.
     pub fn greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>, EngineError> {
+        let mut out = Vec::with_capacity(max_new);
+        self.greedy_with(prompt, max_new, stop, |id| {
+            out.push(id);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Greedy decoding that hands each token to `on_token` as soon as it exists; `on_token`
+    /// returning false stops early (a cancelled request). Returns the last token produced.
+    pub fn greedy_with(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Option<u32>, EngineError> {
         if prompt.is_empty() || prompt.len() + max_new > self.context {
             return Err(EngineError::ContextOverflow {
                 prompt: prompt.len() + max_new,
@@ -57,20 +74,20 @@ impl LlamaGguf {
             });
         }
         let mut model = self.pristine.clone();
-        let mut out = Vec::with_capacity(max_new);
         let input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
         let mut logits = model.forward(&input, 0)?;
         let mut pos = prompt.len();
-        while out.len() < max_new {
+        let mut last = None;
+        for _ in 0..max_new {
             let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-            out.push(next);
-            if stop.contains(&next) {
+            last = Some(next);
+            if !on_token(next) || stop.contains(&next) {
                 break;
             }
             let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
             logits = model.forward(&input, pos)?;
             pos += 1;
         }
-        Ok(out)
+        Ok(last)
     }
 }

@@ -1,3 +1,4 @@
 //! Text generation.
 
+pub mod engine;
 pub mod gguf_llama;

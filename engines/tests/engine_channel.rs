@@ -1,0 +1,137 @@
+//! The engine thread: typed requests in, streamed events out, cancellation by dropping the stream.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use abstractgateway_engines::text::engine::{FinishReason, GenEvent, GenerateRequest, TextEngine};
+use abstractgateway_engines::text::gguf_llama::LlamaGguf;
+
+fn smollm2() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::var("ABSTRACTGATEWAY_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join(".models"));
+    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("flock")
+            .arg(dir.join(".lock"))
+            .arg(root.join("scripts/fetch-models.sh"))
+            .arg("smollm2")
+            .status()
+            .unwrap();
+        assert!(st.success(), "scripts/fetch-models.sh smollm2 failed");
+    }
+    path
+}
+
+const FRANCE: [u32; 16] = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198];
+
+fn collect(rx: std::sync::mpsc::Receiver<GenEvent>) -> (Vec<u32>, String, GenEvent) {
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    for ev in rx {
+        match ev {
+            GenEvent::Token { id, text: t } => {
+                ids.push(id);
+                text.push_str(&t);
+            }
+            done => return (ids, text, done),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+#[test]
+fn streams_tokens_and_text_then_done() {
+    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    let engine = TextEngine::spawn(m);
+    // Two queued requests: a stop-token finish and a length finish.
+    let a = engine.generate(GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: 32,
+        stop_ids: vec![2],
+    });
+    let b = engine.generate(GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: 3,
+        stop_ids: vec![2],
+    });
+    let (ids, text, done) = collect(a);
+    assert_eq!(ids, [504, 3575, 282, 4649, 314, 7042, 30, 2]);
+    assert_eq!(text, "The capital of France is Paris.<|im_end|>");
+    assert_eq!(
+        done,
+        GenEvent::Done {
+            reason: FinishReason::Stop,
+            prompt_tokens: 16,
+            completion_tokens: 8
+        }
+    );
+    let (ids, text, done) = collect(b);
+    assert_eq!((ids.as_slice(), text.as_str()), (&[504u32, 3575, 282][..], "The capital of"));
+    assert_eq!(
+        done,
+        GenEvent::Done {
+            reason: FinishReason::Length,
+            prompt_tokens: 16,
+            completion_tokens: 3
+        }
+    );
+    // A prompt over the context is an error event, not a crash; the engine keeps serving.
+    let (_, _, done) = collect(engine.generate(GenerateRequest {
+        prompt_ids: vec![198; 9000],
+        max_tokens: 1,
+        stop_ids: vec![],
+    }));
+    assert!(
+        matches!(done, GenEvent::Error(ref e) if e.contains("does not fit the context of 8192")),
+        "{done:?}"
+    );
+    assert_eq!(engine.stats.completed.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn dropping_the_stream_cancels_the_request() {
+    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    let engine = TextEngine::spawn(m);
+    // A long request whose caller goes away after the first token...
+    let rx = engine.generate(GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: 4000,
+        stop_ids: vec![],
+    });
+    assert!(matches!(rx.recv().unwrap(), GenEvent::Token { .. }));
+    drop(rx);
+    // ...must not hold the engine: the next request finishes long before 4,000 tokens could.
+    let t0 = Instant::now();
+    let (ids, _, done) = collect(engine.generate(GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: 2,
+        stop_ids: vec![2],
+    }));
+    assert_eq!(ids.len(), 2);
+    assert!(matches!(
+        done,
+        GenEvent::Done {
+            reason: FinishReason::Length,
+            ..
+        }
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(30), "cancellation did not free the engine");
+    assert_eq!(engine.stats.cancelled.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn split_utf8_characters_are_emitted_whole() {
+    use abstractgateway_models::tokenizer::StreamDecoder;
+    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    // Byte-level tokens of emoji and accented text: pieces alone are not valid UTF-8.
+    let ids = m.tokenizer.encode("ok 😀🎉 café").unwrap();
+    let mut dec = StreamDecoder::default();
+    let deltas: Vec<String> = ids.iter().map(|&id| dec.push(&m.tokenizer, id)).collect();
+    assert!(deltas.iter().any(String::is_empty), "some tokens carry partial characters: {ids:?}");
+    assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
+    assert_eq!(deltas.concat(), "ok 😀🎉 café");
+}
