@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use abstractgateway_engines::text::engine::{FinishReason, GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
+use abstractgateway_engines::text::sampling::SamplingParams;
 
 fn smollm2() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -52,11 +53,13 @@ fn streams_tokens_and_text_then_done() {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 32,
         stop_ids: vec![2],
+        sampling: Default::default(),
     });
     let b = engine.generate(GenerateRequest {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 3,
         stop_ids: vec![2],
+        sampling: Default::default(),
     });
     let (ids, text, done) = collect(a);
     assert_eq!(ids, [504, 3575, 282, 4649, 314, 7042, 30, 2]);
@@ -84,6 +87,7 @@ fn streams_tokens_and_text_then_done() {
         prompt_ids: vec![198; 9000],
         max_tokens: 1,
         stop_ids: vec![],
+        sampling: Default::default(),
     }));
     assert!(
         matches!(done, GenEvent::Error(ref e) if e.contains("does not fit the context of 8192")),
@@ -101,6 +105,7 @@ fn dropping_the_stream_cancels_the_request() {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 4000,
         stop_ids: vec![],
+        sampling: Default::default(),
     });
     assert!(matches!(rx.recv().unwrap(), GenEvent::Token { .. }));
     drop(rx);
@@ -110,6 +115,7 @@ fn dropping_the_stream_cancels_the_request() {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 2,
         stop_ids: vec![2],
+        sampling: Default::default(),
     }));
     assert_eq!(ids.len(), 2);
     assert!(matches!(
@@ -134,4 +140,39 @@ fn split_utf8_characters_are_emitted_whole() {
     assert!(deltas.iter().any(String::is_empty), "some tokens carry partial characters: {ids:?}");
     assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
     assert_eq!(deltas.concat(), "ok 😀🎉 café");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_temperature_zero_is_greedy() {
+    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    let engine = TextEngine::spawn(m);
+    let req = |sampling: SamplingParams| GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: 12,
+        stop_ids: vec![2],
+        sampling,
+    };
+    let hot = |seed| SamplingParams {
+        temperature: 1.3,
+        top_k: 40,
+        top_p: 0.95,
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let (a, _, _) = collect(engine.generate(req(hot(1))));
+    let (b, _, _) = collect(engine.generate(req(hot(1))));
+    assert_eq!(a, b, "same seed, same tokens");
+    let others: Vec<Vec<u32>> = (2..6).map(|s| collect(engine.generate(req(hot(s)))).0).collect();
+    assert!(others.iter().any(|o| o != &a), "different seeds explore different continuations");
+    let (g, _, _) = collect(engine.generate(req(SamplingParams {
+        temperature: 0.0,
+        seed: Some(9),
+        ..Default::default()
+    })));
+    assert_eq!(g, [504, 3575, 282, 4649, 314, 7042, 30, 2]);
+    let (_, _, done) = collect(engine.generate(req(SamplingParams {
+        top_p: 0.0,
+        ..Default::default()
+    })));
+    assert_eq!(done, GenEvent::Error("top_p must be in (0, 1]".into()));
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::gguf_llama::LlamaGguf;
+use super::sampling::{Sampler, SamplingParams};
 use abstractgateway_models::tokenizer::StreamDecoder;
 
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     /// Generation stops after emitting one of these (e.g. `<|im_end|>`).
     pub stop_ids: Vec<u32>,
+    /// Default: greedy.
+    pub sampling: SamplingParams,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,10 +109,15 @@ impl Drop for TextEngine {
 fn serve(model: LlamaGguf, rx: Receiver<Job>, stats: Arc<EngineStats>) {
     while let Ok(job) = rx.recv() {
         let prompt_tokens = job.req.prompt_ids.len();
+        if let Err(e) = job.req.sampling.validate() {
+            let _ = job.events.send(GenEvent::Error(e));
+            continue;
+        }
+        let mut sampler = Sampler::new(job.req.sampling.clone());
         let mut detok = StreamDecoder::default();
         let mut produced = 0usize;
         let mut cancelled = false;
-        let result = model.greedy_with(&job.req.prompt_ids, job.req.max_tokens, &job.req.stop_ids, |id| {
+        let result = model.generate_with(&job.req.prompt_ids, job.req.max_tokens, &job.req.stop_ids, &mut sampler, |id| {
             produced += 1;
             let text = detok.push(&model.tokenizer, id);
             // A send error means the caller went away: stop generating for it.

@@ -7,6 +7,7 @@ use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
+use super::sampling::{Sampler, SamplingParams};
 use crate::EngineError;
 
 pub struct LlamaGguf {
@@ -65,6 +66,18 @@ impl LlamaGguf {
         prompt: &[u32],
         max_new: usize,
         stop: &[u32],
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Option<u32>, EngineError> {
+        self.generate_with(prompt, max_new, stop, &mut Sampler::new(SamplingParams::default()), on_token)
+    }
+
+    /// Decoding with a sampler (penalties see the prompt and everything generated so far).
+    pub fn generate_with(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        sampler: &mut Sampler,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Option<u32>, EngineError> {
         if prompt.is_empty() || prompt.len() + max_new > self.context {
@@ -74,19 +87,20 @@ impl LlamaGguf {
             });
         }
         let mut model = self.pristine.clone();
+        let mut context = prompt.to_vec();
         let input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
         let mut logits = model.forward(&input, 0)?;
-        let mut pos = prompt.len();
         let mut last = None;
         for _ in 0..max_new {
-            let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+            let mut l = logits.squeeze(0)?.to_vec1::<f32>()?;
+            let next = sampler.sample(&mut l, &context);
             last = Some(next);
             if !on_token(next) || stop.contains(&next) {
                 break;
             }
             let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-            logits = model.forward(&input, pos)?;
-            pos += 1;
+            logits = model.forward(&input, context.len())?;
+            context.push(next);
         }
         Ok(last)
     }

@@ -2,3 +2,4 @@
 
 pub mod engine;
 pub mod gguf_llama;
+pub mod sampling;
