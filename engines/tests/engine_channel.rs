@@ -148,7 +148,7 @@ fn seeded_sampling_is_reproducible_and_temperature_zero_is_greedy() {
     let engine = TextEngine::spawn(m);
     let req = |sampling: SamplingParams| GenerateRequest {
         prompt_ids: FRANCE.to_vec(),
-        max_tokens: 12,
+        max_tokens: 8,
         stop_ids: vec![2],
         sampling,
     };
@@ -162,7 +162,7 @@ fn seeded_sampling_is_reproducible_and_temperature_zero_is_greedy() {
     let (a, _, _) = collect(engine.generate(req(hot(1))));
     let (b, _, _) = collect(engine.generate(req(hot(1))));
     assert_eq!(a, b, "same seed, same tokens");
-    let others: Vec<Vec<u32>> = (2..6).map(|s| collect(engine.generate(req(hot(s)))).0).collect();
+    let others: Vec<Vec<u32>> = (2..5).map(|s| collect(engine.generate(req(hot(s)))).0).collect();
     assert!(others.iter().any(|o| o != &a), "different seeds explore different continuations");
     let (g, _, _) = collect(engine.generate(req(SamplingParams {
         temperature: 0.0,
