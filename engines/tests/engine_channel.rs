@@ -1,7 +1,5 @@
 //! The engine thread: typed requests in, streamed events out, cancellation by dropping the stream.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -9,24 +7,9 @@ use abstractgateway_engines::text::engine::{FinishReason, GenEvent, GenerateRequ
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::sampling::SamplingParams;
 
-fn smollm2() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = std::env::var("ABSTRACTGATEWAY_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join(".models"));
-    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("flock")
-            .arg(dir.join(".lock"))
-            .arg(root.join("scripts/fetch-models.sh"))
-            .arg("smollm2")
-            .status()
-            .unwrap();
-        assert!(st.success(), "scripts/fetch-models.sh smollm2 failed");
-    }
-    path
-}
+#[path = "../../models/tests/common/mod.rs"]
+mod common;
+use common::smollm2;
 
 const FRANCE: [u32; 16] = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198];
 

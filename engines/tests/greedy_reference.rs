@@ -4,12 +4,13 @@
 //! reports how far the two agree. These tests pin what is verified: the completion recorded in
 //! shared/models.md, prompt tokenization identical to llama.cpp, and clear errors.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::EngineError;
 use serde::Deserialize;
+
+#[path = "../../models/tests/common/mod.rs"]
+mod common;
+use common::smollm2;
 
 #[derive(Deserialize)]
 struct Refs {
@@ -21,25 +22,6 @@ struct Refs {
 struct Case {
     prompt: String,
     prompt_ids: Vec<u32>,
-}
-
-fn smollm2() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = std::env::var("ABSTRACTGATEWAY_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join(".models"));
-    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("flock")
-            .arg(dir.join(".lock"))
-            .arg(root.join("scripts/fetch-models.sh"))
-            .arg("smollm2")
-            .status()
-            .unwrap();
-        assert!(st.success(), "scripts/fetch-models.sh smollm2 failed");
-    }
-    path
 }
 
 #[test]

