@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::validate::{parse_body, query_int, query_map};
 use super::{route, AppState, Route};
+use crate::store::{Store, StoreResult};
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -45,20 +46,15 @@ fn json_response(body: String) -> Response {
     r
 }
 
-/// Records are stored as JSON text and spliced into the response without re-parsing.
-fn page_json(items: &[String], next_after: u64) -> String {
-    let mut out = String::with_capacity(items.iter().map(|s| s.len() + 1).sum::<usize>() + 40);
+/// Appends one replay page, `{"items":[...],"next_after":N}`, to `out`. Records are stored as
+/// JSON text and spliced in without re-parsing.
+fn write_page(s: &dyn Store, run_id: &str, after: u64, limit: u64, out: &mut String) -> StoreResult<()> {
     out.push_str("{\"items\":[");
-    for (i, it) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(it);
-    }
+    let n = s.ledger_page_into(run_id, after, limit, out)?;
     out.push_str("],\"next_after\":");
-    out.push_str(&next_after.to_string());
+    out.push_str(&(after + n).to_string());
     out.push('}');
-    out
+    Ok(())
 }
 
 async fn page(Extension(st): Extension<AppState>, Path(run_id): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
@@ -71,14 +67,9 @@ async fn page(Extension(st): Extension<AppState>, Path(run_id): Path<String>, Ra
             if !s.run_exists(&id)? {
                 return Ok(None);
             }
-            // Records are stored as JSON text: splice them straight into the body.
             // Records average ~600 bytes; sizing up front avoids regrowing a multi-MB buffer.
             let mut body = String::with_capacity((limit.min(20_000) as usize) * 640 + 64);
-            body.push_str("{\"items\":[");
-            let n = s.ledger_page_into(&id, after, limit, &mut body)?;
-            body.push_str("],\"next_after\":");
-            body.push_str(&(after + n).to_string());
-            body.push('}');
+            write_page(s, &id, after, limit, &mut body)?;
             Ok(Some(body))
         })
         .await?
@@ -131,29 +122,26 @@ async fn batch(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Res
             }
         }
     }
-    let pages = st
+    let body = st
         .blocking(move |s| {
-            let mut out = Vec::new();
+            let mut body = String::from("{\"runs\":{");
+            let mut first = true;
             for (id, after) in wanted {
                 // Unknown runs are omitted, as upstream does.
                 if s.run_exists(&id)? {
-                    let items = s.ledger_page(&id, after, limit)?;
-                    out.push((id, after, items));
+                    if !first {
+                        body.push(',');
+                    }
+                    first = false;
+                    body.push_str(&serde_json::to_string(&id).unwrap_or_default());
+                    body.push(':');
+                    write_page(s, &id, after, limit, &mut body)?;
                 }
             }
-            Ok(out)
+            body.push_str("}}");
+            Ok(body)
         })
         .await?;
-    let mut body = String::from("{\"runs\":{");
-    for (i, (id, after, items)) in pages.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&serde_json::to_string(id).unwrap_or_default());
-        body.push(':');
-        body.push_str(&page_json(items, after + items.len() as u64));
-    }
-    body.push_str("}}");
     Ok(json_response(body))
 }
 
