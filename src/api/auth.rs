@@ -209,12 +209,7 @@ async fn login(Extension(sec): Extension<Arc<Security>>, headers: HeaderMap, bod
 }
 
 async fn logout(Extension(sec): Extension<Arc<Security>>, headers: HeaderMap) -> ApiResult<Response> {
-    let presented = headers
-        .get(sessions::SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| sessions::cookie(&headers, SESSION_COOKIE));
-    let deleted = match (&sec.sessions, presented) {
+    let deleted = match (&sec.sessions, sessions::presented(&headers)) {
         (Some(store), Some(p)) => store.logout(&p),
         _ => false,
     };

@@ -117,12 +117,7 @@ impl Security {
             }
         }
         if let Some(store) = &self.sessions {
-            let presented = headers
-                .get(sessions::SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .or_else(|| sessions::cookie(headers, sessions::SESSION_COOKIE));
-            if let Some(p) = presented {
+            if let Some(p) = sessions::presented(headers) {
                 // A stale session is "not signed in", not an attack: it does not count toward lockout.
                 let Some(s) = store.resolve(&p) else { return Auth::Missing };
                 let user = self.users.as_ref().and_then(|u| u.get(&s.tenant_id, &s.user_id));

@@ -208,6 +208,15 @@ impl SessionStore {
     }
 }
 
+/// The session a request presents: the `X-AbstractGateway-Session` header, else the cookie.
+pub fn presented(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| cookie(headers, SESSION_COOKIE))
+}
+
 /// Reads one cookie from a `Cookie` header.
 pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers
