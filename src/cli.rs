@@ -335,7 +335,8 @@ fn config(c: ConfigCmd) -> Result<(), String> {
             if let Some(f) = flows_dir {
                 text.push_str(&format!("ABSTRACTGATEWAY_FLOWS_DIR={f}\n"));
             }
-            write_private(&env_file, &text).map_err(|e| format!("cannot write {}: {e}", env_file.display()))?;
+            crate::util::write_private_atomic(&env_file, text.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", env_file.display()))?;
             println!(
                 "wrote {} (mode 0600); start with: abstractgateway serve --env-file {}",
                 env_file.display(),
@@ -344,19 +345,6 @@ fn config(c: ConfigCmd) -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-fn write_private(p: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o.open(p)?;
-    f.write_all(text.as_bytes())
 }
 
 pub fn main() -> std::process::ExitCode {

@@ -397,23 +397,7 @@ impl BundleRegistry {
         if dest.exists() && !overwrite {
             return Err(InstallError::Exists(name));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| InstallError::Io(e.to_string()))?;
-        let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::new_hex_id()));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &dest)?;
-            if let Ok(d) = std::fs::File::open(&dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(InstallError::Io(e.to_string()));
-        }
+        crate::util::write_atomic(&dest, bytes, 0o644).map_err(|e| InstallError::Io(e.to_string()))?;
         let bundle = Arc::new(Bundle {
             path: Some(dest),
             ..bundle

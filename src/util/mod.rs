@@ -35,8 +35,14 @@ pub fn is_safe_id(id: &str) -> bool {
         && !id.chars().any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
-/// Writes a file atomically (temp file, fsync, rename) with mode 0600: for secrets and registries.
+/// Writes a file atomically with mode 0600: for secrets and registries.
 pub fn write_private_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic(path, bytes, 0o600)
+}
+
+/// Writes a file atomically: a temp file beside it, fsync, rename, then fsync of the directory,
+/// so readers see the old or the new content and a crash leaves no torn file.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8], #[allow(unused_variables)] mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -50,7 +56,7 @@ pub fn write_private_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Re
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
+        o.mode(mode);
     }
     let res = (|| {
         let mut f = o.open(&tmp)?;
