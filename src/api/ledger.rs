@@ -203,7 +203,7 @@ async fn stream(
                     // Run state and its terminal record commit together, so "terminal" read after
                     // an empty page means every record has been seen.
                     let terminal = if items.is_empty() {
-                        s.get_run(&rid)?.map(|r| r.status.is_terminal()).unwrap_or(true)
+                        s.run_status(&rid)?.map(|st| st.is_terminal()).unwrap_or(true)
                     } else {
                         false
                     };

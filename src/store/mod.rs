@@ -114,6 +114,8 @@ pub trait Store: Send + Sync + 'static {
     fn create_run(&self, run: &RunState) -> StoreResult<()>;
     fn get_run(&self, run_id: &str) -> StoreResult<Option<RunState>>;
     fn run_exists(&self, run_id: &str) -> StoreResult<bool>;
+    /// Just the status (no run JSON to parse): what the SSE stream checks when it is idle.
+    fn run_status(&self, run_id: &str) -> StoreResult<Option<RunStatus>>;
     fn list_runs(&self, q: &RunQuery) -> StoreResult<RunPage>;
     /// Raw record JSON for `ledger[after .. after+limit]` (cursor = records already consumed).
     fn ledger_page(&self, run_id: &str, after: u64, limit: u64) -> StoreResult<Vec<String>>;

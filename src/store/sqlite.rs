@@ -452,6 +452,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn run_status(&self, run_id: &str) -> StoreResult<Option<RunStatus>> {
+        self.read(|c| {
+            let s: Option<String> = c
+                .prepare_cached("SELECT status FROM runs WHERE run_id = ?1")?
+                .query_row([run_id], |r| r.get(0))
+                .optional()?;
+            Ok(s.and_then(|s| RunStatus::parse(&s)))
+        })
+    }
+
     fn ledger_page_into(&self, run_id: &str, after: u64, limit: u64, out: &mut String) -> StoreResult<u64> {
         self.read(|c| {
             let mut stmt = c.prepare_cached("SELECT record_json FROM ledger WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
