@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use abstractgateway_engines::text::engine::{FinishReason, GenEvent, GenerateRequest, TextEngine};
+use abstractgateway_engines::text::engine::{FinishReason, GenEvent, GenerateRequest, TextEngine, Usage};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::sampling::SamplingParams;
 
@@ -21,10 +21,22 @@ fn collect(rx: std::sync::mpsc::Receiver<GenEvent>) -> (Vec<u32>, String, GenEve
                 ids.push(id);
                 text.push_str(&t);
             }
+            GenEvent::Text(t) => text.push_str(&t),
             done => return (ids, text, done),
         }
     }
     panic!("stream ended without Done");
+}
+
+fn done_event(reason: FinishReason, prompt_tokens: usize, completion_tokens: usize) -> GenEvent {
+    GenEvent::Done {
+        reason,
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens: 0,
+        },
+    }
 }
 
 #[test]
@@ -36,41 +48,28 @@ fn streams_tokens_and_text_then_done() {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 32,
         stop_ids: vec![2],
-        sampling: Default::default(),
+        ..Default::default()
     });
     let b = engine.generate(GenerateRequest {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 3,
         stop_ids: vec![2],
-        sampling: Default::default(),
+        ..Default::default()
     });
     let (ids, text, done) = collect(a);
-    assert_eq!(ids, [504, 3575, 282, 4649, 314, 7042, 30, 2]);
-    assert_eq!(text, "The capital of France is Paris.<|im_end|>");
-    assert_eq!(
-        done,
-        GenEvent::Done {
-            reason: FinishReason::Stop,
-            prompt_tokens: 16,
-            completion_tokens: 8
-        }
-    );
+    // The stop token ends the stream and is counted, but its text is not part of the answer.
+    assert_eq!(ids, [504, 3575, 282, 4649, 314, 7042, 30]);
+    assert_eq!(text, "The capital of France is Paris.");
+    assert_eq!(done, done_event(FinishReason::Stop, 16, 8));
     let (ids, text, done) = collect(b);
     assert_eq!((ids.as_slice(), text.as_str()), (&[504u32, 3575, 282][..], "The capital of"));
-    assert_eq!(
-        done,
-        GenEvent::Done {
-            reason: FinishReason::Length,
-            prompt_tokens: 16,
-            completion_tokens: 3
-        }
-    );
+    assert_eq!(done, done_event(FinishReason::Length, 16, 3));
     // A prompt over the context is an error event, not a crash; the engine keeps serving.
     let (_, _, done) = collect(engine.generate(GenerateRequest {
         prompt_ids: vec![198; 9000],
         max_tokens: 1,
         stop_ids: vec![],
-        sampling: Default::default(),
+        ..Default::default()
     }));
     assert!(
         matches!(done, GenEvent::Error(ref e) if e.contains("does not fit the context of 8192")),
@@ -88,7 +87,7 @@ fn dropping_the_stream_cancels_the_request() {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 4000,
         stop_ids: vec![],
-        sampling: Default::default(),
+        ..Default::default()
     });
     assert!(matches!(rx.recv().unwrap(), GenEvent::Token { .. }));
     drop(rx);
@@ -98,7 +97,7 @@ fn dropping_the_stream_cancels_the_request() {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 2,
         stop_ids: vec![2],
-        sampling: Default::default(),
+        ..Default::default()
     }));
     assert_eq!(ids.len(), 2);
     assert!(matches!(
@@ -134,6 +133,7 @@ fn seeded_sampling_is_reproducible_and_temperature_zero_is_greedy() {
         max_tokens: 8,
         stop_ids: vec![2],
         sampling,
+        ..Default::default()
     };
     let hot = |seed| SamplingParams {
         temperature: 1.3,
@@ -152,10 +152,66 @@ fn seeded_sampling_is_reproducible_and_temperature_zero_is_greedy() {
         seed: Some(9),
         ..Default::default()
     })));
-    assert_eq!(g, [504, 3575, 282, 4649, 314, 7042, 30, 2]);
+    assert_eq!(g, [504, 3575, 282, 4649, 314, 7042, 30]);
     let (_, _, done) = collect(engine.generate(req(SamplingParams {
         top_p: 0.0,
         ..Default::default()
     })));
     assert_eq!(done, GenEvent::Error("top_p must be in (0, 1]".into()));
+}
+
+#[test]
+fn stop_strings_end_the_text_before_the_match() {
+    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    let engine = TextEngine::spawn(m);
+    let (ids, text, done) = collect(engine.generate(GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: 32,
+        stop_ids: vec![2],
+        stop_strings: vec!["France".into(), "nothing".into()],
+        ..Default::default()
+    }));
+    // "The capital of| France": generation stops at the token completing the stop string.
+    assert_eq!(text, "The capital of ");
+    assert_eq!(ids, [504, 3575, 282, 4649]);
+    assert_eq!(done, done_event(FinishReason::Stop, 16, 4));
+}
+
+#[test]
+fn json_object_mode_always_yields_one_json_object() {
+    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    let tok = m.tokenizer.clone();
+    let engine = TextEngine::spawn(m);
+    let prompt = tok
+        .encode("<|im_start|>user\nGive the capital of France as JSON with keys country and capital.<|im_end|>\n<|im_start|>assistant\n")
+        .unwrap();
+    for sampling in [
+        SamplingParams::default(),
+        SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        },
+    ] {
+        let (_, text, done) = collect(engine.generate(GenerateRequest {
+            prompt_ids: prompt.clone(),
+            max_tokens: 200,
+            stop_ids: vec![2],
+            json_object: true,
+            sampling,
+            ..Default::default()
+        }));
+        assert!(
+            matches!(
+                done,
+                GenEvent::Done {
+                    reason: FinishReason::Stop,
+                    ..
+                }
+            ),
+            "{done:?} {text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        assert!(v.is_object(), "{text}");
+    }
 }

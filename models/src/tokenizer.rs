@@ -36,6 +36,8 @@ pub struct GgufTokenizer {
     pub eos_id: Option<u32>,
     pub add_bos: bool,
     pub chat_template: Option<String>,
+    /// Each token's raw bytes (None for control tokens): what constrained decoding checks.
+    pub token_bytes: Vec<Option<Vec<u8>>>,
 }
 
 impl GgufTokenizer {
@@ -168,5 +170,39 @@ pub fn tokenizer_from_gguf(m: &HashMap<String, Value>) -> Result<GgufTokenizer, 
         eos_id: meta_u32(m, "tokenizer.ggml.eos_token_id"),
         add_bos: meta_bool(m, "tokenizer.ggml.add_bos_token").unwrap_or(false),
         chat_template: meta_str(m, "tokenizer.chat_template").map(str::to_string),
+        token_bytes: tokens
+            .iter()
+            .zip(types.iter())
+            .map(|(t, ty)| (*ty != TOKEN_TYPE_CONTROL).then(|| byte_level_bytes(t)))
+            .collect(),
     })
+}
+
+/// GPT-2's byte-to-unicode table, inverted: printable bytes stand for themselves, the others
+/// were shifted to U+0100 and up in byte order.
+fn byte_level_bytes(token: &str) -> Vec<u8> {
+    static INV: std::sync::OnceLock<[u8; 324]> = std::sync::OnceLock::new();
+    let inv = INV.get_or_init(|| {
+        let mut inv = [0u8; 324];
+        let mut n = 0u32;
+        for b in 0u32..256 {
+            let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+            let c = if printable {
+                b
+            } else {
+                n += 1;
+                255 + n
+            };
+            inv[c as usize] = b as u8;
+        }
+        inv
+    });
+    token
+        .chars()
+        .flat_map(|c| match inv.get(c as usize) {
+            Some(b) if (c as u32) < 324 => vec![*b],
+            // Not a byte-level symbol (a user-defined token): its UTF-8 text.
+            _ => c.to_string().into_bytes(),
+        })
+        .collect()
 }

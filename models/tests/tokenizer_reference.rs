@@ -39,6 +39,15 @@ fn smollm2_tokenizer_matches_llama_cpp() {
         }
         // Decoding gives the text back exactly (special tokens included).
         assert_eq!(tok.decode(&ids, false).unwrap(), c.text, "round trip of {:?}", c.text);
+        // Raw token bytes (what JSON-constrained decoding checks) concatenate to the same text
+        // wherever no control token is involved.
+        if ids.iter().all(|i| tok.token_bytes[*i as usize].is_some()) {
+            let bytes: Vec<u8> = ids
+                .iter()
+                .flat_map(|i| tok.token_bytes[*i as usize].clone().unwrap_or_default())
+                .collect();
+            assert_eq!(bytes, c.text.as_bytes(), "token bytes of {:?}", c.text);
+        }
     }
     assert!(
         mismatches.is_empty(),

@@ -1,6 +1,7 @@
 //! Llama-architecture GGUF models (SmolLM2, Llama, Mistral...) on candle's quantized kernels.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use abstractgateway_models::gguf::{meta_u32, GgufFile};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
@@ -13,13 +14,18 @@ use crate::EngineError;
 pub struct LlamaGguf {
     /// Weights with empty KV caches; each sequence works on a clone (weights are shared).
     pristine: ModelWeights,
-    pub tokenizer: GgufTokenizer,
+    pub tokenizer: Arc<GgufTokenizer>,
     pub context: usize,
     device: Device,
 }
 
 impl LlamaGguf {
     pub fn load(path: &Path, device: &Device) -> Result<LlamaGguf, EngineError> {
+        Self::load_with_progress(path, device, &mut |_, _| {})
+    }
+
+    /// Loads, calling `progress(bytes_read, total_bytes)` as the weights stream in.
+    pub fn load_with_progress(path: &Path, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<LlamaGguf, EngineError> {
         let gguf = GgufFile::open(path)?;
         let arch = gguf.architecture().unwrap_or("").to_string();
         if arch != "llama" {
@@ -33,10 +39,18 @@ impl LlamaGguf {
             path: path.display().to_string(),
             source: e,
         })?;
-        let pristine = ModelWeights::from_gguf(gguf.content, &mut f, device)?;
+        let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut reader = ProgressReader {
+            inner: &mut f,
+            read: 0,
+            total,
+            progress,
+        };
+        let pristine = ModelWeights::from_gguf(gguf.content, &mut reader, device)?;
+        (reader.progress)(total, total);
         Ok(LlamaGguf {
             pristine,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             context,
             device: device.clone(),
         })
@@ -44,34 +58,40 @@ impl LlamaGguf {
 
     /// Logits after the prompt (for diagnostics and tests).
     pub fn first_logits(&self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let mut model = self.pristine.clone();
-        let input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
-        Ok(model.forward(&input, 0)?.squeeze(0)?.to_vec1::<f32>()?)
+        self.sequence().prefill(prompt)
+    }
+
+    /// A fresh sequence with its own KV cache (the weights are shared).
+    pub fn sequence(&self) -> Sequence<'_> {
+        Sequence {
+            model: self.pristine.clone(),
+            device: &self.device,
+            pos: 0,
+        }
+    }
+
+    pub fn check_fits(&self, prompt: usize, max_new: usize) -> Result<(), EngineError> {
+        if prompt == 0 || prompt + max_new > self.context {
+            return Err(EngineError::ContextOverflow {
+                prompt: prompt + max_new,
+                context: self.context,
+            });
+        }
+        Ok(())
     }
 
     /// Greedy decoding: the arg-max token at every step, until a stop id or `max_new` tokens.
     pub fn greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>, EngineError> {
         let mut out = Vec::with_capacity(max_new);
-        self.greedy_with(prompt, max_new, stop, |id| {
+        self.generate_with(prompt, max_new, stop, &mut Sampler::new(SamplingParams::default()), |id| {
             out.push(id);
             true
         })?;
         Ok(out)
     }
 
-    /// Greedy decoding that hands each token to `on_token` as soon as it exists; `on_token`
-    /// returning false stops early (a cancelled request). Returns the last token produced.
-    pub fn greedy_with(
-        &self,
-        prompt: &[u32],
-        max_new: usize,
-        stop: &[u32],
-        on_token: impl FnMut(u32) -> bool,
-    ) -> Result<Option<u32>, EngineError> {
-        self.generate_with(prompt, max_new, stop, &mut Sampler::new(SamplingParams::default()), on_token)
-    }
-
-    /// Decoding with a sampler (penalties see the prompt and everything generated so far).
+    /// Decoding with a sampler (penalties see the prompt and everything generated so far);
+    /// `on_token` returning false stops early. Returns the last token produced.
     pub fn generate_with(
         &self,
         prompt: &[u32],
@@ -80,28 +100,74 @@ impl LlamaGguf {
         sampler: &mut Sampler,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Option<u32>, EngineError> {
-        if prompt.is_empty() || prompt.len() + max_new > self.context {
-            return Err(EngineError::ContextOverflow {
-                prompt: prompt.len() + max_new,
-                context: self.context,
-            });
-        }
-        let mut model = self.pristine.clone();
+        self.check_fits(prompt.len(), max_new)?;
+        let mut seq = self.sequence();
         let mut context = prompt.to_vec();
-        let input = Tensor::new(prompt, &self.device)?.unsqueeze(0)?;
-        let mut logits = model.forward(&input, 0)?;
+        let mut logits = seq.prefill(prompt)?;
         let mut last = None;
         for _ in 0..max_new {
-            let mut l = logits.squeeze(0)?.to_vec1::<f32>()?;
-            let next = sampler.sample(&mut l, &context);
+            let next = sampler.sample(&mut logits, &context);
             last = Some(next);
             if !on_token(next) || stop.contains(&next) {
                 break;
             }
-            let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-            logits = model.forward(&input, context.len())?;
+            logits = seq.step(next)?;
             context.push(next);
         }
         Ok(last)
+    }
+}
+
+/// One sequence's KV state: prefill once, then one token per step.
+pub struct Sequence<'a> {
+    model: ModelWeights,
+    device: &'a Device,
+    pos: usize,
+}
+
+impl Sequence<'_> {
+    /// Runs `tokens` through the model; returns the logits after the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let input = Tensor::new(tokens, self.device)?.unsqueeze(0)?;
+        let logits = self.model.forward(&input, self.pos)?;
+        self.pos += tokens.len();
+        Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+    }
+
+    pub fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
+        self.prefill(&[token])
+    }
+
+    pub fn len(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+}
+
+/// Tracks the read position as candle reads tensors, for load progress.
+struct ProgressReader<'a, R> {
+    inner: &'a mut R,
+    read: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl<R: std::io::Read> std::io::Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        (self.progress)(self.read, self.total);
+        Ok(n)
+    }
+}
+
+impl<R: std::io::Seek> std::io::Seek for ProgressReader<'_, R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        // Tensors are read in file order, so the position is the progress.
+        self.read = self.inner.seek(pos)?;
+        Ok(self.read)
     }
 }

@@ -2,4 +2,6 @@
 
 pub mod engine;
 pub mod gguf_llama;
+pub mod json_constraint;
 pub mod sampling;
+pub mod stop;
