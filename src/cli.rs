@@ -9,10 +9,14 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::planes::{open_plane, Planes};
 use crate::api::{self, AppState};
 use crate::config::{envfile, Config};
+use crate::providers::defaults::{self, Target};
+use crate::providers::local::LocalModels;
+use crate::providers::Providers;
 use crate::security::sessions::SessionStore;
 use crate::security::users::{NewUser, UserRegistry};
 use crate::security::Security;
 use crate::store::sqlite::SqliteStore;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +43,22 @@ pub enum Command {
     /// Inspect or create configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Local models: what the model store and the configured specs resolve to.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCmd {
+    /// List the models `serve` would load (or the ones named), with size, format and architecture.
+    List {
+        /// Model specs to describe instead (paths, store ids, or `org/name` in the HF cache).
+        specs: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        env: EnvArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -57,6 +77,11 @@ pub struct ServeArgs {
     /// Do not advance runs here (run `abstractgateway runner` separately).
     #[arg(long)]
     pub no_runner: bool,
+    /// Load a model at start: a .gguf path, a model directory, a model-store id or an `org/name`
+    /// in the Hugging Face cache, optionally `ID=…` to name it. Repeatable; replaces
+    /// ABSTRACTGATEWAY_MODELS. `--model none` loads none. Default: every model in the store.
+    #[arg(long = "model", value_name = "PATH_OR_ID")]
+    pub models: Vec<String>,
     #[command(flatten)]
     pub env: EnvArgs,
 }
@@ -103,6 +128,38 @@ pub enum ConfigCmd {
         data_dir: String,
         #[arg(long)]
         flows_dir: Option<String>,
+    },
+    /// Set a capability route's default (e.g. `output.text`), or with --fallback append a
+    /// fallback target to it. Persisted in <data_dir>/config/abstractcore.json.
+    SetDefault {
+        route: String,
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Environment variable holding the API key (default <PROVIDER>_API_KEY); the key itself is never stored.
+        #[arg(long)]
+        api_key_env: Option<String>,
+        /// Append to the fallback chain instead of replacing the primary target.
+        #[arg(long)]
+        fallback: bool,
+        #[command(flatten)]
+        env: EnvArgs,
+    },
+    /// Remove a capability route's default and fallbacks.
+    ClearDefault {
+        route: String,
+        #[command(flatten)]
+        env: EnvArgs,
+    },
+    /// Print the capability route defaults.
+    Defaults {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        env: EnvArgs,
     },
 }
 
@@ -227,7 +284,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let runs_here = !args.no_runner && cfg.runner_enabled;
     let planes = Planes::new(core.base.clone(), core.base_store.clone(), runs_here.then_some(stop_rx));
     let security = Security::new(cfg.clone(), core.users.clone(), core.sessions.clone(), planes.clone());
-    let app = api::router(core.base.clone(), security);
+    let providers = open_providers(&cfg, &args.models).await?;
+    let app = api::router(core.base.clone(), security, providers);
     let host = if args.host == "localhost" {
         "127.0.0.1".to_string()
     } else {
@@ -250,6 +308,39 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let _ = stop_tx.send(true);
     planes.shutdown().await;
     Ok(())
+}
+
+/// Loads the local models (progress on stderr) and sets up the provider router.
+async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Providers>, String> {
+    let specs = if cli_models.is_empty() {
+        cfg.model_specs()
+    } else if cli_models.iter().any(|m| m == "none") {
+        Vec::new()
+    } else {
+        cli_models.to_vec()
+    };
+    let store = cfg.models_dir.clone();
+    let local = tokio::task::spawn_blocking(move || LocalModels::load(&specs, &store))
+        .await
+        .map_err(|e| format!("abstractgateway: model loading failed: {e}"))?
+        .map_err(|e| format!("abstractgateway: {e}"))?;
+    for m in &local.models {
+        eprintln!(
+            "model {} ready ({}, {}, {:.0} MB, context {})",
+            m.info.id,
+            m.info.architecture.as_deref().unwrap_or("?"),
+            m.info.quantization.as_deref().unwrap_or("?"),
+            m.info.size_bytes as f64 / 1e6,
+            m.context
+        );
+    }
+    Ok(Arc::new(Providers::new(
+        Arc::new(local),
+        defaults::defaults_path(&cfg.data_dir),
+        cfg.breaker_failures,
+        Duration::from_secs_f64(cfg.breaker_cooldown_s),
+        Duration::from_secs_f64(cfg.provider_timeout_s),
+    )))
 }
 
 async fn runner_only(args: EnvArgs) -> Result<(), String> {
@@ -302,7 +393,9 @@ fn config(c: ConfigCmd) -> Result<(), String> {
         ConfigCmd::Status { json, env } => {
             load_env(&env)?;
             let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
-            let v = cfg.status_json();
+            let mut v = cfg.status_json();
+            let routes = defaults::load(&defaults::defaults_path(&cfg.data_dir)).unwrap_or_default();
+            v["capability_defaults"] = serde_json::Value::Object(routes);
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else if let Some(o) = v.as_object() {
@@ -344,6 +437,114 @@ fn config(c: ConfigCmd) -> Result<(), String> {
             );
             Ok(())
         }
+        ConfigCmd::SetDefault {
+            route,
+            provider,
+            model,
+            base_url,
+            api_key_env,
+            fallback,
+            env,
+        } => {
+            load_env(&env)?;
+            let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
+            let path = defaults::defaults_path(&cfg.data_dir);
+            let target = Target {
+                provider: provider.trim().to_string(),
+                model: model.trim().to_string(),
+                base_url: base_url.map(|u| u.trim().trim_end_matches('/').to_string()),
+                api_key_env,
+            };
+            let r = defaults::set(&path, &route, target, fallback).map_err(|e| format!("abstractgateway: {e}"))?;
+            let chain: Vec<String> = r.chain().iter().map(|t| t.key()).collect();
+            println!(
+                "{} → {} (saved in {})",
+                defaults::canonical_route(&route).unwrap_or("?"),
+                chain.join(" → "),
+                path.display()
+            );
+            Ok(())
+        }
+        ConfigCmd::ClearDefault { route, env } => {
+            load_env(&env)?;
+            let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
+            let path = defaults::defaults_path(&cfg.data_dir);
+            let had = defaults::clear(&path, &route).map_err(|e| format!("abstractgateway: {e}"))?;
+            println!("{}", if had { "cleared" } else { "nothing was set" });
+            Ok(())
+        }
+        ConfigCmd::Defaults { json, env } => {
+            load_env(&env)?;
+            let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
+            let routes = defaults::load(&defaults::defaults_path(&cfg.data_dir)).map_err(|e| format!("abstractgateway: {e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::Value::Object(routes)).unwrap_or_default()
+                );
+            } else if routes.is_empty() {
+                println!("no capability defaults (requests without a model use the first local model)");
+            } else {
+                for (name, _) in routes.iter() {
+                    let r = defaults::route(&routes, name).map_err(|e| e.to_string())?;
+                    let chain: Vec<String> = r.chain().iter().map(|t| t.key()).collect();
+                    println!("{name:16} {}", chain.join(" → "));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn models(c: ModelsCmd) -> Result<(), String> {
+    let ModelsCmd::List { specs, json, env } = c;
+    load_env(&env)?;
+    let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
+    let specs = if specs.is_empty() { cfg.model_specs() } else { specs };
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for s in &specs {
+        match abstractgateway_models::source::resolve(s, &cfg.models_dir).and_then(|src| abstractgateway_models::source::describe(&src)) {
+            Ok(info) => rows.push(info),
+            Err(e) => errors.push(format!("{s}: {e}")),
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"models_dir": cfg.models_dir, "models": rows, "errors": errors}))
+                .unwrap_or_default()
+        );
+    } else {
+        println!("model store: {}", cfg.models_dir.display());
+        if rows.is_empty() && errors.is_empty() {
+            println!("no models (fetch the default one with scripts/fetch-models.sh smollm2)");
+        } else {
+            println!(
+                "{:<28} {:>9} {:<12} {:<8} {:<8} {:>8}  PATH",
+                "ID", "SIZE", "FORMAT", "ARCH", "QUANT", "CONTEXT"
+            );
+        }
+        for m in &rows {
+            println!(
+                "{:<28} {:>7.1}MB {:<12} {:<8} {:<8} {:>8}  {}",
+                m.id,
+                m.size_bytes as f64 / 1e6,
+                format!("{:?}", m.format).to_lowercase(),
+                m.architecture.as_deref().unwrap_or("?"),
+                m.quantization.as_deref().unwrap_or("?"),
+                m.context_length.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                m.path.display()
+            );
+        }
+        for e in &errors {
+            println!("error: {e}");
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} model spec(s) could not be resolved", errors.len()))
     }
 }
 
@@ -353,6 +554,7 @@ pub fn main() -> std::process::ExitCode {
     let res = match cli.command {
         Command::Migrate(a) => migrate(a),
         Command::Config(c) => config(c),
+        Command::Models(m) => models(m),
         Command::Serve(a) => runtime().block_on(serve(a)),
         Command::Runner(a) => runtime().block_on(runner_only(a)),
     };

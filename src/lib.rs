@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod providers;
 pub mod runtime;
 pub mod security;
 pub mod store;

@@ -66,13 +66,13 @@ fn streams_tokens_and_text_then_done() {
     assert_eq!(done, done_event(FinishReason::Length, 16, 3));
     // A prompt over the context is an error event, not a crash; the engine keeps serving.
     let (_, _, done) = collect(engine.generate(GenerateRequest {
-        prompt_ids: vec![198; 9000],
+        prompt_ids: vec![198; 5000],
         max_tokens: 1,
         stop_ids: vec![],
         ..Default::default()
     }));
     assert!(
-        matches!(done, GenEvent::Error(ref e) if e.contains("does not fit the context of 8192")),
+        matches!(done, GenEvent::Error(ref e) if e.contains("does not fit the context of 4096")),
         "{done:?}"
     );
     assert_eq!(engine.stats.completed.load(Ordering::Relaxed), 2);

@@ -15,6 +15,9 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 pub struct ChatTemplate {
     env: Environment<'static>,
     pub is_fallback: bool,
+    /// Whether the template renders a `tools` variable itself (else callers describe tools in a
+    /// system message).
+    pub handles_tools: bool,
 }
 
 /// Python's `json.dumps(v, ensure_ascii=False)` (separators ", " and ": "), or with `indent`.
@@ -91,9 +94,14 @@ impl ChatTemplate {
         });
         env.add_filter("tojson", tojson);
         let is_fallback = source.is_none();
+        let handles_tools = source.map(|s| s.contains("tools")).unwrap_or(false);
         env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
             .map_err(|e| ModelError::Template(e.to_string()))?;
-        Ok(ChatTemplate { env, is_fallback })
+        Ok(ChatTemplate {
+            env,
+            is_fallback,
+            handles_tools,
+        })
     }
 
     /// Renders a conversation. `extra` supplies variables such as `bos_token`, `eos_token`,

@@ -6,9 +6,11 @@ pub mod basics;
 pub mod bundles;
 pub mod commands;
 pub mod console;
+pub mod discovery;
 pub mod docs;
 pub mod error;
 pub mod ledger;
+pub mod openai;
 pub mod planes;
 pub mod runs;
 pub mod summary;
@@ -96,10 +98,12 @@ pub fn routes() -> Vec<Route> {
     all.extend(docs::routes());
     all.extend(auth::routes());
     all.extend(console::routes());
+    all.extend(openai::routes());
+    all.extend(discovery::routes());
     all
 }
 
-pub fn router(state: AppState, security: Arc<Security>) -> Router {
+pub fn router(state: AppState, security: Arc<Security>, providers: Arc<crate::providers::Providers>) -> Router {
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for r in routes() {
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
@@ -114,5 +118,6 @@ pub fn router(state: AppState, security: Arc<Security>) -> Router {
     app.fallback(basics::not_found)
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::Extension(providers))
         .layer(axum::middleware::from_fn_with_state(security, crate::security::guard))
 }

@@ -44,6 +44,17 @@ pub struct Config {
     pub admin_uses_default_runtime: bool,
     #[serde(skip)]
     pub bootstrap_admin_token: Option<String>,
+    /// Models to load at start (`ABSTRACTGATEWAY_MODELS`, comma-separated specs; `serve --model`
+    /// replaces it). Empty: every model in the model store. `none`: no local models.
+    pub models: Vec<String>,
+    /// The model store: where model ids resolve (`ABSTRACTGATEWAY_MODELS_DIR`, default
+    /// `<data_dir>/models`).
+    pub models_dir: PathBuf,
+    /// Circuit breaker: consecutive failures that open it, and how long it stays open.
+    pub breaker_failures: u32,
+    pub breaker_cooldown_s: f64,
+    /// Remote providers: the longest wait between bytes of a response.
+    pub provider_timeout_s: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +188,15 @@ impl Config {
             session_secret: var(&["ABSTRACTGATEWAY_SESSION_SECRET"]),
             admin_uses_default_runtime: flag(&["ABSTRACTGATEWAY_ADMIN_USES_DEFAULT_RUNTIME"], true)?,
             bootstrap_admin_token: var(&["ABSTRACTGATEWAY_BOOTSTRAP_ADMIN_TOKEN"]),
+            models: var(&["ABSTRACTGATEWAY_MODELS"])
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
+            models_dir: var(&["ABSTRACTGATEWAY_MODELS_DIR"])
+                .map(PathBuf::from)
+                .unwrap_or_else(|| data_dir.join("models")),
+            breaker_failures: number(&["ABSTRACTGATEWAY_BREAKER_FAILURES"], 3u32)?,
+            breaker_cooldown_s: number(&["ABSTRACTGATEWAY_BREAKER_COOLDOWN_S"], 30.0f64)?,
+            provider_timeout_s: number(&["ABSTRACTGATEWAY_PROVIDER_TIMEOUT_S"], 120.0f64)?,
             data_dir,
         };
         cfg.validate()?;
@@ -187,6 +207,11 @@ impl Config {
         if self.max_concurrency == 0 || self.max_sse == 0 {
             return Err(ConfigError::Invalid(
                 "ABSTRACTGATEWAY_MAX_CONCURRENCY and _MAX_SSE must be >= 1".into(),
+            ));
+        }
+        if !(self.breaker_cooldown_s >= 0.0 && self.provider_timeout_s > 0.0) {
+            return Err(ConfigError::Invalid(
+                "ABSTRACTGATEWAY_BREAKER_COOLDOWN_S must be >= 0 and _PROVIDER_TIMEOUT_S > 0".into(),
             ));
         }
         if self.lockout_after == 0 {
@@ -217,6 +242,20 @@ impl Config {
         c.flows_dir = root.join("flows");
         c.db_path = c.data_dir.join("gateway.sqlite3");
         c
+    }
+
+    /// The model specs to load: explicit ones, else everything in the model store.
+    pub fn model_specs(&self) -> Vec<String> {
+        if self.models.iter().any(|m| m == "none") {
+            return Vec::new();
+        }
+        if !self.models.is_empty() {
+            return self.models.clone();
+        }
+        abstractgateway_models::source::list_store(&self.models_dir)
+            .into_iter()
+            .filter_map(|r| r.ok().map(|s| s.id))
+            .collect()
     }
 
     pub fn audit_log_path(&self) -> PathBuf {

@@ -238,6 +238,8 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
 
+    // Refusals made here (not by a handler) on `/v1` are reshaped for OpenAI clients below.
+    let mut handled = false;
     let mut resp = 'resp: {
         // Preflight: answered here; allowed origins only (stricter than upstream, which says yes to all).
         if method == Method::OPTIONS && origin.is_some() {
@@ -260,6 +262,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         }
         let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
         if !gateway {
+            handled = true;
             break 'resp tracing::Instrument::instrument(next.run(req), span).await;
         }
         if !sec.cfg.security_enabled {
@@ -268,6 +271,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             req.extensions_mut().insert(sec.planes.base().clone());
             req.extensions_mut().insert(Principal::legacy(None));
             req.extensions_mut().insert(sec.clone());
+            handled = true;
             break 'resp tracing::Instrument::instrument(next.run(req), span).await;
         }
         if origin_ok == Some(false) {
@@ -394,6 +398,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         } else {
             req
         };
+        handled = true;
         let r = tracing::Instrument::instrument(next.run(req), span).await;
         if stream {
             // The SSE permit must live as long as the stream body, not the handler call.
@@ -409,6 +414,23 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         }
     };
 
+    if !handled && path.starts_with("/v1/") && resp.status().as_u16() >= 400 {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(std::mem::take(resp.body_mut()), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_string))
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        resp = crate::api::openai::reshape_guard_error(status, &detail);
+        for k in [header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+            if let Some(v) = headers.get(&k) {
+                resp.headers_mut().insert(k, v.clone());
+            }
+        }
+    }
     let h = resp.headers_mut();
     if !h.contains_key("x-request-id") {
         if let Ok(v) = HeaderValue::from_str(&request_id) {

@@ -11,6 +11,9 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 use super::sampling::{Sampler, SamplingParams};
 use crate::EngineError;
 
+/// `candle_transformers::models::quantized_llama::MAX_SEQ_LEN`.
+pub const CANDLE_MAX_POSITIONS: usize = 4096;
+
 pub struct LlamaGguf {
     /// Weights with empty KV caches; each sequence works on a clone (weights are shared).
     pristine: ModelWeights,
@@ -34,7 +37,8 @@ impl LlamaGguf {
             )));
         }
         let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
-        let context = meta_u32(gguf.metadata(), "llama.context_length").unwrap_or(2048) as usize;
+        // candle's quantized llama precomputes rotary tables for 4096 positions only.
+        let context = (meta_u32(gguf.metadata(), "llama.context_length").unwrap_or(2048) as usize).min(CANDLE_MAX_POSITIONS);
         let mut f = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
             path: path.display().to_string(),
             source: e,
@@ -147,7 +151,7 @@ impl Sequence<'_> {
     }
 }
 
-/// Tracks the read position as candle reads tensors, for load progress.
+/// Counts the bytes candle reads (tensor data is nearly the whole file), for load progress.
 struct ProgressReader<'a, R> {
     inner: &'a mut R,
     read: u64,
@@ -158,7 +162,7 @@ struct ProgressReader<'a, R> {
 impl<R: std::io::Read> std::io::Read for ProgressReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.read += n as u64;
+        self.read = (self.read + n as u64).min(self.total);
         (self.progress)(self.read, self.total);
         Ok(n)
     }
@@ -166,8 +170,6 @@ impl<R: std::io::Read> std::io::Read for ProgressReader<'_, R> {
 
 impl<R: std::io::Seek> std::io::Seek for ProgressReader<'_, R> {
     fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        // Tensors are read in file order, so the position is the progress.
-        self.read = self.inner.seek(pos)?;
-        Ok(self.read)
+        self.inner.seek(pos)
     }
 }

@@ -5,7 +5,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub fn smollm2() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The workspace root: this helper is shared by the member crates' tests and the gateway's.
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = if here.join("scripts/fetch-models.sh").exists() {
+        here
+    } else {
+        here.join("..")
+    };
     let dir = std::env::var("ABSTRACTGATEWAY_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join(".models"));
@@ -15,6 +21,8 @@ pub fn smollm2() -> PathBuf {
         let st = Command::new("flock")
             .arg(dir.join(".lock"))
             .arg(root.join("scripts/fetch-models.sh"))
+            .arg("--dest")
+            .arg(&dir)
             .arg("smollm2")
             .status()
             .expect("flock and scripts/fetch-models.sh");

@@ -1,0 +1,272 @@
+//! The `local` provider: models loaded in this process, each served by its own engine thread.
+//! This side renders chat templates and tokenizes (cheap, no tensors); the engine does the rest.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use abstractgateway_engines::text::engine::{GenEvent, GenerateRequest, TextEngine};
+use abstractgateway_engines::text::gguf_llama::LlamaGguf;
+use abstractgateway_engines::text::sampling::SamplingParams;
+use abstractgateway_models::chat_template::ChatTemplate;
+use abstractgateway_models::source::{self, Format, ModelInfo};
+use abstractgateway_models::tokenizer::GgufTokenizer;
+use serde_json::{json, Map, Value};
+
+use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, Usage};
+
+pub struct LocalModel {
+    pub info: ModelInfo,
+    pub engine: TextEngine,
+    pub tokenizer: Arc<GgufTokenizer>,
+    template: ChatTemplate,
+    pub context: usize,
+    /// Tokens that end an assistant turn (eos and the template's end-of-turn markers).
+    stop_ids: Vec<u32>,
+    pub loaded_at: i64,
+}
+
+#[derive(Default)]
+pub struct LocalModels {
+    pub models: Vec<LocalModel>,
+}
+
+/// End-of-turn markers of common chat templates, used as stop tokens when the vocabulary has them.
+const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"];
+
+impl LocalModels {
+    pub fn empty() -> LocalModels {
+        LocalModels::default()
+    }
+
+    /// Resolves and loads every spec, reporting progress on stderr and in the log.
+    pub fn load(specs: &[String], store: &Path) -> Result<LocalModels, String> {
+        let mut models = Vec::new();
+        for spec in specs {
+            let src = source::resolve(spec, store).map_err(|e| e.to_string())?;
+            if models.iter().any(|m: &LocalModel| m.info.id == src.id) {
+                return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
+            }
+            models.push(load_one(&src)?);
+        }
+        Ok(LocalModels { models })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&LocalModel> {
+        self.models.iter().find(|m| m.info.id == id)
+    }
+
+    /// The model a request without a model name gets: the first one loaded.
+    pub fn default_id(&self) -> Option<&str> {
+        self.models.first().map(|m| m.info.id.as_str())
+    }
+
+    pub fn start(&self, id: &str, req: &TextRequest) -> Result<EventRx, ProviderError> {
+        let m = self.get(id).ok_or_else(|| ProviderError::ModelNotFound(id.to_string()))?;
+        if !m.engine.is_running() {
+            return Err(ProviderError::Unavailable(format!("the engine of '{id}' has stopped")));
+        }
+        m.start(req)
+    }
+}
+
+fn load_one(src: &source::ModelSource) -> Result<LocalModel, String> {
+    if src.format != Format::Gguf {
+        return Err(format!(
+            "{}: safetensors models cannot be served yet; use a GGUF file",
+            src.path.display()
+        ));
+    }
+    let info = source::describe(src).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let size_mb = info.size_bytes as f64 / 1e6;
+    tracing::info!(model = %info.id, path = %src.path.display(), size_mb, "loading model");
+    // Tensors are not read strictly in file order: report the furthest position, by tenths.
+    let mut last_decile = -1i64;
+    let id = info.id.clone();
+    let mut progress = |done: u64, total: u64| {
+        let decile = if total == 0 { 10 } else { (done * 10 / total) as i64 };
+        if decile > last_decile {
+            last_decile = decile;
+            eprintln!("loading {id}: {:>3}% of {:.0} MB", decile * 10, total as f64 / 1e6);
+        }
+    };
+    let model = LlamaGguf::load_with_progress(&src.path, &candle_core::Device::Cpu, &mut progress)
+        .map_err(|e| format!("cannot load {}: {e}", src.path.display()))?;
+    let tokenizer = model.tokenizer.clone();
+    let template = ChatTemplate::new(tokenizer.chat_template.as_deref()).map_err(|e| format!("{}: {e}", info.id))?;
+    let mut stop_ids: Vec<u32> = tokenizer.eos_id.into_iter().collect();
+    for t in END_OF_TURN {
+        if let Some(i) = tokenizer.tokenizer.token_to_id(t) {
+            if tokenizer.token_bytes.get(i as usize).map(Option::is_none).unwrap_or(false) && !stop_ids.contains(&i) {
+                stop_ids.push(i);
+            }
+        }
+    }
+    let context = model.context;
+    let engine = TextEngine::spawn(model);
+    tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
+    Ok(LocalModel {
+        info,
+        engine,
+        tokenizer,
+        template,
+        context,
+        stop_ids,
+        loaded_at: chrono::Utc::now().timestamp(),
+    })
+}
+
+/// What a template without tool support gets told about the tools, and how to call one.
+fn tool_instructions(tools: &[Value]) -> String {
+    let mut s = String::from(
+        "You can call these tools. To call one, answer with only:\n<tool_call>\n{\"name\": \"<tool name>\", \"arguments\": {<arguments as JSON>}}\n</tool_call>\n\n<tools>\n",
+    );
+    for t in tools {
+        s.push_str(&t.to_string());
+        s.push('\n');
+    }
+    s.push_str("</tools>");
+    s
+}
+
+impl LocalModel {
+    /// The prompt text for a chat, via the model's own template.
+    pub fn render_chat(&self, messages: &[Value], tools: &[Value]) -> Result<String, ProviderError> {
+        let mut msgs: Vec<Value> = Vec::with_capacity(messages.len() + 1);
+        let native_tools = self.template.handles_tools;
+        for m in messages {
+            let role = m["role"].as_str().unwrap_or("user");
+            let content = m["content"].as_str().unwrap_or("").to_string();
+            if native_tools {
+                msgs.push(m.clone());
+                continue;
+            }
+            // Templates without tool support see tool traffic as plain turns.
+            match role {
+                "tool" => msgs.push(json!({"role": "user", "content": format!("<tool_response>\n{content}\n</tool_response>")})),
+                "assistant" if m.get("tool_calls").map(|t| t.is_array()).unwrap_or(false) => {
+                    let mut text = content;
+                    for c in m["tool_calls"].as_array().into_iter().flatten() {
+                        let args = c["function"]["arguments"].as_str().unwrap_or("{}");
+                        let args: Value = serde_json::from_str(args).unwrap_or(Value::String(args.into()));
+                        text.push_str(&format!(
+                            "<tool_call>\n{}\n</tool_call>",
+                            json!({"name": c["function"]["name"], "arguments": args})
+                        ));
+                    }
+                    msgs.push(json!({"role": "assistant", "content": text}));
+                }
+                _ => msgs.push(json!({"role": role, "content": content})),
+            }
+        }
+        if !tools.is_empty() && !native_tools {
+            let text = tool_instructions(tools);
+            match msgs.first_mut() {
+                Some(first) if first["role"] == "system" => {
+                    let c = format!("{}\n\n{text}", first["content"].as_str().unwrap_or(""));
+                    first["content"] = Value::String(c);
+                }
+                _ => msgs.insert(0, json!({"role": "system", "content": text})),
+            }
+        }
+        let mut extra = Map::new();
+        let tok = &self.tokenizer;
+        let name = |id: Option<u32>| id.and_then(|i| tok.tokenizer.id_to_token(i)).unwrap_or_default();
+        extra.insert("bos_token".into(), Value::String(name(tok.bos_id)));
+        extra.insert("eos_token".into(), Value::String(name(tok.eos_id)));
+        if native_tools && !tools.is_empty() {
+            extra.insert("tools".into(), Value::Array(tools.to_vec()));
+        }
+        self.template
+            .render(&Value::Array(msgs), true, &extra)
+            .map_err(|e| ProviderError::Invalid(format!("cannot render the chat template: {e}")))
+    }
+
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, ProviderError> {
+        let text = match prompt {
+            Prompt::Chat { messages, tools } => self.render_chat(messages, tools)?,
+            Prompt::Text(t) => t.clone(),
+        };
+        self.tokenizer.encode(&text).map_err(|e| ProviderError::Invalid(e.to_string()))
+    }
+
+    fn start(&self, req: &TextRequest) -> Result<EventRx, ProviderError> {
+        let ids = self.prompt_ids(&req.prompt)?;
+        let p = &req.params;
+        if ids.is_empty() {
+            return Err(ProviderError::Invalid("the prompt is empty".into()));
+        }
+        if ids.len() >= self.context {
+            return Err(ProviderError::ContextOverflow(format!(
+                "This model's maximum context length is {} tokens; the prompt has {} tokens.",
+                self.context,
+                ids.len()
+            )));
+        }
+        let room = self.context - ids.len();
+        let max_tokens = match p.max_tokens {
+            Some(0) => return Err(ProviderError::Invalid("max_tokens must be at least 1".into())),
+            Some(n) if n > room => {
+                return Err(ProviderError::ContextOverflow(format!(
+                    "This model's maximum context length is {} tokens; the prompt has {} tokens and max_tokens asks for {n} more.",
+                    self.context,
+                    ids.len()
+                )))
+            }
+            Some(n) => n,
+            None => room,
+        };
+        // llama.cpp's server defaults when the client leaves a knob unset.
+        let sampling = SamplingParams {
+            temperature: p.temperature.unwrap_or(0.8),
+            top_k: p.top_k.unwrap_or(40),
+            top_p: p.top_p.unwrap_or(0.95),
+            min_p: p.min_p.unwrap_or(0.05),
+            seed: p.seed,
+            repetition_penalty: p.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: p.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: p.frequency_penalty.unwrap_or(0.0),
+        };
+        sampling.validate().map_err(ProviderError::Invalid)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let gen = GenerateRequest {
+            prompt_ids: ids,
+            max_tokens,
+            stop_ids: self.stop_ids.clone(),
+            stop_strings: p.stop.clone(),
+            sampling,
+            json_object: p.json_object,
+        };
+        self.engine.submit(
+            gen,
+            Box::new(move |ev| {
+                let out = match ev {
+                    GenEvent::Token { text, .. } | GenEvent::Text(text) => {
+                        if text.is_empty() {
+                            // Nothing to release yet; still detect a gone client.
+                            return !tx.is_closed();
+                        }
+                        Ok(TextEvent::Delta(text))
+                    }
+                    GenEvent::Done { reason, usage } => Ok(TextEvent::Done {
+                        finish: reason.as_str().into(),
+                        usage: Usage {
+                            prompt_tokens: usage.prompt_tokens,
+                            completion_tokens: usage.completion_tokens,
+                            cached_tokens: usage.cached_tokens,
+                        },
+                    }),
+                    GenEvent::Error(e) if e.contains("does not fit the context") => Err(ProviderError::ContextOverflow(e)),
+                    // Tensor errors can carry a backtrace: the first line is the message.
+                    GenEvent::Error(e) => Err(ProviderError::Unavailable(format!(
+                        "local engine: {}",
+                        e.lines().next().unwrap_or("failed")
+                    ))),
+                };
+                tx.send(out).is_ok()
+            }),
+        );
+        Ok(rx)
+    }
+}

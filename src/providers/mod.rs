@@ -1,0 +1,234 @@
+//! Text providers: the in-process engines (`local`) and remote OpenAI-compatible servers, behind
+//! one router. A request names a model; the router turns that into an ordered chain of targets
+//! (the `input.text` capability route and its fallbacks, or one explicit target) and tries them
+//! in order, skipping targets whose circuit breaker is open.
+//!
+//! Fallback is invisible to the client up to the first generated event: a target that fails
+//! before producing anything is recorded as a failure and the next one is tried. Once the first
+//! event is out, the request is committed to that target; a later failure reaches the client as
+//! an error event.
+
+pub mod breaker;
+pub mod defaults;
+pub mod local;
+pub mod remote;
+pub mod tool_calls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use breaker::Breakers;
+use defaults::{Target, WatchedRoute};
+use local::LocalModels;
+use remote::RemoteClient;
+
+/// Generation parameters; None means the provider's default.
+#[derive(Debug, Clone, Default)]
+pub struct GenParams {
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub stop: Vec<String>,
+    pub json_object: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// OpenAI chat messages (`content` already flattened to text) and tool definitions.
+    Chat { messages: Vec<Value>, tools: Vec<Value> },
+    /// A raw completion prompt.
+    Text(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TextRequest {
+    pub prompt: Prompt,
+    pub params: GenParams,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextEvent {
+    Delta(String),
+    /// OpenAI-shape tool calls (`{id, type: "function", function: {name, arguments}}`).
+    ToolCalls(Vec<Value>),
+    Done {
+        finish: String,
+        usage: Usage,
+    },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The request itself is wrong (no other provider would do better): 400, no fallback.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    ContextOverflow(String),
+    #[error("model '{0}' is not available here (see GET /v1/models)")]
+    ModelNotFound(String),
+    /// This target cannot serve now: try the next one.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("upstream {status}: {message}")]
+    Upstream { status: u16, message: String },
+    /// Every target failed or was skipped.
+    #[error("no provider could serve the request: {}", .0.join("; "))]
+    Exhausted(Vec<String>),
+}
+
+impl ProviderError {
+    /// Errors that say nothing about the provider's health and that no fallback would fix.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, ProviderError::Invalid(_) | ProviderError::ContextOverflow(_))
+    }
+}
+
+pub type EventRx = UnboundedReceiver<Result<TextEvent, ProviderError>>;
+
+/// A request committed to one target: its first event and the rest of the stream.
+pub struct Routed {
+    pub target: Target,
+    pub first: TextEvent,
+    pub rest: EventRx,
+    /// Targets tried and failed (or skipped) before this one, with why.
+    pub fell_back: Vec<String>,
+    breakers: Arc<Breakers>,
+}
+
+impl Routed {
+    /// A failure after the first event still counts against the target's health.
+    pub fn note_failure(&self, e: &ProviderError) {
+        if !e.is_client_error() {
+            self.breakers.failure(&self.target.key(), &e.to_string());
+        }
+    }
+}
+
+pub struct Providers {
+    pub local: Arc<LocalModels>,
+    pub route: WatchedRoute,
+    pub breakers: Arc<Breakers>,
+    remote: RemoteClient,
+}
+
+impl Providers {
+    pub fn new(
+        local: Arc<LocalModels>,
+        defaults_file: std::path::PathBuf,
+        breaker_failures: u32,
+        breaker_cooldown: Duration,
+        timeout: Duration,
+    ) -> Providers {
+        Providers {
+            local,
+            route: WatchedRoute::new(defaults_file),
+            breakers: Arc::new(Breakers::new(breaker_failures, breaker_cooldown)),
+            remote: RemoteClient::new(timeout),
+        }
+    }
+
+    /// The chain of targets for a requested model name.
+    pub fn chain_for(&self, model: Option<&str>) -> Result<Vec<Target>, ProviderError> {
+        let chain = self.route.text().chain();
+        let local_target = |id: &str| Target {
+            provider: "local".into(),
+            model: id.into(),
+            base_url: None,
+            api_key_env: None,
+        };
+        let m = model.map(str::trim).filter(|m| !m.is_empty() && *m != "default");
+        match m {
+            None if !chain.is_empty() => Ok(chain),
+            None => self
+                .local
+                .default_id()
+                .map(|id| vec![local_target(id)])
+                .ok_or_else(|| ProviderError::ModelNotFound("default".into())),
+            Some(m) if chain.first().map(|t| t.model == m).unwrap_or(false) => Ok(chain),
+            Some(m) if self.local.get(m).is_some() => Ok(vec![local_target(m)]),
+            Some(m) => {
+                // `provider/model` names a configured remote provider explicitly.
+                if let Some((p, rest)) = m.split_once('/') {
+                    if let Some(t) = chain.iter().find(|t| t.provider == p && !t.is_local()) {
+                        return Ok(vec![Target {
+                            model: rest.to_string(),
+                            ..t.clone()
+                        }]);
+                    }
+                }
+                Err(ProviderError::ModelNotFound(m.to_string()))
+            }
+        }
+    }
+
+    /// Starts one target (no fallback).
+    async fn start(&self, target: &Target, req: &TextRequest) -> Result<EventRx, ProviderError> {
+        if target.is_local() {
+            self.local.start(&target.model, req)
+        } else {
+            self.remote.start(target, req).await
+        }
+    }
+
+    /// Routes a request: tries the chain until a target produces its first event.
+    pub async fn stream(&self, model: Option<&str>, req: &TextRequest) -> Result<Routed, ProviderError> {
+        let chain = self.chain_for(model)?;
+        let mut failures: Vec<String> = Vec::new();
+        for target in chain {
+            let key = target.key();
+            if !self.breakers.allow(&key) {
+                failures.push(format!("{} skipped (circuit open)", target.label()));
+                continue;
+            }
+            let attempt = match self.start(&target, req).await {
+                Ok(mut rx) => match rx.recv().await {
+                    Some(Ok(first)) => Ok((first, rx)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(ProviderError::Unavailable("closed the stream before any output".into())),
+                },
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok((first, rest)) => {
+                    self.breakers.success(&key);
+                    if !failures.is_empty() {
+                        tracing::info!(provider = %target.label(), fell_back = ?failures, "served by a fallback provider");
+                    }
+                    return Ok(Routed {
+                        target,
+                        first,
+                        rest,
+                        fell_back: failures,
+                        breakers: self.breakers.clone(),
+                    });
+                }
+                Err(e) if e.is_client_error() => {
+                    self.breakers.release(&key);
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %target.label(), error = %e, "provider failed before its first token");
+                    self.breakers.failure(&key, &e.to_string());
+                    failures.push(format!("{}: {e}", target.label()));
+                }
+            }
+        }
+        Err(ProviderError::Exhausted(failures))
+    }
+}

@@ -1,0 +1,308 @@
+//! Remote OpenAI-compatible providers (`/chat/completions`, `/completions`), always streamed so
+//! that the first token can be forwarded as soon as it exists and a failure mid-way is seen.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+
+use super::defaults::Target;
+use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, Usage};
+
+pub struct RemoteClient {
+    http: reqwest::Client,
+}
+
+impl RemoteClient {
+    pub fn new(timeout: Duration) -> RemoteClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Between bytes of the stream, not for the whole generation.
+            .read_timeout(timeout)
+            .user_agent(concat!("abstractgateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        RemoteClient { http }
+    }
+
+    pub async fn start(&self, target: &Target, req: &TextRequest) -> Result<EventRx, ProviderError> {
+        let base = target
+            .resolved_base_url()
+            .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))?;
+        let (path, body) = request_body(target, req);
+        let mut rb = self.http.post(format!("{base}{path}")).json(&body);
+        if let Some(k) = target.api_key() {
+            rb = rb.bearer_auth(k);
+        }
+        let resp = rb.send().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .or_else(|| v.get("detail"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            return Err(ProviderError::Upstream {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let chat = matches!(req.prompt, Prompt::Chat { .. });
+        tokio::spawn(async move {
+            let mut bytes = resp.bytes_stream();
+            let mut parser = SseParser::new(chat);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return, // the client went away: dropping `bytes` closes the connection
+                    chunk = bytes.next() => match chunk {
+                        Some(Ok(b)) => {
+                            for ev in parser.feed(&b) {
+                                let end = ev.is_err() || matches!(ev, Ok(TextEvent::Done { .. }));
+                                if tx.send(ev).is_err() || end {
+                                    return;
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            let _ = tx.send(Err(ProviderError::Unavailable(format!("stream broke: {}", describe_reqwest(&e)))));
+                            return;
+                        }
+                        None => {
+                            for ev in parser.finish() {
+                                let _ = tx.send(ev);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn request_body(target: &Target, req: &TextRequest) -> (&'static str, Value) {
+    let p = &req.params;
+    let mut b = Map::new();
+    b.insert("model".into(), json!(target.model));
+    b.insert("stream".into(), json!(true));
+    b.insert("stream_options".into(), json!({"include_usage": true}));
+    let path = match &req.prompt {
+        Prompt::Chat { messages, tools } => {
+            b.insert("messages".into(), json!(messages));
+            if !tools.is_empty() {
+                b.insert("tools".into(), json!(tools));
+            }
+            "/chat/completions"
+        }
+        Prompt::Text(t) => {
+            b.insert("prompt".into(), json!(t));
+            "/completions"
+        }
+    };
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            b.insert(k.into(), v);
+        }
+    };
+    put("max_tokens", p.max_tokens.map(|v| json!(v)));
+    put("temperature", p.temperature.map(|v| json!(v)));
+    put("top_p", p.top_p.map(|v| json!(v)));
+    put("top_k", p.top_k.map(|v| json!(v)));
+    put("min_p", p.min_p.map(|v| json!(v)));
+    put("seed", p.seed.map(|v| json!(v)));
+    put("presence_penalty", p.presence_penalty.map(|v| json!(v)));
+    put("frequency_penalty", p.frequency_penalty.map(|v| json!(v)));
+    put("repetition_penalty", p.repetition_penalty.map(|v| json!(v)));
+    put("stop", (!p.stop.is_empty()).then(|| json!(p.stop)));
+    put("response_format", p.json_object.then(|| json!({"type": "json_object"})));
+    (path, Value::Object(b))
+}
+
+/// OpenAI streaming chunks → events. Tool-call fragments are assembled and released whole at
+/// the end; usage comes from the final chunk when the server sends one.
+struct SseParser {
+    chat: bool,
+    buf: Vec<u8>,
+    finish: Option<String>,
+    usage: Usage,
+    tool_calls: Vec<Value>,
+    done: bool,
+}
+
+impl SseParser {
+    fn new(chat: bool) -> SseParser {
+        SseParser {
+            chat,
+            buf: Vec::new(),
+            finish: None,
+            usage: Usage::default(),
+            tool_calls: Vec::new(),
+            done: false,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Result<TextEvent, ProviderError>> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\r', '\n']);
+            let Some(data) = line.strip_prefix("data:") else { continue };
+            let data = data.trim_start();
+            if data == "[DONE]" {
+                self.done = true;
+                out.extend(self.finish());
+                return out;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(data) else {
+                out.push(Err(ProviderError::Unavailable(format!(
+                    "unparseable stream chunk: {}",
+                    data.chars().take(200).collect::<String>()
+                ))));
+                return out;
+            };
+            if let Some(e) = v.get("error") {
+                let msg = e["message"].as_str().map(str::to_string).unwrap_or_else(|| e.to_string());
+                out.push(Err(ProviderError::Upstream { status: 502, message: msg }));
+                return out;
+            }
+            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                self.usage = Usage {
+                    prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+                    completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0) as usize,
+                    cached_tokens: u
+                        .pointer("/prompt_tokens_details/cached_tokens")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0) as usize,
+                };
+            }
+            let Some(choice) = v.pointer("/choices/0") else { continue };
+            if let Some(f) = choice["finish_reason"].as_str() {
+                self.finish = Some(f.to_string());
+            }
+            let text = if self.chat {
+                choice.pointer("/delta/content").and_then(Value::as_str)
+            } else {
+                choice["text"].as_str()
+            };
+            if let Some(t) = text.filter(|t| !t.is_empty()) {
+                out.push(Ok(TextEvent::Delta(t.to_string())));
+            }
+            for tc in choice.pointer("/delta/tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                self.merge_tool_call(tc);
+            }
+        }
+        out
+    }
+
+    fn merge_tool_call(&mut self, tc: &Value) {
+        let idx = tc["index"].as_u64().unwrap_or(self.tool_calls.len() as u64) as usize;
+        while self.tool_calls.len() <= idx {
+            self.tool_calls
+                .push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+        }
+        let slot = &mut self.tool_calls[idx];
+        if let Some(id) = tc["id"].as_str() {
+            slot["id"] = json!(id);
+        }
+        for k in ["name", "arguments"] {
+            if let Some(piece) = tc.pointer(&format!("/function/{k}")).and_then(Value::as_str) {
+                let cur = slot["function"][k].as_str().unwrap_or("").to_string();
+                slot["function"][k] = json!(cur + piece);
+            }
+        }
+    }
+
+    /// The end of the stream (complete only if the server said so): tool calls, then Done.
+    fn finish(&mut self) -> Vec<Result<TextEvent, ProviderError>> {
+        if !self.done && self.finish.is_none() {
+            return vec![Err(ProviderError::Unavailable(
+                "the provider's stream ended before the response was complete".into(),
+            ))];
+        }
+        let mut out = Vec::new();
+        if !self.tool_calls.is_empty() {
+            self.finish = Some("tool_calls".into());
+            out.push(Ok(TextEvent::ToolCalls(std::mem::take(&mut self.tool_calls))));
+        }
+        out.push(Ok(TextEvent::Done {
+            finish: self.finish.clone().unwrap_or_else(|| "stop".into()),
+            usage: self.usage,
+        }));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_chunks_split_anywhere_and_requires_an_end() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"}}]}\n\n",
+            ": keep-alive\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for split in [1usize, 7, 50, stream.len()] {
+            let mut p = SseParser::new(true);
+            let mut evs = Vec::new();
+            for chunk in stream.as_bytes().chunks(split) {
+                evs.extend(p.feed(chunk));
+            }
+            let evs: Vec<TextEvent> = evs.into_iter().map(|e| e.unwrap()).collect();
+            assert_eq!(
+                evs,
+                vec![
+                    TextEvent::Delta("Hel".into()),
+                    TextEvent::Delta("lo".into()),
+                    TextEvent::Done {
+                        finish: "stop".into(),
+                        usage: Usage {
+                            prompt_tokens: 5,
+                            completion_tokens: 2,
+                            cached_tokens: 0
+                        }
+                    }
+                ]
+            );
+        }
+        let mut p = SseParser::new(true);
+        p.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n");
+        assert!(p.finish()[0].is_err(), "a stream cut short is an error");
+        let mut p = SseParser::new(true);
+        let evs = p.feed(b"data: {\"error\":{\"message\":\"boom\"}}\n\n");
+        assert!(matches!(&evs[0], Err(ProviderError::Upstream { message, .. }) if message == "boom"));
+    }
+
+    #[test]
+    fn tool_call_fragments_are_assembled() {
+        let mut p = SseParser::new(true);
+        p.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"function\":{\"name\":\"get_\",\"arguments\":\"{\\\"a\\\"\"}}]}}]}\n");
+        p.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"weather\",\"arguments\":\":1}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n");
+        assert_eq!(p.tool_calls[0]["function"]["name"], "get_weather");
+        assert_eq!(p.tool_calls[0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(p.tool_calls[0]["id"], "call_1");
+    }
+}

@@ -1,0 +1,314 @@
+//! The OpenAI-compatible `/v1` surface over real HTTP, served by the real SmolLM2 GGUF in the
+//! real binary: models, chat and text completions (streamed and not), stop strings, JSON mode,
+//! tool calls, errors in OpenAI's shape, client disconnects, and the official `openai` client.
+
+mod common;
+#[path = "../models/tests/common/mod.rs"]
+mod model_files;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The verified prompt from shared/models.md, raw (no default system prompt).
+const FRANCE: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+
+pub fn model_gateway() -> Gateway {
+    let path = model_files::smollm2();
+    Gateway::start_with(&[], &["--model", &format!("smollm2={}", path.display())])
+}
+
+fn post_v1(g: &Gateway, path: &str, body: &Value) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = g
+        .http
+        .post(g.url(path))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(300))
+        .json(body)
+        .send()
+        .unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, r.json().unwrap_or(Value::Null), h)
+}
+
+/// Streams an SSE response; returns the JSON chunks and whether `[DONE]` arrived.
+fn stream_v1(g: &Gateway, path: &str, body: &Value) -> (Vec<Value>, bool) {
+    let r = g
+        .http
+        .post(g.url(path))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(300))
+        .json(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut chunks = Vec::new();
+    let mut done = false;
+    for line in BufReader::new(r).lines() {
+        let line = line.unwrap();
+        if let Some(d) = line.strip_prefix("data: ") {
+            if d == "[DONE]" {
+                done = true;
+                break;
+            }
+            chunks.push(serde_json::from_str(d).unwrap());
+        }
+    }
+    (chunks, done)
+}
+
+#[test]
+fn completions_reproduce_the_verified_answer_streamed_and_not() {
+    let g = model_gateway();
+    let (s, v) = g.get("/v1/models");
+    assert_eq!(s, 200);
+    let m = &v["data"][0];
+    assert_eq!(
+        (m["id"].as_str(), m["object"].as_str(), m["owned_by"].as_str()),
+        (Some("smollm2"), Some("model"), Some("local"))
+    );
+    assert_eq!(
+        (m["format"].as_str(), m["architecture"].as_str(), m["quantization"].as_str()),
+        (Some("gguf"), Some("llama"), Some("Q4_1"))
+    );
+
+    let body = json!({"model": "smollm2", "prompt": FRANCE, "max_tokens": 32, "temperature": 0});
+    let (s, v, h) = post_v1(&g, "/v1/completions", &body);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(h["x-gateway-provider"], "local/smollm2");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], "The capital of France is Paris.");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 16, "completion_tokens": 8, "total_tokens": 24, "prompt_tokens_details": {"cached_tokens": 0}})
+    );
+
+    // The same request streamed: same text, chunk by chunk, then the finish reason, usage, [DONE].
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let (chunks, done) = stream_v1(&g, "/v1/completions", &sbody);
+    assert!(done);
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, "The capital of France is Paris.");
+    assert!(
+        chunks
+            .iter()
+            .filter(|c| c["choices"][0]["text"].as_str().map(|t| !t.is_empty()).unwrap_or(false))
+            .count()
+            >= 5
+    );
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 8);
+
+    // Stop strings end the text before the match; `length` when max_tokens runs out.
+    let (_, v, _) = post_v1(
+        &g,
+        "/v1/completions",
+        &json!({"prompt": FRANCE, "temperature": 0, "stop": ["France"]}),
+    );
+    assert_eq!(
+        (v["choices"][0]["text"].as_str(), v["choices"][0]["finish_reason"].as_str()),
+        (Some("The capital of "), Some("stop"))
+    );
+    let (_, v, _) = post_v1(
+        &g,
+        "/v1/completions",
+        &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 3, "echo": true}),
+    );
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), format!("{FRANCE}The capital of"));
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
+
+#[test]
+fn chat_completions_stream_json_mode_tools_and_errors() {
+    let g = model_gateway();
+    let msgs = json!([{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Name three colors."}]);
+    let (s, full, _) = post_v1(
+        &g,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "temperature": 0, "max_tokens": 24}),
+    );
+    assert_eq!(s, 200, "{full}");
+    assert_eq!(full["object"], "chat.completion");
+    assert_eq!(full["model"], "smollm2", "no model named: the first local model serves");
+    assert_eq!(full["choices"][0]["message"]["role"], "assistant");
+    let content = full["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!content.is_empty());
+    let (chunks, done) = stream_v1(
+        &g,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "temperature": 0, "max_tokens": 24, "stream": true}),
+    );
+    assert!(done);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, content, "greedy streamed and non-streamed answers are identical");
+    let finish = chunks.iter().find_map(|c| c["choices"][0]["finish_reason"].as_str()).unwrap();
+    assert_eq!(finish, full["choices"][0]["finish_reason"].as_str().unwrap());
+
+    // JSON mode always yields one parseable object.
+    let (s, v, _) = post_v1(
+        &g,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Describe Paris as JSON with keys city and country."}],
+                "temperature": 0, "max_tokens": 120, "response_format": {"type": "json_object"}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let obj: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert!(obj.is_object());
+
+    // Tools: the request is accepted in the OpenAI shape; whatever the small model answers is
+    // either plain content or a well-formed call to an offered tool.
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let (s, v, _) = post_v1(
+        &g,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "What is the weather in Paris? Use the tool."}], "tools": tools, "temperature": 0, "max_tokens": 60}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let msg = &v["choices"][0]["message"];
+    if let Some(calls) = msg["tool_calls"].as_array() {
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        assert!(serde_json::from_str::<Value>(calls[0]["function"]["arguments"].as_str().unwrap()).is_ok());
+    } else {
+        assert!(msg["content"].is_string());
+    }
+
+    // Errors, in OpenAI's shape, naming the parameter.
+    let bad = |body: Value, status: u16, param: Option<&str>, code: Option<&str>| {
+        let (s, v, _) = post_v1(&g, "/v1/chat/completions", &body);
+        assert_eq!(s, status, "{body} → {v}");
+        assert!(v["error"]["message"].as_str().map(|m| !m.is_empty()).unwrap_or(false), "{v}");
+        assert_eq!(v["error"]["param"].as_str(), param, "{v}");
+        assert_eq!(v["error"]["code"].as_str(), code, "{v}");
+    };
+    bad(json!({"model": "smollm2"}), 400, Some("messages"), None);
+    bad(json!({"messages": []}), 400, Some("messages"), None);
+    bad(
+        json!({"messages": [{"role": "wizard", "content": "x"}]}),
+        400,
+        Some("messages[0].role"),
+        None,
+    );
+    bad(json!({"messages": msgs, "temperature": 5}), 400, Some("temperature"), None);
+    bad(json!({"messages": msgs, "n": 2}), 400, Some("n"), None);
+    bad(
+        json!({"messages": msgs, "model": "gpt-9"}),
+        404,
+        Some("model"),
+        Some("model_not_found"),
+    );
+    let long = "word ".repeat(5000);
+    bad(
+        json!({"messages": [{"role": "user", "content": long}]}),
+        400,
+        Some("messages"),
+        Some("context_length_exceeded"),
+    );
+    bad(
+        json!({"messages": msgs, "max_tokens": 100000}),
+        400,
+        Some("messages"),
+        Some("context_length_exceeded"),
+    );
+    let r = g
+        .http
+        .post(g.url("/v1/chat/completions"))
+        .json(&json!({"messages": msgs}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let r = g
+        .http
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(TOKEN)
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}
+
+#[test]
+fn a_client_that_disconnects_frees_the_engine() {
+    let g = model_gateway();
+    // A long streamed request whose client goes away after the first tokens...
+    let r = g
+        .http
+        .post(g.url("/v1/completions"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"prompt": "Once upon a time", "max_tokens": 3500, "temperature": 0.9, "seed": 1, "stream": true}))
+        .send()
+        .unwrap();
+    let mut lines = BufReader::new(r).lines();
+    let mut got = 0;
+    while got < 3 {
+        let l = lines.next().unwrap().unwrap();
+        if l.starts_with("data: ") {
+            got += 1;
+        }
+    }
+    drop(lines);
+    // ...must not keep the (one-at-a-time) engine busy for 3,500 tokens.
+    let t0 = Instant::now();
+    let (s, v, _) = post_v1(&g, "/v1/completions", &json!({"prompt": FRANCE, "max_tokens": 4, "temperature": 0}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], "The capital of France");
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+}
+
+fn openai_python() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/openai-venv");
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import openai"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3");
+        assert!(st.success(), "cannot create {}", venv.display());
+        let st = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "openai==3.54.0"])
+            .status()
+            .expect("pip");
+        assert!(st.success(), "pip install openai==3.54.0 failed");
+    }
+    py
+}
+
+#[test]
+fn the_official_openai_python_client_works() {
+    let py = openai_python();
+    let g = model_gateway();
+    let out = Command::new(py)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/openai_client.py"))
+        .env("GW_URL", g.url("/v1"))
+        .env("GW_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(v["models"], json!(["smollm2"]));
+    assert_eq!(v["completion"], "The capital of France is Paris.");
+    assert_eq!(v["chat_finish"], "length");
+    assert_eq!(v["chat_tokens"], 5);
+    assert_eq!(v["stream_text"], v["chat_text"], "streamed and non-streamed greedy chat agree");
+    assert_eq!(v["bad_key_error"], "AuthenticationError");
+    assert_eq!(v["missing_model_error"], "NotFoundError");
+    assert_eq!(v["overflow_error"], "BadRequestError");
+}
