@@ -26,16 +26,44 @@ fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
     let model = model_files::smollm2();
     let mut b = Gateway::start_with(&[], &["--model", &format!("smollm2={}", model.display())]);
     let dead_port = free_port();
-    let a = Gateway::start_with(&[("REMOTE_B_KEY", TOKEN), ("ABSTRACTGATEWAY_BREAKER_COOLDOWN_S", "600")], &["--model", "none"]);
+    let a = Gateway::start_with(
+        &[("REMOTE_B_KEY", TOKEN), ("ABSTRACTGATEWAY_BREAKER_COOLDOWN_S", "600")],
+        &["--model", "none"],
+    );
 
     // The CLI writes the route under A's data dir; the running server picks it up.
     config(&a, &["set-default", "output.text", "--provider", "local", "--model", "smollm2"]);
     let dead = format!("http://127.0.0.1:{dead_port}/v1");
-    config(&a, &["set-default", "input.text", "--provider", "openai-compatible", "--model", "smollm2", "--base-url", &dead, "--fallback"]);
+    config(
+        &a,
+        &[
+            "set-default",
+            "input.text",
+            "--provider",
+            "openai-compatible",
+            "--model",
+            "smollm2",
+            "--base-url",
+            &dead,
+            "--fallback",
+        ],
+    );
     let b_url = b.url("/v1");
     let out = config(
         &a,
-        &["set-default", "input.text", "--provider", "openai-compatible", "--model", "smollm2", "--base-url", &b_url, "--api-key-env", "REMOTE_B_KEY", "--fallback"],
+        &[
+            "set-default",
+            "input.text",
+            "--provider",
+            "openai-compatible",
+            "--model",
+            "smollm2",
+            "--base-url",
+            &b_url,
+            "--api-key-env",
+            "REMOTE_B_KEY",
+            "--fallback",
+        ],
     );
     assert!(out.contains("local/smollm2 → openai-compatible/smollm2@http://127.0.0.1"), "{out}");
     let shown = config(&a, &["defaults", "--json"]);
@@ -44,7 +72,14 @@ fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
     assert!(!shown.contains(TOKEN), "API keys are never stored");
 
     let post = |g: &Gateway, body: &Value| {
-        let r = g.http.post(g.url("/v1/completions")).bearer_auth(TOKEN).timeout(Duration::from_secs(300)).json(body).send().unwrap();
+        let r = g
+            .http
+            .post(g.url("/v1/completions"))
+            .bearer_auth(TOKEN)
+            .timeout(Duration::from_secs(300))
+            .json(body)
+            .send()
+            .unwrap();
         let s = r.status().as_u16();
         let h = r.headers().clone();
         (s, r.json::<Value>().unwrap_or(Value::Null), h)
@@ -63,7 +98,13 @@ fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
     // 2. Streaming through the chain gives the same text.
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
-    let r = a.http.post(a.url("/v1/completions")).bearer_auth(TOKEN).json(&sbody).send().unwrap();
+    let r = a
+        .http
+        .post(a.url("/v1/completions"))
+        .bearer_auth(TOKEN)
+        .json(&sbody)
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let mut text = String::new();
     let mut done = false;
@@ -71,7 +112,11 @@ fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
         let l = l.unwrap();
         match l.strip_prefix("data: ") {
             Some("[DONE]") => done = true,
-            Some(d) => text.push_str(serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].as_str().unwrap_or("")),
+            Some(d) => text.push_str(
+                serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"]
+                    .as_str()
+                    .unwrap_or(""),
+            ),
             None => {}
         }
     }
@@ -88,16 +133,35 @@ fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
     let dead_item = items.iter().find(|i| i["base_url"] == dead.as_str()).expect("dead target listed");
     assert_eq!(dead_item["health"]["state"], "open", "{d}");
     assert_eq!(dead_item["available"], false);
-    assert!(dead_item["health"]["last_error"].as_str().unwrap().contains("error sending request"), "{dead_item}");
+    assert!(
+        dead_item["health"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("error sending request"),
+        "{dead_item}"
+    );
     let b_item = items.iter().find(|i| i["base_url"] == b_url.as_str()).unwrap();
-    assert_eq!((b_item["health"]["state"].as_str(), b_item["health"]["successes"].as_u64()), (Some("closed"), Some(3)));
-    assert!(items.iter().all(|i| i["provider"] != "local"), "no local model is loaded, so none is offered");
+    assert_eq!(
+        (b_item["health"]["state"].as_str(), b_item["health"]["successes"].as_u64()),
+        (Some("closed"), Some(3))
+    );
+    assert!(
+        items.iter().all(|i| i["provider"] != "local"),
+        "no local model is loaded, so none is offered"
+    );
 
     // 4. B dies mid-stream: the client already has tokens, so it gets an error event, not a
     //    silent switch, and no [DONE].
     let long = json!({"model": "smollm2", "prompt": "Once upon a time, in a land far away,", "max_tokens": 3000,
                       "temperature": 0.9, "seed": 3, "stream": true});
-    let r = a.http.post(a.url("/v1/completions")).bearer_auth(TOKEN).timeout(Duration::from_secs(120)).json(&long).send().unwrap();
+    let r = a
+        .http
+        .post(a.url("/v1/completions"))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(120))
+        .json(&long)
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let mut lines = BufReader::new(r).lines();
     let mut deltas = 0;
@@ -120,5 +184,8 @@ fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "provider_unavailable");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("skipped (circuit open)") && msg.contains("openai-compatible/smollm2"), "{msg}");
+    assert!(
+        msg.contains("skipped (circuit open)") && msg.contains("openai-compatible/smollm2"),
+        "{msg}"
+    );
 }

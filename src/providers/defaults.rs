@@ -104,9 +104,11 @@ pub fn canonical_route(name: &str) -> Result<&'static str, DefaultsError> {
         "input.voice" => "input.voice",
         "output.voice" => "output.voice",
         "output.image" => "output.image",
-        other => return Err(DefaultsError::Invalid(format!(
+        other => {
+            return Err(DefaultsError::Invalid(format!(
             "unknown capability route '{other}' (known: input.text, output.text, embedding.text, input.voice, output.voice, output.image)"
-        ))),
+        )))
+        }
     })
 }
 
