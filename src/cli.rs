@@ -320,7 +320,10 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         cli_models.to_vec()
     };
     let store = cfg.models_dir.clone();
-    let local = tokio::task::spawn_blocking(move || LocalModels::load(&specs, &store))
+    let engine = abstractgateway_engines::text::engine::EngineConfig {
+        prefix_cache_bytes: cfg.prefix_cache_mb << 20,
+    };
+    let local = tokio::task::spawn_blocking(move || LocalModels::load(&specs, &store, &engine))
         .await
         .map_err(|e| format!("abstractgateway: model loading failed: {e}"))?
         .map_err(|e| format!("abstractgateway: {e}"))?;

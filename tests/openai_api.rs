@@ -106,6 +106,8 @@ fn completions_reproduce_the_verified_answer_streamed_and_not() {
     );
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 8);
+    // The same prompt again: the prefix cache served all 16 prompt tokens.
+    assert_eq!(chunks.last().unwrap()["usage"]["prompt_tokens_details"]["cached_tokens"], 16);
 
     // Stop strings end the text before the match; `length` when max_tokens runs out.
     let (_, v, _) = post_v1(

@@ -63,7 +63,18 @@ fn streams_tokens_and_text_then_done() {
     assert_eq!(done, done_event(FinishReason::Stop, 16, 8));
     let (ids, text, done) = collect(b);
     assert_eq!((ids.as_slice(), text.as_str()), (&[504u32, 3575, 282][..], "The capital of"));
-    assert_eq!(done, done_event(FinishReason::Length, 16, 3));
+    // Same prompt as the first request: served from the prefix cache.
+    assert_eq!(
+        done,
+        GenEvent::Done {
+            reason: FinishReason::Length,
+            usage: Usage {
+                prompt_tokens: 16,
+                completion_tokens: 3,
+                cached_tokens: 16
+            }
+        }
+    );
     // A prompt over the context is an error event, not a crash; the engine keeps serving.
     let (_, _, done) = collect(engine.generate(GenerateRequest {
         prompt_ids: vec![198; 5000],
@@ -214,4 +225,58 @@ fn json_object_mode_always_yields_one_json_object() {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
         assert!(v.is_object(), "{text}");
     }
+}
+
+fn usage_of(done: &GenEvent) -> Usage {
+    match done {
+        GenEvent::Done { usage, .. } => *usage,
+        other => panic!("not done: {other:?}"),
+    }
+}
+
+#[test]
+fn prefix_cache_skips_cached_prefill_and_changes_nothing_else() {
+    use abstractgateway_engines::text::engine::EngineConfig;
+    let path = smollm2();
+    let cached = TextEngine::spawn(LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap());
+    let cold = TextEngine::spawn_with(
+        LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap(),
+        EngineConfig { prefix_cache_bytes: 0 },
+    );
+    let tok = LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap().tokenizer.clone();
+    let req = |ids: Vec<u32>| GenerateRequest {
+        prompt_ids: ids,
+        max_tokens: 24,
+        stop_ids: vec![2],
+        ..Default::default()
+    };
+    // First time: nothing cached. Same prompt again: all 16 tokens (and their logits) cached.
+    let (a, _, d) = collect(cached.generate(req(FRANCE.to_vec())));
+    assert_eq!(usage_of(&d).cached_tokens, 0);
+    let (b, _, d) = collect(cached.generate(req(FRANCE.to_vec())));
+    assert_eq!((a.as_slice(), usage_of(&d).cached_tokens), (b.as_slice(), 16));
+    // The next turn of the conversation starts with prompt + answer: 16 + 7 tokens are reused.
+    let next_turn = tok
+        .encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital of France is Paris.<|im_end|>\n<|im_start|>user\nAnd of Italy?<|im_end|>\n<|im_start|>assistant\n")
+        .unwrap();
+    let (warm_ids, _, d) = collect(cached.generate(req(next_turn.clone())));
+    assert_eq!(usage_of(&d).cached_tokens, 23);
+    let (cold_ids, _, d) = collect(cold.generate(req(next_turn)));
+    assert_eq!(usage_of(&d).cached_tokens, 0);
+    assert_eq!(warm_ids, cold_ids, "a cache hit gives the same greedy tokens as a full prefill");
+    assert!(cold.stats.prefix_cache_bytes.load(Ordering::Relaxed) == 0);
+
+    // A budget of 30 tokens' KV holds the 23-token exchange but not also the 16-token prompt:
+    // the least recently used entry is evicted and memory stays within the budget.
+    let per_token = 30 * 2 * 3 * 64 * 4;
+    let small = TextEngine::spawn_with(
+        LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap(),
+        EngineConfig {
+            prefix_cache_bytes: 30 * per_token + 200_000,
+        },
+    );
+    collect(small.generate(req(FRANCE.to_vec())));
+    let (_, _, d) = collect(small.generate(req(FRANCE.to_vec())));
+    assert_eq!(usage_of(&d).cached_tokens, 0, "the prompt entry was evicted");
+    assert!(small.stats.prefix_cache_bytes.load(Ordering::Relaxed) <= 30 * per_token + 200_000);
 }

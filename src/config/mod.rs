@@ -55,6 +55,8 @@ pub struct Config {
     pub breaker_cooldown_s: f64,
     /// Remote providers: the longest wait between bytes of a response.
     pub provider_timeout_s: f64,
+    /// KV memory each local model may keep for its prefix cache (0 disables it).
+    pub prefix_cache_mb: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,7 @@ impl Config {
             breaker_failures: number(&["ABSTRACTGATEWAY_BREAKER_FAILURES"], 3u32)?,
             breaker_cooldown_s: number(&["ABSTRACTGATEWAY_BREAKER_COOLDOWN_S"], 30.0f64)?,
             provider_timeout_s: number(&["ABSTRACTGATEWAY_PROVIDER_TIMEOUT_S"], 120.0f64)?,
+            prefix_cache_mb: number(&["ABSTRACTGATEWAY_PREFIX_CACHE_MB"], 512usize)?,
             data_dir,
         };
         cfg.validate()?;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use abstractgateway_engines::text::engine::{GenEvent, GenerateRequest, TextEngine};
+use abstractgateway_engines::text::engine::{EngineConfig, GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::sampling::SamplingParams;
 use abstractgateway_models::chat_template::ChatTemplate;
@@ -40,14 +40,14 @@ impl LocalModels {
     }
 
     /// Resolves and loads every spec, reporting progress on stderr and in the log.
-    pub fn load(specs: &[String], store: &Path) -> Result<LocalModels, String> {
+    pub fn load(specs: &[String], store: &Path, engine: &EngineConfig) -> Result<LocalModels, String> {
         let mut models = Vec::new();
         for spec in specs {
             let src = source::resolve(spec, store).map_err(|e| e.to_string())?;
             if models.iter().any(|m: &LocalModel| m.info.id == src.id) {
                 return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
             }
-            models.push(load_one(&src)?);
+            models.push(load_one(&src, engine)?);
         }
         Ok(LocalModels { models })
     }
@@ -70,7 +70,7 @@ impl LocalModels {
     }
 }
 
-fn load_one(src: &source::ModelSource) -> Result<LocalModel, String> {
+fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<LocalModel, String> {
     if src.format != Format::Gguf {
         return Err(format!(
             "{}: safetensors models cannot be served yet; use a GGUF file",
@@ -104,7 +104,7 @@ fn load_one(src: &source::ModelSource) -> Result<LocalModel, String> {
         }
     }
     let context = model.context;
-    let engine = TextEngine::spawn(model);
+    let engine = TextEngine::spawn_with(model, engine_cfg.clone());
     tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
     Ok(LocalModel {
         info,

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use super::gguf_llama::LlamaGguf;
 use super::json_constraint::JsonConstraint;
+use super::prefix_cache::{Hit, PrefixCache};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStep};
 use abstractgateway_models::tokenizer::StreamDecoder;
@@ -89,6 +90,23 @@ pub struct EngineStats {
     pub completion_tokens: AtomicU64,
     /// Requests queued or running.
     pub in_flight: AtomicUsize,
+    /// Prompt tokens served from the prefix cache instead of prefill.
+    pub cached_tokens: AtomicU64,
+    pub prefix_cache_bytes: AtomicUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Upper bound on the prefix cache's KV memory; 0 disables it.
+    pub prefix_cache_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            prefix_cache_bytes: 512 << 20,
+        }
+    }
 }
 
 pub struct TextEngine {
@@ -99,12 +117,16 @@ pub struct TextEngine {
 
 impl TextEngine {
     pub fn spawn(model: LlamaGguf) -> TextEngine {
+        TextEngine::spawn_with(model, EngineConfig::default())
+    }
+
+    pub fn spawn_with(model: LlamaGguf, cfg: EngineConfig) -> TextEngine {
         let (tx, rx) = channel::<Job>();
         let stats = Arc::new(EngineStats::default());
         let st = stats.clone();
         let handle = std::thread::Builder::new()
             .name("text-engine".into())
-            .spawn(move || serve(model, rx, st))
+            .spawn(move || serve(model, cfg, rx, st))
             .ok();
         TextEngine {
             tx: Some(tx),
@@ -149,17 +171,20 @@ impl Drop for TextEngine {
     }
 }
 
-fn serve(model: LlamaGguf, rx: Receiver<Job>, stats: Arc<EngineStats>) {
+fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<EngineStats>) {
     // Constrained decoding needs every token's bytes and the end-of-sequence ids.
     let vocab = model.tokenizer.token_bytes.clone();
+    let mut cache = PrefixCache::new(cfg.prefix_cache_bytes, model.kv_bytes_per_token);
     while let Ok(mut job) = rx.recv() {
-        let outcome = run_one(&model, &vocab, &job.req, &mut job.sink);
+        let outcome = run_one(&model, &vocab, &mut cache, &job.req, &mut job.sink);
+        stats.prefix_cache_bytes.store(cache.used_bytes(), Ordering::Relaxed);
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         match outcome {
             Outcome::Done(reason, usage) => {
                 stats.completed.fetch_add(1, Ordering::Relaxed);
                 stats.prompt_tokens.fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
                 stats.completion_tokens.fetch_add(usage.completion_tokens as u64, Ordering::Relaxed);
+                stats.cached_tokens.fetch_add(usage.cached_tokens as u64, Ordering::Relaxed);
                 let _ = (job.sink)(GenEvent::Done { reason, usage });
             }
             Outcome::Cancelled => {
@@ -179,7 +204,7 @@ enum Outcome {
     Failed(String),
 }
 
-fn run_one(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], req: &GenerateRequest, sink: &mut EventSink) -> Outcome {
+fn run_one(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], cache: &mut PrefixCache, req: &GenerateRequest, sink: &mut EventSink) -> Outcome {
     if let Err(e) = req.sampling.validate() {
         return Outcome::Failed(e);
     }
@@ -190,6 +215,57 @@ fn run_one(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], req: &GenerateRequest, 
         prompt_tokens: req.prompt_ids.len(),
         ..Usage::default()
     };
+    let prompt = &req.prompt_ids;
+    let (mut seq, prefilled) = match cache.lookup(prompt) {
+        Some(Hit {
+            seq,
+            cached,
+            logits: Some(l),
+        }) => (seq, Ok((l, cached))),
+        Some(Hit {
+            mut seq,
+            cached,
+            logits: None,
+        }) => {
+            let l = seq.prefill(&prompt[cached..]).map(|l| (l, cached));
+            (seq, l)
+        }
+        None => {
+            let mut seq = model.sequence();
+            let l = seq.prefill(prompt).map(|l| (l, 0));
+            (seq, l)
+        }
+    };
+    let mut logits = match prefilled {
+        Ok((l, cached)) => {
+            usage.cached_tokens = cached;
+            if cached < prompt.len() {
+                cache.insert(prompt, &seq, Some(&l));
+            }
+            l
+        }
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let mut context = prompt.clone();
+    let outcome = decode(model, vocab, req, sink, &mut seq, &mut context, &mut logits, usage);
+    // The whole exchange (prompt + output) is a likely prefix of the next turn.
+    if matches!(outcome, Outcome::Done(..)) && context.len() == seq.len() {
+        cache.insert(&context, &seq, None);
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    model: &LlamaGguf,
+    vocab: &[Option<Vec<u8>>],
+    req: &GenerateRequest,
+    sink: &mut EventSink,
+    seq: &mut super::gguf_llama::Sequence,
+    context: &mut Vec<u32>,
+    logits: &mut Vec<f32>,
+    mut usage: Usage,
+) -> Outcome {
     let mut sampler = Sampler::new(req.sampling.clone());
     let mut detok = StreamDecoder::default();
     let mut stops = StopMatcher::new(&req.stop_strings);
@@ -200,17 +276,11 @@ fn run_one(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], req: &GenerateRequest, 
             eos.push(e);
         }
     }
-    let mut seq = model.sequence();
-    let mut context = req.prompt_ids.clone();
-    let mut logits = match seq.prefill(&req.prompt_ids) {
-        Ok(l) => l,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
     for _ in 0..req.max_tokens {
         if let Some(c) = &json {
-            c.mask(&mut logits, vocab, &eos);
+            c.mask(logits, vocab, &eos);
         }
-        let next = sampler.sample(&mut logits, &context);
+        let next = sampler.sample(logits, context);
         usage.completion_tokens += 1;
         if req.stop_ids.contains(&next) || (json.is_some() && eos.contains(&next)) {
             let tail = stops.finish();
@@ -237,7 +307,7 @@ fn run_one(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], req: &GenerateRequest, 
         if usage.completion_tokens == req.max_tokens {
             break;
         }
-        logits = match seq.step(next) {
+        *logits = match seq.step(next) {
             Ok(l) => l,
             Err(e) => return Outcome::Failed(e.to_string()),
         };

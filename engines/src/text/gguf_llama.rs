@@ -19,6 +19,8 @@ pub struct LlamaGguf {
     pristine: ModelWeights,
     pub tokenizer: Arc<GgufTokenizer>,
     pub context: usize,
+    /// KV cache size per token (f32 K and V over all layers), for the prefix cache's budget.
+    pub kv_bytes_per_token: usize,
     device: Device,
 }
 
@@ -43,6 +45,14 @@ impl LlamaGguf {
             path: path.display().to_string(),
             source: e,
         })?;
+        let md = gguf.metadata();
+        let (layers, heads, kv_heads, embd) = (
+            meta_u32(md, "llama.block_count").unwrap_or(0) as usize,
+            meta_u32(md, "llama.attention.head_count").unwrap_or(1).max(1) as usize,
+            meta_u32(md, "llama.attention.head_count_kv").unwrap_or(1) as usize,
+            meta_u32(md, "llama.embedding_length").unwrap_or(0) as usize,
+        );
+        let kv_bytes_per_token = layers * 2 * kv_heads * (embd / heads) * 4;
         let total = f.metadata().map(|m| m.len()).unwrap_or(0);
         let mut reader = ProgressReader {
             inner: &mut f,
@@ -56,6 +66,7 @@ impl LlamaGguf {
             pristine,
             tokenizer: Arc::new(tokenizer),
             context,
+            kv_bytes_per_token,
             device: device.clone(),
         })
     }
@@ -66,10 +77,10 @@ impl LlamaGguf {
     }
 
     /// A fresh sequence with its own KV cache (the weights are shared).
-    pub fn sequence(&self) -> Sequence<'_> {
+    pub fn sequence(&self) -> Sequence {
         Sequence {
             model: self.pristine.clone(),
-            device: &self.device,
+            device: self.device.clone(),
             pos: 0,
         }
     }
@@ -123,16 +134,19 @@ impl LlamaGguf {
 }
 
 /// One sequence's KV state: prefill once, then one token per step.
-pub struct Sequence<'a> {
+/// Cloning is cheap (weights and KV tensors are shared, and KV appends make new tensors), which
+/// is what lets the prefix cache keep snapshots.
+#[derive(Clone)]
+pub struct Sequence {
     model: ModelWeights,
-    device: &'a Device,
+    device: Device,
     pos: usize,
 }
 
-impl Sequence<'_> {
+impl Sequence {
     /// Runs `tokens` through the model; returns the logits after the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let input = Tensor::new(tokens, self.device)?.unsqueeze(0)?;
+        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let logits = self.model.forward(&input, self.pos)?;
         self.pos += tokens.len();
         Ok(logits.squeeze(0)?.to_vec1::<f32>()?)

@@ -3,5 +3,6 @@
 pub mod engine;
 pub mod gguf_llama;
 pub mod json_constraint;
+pub mod prefix_cache;
 pub mod sampling;
 pub mod stop;

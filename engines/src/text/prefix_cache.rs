@@ -1,0 +1,123 @@
+//! Prefix cache: KV snapshots of sequences already computed, so a prompt that starts with one
+//! skips that part of prefill. Entries are whole token sequences (a prompt end, or a finished
+//! generation's prompt + output); a new prompt reuses the longest entry that is a prefix of it.
+//! A prompt identical to a cached prompt end reuses its logits too and needs no prefill at all.
+//!
+//! The cache belongs to one engine, i.e. one loaded model, so keys are that model's tokens.
+//! Memory is bounded by an estimate of KV bytes; the least recently used entries go first.
+
+use super::gguf_llama::Sequence;
+
+struct Entry {
+    tokens: Vec<u32>,
+    seq: Sequence,
+    /// Logits after the last token (kept for prompt ends only).
+    logits: Option<Vec<f32>>,
+    bytes: usize,
+    last_used: u64,
+}
+
+pub struct PrefixCache {
+    entries: Vec<Entry>,
+    budget_bytes: usize,
+    used_bytes: usize,
+    kv_bytes_per_token: usize,
+    clock: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// What a lookup found: a sequence positioned after `cached` tokens, and logits if the whole
+/// prompt was cached.
+pub struct Hit {
+    pub seq: Sequence,
+    pub cached: usize,
+    pub logits: Option<Vec<f32>>,
+}
+
+impl PrefixCache {
+    pub fn new(budget_bytes: usize, kv_bytes_per_token: usize) -> PrefixCache {
+        PrefixCache {
+            entries: Vec::new(),
+            budget_bytes,
+            used_bytes: 0,
+            kv_bytes_per_token: kv_bytes_per_token.max(1),
+            clock: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The longest usable cached prefix of `prompt`.
+    pub fn lookup(&mut self, prompt: &[u32]) -> Option<Hit> {
+        self.clock += 1;
+        let best = self
+            .entries
+            .iter_mut()
+            .filter(|e| prompt.starts_with(&e.tokens) && (e.tokens.len() < prompt.len() || e.logits.is_some()))
+            .max_by_key(|e| e.tokens.len());
+        match best {
+            Some(e) => {
+                e.last_used = self.clock;
+                self.hits += 1;
+                Some(Hit {
+                    seq: e.seq.clone(),
+                    cached: e.tokens.len(),
+                    logits: if e.tokens.len() == prompt.len() { e.logits.clone() } else { None },
+                })
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Remembers `seq`, which has consumed exactly `tokens`.
+    pub fn insert(&mut self, tokens: &[u32], seq: &Sequence, logits: Option<&[f32]>) {
+        if tokens.is_empty() || seq.len() != tokens.len() || self.budget_bytes == 0 {
+            return;
+        }
+        let bytes = tokens.len() * self.kv_bytes_per_token + logits.map(|l| l.len() * 4).unwrap_or(0);
+        if bytes > self.budget_bytes {
+            return;
+        }
+        self.clock += 1;
+        if let Some(e) = self.entries.iter_mut().find(|e| e.tokens == tokens) {
+            e.last_used = self.clock;
+            if e.logits.is_none() {
+                if let Some(l) = logits {
+                    e.logits = Some(l.to_vec());
+                }
+            }
+            return;
+        }
+        while self.used_bytes + bytes > self.budget_bytes {
+            let Some(lru) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(i, _)| i) else {
+                break;
+            };
+            let e = self.entries.swap_remove(lru);
+            self.used_bytes -= e.bytes;
+        }
+        self.used_bytes += bytes;
+        self.entries.push(Entry {
+            tokens: tokens.to_vec(),
+            seq: seq.clone(),
+            logits: logits.map(<[f32]>::to_vec),
+            bytes,
+            last_used: self.clock,
+        });
+    }
+}
