@@ -1,0 +1,289 @@
+//! Local text engine benchmark, side by side with llama.cpp in one run.
+//!
+//!   cargo bench --bench text_bench                       # ours only
+//!   benches/setup-llama-cpp.sh /tmp/llvenv
+//!   LLAMA_CPP_PYTHON=/tmp/llvenv/bin/python BENCH_THREADS=2 cargo bench --bench text_bench
+//!
+//! Model: SmolLM2-135M-Instruct Q4_1 (the default model; fetched by scripts/fetch-models.sh).
+//! 1. Single stream: TTFT and decode tok/s, greedy, 128 tokens, same prompt ids and thread count
+//!    for both (ours through the engine thread and its channel, llama.cpp through its Python
+//!    binding's eval/sample loop), median of 5.
+//! 2. Prefix cache: TTFT for a ~1,100-token prompt cold, then for the same prefix plus a new
+//!    question (the prefix cached), median of 3.
+//! 3. Concurrency: aggregate decode tok/s over HTTP (`/v1/completions`, streamed) with 1, 4 and
+//!    8 concurrent clients against the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use abstractgateway_engines::text::engine::{EngineConfig, GenEvent, GenerateRequest, TextEngine};
+use abstractgateway_engines::text::gguf_llama::LlamaGguf;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "bench-token-0123456789abcdef0123";
+const N_DECODE: usize = 128;
+const REPS: usize = 5;
+
+fn model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("SMOLLM2_GGUF") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let st = Command::new(root.join("scripts/fetch-models.sh"))
+        .args(["--dest", ".models", "smollm2"])
+        .current_dir(&root)
+        .stdout(Stdio::null())
+        .status()
+        .expect("scripts/fetch-models.sh");
+    assert!(st.success());
+    root.join(".models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// (TTFT ms, decode tok/s over the tokens after the first, tokens).
+fn run(engine: &TextEngine, prompt: &[u32], n: usize) -> (f64, f64, Vec<u32>) {
+    let t0 = Instant::now();
+    let rx = engine.generate(GenerateRequest {
+        prompt_ids: prompt.to_vec(),
+        max_tokens: n,
+        ..Default::default()
+    });
+    let mut first = None;
+    let mut ids = Vec::new();
+    for ev in rx {
+        match ev {
+            GenEvent::Token { id, .. } => {
+                first.get_or_insert_with(Instant::now);
+                ids.push(id);
+            }
+            GenEvent::Text(_) => {}
+            GenEvent::Done { .. } => break,
+            GenEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    let end = Instant::now();
+    let first = first.unwrap_or(end);
+    let tps = if ids.len() > 1 {
+        (ids.len() - 1) as f64 / (end - first).as_secs_f64()
+    } else {
+        0.0
+    };
+    ((first - t0).as_secs_f64() * 1e3, tps, ids)
+}
+
+fn ratio(ours: f64, peer: f64, higher_is_better: bool) -> String {
+    if peer <= 0.0 || ours <= 0.0 {
+        return "-".into();
+    }
+    let r = if higher_is_better { ours / peer } else { peer / ours };
+    format!("{r:.2}x")
+}
+
+fn main() {
+    let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    // candle's CPU kernels run on rayon's pool: set its size before anything touches it.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let path = model_path();
+    let load = || LlamaGguf::load(&path, &candle_core::Device::Cpu).expect("load");
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "text_bench: SmolLM2-135M-Instruct Q4_1, {threads} thread(s), loadavg at start {}",
+        loadavg.trim()
+    );
+
+    // 1. Single stream (prefix cache off so every repetition prefills).
+    let m = load();
+    let tok = m.tokenizer.clone();
+    let prompt = tok
+        .encode("<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n")
+        .unwrap();
+    let engine = TextEngine::spawn_with(m, EngineConfig { prefix_cache_bytes: 0 });
+    run(&engine, &prompt, 8); // warm-up
+    let runs: Vec<_> = (0..REPS).map(|_| run(&engine, &prompt, N_DECODE)).collect();
+    let ttft = median(runs.iter().map(|r| r.0).collect());
+    let tps = median(runs.iter().map(|r| r.1).collect());
+    let our_tokens = runs[0].2.clone();
+
+    // The long prompt (~1,100 tokens) for the prefix-cache figures.
+    let para = "The gateway records every step of a run in an append-only ledger, so clients can replay it or stream it as it happens. ";
+    let long_text = format!("<|im_start|>system\n{}<|im_end|>\n", para.repeat(44));
+    let long_prompt = tok
+        .encode(&format!(
+            "{long_text}<|im_start|>user\nWhat does the gateway record?<|im_end|>\n<|im_start|>assistant\n"
+        ))
+        .unwrap();
+    let long_next = tok.encode(&format!("{long_text}<|im_start|>user\nWhat does the gateway record?<|im_end|>\n<|im_start|>assistant\nThe ledger.<|im_end|>\n<|im_start|>user\nAnd can clients stream it?<|im_end|>\n<|im_start|>assistant\n")).unwrap();
+    let uncached_cold = median((0..3).map(|_| run(&engine, &long_prompt, 1).0).collect());
+    drop(engine);
+
+    // 2. Prefix cache: a fresh cached engine per repetition; cold, then the follow-up turn.
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut reused = 0;
+    for _ in 0..3 {
+        let e = TextEngine::spawn(load());
+        cold.push(run(&e, &long_prompt, 1).0);
+        // The first request cached the long prompt; the follow-up shares it and adds a turn.
+        warm.push(run(&e, &long_next, 1).0);
+        reused = e.stats.cached_tokens.load(std::sync::atomic::Ordering::Relaxed);
+    }
+    let (cold_ms, warm_ms) = (median(cold), median(warm));
+
+    // llama.cpp, same prompt ids and thread count.
+    let peer: Option<Value> = std::env::var("LLAMA_CPP_PYTHON").ok().map(|py| {
+        let out = Command::new(py)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/llama_cpp_peer.py"))
+            .arg(&path)
+            .arg(threads.to_string())
+            .arg(serde_json::to_string(&prompt).unwrap())
+            .arg(N_DECODE.to_string())
+            .arg(REPS.to_string())
+            .arg(serde_json::to_string(&long_prompt).unwrap())
+            .output()
+            .expect("run llama_cpp_peer.py");
+        assert!(
+            out.status.success(),
+            "llama.cpp peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(out.stdout.trim_ascii()).expect("peer JSON")
+    });
+    let p = |k: &str| peer.as_ref().and_then(|v| v[k].as_f64()).unwrap_or(0.0);
+
+    println!();
+    println!("| metric | ours | llama.cpp | ours vs llama.cpp |");
+    println!("|---|---|---|---|");
+    println!(
+        "| single stream decode, {N_DECODE} tokens (tok/s) | {tps:.1} | {:.1} | {} |",
+        p("decode_tps"),
+        ratio(tps, p("decode_tps"), true)
+    );
+    println!(
+        "| TTFT, {}-token prompt (ms) | {ttft:.1} | {:.1} | {} |",
+        prompt.len(),
+        p("ttft_ms"),
+        ratio(ttft, p("ttft_ms"), false)
+    );
+    println!(
+        "| TTFT, {}-token prompt, nothing cached (ms) | {uncached_cold:.1} | {:.1} | {} |",
+        long_prompt.len(),
+        p("long_ttft_ms"),
+        ratio(uncached_cold, p("long_ttft_ms"), false)
+    );
+    if let Some(v) = &peer {
+        let same = v["tokens"].as_array().map(|a| {
+            a.iter()
+                .zip(&our_tokens)
+                .take_while(|(x, y)| x.as_u64() == Some(**y as u64))
+                .count()
+        });
+        println!(
+            "(greedy agreement with llama.cpp: first {} of {N_DECODE} tokens identical; llama-cpp-python {})",
+            same.unwrap_or(0),
+            v["version"]
+        );
+    }
+    println!();
+    println!(
+        "prefix cache: {}-token prompt cold {cold_ms:.1} ms; follow-up turn ({} tokens, {} reused from the cache per run) {warm_ms:.1} ms = {:.1}% of cold (goal <= 10%)",
+        long_prompt.len(),
+        long_next.len(),
+        reused / 3,
+        warm_ms / cold_ms * 100.0
+    );
+
+    // 3. Concurrency over HTTP against the real binary.
+    let dir = std::env::temp_dir().join(format!("agw-text-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abstractgateway"))
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--model",
+            &format!("smollm2={}", path.display()),
+        ])
+        .env("ABSTRACTGATEWAY_DATA_DIR", &dir)
+        .env("ABSTRACTGATEWAY_AUTH_TOKEN", TOKEN)
+        .env("ABSTRACTGATEWAY_LOG_LEVEL", "warn")
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gateway");
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if http
+            .get(format!("{url}/api/health"))
+            .send()
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut single = 0.0;
+    println!();
+    println!("| concurrent streams | aggregate decode tok/s | vs 1 stream | median TTFT (ms) |");
+    println!("|---|---|---|---|");
+    for c in [1usize, 4, 8] {
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..c)
+            .map(|i| {
+                let (http, url) = (http.clone(), url.clone());
+                std::thread::spawn(move || {
+                    let body = json!({"prompt": format!("Story {i}. Once upon a time, in a small village,"), "max_tokens": 64,
+                                      "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+                    let t = Instant::now();
+                    let r = http
+                        .post(format!("{url}/v1/completions"))
+                        .bearer_auth(TOKEN)
+                        .json(&body)
+                        .send()
+                        .unwrap();
+                    let mut ttft = None;
+                    let mut tokens = 0u64;
+                    for line in BufReader::new(r).lines() {
+                        let line = line.unwrap();
+                        let Some(d) = line.strip_prefix("data: ") else { continue };
+                        if d == "[DONE]" {
+                            break;
+                        }
+                        let v: Value = serde_json::from_str(d).unwrap();
+                        if v["choices"][0]["text"].as_str().map(|s| !s.is_empty()).unwrap_or(false) {
+                            ttft.get_or_insert(t.elapsed());
+                        }
+                        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                            tokens = n;
+                        }
+                    }
+                    (tokens, ttft.unwrap_or_default())
+                })
+            })
+            .collect();
+        let results: Vec<(u64, Duration)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let wall = t0.elapsed().as_secs_f64();
+        let total: u64 = results.iter().map(|r| r.0).sum();
+        let agg = total as f64 / wall;
+        if c == 1 {
+            single = agg;
+        }
+        let ttft = median(results.iter().map(|r| r.1.as_secs_f64() * 1e3).collect());
+        println!("| {c} | {agg:.1} | {:.2}x | {ttft:.0} |", agg / single);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,196 @@
+//! Block dot products. The scalar versions define the result; the AVX2 ones compute the same
+//! integer sums per block (exactly) and differ only in f32 summation order.
+
+use crate::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
+
+pub fn q4_1_q8_1_scalar(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut sum = 0f32;
+    for (x, y) in x.iter().zip(y) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            sumi += (x.qs[j] & 0x0F) as i32 * y.qs[j] as i32 + (x.qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
+        }
+        sum += sumi as f32 * x.d.to_f32() * y.d.to_f32() + x.m.to_f32() * y.s.to_f32();
+    }
+    sum
+}
+
+pub fn q8_0_q8_0_scalar(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0f32;
+    for (x, y) in x.iter().zip(y) {
+        let sumi: i32 = x.qs.iter().zip(&y.qs).map(|(a, b)| *a as i32 * *b as i32).sum();
+        sum += sumi as f32 * x.d.to_f32() * y.d.to_f32();
+    }
+    sum
+}
+
+pub fn f32_scalar(x: &[f32], y: &[f32]) -> f32 {
+    x.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// u8 × i8 pairs → 8 × i32 sums → f32.
+    #[inline(always)]
+    unsafe fn mul_sum_us8(ax: __m256i, sy: __m256i) -> __m256 {
+        let dot = _mm256_maddubs_epi16(ax, sy);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+    }
+
+    pub fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+        // SAFETY: compiled only with AVX2+FMA enabled; loads are unaligned loads within the
+        // blocks (16 and 32 bytes).
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0f32;
+            let mask = _mm256_set1_epi8(0x0F);
+            for (x, y) in x.iter().zip(y) {
+                let d = x.d.to_f32() * y.d.to_f32();
+                summs += x.m.to_f32() * y.s.to_f32();
+                let raw = _mm_loadu_si128(x.qs.as_ptr() as *const __m128i);
+                let hi = _mm_srli_epi16(raw, 4);
+                let q4 = _mm256_and_si256(_mm256_set_m128i(hi, raw), mask);
+                let q8 = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_us8(q4, q8), acc);
+            }
+            hsum(acc) + summs
+        }
+    }
+
+    pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+        // SAFETY: as above; 32-byte unaligned loads within each block.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in x.iter().zip(y) {
+                let d = x.d.to_f32() * y.d.to_f32();
+                let qx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+                let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                // |x| as u8 times y carrying x's sign: maddubs needs one unsigned operand.
+                let ax = _mm256_sign_epi8(qx, qx);
+                let sy = _mm256_sign_epi8(qy, qx);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_us8(ax, sy), acc);
+            }
+            hsum(acc)
+        }
+    }
+
+    pub fn f32(x: &[f32], y: &[f32]) -> f32 {
+        // SAFETY: loads stay within the slices (8 at a time, the tail is scalar).
+        unsafe {
+            let n = x.len().min(y.len());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * k;
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(o)), _mm256_loadu_ps(y.as_ptr().add(o)), *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(y.as_ptr().add(i)), acc[0]);
+                i += 8;
+            }
+            let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut sum = hsum(s);
+            while i < n {
+                sum += x[i] * y[i];
+                i += 1;
+            }
+            sum
+        }
+    }
+}
+
+#[inline]
+pub fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::q4_1_q8_1(x, y);
+    #[allow(unreachable_code)]
+    q4_1_q8_1_scalar(x, y)
+}
+
+#[inline]
+pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::q8_0_q8_0(x, y);
+    #[allow(unreachable_code)]
+    q8_0_q8_0_scalar(x, y)
+}
+
+#[inline]
+pub fn f32_dot(x: &[f32], y: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::f32(x, y);
+    #[allow(unreachable_code)]
+    f32_scalar(x, y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::*;
+    use half::f16;
+    use rand::{Rng, SeedableRng};
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| r.gen_range(-2.0f32..2.0)).collect()
+    }
+
+    fn q4_1_blocks(n: usize, seed: u64) -> Vec<BlockQ4_1> {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n / QK)
+            .map(|_| BlockQ4_1 {
+                d: f16::from_f32(r.gen_range(0.001f32..0.1)),
+                m: f16::from_f32(r.gen_range(-0.5f32..0.5)),
+                qs: std::array::from_fn(|_| r.gen()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_dots_equal_scalar_and_dequantized_math() {
+        for n in [32usize, 64, 576, 1536] {
+            let x = rand_vec(n, n as u64);
+            let w = q4_1_blocks(n, 7 + n as u64);
+            let mut y1 = vec![
+                BlockQ8_1 {
+                    d: f16::ZERO,
+                    s: f16::ZERO,
+                    qs: [0; 32]
+                };
+                n / QK
+            ];
+            quantize_q8_1(&x, &mut y1);
+            let (a, b) = (q4_1_q8_1(&w, &y1), q4_1_q8_1_scalar(&w, &y1));
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{n}: {a} vs {b}");
+            // Against f32 math on dequantized weights: only activation quantization differs.
+            let mut wf = vec![0f32; n];
+            dequantize_q4_1(&w, &mut wf);
+            let exact = f32_scalar(&wf, &x);
+            assert!((a - exact).abs() < 0.02 * (n as f32).sqrt(), "{n}: {a} vs f32 {exact}");
+            assert!((f32_dot(&wf, &x) - exact).abs() <= 1e-3 * exact.abs().max(1.0));
+
+            let mut w8 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; n / QK];
+            quantize_q8_0(&rand_vec(n, 99), &mut w8);
+            let mut y0 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; n / QK];
+            quantize_q8_0(&x, &mut y0);
+            let (a, b) = (q8_0_q8_0(&w8, &y0), q8_0_q8_0_scalar(&w8, &y0));
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{n}: {a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Compute kernels candle lacks (`kernels/`). candle 0.11's CPU dot product for GGUF `Q4_1`
+//! blocks is its generic scalar loop; these are the AVX2/FMA versions (x86-64-v3, enabled at
+//! compile time by `.cargo/config.toml`) with scalar fallbacks that define the arithmetic, plus a
+//! matmul that reads each weight row once for a whole batch of activation rows.
+//!
+//! Arithmetic follows ggml: activations are quantized per 32-value block to `Q8_1` (for `Q4_1`
+//! weights) or `Q8_0` (for `Q8_0` weights), integer dot products per block, scaled in f32.
+
+pub mod blocks;
+pub mod dot;
+pub mod matmul;
+
+pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+pub use matmul::{matmul, QMatrix, QType};
