@@ -35,10 +35,10 @@ const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 
+/// As ggml's AVX2 quantizers: d = max|x| / 127, multiplier 127 / max|x|, round half to even.
 fn scale(x: &[f32]) -> (f32, f32) {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let d = amax / 127.0;
-    (d, if d != 0.0 { 1.0 / d } else { 0.0 })
+    (amax / 127.0, if amax != 0.0 { 127.0 / amax } else { 0.0 })
 }
 
 /// ggml's `quantize_row_q8_1`.
@@ -47,7 +47,7 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let (d, id) = scale(xs);
         let mut sum = 0i32;
         for (q, v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
         b.d = f16::from_f32(d);
@@ -60,7 +60,7 @@ pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
     for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let (d, id) = scale(xs);
         for (q, v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
         }
         b.d = f16::from_f32(d);
     }

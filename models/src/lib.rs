@@ -4,6 +4,7 @@
 pub mod chat_template;
 pub mod error;
 pub mod gguf;
+pub mod llama;
 pub mod source;
 pub mod tokenizer;
 

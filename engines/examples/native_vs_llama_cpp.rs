@@ -1,0 +1,125 @@
+//! Report: our native llama (kernels/) greedy decoding vs llama.cpp on the same GGUF, plus the
+//! verified completion and a decode-speed figure.
+//!   cargo run --release -p abstractgateway-engines --example native_vs_llama_cpp
+
+use std::time::Instant;
+
+use abstractgateway_models::gguf::GgufFile;
+use abstractgateway_models::llama::{Chunk, Llama};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Refs {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    user: String,
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    l.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, v)| if *v > b.1 { (i, *v) } else { b })
+        .0 as u32
+}
+
+fn greedy(m: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = m.new_cache();
+    let mut logits = m
+        .forward(&mut [Chunk {
+            cache: &mut cache,
+            tokens: prompt,
+            logits: true,
+        }])
+        .unwrap()
+        .remove(0);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        if t == 2 {
+            break;
+        }
+        logits = m
+            .forward(&mut [Chunk {
+                cache: &mut cache,
+                tokens: &[t],
+                logits: true,
+            }])
+            .unwrap()
+            .remove(0);
+    }
+    out
+}
+
+fn main() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join(".models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let g = GgufFile::open(&path).expect("run scripts/fetch-models.sh --dest .models smollm2 first");
+    let t0 = Instant::now();
+    let m = Llama::load(&path, &g.content, 4096, &mut |_, _| {}).unwrap();
+    println!("loaded in {:?}", t0.elapsed());
+    let france = [1u32, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198];
+    println!(
+        "verified completion: {:?} (want [504, 3575, 282, 4649, 314, 7042, 30, 2])",
+        greedy(&m, &france, 16)
+    );
+    let refs: Refs = serde_json::from_str(include_str!("../../models/tests/data/smollm2_greedy.json")).unwrap();
+    let mut total = (0, 0);
+    for c in &refs.cases {
+        let ours = greedy(&m, &c.prompt_ids, c.greedy_ids.len());
+        let same = ours.iter().zip(&c.greedy_ids).take_while(|(a, b)| a == b).count();
+        total.0 += same;
+        total.1 += c.greedy_ids.len();
+        println!("{:<45} {same:>2}/{:<2} tokens agree", format!("{:?}", c.user), c.greedy_ids.len());
+    }
+    println!("overall: {}/{} leading tokens agree", total.0, total.1);
+    for i in [1usize, 2, 5] {
+        let c = &refs.cases[i];
+        let mut cache = m.new_cache();
+        let l = m
+            .forward(&mut [Chunk {
+                cache: &mut cache,
+                tokens: &c.prompt_ids,
+                logits: true,
+            }])
+            .unwrap()
+            .remove(0);
+        let mut idx: Vec<usize> = (0..l.len()).collect();
+        idx.sort_by(|a, b| l[*b].total_cmp(&l[*a]));
+        println!("case {i} top5: {:?}", idx[..5].iter().map(|&t| (t, l[t])).collect::<Vec<_>>());
+    }
+    let t = Instant::now();
+    let out = {
+        let mut cache = m.new_cache();
+        m.forward(&mut [Chunk {
+            cache: &mut cache,
+            tokens: &france,
+            logits: true,
+        }])
+        .unwrap();
+        let t1 = Instant::now();
+        let mut tok = 504u32;
+        for _ in 0..127 {
+            let l = m
+                .forward(&mut [Chunk {
+                    cache: &mut cache,
+                    tokens: &[tok],
+                    logits: true,
+                }])
+                .unwrap()
+                .remove(0);
+            tok = argmax(&l);
+        }
+        t1.elapsed()
+    };
+    println!(
+        "prefill+decode: {:?}; decode 127 tokens: {:.1} tok/s",
+        t.elapsed(),
+        127.0 / out.as_secs_f64()
+    );
+}
