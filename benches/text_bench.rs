@@ -103,7 +103,13 @@ fn main() {
     let prompt = tok
         .encode("<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n")
         .unwrap();
-    let engine = TextEngine::spawn_with(m, EngineConfig { prefix_cache_bytes: 0 });
+    let engine = TextEngine::spawn_with(
+        m,
+        EngineConfig {
+            prefix_cache_bytes: 0,
+            ..Default::default()
+        },
+    );
     run(&engine, &prompt, 8); // warm-up
     let runs: Vec<_> = (0..REPS).map(|_| run(&engine, &prompt, N_DECODE)).collect();
     let ttft = median(runs.iter().map(|r| r.0).collect());

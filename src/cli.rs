@@ -322,6 +322,7 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
     let store = cfg.models_dir.clone();
     let engine = abstractgateway_engines::text::engine::EngineConfig {
         prefix_cache_bytes: cfg.prefix_cache_mb << 20,
+        max_batch: cfg.max_batch,
     };
     let local = tokio::task::spawn_blocking(move || LocalModels::load(&specs, &store, &engine))
         .await

@@ -213,7 +213,7 @@ fn chat_completions_stream_json_mode_tools_and_errors() {
         Some("model"),
         Some("model_not_found"),
     );
-    let long = "word ".repeat(5000);
+    let long = "word ".repeat(9000);
     bad(
         json!({"messages": [{"role": "user", "content": long}]}),
         400,

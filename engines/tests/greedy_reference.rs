@@ -27,8 +27,8 @@ struct Case {
 #[test]
 fn smollm2_reproduces_the_verified_completion() {
     let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
-    // The GGUF says 8192; candle's quantized llama has rotary tables for 4096 positions.
-    assert_eq!(m.context, 4096);
+    // Q4_1/Q8_0/F32 weights run on the native backend, which serves the trained context.
+    assert_eq!((m.backend(), m.context), ("native", 8192));
     let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = m.tokenizer.encode(prompt).unwrap();
     // shared/models.md, section 1a: prompt ids and greedy ids verified with candle 0.11.1.
@@ -46,9 +46,9 @@ fn prompt_tokens_match_llama_cpp_and_overflow_is_an_error() {
     for c in &refs.cases {
         assert_eq!(m.tokenizer.encode(&c.prompt).unwrap(), c.prompt_ids);
     }
-    let too_long = vec![198u32; 4090];
+    let too_long = vec![198u32; 8190];
     match m.greedy(&too_long, 16, &[2]) {
-        Err(EngineError::ContextOverflow { prompt, context }) => assert_eq!((prompt, context), (4106, 4096)),
+        Err(EngineError::ContextOverflow { prompt, context }) => assert_eq!((prompt, context), (8206, 8192)),
         other => panic!("expected a context overflow, got {other:?}"),
     }
     assert!(matches!(m.greedy(&[], 4, &[2]), Err(EngineError::ContextOverflow { .. })));

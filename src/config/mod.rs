@@ -57,6 +57,8 @@ pub struct Config {
     pub provider_timeout_s: f64,
     /// KV memory each local model may keep for its prefix cache (0 disables it).
     pub prefix_cache_mb: usize,
+    /// Most concurrent requests one local model decodes together per step.
+    pub max_batch: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +202,7 @@ impl Config {
             breaker_cooldown_s: number(&["ABSTRACTGATEWAY_BREAKER_COOLDOWN_S"], 30.0f64)?,
             provider_timeout_s: number(&["ABSTRACTGATEWAY_PROVIDER_TIMEOUT_S"], 120.0f64)?,
             prefix_cache_mb: number(&["ABSTRACTGATEWAY_PREFIX_CACHE_MB"], 512usize)?,
+            max_batch: number(&["ABSTRACTGATEWAY_MAX_BATCH"], 16usize)?.max(1),
             data_dir,
         };
         cfg.validate()?;

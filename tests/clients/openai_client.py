@@ -34,7 +34,7 @@ out["stream_text"] = "".join(parts)
 for key, call in [
     ("bad_key_error", lambda: openai.OpenAI(base_url=URL, api_key="wrong-key-0123456789", max_retries=0).models.list()),
     ("missing_model_error", lambda: client.chat.completions.create(model="nope", messages=msgs)),
-    ("overflow_error", lambda: client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "x " * 6000}])),
+    ("overflow_error", lambda: client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "x " * 10000}])),
 ]:
     try:
         call()

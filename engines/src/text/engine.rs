@@ -2,7 +2,7 @@
 //! an event sink; the engine stops working on a request as soon as its sink reports the caller is
 //! gone (a dropped receiver, a closed HTTP connection, a cancelled run).
 //!
-//! Requests are served one at a time for now (continuous batching comes later); the request and
+//! Concurrent requests share decode steps (continuous batching, see `serve`); the request and
 //! event types are the stable boundary the HTTP layer talks to.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +10,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::gguf_llama::LlamaGguf;
+use super::gguf_llama::{LlamaGguf, Sequence};
 use super::json_constraint::JsonConstraint;
 use super::prefix_cache::{Hit, PrefixCache};
 use super::sampling::{Sampler, SamplingParams};
@@ -92,6 +92,9 @@ pub struct EngineStats {
     pub in_flight: AtomicUsize,
     /// Prompt tokens served from the prefix cache instead of prefill.
     pub cached_tokens: AtomicU64,
+    /// Batched decode steps, and sequence-steps they covered (their ratio is the mean batch).
+    pub batch_steps: AtomicU64,
+    pub batched_tokens: AtomicU64,
     pub prefix_cache_bytes: AtomicUsize,
 }
 
@@ -99,12 +102,15 @@ pub struct EngineStats {
 pub struct EngineConfig {
     /// Upper bound on the prefix cache's KV memory; 0 disables it.
     pub prefix_cache_bytes: usize,
+    /// Most sequences decoded together in one step (native backend; candle runs one).
+    pub max_batch: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             prefix_cache_bytes: 512 << 20,
+            max_batch: 16,
         }
     }
 }
@@ -171,31 +177,21 @@ impl Drop for TextEngine {
     }
 }
 
-fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<EngineStats>) {
-    // Constrained decoding needs every token's bytes and the end-of-sequence ids.
-    let vocab = model.tokenizer.token_bytes.clone();
-    let mut cache = PrefixCache::new(cfg.prefix_cache_bytes, model.kv_bytes_per_token);
-    while let Ok(mut job) = rx.recv() {
-        let outcome = run_one(&model, &vocab, &mut cache, &job.req, &mut job.sink);
-        stats.prefix_cache_bytes.store(cache.used_bytes(), Ordering::Relaxed);
-        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        match outcome {
-            Outcome::Done(reason, usage) => {
-                stats.completed.fetch_add(1, Ordering::Relaxed);
-                stats.prompt_tokens.fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
-                stats.completion_tokens.fetch_add(usage.completion_tokens as u64, Ordering::Relaxed);
-                stats.cached_tokens.fetch_add(usage.cached_tokens as u64, Ordering::Relaxed);
-                let _ = (job.sink)(GenEvent::Done { reason, usage });
-            }
-            Outcome::Cancelled => {
-                stats.cancelled.fetch_add(1, Ordering::Relaxed);
-            }
-            Outcome::Failed(e) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = (job.sink)(GenEvent::Error(e));
-            }
-        }
-    }
+/// A request being decoded.
+struct Active {
+    sink: EventSink,
+    req: GenerateRequest,
+    seq: Sequence,
+    sampler: Sampler,
+    detok: StreamDecoder,
+    stops: StopMatcher,
+    json: Option<JsonConstraint>,
+    /// End-of-sequence ids (JSON mode may only end with one once the object is complete).
+    eos: Vec<u32>,
+    /// Prompt plus the tokens fed so far (what the penalties see).
+    context: Vec<u32>,
+    usage: Usage,
+    logits: Vec<f32>,
 }
 
 enum Outcome {
@@ -204,19 +200,118 @@ enum Outcome {
     Failed(String),
 }
 
-fn run_one(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], cache: &mut PrefixCache, req: &GenerateRequest, sink: &mut EventSink) -> Outcome {
+/// The scheduler: new requests are prefilled (from the prefix cache where possible) and join the
+/// running batch; every step samples one token per active sequence, then runs one batched
+/// forward pass for all of them (continuous batching: sequences join and leave between steps).
+fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<EngineStats>) {
+    // Constrained decoding needs every token's bytes.
+    let vocab = model.tokenizer.token_bytes.clone();
+    let mut cache = PrefixCache::new(cfg.prefix_cache_bytes, model.kv_bytes_per_token);
+    let max_batch = if model.batches() { cfg.max_batch.max(1) } else { 1 };
+    let mut active: Vec<Active> = Vec::new();
+    let mut open = true;
+    while open || !active.is_empty() {
+        // Admit: wait when idle, otherwise take whatever is queued (up to the batch size).
+        let mut incoming = Vec::new();
+        if active.is_empty() {
+            match rx.recv() {
+                Ok(job) => incoming.push(job),
+                Err(_) => break,
+            }
+        }
+        while active.len() + incoming.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => incoming.push(job),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        for job in incoming {
+            match admit(&model, &mut cache, job) {
+                Ok(a) => active.push(a),
+                Err((mut sink, e)) => finish(&stats, &mut sink, Outcome::Failed(e)),
+            }
+        }
+        stats.prefix_cache_bytes.store(cache.used_bytes(), Ordering::Relaxed);
+        // Sample one token for every sequence; finished ones leave the batch.
+        let mut next_tokens = Vec::with_capacity(active.len());
+        let mut i = 0;
+        while i < active.len() {
+            match sample_step(&model, &vocab, &mut active[i]) {
+                Some(outcome) => {
+                    let mut a = active.swap_remove(i);
+                    if matches!(outcome, Outcome::Done(..)) && a.context.len() == a.seq.len() {
+                        // The whole exchange is a likely prefix of the next turn.
+                        cache.insert(&a.context, &a.seq, None);
+                    }
+                    finish(&stats, &mut a.sink, outcome);
+                }
+                None => {
+                    next_tokens.push(*a_last(&active[i]));
+                    i += 1;
+                }
+            }
+        }
+        if active.is_empty() {
+            continue;
+        }
+        stats.batch_steps.fetch_add(1, Ordering::Relaxed);
+        stats.batched_tokens.fetch_add(active.len() as u64, Ordering::Relaxed);
+        let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|a| &mut a.seq).collect();
+        match model.step_batch(&mut seqs, &next_tokens) {
+            Ok(all) => {
+                for (a, l) in active.iter_mut().zip(all) {
+                    a.logits = l;
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for mut a in active.drain(..) {
+                    finish(&stats, &mut a.sink, Outcome::Failed(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn a_last(a: &Active) -> &u32 {
+    a.context.last().unwrap_or(&0)
+}
+
+fn finish(stats: &EngineStats, sink: &mut EventSink, outcome: Outcome) {
+    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    match outcome {
+        Outcome::Done(reason, usage) => {
+            stats.completed.fetch_add(1, Ordering::Relaxed);
+            stats.prompt_tokens.fetch_add(usage.prompt_tokens as u64, Ordering::Relaxed);
+            stats.completion_tokens.fetch_add(usage.completion_tokens as u64, Ordering::Relaxed);
+            stats.cached_tokens.fetch_add(usage.cached_tokens as u64, Ordering::Relaxed);
+            let _ = sink(GenEvent::Done { reason, usage });
+        }
+        Outcome::Cancelled => {
+            stats.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome::Failed(e) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            let _ = sink(GenEvent::Error(e));
+        }
+    }
+}
+
+/// Validates a request and prefills its prompt (reusing the longest cached prefix).
+fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active, (EventSink, String)> {
+    let Job { req, sink } = job;
     if let Err(e) = req.sampling.validate() {
-        return Outcome::Failed(e);
+        return Err((sink, e));
     }
     if let Err(e) = model.check_fits(req.prompt_ids.len(), req.max_tokens) {
-        return Outcome::Failed(e.to_string());
+        return Err((sink, e.to_string()));
     }
-    let mut usage = Usage {
-        prompt_tokens: req.prompt_ids.len(),
-        ..Usage::default()
-    };
     let prompt = &req.prompt_ids;
-    let (mut seq, prefilled) = match cache.lookup(prompt) {
+    let (seq, prefilled) = match cache.lookup(prompt) {
         Some(Hit {
             seq,
             cached,
@@ -236,85 +331,78 @@ fn run_one(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], cache: &mut PrefixCache
             (seq, l)
         }
     };
-    let mut logits = match prefilled {
-        Ok((l, cached)) => {
-            usage.cached_tokens = cached;
-            if cached < prompt.len() {
-                cache.insert(prompt, &seq, Some(&l));
-            }
-            l
-        }
-        Err(e) => return Outcome::Failed(e.to_string()),
+    let (logits, cached) = match prefilled {
+        Ok(v) => v,
+        Err(e) => return Err((sink, e.to_string())),
     };
-    let mut context = prompt.clone();
-    let outcome = decode(model, vocab, req, sink, &mut seq, &mut context, &mut logits, usage);
-    // The whole exchange (prompt + output) is a likely prefix of the next turn.
-    if matches!(outcome, Outcome::Done(..)) && context.len() == seq.len() {
-        cache.insert(&context, &seq, None);
+    if cached < prompt.len() {
+        cache.insert(prompt, &seq, Some(&logits));
     }
-    outcome
-}
-
-#[allow(clippy::too_many_arguments)]
-fn decode(
-    model: &LlamaGguf,
-    vocab: &[Option<Vec<u8>>],
-    req: &GenerateRequest,
-    sink: &mut EventSink,
-    seq: &mut super::gguf_llama::Sequence,
-    context: &mut Vec<u32>,
-    logits: &mut Vec<f32>,
-    mut usage: Usage,
-) -> Outcome {
-    let mut sampler = Sampler::new(req.sampling.clone());
-    let mut detok = StreamDecoder::default();
-    let mut stops = StopMatcher::new(&req.stop_strings);
-    let mut json = req.json_object.then(JsonConstraint::new);
     let mut eos: Vec<u32> = req.stop_ids.clone();
     if let Some(e) = model.tokenizer.eos_id {
         if !eos.contains(&e) {
             eos.push(e);
         }
     }
-    for _ in 0..req.max_tokens {
-        if let Some(c) = &json {
-            c.mask(logits, vocab, &eos);
-        }
-        let next = sampler.sample(logits, context);
-        usage.completion_tokens += 1;
-        if req.stop_ids.contains(&next) || (json.is_some() && eos.contains(&next)) {
-            let tail = stops.finish();
-            if !tail.is_empty() && !sink(GenEvent::Text(tail)) {
-                return Outcome::Cancelled;
-            }
-            return Outcome::Done(FinishReason::Stop, usage);
-        }
-        if let (Some(c), Some(Some(b))) = (json.as_mut(), vocab.get(next as usize)) {
-            c.advance(b);
-        }
-        let piece = detok.push(&model.tokenizer, next);
-        let (text, stop) = match stops.push(&piece) {
-            StopStep::Emit(t) => (t, false),
-            StopStep::Stop(t) => (t, true),
-        };
-        if !sink(GenEvent::Token { id: next, text }) {
-            return Outcome::Cancelled;
-        }
-        if stop {
-            return Outcome::Done(FinishReason::Stop, usage);
-        }
-        context.push(next);
-        if usage.completion_tokens == req.max_tokens {
-            break;
-        }
-        *logits = match seq.step(next) {
-            Ok(l) => l,
-            Err(e) => return Outcome::Failed(e.to_string()),
-        };
+    Ok(Active {
+        sampler: Sampler::new(req.sampling.clone()),
+        detok: StreamDecoder::default(),
+        stops: StopMatcher::new(&req.stop_strings),
+        json: req.json_object.then(JsonConstraint::new),
+        eos,
+        context: prompt.clone(),
+        usage: Usage {
+            prompt_tokens: prompt.len(),
+            completion_tokens: 0,
+            cached_tokens: cached,
+        },
+        logits,
+        seq,
+        req,
+        sink,
+    })
+}
+
+/// Samples and emits one token. None: keep going (the token is the last of `context`, to be
+/// fed next); Some: the request is over.
+fn sample_step(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], a: &mut Active) -> Option<Outcome> {
+    if a.usage.completion_tokens >= a.req.max_tokens {
+        return Some(flush(a, FinishReason::Length));
     }
-    let tail = stops.finish();
-    if !tail.is_empty() && !sink(GenEvent::Text(tail)) {
+    if let Some(c) = &a.json {
+        c.mask(&mut a.logits, vocab, &a.eos);
+    }
+    let next = a.sampler.sample(&mut a.logits, &a.context);
+    a.usage.completion_tokens += 1;
+    if a.req.stop_ids.contains(&next) || (a.json.is_some() && a.eos.contains(&next)) {
+        return Some(flush(a, FinishReason::Stop));
+    }
+    if let (Some(c), Some(Some(b))) = (a.json.as_mut(), vocab.get(next as usize)) {
+        c.advance(b);
+    }
+    let piece = a.detok.push(&model.tokenizer, next);
+    let (text, stop) = match a.stops.push(&piece) {
+        StopStep::Emit(t) => (t, false),
+        StopStep::Stop(t) => (t, true),
+    };
+    if !(a.sink)(GenEvent::Token { id: next, text }) {
+        return Some(Outcome::Cancelled);
+    }
+    if stop {
+        return Some(Outcome::Done(FinishReason::Stop, a.usage));
+    }
+    a.context.push(next);
+    if a.usage.completion_tokens >= a.req.max_tokens {
+        return Some(flush(a, FinishReason::Length));
+    }
+    None
+}
+
+/// Releases held-back text and ends the request.
+fn flush(a: &mut Active, reason: FinishReason) -> Outcome {
+    let tail = a.stops.finish();
+    if !tail.is_empty() && !(a.sink)(GenEvent::Text(tail)) {
         return Outcome::Cancelled;
     }
-    Outcome::Done(FinishReason::Length, usage)
+    Outcome::Done(reason, a.usage)
 }

@@ -1,9 +1,15 @@
-//! Llama-architecture GGUF models (SmolLM2, Llama, Mistral...) on candle's quantized kernels.
+//! Llama-architecture GGUF models (SmolLM2, Llama, Mistral...). Two backends:
+//! - **native** (`abstractgateway_models::llama` on our `kernels/`): used when every matrix is a
+//!   type our kernels cover (`Q4_1`, `Q8_0`, `F32`); faster, and sequences can share a batched
+//!   decode step (continuous batching);
+//! - **candle** (`candle_transformers` quantized llama): every other quantization; one sequence
+//!   per forward pass, context capped at candle's 4096 rotary positions.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use abstractgateway_models::gguf::{meta_u32, GgufFile};
+use abstractgateway_models::llama::{unsupported_types, Chunk, KvCache, Llama};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -13,10 +19,14 @@ use crate::EngineError;
 
 /// `candle_transformers::models::quantized_llama::MAX_SEQ_LEN`.
 pub const CANDLE_MAX_POSITIONS: usize = 4096;
+/// The native backend serves up to the trained context, capped here to bound the rotary tables
+/// and per-sequence KV memory.
+pub const NATIVE_MAX_POSITIONS: usize = 32_768;
 
 pub struct LlamaGguf {
-    /// Weights with empty KV caches; each sequence works on a clone (weights are shared).
-    pristine: ModelWeights,
+    /// candle backend: weights with empty KV caches; each sequence works on a clone.
+    pristine: Option<ModelWeights>,
+    native: Option<Arc<Llama>>,
     pub tokenizer: Arc<GgufTokenizer>,
     pub context: usize,
     /// KV cache size per token (f32 K and V over all layers), for the prefix cache's budget.
@@ -53,6 +63,20 @@ impl LlamaGguf {
             meta_u32(md, "llama.embedding_length").unwrap_or(0) as usize,
         );
         let kv_bytes_per_token = layers * 2 * kv_heads * (embd / heads) * 4;
+        let use_native =
+            device.is_cpu() && unsupported_types(&gguf.content).is_empty() && std::env::var_os("ABSTRACTGATEWAY_CANDLE_LLAMA").is_none();
+        if use_native {
+            let trained = meta_u32(md, "llama.context_length").unwrap_or(2048) as usize;
+            let native = Llama::load(path, &gguf.content, trained.min(NATIVE_MAX_POSITIONS), progress)?;
+            return Ok(LlamaGguf {
+                pristine: None,
+                context: native.cfg.context,
+                native: Some(Arc::new(native)),
+                tokenizer: Arc::new(tokenizer),
+                kv_bytes_per_token,
+                device: device.clone(),
+            });
+        }
         let total = f.metadata().map(|m| m.len()).unwrap_or(0);
         let mut reader = ProgressReader {
             inner: &mut f,
@@ -63,7 +87,8 @@ impl LlamaGguf {
         let pristine = ModelWeights::from_gguf(gguf.content, &mut reader, device)?;
         (reader.progress)(total, total);
         Ok(LlamaGguf {
-            pristine,
+            pristine: Some(pristine),
+            native: None,
             tokenizer: Arc::new(tokenizer),
             context,
             kv_bytes_per_token,
@@ -76,13 +101,54 @@ impl LlamaGguf {
         self.sequence().prefill(prompt)
     }
 
+    /// Which backend runs this model: `native` or `candle`.
+    pub fn backend(&self) -> &'static str {
+        if self.native.is_some() {
+            "native"
+        } else {
+            "candle"
+        }
+    }
+
+    /// Whether sequences can share a decode step.
+    pub fn batches(&self) -> bool {
+        self.native.is_some()
+    }
+
     /// A fresh sequence with its own KV cache (the weights are shared).
     pub fn sequence(&self) -> Sequence {
-        Sequence {
-            model: self.pristine.clone(),
-            device: self.device.clone(),
-            pos: 0,
+        match (&self.native, &self.pristine) {
+            (Some(m), _) => Sequence::Native {
+                model: m.clone(),
+                cache: m.new_cache(),
+            },
+            (None, Some(p)) => Sequence::Candle {
+                model: p.clone(),
+                device: self.device.clone(),
+                pos: 0,
+            },
+            (None, None) => unreachable!("a loaded model has a backend"),
         }
+    }
+
+    /// One decode step for several sequences at once (one token each): a single batched
+    /// forward pass on the native backend, one pass per sequence on candle.
+    pub fn step_batch(&self, seqs: &mut [&mut Sequence], tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if let Some(m) = &self.native {
+            let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(seqs.len());
+            for (s, t) in seqs.iter_mut().zip(tokens) {
+                match &mut **s {
+                    Sequence::Native { cache, .. } => chunks.push(Chunk {
+                        cache,
+                        tokens: std::slice::from_ref(t),
+                        logits: true,
+                    }),
+                    Sequence::Candle { .. } => return Err(EngineError::Unsupported("mixed backends in one batch".into())),
+                }
+            }
+            return Ok(m.forward(&mut chunks)?);
+        }
+        seqs.iter_mut().zip(tokens).map(|(s, t)| s.step(*t)).collect()
     }
 
     pub fn check_fits(&self, prompt: usize, max_new: usize) -> Result<(), EngineError> {
@@ -133,23 +199,34 @@ impl LlamaGguf {
     }
 }
 
-/// One sequence's KV state: prefill once, then one token per step.
-/// Cloning is cheap (weights and KV tensors are shared, and KV appends make new tensors), which
-/// is what lets the prefix cache keep snapshots.
+/// One sequence's KV state: prefill once, then one token per step. Cloning snapshots it (the
+/// prefix cache keeps such snapshots): weights are shared; candle's KV tensors are shared too
+/// (appends make new tensors), native KV buffers are copied.
 #[derive(Clone)]
-pub struct Sequence {
-    model: ModelWeights,
-    device: Device,
-    pos: usize,
+pub enum Sequence {
+    Candle { model: ModelWeights, device: Device, pos: usize },
+    Native { model: Arc<Llama>, cache: KvCache },
 }
 
 impl Sequence {
     /// Runs `tokens` through the model; returns the logits after the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = self.model.forward(&input, self.pos)?;
-        self.pos += tokens.len();
-        Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+        match self {
+            Sequence::Candle { model, device, pos } => {
+                let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+                let logits = model.forward(&input, *pos)?;
+                *pos += tokens.len();
+                Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+            }
+            Sequence::Native { model, cache } => {
+                let mut out = model.forward(&mut [Chunk {
+                    cache,
+                    tokens,
+                    logits: true,
+                }])?;
+                Ok(out.pop().unwrap_or_default())
+            }
+        }
     }
 
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>, EngineError> {
@@ -157,11 +234,14 @@ impl Sequence {
     }
 
     pub fn len(&self) -> usize {
-        self.pos
+        match self {
+            Sequence::Candle { pos, .. } => *pos,
+            Sequence::Native { cache, .. } => cache.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pos == 0
+        self.len() == 0
     }
 }
 
