@@ -87,6 +87,55 @@ mod avx2 {
         }
     }
 
+    /// One weight row against four activation rows: the nibbles are unpacked once per block.
+    /// Each row's result is bit-identical to `q4_1_q8_1` (same operations in the same order).
+    pub fn q4_1_q8_1_x4(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        // SAFETY: as in `q4_1_q8_1`.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut summs = [0f32; 4];
+            let mask = _mm256_set1_epi8(0x0F);
+            for (b, xb) in x.iter().enumerate() {
+                let raw = _mm_loadu_si128(xb.qs.as_ptr() as *const __m128i);
+                let hi = _mm_srli_epi16(raw, 4);
+                let q4 = _mm256_and_si256(_mm256_set_m128i(hi, raw), mask);
+                let (xd, xm) = (xb.d.to_f32(), xb.m.to_f32());
+                for r in 0..4 {
+                    let yb = &y[r][b];
+                    summs[r] += xm * yb.s.to_f32();
+                    let q8 = _mm256_loadu_si256(yb.qs.as_ptr() as *const __m256i);
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * yb.d.to_f32()), mul_sum_us8(q4, q8), acc[r]);
+                }
+            }
+            [
+                hsum(acc[0]) + summs[0],
+                hsum(acc[1]) + summs[1],
+                hsum(acc[2]) + summs[2],
+                hsum(acc[3]) + summs[3],
+            ]
+        }
+    }
+
+    /// One weight row against four activation rows (bit-identical per row to `q8_0_q8_0`).
+    pub fn q8_0_q8_0_x4(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        // SAFETY: as in `q8_0_q8_0`.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (b, xb) in x.iter().enumerate() {
+                let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                let ax = _mm256_sign_epi8(qx, qx);
+                let xd = xb.d.to_f32();
+                for r in 0..4 {
+                    let yb = &y[r][b];
+                    let qy = _mm256_loadu_si256(yb.qs.as_ptr() as *const __m256i);
+                    let sy = _mm256_sign_epi8(qy, qx);
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * yb.d.to_f32()), mul_sum_us8(ax, sy), acc[r]);
+                }
+            }
+            [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        }
+    }
+
     pub fn f32(x: &[f32], y: &[f32]) -> f32 {
         // SAFETY: loads stay within the slices (8 at a time, the tail is scalar).
         unsafe {
@@ -129,6 +178,23 @@ pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     return avx2::q8_0_q8_0(x, y);
     #[allow(unreachable_code)]
     q8_0_q8_0_scalar(x, y)
+}
+
+/// Four activation rows against one weight row (falls back to four single dots).
+#[inline]
+pub fn q4_1_q8_1_x4(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::q4_1_q8_1_x4(x, y);
+    #[allow(unreachable_code)]
+    y.map(|y| q4_1_q8_1_scalar(x, y))
+}
+
+#[inline]
+pub fn q8_0_q8_0_x4(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::q8_0_q8_0_x4(x, y);
+    #[allow(unreachable_code)]
+    y.map(|y| q8_0_q8_0_scalar(x, y))
 }
 
 #[inline]

@@ -11,4 +11,4 @@ pub mod dot;
 pub mod matmul;
 
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
-pub use matmul::{matmul, QMatrix, QType};
+pub use matmul::{matmul, matmul_many, QMatrix, QType};

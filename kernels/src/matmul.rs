@@ -88,16 +88,24 @@ fn quantize<'a>(w: &QMatrix, x: &'a [f32]) -> Acts<'a> {
                 };
                 x.len() / QK
             ];
-            x.par_chunks(w.cols)
-                .zip(q.par_chunks_mut(w.cols / QK))
-                .for_each(|(r, o)| quantize_q8_1(r, o));
+            if x.len() / w.cols >= PAR_QUANT_ROWS {
+                x.par_chunks(w.cols)
+                    .zip(q.par_chunks_mut(w.cols / QK))
+                    .for_each(|(r, o)| quantize_q8_1(r, o));
+            } else {
+                quantize_q8_1(x, &mut q);
+            }
             Acts::Q8_1(q)
         }
         Data::Q8_0(_) => {
             let mut q = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; x.len() / QK];
-            x.par_chunks(w.cols)
-                .zip(q.par_chunks_mut(w.cols / QK))
-                .for_each(|(r, o)| quantize_q8_0(r, o));
+            if x.len() / w.cols >= PAR_QUANT_ROWS {
+                x.par_chunks(w.cols)
+                    .zip(q.par_chunks_mut(w.cols / QK))
+                    .for_each(|(r, o)| quantize_q8_0(r, o));
+            } else {
+                quantize_q8_0(x, &mut q);
+            }
             Acts::Q8_0(q)
         }
     }
@@ -105,6 +113,8 @@ fn quantize<'a>(w: &QMatrix, x: &'a [f32]) -> Acts<'a> {
 
 /// Output rows per parallel task: big enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
+/// Below this many activation rows, quantizing them is cheaper than a parallel dispatch.
+const PAR_QUANT_ROWS: usize = 16;
 
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint (row i, column j) cells; see `matmul`.
@@ -113,29 +123,79 @@ unsafe impl Sync for OutPtr {}
 
 /// `out[i * w.rows + j] = Σ_k x[i * w.cols + k] · W[j, k]` for `m = x.len() / w.cols` rows.
 pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
+    matmul_many(&[w], x, &mut [out]);
+}
+
+/// Several matrices against the same activations in one parallel dispatch (e.g. Q, K and V, or
+/// gate and up): per-call scheduling overhead is what dominates small decode steps.
+pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len());
+    let k = ws[0].cols;
     let m = x.len() / k;
     assert_eq!(x.len(), m * k, "activation length is not a multiple of {k}");
-    assert_eq!(out.len(), m * n, "output length must be m × rows");
-    let acts = quantize(w, x);
-    let bpr = k / QK;
-    let ptr = OutPtr(out.as_mut_ptr());
-    let ptr = &ptr;
-    (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|t| {
+    for (w, o) in ws.iter().zip(outs.iter()) {
+        assert_eq!(w.cols, k, "all matrices take the same input");
+        assert_eq!(o.len(), m * w.rows, "output length must be m × rows");
+    }
+    // Quantize once per distinct weight type.
+    let mut acts: Vec<std::sync::Arc<Acts<'_>>> = Vec::with_capacity(ws.len());
+    for (wi, w) in ws.iter().enumerate() {
+        match ws[..wi].iter().position(|p| p.qtype() == w.qtype()) {
+            Some(prev) => {
+                let again = acts[prev].clone();
+                acts.push(again);
+            }
+            None => acts.push(std::sync::Arc::new(quantize(w, x))),
+        }
+    }
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let tasks: Vec<(usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(wi, w)| (0..w.rows.div_ceil(ROWS_PER_TASK)).map(move |t| (wi, t)))
+        .collect();
+    let run = |&(wi, t): &(usize, usize)| {
+        let (w, acts, ptr) = (ws[wi], &*acts[wi], &ptrs[wi]);
+        let (n, bpr) = (w.rows, k / QK);
         let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
         for j in rows {
-            for i in 0..m {
-                let v = match (&w.data, &acts) {
+            let mut i = 0;
+            // Four activation rows per pass over the weight row (bit-identical per row).
+            while i + 4 <= m {
+                let vals = match (&w.data, acts) {
+                    (Data::Q4_1(wd), Acts::Q8_1(a)) => dot::q4_1_q8_1_x4(
+                        &wd[j * bpr..(j + 1) * bpr],
+                        std::array::from_fn(|r| &a[(i + r) * bpr..(i + r + 1) * bpr]),
+                    ),
+                    (Data::Q8_0(wd), Acts::Q8_0(a)) => dot::q8_0_q8_0_x4(
+                        &wd[j * bpr..(j + 1) * bpr],
+                        std::array::from_fn(|r| &a[(i + r) * bpr..(i + r + 1) * bpr]),
+                    ),
+                    _ => break,
+                };
+                for (r, v) in vals.into_iter().enumerate() {
+                    // SAFETY: as below.
+                    unsafe { *ptr.0.add((i + r) * n + j) = v };
+                }
+                i += 4;
+            }
+            for i in i..m {
+                let v = match (&w.data, acts) {
                     (Data::Q4_1(wd), Acts::Q8_1(a)) => dot::q4_1_q8_1(&wd[j * bpr..(j + 1) * bpr], &a[i * bpr..(i + 1) * bpr]),
                     (Data::Q8_0(wd), Acts::Q8_0(a)) => dot::q8_0_q8_0(&wd[j * bpr..(j + 1) * bpr], &a[i * bpr..(i + 1) * bpr]),
                     (Data::F32(wd), Acts::F32(a)) => dot::f32_dot(&wd[j * k..(j + 1) * k], &a[i * k..(i + 1) * k]),
                     _ => unreachable!("activations are quantized for the weight type"),
                 };
-                // SAFETY: i < m and j < n, and each j belongs to exactly one task.
+                // SAFETY: i < m and j < n of matrix wi, and each (wi, j) belongs to one task.
                 unsafe { *ptr.0.add(i * n + j) = v };
             }
         }
-    });
+    };
+    if tasks.len() == 1 {
+        run(&tasks[0]);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
 }
 
 #[cfg(test)]

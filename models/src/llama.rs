@@ -9,7 +9,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use abstractgateway_kernels::matmul::{matmul, QMatrix, QType};
+use abstractgateway_kernels::matmul::{matmul, matmul_many, QMatrix, QType};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::GgmlDType;
 use half::f16;
@@ -350,9 +350,7 @@ impl Llama {
         let round16 = |s: &mut [f32]| s.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
         for (li, layer) in self.layers.iter().enumerate() {
             self.rms_norm(&x, &layer.attn_norm, &mut h);
-            matmul(&layer.wq, &h, &mut q);
-            matmul(&layer.wk, &h, &mut k);
-            matmul(&layer.wv, &h, &mut v);
+            matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &h, &mut [&mut q, &mut k, &mut v]);
             for (ri, &(_, pos)) in rows.iter().enumerate() {
                 self.rope(&mut q[ri * qd..(ri + 1) * qd], pos, c.n_head);
                 self.rope(&mut k[ri * kvd..(ri + 1) * kvd], pos, c.n_kv_head);
@@ -372,7 +370,7 @@ impl Llama {
             let group = c.n_head / c.n_kv_head;
             let scale = 1.0 / (hd as f32).sqrt();
             let caches: Vec<(&[f32], &[f32])> = chunks.iter().map(|ch| (&ch.cache.k[li][..], &ch.cache.v[li][..])).collect();
-            att.par_chunks_mut(hd).enumerate().for_each(|(idx, out)| {
+            let head_task = |(idx, out): (usize, &mut [f32])| {
                 let (ri, head) = (idx / c.n_head, idx % c.n_head);
                 let (ci, pos) = rows[ri];
                 let (kc, vc) = caches[ci];
@@ -397,12 +395,18 @@ impl Llama {
                         *a += p * b;
                     }
                 }
-            });
+            };
+            // Few short rows (a decode step): a parallel dispatch costs more than it saves.
+            let work: usize = rows.iter().map(|&(_, p)| p + 1).sum::<usize>() * c.n_head;
+            if work < 4096 {
+                att.chunks_mut(hd).enumerate().for_each(head_task);
+            } else {
+                att.par_chunks_mut(hd).enumerate().for_each(head_task);
+            }
             matmul(&layer.wo, &att, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             self.rms_norm(&x, &layer.ffn_norm, &mut h);
-            matmul(&layer.w_gate, &h, &mut g);
-            matmul(&layer.w_up, &h, &mut u);
+            matmul_many(&[&layer.w_gate, &layer.w_up], &h, &mut [&mut g, &mut u]);
             g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
             matmul(&layer.w_down, &g, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
