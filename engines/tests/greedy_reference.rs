@@ -53,3 +53,32 @@ fn prompt_tokens_match_llama_cpp_and_overflow_is_an_error() {
     }
     assert!(matches!(m.greedy(&[], 4, &[2]), Err(EngineError::ContextOverflow { .. })));
 }
+
+#[test]
+fn gemma3_runs_on_candle_and_reproduces_the_verified_continuation() {
+    use abstractgateway_engines::text::engine::{GenEvent, GenerateRequest, TextEngine};
+    let m = LlamaGguf::load(&common::gemma3(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!((m.backend(), m.context), ("candle-gemma3", 32768));
+    let tok = m.tokenizer.clone();
+    let ids = tok.encode("The capital of France is").unwrap();
+    assert_eq!(ids, [2, 818, 5279, 529, 7001, 563]);
+    // Through the engine (prefix cache, sampling loop, detokenizer), greedy.
+    let engine = TextEngine::spawn(m);
+    let mut text = String::new();
+    for ev in engine.generate(GenerateRequest {
+        prompt_ids: ids,
+        max_tokens: 20,
+        ..Default::default()
+    }) {
+        match ev {
+            GenEvent::Token { text: t, .. } | GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Done { .. } => break,
+            GenEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    // shared/models.md, section 1b (verified with candle 0.11.1).
+    assert!(
+        text.starts_with(" the largest in the world. It is the most important and the most important city in the world"),
+        "{text:?}"
+    );
+}

@@ -6,6 +6,7 @@ pub mod error;
 pub mod gguf;
 pub mod llama;
 pub mod source;
+pub mod spm;
 pub mod tokenizer;
 
 pub use error::ModelError;

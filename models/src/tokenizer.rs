@@ -17,6 +17,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use crate::gguf::{meta_array, meta_bool, meta_str, meta_u32};
+use crate::spm::SpmTokenizer;
 use crate::ModelError;
 
 /// GGUF token types (llama.cpp `llama_token_type`).
@@ -31,7 +32,7 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 
 /// A tokenizer plus the special ids and flags an engine needs.
 pub struct GgufTokenizer {
-    pub tokenizer: Tokenizer,
+    kind: Kind,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     pub add_bos: bool,
@@ -43,10 +44,11 @@ pub struct GgufTokenizer {
 impl GgufTokenizer {
     /// Token ids for `text`; special-token text (e.g. `<|im_start|>`) maps to its id.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let enc = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let tokenizer = match &self.kind {
+            Kind::Bpe(t) => t,
+            Kind::Spm(t) => return Ok(t.encode(text, if self.add_bos { self.bos_id } else { None })),
+        };
+        let enc = tokenizer.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
         if self.add_bos {
             if let Some(b) = self.bos_id {
@@ -57,9 +59,32 @@ impl GgufTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, ModelError> {
-        self.tokenizer
-            .decode(ids, skip_special)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        match &self.kind {
+            Kind::Bpe(t) => t.decode(ids, skip_special).map_err(|e| ModelError::Tokenizer(e.to_string())),
+            Kind::Spm(t) => Ok(t.decode(ids, skip_special)),
+        }
+    }
+
+    pub fn token_to_id(&self, piece: &str) -> Option<u32> {
+        match &self.kind {
+            Kind::Bpe(t) => t.token_to_id(piece),
+            Kind::Spm(t) => t.token_to_id(piece),
+        }
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        match &self.kind {
+            Kind::Bpe(t) => t.id_to_token(id),
+            Kind::Spm(t) => t.id_to_token(id),
+        }
+    }
+
+    /// `gpt2` (byte-level BPE) or `llama` (SentencePiece), as GGUF names them.
+    pub fn model_kind(&self) -> &'static str {
+        match self.kind {
+            Kind::Bpe(_) => "gpt2",
+            Kind::Spm(_) => "llama",
+        }
     }
 }
 
@@ -111,21 +136,71 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError
     })
 }
 
-pub fn tokenizer_from_gguf(m: &HashMap<String, Value>) -> Result<GgufTokenizer, ModelError> {
-    let model = meta_str(m, "tokenizer.ggml.model").ok_or_else(|| ModelError::Metadata("tokenizer.ggml.model".into()))?;
-    if model != "gpt2" {
-        return Err(ModelError::UnsupportedTokenizer(format!(
-            "tokenizer.ggml.model = '{model}' (only byte-level BPE 'gpt2' vocabularies are supported so far)"
-        )));
-    }
-    let tokens: Vec<String> = meta_array(m, "tokenizer.ggml.tokens")?
+enum Kind {
+    Bpe(Tokenizer),
+    Spm(SpmTokenizer),
+}
+
+fn token_types(m: &HashMap<String, Value>, n: usize) -> Result<Vec<i32>, ModelError> {
+    Ok(match m.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|_| ModelError::Metadata("tokenizer.ggml.token_type".into()))?
+            .iter()
+            .map(|t| t.to_i32().unwrap_or(1))
+            .collect(),
+        None => vec![1; n],
+    })
+}
+
+fn token_strings(m: &HashMap<String, Value>) -> Result<Vec<String>, ModelError> {
+    meta_array(m, "tokenizer.ggml.tokens")?
         .iter()
         .map(|v| {
             v.to_string()
                 .cloned()
                 .map_err(|_| ModelError::Metadata("tokenizer.ggml.tokens".into()))
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`), tokenized as llama.cpp does.
+fn spm_from_gguf(m: &HashMap<String, Value>) -> Result<GgufTokenizer, ModelError> {
+    let tokens = token_strings(m)?;
+    let scores: Vec<f32> = match m.get("tokenizer.ggml.scores") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|_| ModelError::Metadata("tokenizer.ggml.scores".into()))?
+            .iter()
+            .map(|s| s.to_f32().unwrap_or(0.0))
+            .collect(),
+        None => vec![0.0; tokens.len()],
+    };
+    let types = token_types(m, tokens.len())?;
+    let add_space_prefix = meta_bool(m, "tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let spm = SpmTokenizer::new(tokens, scores, types, add_space_prefix);
+    let token_bytes = (0..spm.vocab_size() as u32).map(|i| spm.token_bytes(i)).collect();
+    Ok(GgufTokenizer {
+        kind: Kind::Spm(spm),
+        bos_id: meta_u32(m, "tokenizer.ggml.bos_token_id"),
+        eos_id: meta_u32(m, "tokenizer.ggml.eos_token_id"),
+        add_bos: meta_bool(m, "tokenizer.ggml.add_bos_token").unwrap_or(true),
+        chat_template: meta_str(m, "tokenizer.chat_template").map(str::to_string),
+        token_bytes,
+    })
+}
+
+pub fn tokenizer_from_gguf(m: &HashMap<String, Value>) -> Result<GgufTokenizer, ModelError> {
+    let model = meta_str(m, "tokenizer.ggml.model").ok_or_else(|| ModelError::Metadata("tokenizer.ggml.model".into()))?;
+    if model == "llama" {
+        return spm_from_gguf(m);
+    }
+    if model != "gpt2" {
+        return Err(ModelError::UnsupportedTokenizer(format!(
+            "tokenizer.ggml.model = '{model}' (supported: byte-level BPE 'gpt2' and SentencePiece 'llama')"
+        )));
+    }
+    let tokens = token_strings(m)?;
     let merges: Vec<(String, String)> = meta_array(m, "tokenizer.ggml.merges")?
         .iter()
         .map(|v| {
@@ -135,15 +210,7 @@ pub fn tokenizer_from_gguf(m: &HashMap<String, Value>) -> Result<GgufTokenizer, 
                 .ok_or_else(|| ModelError::Tokenizer(format!("bad merge {s:?}")))
         })
         .collect::<Result<_, _>>()?;
-    let types: Vec<i32> = match m.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()
-            .map_err(|_| ModelError::Metadata("tokenizer.ggml.token_type".into()))?
-            .iter()
-            .map(|t| t.to_i32().unwrap_or(1))
-            .collect(),
-        None => vec![1; tokens.len()],
-    };
+    let types = token_types(m, tokens.len())?;
     let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
@@ -165,7 +232,7 @@ pub fn tokenizer_from_gguf(m: &HashMap<String, Value>) -> Result<GgufTokenizer, 
         .add_special_tokens(specials)
         .map_err(|e| ModelError::Tokenizer(format!("special tokens: {e}")))?;
     Ok(GgufTokenizer {
-        tokenizer,
+        kind: Kind::Bpe(tokenizer),
         bos_id: meta_u32(m, "tokenizer.ggml.bos_token_id"),
         eos_id: meta_u32(m, "tokenizer.ggml.eos_token_id"),
         add_bos: meta_bool(m, "tokenizer.ggml.add_bos_token").unwrap_or(false),

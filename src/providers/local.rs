@@ -97,7 +97,7 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<Loca
     let template = ChatTemplate::new(tokenizer.chat_template.as_deref()).map_err(|e| format!("{}: {e}", info.id))?;
     let mut stop_ids: Vec<u32> = tokenizer.eos_id.into_iter().collect();
     for t in END_OF_TURN {
-        if let Some(i) = tokenizer.tokenizer.token_to_id(t) {
+        if let Some(i) = tokenizer.token_to_id(t) {
             if tokenizer.token_bytes.get(i as usize).map(Option::is_none).unwrap_or(false) && !stop_ids.contains(&i) {
                 stop_ids.push(i);
             }
@@ -172,7 +172,7 @@ impl LocalModel {
         }
         let mut extra = Map::new();
         let tok = &self.tokenizer;
-        let name = |id: Option<u32>| id.and_then(|i| tok.tokenizer.id_to_token(i)).unwrap_or_default();
+        let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
         extra.insert("bos_token".into(), Value::String(name(tok.bos_id)));
         extra.insert("eos_token".into(), Value::String(name(tok.eos_id)));
         if native_tools && !tools.is_empty() {

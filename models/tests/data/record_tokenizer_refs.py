@@ -1,8 +1,11 @@
 """Records reference tokenizations for tests/tokenizer_reference.rs with llama.cpp.
 
-Run once (committed output: smollm2_tokens.json):
+Run once per model (committed outputs: smollm2_tokens.json, gemma3_tokens.json):
     python3 -m venv v && v/bin/pip install llama-cpp-python
-    v/bin/python models/tests/data/record_tokenizer_refs.py <path to SmolLM2-135M-Instruct.Q4_1.gguf>
+    v/bin/python models/tests/data/record_tokenizer_refs.py <SmolLM2-135M-Instruct.Q4_1.gguf> > smollm2_tokens.json
+    v/bin/python models/tests/data/record_tokenizer_refs.py <gemma-3-270m-q4_k_m.gguf> > gemma3_tokens.json
+Special tokens are parsed (`special=True`) and BOS is added when the GGUF asks for it
+(`add_bos=True` = llama.cpp's `add_special`; SmolLM2 says no, Gemma 3 says yes).
 
 llama.cpp is the reference implementation of GGUF tokenizers (its `smollm` pre-tokenizer splits
 digits one by one, then applies GPT-2's regex). Strings are deterministic: hand-picked cases plus a
@@ -26,6 +29,7 @@ HAND = [
     "{\"a\": [1, 2, {\"b\": null}], \"c\": true}", "<div class=\"x\">&amp;</div>", "https://example.com/path?q=1&r=2#frag",
     "C:\\Users\\name\\file.txt", "/usr/local/bin/abstractgateway --port 8080", "$HOME/.config", "a\\nb", "tab\tseparated\tvalues",
     "!!!???...", "---===___", "(((nested)))", "[brackets] {braces} <angles>", "@user #hashtag", "50% off — €20 £15 ¥100",
+    "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n", "<bos><eos>", "<start_of_turn", "▁already▁escaped",
     "    indented code", "\r\nwindows line", "mixed\r\n\r\nbreaks\n\r", "trailing spaces   ", "   ", "\u3000ideographic space",
 ]
 
@@ -47,11 +51,11 @@ def main(path):
     llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
     cases = []
     for text in HAND + random_strings(300):
-        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         cases.append({"text": text, "ids": ids})
     sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    json.dump({"model": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_sha256": sha, "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__}",
-               "options": {"add_bos": False, "special": True}, "cases": cases}, sys.stdout, ensure_ascii=False, indent=0)
+    json.dump({"model": path.rsplit("/", 1)[-1], "gguf_sha256": sha, "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__}",
+               "options": {"add_bos": True, "special": True}, "cases": cases}, sys.stdout, ensure_ascii=False, indent=0)
 
 
 if __name__ == "__main__":
