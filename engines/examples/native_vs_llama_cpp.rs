@@ -63,6 +63,61 @@ fn main() {
     let t0 = Instant::now();
     let m = Llama::load(&path, &g.content, 4096, &mut |_, _| {}).unwrap();
     println!("loaded in {:?}", t0.elapsed());
+    // `native_vs_llama_cpp prefill N [BATCH]`: time one N-token prefill, or BATCH-wide decode steps.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(|a| a == "prefill").unwrap_or(false) {
+        let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1024);
+        let toks: Vec<u32> = (0..n as u32).map(|i| 100 + (i * 7919) % 40000).collect();
+        let mut cache = m.new_cache();
+        let t = Instant::now();
+        m.forward(&mut [Chunk {
+            cache: &mut cache,
+            tokens: &toks,
+            logits: true,
+        }])
+        .unwrap();
+        println!(
+            "prefill {n} tokens: {:?} ({:.0} tok/s)",
+            t.elapsed(),
+            n as f64 / t.elapsed().as_secs_f64()
+        );
+        return;
+    }
+    if args.get(1).map(|a| a == "batch").unwrap_or(false) {
+        let b: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(8);
+        let mut caches: Vec<_> = (0..b).map(|_| m.new_cache()).collect();
+        for (i, c) in caches.iter_mut().enumerate() {
+            let p: Vec<u32> = (0..40u32).map(|j| 100 + (j * 31 + i as u32 * 7) % 40000).collect();
+            m.forward(&mut [Chunk {
+                cache: c,
+                tokens: &p,
+                logits: true,
+            }])
+            .unwrap();
+        }
+        let t = Instant::now();
+        let steps = 64;
+        for s in 0..steps {
+            let toks: Vec<u32> = (0..b as u32).map(|i| 200 + i + s).collect();
+            let mut chunks: Vec<Chunk> = caches
+                .iter_mut()
+                .zip(&toks)
+                .map(|(c, t)| Chunk {
+                    cache: c,
+                    tokens: std::slice::from_ref(t),
+                    logits: true,
+                })
+                .collect();
+            m.forward(&mut chunks).unwrap();
+        }
+        let e = t.elapsed().as_secs_f64();
+        println!(
+            "batch {b}: {:.1} steps/s, {:.1} tok/s aggregate",
+            steps as f64 / e,
+            (steps * b as u32) as f64 / e
+        );
+        return;
+    }
     let france = [1u32, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198];
     println!(
         "verified completion: {:?} (want [504, 3575, 282, 4649, 314, 7042, 30, 2])",

@@ -50,16 +50,27 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
     }
 
-    pub fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    /// A Q4_1 block's `d` and `m` (adjacent f16s) converted with one instruction.
+    #[inline(always)]
+    unsafe fn dm(x: &BlockQ4_1) -> (f32, f32) {
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(x as *const BlockQ4_1 as *const i32)));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    pub fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1], ys: Scales<'_>) -> f32 {
         // SAFETY: compiled only with AVX2+FMA enabled; loads are unaligned loads within the
-        // blocks (16 and 32 bytes).
+        // blocks (4, 16 and 32 bytes).
         unsafe {
             let mut acc = _mm256_setzero_ps();
             let mut summs = 0f32;
             let mask = _mm256_set1_epi8(0x0F);
-            for (x, y) in x.iter().zip(y) {
-                let d = x.d.to_f32() * y.d.to_f32();
-                summs += x.m.to_f32() * y.s.to_f32();
+            let n = x.len().min(y.len());
+            assert!(ys.d.len() >= n && ys.s.len() >= n);
+            let (dp, sp) = (ys.d.as_ptr(), ys.s.as_ptr());
+            for (b, (x, y)) in x.iter().zip(y).enumerate() {
+                let (xd, xm) = dm(x);
+                let d = xd * *dp.add(b);
+                summs += xm * *sp.add(b);
                 let raw = _mm_loadu_si128(x.qs.as_ptr() as *const __m128i);
                 let hi = _mm_srli_epi16(raw, 4);
                 let q4 = _mm256_and_si256(_mm256_set_m128i(hi, raw), mask);
@@ -70,12 +81,14 @@ mod avx2 {
         }
     }
 
-    pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0], ys: Scales<'_>) -> f32 {
         // SAFETY: as above; 32-byte unaligned loads within each block.
         unsafe {
             let mut acc = _mm256_setzero_ps();
-            for (x, y) in x.iter().zip(y) {
-                let d = x.d.to_f32() * y.d.to_f32();
+            assert!(ys.d.len() >= x.len().min(y.len()));
+            let dp = ys.d.as_ptr();
+            for (b, (x, y)) in x.iter().zip(y).enumerate() {
+                let d = x.d.to_f32() * *dp.add(b);
                 let qx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
                 let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
                 // |x| as u8 times y carrying x's sign: maddubs needs one unsigned operand.
@@ -89,22 +102,70 @@ mod avx2 {
 
     /// One weight row against four activation rows: the nibbles are unpacked once per block.
     /// Each row's result is bit-identical to `q4_1_q8_1` (same operations in the same order).
-    pub fn q4_1_q8_1_x4(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    pub fn q4_1_q8_1_x4(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
         // SAFETY: as in `q4_1_q8_1`.
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut summs = [0f32; 4];
             let mask = _mm256_set1_epi8(0x0F);
+            let nb = x.len();
+            // One length check up front; the loop then indexes without bounds checks (they
+            // cost more than the arithmetic here).
+            for r in 0..4 {
+                assert!(y[r].len() >= nb && ys[r].d.len() >= nb && ys[r].s.len() >= nb);
+            }
+            let yp = y.map(|r| r.as_ptr());
+            let dp = ys.map(|r| r.d.as_ptr());
+            let sp = ys.map(|r| r.s.as_ptr());
             for (b, xb) in x.iter().enumerate() {
                 let raw = _mm_loadu_si128(xb.qs.as_ptr() as *const __m128i);
                 let hi = _mm_srli_epi16(raw, 4);
                 let q4 = _mm256_and_si256(_mm256_set_m128i(hi, raw), mask);
-                let (xd, xm) = (xb.d.to_f32(), xb.m.to_f32());
+                let (xd, xm) = dm(xb);
                 for r in 0..4 {
-                    let yb = &y[r][b];
-                    summs[r] += xm * yb.s.to_f32();
-                    let q8 = _mm256_loadu_si256(yb.qs.as_ptr() as *const __m256i);
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * yb.d.to_f32()), mul_sum_us8(q4, q8), acc[r]);
+                    summs[r] += xm * *sp[r].add(b);
+                    let q8 = _mm256_loadu_si256((*yp[r].add(b)).qs.as_ptr() as *const __m256i);
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * *dp[r].add(b)), mul_sum_us8(q4, q8), acc[r]);
+                }
+            }
+            [
+                hsum(acc[0]) + summs[0],
+                hsum(acc[1]) + summs[1],
+                hsum(acc[2]) + summs[2],
+                hsum(acc[3]) + summs[3],
+            ]
+        }
+    }
+
+    /// `q4_1_q8_1_x4` with AVX-512 VNNI's `vpdpbusd` (exact integer sums, so bit-identical).
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn q4_1_q8_1_x4_vnni(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
+        {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut summs = [0f32; 4];
+            let mask = _mm256_set1_epi8(0x0F);
+            let nb = x.len();
+            // One length check up front; the loop then indexes without bounds checks (they
+            // cost more than the arithmetic here).
+            for r in 0..4 {
+                assert!(y[r].len() >= nb && ys[r].d.len() >= nb && ys[r].s.len() >= nb);
+            }
+            let yp = y.map(|r| r.as_ptr());
+            let dp = ys.map(|r| r.d.as_ptr());
+            let sp = ys.map(|r| r.s.as_ptr());
+            for (b, xb) in x.iter().enumerate() {
+                let raw = _mm_loadu_si128(xb.qs.as_ptr() as *const __m128i);
+                let hi = _mm_srli_epi16(raw, 4);
+                let q4 = _mm256_and_si256(_mm256_set_m128i(hi, raw), mask);
+                let (xd, xm) = dm(xb);
+                for r in 0..4 {
+                    summs[r] += xm * *sp[r].add(b);
+                    let q8 = _mm256_loadu_si256((*yp[r].add(b)).qs.as_ptr() as *const __m256i);
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(xd * *dp[r].add(b)),
+                        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), q4, q8)),
+                        acc[r],
+                    );
                 }
             }
             [
@@ -117,19 +178,24 @@ mod avx2 {
     }
 
     /// One weight row against four activation rows (bit-identical per row to `q8_0_q8_0`).
-    pub fn q8_0_q8_0_x4(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    pub fn q8_0_q8_0_x4(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
         // SAFETY: as in `q8_0_q8_0`.
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
+            let nb = x.len();
+            for r in 0..4 {
+                assert!(y[r].len() >= nb && ys[r].d.len() >= nb);
+            }
+            let yp = y.map(|r| r.as_ptr());
+            let dp = ys.map(|r| r.d.as_ptr());
             for (b, xb) in x.iter().enumerate() {
                 let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
                 let ax = _mm256_sign_epi8(qx, qx);
                 let xd = xb.d.to_f32();
                 for r in 0..4 {
-                    let yb = &y[r][b];
-                    let qy = _mm256_loadu_si256(yb.qs.as_ptr() as *const __m256i);
+                    let qy = _mm256_loadu_si256((*yp[r].add(b)).qs.as_ptr() as *const __m256i);
                     let sy = _mm256_sign_epi8(qy, qx);
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * yb.d.to_f32()), mul_sum_us8(ax, sy), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * *dp[r].add(b)), mul_sum_us8(ax, sy), acc[r]);
                 }
             }
             [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
@@ -164,37 +230,115 @@ mod avx2 {
     }
 }
 
-#[inline]
-pub fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    return avx2::q4_1_q8_1(x, y);
-    #[allow(unreachable_code)]
-    q4_1_q8_1_scalar(x, y)
+/// Activation block scales converted to f32 once per matmul (f16 → f32 is exact, so this
+/// changes no result; converting inside the kernels cost more than the integer dot products).
+#[derive(Debug, Clone, Default)]
+pub struct ActScales {
+    pub d: Vec<f32>,
+    /// `Q8_1` only: d · Σq.
+    pub s: Vec<f32>,
+}
+
+impl ActScales {
+    pub fn q8_1(y: &[BlockQ8_1]) -> ActScales {
+        ActScales {
+            d: y.iter().map(|b| b.d.to_f32()).collect(),
+            s: y.iter().map(|b| b.s.to_f32()).collect(),
+        }
+    }
+
+    pub fn q8_0(y: &[BlockQ8_0]) -> ActScales {
+        ActScales {
+            d: y.iter().map(|b| b.d.to_f32()).collect(),
+            s: Vec::new(),
+        }
+    }
+
+    /// The scales of blocks `range` (one activation row).
+    pub fn row(&self, range: std::ops::Range<usize>) -> Scales<'_> {
+        Scales {
+            d: &self.d[range.clone()],
+            s: if self.s.is_empty() { &[] } else { &self.s[range] },
+        }
+    }
+
+    pub fn all(&self) -> Scales<'_> {
+        Scales { d: &self.d, s: &self.s }
+    }
+}
+
+/// One activation row's block scales.
+#[derive(Debug, Clone, Copy)]
+pub struct Scales<'a> {
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+/// Whether this CPU has AVX-512 VNNI (checked once; `ABSTRACTGATEWAY_NO_VNNI` turns it off).
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static V: OnceLock<bool> = OnceLock::new();
+        *V.get_or_init(|| {
+            std::env::var_os("ABSTRACTGATEWAY_NO_VNNI").is_none()
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 #[inline]
-pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+pub fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1], ys: Scales<'_>) -> f32 {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    return avx2::q8_0_q8_0(x, y);
+    return avx2::q4_1_q8_1(x, y, ys);
     #[allow(unreachable_code)]
-    q8_0_q8_0_scalar(x, y)
+    {
+        let _ = ys;
+        q4_1_q8_1_scalar(x, y)
+    }
+}
+
+#[inline]
+pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0], ys: Scales<'_>) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::q8_0_q8_0(x, y, ys);
+    #[allow(unreachable_code)]
+    {
+        let _ = ys;
+        q8_0_q8_0_scalar(x, y)
+    }
 }
 
 /// Four activation rows against one weight row (falls back to four single dots).
 #[inline]
-pub fn q4_1_q8_1_x4(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+pub fn q4_1_q8_1_x4(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    return avx2::q4_1_q8_1_x4(x, y);
+    {
+        if has_vnni() {
+            // SAFETY: the CPU reported avx512vnni and avx512vl.
+            return unsafe { avx2::q4_1_q8_1_x4_vnni(x, y, ys) };
+        }
+        return avx2::q4_1_q8_1_x4(x, y, ys);
+    }
     #[allow(unreachable_code)]
-    y.map(|y| q4_1_q8_1_scalar(x, y))
+    {
+        let _ = ys;
+        y.map(|y| q4_1_q8_1_scalar(x, y))
+    }
 }
 
 #[inline]
-pub fn q8_0_q8_0_x4(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+pub fn q8_0_q8_0_x4(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    return avx2::q8_0_q8_0_x4(x, y);
+    return avx2::q8_0_q8_0_x4(x, y, ys);
     #[allow(unreachable_code)]
-    y.map(|y| q8_0_q8_0_scalar(x, y))
+    {
+        let _ = ys;
+        y.map(|y| q8_0_q8_0_scalar(x, y))
+    }
 }
 
 #[inline]
@@ -242,7 +386,7 @@ mod tests {
                 n / QK
             ];
             quantize_q8_1(&x, &mut y1);
-            let (a, b) = (q4_1_q8_1(&w, &y1), q4_1_q8_1_scalar(&w, &y1));
+            let (a, b) = (q4_1_q8_1(&w, &y1, ActScales::q8_1(&y1).all()), q4_1_q8_1_scalar(&w, &y1));
             assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{n}: {a} vs {b}");
             // Against f32 math on dequantized weights: only activation quantization differs.
             let mut wf = vec![0f32; n];
@@ -255,7 +399,20 @@ mod tests {
             quantize_q8_0(&rand_vec(n, 99), &mut w8);
             let mut y0 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; n / QK];
             quantize_q8_0(&x, &mut y0);
-            let (a, b) = (q8_0_q8_0(&w8, &y0), q8_0_q8_0_scalar(&w8, &y0));
+            let (a, b) = (q8_0_q8_0(&w8, &y0, ActScales::q8_0(&y0).all()), q8_0_q8_0_scalar(&w8, &y0));
+            let s1 = ActScales::q8_1(&y1);
+            let four = q4_1_q8_1_x4(&w, [&y1, &y1, &y1, &y1], [s1.all(); 4]);
+            assert_eq!(
+                four[3].to_bits(),
+                q4_1_q8_1(&w, &y1, s1.all()).to_bits(),
+                "x4 is bit-identical per row"
+            );
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            if has_vnni() {
+                let plain = avx2::q4_1_q8_1_x4(&w, [&y1, &y1, &y1, &y1], [s1.all(); 4]);
+                let vnni = unsafe { avx2::q4_1_q8_1_x4_vnni(&w, [&y1, &y1, &y1, &y1], [s1.all(); 4]) };
+                assert_eq!(plain.map(f32::to_bits), vnni.map(f32::to_bits), "VNNI is bit-identical to AVX2");
+            }
             assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{n}: {a} vs {b}");
         }
     }

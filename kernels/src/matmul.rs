@@ -7,7 +7,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::blocks::*;
-use crate::dot;
+use crate::dot::{self, ActScales};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QType {
@@ -72,8 +72,8 @@ impl QMatrix {
 /// Activations in the form a weight type's dot product wants.
 enum Acts<'a> {
     F32(&'a [f32]),
-    Q8_1(Vec<BlockQ8_1>),
-    Q8_0(Vec<BlockQ8_0>),
+    Q8_1(Vec<BlockQ8_1>, ActScales),
+    Q8_0(Vec<BlockQ8_0>, ActScales),
 }
 
 fn quantize<'a>(w: &QMatrix, x: &'a [f32]) -> Acts<'a> {
@@ -95,7 +95,8 @@ fn quantize<'a>(w: &QMatrix, x: &'a [f32]) -> Acts<'a> {
             } else {
                 quantize_q8_1(x, &mut q);
             }
-            Acts::Q8_1(q)
+            let sc = ActScales::q8_1(&q);
+            Acts::Q8_1(q, sc)
         }
         Data::Q8_0(_) => {
             let mut q = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; x.len() / QK];
@@ -106,7 +107,8 @@ fn quantize<'a>(w: &QMatrix, x: &'a [f32]) -> Acts<'a> {
             } else {
                 quantize_q8_0(x, &mut q);
             }
-            Acts::Q8_0(q)
+            let sc = ActScales::q8_0(&q);
+            Acts::Q8_0(q, sc)
         }
     }
 }
@@ -158,18 +160,22 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
         let (w, acts, ptr) = (ws[wi], &*acts[wi], &ptrs[wi]);
         let (n, bpr) = (w.rows, k / QK);
         let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
+        let blocks = |i: usize| i * bpr..(i + 1) * bpr;
         for j in rows {
+            let wr = blocks(j);
             let mut i = 0;
             // Four activation rows per pass over the weight row (bit-identical per row).
             while i + 4 <= m {
                 let vals = match (&w.data, acts) {
-                    (Data::Q4_1(wd), Acts::Q8_1(a)) => dot::q4_1_q8_1_x4(
-                        &wd[j * bpr..(j + 1) * bpr],
-                        std::array::from_fn(|r| &a[(i + r) * bpr..(i + r + 1) * bpr]),
+                    (Data::Q4_1(wd), Acts::Q8_1(a, sc)) => dot::q4_1_q8_1_x4(
+                        &wd[wr.clone()],
+                        std::array::from_fn(|r| &a[blocks(i + r)]),
+                        std::array::from_fn(|r| sc.row(blocks(i + r))),
                     ),
-                    (Data::Q8_0(wd), Acts::Q8_0(a)) => dot::q8_0_q8_0_x4(
-                        &wd[j * bpr..(j + 1) * bpr],
-                        std::array::from_fn(|r| &a[(i + r) * bpr..(i + r + 1) * bpr]),
+                    (Data::Q8_0(wd), Acts::Q8_0(a, sc)) => dot::q8_0_q8_0_x4(
+                        &wd[wr.clone()],
+                        std::array::from_fn(|r| &a[blocks(i + r)]),
+                        std::array::from_fn(|r| sc.row(blocks(i + r))),
                     ),
                     _ => break,
                 };
@@ -181,8 +187,8 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
             }
             for i in i..m {
                 let v = match (&w.data, acts) {
-                    (Data::Q4_1(wd), Acts::Q8_1(a)) => dot::q4_1_q8_1(&wd[j * bpr..(j + 1) * bpr], &a[i * bpr..(i + 1) * bpr]),
-                    (Data::Q8_0(wd), Acts::Q8_0(a)) => dot::q8_0_q8_0(&wd[j * bpr..(j + 1) * bpr], &a[i * bpr..(i + 1) * bpr]),
+                    (Data::Q4_1(wd), Acts::Q8_1(a, sc)) => dot::q4_1_q8_1(&wd[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
+                    (Data::Q8_0(wd), Acts::Q8_0(a, sc)) => dot::q8_0_q8_0(&wd[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
                     (Data::F32(wd), Acts::F32(a)) => dot::f32_dot(&wd[j * k..(j + 1) * k], &a[i * k..(i + 1) * k]),
                     _ => unreachable!("activations are quantized for the weight type"),
                 };
