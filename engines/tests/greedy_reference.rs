@@ -1,8 +1,9 @@
 //! The GGUF llama engine on the real SmolLM2 weights.
 //!
-//! Parity with llama.cpp (the P2 goal) is not met yet: see `examples/greedy_vs_llama_cpp.rs`, which
+//! Full parity with llama.cpp (the P2 goal) is not met yet: `examples/greedy_vs_llama_cpp.rs`
 //! reports how far the two agree. These tests pin what is verified: the completion recorded in
-//! shared/models.md, prompt tokenization identical to llama.cpp, and clear errors.
+//! shared/models.md, prompt tokenization identical to llama.cpp, the current agreement level,
+//! Gemma 3 on candle, and clear errors.
 
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::EngineError;
@@ -80,5 +81,43 @@ fn gemma3_runs_on_candle_and_reproduces_the_verified_continuation() {
     assert!(
         text.starts_with(" the largest in the world. It is the most important and the most important city in the world"),
         "{text:?}"
+    );
+}
+
+#[derive(Deserialize)]
+struct GreedyCase {
+    user: String,
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct GreedyRefs {
+    cases: Vec<GreedyCase>,
+}
+
+/// llama.cpp parity on the recorded prompts. Full token-for-token agreement is the goal and is
+/// not reached (near-tie logits split on float rounding order); this pins where we are so it
+/// can only get better: 88 of 164 leading tokens, two prompts identical end to end.
+#[test]
+fn greedy_agreement_with_llama_cpp_does_not_regress() {
+    let refs: GreedyRefs = serde_json::from_str(include_str!("../../models/tests/data/smollm2_greedy.json")).unwrap();
+    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(m.backend(), "native");
+    let mut agree = 0;
+    let mut identical = Vec::new();
+    for c in &refs.cases {
+        let ours = m.greedy(&c.prompt_ids, c.greedy_ids.len(), &[2]).unwrap();
+        let same = ours.iter().zip(&c.greedy_ids).take_while(|(a, b)| a == b).count();
+        agree += same;
+        if same == c.greedy_ids.len() {
+            identical.push(c.user.clone());
+        }
+    }
+    assert!(agree >= 88, "only {agree} of 164 leading tokens agree with llama.cpp");
+    assert!(identical.contains(&"What is the capital of France?".to_string()), "{identical:?}");
+    assert!(
+        identical.contains(&"Translate 'good morning' into Spanish.".to_string()),
+        "{identical:?}"
     );
 }

@@ -6,6 +6,7 @@
 //! Arithmetic follows ggml: activations are quantized per 32-value block to `Q8_1` (for `Q4_1`
 //! weights) or `Q8_0` (for `Q8_0` weights), integer dot products per block, scaled in f32.
 
+pub mod attn;
 pub mod blocks;
 pub mod dot;
 pub mod matmul;

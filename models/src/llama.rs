@@ -9,10 +9,10 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use abstractgateway_kernels::attn;
 use abstractgateway_kernels::matmul::{matmul, matmul_many, QMatrix, QType};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::GgmlDType;
-use half::f16;
 use rayon::prelude::*;
 
 use crate::gguf::meta_u32;
@@ -347,7 +347,6 @@ impl Llama {
         let mut o = vec![0f32; n * e];
         let mut g = vec![0f32; n * c.n_ff];
         let mut u = vec![0f32; n * c.n_ff];
-        let round16 = |s: &mut [f32]| s.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
         for (li, layer) in self.layers.iter().enumerate() {
             self.rms_norm(&x, &layer.attn_norm, &mut h);
             matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &h, &mut [&mut q, &mut k, &mut v]);
@@ -356,9 +355,9 @@ impl Llama {
                 self.rope(&mut k[ri * kvd..(ri + 1) * kvd], pos, c.n_kv_head);
             }
             // llama.cpp keeps K and V in f16 and multiplies Q against them in f16.
-            round16(&mut k);
-            round16(&mut v);
-            round16(&mut q);
+            attn::round_through_f16(&mut k);
+            attn::round_through_f16(&mut v);
+            attn::round_through_f16(&mut q);
             let mut r = 0;
             for ch in chunks.iter_mut() {
                 let m = ch.tokens.len();
@@ -386,10 +385,11 @@ impl Llama {
                     sum += *s;
                 }
                 let inv = 1.0 / sum;
+                w.iter_mut().for_each(|s| *s *= inv);
+                // The weights meet V (f16) in f16, as in llama.cpp.
+                attn::round_through_f16(&mut w);
                 out.iter_mut().for_each(|o| *o = 0.0);
-                for (t, s) in w.iter().enumerate() {
-                    // The weights meet V (f16) in f16, as in llama.cpp.
-                    let p = f16::from_f32(s * inv).to_f32();
+                for (t, p) in w.iter().enumerate() {
                     let vr = &vc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
                     for (a, b) in out.iter_mut().zip(vr) {
                         *a += p * b;
