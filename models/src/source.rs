@@ -3,7 +3,8 @@
 //! - a directory holding one `.gguf` file, or an HF-layout model (`config.json` + `*.safetensors`),
 //! - a model id: a directory or `.gguf` under the model store (`<data_dir>/models`), or an
 //!   `org/name` repository in the Hugging Face cache (`$HF_HUB_CACHE`, `$HF_HOME/hub`,
-//!   `~/.cache/huggingface/hub`), all resolved offline.
+//!   `~/.cache/huggingface/hub`), all resolved offline; with the `hf-download` feature an
+//!   `org/name[:file]` that is not cached is fetched from the hub into that cache.
 //!
 //! Nothing here reads tensor data; `describe` reads GGUF headers only.
 
@@ -27,7 +28,7 @@ pub struct ModelSource {
     pub id: String,
     pub path: PathBuf,
     pub format: Format,
-    /// Where it was found: `path`, `store` or `hf-cache`.
+    /// Where it was found: `path`, `store`, `hf-cache` or `hf-download`.
     pub origin: &'static str,
 }
 
@@ -81,6 +82,8 @@ pub fn resolve(spec: &str, store: &Path) -> Result<ModelSource, SourceError> {
         (p, "store")
     } else if let Some(p) = in_hf_cache(&hf, what) {
         (p, "hf-cache")
+    } else if let Some(p) = download(&hf, what)? {
+        (p, "hf-download")
     } else {
         return Err(SourceError::NotFound {
             spec: what.to_string(),
@@ -115,6 +118,74 @@ fn in_hf_cache(hf: &Path, id: &str) -> Option<PathBuf> {
         .unwrap_or_else(|| rev.to_string());
     let snap = base.join("snapshots").join(commit);
     snap.is_dir().then_some(snap)
+}
+
+/// `org/name[:file.gguf]` fetched into the HF cache through the hub (feature `hf-download`).
+/// Without the feature, or for anything that is not an `org/name` id, nothing is tried.
+#[cfg(feature = "hf-download")]
+fn download(hf: &Path, id: &str) -> Result<Option<PathBuf>, SourceError> {
+    let (repo, file) = match id.split_once(':') {
+        Some((r, f)) => (r, Some(f)),
+        None => (id, None),
+    };
+    let Some((org, name)) = repo.split_once('/') else { return Ok(None) };
+    if org.is_empty() || name.is_empty() || name.contains('/') || repo.contains("..") {
+        return Ok(None);
+    }
+    let unusable = |why: String| SourceError::Unusable {
+        path: format!("hf://{repo}"),
+        why,
+    };
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_cache_dir(hf.to_path_buf())
+        .with_progress(true)
+        .build()
+        .map_err(|e| unusable(format!("cannot reach the hub: {e}")))?;
+    let model = api.model(repo.to_string());
+    let info = model
+        .info()
+        .map_err(|e| unusable(format!("cannot list the repository (offline?): {e}")))?;
+    let files: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    let ggufs: Vec<&String> = files.iter().filter(|f| f.ends_with(".gguf")).collect();
+    let wanted: Vec<String> = match file {
+        Some(f) => vec![f.to_string()],
+        None if ggufs.len() == 1 => vec![ggufs[0].clone()],
+        None if ggufs.len() > 1 => {
+            return Err(unusable(format!(
+                "holds {} .gguf files; name one as {repo}:FILE ({})",
+                ggufs.len(),
+                ggufs.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )))
+        }
+        None => files
+            .iter()
+            .filter(|f| {
+                f.ends_with(".safetensors")
+                    || matches!(
+                        f.as_str(),
+                        "config.json" | "tokenizer.json" | "tokenizer_config.json" | "generation_config.json"
+                    )
+            })
+            .cloned()
+            .collect(),
+    };
+    let mut last = None;
+    for f in &wanted {
+        eprintln!("downloading {repo}/{f} ...");
+        last = Some(model.get(f).map_err(|e| unusable(format!("download of {f} failed: {e}")))?);
+    }
+    Ok(last.map(|p| {
+        if wanted.len() == 1 {
+            p
+        } else {
+            p.parent().map(Path::to_path_buf).unwrap_or(p)
+        }
+    }))
+}
+
+#[cfg(not(feature = "hf-download"))]
+fn download(_hf: &Path, _id: &str) -> Result<Option<PathBuf>, SourceError> {
+    Ok(None)
 }
 
 /// A directory becomes its one GGUF file or an HF safetensors layout.
@@ -161,7 +232,7 @@ fn pick_file(path: &Path) -> Result<(PathBuf, Format), SourceError> {
 /// Ids are what the request's `model` names: the store id, the HF repo id, or the file stem.
 fn default_id(what: &str, path: &Path, origin: &str) -> String {
     match origin {
-        "store" | "hf-cache" => what.to_string(),
+        "store" | "hf-cache" | "hf-download" => what.to_string(),
         _ => {
             let p = Path::new(what);
             let stem = if p.is_dir() { p.file_name() } else { path.file_stem() };
