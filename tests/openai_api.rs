@@ -126,6 +126,19 @@ fn completions_reproduce_the_verified_answer_streamed_and_not() {
     );
     assert_eq!(v["choices"][0]["text"].as_str().unwrap(), format!("{FRANCE}The capital of"));
     assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    // Operators see the engine's state in discovery.
+    let (s, d) = g.get("/api/gateway/discovery/providers");
+    assert_eq!(s, 200);
+    let e = &d["items"][0]["engines"][0];
+    assert_eq!(
+        (e["model"].as_str(), e["backend"].as_str(), e["running"].as_bool()),
+        (Some("smollm2"), Some("native"), Some(true))
+    );
+    assert!(
+        e["completed"].as_u64().unwrap() >= 4 && e["cached_prompt_tokens"].as_u64().unwrap() >= 16,
+        "{e}"
+    );
 }
 
 #[test]

@@ -25,9 +25,28 @@ async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
     let mut items = Vec::new();
     if !p.local.models.is_empty() {
         let running = p.local.models.iter().all(|m| m.engine.is_running());
+        use std::sync::atomic::Ordering::Relaxed;
+        let engines: Vec<Value> = p
+            .local
+            .models
+            .iter()
+            .map(|m| {
+                let s = &m.engine.stats;
+                let (steps, rows) = (s.batch_steps.load(Relaxed), s.batched_tokens.load(Relaxed));
+                json!({
+                    "model": m.info.id, "backend": m.backend, "context": m.context, "running": m.engine.is_running(),
+                    "in_flight": s.in_flight.load(Relaxed), "completed": s.completed.load(Relaxed),
+                    "cancelled": s.cancelled.load(Relaxed), "failed": s.failed.load(Relaxed),
+                    "prompt_tokens": s.prompt_tokens.load(Relaxed), "completion_tokens": s.completion_tokens.load(Relaxed),
+                    "cached_prompt_tokens": s.cached_tokens.load(Relaxed), "prefix_cache_bytes": s.prefix_cache_bytes.load(Relaxed),
+                    "mean_batch": if steps > 0 { rows as f64 / steps as f64 } else { 0.0 },
+                })
+            })
+            .collect();
         items.push(json!({
             "id": "local", "label": "Local engine (in-process)", "provider": "local", "available": running,
             "models": p.local.models.iter().map(|m| m.info.id.clone()).collect::<Vec<_>>(),
+            "engines": engines,
         }));
     }
     let route = p.route.text();

@@ -21,6 +21,8 @@ pub struct LocalModel {
     pub tokenizer: Arc<GgufTokenizer>,
     template: ChatTemplate,
     pub context: usize,
+    /// `native`, `candle` or `candle-gemma3`.
+    pub backend: &'static str,
     /// Tokens that end an assistant turn (eos and the template's end-of-turn markers).
     stop_ids: Vec<u32>,
     pub loaded_at: i64,
@@ -104,14 +106,16 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<Loca
         }
     }
     let context = model.context;
+    let backend = model.backend();
     let engine = TextEngine::spawn_with(model, engine_cfg.clone());
-    tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
+    tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, backend, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
     Ok(LocalModel {
         info,
         engine,
         tokenizer,
         template,
         context,
+        backend,
         stop_ids,
         loaded_at: chrono::Utc::now().timestamp(),
     })

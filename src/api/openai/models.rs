@@ -28,7 +28,7 @@ fn all(p: &Providers) -> Vec<Value> {
         .map(|m| {
             json!({"id": m.info.id, "object": "model", "created": m.loaded_at, "owned_by": "local",
                    "format": m.info.format, "architecture": m.info.architecture, "quantization": m.info.quantization,
-                   "context_length": m.context, "size_bytes": m.info.size_bytes, "name": m.info.name})
+                   "context_length": m.context, "size_bytes": m.info.size_bytes, "name": m.info.name, "backend": m.backend})
         })
         .collect();
     for t in p.route.text().chain().into_iter().filter(|t| !t.is_local()) {
