@@ -138,6 +138,8 @@ mod avx2 {
     }
 
     /// `q4_1_q8_1_x4` with AVX-512 VNNI's `vpdpbusd` (exact integer sums, so bit-identical).
+    /// A copy of the AVX2 kernel with the multiply-sum changed: sharing one body through an
+    /// inlined closure measured 5–10% slower on the batched step, so the copy stays.
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     pub unsafe fn q4_1_q8_1_x4_vnni(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
         {

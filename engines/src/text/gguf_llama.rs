@@ -59,10 +59,7 @@ impl LlamaGguf {
         let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
         // candle's quantized llama precomputes rotary tables for 4096 positions only.
         let context = (meta_u32(gguf.metadata(), "llama.context_length").unwrap_or(2048) as usize).min(CANDLE_MAX_POSITIONS);
-        let mut f = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let mut f = open(path)?;
         let md = gguf.metadata();
         let (layers, heads, kv_heads, embd) = (
             meta_u32(md, "llama.block_count").unwrap_or(0) as usize,
@@ -86,15 +83,7 @@ impl LlamaGguf {
                 device: device.clone(),
             });
         }
-        let total = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut reader = ProgressReader {
-            inner: &mut f,
-            read: 0,
-            total,
-            progress,
-        };
-        let pristine = ModelWeights::from_gguf(gguf.content, &mut reader, device)?;
-        (reader.progress)(total, total);
+        let pristine = with_progress(&mut f, progress, |r| ModelWeights::from_gguf(gguf.content, r, device))?;
         Ok(LlamaGguf {
             gemma3: None,
             pristine: Some(pristine),
@@ -117,19 +106,8 @@ impl LlamaGguf {
         let g = |k: &str| meta_u32(md, &format!("gemma3.{k}")).unwrap_or(0) as usize;
         let kv_bytes_per_token = g("block_count") * 2 * g("attention.head_count_kv") * g("attention.key_length") * 4;
         let context = g("context_length").clamp(1, GEMMA3_MAX_POSITIONS);
-        let mut f = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
-        let total = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut reader = ProgressReader {
-            inner: &mut f,
-            read: 0,
-            total,
-            progress,
-        };
-        let weights = Gemma3Weights::from_gguf(gguf.content, &mut reader, device)?;
-        (reader.progress)(total, total);
+        let mut f = open(path)?;
+        let weights = with_progress(&mut f, progress, |r| Gemma3Weights::from_gguf(gguf.content, r, device))?;
         Ok(LlamaGguf {
             pristine: None,
             gemma3: Some(weights),
@@ -260,18 +238,8 @@ impl Sequence {
     /// Runs `tokens` through the model; returns the logits after the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         match self {
-            Sequence::Candle { model, device, pos } => {
-                let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
-                let logits = model.forward(&input, *pos)?;
-                *pos += tokens.len();
-                Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
-            }
-            Sequence::Gemma3 { model, device, pos } => {
-                let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
-                let logits = model.forward(&input, *pos)?;
-                *pos += tokens.len();
-                Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
-            }
+            Sequence::Candle { model, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p)),
+            Sequence::Gemma3 { model, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p)),
             Sequence::Native { model, cache } => {
                 let mut out = model.forward(&mut [Chunk {
                     cache,
@@ -297,6 +265,44 @@ impl Sequence {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn open(path: &Path) -> Result<std::fs::File, EngineError> {
+    Ok(std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?)
+}
+
+/// Runs a candle loader over `f`, reporting progress as it reads.
+fn with_progress<T>(
+    f: &mut std::fs::File,
+    progress: &mut dyn FnMut(u64, u64),
+    load: impl FnOnce(&mut ProgressReader<'_, std::fs::File>) -> candle_core::Result<T>,
+) -> Result<T, EngineError> {
+    let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = ProgressReader {
+        inner: f,
+        read: 0,
+        total,
+        progress,
+    };
+    let out = load(&mut reader)?;
+    (reader.progress)(total, total);
+    Ok(out)
+}
+
+/// One forward pass of a candle model over `tokens` at position `pos` (advanced).
+fn candle_step(
+    tokens: &[u32],
+    device: &Device,
+    pos: &mut usize,
+    forward: impl FnOnce(&Tensor, usize) -> candle_core::Result<Tensor>,
+) -> Result<Vec<f32>, EngineError> {
+    let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+    let logits = forward(&input, *pos)?;
+    *pos += tokens.len();
+    Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
 }
 
 /// Counts the bytes candle reads (tensor data is nearly the whole file), for load progress.
