@@ -43,16 +43,10 @@ fn done_event(reason: FinishReason, prompt_tokens: usize, completion_tokens: usi
 fn streams_tokens_and_text_then_done() {
     let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
     let engine = TextEngine::spawn(m);
-    // Two queued requests: a stop-token finish and a length finish.
+    // A stop-token finish, then (after it) a length finish on the same prompt.
     let a = engine.generate(GenerateRequest {
         prompt_ids: FRANCE.to_vec(),
         max_tokens: 32,
-        stop_ids: vec![2],
-        ..Default::default()
-    });
-    let b = engine.generate(GenerateRequest {
-        prompt_ids: FRANCE.to_vec(),
-        max_tokens: 3,
         stop_ids: vec![2],
         ..Default::default()
     });
@@ -61,6 +55,12 @@ fn streams_tokens_and_text_then_done() {
     assert_eq!(ids, [504, 3575, 282, 4649, 314, 7042, 30]);
     assert_eq!(text, "The capital of France is Paris.");
     assert_eq!(done, done_event(FinishReason::Stop, 16, 8));
+    let b = engine.generate(GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: 3,
+        stop_ids: vec![2],
+        ..Default::default()
+    });
     let (ids, text, done) = collect(b);
     assert_eq!((ids.as_slice(), text.as_str()), (&[504u32, 3575, 282][..], "The capital of"));
     // Same prompt as the first request: served from the prefix cache.
@@ -350,4 +350,62 @@ fn the_candle_backend_still_serves_other_quantizations() {
     let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
     assert_eq!((m.backend(), m.batches(), m.context), ("candle", false, 4096));
     assert_eq!(m.greedy(&FRANCE, 32, &[2]).unwrap(), [504, 3575, 282, 4649, 314, 7042, 30, 2]);
+}
+
+#[test]
+fn long_prompts_prefill_in_chunks_alongside_running_decodes() {
+    let path = smollm2();
+    let reference = LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap();
+    let tok = reference.tokenizer.clone();
+    let long = tok
+        .encode(&format!(
+            "<|im_start|>user\n{}Summarize the text above in one sentence.<|im_end|>\n<|im_start|>assistant\n",
+            "The ledger is append-only and every run step is recorded in it. ".repeat(60)
+        ))
+        .unwrap();
+    assert!(long.len() > 700, "several prefill chunks: {}", long.len());
+    // One-shot prefill of the whole prompt, outside the engine.
+    let want = reference.greedy(&long, 12, &[2]).unwrap();
+    let engine = TextEngine::spawn_with(
+        LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap(),
+        abstractgateway_engines::text::engine::EngineConfig {
+            prefix_cache_bytes: 0,
+            ..Default::default()
+        },
+    );
+    // A decode already running when the long prompt arrives keeps going while it prefills.
+    let running = engine.generate(GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: 40,
+        ..Default::default()
+    });
+    let first = running.recv().unwrap();
+    assert!(matches!(first, GenEvent::Token { .. }));
+    let long_rx = engine.generate(GenerateRequest {
+        prompt_ids: long.clone(),
+        max_tokens: 12,
+        stop_ids: vec![2],
+        ..Default::default()
+    });
+    let (got, _, done) = collect(long_rx);
+    let got: Vec<u32> = got
+        .into_iter()
+        .chain(
+            matches!(
+                done,
+                GenEvent::Done {
+                    reason: FinishReason::Stop,
+                    ..
+                }
+            )
+            .then_some(2),
+        )
+        .collect();
+    assert_eq!(
+        &want[..],
+        &got[..want.len().min(got.len())],
+        "chunked prefill gives the one-shot result"
+    );
+    let (rest, _, _) = collect(running);
+    assert_eq!(rest.len(), 39, "the running decode was not starved");
 }

@@ -192,7 +192,13 @@ struct Active {
     context: Vec<u32>,
     usage: Usage,
     logits: Vec<f32>,
+    /// Prompt tokens not yet run through the model (chunked prefill, native backend).
+    pending: Vec<u32>,
 }
+
+/// Prompt tokens a sequence feeds per step while prefilling, so that a long prompt shares steps
+/// with running decodes instead of stalling them.
+const PREFILL_CHUNK: usize = 256;
 
 enum Outcome {
     Done(FinishReason, Usage),
@@ -236,10 +242,13 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
             }
         }
         stats.prefix_cache_bytes.store(cache.used_bytes(), Ordering::Relaxed);
-        // Sample one token for every sequence; finished ones leave the batch.
-        let mut next_tokens = Vec::with_capacity(active.len());
+        // Sample one token for every sequence that has logits; finished ones leave the batch.
         let mut i = 0;
         while i < active.len() {
+            if !active[i].pending.is_empty() {
+                i += 1;
+                continue;
+            }
             match sample_step(&model, &vocab, &mut active[i]) {
                 Some(outcome) => {
                     let mut a = active.swap_remove(i);
@@ -249,22 +258,36 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
                     }
                     finish(&stats, &mut a.sink, outcome);
                 }
-                None => {
-                    next_tokens.push(*a_last(&active[i]));
-                    i += 1;
-                }
+                None => i += 1,
             }
         }
         if active.is_empty() {
             continue;
         }
+        // What each sequence feeds this step: its sampled token, or the next slice of its prompt.
+        let feeds: Vec<Vec<u32>> = active
+            .iter_mut()
+            .map(|a| {
+                if a.pending.is_empty() {
+                    vec![*a_last(a)]
+                } else {
+                    let n = a.pending.len().min(PREFILL_CHUNK);
+                    a.pending.drain(..n).collect()
+                }
+            })
+            .collect();
         stats.batch_steps.fetch_add(1, Ordering::Relaxed);
         stats.batched_tokens.fetch_add(active.len() as u64, Ordering::Relaxed);
+        let feed_refs: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
         let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|a| &mut a.seq).collect();
-        match model.step_batch(&mut seqs, &next_tokens) {
+        match model.step_batch(&mut seqs, &feed_refs) {
             Ok(all) => {
                 for (a, l) in active.iter_mut().zip(all) {
                     a.logits = l;
+                    // A prompt just finished prefilling: remember it for the prefix cache.
+                    if a.pending.is_empty() && a.seq.len() == a.req.prompt_ids.len() && a.usage.completion_tokens == 0 {
+                        cache.insert(&a.req.prompt_ids, &a.seq, Some(&a.logits));
+                    }
                 }
             }
             Err(e) => {
@@ -311,33 +334,26 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
         return Err((sink, e.to_string()));
     }
     let prompt = &req.prompt_ids;
-    let (seq, prefilled) = match cache.lookup(prompt) {
-        Some(Hit {
-            seq,
-            cached,
-            logits: Some(l),
-        }) => (seq, Ok((l, cached))),
-        Some(Hit {
-            mut seq,
-            cached,
-            logits: None,
-        }) => {
-            let l = seq.prefill(&prompt[cached..]).map(|l| (l, cached));
-            (seq, l)
-        }
-        None => {
-            let mut seq = model.sequence();
-            let l = seq.prefill(prompt).map(|l| (l, 0));
-            (seq, l)
-        }
+    let (mut seq, cached, logits) = match cache.lookup(prompt) {
+        Some(Hit { seq, cached, logits }) => (seq, cached, logits),
+        None => (model.sequence(), 0, None),
     };
-    let (logits, cached) = match prefilled {
-        Ok(v) => v,
-        Err(e) => return Err((sink, e.to_string())),
+    // The native backend prefills in chunks inside the batched steps; candle prefills here.
+    let mut pending: Vec<u32> = Vec::new();
+    let logits = match logits {
+        Some(l) => l,
+        None if model.batches() => {
+            pending = prompt[cached..].to_vec();
+            Vec::new()
+        }
+        None => match seq.prefill(&prompt[cached..]) {
+            Ok(l) => {
+                cache.insert(prompt, &seq, Some(&l));
+                l
+            }
+            Err(e) => return Err((sink, e.to_string())),
+        },
     };
-    if cached < prompt.len() {
-        cache.insert(prompt, &seq, Some(&logits));
-    }
     let mut eos: Vec<u32> = req.stop_ids.clone();
     if let Some(e) = model.tokenizer.eos_id {
         if !eos.contains(&e) {
@@ -357,6 +373,7 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
             cached_tokens: cached,
         },
         logits,
+        pending,
         seq,
         req,
         sink,

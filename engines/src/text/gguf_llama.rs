@@ -156,16 +156,18 @@ impl LlamaGguf {
         }
     }
 
-    /// One decode step for several sequences at once (one token each): a single batched
-    /// forward pass on the native backend, one pass per sequence on candle.
-    pub fn step_batch(&self, seqs: &mut [&mut Sequence], tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// One step for several sequences at once: each feeds its own run of tokens (one for a
+    /// decode step, a slice of its prompt for chunked prefill). A single batched forward pass on
+    /// the native backend, one pass per sequence on candle. Returns each sequence's logits after
+    /// its last token.
+    pub fn step_batch(&self, seqs: &mut [&mut Sequence], tokens: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
         if let Some(m) = &self.native {
             let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(seqs.len());
             for (s, t) in seqs.iter_mut().zip(tokens) {
                 match &mut **s {
                     Sequence::Native { cache, .. } => chunks.push(Chunk {
                         cache,
-                        tokens: std::slice::from_ref(t),
+                        tokens: t,
                         logits: true,
                     }),
                     _ => return Err(EngineError::Unsupported("mixed backends in one batch".into())),
@@ -173,7 +175,7 @@ impl LlamaGguf {
             }
             return Ok(m.forward(&mut chunks)?);
         }
-        seqs.iter_mut().zip(tokens).map(|(s, t)| s.step(*t)).collect()
+        seqs.iter_mut().zip(tokens).map(|(s, t)| s.prefill(t)).collect()
     }
 
     pub fn check_fits(&self, prompt: usize, max_new: usize) -> Result<(), EngineError> {
