@@ -202,6 +202,34 @@ fn chat_completions_stream_json_mode_tools_and_errors() {
         assert!(msg["content"].is_string());
     }
 
+    // A named tool_choice forces the call: the answer starts as that call and is completed as
+    // valid JSON by constrained decoding, so even a 135M model returns a well-formed call.
+    for stream in [false, true] {
+        let body = json!({"messages": [{"role": "user", "content": "What is the weather in Paris?"}], "tools": tools,
+                          "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                          "temperature": 0, "max_tokens": 60, "stream": stream});
+        let calls: Vec<Value> = if stream {
+            let (chunks, done) = stream_v1(&g, "/v1/chat/completions", &body);
+            assert!(done);
+            assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+            chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+                .flatten()
+                .cloned()
+                .collect()
+        } else {
+            let (s, v, _) = post_v1(&g, "/v1/chat/completions", &body);
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+            v["choices"][0]["message"]["tool_calls"].as_array().cloned().unwrap_or_default()
+        };
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args.is_object(), "{args}");
+    }
+
     // Errors, in OpenAI's shape, naming the parameter.
     let bad = |body: Value, status: u16, param: Option<&str>, code: Option<&str>| {
         let (s, v, _) = post_v1(&g, "/v1/chat/completions", &body);

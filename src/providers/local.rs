@@ -13,7 +13,7 @@ use abstractgateway_models::source::{self, Format, ModelInfo};
 use abstractgateway_models::tokenizer::GgufTokenizer;
 use serde_json::{json, Map, Value};
 
-use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, Usage};
+use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, ToolChoice, Usage};
 
 pub struct LocalModel {
     pub info: ModelInfo,
@@ -121,6 +121,24 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<Loca
     })
 }
 
+/// For `tool_choice` required or named: the answer is started for the model, so that it can
+/// only continue a call (`{"name": "` and, when named, the name and `"arguments": `).
+fn forced_tool_call(tools: &[Value], choice: &ToolChoice) -> Option<String> {
+    if tools.is_empty() {
+        return None;
+    }
+    match choice {
+        ToolChoice::Auto => None,
+        // With one tool, "some tool" is that tool: name it, so a weak model cannot invent one.
+        ToolChoice::Required if tools.len() == 1 => {
+            let name = tools[0].pointer("/function/name").and_then(Value::as_str).unwrap_or("");
+            forced_tool_call(tools, &ToolChoice::Named(name.to_string()))
+        }
+        ToolChoice::Required => Some("<tool_call>\n{\"name\": \"".into()),
+        ToolChoice::Named(n) => Some(format!("<tool_call>\n{{\"name\": {}, \"arguments\": ", Value::String(n.clone()))),
+    }
+}
+
 /// What a template without tool support gets told about the tools, and how to call one.
 fn tool_instructions(tools: &[Value]) -> String {
     let mut s = String::from(
@@ -187,16 +205,28 @@ impl LocalModel {
             .map_err(|e| ProviderError::Invalid(format!("cannot render the chat template: {e}")))
     }
 
-    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, ProviderError> {
-        let text = match prompt {
-            Prompt::Chat { messages, tools } => self.render_chat(messages, tools)?,
-            Prompt::Text(t) => t.clone(),
+    /// The prompt's token ids, and the start of the answer when a tool call is forced.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<(Vec<u32>, Option<String>), ProviderError> {
+        let (mut text, forced) = match prompt {
+            Prompt::Chat {
+                messages,
+                tools,
+                tool_choice,
+            } => {
+                let rendered = self.render_chat(messages, tools)?;
+                (rendered, forced_tool_call(tools, tool_choice))
+            }
+            Prompt::Text(t) => (t.clone(), None),
         };
-        self.tokenizer.encode(&text).map_err(|e| ProviderError::Invalid(e.to_string()))
+        if let Some(f) = &forced {
+            text.push_str(f);
+        }
+        let ids = self.tokenizer.encode(&text).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        Ok((ids, forced))
     }
 
     fn start(&self, req: &TextRequest) -> Result<EventRx, ProviderError> {
-        let ids = self.prompt_ids(&req.prompt)?;
+        let (ids, forced) = self.prompt_ids(&req.prompt)?;
         let p = &req.params;
         if ids.is_empty() {
             return Err(ProviderError::Invalid("the prompt is empty".into()));
@@ -234,13 +264,25 @@ impl LocalModel {
         };
         sampling.validate().map_err(ProviderError::Invalid)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut stop_strings = p.stop.clone();
+        let mut json_object = p.json_object;
+        let mut json_prefix = None;
+        if let Some(f) = forced {
+            // The forced start of the call is part of the answer: the client (and the tool-call
+            // parser) see it first. The model must complete it as valid JSON, and ends there.
+            json_object = true;
+            json_prefix = f.find('{').map(|i| f[i..].to_string());
+            let _ = tx.send(Ok(TextEvent::Delta(f)));
+            stop_strings.push("</tool_call>".into());
+        }
         let gen = GenerateRequest {
             prompt_ids: ids,
             max_tokens,
             stop_ids: self.stop_ids.clone(),
-            stop_strings: p.stop.clone(),
+            stop_strings,
             sampling,
-            json_object: p.json_object,
+            json_object,
+            json_prefix,
         };
         self.engine.submit(
             gen,

@@ -41,10 +41,25 @@ pub struct GenParams {
     pub json_object: bool,
 }
 
+/// OpenAI's `tool_choice` (`none` arrives as no tools at all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    /// Some tool must be called.
+    Required,
+    /// This function must be called.
+    Named(String),
+}
+
 #[derive(Debug, Clone)]
 pub enum Prompt {
     /// OpenAI chat messages (`content` already flattened to text) and tool definitions.
-    Chat { messages: Vec<Value>, tools: Vec<Value> },
+    Chat {
+        messages: Vec<Value>,
+        tools: Vec<Value>,
+        tool_choice: ToolChoice,
+    },
     /// A raw completion prompt.
     Text(String),
 }

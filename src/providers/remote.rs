@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
 use super::defaults::Target;
-use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, Usage};
+use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, ToolChoice, Usage};
 
 pub struct RemoteClient {
     http: reqwest::Client,
@@ -105,10 +105,23 @@ fn request_body(target: &Target, req: &TextRequest) -> (&'static str, Value) {
     b.insert("stream".into(), json!(true));
     b.insert("stream_options".into(), json!({"include_usage": true}));
     let path = match &req.prompt {
-        Prompt::Chat { messages, tools } => {
+        Prompt::Chat {
+            messages,
+            tools,
+            tool_choice,
+        } => {
             b.insert("messages".into(), json!(messages));
             if !tools.is_empty() {
                 b.insert("tools".into(), json!(tools));
+                match tool_choice {
+                    ToolChoice::Auto => {}
+                    ToolChoice::Required => {
+                        b.insert("tool_choice".into(), json!("required"));
+                    }
+                    ToolChoice::Named(n) => {
+                        b.insert("tool_choice".into(), json!({"type": "function", "function": {"name": n}}));
+                    }
+                }
             }
             "/chat/completions"
         }

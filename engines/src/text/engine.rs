@@ -29,6 +29,9 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Constrain the output to one JSON object (`response_format: json_object`).
     pub json_object: bool,
+    /// With `json_object`: JSON text already written for the model (e.g. the start of a forced
+    /// tool call); the output must complete it.
+    pub json_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,7 +367,13 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
         sampler: Sampler::new(req.sampling.clone()),
         detok: StreamDecoder::default(),
         stops: StopMatcher::new(&req.stop_strings),
-        json: req.json_object.then(JsonConstraint::new),
+        json: req.json_object.then(|| {
+            let mut c = JsonConstraint::new();
+            if let Some(p) = &req.json_prefix {
+                c.advance(p.as_bytes());
+            }
+            c
+        }),
         eos,
         context: prompt.clone(),
         usage: Usage {

@@ -12,7 +12,7 @@ use super::params::{gen_params, model, parse_body, stream};
 use super::stream::{collect, sse_body, sse_response, Piece};
 use super::{now_unix, provider_headers, OpenAiError};
 use crate::api::{route, Route};
-use crate::providers::{Prompt, Providers, TextRequest, Usage};
+use crate::providers::{Prompt, Providers, TextRequest, ToolChoice, Usage};
 
 pub fn routes() -> Vec<Route> {
     vec![route(
@@ -94,9 +94,9 @@ pub fn messages(b: &Map<String, Value>) -> Result<Vec<Value>, OpenAiError> {
     Ok(out)
 }
 
-pub fn tools(b: &Map<String, Value>) -> Result<Vec<Value>, OpenAiError> {
+pub fn tools(b: &Map<String, Value>) -> Result<(Vec<Value>, ToolChoice), OpenAiError> {
     let tools = match b.get("tools") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
+        None | Some(Value::Null) => return Ok((Vec::new(), ToolChoice::Auto)),
         Some(Value::Array(a)) => a.clone(),
         Some(_) => return Err(OpenAiError::invalid("'tools' must be an array", Some("tools"))),
     };
@@ -109,7 +109,8 @@ pub fn tools(b: &Map<String, Value>) -> Result<Vec<Value>, OpenAiError> {
         }
     }
     match b.get("tool_choice") {
-        Some(Value::String(s)) if s == "none" => Ok(Vec::new()),
+        Some(Value::String(s)) if s == "none" => Ok((Vec::new(), ToolChoice::Auto)),
+        Some(Value::String(s)) if s == "required" => Ok((tools, ToolChoice::Required)),
         // A named function: offer only that one.
         Some(Value::Object(o)) => {
             let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or("");
@@ -123,9 +124,9 @@ pub fn tools(b: &Map<String, Value>) -> Result<Vec<Value>, OpenAiError> {
                     Some("tool_choice"),
                 ));
             }
-            Ok(only)
+            Ok((only, ToolChoice::Named(name.to_string())))
         }
-        _ => Ok(tools),
+        _ => Ok((tools, ToolChoice::Auto)),
     }
 }
 
@@ -145,7 +146,7 @@ pub async fn chat(Extension(providers): Extension<Arc<Providers>>, body: Bytes) 
 async fn chat_inner(providers: Arc<Providers>, body: Bytes) -> Result<Response, OpenAiError> {
     let b = parse_body(&body)?;
     let messages = messages(&b)?;
-    let tools = tools(&b)?;
+    let (tools, tool_choice) = tools(&b)?;
     let params = gen_params(&b, None)?;
     let (streaming, include_usage) = stream(&b)?;
     let requested = model(&b)?;
@@ -153,6 +154,7 @@ async fn chat_inner(providers: Arc<Providers>, body: Bytes) -> Result<Response, 
         prompt: Prompt::Chat {
             messages,
             tools: tools.clone(),
+            tool_choice,
         },
         params,
     };
