@@ -79,6 +79,16 @@ impl GgufTokenizer {
         }
     }
 
+    /// Writes the tokenizer as an HF `tokenizer.json` (byte-level BPE vocabularies only).
+    pub fn save_tokenizer_json(&self, path: &std::path::Path) -> Result<(), ModelError> {
+        match &self.kind {
+            Kind::Bpe(t) => t.save(path, false).map_err(|e| ModelError::Tokenizer(e.to_string())),
+            Kind::Spm(_) => Err(ModelError::UnsupportedTokenizer(
+                "SentencePiece vocabularies cannot be exported yet".into(),
+            )),
+        }
+    }
+
     /// `gpt2` (byte-level BPE) or `llama` (SentencePiece), as GGUF names them.
     pub fn model_kind(&self) -> &'static str {
         match self.kind {
@@ -139,6 +149,55 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError
 enum Kind {
     Bpe(Tokenizer),
     Spm(SpmTokenizer),
+}
+
+/// A tokenizer from an HF model directory: `tokenizer.json`, with BOS/EOS, `add_bos_token` and
+/// the chat template from `tokenizer_config.json` (byte-level BPE vocabularies, as SmolLM, Llama 3,
+/// Qwen and Mistral-Nemo ship).
+pub fn tokenizer_from_hf_dir(dir: &std::path::Path) -> Result<GgufTokenizer, ModelError> {
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| ModelError::Tokenizer(format!("tokenizer.json: {e}")))?;
+    let cfg: serde_json::Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let special = |k: &str| -> Option<u32> {
+        let v = &cfg[k];
+        let name = v.as_str().or_else(|| v["content"].as_str())?;
+        tokenizer.token_to_id(name)
+    };
+    let chat_template = match &cfg["chat_template"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        // Several named templates: the default one.
+        serde_json::Value::Array(a) => a
+            .iter()
+            .find(|t| t["name"] == "default")
+            .or_else(|| a.first())
+            .and_then(|t| t["template"].as_str().map(str::to_string)),
+        _ => None,
+    };
+    let vocab = tokenizer.get_vocab(true);
+    let mut token_bytes: Vec<Option<Vec<u8>>> = vec![None; tokenizer.get_vocab_size(true)];
+    let added: std::collections::HashSet<u32> = tokenizer
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(i, _)| *i)
+        .collect();
+    for (piece, id) in vocab {
+        if let Some(slot) = token_bytes.get_mut(id as usize) {
+            if !added.contains(&id) {
+                *slot = Some(byte_level_bytes(&piece));
+            }
+        }
+    }
+    Ok(GgufTokenizer {
+        bos_id: special("bos_token"),
+        eos_id: special("eos_token"),
+        add_bos: cfg["add_bos_token"].as_bool().unwrap_or(false),
+        chat_template,
+        token_bytes,
+        kind: Kind::Bpe(tokenizer),
+    })
 }
 
 fn token_types(m: &HashMap<String, Value>, n: usize) -> Result<Vec<i32>, ModelError> {

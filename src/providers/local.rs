@@ -9,7 +9,7 @@ use abstractgateway_engines::text::engine::{EngineConfig, GenEvent, GenerateRequ
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::sampling::SamplingParams;
 use abstractgateway_models::chat_template::ChatTemplate;
-use abstractgateway_models::source::{self, Format, ModelInfo};
+use abstractgateway_models::source::{self, ModelInfo};
 use abstractgateway_models::tokenizer::GgufTokenizer;
 use serde_json::{json, Map, Value};
 
@@ -73,12 +73,6 @@ impl LocalModels {
 }
 
 fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<LocalModel, String> {
-    if src.format != Format::Gguf {
-        return Err(format!(
-            "{}: safetensors models cannot be served yet; use a GGUF file",
-            src.path.display()
-        ));
-    }
     let info = source::describe(src).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let size_mb = info.size_bytes as f64 / 1e6;

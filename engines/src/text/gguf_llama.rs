@@ -12,6 +12,7 @@ use abstractgateway_models::gguf::{meta_u32, GgufFile};
 use abstractgateway_models::llama::{unsupported_types, Chunk, KvCache, Llama};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
+use candle_transformers::models::llama::{Cache as HfCache, Config as HfLlamaConfig, Llama as HfLlama, LlamaConfig as HfLlamaJson};
 use candle_transformers::models::quantized_gemma3::ModelWeights as Gemma3Weights;
 use candle_transformers::models::quantized_llama::ModelWeights;
 
@@ -31,6 +32,8 @@ pub struct LlamaGguf {
     pristine: Option<ModelWeights>,
     /// Gemma 3 on candle's quantized implementation (same cloning scheme).
     gemma3: Option<Gemma3Weights>,
+    /// HF-layout safetensors llama on candle (f32 on CPU).
+    hf: Option<(Arc<HfLlama>, HfLlamaConfig)>,
     native: Option<Arc<Llama>>,
     pub tokenizer: Arc<GgufTokenizer>,
     pub context: usize,
@@ -46,6 +49,11 @@ impl LlamaGguf {
 
     /// Loads, calling `progress(bytes_read, total_bytes)` as the weights stream in.
     pub fn load_with_progress(path: &Path, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<LlamaGguf, EngineError> {
+        if path.is_dir() {
+            let m = Self::load_hf_dir(path, device)?;
+            progress(1, 1);
+            return Ok(m);
+        }
         let gguf = GgufFile::open(path)?;
         let arch = gguf.architecture().unwrap_or("").to_string();
         if arch == "gemma3" {
@@ -81,6 +89,7 @@ impl LlamaGguf {
                 tokenizer: Arc::new(tokenizer),
                 kv_bytes_per_token,
                 device: device.clone(),
+                hf: None,
             });
         }
         let pristine = with_progress(&mut f, progress, |r| ModelWeights::from_gguf(gguf.content, r, device))?;
@@ -92,12 +101,53 @@ impl LlamaGguf {
             context,
             kv_bytes_per_token,
             device: device.clone(),
+            hf: None,
         })
     }
 
     /// Logits after the prompt (for diagnostics and tests).
     pub fn first_logits(&self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
         self.sequence().prefill(prompt)
+    }
+
+    /// An HF model directory: `config.json` (llama or mistral), `*.safetensors`, `tokenizer.json`.
+    fn load_hf_dir(dir: &Path, device: &Device) -> Result<LlamaGguf, EngineError> {
+        let io = |e: std::io::Error| abstractgateway_models::ModelError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        };
+        let text = std::fs::read_to_string(dir.join("config.json")).map_err(io)?;
+        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Unsupported(format!("config.json: {e}")))?;
+        let kind = raw["model_type"].as_str().unwrap_or("");
+        if !matches!(kind, "llama" | "mistral") {
+            return Err(EngineError::Unsupported(format!(
+                "safetensors model_type '{kind}' (supported: llama, mistral; GGUF also covers gemma3)"
+            )));
+        }
+        let json: HfLlamaJson = serde_json::from_value(raw.clone()).map_err(|e| EngineError::Unsupported(format!("config.json: {e}")))?;
+        let cfg = json.into_config(false);
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false))
+            .collect();
+        files.sort();
+        // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, device)? };
+        let model = HfLlama::load(vb, &cfg)?;
+        let tokenizer = abstractgateway_models::tokenizer::tokenizer_from_hf_dir(dir)?;
+        let head_dim = cfg.hidden_size / cfg.num_attention_heads;
+        Ok(LlamaGguf {
+            pristine: None,
+            gemma3: None,
+            native: None,
+            tokenizer: Arc::new(tokenizer),
+            context: cfg.max_position_embeddings.min(NATIVE_MAX_POSITIONS),
+            kv_bytes_per_token: cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 4,
+            device: device.clone(),
+            hf: Some((Arc::new(model), cfg)),
+        })
     }
 
     fn load_gemma3(path: &Path, gguf: GgufFile, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<LlamaGguf, EngineError> {
@@ -116,6 +166,7 @@ impl LlamaGguf {
             context,
             kv_bytes_per_token,
             device: device.clone(),
+            hf: None,
         })
     }
 
@@ -125,6 +176,8 @@ impl LlamaGguf {
             "native"
         } else if self.gemma3.is_some() {
             "candle-gemma3"
+        } else if self.hf.is_some() {
+            "candle-safetensors"
         } else {
             "candle"
         }
@@ -152,7 +205,15 @@ impl LlamaGguf {
                 device: self.device.clone(),
                 pos: 0,
             },
-            (None, None, None) => unreachable!("a loaded model has a backend"),
+            (None, None, None) => match &self.hf {
+                Some((m, cfg)) => Sequence::Hf {
+                    model: m.clone(),
+                    cache: HfCache::new(true, candle_core::DType::F32, cfg, &self.device).expect("rotary tables fit in memory"),
+                    device: self.device.clone(),
+                    pos: 0,
+                },
+                None => unreachable!("a loaded model has a backend"),
+            },
         }
     }
 
@@ -231,9 +292,26 @@ impl LlamaGguf {
 /// (appends make new tensors), native KV buffers are copied.
 #[derive(Clone)]
 pub enum Sequence {
-    Candle { model: ModelWeights, device: Device, pos: usize },
-    Gemma3 { model: Gemma3Weights, device: Device, pos: usize },
-    Native { model: Arc<Llama>, cache: KvCache },
+    Candle {
+        model: ModelWeights,
+        device: Device,
+        pos: usize,
+    },
+    Gemma3 {
+        model: Gemma3Weights,
+        device: Device,
+        pos: usize,
+    },
+    Hf {
+        model: Arc<HfLlama>,
+        cache: HfCache,
+        device: Device,
+        pos: usize,
+    },
+    Native {
+        model: Arc<Llama>,
+        cache: KvCache,
+    },
 }
 
 impl Sequence {
@@ -242,6 +320,7 @@ impl Sequence {
         match self {
             Sequence::Candle { model, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p)),
             Sequence::Gemma3 { model, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p)),
+            Sequence::Hf { model, cache, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p, cache)),
             Sequence::Native { model, cache } => {
                 let mut out = model.forward(&mut [Chunk {
                     cache,
@@ -259,7 +338,7 @@ impl Sequence {
 
     pub fn len(&self) -> usize {
         match self {
-            Sequence::Candle { pos, .. } | Sequence::Gemma3 { pos, .. } => *pos,
+            Sequence::Candle { pos, .. } | Sequence::Gemma3 { pos, .. } | Sequence::Hf { pos, .. } => *pos,
             Sequence::Native { cache, .. } => cache.len(),
         }
     }
