@@ -85,6 +85,7 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<Loca
         if decile > last_decile {
             last_decile = decile;
             eprintln!("loading {id}: {:>3}% of {:.0} MB", decile * 10, total as f64 / 1e6);
+            tracing::debug!(model = %id, percent = decile * 10, "loading");
         }
     };
     let model = LlamaGguf::load_with_progress(&src.path, &candle_core::Device::Cpu, &mut progress)
