@@ -72,11 +72,6 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// Bytes held (for cache budgets).
-    pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
-    }
 }
 
 /// A run of consecutive tokens of one sequence in a batch.
@@ -269,11 +264,6 @@ impl Llama {
             v: vec![Vec::new(); self.cfg.n_layer],
             len: 0,
         }
-    }
-
-    /// KV bytes per token (f32 keys and values over all layers).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        self.cfg.n_layer * 2 * self.cfg.n_kv_head * self.cfg.head_dim * 4
     }
 
     fn rms_norm(&self, x: &[f32], w: &[f32], out: &mut [f32]) {

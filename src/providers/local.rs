@@ -37,10 +37,6 @@ pub struct LocalModels {
 const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"];
 
 impl LocalModels {
-    pub fn empty() -> LocalModels {
-        LocalModels::default()
-    }
-
     /// Resolves and loads every spec, reporting progress on stderr and in the log.
     pub fn load(specs: &[String], store: &Path, engine: &EngineConfig) -> Result<LocalModels, String> {
         let mut models = Vec::new();

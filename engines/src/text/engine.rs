@@ -213,8 +213,9 @@ enum Outcome {
 /// running batch; every step samples one token per active sequence, then runs one batched
 /// forward pass for all of them (continuous batching: sequences join and leave between steps).
 fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<EngineStats>) {
-    // Constrained decoding needs every token's bytes.
-    let vocab = model.tokenizer.token_bytes.clone();
+    // Constrained decoding needs every token's bytes (shared with the tokenizer, not copied).
+    let tokenizer = model.tokenizer.clone();
+    let vocab = &tokenizer.token_bytes;
     let mut cache = PrefixCache::new(cfg.prefix_cache_bytes, model.kv_bytes_per_token);
     let max_batch = if model.batches() { cfg.max_batch.max(1) } else { 1 };
     let mut active: Vec<Active> = Vec::new();
@@ -252,7 +253,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
                 i += 1;
                 continue;
             }
-            match sample_step(&model, &vocab, &mut active[i]) {
+            match sample_step(&model, vocab, &mut active[i]) {
                 Some(outcome) => {
                     let mut a = active.swap_remove(i);
                     if matches!(outcome, Outcome::Done(..)) && a.context.len() == a.seq.len() {

@@ -1,9 +1,11 @@
-//! Llama-architecture GGUF models (SmolLM2, Llama, Mistral...). Two backends:
-//! - **native** (`abstractgateway_models::llama` on our `kernels/`): used when every matrix is a
-//!   type our kernels cover (`Q4_1`, `Q8_0`, `F32`); faster, and sequences can share a batched
-//!   decode step (continuous batching);
-//! - **candle** (`candle_transformers` quantized llama): every other quantization; one sequence
-//!   per forward pass, context capped at candle's 4096 rotary positions.
+//! Text models behind one type. Backends:
+//! - **native** (`abstractgateway_models::llama` on our `kernels/`): llama GGUFs whose matrices
+//!   are all types our kernels cover (`Q4_1`, `Q8_0`, `F32`); faster, and sequences can share a
+//!   batched decode step (continuous batching);
+//! - **candle** (`candle_transformers` quantized llama): every other llama quantization; one
+//!   sequence per forward pass, context capped at candle's 4096 rotary positions;
+//! - **candle-gemma3**: Gemma 3 GGUFs on candle's quantized gemma3;
+//! - **candle-safetensors**: HF-layout llama/mistral directories on candle's llama, in f32.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use abstractgateway_models::gguf::{meta_u32, GgufFile};
 use abstractgateway_models::llama::{unsupported_types, Chunk, KvCache, Llama};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
-use candle_transformers::models::llama::{Cache as HfCache, Config as HfLlamaConfig, Llama as HfLlama, LlamaConfig as HfLlamaJson};
+use candle_transformers::models::llama::{Cache as HfCache, Llama as HfLlama, LlamaConfig as HfLlamaJson};
 use candle_transformers::models::quantized_gemma3::ModelWeights as Gemma3Weights;
 use candle_transformers::models::quantized_llama::ModelWeights;
 
@@ -27,14 +29,18 @@ pub const NATIVE_MAX_POSITIONS: usize = 32_768;
 /// Gemma 3 on candle: its KV grows with every position (sliding-window layers included).
 pub const GEMMA3_MAX_POSITIONS: usize = 32_768;
 
+/// What runs the model. The candle variants hold weights with empty KV caches; each sequence
+/// works on a clone (weights are shared).
+enum Backend {
+    Native(Arc<Llama>),
+    Candle(ModelWeights),
+    Gemma3(Gemma3Weights),
+    /// The empty cache carries the rotary tables, built once at load.
+    Hf(Arc<HfLlama>, HfCache),
+}
+
 pub struct LlamaGguf {
-    /// candle backend: weights with empty KV caches; each sequence works on a clone.
-    pristine: Option<ModelWeights>,
-    /// Gemma 3 on candle's quantized implementation (same cloning scheme).
-    gemma3: Option<Gemma3Weights>,
-    /// HF-layout safetensors llama on candle (f32 on CPU).
-    hf: Option<(Arc<HfLlama>, HfLlamaConfig)>,
-    native: Option<Arc<Llama>>,
+    backend: Backend,
     pub tokenizer: Arc<GgufTokenizer>,
     pub context: usize,
     /// KV cache size per token (f32 K and V over all layers), for the prefix cache's budget.
@@ -82,32 +88,21 @@ impl LlamaGguf {
             let trained = meta_u32(md, "llama.context_length").unwrap_or(2048) as usize;
             let native = Llama::load(path, &gguf.content, trained.min(NATIVE_MAX_POSITIONS), progress)?;
             return Ok(LlamaGguf {
-                gemma3: None,
-                pristine: None,
                 context: native.cfg.context,
-                native: Some(Arc::new(native)),
+                backend: Backend::Native(Arc::new(native)),
                 tokenizer: Arc::new(tokenizer),
                 kv_bytes_per_token,
                 device: device.clone(),
-                hf: None,
             });
         }
         let pristine = with_progress(&mut f, progress, |r| ModelWeights::from_gguf(gguf.content, r, device))?;
         Ok(LlamaGguf {
-            gemma3: None,
-            pristine: Some(pristine),
-            native: None,
+            backend: Backend::Candle(pristine),
             tokenizer: Arc::new(tokenizer),
             context,
             kv_bytes_per_token,
             device: device.clone(),
-            hf: None,
         })
-    }
-
-    /// Logits after the prompt (for diagnostics and tests).
-    pub fn first_logits(&self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
-        self.sequence().prefill(prompt)
     }
 
     /// An HF model directory: `config.json` (llama or mistral), `*.safetensors`, `tokenizer.json`.
@@ -138,15 +133,13 @@ impl LlamaGguf {
         let model = HfLlama::load(vb, &cfg)?;
         let tokenizer = abstractgateway_models::tokenizer::tokenizer_from_hf_dir(dir)?;
         let head_dim = cfg.hidden_size / cfg.num_attention_heads;
+        let empty = HfCache::new(true, candle_core::DType::F32, &cfg, device)?;
         Ok(LlamaGguf {
-            pristine: None,
-            gemma3: None,
-            native: None,
+            backend: Backend::Hf(Arc::new(model), empty),
             tokenizer: Arc::new(tokenizer),
             context: cfg.max_position_embeddings.min(NATIVE_MAX_POSITIONS),
             kv_bytes_per_token: cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 4,
             device: device.clone(),
-            hf: Some((Arc::new(model), cfg)),
         })
     }
 
@@ -159,60 +152,52 @@ impl LlamaGguf {
         let mut f = open(path)?;
         let weights = with_progress(&mut f, progress, |r| Gemma3Weights::from_gguf(gguf.content, r, device))?;
         Ok(LlamaGguf {
-            pristine: None,
-            gemma3: Some(weights),
-            native: None,
+            backend: Backend::Gemma3(weights),
             tokenizer: Arc::new(tokenizer),
             context,
             kv_bytes_per_token,
             device: device.clone(),
-            hf: None,
         })
     }
 
-    /// Which backend runs this model: `native`, `candle` (llama) or `candle-gemma3`.
+    /// Which backend runs this model: `native`, `candle`, `candle-gemma3` or `candle-safetensors`.
     pub fn backend(&self) -> &'static str {
-        if self.native.is_some() {
-            "native"
-        } else if self.gemma3.is_some() {
-            "candle-gemma3"
-        } else if self.hf.is_some() {
-            "candle-safetensors"
-        } else {
-            "candle"
+        match self.backend {
+            Backend::Native(_) => "native",
+            Backend::Candle(_) => "candle",
+            Backend::Gemma3(_) => "candle-gemma3",
+            Backend::Hf(..) => "candle-safetensors",
         }
     }
 
     /// Whether sequences can share a decode step.
     pub fn batches(&self) -> bool {
-        self.native.is_some()
+        matches!(self.backend, Backend::Native(_))
     }
 
     /// A fresh sequence with its own KV cache (the weights are shared).
     pub fn sequence(&self) -> Sequence {
-        match (&self.native, &self.pristine, &self.gemma3) {
-            (Some(m), _, _) => Sequence::Native {
+        let device = self.device.clone();
+        match &self.backend {
+            Backend::Native(m) => Sequence::Native {
                 model: m.clone(),
                 cache: m.new_cache(),
             },
-            (None, Some(p), _) => Sequence::Candle {
+            Backend::Candle(p) => Sequence::Candle {
                 model: p.clone(),
-                device: self.device.clone(),
+                device,
                 pos: 0,
             },
-            (None, None, Some(g)) => Sequence::Gemma3 {
+            Backend::Gemma3(g) => Sequence::Gemma3 {
                 model: g.clone(),
-                device: self.device.clone(),
+                device,
                 pos: 0,
             },
-            (None, None, None) => match &self.hf {
-                Some((m, cfg)) => Sequence::Hf {
-                    model: m.clone(),
-                    cache: HfCache::new(true, candle_core::DType::F32, cfg, &self.device).expect("rotary tables fit in memory"),
-                    device: self.device.clone(),
-                    pos: 0,
-                },
-                None => unreachable!("a loaded model has a backend"),
+            Backend::Hf(m, empty) => Sequence::Hf {
+                model: m.clone(),
+                cache: empty.clone(),
+                device,
+                pos: 0,
             },
         }
     }
@@ -222,7 +207,7 @@ impl LlamaGguf {
     /// the native backend, one pass per sequence on candle. Returns each sequence's logits after
     /// its last token.
     pub fn step_batch(&self, seqs: &mut [&mut Sequence], tokens: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
-        if let Some(m) = &self.native {
+        if let Backend::Native(m) = &self.backend {
             let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(seqs.len());
             for (s, t) in seqs.iter_mut().zip(tokens) {
                 match &mut **s {
