@@ -15,7 +15,7 @@ pub struct BlockQ4_1 {
 }
 
 /// `Q8_0`: value = d * q.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct BlockQ8_0 {
     pub d: f16,

@@ -50,6 +50,28 @@ impl QMatrix {
         (n == rows * cols).then_some(QMatrix { rows, cols, data })
     }
 
+    /// Quantizes f32 rows to `Q8_0` (ggml's rounding): how weights in types the kernels do not
+    /// cover are served. Rows whose length is not a multiple of the block size stay f32.
+    pub fn quantize_q8_0(rows: usize, cols: usize, x: &[f32]) -> Option<QMatrix> {
+        if x.len() != rows * cols {
+            return None;
+        }
+        if cols % QK != 0 {
+            return Some(QMatrix {
+                rows,
+                cols,
+                data: Data::F32(x.to_vec()),
+            });
+        }
+        let mut blocks = vec![BlockQ8_0::default(); x.len() / QK];
+        quantize_q8_0(x, &mut blocks);
+        Some(QMatrix {
+            rows,
+            cols,
+            data: Data::Q8_0(blocks),
+        })
+    }
+
     pub fn qtype(&self) -> QType {
         match self.data {
             Data::F32(_) => QType::F32,

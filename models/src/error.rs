@@ -10,6 +10,10 @@ pub enum ModelError {
     UnsupportedTokenizer(String),
     #[error("cannot build the tokenizer: {0}")]
     Tokenizer(String),
+    #[error("tensor {name}: {reason}")]
+    Tensor { name: String, reason: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
     #[error("chat template: {0}")]
     Template(String),
 }

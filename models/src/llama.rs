@@ -1,10 +1,12 @@
-//! The llama architecture on our own CPU kernels (`kernels/`), for GGUF files whose matrices are
-//! `Q4_1`, `Q8_0` or `F32`. Unlike candle-transformers' quantized llama it runs a *batch* of rows
-//! from different sequences through one forward pass (continuous batching: the weights are read
-//! once per step for all sequences), keeps each sequence's KV cache in a growable buffer (no
-//! per-token re-concatenation), and follows llama.cpp's arithmetic where that is cheap: `Q8_1`
-//! activation blocks, an f64 RMSNorm sum, the attention scale applied before softmax, and K, V
-//! and Q rounded through f16 as llama.cpp's default F16 KV cache does.
+//! The llama family on our own CPU kernels (`kernels/`): llama (and mistral, which GGUFs label
+//! llama), qwen2, qwen3 and phi3 GGUFs. Matrices stored as `Q4_1`, `Q8_0` or `F32` run as stored;
+//! other types are dequantized by candle and requantized to `Q8_0` at load. Unlike
+//! candle-transformers' quantized models it runs a *batch* of rows from different sequences
+//! through one forward pass (continuous batching: the weights are read once per step for all
+//! sequences), keeps each sequence's KV cache in a growable buffer (no per-token
+//! re-concatenation), and follows llama.cpp's arithmetic where that is cheap: `Q8_1` activation
+//! blocks, an f64 RMSNorm sum, the attention scale applied before softmax, and K, V and Q rounded
+//! through f16 as llama.cpp's default F16 KV cache does.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -15,16 +17,61 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
-use crate::gguf::meta_u32;
+use crate::gguf::{meta_str, meta_u32};
 use crate::ModelError;
+
+/// The GGUF architectures this implementation runs: llama (and mistral, which GGUFs label
+/// llama) plus the llama-shaped families that differ only in small ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    /// Q/K/V biases.
+    Qwen2,
+    /// Per-head RMSNorm of Q and K before rotary; head size from `attention.key_length`.
+    Qwen3,
+    /// Fused QKV and gate|up matrices.
+    Phi3,
+}
+
+impl Arch {
+    pub const NAMES: &'static [&'static str] = &["llama", "qwen2", "qwen3", "phi3"];
+
+    pub fn from_gguf(name: &str) -> Option<Arch> {
+        Some(match name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "phi3" => Arch::Phi3,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
+        }
+    }
+
+    /// llama.cpp's converter permutes llama's Q and K rows so rotary pairs are adjacent; the
+    /// other families keep HF's order, where pair i is (i, i + n_rot/2) ("NEOX" rotary).
+    fn neox(self) -> bool {
+        self != Arch::Llama
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct LlamaConfig {
+    pub arch: Arch,
     pub n_layer: usize,
     pub n_embd: usize,
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
+    /// Rotated dimensions per head (≤ head_dim).
+    pub n_rot: usize,
     pub n_ff: usize,
     pub vocab: usize,
     pub rope_base: f32,
@@ -32,11 +79,22 @@ pub struct LlamaConfig {
     pub context: usize,
 }
 
+impl LlamaConfig {
+    /// KV cache size per token if it were f32 (the prefix cache's budget unit).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.n_layer * 2 * self.n_kv_head * self.head_dim * 4
+    }
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
     wq: QMatrix,
     wk: QMatrix,
     wv: QMatrix,
+    /// Q/K/V biases (qwen2).
+    bias: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm weights of Q and K (qwen3).
+    qk_norm: Option<[Vec<f32>; 2]>,
     wo: QMatrix,
     ffn_norm: Vec<f32>,
     w_gate: QMatrix,
@@ -46,12 +104,14 @@ struct Layer {
 
 pub struct Llama {
     pub cfg: LlamaConfig,
+    /// Tensor types the kernels do not cover, requantized to `Q8_0` at load (empty: none).
+    pub requantized: Vec<String>,
     tok_embd: QMatrix,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     /// None: tied to `tok_embd`.
     output: Option<QMatrix>,
-    /// cos/sin per position and rotary pair: `[context × head_dim/2]`.
+    /// cos/sin per position and rotary pair: `[context × n_rot/2]`.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
 }
@@ -92,15 +152,11 @@ fn qtype(t: GgmlDType) -> Option<QType> {
 }
 
 fn type_bytes(t: GgmlDType, elems: usize) -> usize {
-    match t {
-        GgmlDType::F32 => elems * 4,
-        GgmlDType::Q4_1 => elems / 32 * 20,
-        GgmlDType::Q8_0 => elems / 32 * 34,
-        _ => 0,
-    }
+    elems / t.block_size() * t.type_size()
 }
 
-/// Which tensor types a GGUF file uses that this implementation cannot run (empty = supported).
+/// Which tensor types a GGUF file uses that the kernels do not run directly (empty: all run
+/// as stored; otherwise those are requantized to `Q8_0` at load).
 pub fn unsupported_types(content: &Content) -> Vec<String> {
     let mut v: Vec<String> = content
         .tensor_infos
@@ -113,31 +169,129 @@ pub fn unsupported_types(content: &Content) -> Vec<String> {
     v
 }
 
+/// A matrix's rows as stored (a kernel type), or as f32 to be requantized: row permutations
+/// and splits (fused matrices) happen on these before they become a `QMatrix`.
+struct Rows {
+    t: QType,
+    rows: usize,
+    cols: usize,
+    bytes: Vec<u8>,
+    requant: bool,
+}
+
+impl Rows {
+    fn row_bytes(&self) -> usize {
+        self.bytes.len() / self.rows.max(1)
+    }
+
+    /// New row r is old row `src[r]`.
+    fn permute(&mut self, src: &[usize]) {
+        let n = self.row_bytes();
+        let mut out = Vec::with_capacity(self.bytes.len());
+        for &s in src {
+            out.extend_from_slice(&self.bytes[s * n..(s + 1) * n]);
+        }
+        self.bytes = out;
+    }
+
+    /// Consecutive row ranges of the given counts (they must add up to all rows).
+    fn split(self, name: &str, counts: &[usize]) -> Result<Vec<Rows>, ModelError> {
+        if counts.iter().sum::<usize>() != self.rows {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                reason: format!("{} rows cannot be split as {counts:?}", self.rows),
+            });
+        }
+        let n = self.row_bytes();
+        let mut at = 0;
+        Ok(counts
+            .iter()
+            .map(|&c| {
+                let part = Rows {
+                    t: self.t,
+                    rows: c,
+                    cols: self.cols,
+                    bytes: self.bytes[at * n..(at + c) * n].to_vec(),
+                    requant: self.requant,
+                };
+                at += c;
+                part
+            })
+            .collect())
+    }
+
+    fn matrix(self, name: &str) -> Result<QMatrix, ModelError> {
+        let m = if self.requant {
+            QMatrix::quantize_q8_0(self.rows, self.cols, &f32s(&self.bytes))
+        } else {
+            QMatrix::from_bytes(self.t, self.rows, self.cols, &self.bytes)
+        };
+        m.ok_or_else(|| ModelError::Tensor {
+            name: name.into(),
+            reason: "size does not match its shape".into(),
+        })
+    }
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+/// The source row for each row when HF-order ("NEOX") Q/K rows of `heads` heads are put in
+/// interleaved order, so one rotary routine serves every family. Q·K is unchanged by permuting
+/// both alike.
+fn neox_to_interleaved(heads: usize, hd: usize, n_rot: usize) -> Vec<usize> {
+    (0..heads * hd)
+        .map(|r| {
+            let (h, i) = (r / hd, r % hd);
+            let src = if i >= n_rot {
+                i
+            } else if i % 2 == 0 {
+                i / 2
+            } else {
+                i / 2 + n_rot / 2
+            };
+            h * hd + src
+        })
+        .collect()
+}
+
+fn permuted(v: Vec<f32>, src: &[usize]) -> Vec<f32> {
+    src.iter().map(|&s| v[s]).collect()
+}
+
 struct Reader<'a, R> {
     r: &'a mut R,
     content: &'a Content,
     progress: &'a mut dyn FnMut(u64, u64),
     done: u64,
     total: u64,
+    requantized: Vec<String>,
 }
 
 impl<R: Read + Seek> Reader<'_, R> {
-    fn raw(&mut self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>), ModelError> {
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn info(&self, name: &str) -> Result<(GgmlDType, Vec<usize>), ModelError> {
         let info = self
             .content
             .tensor_infos
             .get(name)
             .ok_or_else(|| ModelError::Metadata(format!("tensor {name}")))?;
-        let dims = info.shape.dims().to_vec();
-        let elems: usize = dims.iter().product();
-        let n = type_bytes(info.ggml_dtype, elems);
-        if n == 0 {
-            return Err(ModelError::Metadata(format!(
-                "tensor {name} has unsupported type {:?}",
-                info.ggml_dtype
-            )));
-        }
-        let mut buf = vec![0u8; n];
+        Ok((info.ggml_dtype, info.shape.dims().to_vec()))
+    }
+
+    fn advance(&mut self, t: GgmlDType, dims: &[usize]) {
+        self.done += type_bytes(t, dims.iter().product()) as u64;
+        (self.progress)(self.done.min(self.total), self.total);
+    }
+
+    /// The tensor's bytes as stored.
+    fn raw(&mut self, name: &str) -> Result<Vec<u8>, ModelError> {
+        let info = &self.content.tensor_infos[name];
+        let mut buf = vec![0u8; type_bytes(info.ggml_dtype, info.shape.elem_count())];
         let io = |e: std::io::Error| ModelError::Io {
             path: name.to_string(),
             source: e,
@@ -146,27 +300,67 @@ impl<R: Read + Seek> Reader<'_, R> {
             .seek(SeekFrom::Start(self.content.tensor_data_offset + info.offset))
             .map_err(io)?;
         self.r.read_exact(&mut buf).map_err(io)?;
-        self.done += n as u64;
-        (self.progress)(self.done.min(self.total), self.total);
-        Ok((info.ggml_dtype, dims, buf))
+        Ok(buf)
     }
 
-    fn matrix(&mut self, name: &str) -> Result<QMatrix, ModelError> {
-        let (t, dims, buf) = self.raw(name)?;
+    /// The tensor as f32, dequantized by candle (any type it reads).
+    fn dequantized(&mut self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let err = |e: candle_core::Error| ModelError::Tensor {
+            name: name.into(),
+            reason: e.to_string(),
+        };
+        let cpu = candle_core::Device::Cpu;
+        let t = self.content.tensor(self.r, name, &cpu).map_err(err)?;
+        t.dequantize(&cpu)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(err)
+    }
+
+    fn rows(&mut self, name: &str) -> Result<Rows, ModelError> {
+        let (t, dims) = self.info(name)?;
+        // GGUF lists dims innermost first; candle reverses them: [rows, cols].
         let (rows, cols) = match dims.as_slice() {
             [r, c] => (*r, *c),
             _ => return Err(ModelError::Metadata(format!("tensor {name} is not a matrix"))),
         };
-        let q = qtype(t).ok_or_else(|| ModelError::Metadata(format!("tensor {name}: type {t:?}")))?;
-        QMatrix::from_bytes(q, rows, cols, &buf).ok_or_else(|| ModelError::Metadata(format!("tensor {name}: bad size")))
+        let out = match qtype(t) {
+            Some(q) => Rows {
+                t: q,
+                rows,
+                cols,
+                bytes: self.raw(name)?,
+                requant: false,
+            },
+            None => {
+                self.requantized.push(format!("{t:?}"));
+                let bytes = self.dequantized(name)?.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Rows {
+                    t: QType::F32,
+                    rows,
+                    cols,
+                    bytes,
+                    requant: true,
+                }
+            }
+        };
+        self.advance(t, &dims);
+        Ok(out)
+    }
+
+    fn matrix(&mut self, name: &str) -> Result<QMatrix, ModelError> {
+        self.rows(name)?.matrix(name)
     }
 
     fn vector(&mut self, name: &str) -> Result<Vec<f32>, ModelError> {
-        let (t, _, buf) = self.raw(name)?;
-        if t != GgmlDType::F32 {
-            return Err(ModelError::Metadata(format!("tensor {name} should be F32, is {t:?}")));
-        }
-        Ok(buf.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        let (t, dims) = self.info(name)?;
+        let v = if t == GgmlDType::F32 {
+            f32s(&self.raw(name)?)
+        } else {
+            self.dequantized(name)?
+        };
+        self.advance(t, &dims);
+        Ok(v)
     }
 }
 
@@ -174,23 +368,44 @@ impl Llama {
     /// Loads from an opened GGUF (`content` already read from `file`).
     pub fn load(path: &Path, content: &Content, context_cap: usize, progress: &mut dyn FnMut(u64, u64)) -> Result<Llama, ModelError> {
         let md = &content.metadata;
-        let get = |k: &str| meta_u32(md, &format!("llama.{k}")).map(|v| v as usize);
-        let need = |k: &str| get(k).ok_or_else(|| ModelError::Metadata(format!("llama.{k}")));
+        let arch_name = meta_str(md, "general.architecture").unwrap_or("llama");
+        let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
+            ModelError::Unsupported(format!(
+                "GGUF architecture '{arch_name}' (this loader runs {})",
+                Arch::NAMES.join(", ")
+            ))
+        })?;
+        let a = arch.name();
+        if content.tensor_infos.contains_key("rope_factors_long.weight") {
+            return Err(ModelError::Unsupported(format!(
+                "{a} with per-frequency rotary factors (LongRoPE, 128k-context variants) is not supported yet"
+            )));
+        }
+        let get = |k: &str| meta_u32(md, &format!("{a}.{k}")).map(|v| v as usize);
+        let need = |k: &str| get(k).ok_or_else(|| ModelError::Metadata(format!("{a}.{k}")));
+        let f32_key = |k: &str| md.get(&format!("{a}.{k}")).and_then(|v| v.to_f32().ok());
         let n_embd = need("embedding_length")?;
-        let n_head = need("attention.head_count")?;
+        let n_head = need("attention.head_count")?.max(1);
+        let n_kv_head = get("attention.head_count_kv").unwrap_or(n_head).max(1);
+        let head_dim = get("attention.key_length").unwrap_or(n_embd / n_head);
+        let n_rot = get("rope.dimension_count").unwrap_or(head_dim);
+        if n_head % n_kv_head != 0 || n_rot > head_dim || n_rot % 2 != 0 || head_dim == 0 {
+            return Err(ModelError::Unsupported(format!(
+                "{a} shape: {n_head} heads, {n_kv_head} KV heads, head size {head_dim}, {n_rot} rotary dims"
+            )));
+        }
         let cfg = LlamaConfig {
+            arch,
             n_layer: need("block_count")?,
             n_embd,
             n_head,
-            n_kv_head: get("attention.head_count_kv").unwrap_or(n_head),
-            head_dim: n_embd / n_head,
+            n_kv_head,
+            head_dim,
+            n_rot,
             n_ff: need("feed_forward_length")?,
             vocab: 0,
-            rope_base: md.get("llama.rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0),
-            rms_eps: md
-                .get("llama.attention.layer_norm_rms_epsilon")
-                .and_then(|v| v.to_f32().ok())
-                .unwrap_or(1e-5),
+            rope_base: f32_key("rope.freq_base").unwrap_or(10_000.0),
+            rms_eps: f32_key("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             context: get("context_length").unwrap_or(2048).min(context_cap),
         };
         let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io {
@@ -208,37 +423,112 @@ impl Llama {
             progress,
             done: 0,
             total,
+            requantized: Vec::new(),
         };
         let tok_embd = r.matrix("token_embd.weight")?;
         let out_norm = r.vector("output_norm.weight")?;
-        let output = if content.tensor_infos.contains_key("output.weight") {
+        let output = if r.has("output.weight") {
             Some(r.matrix("output.weight")?)
         } else {
             None
         };
+        let (qd, kvd) = (n_head * head_dim, n_kv_head * head_dim);
+        let (q_src, k_src, norm_src) = (
+            neox_to_interleaved(n_head, head_dim, n_rot),
+            neox_to_interleaved(n_kv_head, head_dim, n_rot),
+            neox_to_interleaved(1, head_dim, n_rot),
+        );
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
-            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let p = |s: &str| format!("blk.{i}.{s}");
+            // Tensor presence decides the variant: fused QKV / gate|up (phi3), biases (qwen2),
+            // Q/K norms (qwen3).
+            let [mut wq, mut wk, wv]: [Rows; 3] = if r.has(&p("attn_qkv.weight")) {
+                let name = p("attn_qkv.weight");
+                let parts = r.rows(&name)?.split(&name, &[qd, kvd, kvd])?;
+                parts.try_into().map_err(|_| ModelError::Metadata(name))?
+            } else {
+                [
+                    r.rows(&p("attn_q.weight"))?,
+                    r.rows(&p("attn_k.weight"))?,
+                    r.rows(&p("attn_v.weight"))?,
+                ]
+            };
+            let mut bias = if r.has(&p("attn_q.bias")) {
+                Some([
+                    r.vector(&p("attn_q.bias"))?,
+                    r.vector(&p("attn_k.bias"))?,
+                    r.vector(&p("attn_v.bias"))?,
+                ])
+            } else {
+                None
+            };
+            let mut qk_norm = if r.has(&p("attn_q_norm.weight")) {
+                Some([r.vector(&p("attn_q_norm.weight"))?, r.vector(&p("attn_k_norm.weight"))?])
+            } else {
+                None
+            };
+            if arch.neox() {
+                wq.permute(&q_src);
+                wk.permute(&k_src);
+                if let Some([bq, bk, _]) = &mut bias {
+                    *bq = permuted(std::mem::take(bq), &q_src);
+                    *bk = permuted(std::mem::take(bk), &k_src);
+                }
+                if let Some([nq, nk]) = &mut qk_norm {
+                    *nq = permuted(std::mem::take(nq), &norm_src);
+                    *nk = permuted(std::mem::take(nk), &norm_src);
+                }
+            }
+            let bad_len = |v: &[f32], n: usize| v.len() != n;
+            if bias
+                .as_ref()
+                .is_some_and(|[bq, bk, bv]| bad_len(bq, qd) || bad_len(bk, kvd) || bad_len(bv, kvd))
+                || qk_norm
+                    .as_ref()
+                    .is_some_and(|[nq, nk]| bad_len(nq, head_dim) || bad_len(nk, head_dim))
+            {
+                return Err(ModelError::Tensor {
+                    name: p("attn_*"),
+                    reason: "bias or norm length does not match the head shape".into(),
+                });
+            }
+            let (w_gate, w_up) = if r.has(&p("ffn_gate.weight")) {
+                (r.matrix(&p("ffn_gate.weight"))?, r.matrix(&p("ffn_up.weight"))?)
+            } else {
+                // Fused: the first half of the rows is the gate, as llama.cpp's SwiGLU split.
+                let name = p("ffn_up.weight");
+                let mut parts = r.rows(&name)?.split(&name, &[cfg.n_ff, cfg.n_ff])?.into_iter();
+                match (parts.next(), parts.next()) {
+                    (Some(g), Some(u)) => (g.matrix(&name)?, u.matrix(&name)?),
+                    _ => return Err(ModelError::Metadata(name)),
+                }
+            };
             layers.push(Layer {
-                attn_norm: r.vector(&p("attn_norm"))?,
-                wq: r.matrix(&p("attn_q"))?,
-                wk: r.matrix(&p("attn_k"))?,
-                wv: r.matrix(&p("attn_v"))?,
-                wo: r.matrix(&p("attn_output"))?,
-                ffn_norm: r.vector(&p("ffn_norm"))?,
-                w_gate: r.matrix(&p("ffn_gate"))?,
-                w_up: r.matrix(&p("ffn_up"))?,
-                w_down: r.matrix(&p("ffn_down"))?,
+                attn_norm: r.vector(&p("attn_norm.weight"))?,
+                wq: wq.matrix(&p("attn_q"))?,
+                wk: wk.matrix(&p("attn_k"))?,
+                wv: wv.matrix(&p("attn_v"))?,
+                bias,
+                qk_norm,
+                wo: r.matrix(&p("attn_output.weight"))?,
+                ffn_norm: r.vector(&p("ffn_norm.weight"))?,
+                w_gate,
+                w_up,
+                w_down: r.matrix(&p("ffn_down.weight"))?,
             });
         }
+        let mut requantized = std::mem::take(&mut r.requantized);
+        requantized.sort();
+        requantized.dedup();
         let mut cfg = cfg;
         cfg.vocab = output.as_ref().unwrap_or(&tok_embd).rows;
-        let half = cfg.head_dim / 2;
+        let half = cfg.n_rot / 2;
         let mut rope_cos = vec![0f32; cfg.context * half];
         let mut rope_sin = vec![0f32; cfg.context * half];
         // ggml's rope cache: theta starts at the position and is multiplied by
-        // base^(-2/head_dim) once per pair (in f32, so the rounding matches llama.cpp).
-        let theta_scale = cfg.rope_base.powf(-2.0 / cfg.head_dim as f32);
+        // base^(-2/n_rot) once per pair (in f32, so the rounding matches llama.cpp).
+        let theta_scale = cfg.rope_base.powf(-2.0 / cfg.n_rot as f32);
         for p in 0..cfg.context {
             let mut theta = p as f32;
             for i in 0..half {
@@ -249,6 +539,7 @@ impl Llama {
         }
         Ok(Llama {
             cfg,
+            requantized,
             tok_embd,
             layers,
             out_norm,
@@ -267,19 +558,12 @@ impl Llama {
     }
 
     fn rms_norm(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
-        let n = self.cfg.n_embd;
-        for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            // ggml: f32 squares summed in double, mean and scale in f32.
-            let ss: f64 = xr.iter().map(|v| (v * v) as f64).sum();
-            let scale = 1.0 / ((ss / n as f64) as f32 + self.cfg.rms_eps).sqrt();
-            for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
-                *o = v * scale * g;
-            }
-        }
+        rms_norm(x, w, self.cfg.rms_eps, out);
     }
 
+    /// Rotates the first `n_rot` dims of each head, pairs adjacent (see `neox_to_interleaved`).
     fn rope(&self, x: &mut [f32], pos: usize, heads: usize) {
-        let (hd, half) = (self.cfg.head_dim, self.cfg.head_dim / 2);
+        let (hd, half) = (self.cfg.head_dim, self.cfg.n_rot / 2);
         let (c, s) = (
             &self.rope_cos[pos * half..(pos + 1) * half],
             &self.rope_sin[pos * half..(pos + 1) * half],
@@ -340,6 +624,21 @@ impl Llama {
         for (li, layer) in self.layers.iter().enumerate() {
             self.rms_norm(&x, &layer.attn_norm, &mut h);
             matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &h, &mut [&mut q, &mut k, &mut v]);
+            if let Some([bq, bk, bv]) = &layer.bias {
+                add_bias(&mut q, bq);
+                add_bias(&mut k, bk);
+                add_bias(&mut v, bv);
+            }
+            if let Some([nq, nk]) = &layer.qk_norm {
+                // Each head normalised on its own (llama.cpp qwen3: RMSNorm over head_dim).
+                let mut tmp = vec![0f32; hd];
+                for (buf, w) in [(&mut q, nq), (&mut k, nk)] {
+                    for head in buf.chunks_exact_mut(hd) {
+                        tmp.copy_from_slice(head);
+                        rms_norm(&tmp, w, c.rms_eps, head);
+                    }
+                }
+            }
             for (ri, &(_, pos)) in rows.iter().enumerate() {
                 self.rope(&mut q[ri * qd..(ri + 1) * qd], pos, c.n_head);
                 self.rope(&mut k[ri * kvd..(ri + 1) * kvd], pos, c.n_kv_head);
@@ -421,5 +720,25 @@ impl Llama {
         let mut logits = vec![0f32; want.len() * c.vocab];
         matmul(out_w, &normed, &mut logits);
         Ok(logits.chunks(c.vocab.max(1)).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// RMSNorm of each `w.len()`-wide row of `x` into `out`. ggml: f32 squares summed in double,
+/// mean and scale in f32.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ss: f64 = xr.iter().map(|v| (v * v) as f64).sum();
+        let scale = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// Adds `b` to every `b.len()`-wide row of `x`.
+fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     }
 }

@@ -98,8 +98,16 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<Loca
     }
     let context = model.context;
     let backend = model.backend();
+    let requantized = model.requantized().to_vec();
     let engine = TextEngine::spawn_with(model, engine_cfg.clone());
     tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, backend, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
+    if !requantized.is_empty() {
+        tracing::warn!(
+            model = %info.id,
+            types = ?requantized,
+            "tensor types our kernels do not run directly were requantized to Q8_0 at load (more memory than the file; output close to, not identical to, the original quantization)"
+        );
+    }
     Ok(LocalModel {
         info,
         engine,

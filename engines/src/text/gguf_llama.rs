@@ -1,8 +1,9 @@
 //! Text models behind one type. Backends:
 //! - **native** (`abstractgateway_models::llama` on our `kernels/`): llama GGUFs whose matrices
-//!   are all types our kernels cover (`Q4_1`, `Q8_0`, `F32`); faster, and sequences can share a
-//!   batched decode step (continuous batching);
-//! - **candle** (`candle_transformers` quantized llama): every other llama quantization; one
+//!   are all types our kernels cover (`Q4_1`, `Q8_0`, `F32`), and qwen2, qwen3 and phi3 GGUFs of
+//!   any type (others requantized to `Q8_0`); faster, and sequences can share a batched decode
+//!   step (continuous batching);
+//! - **candle** (`candle_transformers` quantized llama): llama GGUFs in other quantizations; one
 //!   sequence per forward pass, context capped at candle's 4096 rotary positions;
 //! - **candle-gemma3**: Gemma 3 GGUFs on candle's quantized gemma3;
 //! - **candle-safetensors**: HF-layout llama/mistral directories on candle's llama, in f32.
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use abstractgateway_models::gguf::{meta_u32, GgufFile};
-use abstractgateway_models::llama::{unsupported_types, Chunk, KvCache, Llama};
+use abstractgateway_models::llama::{unsupported_types, Arch, Chunk, KvCache, Llama};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::llama::{Cache as HfCache, Llama as HfLlama, LlamaConfig as HfLlamaJson};
@@ -65,16 +66,35 @@ impl LlamaGguf {
         if arch == "gemma3" {
             return Self::load_gemma3(path, gguf, device, progress);
         }
-        if arch != "llama" {
+        if Arch::from_gguf(&arch).is_none() {
             return Err(EngineError::Unsupported(format!(
-                "GGUF architecture '{arch}' (supported: llama, gemma3)"
+                "GGUF architecture '{arch}' (supported: {}, gemma3)",
+                Arch::NAMES.join(", ")
             )));
         }
         let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
-        // candle's quantized llama precomputes rotary tables for 4096 positions only.
-        let context = (meta_u32(gguf.metadata(), "llama.context_length").unwrap_or(2048) as usize).min(CANDLE_MAX_POSITIONS);
-        let mut f = open(path)?;
         let md = gguf.metadata();
+        let trained = meta_u32(md, &format!("{arch}.context_length")).unwrap_or(2048) as usize;
+        // llama files in types our kernels do not run directly stay on candle's quantized llama
+        // (it keeps k-quants at their size; the native path would requantize them to Q8_0).
+        // The other families always run natively.
+        let candle = arch == "llama"
+            && (!device.is_cpu()
+                || !unsupported_types(&gguf.content).is_empty()
+                || std::env::var_os("ABSTRACTGATEWAY_CANDLE_LLAMA").is_some());
+        if !candle {
+            if !device.is_cpu() {
+                return Err(EngineError::Unsupported(format!("{arch} GGUFs run on the CPU only so far")));
+            }
+            let native = Llama::load(path, &gguf.content, trained.min(NATIVE_MAX_POSITIONS), progress)?;
+            return Ok(LlamaGguf {
+                context: native.cfg.context,
+                kv_bytes_per_token: native.cfg.kv_bytes_per_token(),
+                backend: Backend::Native(Arc::new(native)),
+                tokenizer: Arc::new(tokenizer),
+                device: device.clone(),
+            });
+        }
         let (layers, heads, kv_heads, embd) = (
             meta_u32(md, "llama.block_count").unwrap_or(0) as usize,
             meta_u32(md, "llama.attention.head_count").unwrap_or(1).max(1) as usize,
@@ -82,19 +102,9 @@ impl LlamaGguf {
             meta_u32(md, "llama.embedding_length").unwrap_or(0) as usize,
         );
         let kv_bytes_per_token = layers * 2 * kv_heads * (embd / heads) * 4;
-        let use_native =
-            device.is_cpu() && unsupported_types(&gguf.content).is_empty() && std::env::var_os("ABSTRACTGATEWAY_CANDLE_LLAMA").is_none();
-        if use_native {
-            let trained = meta_u32(md, "llama.context_length").unwrap_or(2048) as usize;
-            let native = Llama::load(path, &gguf.content, trained.min(NATIVE_MAX_POSITIONS), progress)?;
-            return Ok(LlamaGguf {
-                context: native.cfg.context,
-                backend: Backend::Native(Arc::new(native)),
-                tokenizer: Arc::new(tokenizer),
-                kv_bytes_per_token,
-                device: device.clone(),
-            });
-        }
+        // candle's quantized llama precomputes rotary tables for 4096 positions only.
+        let context = trained.min(CANDLE_MAX_POSITIONS);
+        let mut f = open(path)?;
         let pristine = with_progress(&mut f, progress, |r| ModelWeights::from_gguf(gguf.content, r, device))?;
         Ok(LlamaGguf {
             backend: Backend::Candle(pristine),
@@ -167,6 +177,22 @@ impl LlamaGguf {
             Backend::Candle(_) => "candle",
             Backend::Gemma3(_) => "candle-gemma3",
             Backend::Hf(..) => "candle-safetensors",
+        }
+    }
+
+    /// The architecture (`llama`, `qwen2`, …) on the native backend; None on candle's.
+    pub fn native_arch(&self) -> Option<&'static str> {
+        match &self.backend {
+            Backend::Native(m) => Some(m.cfg.arch.name()),
+            _ => None,
+        }
+    }
+
+    /// Tensor types requantized to `Q8_0` at load (native backend; empty: none).
+    pub fn requantized(&self) -> &[String] {
+        match &self.backend {
+            Backend::Native(m) => &m.requantized,
+            _ => &[],
         }
     }
 
