@@ -55,33 +55,63 @@ fn prompt_tokens_match_llama_cpp_and_overflow_is_an_error() {
     assert!(matches!(m.greedy(&[], 4, &[2]), Err(EngineError::ContextOverflow { .. })));
 }
 
+/// Gemma 3 (SentencePiece, k-quants requantized to Q8_0, sliding-window layers, GELU) on the
+/// native backend, through the engine, against llama.cpp on the same GGUF. (shared/models.md's
+/// "verified" continuation came from candle 0.11's quantized_gemma3, which uses SiLU where
+/// Gemma 3 uses GELU; llama.cpp and the HF-layout path agree with each other, not with it.)
 #[test]
-fn gemma3_runs_on_candle_and_reproduces_the_verified_continuation() {
+fn gemma3_matches_llama_cpp() {
     use abstractgateway_engines::text::engine::{GenEvent, GenerateRequest, TextEngine};
+    #[derive(Deserialize)]
+    struct G3 {
+        cases: Vec<G3Case>,
+    }
+    #[derive(Deserialize)]
+    struct G3Case {
+        prompt_ids: Vec<u32>,
+        greedy_ids: Vec<u32>,
+        top_logits: Vec<(u32, f32)>,
+        text: String,
+    }
+    let refs: G3 = serde_json::from_str(include_str!("../../models/tests/data/gemma3_greedy.json")).unwrap();
     let m = LlamaGguf::load(&common::gemma3(), &candle_core::Device::Cpu).unwrap();
-    assert_eq!((m.backend(), m.context), ("candle-gemma3", 32768));
+    assert_eq!((m.backend(), m.native_arch(), m.context), ("native", Some("gemma3"), 32768));
+    assert!(!m.requantized().is_empty(), "the Q4_K_M file's k-quants are requantized");
     let tok = m.tokenizer.clone();
-    let ids = tok.encode("The capital of France is").unwrap();
-    assert_eq!(ids, [2, 818, 5279, 529, 7001, 563]);
+    let c = &refs.cases[0];
+    assert_eq!(tok.encode("The capital of France is").unwrap(), c.prompt_ids);
+    // First-step logits (they span about ±20): within 0.5 of llama.cpp's, as for llama.
+    let logits = m.sequence().prefill(&c.prompt_ids).unwrap();
+    let worst = c
+        .top_logits
+        .iter()
+        .map(|&(id, want)| (logits[id as usize] - want).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 0.5, "a first-step logit is {worst} off llama.cpp's");
     // Through the engine (prefix cache, sampling loop, detokenizer), greedy.
     let engine = TextEngine::spawn(m);
-    let mut text = String::new();
+    let (mut ids, mut text) = (Vec::new(), String::new());
     for ev in engine.generate(GenerateRequest {
-        prompt_ids: ids,
-        max_tokens: 20,
+        prompt_ids: c.prompt_ids.clone(),
+        max_tokens: c.greedy_ids.len(),
         ..Default::default()
     }) {
         match ev {
-            GenEvent::Token { text: t, .. } | GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Token { id, text: t } => {
+                ids.push(id);
+                text.push_str(&t)
+            }
+            GenEvent::Text(t) => text.push_str(&t),
             GenEvent::Done { .. } => break,
             GenEvent::Error(e) => panic!("{e}"),
         }
     }
-    // shared/models.md, section 1b (verified with candle 0.11.1).
-    assert!(
-        text.starts_with(" the largest in the world. It is the most important and the most important city in the world"),
-        "{text:?}"
-    );
+    // Leading tokens agree with llama.cpp's; past a near tie the k-quants requantized to Q8_0
+    // (llama.cpp multiplies the Q4_K/Q6_K blocks themselves) may pick the other token. Pinned at
+    // the measured 11 of 20.
+    let same = ids.iter().zip(&c.greedy_ids).take_while(|(a, b)| a == b).count();
+    assert!(same >= 11, "{same} leading tokens agree: {text:?} vs llama.cpp's {:?}", c.text);
+    assert!(text.starts_with(" the capital of the country of France. It is"), "{text:?}");
 }
 
 #[derive(Deserialize)]

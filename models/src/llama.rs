@@ -31,10 +31,13 @@ pub enum Arch {
     Qwen3,
     /// Fused QKV and gate|up matrices.
     Phi3,
+    /// Embeddings scaled by √n_embd, GELU, norms after attention and MLP too, Q/K norms, and
+    /// sliding-window attention (with its own rotary base) on five layers of every six.
+    Gemma3,
 }
 
 impl Arch {
-    pub const NAMES: &'static [&'static str] = &["llama", "qwen2", "qwen3", "phi3"];
+    pub const NAMES: &'static [&'static str] = &["llama", "qwen2", "qwen3", "phi3", "gemma3"];
 
     pub fn from_gguf(name: &str) -> Option<Arch> {
         Some(match name {
@@ -42,6 +45,7 @@ impl Arch {
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
             "phi3" => Arch::Phi3,
+            "gemma3" => Arch::Gemma3,
             _ => return None,
         })
     }
@@ -52,6 +56,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
@@ -77,6 +82,8 @@ pub struct LlamaConfig {
     pub rope_base: f32,
     pub rms_eps: f32,
     pub context: usize,
+    /// Sliding-window attention: (window, rotary base) for the layers that use it.
+    pub swa: Option<(usize, f32)>,
 }
 
 impl LlamaConfig {
@@ -100,6 +107,11 @@ struct Layer {
     w_gate: QMatrix,
     w_up: QMatrix,
     w_down: QMatrix,
+    /// Norms of the attention and MLP outputs before the residual add (gemma3).
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
+    /// Attends to the last `swa.0` positions only, with the sliding-window rotary tables.
+    sliding: bool,
 }
 
 pub struct Llama {
@@ -111,9 +123,9 @@ pub struct Llama {
     out_norm: Vec<f32>,
     /// None: tied to `tok_embd`.
     output: Option<QMatrix>,
-    /// cos/sin per position and rotary pair: `[context × n_rot/2]`.
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
+    /// cos/sin per position and rotary pair: `[context × n_rot/2]`; the second pair of tables is
+    /// for sliding-window layers (empty without them).
+    rope: [(Vec<f32>, Vec<f32>); 2],
 }
 
 /// One sequence's KV cache: per layer, `len × n_kv_head × head_dim` keys and values.
@@ -407,6 +419,11 @@ impl Llama {
             rope_base: f32_key("rope.freq_base").unwrap_or(10_000.0),
             rms_eps: f32_key("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             context: get("context_length").unwrap_or(2048).min(context_cap),
+            swa: match (arch, get("attention.sliding_window")) {
+                // llama.cpp's gemma3: base 10000 for the sliding layers unless the file says.
+                (Arch::Gemma3, Some(w)) if w > 0 => Some((w, f32_key("rope.local_freq_base").unwrap_or(10_000.0))),
+                _ => None,
+            },
         };
         let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io {
             path: path.display().to_string(),
@@ -504,7 +521,15 @@ impl Llama {
                     _ => return Err(ModelError::Metadata(name)),
                 }
             };
+            let post_norm = |r: &mut Reader<'_, _>, n: &str| -> Result<Option<Vec<f32>>, ModelError> {
+                let name = p(n);
+                Ok(if r.has(&name) { Some(r.vector(&name)?) } else { None })
+            };
             layers.push(Layer {
+                post_attn_norm: post_norm(&mut r, "post_attention_norm.weight")?,
+                post_ffn_norm: post_norm(&mut r, "post_ffw_norm.weight")?,
+                // llama.cpp's gemma3 pattern: every sixth layer attends globally.
+                sliding: cfg.swa.is_some() && (i + 1) % 6 != 0,
                 attn_norm: r.vector(&p("attn_norm.weight"))?,
                 wq: wq.matrix(&p("attn_q"))?,
                 wk: wk.matrix(&p("attn_k"))?,
@@ -523,20 +548,13 @@ impl Llama {
         requantized.dedup();
         let mut cfg = cfg;
         cfg.vocab = output.as_ref().unwrap_or(&tok_embd).rows;
-        let half = cfg.n_rot / 2;
-        let mut rope_cos = vec![0f32; cfg.context * half];
-        let mut rope_sin = vec![0f32; cfg.context * half];
-        // ggml's rope cache: theta starts at the position and is multiplied by
-        // base^(-2/n_rot) once per pair (in f32, so the rounding matches llama.cpp).
-        let theta_scale = cfg.rope_base.powf(-2.0 / cfg.n_rot as f32);
-        for p in 0..cfg.context {
-            let mut theta = p as f32;
-            for i in 0..half {
-                rope_cos[p * half + i] = theta.cos();
-                rope_sin[p * half + i] = theta.sin();
-                theta *= theta_scale;
-            }
-        }
+        let rope = [
+            rope_tables(cfg.context, cfg.n_rot, cfg.rope_base),
+            match cfg.swa {
+                Some((_, base)) => rope_tables(cfg.context, cfg.n_rot, base),
+                None => (Vec::new(), Vec::new()),
+            },
+        ];
         Ok(Llama {
             cfg,
             requantized,
@@ -544,8 +562,7 @@ impl Llama {
             layers,
             out_norm,
             output,
-            rope_cos,
-            rope_sin,
+            rope,
         })
     }
 
@@ -561,13 +578,20 @@ impl Llama {
         rms_norm(x, w, self.cfg.rms_eps, out);
     }
 
+    /// `x += o`, normalising `o` first where the layer has a post-norm (gemma3).
+    fn residual_add(&self, x: &mut [f32], o: &mut [f32], post_norm: Option<&[f32]>) {
+        if let Some(w) = post_norm {
+            let raw = o.to_vec();
+            rms_norm(&raw, w, self.cfg.rms_eps, o);
+        }
+        x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+    }
+
     /// Rotates the first `n_rot` dims of each head, pairs adjacent (see `neox_to_interleaved`).
-    fn rope(&self, x: &mut [f32], pos: usize, heads: usize) {
+    fn rope(&self, x: &mut [f32], pos: usize, heads: usize, sliding: bool) {
         let (hd, half) = (self.cfg.head_dim, self.cfg.n_rot / 2);
-        let (c, s) = (
-            &self.rope_cos[pos * half..(pos + 1) * half],
-            &self.rope_sin[pos * half..(pos + 1) * half],
-        );
+        let (cos, sin) = &self.rope[usize::from(sliding)];
+        let (c, s) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
         for h in 0..heads {
             let v = &mut x[h * hd..(h + 1) * hd];
             for i in 0..half {
@@ -609,7 +633,12 @@ impl Llama {
                 if t as usize >= self.tok_embd.rows {
                     return Err(ModelError::Metadata(format!("token id {t} is outside the vocabulary")));
                 }
-                self.tok_embd.row_f32(t as usize, &mut x[r * e..(r + 1) * e]);
+                let row = &mut x[r * e..(r + 1) * e];
+                self.tok_embd.row_f32(t as usize, row);
+                if c.arch == Arch::Gemma3 {
+                    let scale = (e as f32).sqrt();
+                    row.iter_mut().for_each(|v| *v *= scale);
+                }
                 r += 1;
             }
         }
@@ -640,8 +669,8 @@ impl Llama {
                 }
             }
             for (ri, &(_, pos)) in rows.iter().enumerate() {
-                self.rope(&mut q[ri * qd..(ri + 1) * qd], pos, c.n_head);
-                self.rope(&mut k[ri * kvd..(ri + 1) * kvd], pos, c.n_kv_head);
+                self.rope(&mut q[ri * qd..(ri + 1) * qd], pos, c.n_head, layer.sliding);
+                self.rope(&mut k[ri * kvd..(ri + 1) * kvd], pos, c.n_kv_head, layer.sliding);
             }
             // llama.cpp keeps K and V in f16 and multiplies Q against them in f16.
             attn::round_through_f16(&mut k);
@@ -656,7 +685,12 @@ impl Llama {
             }
             // Attention, one task per (row, head).
             let group = c.n_head / c.n_kv_head;
-            let scale = 1.0 / (hd as f32).sqrt();
+            // llama.cpp: gemma3 27B (62 layers) scales by its query_pre_attn_scalar, n_embd/n_head.
+            let scale = if c.arch == Arch::Gemma3 && c.n_layer == 62 {
+                1.0 / ((e / c.n_head) as f32).sqrt()
+            } else {
+                1.0 / (hd as f32).sqrt()
+            };
             let caches: Vec<(&[f32], &[f32])> = chunks.iter().map(|ch| (&ch.cache.k[li][..], &ch.cache.v[li][..])).collect();
             let head_task = |(idx, out): (usize, &mut [f32])| {
                 let (ri, head) = (idx / c.n_head, idx % c.n_head);
@@ -664,7 +698,12 @@ impl Llama {
                 let (kc, vc) = caches[ci];
                 let kvh = head / group;
                 let qh = &q[ri * qd + head * hd..ri * qd + (head + 1) * hd];
-                let mut w: Vec<f32> = (0..=pos)
+                // Sliding layers see the last `window` positions (llama.cpp: distance < window).
+                let start = match (layer.sliding, c.swa) {
+                    (true, Some((window, _))) => (pos + 1).saturating_sub(window),
+                    _ => 0,
+                };
+                let mut w: Vec<f32> = (start..=pos)
                     .map(|t| abstractgateway_kernels::dot::f32_dot(qh, &kc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd]) * scale)
                     .collect();
                 let max = w.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
@@ -678,7 +717,7 @@ impl Llama {
                 // The weights meet V (f16) in f16, as in llama.cpp.
                 attn::round_through_f16(&mut w);
                 out.iter_mut().for_each(|o| *o = 0.0);
-                for (t, p) in w.iter().enumerate() {
+                for (t, p) in (start..).zip(&w) {
                     let vr = &vc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
                     for (a, b) in out.iter_mut().zip(vr) {
                         *a += p * b;
@@ -693,12 +732,16 @@ impl Llama {
                 att.par_chunks_mut(hd).enumerate().for_each(head_task);
             }
             matmul(&layer.wo, &att, &mut o);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            self.residual_add(&mut x, &mut o, layer.post_attn_norm.as_deref());
             self.rms_norm(&x, &layer.ffn_norm, &mut h);
             matmul_many(&[&layer.w_gate, &layer.w_up], &h, &mut [&mut g, &mut u]);
-            g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+            if c.arch == Arch::Gemma3 {
+                g.iter_mut().zip(&u).for_each(|(a, b)| *a = gelu_f16(*a) * b);
+            } else {
+                g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+            }
             matmul(&layer.w_down, &g, &mut o);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            self.residual_add(&mut x, &mut o, layer.post_ffn_norm.as_deref());
         }
         // Logits only where asked: the last row of each such chunk.
         let mut want: Vec<usize> = Vec::new();
@@ -741,4 +784,37 @@ fn add_bias(x: &mut [f32], b: &[f32]) {
     for row in x.chunks_exact_mut(b.len()) {
         row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     }
+}
+
+/// ggml's rope cache: theta starts at the position and is multiplied by base^(-2/n_rot) once
+/// per pair (in f32, so the rounding matches llama.cpp). Returns (cos, sin), `[context × n_rot/2]`.
+fn rope_tables(context: usize, n_rot: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = n_rot / 2;
+    let mut cos = vec![0f32; context * half];
+    let mut sin = vec![0f32; context * half];
+    let theta_scale = base.powf(-2.0 / n_rot as f32);
+    for p in 0..context {
+        let mut theta = p as f32;
+        for i in 0..half {
+            cos[p * half + i] = theta.cos();
+            sin[p * half + i] = theta.sin();
+            theta *= theta_scale;
+        }
+    }
+    (cos, sin)
+}
+
+/// GELU (tanh form) as ggml computes it: looked up for the f16-rounded input, result in f16;
+/// exact outside (-10, 10).
+fn gelu_f16(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let x = half::f16::from_f32(x).to_f32();
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh());
+    half::f16::from_f32(y).to_f32()
 }

@@ -21,7 +21,7 @@ pub struct LocalModel {
     pub tokenizer: Arc<GgufTokenizer>,
     template: ChatTemplate,
     pub context: usize,
-    /// `native`, `candle` or `candle-gemma3`.
+    /// `native`, `candle` or `candle-safetensors`.
     pub backend: &'static str,
     /// Tokens that end an assistant turn (eos and the template's end-of-turn markers).
     stop_ids: Vec<u32>,

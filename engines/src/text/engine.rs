@@ -216,7 +216,8 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
     // Constrained decoding needs every token's bytes (shared with the tokenizer, not copied).
     let tokenizer = model.tokenizer.clone();
     let vocab = &tokenizer.token_bytes;
-    let mut cache = PrefixCache::new(cfg.prefix_cache_bytes, model.kv_bytes_per_token);
+    let budget = if model.snapshots() { cfg.prefix_cache_bytes } else { 0 };
+    let mut cache = PrefixCache::new(budget, model.kv_bytes_per_token);
     let max_batch = if model.batches() { cfg.max_batch.max(1) } else { 1 };
     let mut active: Vec<Active> = Vec::new();
     let mut open = true;

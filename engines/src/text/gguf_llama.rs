@@ -1,12 +1,12 @@
 //! Text models behind one type. Backends:
 //! - **native** (`abstractgateway_models::llama` on our `kernels/`): llama GGUFs whose matrices
-//!   are all types our kernels cover (`Q4_1`, `Q8_0`, `F32`), and qwen2, qwen3 and phi3 GGUFs of
-//!   any type (others requantized to `Q8_0`); faster, and sequences can share a batched decode
+//!   are all types our kernels cover (`Q4_1`, `Q8_0`, `F32`), and qwen2, qwen3, phi3 and gemma3
+//!   GGUFs of any type (others requantized to `Q8_0`); faster, and sequences can share a batched decode
 //!   step (continuous batching);
 //! - **candle** (`candle_transformers` quantized llama): llama GGUFs in other quantizations; one
 //!   sequence per forward pass, context capped at candle's 4096 rotary positions;
-//! - **candle-gemma3**: Gemma 3 GGUFs on candle's quantized gemma3;
-//! - **candle-safetensors**: HF-layout llama/mistral directories on candle's llama, in f32.
+//! - **candle-safetensors**: HF-layout directories (llama, mistral, qwen2, qwen3, gemma, gemma2,
+//!   gemma3_text) on candle's full-precision models, in f32.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use abstractgateway_models::gguf::{meta_u32, GgufFile};
 use abstractgateway_models::llama::{unsupported_types, Arch, Chunk, KvCache, Llama};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
+use candle_transformers::models as hf;
 use candle_transformers::models::llama::{Cache as HfCache, Llama as HfLlama, LlamaConfig as HfLlamaJson};
-use candle_transformers::models::quantized_gemma3::ModelWeights as Gemma3Weights;
 use candle_transformers::models::quantized_llama::ModelWeights;
 
 use super::sampling::{Sampler, SamplingParams};
@@ -27,17 +27,38 @@ pub const CANDLE_MAX_POSITIONS: usize = 4096;
 /// The native backend serves up to the trained context, capped here to bound the rotary tables
 /// and per-sequence KV memory.
 pub const NATIVE_MAX_POSITIONS: usize = 32_768;
-/// Gemma 3 on candle: its KV grows with every position (sliding-window layers included).
-pub const GEMMA3_MAX_POSITIONS: usize = 32_768;
 
 /// What runs the model. The candle variants hold weights with empty KV caches; each sequence
 /// works on a clone (weights are shared).
 enum Backend {
     Native(Arc<Llama>),
     Candle(ModelWeights),
-    Gemma3(Gemma3Weights),
+    Hf(HfModel),
+}
+
+/// candle's full-precision models for HF directories, with empty KV caches.
+#[derive(Clone)]
+pub enum HfModel {
     /// The empty cache carries the rotary tables, built once at load.
-    Hf(Arc<HfLlama>, HfCache),
+    Llama(Arc<HfLlama>, HfCache),
+    Qwen2(hf::qwen2::ModelForCausalLM),
+    Qwen3(hf::qwen3::ModelForCausalLM),
+    Gemma(hf::gemma::Model),
+    Gemma2(hf::gemma2::Model),
+    Gemma3(hf::gemma3::Model),
+}
+
+impl HfModel {
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            HfModel::Llama(m, cache) => m.forward(x, pos, cache),
+            HfModel::Qwen2(m) => m.forward(x, pos),
+            HfModel::Qwen3(m) => m.forward(x, pos),
+            HfModel::Gemma(m) => m.forward(x, pos),
+            HfModel::Gemma2(m) => m.forward(x, pos),
+            HfModel::Gemma3(m) => m.forward(x, pos),
+        }
+    }
 }
 
 pub struct LlamaGguf {
@@ -63,12 +84,9 @@ impl LlamaGguf {
         }
         let gguf = GgufFile::open(path)?;
         let arch = gguf.architecture().unwrap_or("").to_string();
-        if arch == "gemma3" {
-            return Self::load_gemma3(path, gguf, device, progress);
-        }
         if Arch::from_gguf(&arch).is_none() {
             return Err(EngineError::Unsupported(format!(
-                "GGUF architecture '{arch}' (supported: {}, gemma3)",
+                "GGUF architecture '{arch}' (supported: {})",
                 Arch::NAMES.join(", ")
             )));
         }
@@ -115,22 +133,26 @@ impl LlamaGguf {
         })
     }
 
-    /// An HF model directory: `config.json` (llama or mistral), `*.safetensors`, `tokenizer.json`.
+    /// An HF model directory: `config.json`, `*.safetensors`, `tokenizer.json` (and
+    /// `tokenizer_config.json`), on candle's model of that `model_type`, in f32.
     fn load_hf_dir(dir: &Path, device: &Device) -> Result<LlamaGguf, EngineError> {
         let io = |e: std::io::Error| abstractgateway_models::ModelError::Io {
             path: dir.display().to_string(),
             source: e,
         };
         let text = std::fs::read_to_string(dir.join("config.json")).map_err(io)?;
-        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Unsupported(format!("config.json: {e}")))?;
-        let kind = raw["model_type"].as_str().unwrap_or("");
-        if !matches!(kind, "llama" | "mistral") {
-            return Err(EngineError::Unsupported(format!(
-                "safetensors model_type '{kind}' (supported: llama, mistral; GGUF also covers gemma3)"
-            )));
+        let mut raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Unsupported(format!("config.json: {e}")))?;
+        let kind = raw["model_type"].as_str().unwrap_or("").to_string();
+        if kind == "gemma3_text" && raw.get("sliding_window_pattern").is_none() {
+            // Newer configs list each layer's attention instead: the pattern is the period.
+            let period = raw["layer_types"]
+                .as_array()
+                .and_then(|l| l.iter().position(|t| t == "full_attention"))
+                .map(|i| i + 1)
+                .unwrap_or(6);
+            raw["sliding_window_pattern"] = period.into();
         }
-        let json: HfLlamaJson = serde_json::from_value(raw.clone()).map_err(|e| EngineError::Unsupported(format!("config.json: {e}")))?;
-        let cfg = json.into_config(false);
+        let cfg_err = |e: serde_json::Error| EngineError::Unsupported(format!("config.json ({kind}): {e}"));
         let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
             .map_err(io)?
             .flatten()
@@ -138,45 +160,49 @@ impl LlamaGguf {
             .filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false))
             .collect();
         files.sort();
+        if files.is_empty() {
+            return Err(EngineError::Unsupported(format!("{}: no *.safetensors files", dir.display())));
+        }
         // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, device)? };
-        let model = HfLlama::load(vb, &cfg)?;
+        let model = match kind.as_str() {
+            "llama" | "mistral" => {
+                let json: HfLlamaJson = serde_json::from_value(raw.clone()).map_err(cfg_err)?;
+                let cfg = json.into_config(false);
+                let empty = HfCache::new(true, candle_core::DType::F32, &cfg, device)?;
+                HfModel::Llama(Arc::new(HfLlama::load(vb, &cfg)?), empty)
+            }
+            "qwen2" => HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
+            "qwen3" => HfModel::Qwen3(hf::qwen3::ModelForCausalLM::new(&serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
+            "gemma" => HfModel::Gemma(hf::gemma::Model::new(false, &serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
+            "gemma2" => HfModel::Gemma2(hf::gemma2::Model::new(false, &serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
+            "gemma3_text" => HfModel::Gemma3(hf::gemma3::Model::new(false, &serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "safetensors model_type '{other}' (supported: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text; GGUF also covers phi3)"
+                )))
+            }
+        };
         let tokenizer = abstractgateway_models::tokenizer::tokenizer_from_hf_dir(dir)?;
-        let head_dim = cfg.hidden_size / cfg.num_attention_heads;
-        let empty = HfCache::new(true, candle_core::DType::F32, &cfg, device)?;
+        let n = |k: &str| raw[k].as_u64().map(|v| v as usize);
+        let heads = n("num_attention_heads").unwrap_or(1).max(1);
+        let head_dim = n("head_dim").unwrap_or(n("hidden_size").unwrap_or(0) / heads);
+        let kv_bytes_per_token = n("num_hidden_layers").unwrap_or(0) * 2 * n("num_key_value_heads").unwrap_or(heads) * head_dim * 4;
         Ok(LlamaGguf {
-            backend: Backend::Hf(Arc::new(model), empty),
+            backend: Backend::Hf(model),
             tokenizer: Arc::new(tokenizer),
-            context: cfg.max_position_embeddings.min(NATIVE_MAX_POSITIONS),
-            kv_bytes_per_token: cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 4,
-            device: device.clone(),
-        })
-    }
-
-    fn load_gemma3(path: &Path, gguf: GgufFile, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<LlamaGguf, EngineError> {
-        let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
-        let md = gguf.metadata();
-        let g = |k: &str| meta_u32(md, &format!("gemma3.{k}")).unwrap_or(0) as usize;
-        let kv_bytes_per_token = g("block_count") * 2 * g("attention.head_count_kv") * g("attention.key_length") * 4;
-        let context = g("context_length").clamp(1, GEMMA3_MAX_POSITIONS);
-        let mut f = open(path)?;
-        let weights = with_progress(&mut f, progress, |r| Gemma3Weights::from_gguf(gguf.content, r, device))?;
-        Ok(LlamaGguf {
-            backend: Backend::Gemma3(weights),
-            tokenizer: Arc::new(tokenizer),
-            context,
+            context: n("max_position_embeddings").unwrap_or(2048).min(NATIVE_MAX_POSITIONS),
             kv_bytes_per_token,
             device: device.clone(),
         })
     }
 
-    /// Which backend runs this model: `native`, `candle`, `candle-gemma3` or `candle-safetensors`.
+    /// Which backend runs this model: `native`, `candle` or `candle-safetensors`.
     pub fn backend(&self) -> &'static str {
         match self.backend {
             Backend::Native(_) => "native",
             Backend::Candle(_) => "candle",
-            Backend::Gemma3(_) => "candle-gemma3",
-            Backend::Hf(..) => "candle-safetensors",
+            Backend::Hf(_) => "candle-safetensors",
         }
     }
 
@@ -194,6 +220,12 @@ impl LlamaGguf {
             Backend::Native(m) => &m.requantized,
             _ => &[],
         }
+    }
+
+    /// Whether a sequence may be cloned and both copies extended (the prefix cache's snapshots).
+    /// Not for candle's gemma3, whose KV cache writes into a shared preallocated buffer.
+    pub fn snapshots(&self) -> bool {
+        !matches!(self.backend, Backend::Hf(HfModel::Gemma3(_)))
     }
 
     /// Whether sequences can share a decode step.
@@ -214,14 +246,8 @@ impl LlamaGguf {
                 device,
                 pos: 0,
             },
-            Backend::Gemma3(g) => Sequence::Gemma3 {
-                model: g.clone(),
-                device,
-                pos: 0,
-            },
-            Backend::Hf(m, empty) => Sequence::Hf {
+            Backend::Hf(m) => Sequence::Hf {
                 model: m.clone(),
-                cache: empty.clone(),
                 device,
                 pos: 0,
             },
@@ -303,26 +329,9 @@ impl LlamaGguf {
 /// (appends make new tensors), native KV buffers are copied.
 #[derive(Clone)]
 pub enum Sequence {
-    Candle {
-        model: ModelWeights,
-        device: Device,
-        pos: usize,
-    },
-    Gemma3 {
-        model: Gemma3Weights,
-        device: Device,
-        pos: usize,
-    },
-    Hf {
-        model: Arc<HfLlama>,
-        cache: HfCache,
-        device: Device,
-        pos: usize,
-    },
-    Native {
-        model: Arc<Llama>,
-        cache: KvCache,
-    },
+    Candle { model: ModelWeights, device: Device, pos: usize },
+    Hf { model: HfModel, device: Device, pos: usize },
+    Native { model: Arc<Llama>, cache: KvCache },
 }
 
 impl Sequence {
@@ -330,8 +339,7 @@ impl Sequence {
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         match self {
             Sequence::Candle { model, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p)),
-            Sequence::Gemma3 { model, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p)),
-            Sequence::Hf { model, cache, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p, cache)),
+            Sequence::Hf { model, device, pos } => candle_step(tokens, device, pos, |x, p| model.forward(x, p)),
             Sequence::Native { model, cache } => {
                 let mut out = model.forward(&mut [Chunk {
                     cache,
@@ -349,7 +357,7 @@ impl Sequence {
 
     pub fn len(&self) -> usize {
         match self {
-            Sequence::Candle { pos, .. } | Sequence::Gemma3 { pos, .. } | Sequence::Hf { pos, .. } => *pos,
+            Sequence::Candle { pos, .. } | Sequence::Hf { pos, .. } => *pos,
             Sequence::Native { cache, .. } => cache.len(),
         }
     }
@@ -394,7 +402,8 @@ fn candle_step(
     let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
     let logits = forward(&input, *pos)?;
     *pos += tokens.len();
-    Ok(logits.squeeze(0)?.to_vec1::<f32>()?)
+    // The last position's logits: `[1, vocab]` or `[1, 1, vocab]` depending on the model.
+    Ok(logits.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// Counts the bytes candle reads (tensor data is nearly the whole file), for load progress.

@@ -5,6 +5,8 @@
 //! qwen2 and phi3 files compute exactly what the llama file does; the others are checked against
 //! llama.cpp on the same derived file (`engines/tests/data/derived_refs.json`).
 
+#![allow(dead_code)]
+
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
