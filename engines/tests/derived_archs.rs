@@ -7,7 +7,6 @@
 //! - an F16 file exercises the requantization of types the kernels do not run directly.
 
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
-use serde::Deserialize;
 
 #[path = "../../models/tests/common/mod.rs"]
 mod common;
@@ -15,24 +14,9 @@ mod common;
 mod derive;
 use derive::{derived, Variant};
 
-#[derive(Deserialize)]
-struct Refs {
-    gguf_sha256: String,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    user: String,
-    prompt_ids: Vec<u32>,
-    greedy_ids: Vec<u32>,
-    #[serde(default)]
-    top_logits: Vec<(u32, f32)>,
-}
-
-fn refs(json: &str) -> Refs {
-    serde_json::from_str(json).unwrap()
-}
+#[path = "common/llama_cpp_refs.rs"]
+mod llama_cpp_refs;
+use llama_cpp_refs::{first_step_vs_llama_cpp, refs};
 
 fn load(v: Variant) -> LlamaGguf {
     LlamaGguf::load(&derived(&common::smollm2(), v), &candle_core::Device::Cpu).unwrap()
@@ -68,23 +52,10 @@ fn zero_bias_qwen2_and_phi3_compute_exactly_what_llama_does() {
 /// Agreement with llama.cpp on the derived qwen2 (with biases) and qwen3 files, the same
 /// measure as the llama parity test: leading greedy tokens equal to llama.cpp's. Floors pinned
 /// at what is measured, so it can only get better.
-/// Largest first-step top-10 logit difference from llama.cpp over the recorded prompts.
-fn worst_logit_error(m: &LlamaGguf, r: &Refs) -> f32 {
-    let mut worst = 0f32;
-    for c in &r.cases {
-        assert!(!c.top_logits.is_empty(), "references without logits");
-        let logits = m.sequence().prefill(&c.prompt_ids).unwrap();
-        for &(id, want) in &c.top_logits {
-            worst = worst.max((logits[id as usize] - want).abs());
-        }
-    }
-    worst
-}
-
 #[test]
 fn biased_qwen2_and_qwen3_agree_with_llama_cpp() {
     let llama = LlamaGguf::load(&common::smollm2(), &candle_core::Device::Cpu).unwrap();
-    let llama_error = worst_logit_error(&llama, &refs(include_str!("../../models/tests/data/smollm2_greedy.json")));
+    let (llama_error, _) = first_step_vs_llama_cpp(&llama, &refs(include_str!("../../models/tests/data/smollm2_greedy.json")));
     assert!(
         llama_error < 0.5,
         "the llama file's first-step logits are {llama_error} off llama.cpp's"
@@ -109,7 +80,7 @@ fn biased_qwen2_and_qwen3_agree_with_llama_cpp() {
             "{v:?}: the derived file is not the one the references were recorded on"
         );
         let m = load(v);
-        let worst = worst_logit_error(&m, &r);
+        let (worst, _) = first_step_vs_llama_cpp(&m, &r);
         let (mut agree, mut total) = (0, 0);
         for c in &r.cases {
             let ours = m.greedy(&c.prompt_ids, c.greedy_ids.len(), &[2]).unwrap();

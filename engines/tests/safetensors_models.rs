@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
 use serde_json::json;
 
 #[path = "../../models/tests/common/mod.rs"]
 mod common;
 #[path = "../../models/tests/common/derive.rs"]
 mod derive;
+#[path = "common/llama_cpp_refs.rs"]
+mod llama_cpp_refs;
+use llama_cpp_refs::{first_step_vs_llama_cpp, refs};
 
 fn hf_name(gguf: &str, gemma: bool) -> String {
     let map = [
@@ -115,38 +117,6 @@ fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("agw-hf-{name}-{}", std::process::id()))
 }
 
-#[derive(Deserialize)]
-struct Refs {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    prompt_ids: Vec<u32>,
-    greedy_ids: Vec<u32>,
-    top_logits: Vec<(u32, f32)>,
-}
-
-/// The largest difference from llama.cpp's recorded first-step top-10 logits, and how many
-/// recorded first tokens the model reproduces.
-fn against_llama_cpp(m: &LlamaGguf, refs: &str) -> (f32, usize, usize) {
-    let refs: Refs = serde_json::from_str(refs).unwrap();
-    let (mut worst, mut first) = (0f32, 0);
-    for c in &refs.cases {
-        let logits = m.sequence().prefill(&c.prompt_ids).unwrap();
-        for &(id, want) in &c.top_logits {
-            worst = worst.max((logits[id as usize] - want).abs());
-        }
-        let argmax = logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, v)| if *v > b.1 { (i, *v) } else { b })
-            .0;
-        first += usize::from(argmax as u32 == c.greedy_ids[0]);
-    }
-    (worst, first, refs.cases.len())
-}
-
 #[test]
 fn an_hf_safetensors_llama_directory_loads_and_answers() {
     let gguf_path = common::smollm2();
@@ -178,7 +148,7 @@ fn an_hf_safetensors_llama_directory_loads_and_answers() {
 #[test]
 fn hf_qwen2_and_qwen3_directories_match_llama_cpp() {
     let smollm2 = common::smollm2();
-    for (v, kind, refs) in [
+    for (v, kind, json) in [
         (
             derive::Variant::Qwen2Bias,
             "qwen2",
@@ -204,7 +174,9 @@ fn hf_qwen2_and_qwen3_directories_match_llama_cpp() {
         write_tokenizer(&gguf_path, &dir);
         let m = LlamaGguf::load(&dir, &Device::Cpu).unwrap();
         assert_eq!((m.backend(), m.context), ("candle-safetensors", 8192));
-        let (worst, first, n) = against_llama_cpp(&m, refs);
+        let r = refs(json);
+        let n = r.cases.len();
+        let (worst, first) = first_step_vs_llama_cpp(&m, &r);
         eprintln!("{kind}: first-step top-10 logits within {worst} of llama.cpp; first token {first}/{n}");
         // candle runs the dequantized weights in f32 where llama.cpp quantizes activations to
         // 8 bits; the logits span about ±30. Measured: 0.61 (qwen2), 1.35 (qwen3, whose derived
@@ -241,12 +213,8 @@ fn hf_gemma3_directory_matches_the_gguf() {
     write_tokenizer(&common::smollm2(), &dir);
     let m = LlamaGguf::load(&dir, &Device::Cpu).unwrap();
     assert_eq!((m.backend(), m.context, m.snapshots()), ("candle-safetensors", 32768, false));
-    #[derive(Deserialize)]
-    struct G3 {
-        cases: Vec<Case>,
-    }
-    let refs: G3 = serde_json::from_str(include_str!("../../models/tests/data/gemma3_greedy.json")).unwrap();
-    let c = &refs.cases[0];
+    let g3 = refs(include_str!("../../models/tests/data/gemma3_greedy.json"));
+    let c = &g3.cases[0];
     let got = m.greedy(&c.prompt_ids, 12, &[1]).unwrap();
     // llama.cpp on the GGUF: the same 12 tokens, " the capital of the country of France. It is the largest".
     assert_eq!(got, c.greedy_ids[..12]);

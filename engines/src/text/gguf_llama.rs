@@ -152,7 +152,6 @@ impl LlamaGguf {
                 .unwrap_or(6);
             raw["sliding_window_pattern"] = period.into();
         }
-        let cfg_err = |e: serde_json::Error| EngineError::Unsupported(format!("config.json ({kind}): {e}"));
         let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
             .map_err(io)?
             .flatten()
@@ -167,16 +166,16 @@ impl LlamaGguf {
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, device)? };
         let model = match kind.as_str() {
             "llama" | "mistral" => {
-                let json: HfLlamaJson = serde_json::from_value(raw.clone()).map_err(cfg_err)?;
+                let json: HfLlamaJson = parse_config(&raw, &kind)?;
                 let cfg = json.into_config(false);
                 let empty = HfCache::new(true, candle_core::DType::F32, &cfg, device)?;
                 HfModel::Llama(Arc::new(HfLlama::load(vb, &cfg)?), empty)
             }
-            "qwen2" => HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
-            "qwen3" => HfModel::Qwen3(hf::qwen3::ModelForCausalLM::new(&serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
-            "gemma" => HfModel::Gemma(hf::gemma::Model::new(false, &serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
-            "gemma2" => HfModel::Gemma2(hf::gemma2::Model::new(false, &serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
-            "gemma3_text" => HfModel::Gemma3(hf::gemma3::Model::new(false, &serde_json::from_value(raw.clone()).map_err(cfg_err)?, vb)?),
+            "qwen2" => HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&parse_config(&raw, &kind)?, vb)?),
+            "qwen3" => HfModel::Qwen3(hf::qwen3::ModelForCausalLM::new(&parse_config(&raw, &kind)?, vb)?),
+            "gemma" => HfModel::Gemma(hf::gemma::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
+            "gemma2" => HfModel::Gemma2(hf::gemma2::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
+            "gemma3_text" => HfModel::Gemma3(hf::gemma3::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
             other => {
                 return Err(EngineError::Unsupported(format!(
                     "safetensors model_type '{other}' (supported: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text; GGUF also covers phi3)"
@@ -365,6 +364,11 @@ impl Sequence {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `config.json` as the candle model's own config type.
+fn parse_config<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, kind: &str) -> Result<T, EngineError> {
+    T::deserialize(raw).map_err(|e| EngineError::Unsupported(format!("config.json ({kind}): {e}")))
 }
 
 fn open(path: &Path) -> Result<std::fs::File, EngineError> {
