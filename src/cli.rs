@@ -46,6 +46,9 @@ pub enum Command {
     /// Local models: what the model store and the configured specs resolve to.
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// Measure the local engine on this host: decode speed, CPU-versus-GPU agreement.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,7 +327,8 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         prefix_cache_bytes: cfg.prefix_cache_mb << 20,
         max_batch: cfg.max_batch,
     };
-    let local = tokio::task::spawn_blocking(move || LocalModels::load(&specs, &store, &engine))
+    let device = cfg.device_spec().map_err(|e| e.to_string())?;
+    let local = tokio::task::spawn_blocking(move || LocalModels::load(&specs, &store, &engine, device))
         .await
         .map_err(|e| format!("abstractgateway: model loading failed: {e}"))?
         .map_err(|e| format!("abstractgateway: {e}"))?;
@@ -559,6 +563,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Migrate(a) => migrate(a),
         Command::Config(c) => config(c),
         Command::Models(m) => models(m),
+        Command::Bench(b) => crate::bench::run(b),
         Command::Serve(a) => runtime().block_on(serve(a)),
         Command::Runner(a) => runtime().block_on(runner_only(a)),
     };

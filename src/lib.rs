@@ -2,6 +2,7 @@
 //! in-process inference engine.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod providers;

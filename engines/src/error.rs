@@ -4,6 +4,8 @@ pub enum EngineError {
     Model(#[from] abstractgateway_models::ModelError),
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("device: {0}")]
+    Device(String),
     #[error("unsupported model: {0}")]
     Unsupported(String),
     #[error("prompt of {prompt} tokens does not fit the context of {context} tokens")]

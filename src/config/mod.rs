@@ -59,6 +59,9 @@ pub struct Config {
     pub prefix_cache_mb: usize,
     /// Most concurrent requests one local model decodes together per step.
     pub max_batch: usize,
+    /// Where local models run (`ABSTRACTGATEWAY_DEVICE`): auto, cpu, cuda:N, metal:N. `auto`
+    /// takes a GPU this binary can drive, else the CPU.
+    pub device: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +206,7 @@ impl Config {
             provider_timeout_s: number(&["ABSTRACTGATEWAY_PROVIDER_TIMEOUT_S"], 120.0f64)?,
             prefix_cache_mb: number(&["ABSTRACTGATEWAY_PREFIX_CACHE_MB"], 512usize)?,
             max_batch: number(&["ABSTRACTGATEWAY_MAX_BATCH"], 16usize)?.max(1),
+            device: var(&["ABSTRACTGATEWAY_DEVICE"]).unwrap_or_else(|| "auto".into()),
             data_dir,
         };
         cfg.validate()?;
@@ -210,6 +214,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.device_spec()?;
         if self.max_concurrency == 0 || self.max_sse == 0 {
             return Err(ConfigError::Invalid(
                 "ABSTRACTGATEWAY_MAX_CONCURRENCY and _MAX_SSE must be >= 1".into(),
@@ -281,6 +286,12 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    pub fn device_spec(&self) -> Result<abstractgateway_engines::device::DeviceSpec, ConfigError> {
+        self.device
+            .parse()
+            .map_err(|e: abstractgateway_engines::EngineError| ConfigError::Invalid(format!("ABSTRACTGATEWAY_DEVICE: {e}")))
     }
 
     /// A redacted view for `config status`: token values never leave the process.

@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use abstractgateway_engines::device::{self, DeviceSpec};
 use abstractgateway_engines::text::engine::{EngineConfig, GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::sampling::SamplingParams;
+use abstractgateway_engines::EngineError;
 use abstractgateway_models::chat_template::ChatTemplate;
 use abstractgateway_models::source::{self, ModelInfo};
 use abstractgateway_models::tokenizer::GgufTokenizer;
@@ -38,14 +40,19 @@ const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|
 
 impl LocalModels {
     /// Resolves and loads every spec, reporting progress on stderr and in the log.
-    pub fn load(specs: &[String], store: &Path, engine: &EngineConfig) -> Result<LocalModels, String> {
+    pub fn load(specs: &[String], store: &Path, engine: &EngineConfig, device: DeviceSpec) -> Result<LocalModels, String> {
         let mut models = Vec::new();
+        if specs.is_empty() {
+            return Ok(LocalModels { models });
+        }
+        let selected = device::select(device).map_err(|e| e.to_string())?;
+        tracing::info!(device = %selected.note, "local models' device");
         for spec in specs {
             let src = source::resolve(spec, store).map_err(|e| e.to_string())?;
             if models.iter().any(|m: &LocalModel| m.info.id == src.id) {
                 return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
             }
-            models.push(load_one(&src, engine)?);
+            models.push(load_one(&src, engine, &selected, device == DeviceSpec::Auto)?);
         }
         Ok(LocalModels { models })
     }
@@ -68,7 +75,9 @@ impl LocalModels {
     }
 }
 
-fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<LocalModel, String> {
+/// Loads one model on `selected`. Under `auto`, a model the GPU path cannot run yet goes to the
+/// CPU with a warning; a device named explicitly is never swapped.
+fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &device::Selected, auto: bool) -> Result<LocalModel, String> {
     let info = source::describe(src).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let size_mb = info.size_bytes as f64 / 1e6;
@@ -84,8 +93,16 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<Loca
             tracing::debug!(model = %id, percent = decile * 10, "loading");
         }
     };
-    let model = LlamaGguf::load_with_progress(&src.path, &candle_core::Device::Cpu, &mut progress)
-        .map_err(|e| format!("cannot load {}: {e}", src.path.display()))?;
+    let mut device = selected.name.clone();
+    let model = match LlamaGguf::load_with_progress(&src.path, &selected.device, &mut progress) {
+        Err(EngineError::Unsupported(why)) if auto && !selected.device.is_cpu() => {
+            tracing::warn!(model = %info.id, device = %selected.name, reason = %why, "not supported on this device; loading it on the CPU");
+            device = "cpu".into();
+            LlamaGguf::load_with_progress(&src.path, &candle_core::Device::Cpu, &mut progress)
+        }
+        other => other,
+    }
+    .map_err(|e| format!("cannot load {}: {e}", src.path.display()))?;
     let tokenizer = model.tokenizer.clone();
     let template = ChatTemplate::new(tokenizer.chat_template.as_deref()).map_err(|e| format!("{}: {e}", info.id))?;
     let mut stop_ids: Vec<u32> = tokenizer.eos_id.into_iter().collect();
@@ -100,7 +117,7 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig) -> Result<Loca
     let backend = model.backend();
     let requantized = model.requantized().to_vec();
     let engine = TextEngine::spawn_with(model, engine_cfg.clone());
-    tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, backend, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
+    tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, backend, device, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
     if !requantized.is_empty() {
         tracing::warn!(
             model = %info.id,

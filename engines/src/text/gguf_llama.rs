@@ -3,10 +3,11 @@
 //!   are all types our kernels cover (`Q4_1`, `Q8_0`, `F32`), and qwen2, qwen3, phi3 and gemma3
 //!   GGUFs of any type (others requantized to `Q8_0`); faster, and sequences can share a batched decode
 //!   step (continuous batching);
-//! - **candle** (`candle_transformers` quantized llama): llama GGUFs in other quantizations; one
-//!   sequence per forward pass, context capped at candle's 4096 rotary positions;
+//! - **candle** (`candle_transformers` quantized llama): llama GGUFs in other quantizations, on
+//!   the CPU; one sequence per forward pass, context capped at candle's 4096 rotary positions;
 //! - **candle-safetensors**: HF-layout directories (llama, mistral, qwen2, qwen3, gemma, gemma2,
-//!   gemma3_text) on candle's full-precision models, in f32.
+//!   gemma3_text) on candle's full-precision models, f32 on the CPU and bf16 on GPUs; on GPUs
+//!   llama GGUFs too, dequantized at load (`gguf_full_precision`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -77,6 +78,35 @@ impl LlamaGguf {
 
     /// Loads, calling `progress(bytes_read, total_bytes)` as the weights stream in.
     pub fn load_with_progress(path: &Path, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<LlamaGguf, EngineError> {
+        Self::load_inner(path, device, progress, false)
+    }
+
+    /// A llama GGUF on candle's quantized llama even where the native backend would take it: the
+    /// same code the GPUs run, for CPU-versus-GPU comparisons.
+    pub fn load_on_candle(path: &Path, device: &Device) -> Result<LlamaGguf, EngineError> {
+        Self::load_inner(path, device, &mut |_, _| {}, true)
+    }
+
+    /// A llama GGUF dequantized into candle's full-precision llama (`dtype` f32, bf16, …): the
+    /// same arithmetic on every device, for checking a GPU against the CPU.
+    pub fn load_full_precision(path: &Path, device: &Device, dtype: candle_core::DType) -> Result<LlamaGguf, EngineError> {
+        let gguf = GgufFile::open(path)?;
+        let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
+        let md = gguf.metadata();
+        let u = |k: &str| meta_u32(md, &format!("llama.{k}")).unwrap_or(0) as usize;
+        let (heads, kv_heads) = (u("attention.head_count").max(1), u("attention.head_count_kv"));
+        let kv_bytes_per_token = u("block_count") * 2 * kv_heads * (u("embedding_length") / heads) * dtype.size_in_bytes();
+        let (model, context) = super::gguf_full_precision::load(path, gguf.content, device, dtype)?;
+        Ok(LlamaGguf {
+            backend: Backend::Hf(model),
+            tokenizer: Arc::new(tokenizer),
+            context: context.min(NATIVE_MAX_POSITIONS),
+            kv_bytes_per_token,
+            device: device.clone(),
+        })
+    }
+
+    fn load_inner(path: &Path, device: &Device, progress: &mut dyn FnMut(u64, u64), force_candle: bool) -> Result<LlamaGguf, EngineError> {
         if path.is_dir() {
             let m = Self::load_hf_dir(path, device)?;
             progress(1, 1);
@@ -93,17 +123,26 @@ impl LlamaGguf {
         let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
         let md = gguf.metadata();
         let trained = meta_u32(md, &format!("{arch}.context_length")).unwrap_or(2048) as usize;
+        if !device.is_cpu() && !force_candle {
+            if arch != "llama" {
+                return Err(EngineError::Unsupported(format!("{arch} GGUFs run on the CPU only so far")));
+            }
+            // GPUs run llama GGUFs dequantized, in bf16. candle 0.11's CUDA GGUF matmuls on
+            // SmolLM2 Q4_1 were 2-4x further from the exact product than its CPU ones and
+            // disagreed with the CPU from the first token on 5 of 6 prompts; the dequantized
+            // model gives the CPU's greedy tokens exactly in f32 (`abstractgateway bench
+            // compare`, README "GPU").
+            drop(gguf);
+            let m = Self::load_full_precision(path, device, gpu_dtype(device))?;
+            progress(1, 1);
+            return Ok(m);
+        }
         // llama files in types our kernels do not run directly stay on candle's quantized llama
         // (it keeps k-quants at their size; the native path would requantize them to Q8_0).
         // The other families always run natively.
         let candle = arch == "llama"
-            && (!device.is_cpu()
-                || !unsupported_types(&gguf.content).is_empty()
-                || std::env::var_os("ABSTRACTGATEWAY_CANDLE_LLAMA").is_some());
+            && (force_candle || !unsupported_types(&gguf.content).is_empty() || std::env::var_os("ABSTRACTGATEWAY_CANDLE_LLAMA").is_some());
         if !candle {
-            if !device.is_cpu() {
-                return Err(EngineError::Unsupported(format!("{arch} GGUFs run on the CPU only so far")));
-            }
             let native = Llama::load(path, &gguf.content, trained.min(NATIVE_MAX_POSITIONS), progress)?;
             return Ok(LlamaGguf {
                 context: native.cfg.context,
@@ -163,12 +202,13 @@ impl LlamaGguf {
             return Err(EngineError::Unsupported(format!("{}: no *.safetensors files", dir.display())));
         }
         // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, device)? };
+        let dtype = gpu_dtype(device);
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
         let model = match kind.as_str() {
             "llama" | "mistral" => {
                 let json: HfLlamaJson = parse_config(&raw, &kind)?;
                 let cfg = json.into_config(false);
-                let empty = HfCache::new(true, candle_core::DType::F32, &cfg, device)?;
+                let empty = HfCache::new(true, dtype, &cfg, device)?;
                 HfModel::Llama(Arc::new(HfLlama::load(vb, &cfg)?), empty)
             }
             "qwen2" => HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&parse_config(&raw, &kind)?, vb)?),
@@ -366,8 +406,18 @@ impl Sequence {
     }
 }
 
+/// Full-precision weights: f32 on the CPU, bf16 on GPUs (half the bytes per decode step; what
+/// GPU serving stacks use).
+fn gpu_dtype(device: &Device) -> candle_core::DType {
+    if device.is_cpu() {
+        candle_core::DType::F32
+    } else {
+        candle_core::DType::BF16
+    }
+}
+
 /// `config.json` as the candle model's own config type.
-fn parse_config<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, kind: &str) -> Result<T, EngineError> {
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, kind: &str) -> Result<T, EngineError> {
     T::deserialize(raw).map_err(|e| EngineError::Unsupported(format!("config.json ({kind}): {e}")))
 }
 
@@ -406,8 +456,9 @@ fn candle_step(
     let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
     let logits = forward(&input, *pos)?;
     *pos += tokens.len();
-    // The last position's logits: `[1, vocab]` or `[1, 1, vocab]` depending on the model.
-    Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    // The last position's logits: `[1, vocab]` or `[1, 1, vocab]` depending on the model, in
+    // the model's dtype (bf16 on GPUs).
+    Ok(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
 }
 
 /// Counts the bytes candle reads (tensor data is nearly the whole file), for load progress.

@@ -1,8 +1,11 @@
 //! Text generation.
 
+pub mod device_check;
 pub mod engine;
+pub mod gguf_full_precision;
 pub mod gguf_llama;
 pub mod json_constraint;
 pub mod prefix_cache;
 pub mod sampling;
 pub mod stop;
+pub mod synthetic;

@@ -1,0 +1,154 @@
+//! A llama GGUF dequantized into candle's full-precision llama, on any device and dtype. This is
+//! the GPU path's reference: the CPU and a GPU then run the same f32 arithmetic (no activation
+//! re-quantization), so their greedy tokens must agree.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use abstractgateway_models::gguf::meta_u32;
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
+
+use super::gguf_llama::parse_config;
+use super::gguf_llama::HfModel;
+use crate::EngineError;
+
+/// The GGUF name of an HF llama tensor (`model.layers.3.self_attn.q_proj.weight` →
+/// `blk.3.attn_q.weight`).
+fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let name = name.strip_suffix(".weight")?;
+    let g = match name {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.weight"))
+}
+
+/// llama.cpp's converter permutes llama's Q/K rows for its interleaved rotary layout; candle's
+/// llama rotates HF halves, so the permutation is undone.
+fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (out, dim) = w.dims2()?;
+    w.reshape((heads, out / heads / 2, 2, dim))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, dim))
+}
+
+struct GgufWeights {
+    file: Mutex<std::fs::File>,
+    content: gguf_file::Content,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl SimpleBackend for GgufWeights {
+    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!("{name}: the GGUF has {:?}, the model expects {s:?}", t.shape())
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let Some(g) = gguf_name(name) else {
+            candle_core::bail!("no GGUF tensor for '{name}'")
+        };
+        let mut f = self
+            .file
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("GGUF reader poisoned".into()))?;
+        let t = self.content.tensor(&mut *f, &g, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+        let t = if g.ends_with("attn_q.weight") {
+            unpermute(&t, self.heads)?
+        } else if g.ends_with("attn_k.weight") {
+            unpermute(&t, self.kv_heads)?
+        } else {
+            t
+        };
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        gguf_name(name).map(|g| self.content.tensor_infos.contains_key(&g)).unwrap_or(false)
+    }
+}
+
+/// candle's llama over a llama GGUF's dequantized weights, and its context length.
+pub(crate) fn load(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType) -> Result<(HfModel, usize), EngineError> {
+    let md = &content.metadata;
+    if md.get("general.architecture").and_then(|v| v.to_string().ok()).map(String::as_str) != Some("llama") {
+        return Err(EngineError::Unsupported(
+            "full-precision loading of GGUFs covers the llama architecture only".into(),
+        ));
+    }
+    let u = |k: &str| meta_u32(md, &format!("llama.{k}")).map(|v| v as usize);
+    let f = |k: &str| md.get(&format!("llama.{k}")).and_then(|v| v.to_f32().ok());
+    let heads = u("attention.head_count").unwrap_or(1).max(1);
+    let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
+    let vocab = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|t| t.shape.dims()[0])
+        .unwrap_or(0);
+    let context = u("context_length").unwrap_or(2048);
+    let raw = serde_json::json!({
+        "hidden_size": u("embedding_length"), "intermediate_size": u("feed_forward_length"),
+        "vocab_size": vocab, "num_hidden_layers": u("block_count"), "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "rms_norm_eps": f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        "rope_theta": f("rope.freq_base").unwrap_or(10_000.0), "max_position_embeddings": context,
+        "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
+    });
+    let cfg = parse_config::<LlamaConfig>(&raw, "llama (from GGUF)")?.into_config(false);
+    let file = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let weights = GgufWeights {
+        file: Mutex::new(file),
+        content,
+        heads,
+        kv_heads,
+    };
+    let vb = VarBuilder::from_backend(Box::new(weights), dtype, device.clone());
+    let empty = Cache::new(true, dtype, &cfg, device)?;
+    Ok((HfModel::Llama(Arc::new(Llama::load(vb, &cfg)?), empty), context))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_hf_names_to_gguf_names() {
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.weight").as_deref(),
+            Some("blk.3.attn_q.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.12.post_attention_layernorm.weight").as_deref(),
+            Some("blk.12.ffn_norm.weight")
+        );
+        assert_eq!(gguf_name("model.embed_tokens.weight").as_deref(), Some("token_embd.weight"));
+        assert_eq!(gguf_name("model.layers.0.self_attn.rotary.inv_freq"), None);
+    }
+}

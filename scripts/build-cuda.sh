@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the CUDA binary (`--features cuda`) on a machine without a GPU or a system CUDA:
+#   1. the CUDA 13.0 compiler and runtime come from PyPI wheels (pinned: cudarc 0.19 accepts
+#      CUDA <= 13.4, and the GPU hosts' driver 580 runs PTX up to 13.0);
+#   2. candle-core is patched at build time, from the registry's own copy, to load the CUDA
+#      libraries at run time (cudarc `dynamic-loading`) instead of linking them, so the binary
+#      starts on CPU-only hosts and falls back to the CPU;
+#   3. CUDA's runtime is linked statically.
+# Output: target/cuda/abstractgateway (stripped) and target/cuda/abstractgateway.xz (to carry).
+# Env: CUDA_COMPUTE_CAP (default 90, Hopper), CUDA_TOOLCHAIN_DIR (default target/cuda-toolchain).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TOOLS=${CUDA_TOOLCHAIN_DIR:-$ROOT/target/cuda-toolchain}
+WORK=$ROOT/target/cuda
+mkdir -p "$TOOLS/wheels" "$WORK"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "CUDA 13.0 toolchain wheels -> $TOOLS"
+WHEELS="nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85"
+if [ ! -x "$TOOLS/root/nvidia/cu13/bin/nvcc" ]; then
+    # shellcheck disable=SC2086
+    python3 -m pip download -q --no-deps -d "$TOOLS/wheels" $WHEELS
+    rm -rf "$TOOLS/root"
+    for w in "$TOOLS"/wheels/*.whl; do python3 -m zipfile -e "$w" "$TOOLS/root"; done
+    chmod +x "$TOOLS"/root/nvidia/cu13/bin/* "$TOOLS"/root/nvidia/cu13/nvvm/bin/*
+fi
+export CUDA_ROOT=$TOOLS/root/nvidia/cu13
+export PATH=$CUDA_ROOT/bin:$PATH
+# candle-kernels would ask nvidia-smi for the compute capability; there is no GPU here.
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+nvcc --version | tail -2
+
+step "candle-core patched for run-time loading of the CUDA libraries"
+cargo fetch -q
+CANDLE_SRC=$(cargo metadata --format-version 1 | python3 -c '
+import json, os, sys
+m = json.load(sys.stdin)
+print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"] == "candle-core"))')
+rm -rf "$WORK/candle-core"
+cp -r "$CANDLE_SRC" "$WORK/candle-core"
+python3 - "$WORK/candle-core/Cargo.toml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+n = s.count('"dynamic-linking"')
+if n != 1:
+    sys.exit(f"expected one cudarc 'dynamic-linking' feature in {p}, found {n}: candle-core changed, update this script")
+open(p, "w").write(s.replace('"dynamic-linking"', '"dynamic-loading"'))
+PY
+mkdir -p "$WORK/cudart-static"
+ln -sf "$CUDA_ROOT/lib/libcudart_static.a" "$WORK/cudart-static/libcudart.a"
+
+step "cargo build --release --features cuda"
+# The patch must not leak into the repository's lock file.
+cp Cargo.lock "$WORK/Cargo.lock.orig"
+trap 'cp "$WORK/Cargo.lock.orig" "$ROOT/Cargo.lock"' EXIT
+CARGO_TARGET_DIR=$ROOT/target/cuda-build CUDART_LINK_DIR=$WORK/cudart-static \
+    cargo build --release --features cuda --bin abstractgateway \
+    --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\""
+
+step "strip and compress"
+cp target/cuda-build/release/abstractgateway "$WORK/abstractgateway"
+strip "$WORK/abstractgateway"
+xz -9 -T2 -k -f "$WORK/abstractgateway"
+ls -l "$WORK/abstractgateway" "$WORK/abstractgateway.xz"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs on a GPU host, which has no Rust toolchain: the CUDA binary built here by
+# scripts/build-cuda.sh is carried there as target/cuda/abstractgateway.xz.
+#   scripts/gpu-check.sh synthetic       decode speed and TTFT on random weights of real shapes
+#   scripts/gpu-check.sh compare GGUF    greedy tokens and logits, GPU against CPU, on a real model
+#   scripts/gpu-check.sh serve GGUF      the gateway on the GPU, asked over /v1 on loopback
+# Output also goes to $OUT (the device tool brings that folder back) when it is set.
+set -uo pipefail
+BIN=${BIN:-/tmp/abstractgateway}
+if [ ! -x "$BIN" ]; then
+    xz -dc target/cuda/abstractgateway.xz > "$BIN" && chmod +x "$BIN" || exit 1
+fi
+# The binary loads the CUDA libraries at run time: the driver's libcuda plus cuBLAS, cuRAND and
+# NVRTC 13 from wherever this host keeps them (PyTorch's CUDA wheels, a CUDA install).
+for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13; do
+    ldconfig -p | grep -q "$lib " && continue
+    f=$(find /usr/local /opt /usr/lib -name "$lib" -not -path "*stubs*" 2>/dev/null | head -1)
+    [ -n "$f" ] && LD_LIBRARY_PATH=$(dirname "$f"):${LD_LIBRARY_PATH:-}
+done
+export LD_LIBRARY_PATH
+LOG=${OUT:-/tmp}/gpu-check-${1:-synthetic}.log
+exec > >(tee "$LOG") 2>&1
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm,clocks.mem --format=csv
+
+case "${1:-synthetic}" in
+synthetic)
+    # The memory-bandwidth ceiling for decode: one large device-to-device copy (bytes read + written).
+    python3 - <<'PY' || true
+import torch
+x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(20): y.copy_(x)
+e.record(); torch.cuda.synchronize()
+print(f"device copy: {2 * x.numel() * 20 / (s.elapsed_time(e) / 1e3) / 1e12:.2f} TB/s (read + write)")
+PY
+    "$BIN" bench decode --synthetic llama3-8b --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+    "$BIN" bench decode --synthetic llama3-8b --device cuda:0 --prompt-tokens 2048 --tokens 16 --runs 3
+    "$BIN" bench decode --synthetic qwen2.5-0.5b --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+    ;;
+compare)
+    gguf=${2:?compare needs a GGUF path}
+    sha256sum "$gguf"
+    "$BIN" bench compare --model "$gguf" --device cuda:0 --refs models/tests/data/smollm2_greedy.json --tokens 48 --diagnose
+    "$BIN" bench decode --model "$gguf" --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+    ;;
+serve)
+    gguf=${2:?serve needs a GGUF path}
+    export ABSTRACTGATEWAY_AUTH_TOKEN=gpu-check-$$ ABSTRACTGATEWAY_DATA_DIR=/tmp/agw-gpu-data ABSTRACTGATEWAY_DEVICE=cuda:0
+    "$BIN" serve --host 127.0.0.1 --port 18080 --model "$gguf" > /tmp/agw-serve.log 2>&1 &
+    pid=$!
+    for _ in $(seq 1 300); do curl -sf localhost:18080/api/health > /dev/null && break; sleep 0.2; done
+    for prompt in "What is the capital of France?" "List three prime numbers."; do
+        curl -s -H "Authorization: Bearer $ABSTRACTGATEWAY_AUTH_TOKEN" -H 'content-type: application/json' \
+            localhost:18080/v1/chat/completions \
+            -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$prompt\"}],\"temperature\":0,\"max_tokens\":32}"
+        echo
+    done
+    kill $pid
+    grep -E "device|model loaded|warn" /tmp/agw-serve.log | head -5
+    ;;
+esac

@@ -1,0 +1,377 @@
+//! `abstractgateway bench`: measurements of the local text engine on this host. They ship in the
+//! binary because the GPU hosts have no Rust toolchain: the CUDA build is carried there and runs
+//! these.
+//! - `decode`: time to first token and single-stream decode speed, on a model file or on random
+//!   weights in a real model's shape (`--synthetic llama3-8b`);
+//! - `compare`: one GGUF's greedy tokens and logits on the CPU and on another device.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use abstractgateway_engines::device::{self, DeviceSpec};
+use abstractgateway_engines::text::gguf_llama::{LlamaGguf, Sequence};
+use abstractgateway_engines::text::synthetic::SyntheticModel;
+use candle_core::DType;
+use clap::{Args, Subcommand};
+use rand::{Rng, SeedableRng};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Time to first token and single-stream decode tokens/s (greedy).
+    Decode(DecodeArgs),
+    /// Greedy tokens and logits of one GGUF on the CPU and on `--device`, side by side.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    /// A model file or directory (GGUF, or an HF safetensors directory).
+    #[arg(long, conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    model: Option<PathBuf>,
+    /// Random weights in a real model's shape: llama3-8b, qwen2.5-0.5b.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Weight dtype of synthetic models: bf16, f16, f32 (default: bf16 on GPUs, f32 on the CPU).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// auto, cpu, cuda:N, metal:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Prompt length (random token ids) for the time to first token.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded after the prompt.
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    /// Timed runs after one untimed warm-up; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// A llama GGUF.
+    #[arg(long)]
+    model: PathBuf,
+    /// The device compared with the CPU: cuda:N, metal:N.
+    #[arg(long)]
+    device: String,
+    /// Recorded references (`cases[].prompt_ids`, `cases[].greedy_ids` from llama.cpp), as in
+    /// models/tests/data/smollm2_greedy.json.
+    #[arg(long)]
+    refs: PathBuf,
+    /// Greedy tokens per prompt.
+    #[arg(long, default_value_t = 48)]
+    tokens: usize,
+    /// Also compare the first prompt's first-step logits through each of candle's CUDA
+    /// quantized-matmul paths (fast MMQ/MMVQ, dequantize), prefilled at once and token by token.
+    #[arg(long)]
+    diagnose: bool,
+}
+
+pub fn run(cmd: BenchCmd) -> Result<(), String> {
+    match cmd {
+        BenchCmd::Decode(a) => decode(a),
+        BenchCmd::Compare(a) => compare(a),
+    }
+}
+
+fn pick_device(spec: &str) -> Result<device::Selected, String> {
+    let spec: DeviceSpec = spec.parse().map_err(|e: abstractgateway_engines::EngineError| e.to_string())?;
+    let sel = device::select(spec).map_err(|e| e.to_string())?;
+    eprintln!("device: {}", sel.note);
+    Ok(sel)
+}
+
+fn decode(a: DecodeArgs) -> Result<(), String> {
+    let sel = pick_device(&a.device)?;
+    let started = Instant::now();
+    // One factory for fresh sequences, whichever kind of model.
+    let (label, dtype, params, vocab, make): (String, String, Option<usize>, usize, Box<dyn Fn() -> Sequence>) =
+        if let Some(shape) = &a.synthetic {
+            let dtype = match a.dtype.as_deref() {
+                Some(d) => parse_dtype(d)?,
+                None if sel.device.is_cpu() => DType::F32,
+                None => DType::BF16,
+            };
+            let m = SyntheticModel::new(shape, dtype, &sel.device).map_err(|e| e.to_string())?;
+            if a.prompt_tokens + a.tokens > m.context {
+                return Err(format!(
+                    "{} tokens exceed the shape's context of {}",
+                    a.prompt_tokens + a.tokens,
+                    m.context
+                ));
+            }
+            let (params, vocab) = (m.params, m.vocab);
+            (
+                format!("synthetic {shape}"),
+                format!("{dtype:?}").to_lowercase(),
+                Some(params),
+                vocab,
+                Box::new(move || m.sequence()),
+            )
+        } else {
+            let path = a.model.clone().unwrap_or_default();
+            let m = LlamaGguf::load(&path, &sel.device).map_err(|e| format!("{}: {e}", path.display()))?;
+            m.check_fits(a.prompt_tokens, a.tokens).map_err(|e| e.to_string())?;
+            let vocab = m.tokenizer.token_bytes.len();
+            let label = format!("{} ({})", path.display(), m.backend());
+            (label, "file".into(), None, vocab, Box::new(move || m.sequence()))
+        };
+    eprintln!("model ready in {:.1} s", started.elapsed().as_secs_f64());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| rng.gen_range(0..vocab as u32)).collect();
+
+    let mut ttft = Vec::new();
+    let mut per_token = Vec::new();
+    for run in 0..=a.runs {
+        let mut seq = make();
+        let t0 = Instant::now();
+        // Reading the logits back waits for the device, so host clocks time finished work.
+        let mut logits = seq.prefill(&prompt).map_err(|e| e.to_string())?;
+        let first = t0.elapsed();
+        let t1 = Instant::now();
+        for _ in 0..a.tokens {
+            logits = seq.step(argmax(&logits)).map_err(|e| e.to_string())?;
+        }
+        let step = t1.elapsed() / a.tokens.max(1) as u32;
+        if run == 0 {
+            eprintln!("warm-up: ttft {:.1} ms, {:.2} ms/token", ms(first), ms(step));
+            continue;
+        }
+        eprintln!("run {run}: ttft {:.1} ms, {:.2} ms/token", ms(first), ms(step));
+        ttft.push(first);
+        per_token.push(step);
+    }
+    let (ttft, step) = (median(ttft), median(per_token));
+    let tok_s = 1.0 / step.as_secs_f64();
+    println!("model        {label}");
+    println!("device       {}  dtype {dtype}", sel.name);
+    if let Some(p) = params {
+        println!("parameters   {:.3} B", p as f64 / 1e9);
+    }
+    println!(
+        "TTFT         {:.1} ms for {} prompt tokens (median of {})",
+        ms(ttft),
+        a.prompt_tokens,
+        a.runs
+    );
+    println!(
+        "decode       {tok_s:.1} tok/s ({:.2} ms/token, {} tokens, median of {})",
+        ms(step),
+        a.tokens,
+        a.runs
+    );
+    if let (Some(p), Some(bytes)) = (params, dtype_bytes(&dtype)) {
+        // Each decode step reads every weight once: the floor on the time per token is the
+        // weight bytes over memory bandwidth.
+        println!(
+            "weights read {:.0} GB/s at that rate ({} bytes per parameter)",
+            p as f64 * bytes * tok_s / 1e9,
+            bytes
+        );
+    }
+    Ok(())
+}
+
+fn compare(a: CompareArgs) -> Result<(), String> {
+    let sel = pick_device(&a.device)?;
+    if sel.device.is_cpu() {
+        return Err("--device must name a GPU: the comparison is against the CPU".into());
+    }
+    let text = std::fs::read_to_string(&a.refs).map_err(|e| format!("{}: {e}", a.refs.display()))?;
+    let refs: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", a.refs.display()))?;
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+            .unwrap_or_default()
+    };
+    let cases: Vec<(Vec<u32>, Vec<u32>)> = refs["cases"]
+        .as_array()
+        .ok_or("refs: no `cases` array")?
+        .iter()
+        .map(|c| (ids(&c["prompt_ids"]), ids(&c["greedy_ids"])))
+        .collect();
+    if cases.is_empty() {
+        return Err("refs: `cases` is empty".into());
+    }
+    let load = |what: &str, r: Result<LlamaGguf, abstractgateway_engines::EngineError>| {
+        r.map_err(|e| format!("{what}: {}: {e}", a.model.display()))
+    };
+    let cpu = candle_core::Device::Cpu;
+    println!(
+        "model {}, {} greedy tokens per prompt, {} on {}",
+        a.model.display(),
+        a.tokens,
+        sel.name,
+        sel.note
+    );
+
+    // The correctness check: the same f32 arithmetic on both devices.
+    let gpu_f32 = load("gpu, f32", LlamaGguf::load_full_precision(&a.model, &sel.device, DType::F32))?;
+    let cpu_f32 = load("cpu, f32", LlamaGguf::load_full_precision(&a.model, &cpu, DType::F32))?;
+    let (equal, worst) = compare_pair("dequantized to f32 (candle llama)", &gpu_f32, &cpu_f32, &cases, a.tokens)?;
+    drop(gpu_f32);
+    // What GPU serving runs: bf16 weights, against the same f32 reference.
+    let gpu_bf16 = load("gpu, bf16", LlamaGguf::load(&a.model, &sel.device))?;
+    compare_pair("served: bf16 on the GPU, f32 on the CPU", &gpu_bf16, &cpu_f32, &cases, a.tokens)?;
+    drop((gpu_bf16, cpu_f32));
+
+    // The quantized kernels (not used for serving): candle's CUDA GGUF matmuls against its CPU
+    // ones, both re-quantizing activations to 8 bits.
+    let gpu_q = load("gpu, quantized", LlamaGguf::load_on_candle(&a.model, &sel.device))?;
+    let cpu_q = load("cpu, quantized", LlamaGguf::load_on_candle(&a.model, &cpu))?;
+    let (q_equal, q_worst) = compare_pair("quantized (candle GGUF kernels)", &gpu_q, &cpu_q, &cases, a.tokens)?;
+    if a.diagnose {
+        diagnose(&gpu_q, &cpu_q, &cases[0].0)?;
+        for c in abstractgateway_engines::text::device_check::op_report(&a.model, &sel.device).map_err(|e| e.to_string())? {
+            println!("op check: {:<44} {}", c.op, c.summary);
+        }
+    }
+    println!(
+        "verdict: f32 greedy tokens {} on {} and the CPU (worst logit difference {worst:.2e}); quantized greedy tokens {} (worst {q_worst:.3})",
+        if equal { "EQUAL" } else { "DIFFER" },
+        sel.name,
+        if q_equal { "equal" } else { "differ" },
+    );
+    if equal {
+        Ok(())
+    } else {
+        Err("f32 greedy tokens differ between the GPU and the CPU".into())
+    }
+}
+
+/// Greedy tokens of both models per prompt, and the logits along the CPU's greedy path (so both
+/// see the same tokens even after a divergence). Returns (all equal, worst logit difference).
+fn compare_pair(
+    label: &str,
+    gpu: &LlamaGguf,
+    cpu: &LlamaGguf,
+    cases: &[(Vec<u32>, Vec<u32>)],
+    tokens: usize,
+) -> Result<(bool, f32), String> {
+    let stop: Vec<u32> = gpu.tokenizer.eos_id.into_iter().collect();
+    println!("\n{label}: gpu {} / cpu {}", gpu.backend(), cpu.backend());
+    println!("prompt | tokens equal | gpu = llama.cpp (leading) | max |Δlogit| teacher-forced | argmax agree | gpu text");
+    let (mut all_equal, mut worst) = (true, 0f32);
+    for (i, (prompt, reference)) in cases.iter().enumerate() {
+        let run = |m: &LlamaGguf| m.greedy(prompt, tokens, &stop).map_err(|e| e.to_string());
+        let (g, c) = (run(gpu)?, run(cpu)?);
+        let (mut sg, mut sc) = (gpu.sequence(), cpu.sequence());
+        let (mut lg, mut lc) = (
+            sg.prefill(prompt).map_err(|e| e.to_string())?,
+            sc.prefill(prompt).map_err(|e| e.to_string())?,
+        );
+        let (mut max_diff, mut agree) = (0f32, 0usize);
+        for (step, &t) in c.iter().enumerate() {
+            max_diff = max_diff.max(lg.iter().zip(&lc).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max));
+            agree += usize::from(argmax(&lg) == argmax(&lc));
+            if step + 1 < c.len() {
+                lg = sg.step(t).map_err(|e| e.to_string())?;
+                lc = sc.step(t).map_err(|e| e.to_string())?;
+            }
+        }
+        all_equal &= g == c;
+        worst = worst.max(max_diff);
+        let text = gpu.tokenizer.decode(&g, false).unwrap_or_default();
+        println!(
+            "{i:>6} | {:>5} {:>2}/{:<2} | {:>3}/{:<3} | {max_diff:.2e} | {agree}/{} | {:?}",
+            yes_no(g == c),
+            lead(&g, &c),
+            g.len().max(c.len()),
+            lead(&g, reference),
+            reference.len().min(g.len()),
+            c.len(),
+            text.chars().take(60).collect::<String>()
+        );
+    }
+    Ok((all_equal, worst))
+}
+
+/// First-step logits of `prompt` on the device against the CPU, per quantized-matmul path.
+fn diagnose(gpu: &LlamaGguf, cpu: &LlamaGguf, prompt: &[u32]) -> Result<(), String> {
+    let reference = cpu.sequence().prefill(prompt).map_err(|e| e.to_string())?;
+    let first_step = |one_by_one: bool| -> Result<Vec<f32>, String> {
+        let mut s = gpu.sequence();
+        if one_by_one {
+            let mut out = Vec::new();
+            for &t in prompt {
+                out = s.step(t).map_err(|e| e.to_string())?;
+            }
+            Ok(out)
+        } else {
+            s.prefill(prompt).map_err(|e| e.to_string())
+        }
+    };
+    let diff = |l: &[f32]| l.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    for dequantize in [false, true] {
+        #[cfg(feature = "cuda")]
+        candle_core::quantized::cuda::set_force_dmmv(dequantize);
+        #[cfg(not(feature = "cuda"))]
+        if dequantize {
+            break;
+        }
+        for one_by_one in [false, true] {
+            let l = first_step(one_by_one)?;
+            println!(
+                "diagnose: {} matmuls, prefill {}: first-step max |Δlogit| {:.4}, argmax {} (cpu {})",
+                if dequantize { "dequantize" } else { "fast" },
+                if one_by_one { "token by token" } else { "at once" },
+                diff(&l),
+                argmax(&l),
+                argmax(&reference)
+            );
+        }
+    }
+    #[cfg(feature = "cuda")]
+    candle_core::quantized::cuda::set_force_dmmv(false);
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn lead(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        "f32" => Ok(DType::F32),
+        other => Err(format!("--dtype {other}: expected bf16, f16 or f32")),
+    }
+}
+
+fn dtype_bytes(d: &str) -> Option<f64> {
+    match d {
+        "bf16" | "f16" => Some(2.0),
+        "f32" => Some(4.0),
+        _ => None,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

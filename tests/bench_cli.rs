@@ -1,0 +1,92 @@
+//! `abstractgateway bench`: the commands the GPU hosts run (no Rust toolchain there), checked
+//! here on the CPU with the real default model.
+
+mod common;
+#[path = "../models/tests/common/mod.rs"]
+mod model_files;
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(common::bin()).arg("bench").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The figure on a line such as `decode       92.0 tok/s (…)`.
+fn figure(stdout: &str, key: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("no '{key}' line in {stdout}"));
+    line[key.len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn decode_reports_ttft_and_tokens_per_second_on_a_real_model() {
+    let model = model_files::smollm2();
+    let (ok, out, err) = bench(&[
+        "decode",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--prompt-tokens",
+        "16",
+        "--tokens",
+        "8",
+        "--runs",
+        "1",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    assert!(err.contains("device: cpu (as configured)"), "{err}");
+    assert!(out.contains("(native)"), "{out}");
+    assert!(figure(&out, "TTFT") > 0.0);
+    assert!(figure(&out, "decode") > 1.0, "{out}");
+}
+
+#[test]
+fn decode_runs_synthetic_weights_of_a_real_shape() {
+    let (ok, out, err) = bench(&[
+        "decode",
+        "--synthetic",
+        "qwen2.5-0.5b",
+        "--device",
+        "cpu",
+        "--prompt-tokens",
+        "4",
+        "--tokens",
+        "2",
+        "--runs",
+        "1",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    // The real model's parameter count (tied embeddings counted once) and the bytes it implies.
+    assert!(out.contains("parameters   0.494 B"), "{out}");
+    assert!(out.contains("dtype f32"), "{out}");
+    assert!(figure(&out, "weights read") > 0.0, "{out}");
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_reason() {
+    let model = model_files::smollm2();
+    let m = model.to_str().unwrap();
+    let (ok, _, err) = bench(&["compare", "--model", m, "--device", "cpu", "--refs", "x.json"]);
+    assert!(!ok);
+    assert!(err.contains("--device must name a GPU"), "{err}");
+    let (ok, _, err) = bench(&["decode", "--model", m, "--device", "tpu:0"]);
+    assert!(!ok);
+    assert!(err.contains("expected auto, cpu, cuda:N or metal:N"), "{err}");
+    // A CPU build names what is missing instead of falling back silently.
+    if !cfg!(feature = "cuda") {
+        let (ok, _, err) = bench(&["decode", "--model", m, "--device", "cuda:0"]);
+        assert!(!ok);
+        assert!(err.contains("built without CUDA"), "{err}");
+    }
+    let (ok, _, err) = bench(&["decode", "--synthetic", "gpt5", "--device", "cpu"]);
+    assert!(!ok);
+    assert!(err.contains("known: llama3-8b, qwen2.5-0.5b"), "{err}");
+}
