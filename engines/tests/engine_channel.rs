@@ -209,21 +209,30 @@ fn json_object_mode_always_yields_one_json_object() {
             max_tokens: 200,
             stop_ids: vec![2],
             json_object: true,
-            sampling,
+            sampling: sampling.clone(),
             ..Default::default()
         }));
-        assert!(
-            matches!(
-                done,
-                GenEvent::Done {
-                    reason: FinishReason::Stop,
-                    ..
-                }
-            ),
-            "{done:?} {text}"
-        );
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-        assert!(v.is_object(), "{text}");
+        match done {
+            // Stopped: exactly one object, which any JSON parser reads (numbers stay in f64 range).
+            GenEvent::Done {
+                reason: FinishReason::Stop,
+                ..
+            } => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+                assert!(v.is_object(), "{text}");
+            }
+            // Out of tokens (a wandering sample): what came is still a valid start of an object,
+            // as OpenAI's JSON mode returns with finish_reason "length".
+            GenEvent::Done {
+                reason: FinishReason::Length,
+                ..
+            } => {
+                let st = abstractgateway_engines::text::json_constraint::JsonState::default().after_bytes(text.as_bytes());
+                assert!(st.is_some_and(|s| !s.is_complete()), "{text}");
+                assert!(sampling.temperature > 0.0, "greedy JSON must close: {text}");
+            }
+            other => panic!("{other:?} {text}"),
+        }
     }
 }
 

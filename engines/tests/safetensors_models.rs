@@ -240,5 +240,8 @@ fn a_llama_gguf_dequantized_to_full_precision_answers_like_llama_cpp() {
     // bf16 (what GPUs serve) loads and agrees on the first token.
     let b = LlamaGguf::load_full_precision(&common::smollm2(), &Device::Cpu, DType::BF16).unwrap();
     let (worst_bf16, first_bf16) = first_step_vs_llama_cpp(&b, &refs);
-    assert!(first_bf16 >= refs.cases.len() - 2 && worst_bf16 < 2.0, "bf16: {first_bf16} first tokens, logits {worst_bf16}");
+    assert!(
+        first_bf16 >= refs.cases.len() - 2 && worst_bf16 < 2.0,
+        "bf16: {first_bf16} first tokens, logits {worst_bf16}"
+    );
 }

@@ -9,6 +9,7 @@
 pub mod attn;
 pub mod blocks;
 pub mod dot;
+pub mod ggml_order;
 pub mod matmul;
 
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};

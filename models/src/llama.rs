@@ -11,8 +11,8 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use abstractgateway_kernels::attn;
 use abstractgateway_kernels::matmul::{matmul, matmul_many, QMatrix, QType};
+use abstractgateway_kernels::{attn, ggml_order};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
@@ -61,7 +61,8 @@ impl Arch {
     }
 
     /// llama.cpp's converter permutes llama's Q and K rows so rotary pairs are adjacent; the
-    /// other families keep HF's order, where pair i is (i, i + n_rot/2) ("NEOX" rotary).
+    /// other families keep HF's order, where pair i is (i, i + n_rot/2) ("NEOX" rotary). The
+    /// rows stay as stored: permuting them would change the order of every Q·K sum.
     fn neox(self) -> bool {
         self != Arch::Llama
     }
@@ -196,16 +197,6 @@ impl Rows {
         self.bytes.len() / self.rows.max(1)
     }
 
-    /// New row r is old row `src[r]`.
-    fn permute(&mut self, src: &[usize]) {
-        let n = self.row_bytes();
-        let mut out = Vec::with_capacity(self.bytes.len());
-        for &s in src {
-            out.extend_from_slice(&self.bytes[s * n..(s + 1) * n]);
-        }
-        self.bytes = out;
-    }
-
     /// Consecutive row ranges of the given counts (they must add up to all rows).
     fn split(self, name: &str, counts: &[usize]) -> Result<Vec<Rows>, ModelError> {
         if counts.iter().sum::<usize>() != self.rows {
@@ -247,29 +238,6 @@ impl Rows {
 
 fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-}
-
-/// The source row for each row when HF-order ("NEOX") Q/K rows of `heads` heads are put in
-/// interleaved order, so one rotary routine serves every family. Q·K is unchanged by permuting
-/// both alike.
-fn neox_to_interleaved(heads: usize, hd: usize, n_rot: usize) -> Vec<usize> {
-    (0..heads * hd)
-        .map(|r| {
-            let (h, i) = (r / hd, r % hd);
-            let src = if i >= n_rot {
-                i
-            } else if i % 2 == 0 {
-                i / 2
-            } else {
-                i / 2 + n_rot / 2
-            };
-            h * hd + src
-        })
-        .collect()
-}
-
-fn permuted(v: Vec<f32>, src: &[usize]) -> Vec<f32> {
-    src.iter().map(|&s| v[s]).collect()
 }
 
 struct Reader<'a, R> {
@@ -450,17 +418,12 @@ impl Llama {
             None
         };
         let (qd, kvd) = (n_head * head_dim, n_kv_head * head_dim);
-        let (q_src, k_src, norm_src) = (
-            neox_to_interleaved(n_head, head_dim, n_rot),
-            neox_to_interleaved(n_kv_head, head_dim, n_rot),
-            neox_to_interleaved(1, head_dim, n_rot),
-        );
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
             // Tensor presence decides the variant: fused QKV / gate|up (phi3), biases (qwen2),
             // Q/K norms (qwen3).
-            let [mut wq, mut wk, wv]: [Rows; 3] = if r.has(&p("attn_qkv.weight")) {
+            let [wq, wk, wv]: [Rows; 3] = if r.has(&p("attn_qkv.weight")) {
                 let name = p("attn_qkv.weight");
                 let parts = r.rows(&name)?.split(&name, &[qd, kvd, kvd])?;
                 parts.try_into().map_err(|_| ModelError::Metadata(name))?
@@ -471,7 +434,7 @@ impl Llama {
                     r.rows(&p("attn_v.weight"))?,
                 ]
             };
-            let mut bias = if r.has(&p("attn_q.bias")) {
+            let bias = if r.has(&p("attn_q.bias")) {
                 Some([
                     r.vector(&p("attn_q.bias"))?,
                     r.vector(&p("attn_k.bias"))?,
@@ -480,23 +443,11 @@ impl Llama {
             } else {
                 None
             };
-            let mut qk_norm = if r.has(&p("attn_q_norm.weight")) {
+            let qk_norm = if r.has(&p("attn_q_norm.weight")) {
                 Some([r.vector(&p("attn_q_norm.weight"))?, r.vector(&p("attn_k_norm.weight"))?])
             } else {
                 None
             };
-            if arch.neox() {
-                wq.permute(&q_src);
-                wk.permute(&k_src);
-                if let Some([bq, bk, _]) = &mut bias {
-                    *bq = permuted(std::mem::take(bq), &q_src);
-                    *bk = permuted(std::mem::take(bk), &k_src);
-                }
-                if let Some([nq, nk]) = &mut qk_norm {
-                    *nq = permuted(std::mem::take(nq), &norm_src);
-                    *nk = permuted(std::mem::take(nk), &norm_src);
-                }
-            }
             let bad_len = |v: &[f32], n: usize| v.len() != n;
             if bias
                 .as_ref()
@@ -587,17 +538,21 @@ impl Llama {
         x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
     }
 
-    /// Rotates the first `n_rot` dims of each head, pairs adjacent (see `neox_to_interleaved`).
+    /// Rotates the first `n_rot` dims of each head: pairs (2i, 2i+1) for llama, (i, i + n_rot/2)
+    /// for the NEOX families. The FMAs are where GCC contracts ggml's `x0*cos - x1*sin` and
+    /// `x0*sin + x1*cos`.
     fn rope(&self, x: &mut [f32], pos: usize, heads: usize, sliding: bool) {
         let (hd, half) = (self.cfg.head_dim, self.cfg.n_rot / 2);
         let (cos, sin) = &self.rope[usize::from(sliding)];
         let (c, s) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
+        let (stride, offset) = if self.cfg.arch.neox() { (1, half) } else { (2, 1) };
         for h in 0..heads {
             let v = &mut x[h * hd..(h + 1) * hd];
             for i in 0..half {
-                let (a, b) = (v[2 * i], v[2 * i + 1]);
-                v[2 * i] = a * c[i] - b * s[i];
-                v[2 * i + 1] = a * s[i] + b * c[i];
+                let (j, k) = (stride * i, stride * i + offset);
+                let (a, b) = (v[j], v[k]);
+                v[j] = a.mul_add(c[i], -(b * s[i]));
+                v[k] = a.mul_add(s[i], b * c[i]);
             }
         }
     }
@@ -692,6 +647,9 @@ impl Llama {
                 1.0 / (hd as f32).sqrt()
             };
             let caches: Vec<(&[f32], &[f32])> = chunks.iter().map(|ch| (&ch.cache.k[li][..], &ch.cache.v[li][..])).collect();
+            // llama.cpp runs a one-token step's attention products through ggml_vec_dot_f16 and
+            // longer steps through tinyBLAS, which sum in different orders.
+            let single: Vec<bool> = chunks.iter().map(|ch| ch.tokens.len() == 1).collect();
             let head_task = |(idx, out): (usize, &mut [f32])| {
                 let (ri, head) = (idx / c.n_head, idx % c.n_head);
                 let (ci, pos) = rows[ri];
@@ -703,25 +661,26 @@ impl Llama {
                     (true, Some((window, _))) => (pos + 1).saturating_sub(window),
                     _ => 0,
                 };
-                let mut w: Vec<f32> = (start..=pos)
-                    .map(|t| abstractgateway_kernels::dot::f32_dot(qh, &kc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd]) * scale)
-                    .collect();
-                let max = w.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
-                let mut sum = 0f32;
-                for s in w.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                w.iter_mut().for_each(|s| *s *= inv);
+                // Scores, softmax and the weighted sum in llama.cpp's exact order (tinyBLAS F16
+                // products, ggml's vectorised exp): see `ggml_order`.
+                let k_row = |t: usize| &kc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
+                let mut w: Vec<f32> = if single[ci] {
+                    (start..=pos).map(|t| ggml_order::dot_f16_single(qh, k_row(t)) * scale).collect()
+                } else if hd % 16 == 0 {
+                    (start..=pos).map(|t| ggml_order::dot_f16(qh, k_row(t)) * scale).collect()
+                } else {
+                    (start..=pos)
+                        .map(|t| abstractgateway_kernels::dot::f32_dot(qh, k_row(t)) * scale)
+                        .collect()
+                };
+                ggml_order::soft_max(&mut w, start);
                 // The weights meet V (f16) in f16, as in llama.cpp.
                 attn::round_through_f16(&mut w);
-                out.iter_mut().for_each(|o| *o = 0.0);
-                for (t, p) in (start..).zip(&w) {
-                    let vr = &vc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
-                    for (a, b) in out.iter_mut().zip(vr) {
-                        *a += p * b;
-                    }
+                let v_row = |t: usize| &vc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
+                if single[ci] {
+                    ggml_order::weighted_sum_f16_single(&w, start, v_row, out);
+                } else {
+                    ggml_order::weighted_sum_f16(&w, start, v_row, out);
                 }
             };
             // Few short rows (a decode step): a parallel dispatch costs more than it saves.
@@ -738,7 +697,9 @@ impl Llama {
             if c.arch == Arch::Gemma3 {
                 g.iter_mut().zip(&u).for_each(|(a, b)| *a = gelu_f16(*a) * b);
             } else {
-                g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+                for (gr, ur) in g.chunks_mut(c.n_ff).zip(u.chunks(c.n_ff)) {
+                    ggml_order::swiglu_row(gr, ur);
+                }
             }
             matmul(&layer.w_down, &g, &mut o);
             self.residual_add(&mut x, &mut o, layer.post_ffn_norm.as_deref());
@@ -818,3 +779,7 @@ fn gelu_f16(x: f32) -> f32 {
     let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh());
     half::f16::from_f32(y).to_f32()
 }
+
+#[cfg(test)]
+#[path = "llama_ggml_check.rs"]
+mod ggml_check;

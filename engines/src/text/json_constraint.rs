@@ -45,6 +45,8 @@ enum Num {
     E,
     ESign,
     Exp,
+    /// Second exponent digit: the last one allowed, so every number parses as an f64.
+    Exp2,
 }
 
 const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
@@ -214,7 +216,8 @@ impl JsonState {
                     (Num::Dot | Num::Frac, b'0'..=b'9') => Some(Num::Frac),
                     (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Some(Num::E),
                     (Num::E, b'+' | b'-') => Some(Num::ESign),
-                    (Num::E | Num::ESign | Num::Exp, b'0'..=b'9') => Some(Num::Exp),
+                    (Num::E | Num::ESign, b'0'..=b'9') => Some(Num::Exp),
+                    (Num::Exp, b'0'..=b'9') => Some(Num::Exp2),
                     _ => None,
                 };
                 match next {
@@ -223,7 +226,7 @@ impl JsonState {
                         true
                     }
                     // A number may only end where it is complete; the byte then belongs to `after`.
-                    None if matches!(n, Num::Zero | Num::Int | Num::Frac | Num::Exp) => {
+                    None if matches!(n, Num::Zero | Num::Int | Num::Frac | Num::Exp | Num::Exp2) => {
                         self.lex = Lex::After;
                         self.after(b)
                     }
@@ -323,6 +326,14 @@ mod tests {
             assert!(st.is_complete(), "{s}");
             assert!(serde_json::from_str::<serde_json::Value>(s).is_ok());
         }
+    }
+
+    #[test]
+    fn exponents_stay_within_f64_range() {
+        // Two exponent digits at most: anything the constraint lets through parses as a number.
+        assert!(accepts(r#"{"a":1.5e99}"#).map(|s| s.is_complete()).unwrap_or(false));
+        assert!(accepts(r#"{"a":1.5e-07}"#).map(|s| s.is_complete()).unwrap_or(false));
+        assert!(accepts(r#"{"a":1.29e810"#).is_none());
     }
 
     #[test]
