@@ -46,8 +46,9 @@ pub fn expf_v(x: f32) -> f32 {
     if n.is_nan() {
         return f32::NAN;
     }
-    // scalef(j, n) = j·2ⁿ rounded once: exact in f64, then one rounding to f32.
-    ((j as f64) * 2f64.powi(n as i32)) as f32
+    // scalef(j, n) = j·2ⁿ rounded once: exact in f64 (2ⁿ built from its exponent bits), then
+    // one rounding to f32.
+    ((j as f64) * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
 }
 
 /// ggml's vectorised SiLU, `x / (1 + e^-x)`, one lane.
@@ -60,6 +61,11 @@ pub fn silu_v(x: f32) -> f32 {
 /// tail (rows not a multiple of 16) with libm's `expf` as ggml's scalar loop does.
 pub fn swiglu_row(g: &mut [f32], u: &[f32]) {
     let full = g.len() / 16 * 16;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    for (a, b) in g[..full].chunks_exact_mut(8).zip(u[..full].chunks_exact(8)) {
+        avx2::swiglu8(a, b);
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
     for (a, b) in g[..full].iter_mut().zip(&u[..full]) {
         *a = silu_v(*a) * b;
     }
@@ -73,6 +79,9 @@ pub fn swiglu_row(g: &mut [f32], u: &[f32]) {
 /// (tinyBLAS declines other sizes).
 #[inline]
 pub fn dot_f16(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::dot_f16(a, b);
+    #[allow(unreachable_code)]
     let mut lanes = [0f32; 16];
     for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
         for l in 0..16 {
@@ -87,6 +96,9 @@ pub fn dot_f16(a: &[f32], b: &[f32]) -> f32 {
 /// last whole 64 are added in f64, one rounded product at a time.
 #[inline]
 pub fn dot_f16_single(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::dot_f16_single(a, b);
+    #[allow(unreachable_code)]
     let n = a.len().min(b.len());
     let np = n / 64 * 64;
     let mut acc = [[0f32; 16]; 4];
@@ -113,16 +125,35 @@ fn reduce4(acc: &[[f32; 16]; 4]) -> f32 {
     reduce_add16(&s)
 }
 
+/// `x = expf_v(x - max)` for every element (lane-independent, so any grouping gives the same
+/// values).
+fn exp_minus(w: &mut [f32], max: f32) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        let mut chunks = w.chunks_exact_mut(8);
+        for c in &mut chunks {
+            avx2::exp_minus8(c, max);
+        }
+        for v in chunks.into_remainder() {
+            *v = expf_v(*v - max);
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    for v in w.iter_mut() {
+        *v = expf_v(*v - max);
+    }
+}
+
 /// `ggml_vec_soft_max_f32` plus its normalisation, over scaled scores whose first element sits
 /// at KV position `first` (earlier positions are masked, contributing exact zeros): exponentials
 /// by `expf_v` in 16-lane chunks aligned to position 0, chunk sums accumulated in f64.
 pub fn soft_max(w: &mut [f32], first: usize) {
     let max = w.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+    exp_minus(w, max);
     let mut sum = 0f64;
     let mut lanes = [0f32; 16];
     let mut pos = first;
-    for v in w.iter_mut() {
-        *v = expf_v(*v - max);
+    for v in w.iter() {
         lanes[pos % 16] = *v;
         pos += 1;
         if pos % 16 == 0 {
@@ -141,44 +172,25 @@ pub fn soft_max(w: &mut [f32], first: usize) {
 /// position `t` in lane `t % 16` by FMA, then reduces. `p[i]` is the weight of position
 /// `first + i`; `v(t)` gives position `t`'s value row. Positions outside contribute exact zeros.
 pub fn weighted_sum_f16<'a>(p: &[f32], first: usize, v: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
-    weighted_sum(p, first, v, out, 16, |acc, hd, d| {
-        let mut s = [0f32; 16];
-        for (l, x) in s.iter_mut().enumerate() {
-            *x = acc[l * hd + d];
-        }
-        reduce_add16(&s)
-    });
+    weighted_sum(p, first, v, out, 16);
 }
 
 /// P·V for a single-token step, in `ggml_vec_dot_f16`'s order over KV positions (position `t`
 /// in chunk `t / 16`, accumulator `(t / 16) % 4`, lane `t % 16`). llama.cpp pads the KV length to
 /// a multiple of 256, so no position falls in the f64 leftover loop.
 pub fn weighted_sum_f16_single<'a>(p: &[f32], first: usize, v: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
-    weighted_sum(p, first, v, out, 64, |acc, hd, d| {
-        let a = |j: usize, l: usize| acc[(j * 16 + l) * hd + d];
-        let mut s = [0f32; 16];
-        for (l, x) in s.iter_mut().enumerate() {
-            *x = (a(0, l) + a(2, l)) + (a(1, l) + a(3, l));
-        }
-        reduce_add16(&s)
-    });
+    weighted_sum(p, first, v, out, 64);
 }
 
 thread_local! {
     static SLOTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Position `t` goes to accumulator slot `t % slots` (each slot a row of `hd` sums, contiguous so
-/// the FMAs vectorise over the head dimension); `reduce(slots, hd, d)` then combines the slots
-/// of dimension `d` in the order being emulated.
-fn weighted_sum<'a>(
-    p: &[f32],
-    first: usize,
-    v: impl Fn(usize) -> &'a [f32],
-    out: &mut [f32],
-    slots: usize,
-    reduce: impl Fn(&[f32], usize, usize) -> f32,
-) {
+/// Position `t` goes to accumulator slot `t % slots`, each slot a row of `hd` sums (so the FMAs
+/// and the reductions run across the head dimension, per dimension exactly the order emulated).
+/// 64 slots are `ggml_vec_dot_f16`'s 4 accumulators of 16 lanes, first added as (0+2) + (1+3);
+/// then the 16 lanes reduce as `reduce_add16` does.
+fn weighted_sum<'a>(p: &[f32], first: usize, v: impl Fn(usize) -> &'a [f32], out: &mut [f32], slots: usize) {
     let hd = out.len();
     SLOTS.with(|cell| {
         let mut acc = cell.borrow_mut();
@@ -191,10 +203,143 @@ fn weighted_sum<'a>(
                 *a = w.mul_add(*x, *a);
             }
         }
+        // Row-wise sums: row `dst` = row `a` + row `b` (dst < a, b or dst == a).
+        let add = |acc: &mut Vec<f32>, dst: usize, a: usize, b: usize| {
+            for d in 0..hd {
+                acc[dst * hd + d] = acc[a * hd + d] + acc[b * hd + d];
+            }
+        };
+        if slots == 64 {
+            for l in 0..16 {
+                for d in 0..hd {
+                    let r = |j: usize| acc[(j * 16 + l) * hd + d];
+                    acc[l * hd + d] = (r(0) + r(2)) + (r(1) + r(3));
+                }
+            }
+        }
+        for i in 0..8 {
+            add(&mut acc, i, i + 8, i);
+        }
+        for i in 0..4 {
+            add(&mut acc, i, i + 4, i);
+        }
         for (d, o) in out.iter_mut().enumerate() {
-            *o = reduce(&acc, hd, d);
+            *o = (acc[d] + acc[2 * hd + d]) + (acc[hd + d] + acc[3 * hd + d]);
         }
     });
+}
+
+/// The same arithmetic, 8 lanes at a time (x86-64-v3): every operation is the scalar one per
+/// lane, so results are identical to the definitions above.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `(t6[0] + t6[2]) + (t6[1] + t6[3])` after the halves and quarters: `reduce_add16` of the
+    /// 16 lanes held as (lanes 0-7, lanes 8-15).
+    #[inline(always)]
+    unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
+        let t3 = _mm256_add_ps(hi, lo);
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        let mut v = [0f32; 4];
+        _mm_storeu_ps(v.as_mut_ptr(), t6);
+        (v[0] + v[2]) + (v[1] + v[3])
+    }
+
+    pub fn dot_f16(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len()) / 16 * 16;
+        // SAFETY: loads stay below n, a multiple of 16 within both slices.
+        unsafe {
+            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            while i < n {
+                lo = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), lo);
+                hi = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), hi);
+                i += 16;
+            }
+            reduce16(lo, hi)
+        }
+    }
+
+    pub fn dot_f16_single(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let np = n / 64 * 64;
+        // SAFETY: loads stay below np, a multiple of 64 within both slices.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut c = 0;
+            while c * 16 < np {
+                let j = c % 4;
+                let i = c * 16;
+                acc[2 * j] = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc[2 * j]);
+                acc[2 * j + 1] =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), acc[2 * j + 1]);
+                c += 1;
+            }
+            let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+            let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+            let mut sum = reduce16(lo, hi) as f64;
+            for i in np..n {
+                sum += (a[i] * b[i]) as f64;
+            }
+            sum as f32
+        }
+    }
+
+    /// `ggml_v_expf` (the AVX-512 form) on 8 lanes; `scalef` done exactly in f64.
+    #[inline(always)]
+    unsafe fn expf8(x: __m256) -> __m256 {
+        let c = |b: u32| _mm256_set1_ps(f32::from_bits(b));
+        let r = c(0x4b40_0000);
+        let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)), u, _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb))),
+            u,
+            _mm256_fmadd_ps(c(0x3f7f_fff6), b, _mm256_set1_ps(1.0)),
+        );
+        // Lanes with |n| > 192 (and NaN) are replaced below; clamp n so the exponent bits
+        // built for them stay valid.
+        let nc = _mm256_min_ps(_mm256_max_ps(n, _mm256_set1_ps(-192.0)), _mm256_set1_ps(192.0));
+        let ni = _mm256_cvtps_epi32(nc);
+        let scale = |half: __m128i| {
+            let e = _mm256_add_epi64(_mm256_cvtepi32_epi64(half), _mm256_set1_epi64x(1023));
+            _mm256_castsi256_pd(_mm256_slli_epi64::<52>(e))
+        };
+        let (jl, jh) = (_mm256_cvtps_pd(_mm256_castps256_ps128(j)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(j)));
+        let rl = _mm256_cvtpd_ps(_mm256_mul_pd(jl, scale(_mm256_castsi256_si128(ni))));
+        let rh = _mm256_cvtpd_ps(_mm256_mul_pd(jh, scale(_mm256_extracti128_si256::<1>(ni))));
+        let res = _mm256_set_m128(rh, rl);
+        let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let big = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+        let alt = _mm256_blendv_ps(
+            _mm256_set1_ps(f32::INFINITY),
+            _mm256_setzero_ps(),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps()),
+        );
+        let out = _mm256_blendv_ps(res, alt, big);
+        _mm256_blendv_ps(out, _mm256_set1_ps(f32::NAN), _mm256_cmp_ps::<_CMP_UNORD_Q>(n, n))
+    }
+
+    pub fn exp_minus8(w: &mut [f32], max: f32) {
+        // SAFETY: exactly 8 lanes in and out.
+        unsafe {
+            let x = _mm256_sub_ps(_mm256_loadu_ps(w.as_ptr()), _mm256_set1_ps(max));
+            _mm256_storeu_ps(w.as_mut_ptr(), expf8(x));
+        }
+    }
+
+    pub fn swiglu8(g: &mut [f32], u: &[f32]) {
+        // SAFETY: exactly 8 lanes in and out.
+        unsafe {
+            let x = _mm256_loadu_ps(g.as_ptr());
+            let e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            let silu = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            _mm256_storeu_ps(g.as_mut_ptr(), _mm256_mul_ps(silu, _mm256_loadu_ps(u.as_ptr())));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +361,51 @@ mod tests {
         assert_eq!(expf_v(-200.0), 0.0);
         assert_eq!(expf_v(200.0), f32::INFINITY);
         assert_eq!(expf_v(0.0), 1.0);
+    }
+
+    /// The vector paths must give the scalar definitions' bits on any input.
+    #[test]
+    fn vector_paths_equal_the_scalar_definitions() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut xs: Vec<f32> = (0..20_000).map(|_| rng.gen_range(-120.0f32..100.0)).collect();
+        xs.extend([0.0, -0.0, 88.7, 88.8, -87.3, -103.9, -104.0, -150.0, -300.0, 300.0, f32::NEG_INFINITY, f32::INFINITY]);
+        let mut v = xs.clone();
+        exp_minus(&mut v, 0.0);
+        for (x, e) in xs.iter().zip(&v) {
+            assert_eq!(e.to_bits(), expf_v(*x).to_bits(), "expf_v({x})");
+        }
+        let u: Vec<f32> = (0..xs.len()).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let mut g: Vec<f32> = xs.iter().map(|x| x / 10.0).collect();
+        let want: Vec<f32> = g.iter().zip(&u).map(|(a, b)| silu_v(*a) * b).collect();
+        let n = g.len() / 16 * 16;
+        swiglu_row(&mut g[..n], &u[..n]);
+        for i in 0..n {
+            assert_eq!(g[i].to_bits(), want[i].to_bits(), "swiglu at {i}");
+        }
+        for len in [16, 64, 80, 128, 256] {
+            let a: Vec<f32> = (0..len).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            let b: Vec<f32> = (0..len).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            let mut lanes = [0f32; 16];
+            for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+                for l in 0..16 {
+                    lanes[l] = ca[l].mul_add(cb[l], lanes[l]);
+                }
+            }
+            assert_eq!(dot_f16(&a, &b).to_bits(), reduce_add16(&lanes).to_bits(), "tinyBLAS dot, {len}");
+            let np = len / 64 * 64;
+            let mut acc = [[0f32; 16]; 4];
+            for c in 0..np / 16 {
+                for l in 0..16 {
+                    acc[c % 4][l] = a[c * 16 + l].mul_add(b[c * 16 + l], acc[c % 4][l]);
+                }
+            }
+            let mut sum = reduce4(&acc) as f64;
+            for i in np..len {
+                sum += (a[i] * b[i]) as f64;
+            }
+            assert_eq!(dot_f16_single(&a, &b).to_bits(), (sum as f32).to_bits(), "vec_dot_f16, {len}");
+        }
     }
 
     #[test]
