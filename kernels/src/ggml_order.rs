@@ -272,8 +272,11 @@ mod avx2 {
                 let j = c % 4;
                 let i = c * 16;
                 acc[2 * j] = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc[2 * j]);
-                acc[2 * j + 1] =
-                    _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), acc[2 * j + 1]);
+                acc[2 * j + 1] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+                    _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+                    acc[2 * j + 1],
+                );
                 c += 1;
             }
             let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
@@ -296,7 +299,11 @@ mod avx2 {
         let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
         let u = _mm256_mul_ps(b, b);
         let j = _mm256_fmadd_ps(
-            _mm256_fmadd_ps(_mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)), u, _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb))),
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+                u,
+                _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+            ),
             u,
             _mm256_fmadd_ps(c(0x3f7f_fff6), b, _mm256_set1_ps(1.0)),
         );
@@ -308,7 +315,10 @@ mod avx2 {
             let e = _mm256_add_epi64(_mm256_cvtepi32_epi64(half), _mm256_set1_epi64x(1023));
             _mm256_castsi256_pd(_mm256_slli_epi64::<52>(e))
         };
-        let (jl, jh) = (_mm256_cvtps_pd(_mm256_castps256_ps128(j)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(j)));
+        let (jl, jh) = (
+            _mm256_cvtps_pd(_mm256_castps256_ps128(j)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(j)),
+        );
         let rl = _mm256_cvtpd_ps(_mm256_mul_pd(jl, scale(_mm256_castsi256_si128(ni))));
         let rh = _mm256_cvtpd_ps(_mm256_mul_pd(jh, scale(_mm256_extracti128_si256::<1>(ni))));
         let res = _mm256_set_m128(rh, rl);
@@ -369,7 +379,20 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let mut xs: Vec<f32> = (0..20_000).map(|_| rng.gen_range(-120.0f32..100.0)).collect();
-        xs.extend([0.0, -0.0, 88.7, 88.8, -87.3, -103.9, -104.0, -150.0, -300.0, 300.0, f32::NEG_INFINITY, f32::INFINITY]);
+        xs.extend([
+            0.0,
+            -0.0,
+            88.7,
+            88.8,
+            -87.3,
+            -103.9,
+            -104.0,
+            -150.0,
+            -300.0,
+            300.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+        ]);
         let mut v = xs.clone();
         exp_minus(&mut v, 0.0);
         for (x, e) in xs.iter().zip(&v) {

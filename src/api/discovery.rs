@@ -1,9 +1,13 @@
-//! Discovery (part of the upstream contract): which providers can serve text here, with live
-//! health. Nothing claims to work that does not: local models are listed only when loaded, and
-//! remote targets carry their circuit-breaker state.
+//! Discovery (the upstream contract, `contracts.version` 1): what this gateway serves and which
+//! providers can serve text here, with live health. Nothing claims to work that does not: an
+//! endpoint is advertised as available only if the router serves it (read from the same route
+//! table), local models only when loaded and running, remote providers with their breaker state
+//! and, for model lists, only after they answered.
 
 use std::sync::Arc;
 
+use axum::extract::Path;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json};
 use serde_json::{json, Value};
@@ -12,13 +16,189 @@ use super::{route, Route};
 use crate::providers::Providers;
 
 pub fn routes() -> Vec<Route> {
-    vec![route(
-        "get",
-        "/api/gateway/discovery/providers",
-        "Text providers usable on this host, with health (gateway_catalog_v1)",
-        &[],
-        get(providers),
-    )]
+    vec![
+        route(
+            "get",
+            "/api/gateway/discovery/providers",
+            "Text providers usable on this host, with health (gateway_catalog_v1)",
+            &[],
+            get(providers),
+        ),
+        route(
+            "get",
+            "/api/gateway/discovery/capabilities",
+            "What this gateway serves: the versioned client contract (runs, commands, ledger, streaming, discovery) and live text availability",
+            &[],
+            get(capabilities),
+        ),
+        route(
+            "get",
+            "/api/gateway/discovery/providers/{provider}/models",
+            "Models of one provider: loaded local models, or a remote provider's live list (gateway_catalog_v1)",
+            &[],
+            get(provider_models),
+        ),
+    ]
+}
+
+/// (method, path) of every operation the router serves: the source of every `available` flag.
+fn served() -> &'static Vec<(&'static str, &'static str)> {
+    static SERVED: std::sync::OnceLock<Vec<(&'static str, &'static str)>> = std::sync::OnceLock::new();
+    SERVED.get_or_init(|| super::routes().into_iter().map(|r| (r.method, r.path)).collect())
+}
+
+fn endpoint(method: &str, path: &'static str) -> Value {
+    json!({"available": served().iter().any(|(m, p)| *m == method && *p == path), "endpoint": path})
+}
+
+fn catalog(kind: &str, scope: &str, available: bool, items: Vec<Value>, extra: Value) -> Value {
+    let mut cat = json!({
+        "contract": "gateway_catalog_v1", "version": 1, "kind": kind, "scope": scope,
+        "primary_items_field": "items", "source": "abstractgateway.catalog", "available": available,
+        "route_available": true,
+    });
+    if let (Some(c), Some(e)) = (cat.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    json!({"catalog": cat, "items": items})
+}
+
+/// Loaded local models as catalog items.
+fn local_items(p: &Providers) -> Vec<Value> {
+    p.local
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.info.id, "name": m.info.id, "provider": "local", "available": m.engine.is_running(),
+                "context_length": m.context, "backend": m.backend, "architecture": m.info.architecture,
+                "quantization": m.info.quantization, "format": m.info.format, "size_bytes": m.info.size_bytes,
+            })
+        })
+        .collect()
+}
+
+async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
+    use crate::runtime::commands::TYPES;
+    let local = local_items(&p);
+    let local_up = local.iter().any(|m| m["available"] == true);
+    let route = p.route.text();
+    let remotes: Vec<Value> = route
+        .chain()
+        .into_iter()
+        .filter(|t| !t.is_local())
+        .map(|t| {
+            let health = p.breakers.view(&t.key());
+            json!({"provider": t.provider, "model": t.model, "available": health.state != "open", "health": health})
+        })
+        .collect();
+    let remote_up = remotes.iter().any(|r| r["available"] == true);
+    let d = |m, path| endpoint(m, path);
+    let commands = {
+        let mut c = d("post", "/api/gateway/commands");
+        c["types"] = json!(TYPES);
+        c
+    };
+    let stream = {
+        let mut s = d("get", "/api/gateway/runs/{run_id}/ledger/stream");
+        s["transport"] = json!("sse");
+        s
+    };
+    let runs = json!({
+        "start": d("post", "/api/gateway/runs/start"),
+        "schedule": d("post", "/api/gateway/runs/schedule"),
+        "summary": d("get", "/api/gateway/runs/{run_id}"),
+        "list": d("get", "/api/gateway/runs"),
+        "input_data": d("get", "/api/gateway/runs/{run_id}/input_data"),
+        "commands": commands,
+    });
+    let ledger = json!({
+        "replay": d("get", "/api/gateway/runs/{run_id}/ledger"),
+        "batch": d("post", "/api/gateway/runs/ledger/batch"),
+        "stream": stream,
+    });
+    let discovery = json!({
+        "capabilities": "/api/gateway/discovery/capabilities",
+        "providers": "/api/gateway/discovery/providers",
+        "provider_models": "/api/gateway/discovery/providers/{provider}/models",
+        "catalog_contract": "gateway_catalog_v1",
+    });
+    let flag = |v: &Value| v["available"].as_bool().unwrap_or(false);
+    let readiness = json!({
+        "contract": "gateway_surface_readiness_v1", "version": 1, "truth_scope": "gateway_contract_surface",
+        "limitations": [
+            "LLM and agent flow nodes are not served yet: runs of bundles that use them fail with a clear error",
+            "artifacts, attachments, memory, media, voice and vision surfaces are not served",
+        ],
+        "surfaces": {
+            "runs": {"start": flag(&runs["start"]), "schedule": flag(&runs["schedule"]), "summary": flag(&runs["summary"]),
+                     "list": flag(&runs["list"]), "input_data": flag(&runs["input_data"]), "commands": flag(&runs["commands"])},
+            "ledger": {"replay": flag(&ledger["replay"]), "batch": flag(&ledger["batch"]), "stream": flag(&ledger["stream"]), "stream_transport": "sse"},
+            "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": false},
+            "text": {"available": local_up || remote_up, "local": local_up, "remote": remote_up},
+        },
+    });
+    Json(json!({"capabilities": {
+        "abstractgateway": {"installed": true, "version": env!("CARGO_PKG_VERSION"), "implementation": "rust"},
+        // Token deltas in the ledger come with the LLM flow nodes; until then none are emitted.
+        "streaming": {"deltas": false, "default": false, "run_field": "_runtime.stream", "events": ["llm.delta", "llm.delta_end"],
+                      "endpoint": "/api/gateway/runs/{run_id}/ledger/stream", "end_reasons": ["completed", "failed", "cancelled", "unavailable"]},
+        "text": {"available": local_up || remote_up, "route": "input.text", "default": route.primary.as_ref().map(|t| t.label()),
+                 "local_models": local, "remote": remotes,
+                 "openai_compatible": d("post", "/v1/chat/completions")},
+        "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "discovery": discovery, "readiness": readiness}},
+    }}))
+}
+
+async fn provider_models(Extension(p): Extension<Arc<Providers>>, Path(provider): Path<String>) -> (StatusCode, Json<Value>) {
+    if provider == "local" {
+        let items = local_items(&p);
+        let up = items.iter().any(|m| m["available"] == true);
+        let mut body = catalog("models", "text", up, items.clone(), json!({"provider": "local"}));
+        body["models"] = json!(items.iter().map(|m| m["id"].clone()).collect::<Vec<_>>());
+        return (StatusCode::OK, Json(body));
+    }
+    let route = p.route.text();
+    let targets: Vec<_> = route.chain().into_iter().filter(|t| t.provider == provider).collect();
+    if targets.is_empty() {
+        let mut known: Vec<String> = vec!["local".to_string()];
+        for t in route.chain().into_iter().filter(|t| !t.is_local()) {
+            if !known.contains(&t.provider) {
+                known.push(t.provider);
+            }
+        }
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"detail": format!("provider '{provider}' is not configured here (configured: {})", known.join(", "))})),
+        );
+    }
+    // Several targets may share a provider name (different base URLs): ask each once.
+    let mut seen = Vec::new();
+    let (mut items, mut errors) = (Vec::new(), Vec::new());
+    for t in &targets {
+        let base = t.resolved_base_url();
+        if seen.contains(&base) {
+            continue;
+        }
+        seen.push(base.clone());
+        match p.remote_models(t).await {
+            Ok(list) => items.extend(list.iter().filter_map(|m| m["id"].as_str()).map(|id| {
+                json!({"id": id, "name": id, "provider": provider, "base_url": base, "available": true,
+                       "configured": targets.iter().any(|x| x.model == id && x.resolved_base_url() == base)})
+            })),
+            Err(e) => errors.push(json!({"base_url": base, "error": e.to_string(), "health": p.breakers.view(&t.key())})),
+        }
+    }
+    // An unreachable provider is an empty, unavailable catalog with the reason, not a 5xx: the
+    // gateway itself is fine, and a client shows the reason.
+    let available = !items.is_empty() || errors.len() < seen.len();
+    let mut extra = json!({"provider": provider, "errors": errors});
+    if !available {
+        extra["error"] = json!(errors.iter().filter_map(|e| e["error"].as_str()).collect::<Vec<_>>().join("; "));
+    }
+    let mut body = catalog("models", "text", available, items.clone(), extra);
+    body["models"] = json!(items.iter().map(|m| m["id"].clone()).collect::<Vec<_>>());
+    (StatusCode::OK, Json(body))
 }
 
 async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
@@ -58,9 +238,8 @@ async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
             "available": health.state != "open", "health": health,
         }));
     }
-    Json(json!({
-        "catalog": {"contract": "gateway_catalog_v1", "version": 1, "kind": "providers"},
-        "items": items,
-        "default": route.primary.as_ref().map(|t| t.label()),
-    }))
+    let available = items.iter().any(|i| i["available"] == true);
+    let mut body = catalog("providers", "text", available, items, json!({}));
+    body["default"] = json!(route.primary.as_ref().map(|t| t.label()));
+    Json(body)
 }

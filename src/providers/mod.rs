@@ -158,6 +158,11 @@ impl Providers {
         }
     }
 
+    /// A remote provider's live model list (see `RemoteClient::list_models`).
+    pub async fn remote_models(&self, target: &Target) -> Result<Vec<serde_json::Value>, ProviderError> {
+        self.remote.list_models(target).await
+    }
+
     /// The chain of targets for a requested model name.
     pub fn chain_for(&self, model: Option<&str>) -> Result<Vec<Target>, ProviderError> {
         let chain = self.route.text().chain();

@@ -25,6 +25,33 @@ impl RemoteClient {
         RemoteClient { http }
     }
 
+    /// The provider's own model list (`GET {base}/models`, OpenAI shape), asked live so that
+    /// discovery never lists a provider that does not answer. Bounded to a few seconds.
+    pub async fn list_models(&self, target: &Target) -> Result<Vec<Value>, ProviderError> {
+        let base = target
+            .resolved_base_url()
+            .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))?;
+        let mut rb = self.http.get(format!("{base}/models")).timeout(Duration::from_secs(5));
+        if let Some(k) = target.api_key() {
+            rb = rb.bearer_auth(k);
+        }
+        let resp = rb.send().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        if !status.is_success() {
+            let message = body
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("no message")
+                .to_string();
+            return Err(ProviderError::Upstream {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(body["data"].as_array().cloned().unwrap_or_default())
+    }
+
     pub async fn start(&self, target: &Target, req: &TextRequest) -> Result<EventRx, ProviderError> {
         let base = target
             .resolved_base_url()

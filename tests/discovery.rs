@@ -1,0 +1,145 @@
+//! Discovery over real HTTP: the versioned capabilities contract, and provider/model catalogs
+//! that report only what really answers. Gateway A serves the real SmolLM2 locally and routes
+//! `input.text` on to a port nobody listens on and to gateway B (a second instance of our own
+//! `/v1`, also serving SmolLM2).
+
+mod common;
+#[path = "../models/tests/common/mod.rs"]
+mod model_files;
+
+use common::*;
+use serde_json::Value;
+
+fn config(g: &Gateway, args: &[&str]) {
+    let out = g.command("config").args(args).output().unwrap();
+    assert!(out.status.success(), "config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn assert_catalog(v: &Value, kind: &str) {
+    let c = &v["catalog"];
+    assert_eq!(
+        (c["contract"].as_str(), c["version"].as_u64()),
+        (Some("gateway_catalog_v1"), Some(1)),
+        "{v}"
+    );
+    assert_eq!(
+        (c["kind"].as_str(), c["primary_items_field"].as_str()),
+        (Some(kind), Some("items")),
+        "{v}"
+    );
+    assert!(v["items"].is_array(), "{v}");
+}
+
+#[test]
+fn capabilities_and_catalogs_report_what_really_works() {
+    let model = model_files::smollm2();
+    let spec = format!("smollm2={}", model.display());
+    let b = Gateway::start_with(&[], &["--model", &spec]);
+    let a = Gateway::start_with(&[("REMOTE_B_KEY", TOKEN)], &["--model", &spec]);
+    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    config(&a, &["set-default", "input.text", "--provider", "local", "--model", "smollm2"]);
+    for (url, key) in [(dead.as_str(), None), (b.url("/v1").as_str(), Some("REMOTE_B_KEY"))] {
+        let mut args = vec![
+            "set-default",
+            "input.text",
+            "--provider",
+            "openai-compatible",
+            "--model",
+            "smollm2",
+            "--base-url",
+            url,
+            "--fallback",
+        ];
+        if let Some(k) = key {
+            args.extend(["--api-key-env", k]);
+        }
+        config(&a, &args);
+    }
+
+    // The contract a thin client reads.
+    let (s, v) = a.get("/api/gateway/discovery/capabilities");
+    assert_eq!(s, 200, "{v}");
+    let caps = &v["capabilities"];
+    assert_eq!(caps["contracts"]["version"], 1);
+    let common = &caps["contracts"]["common"];
+    let types: Vec<&str> = common["runs"]["commands"]["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        types,
+        ["pause", "resume", "cancel", "emit_event", "update_schedule", "compact_memory"]
+    );
+    assert_eq!(common["ledger"]["stream"]["transport"], "sse");
+    assert_eq!(common["readiness"]["contract"], "gateway_surface_readiness_v1");
+    // Every endpoint advertised as available answers (not 404/405) here.
+    for (section, key, method) in [
+        ("runs", "list", "get"),
+        ("runs", "start", "post"),
+        ("ledger", "batch", "post"),
+        ("runs", "commands", "post"),
+    ] {
+        let e = &common[section][key];
+        assert_eq!(e["available"], true, "{section}.{key}: {e}");
+        let path = e["endpoint"].as_str().unwrap();
+        let (code, body) = if method == "get" {
+            a.get(path)
+        } else {
+            a.post(path, &serde_json::json!({}))
+        };
+        assert!(code != 404 && code != 405, "{path}: {code} {body}");
+    }
+    // Token deltas come with the LLM nodes: not claimed yet.
+    assert_eq!(caps["streaming"]["deltas"], false);
+    assert_eq!(caps["text"]["available"], true);
+    assert_eq!(caps["text"]["local_models"][0]["id"], "smollm2");
+    assert_eq!(caps["text"]["local_models"][0]["available"], true);
+    assert_eq!(caps["text"]["remote"].as_array().unwrap().len(), 2, "{}", caps["text"]);
+
+    // Local models: exactly the loaded ones.
+    let (s, v) = a.get("/api/gateway/discovery/providers/local/models");
+    assert_eq!(s, 200);
+    assert_catalog(&v, "models");
+    assert_eq!(v["catalog"]["available"], true);
+    assert_eq!(v["models"], serde_json::json!(["smollm2"]));
+    assert_eq!(v["items"][0]["context_length"], 8192);
+
+    // A remote provider's models are asked live: B answers, the dead port is reported.
+    let (s, v) = a.get("/api/gateway/discovery/providers/openai-compatible/models");
+    assert_eq!(s, 200, "{v}");
+    assert_catalog(&v, "models");
+    assert_eq!(v["catalog"]["available"], true, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|m| m["id"] == "smollm2" && m["configured"] == true && m["base_url"] == b.url("/v1")),
+        "{v}"
+    );
+    let errors = v["catalog"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v}");
+    assert_eq!(errors[0]["base_url"], dead.as_str());
+
+    // With B gone too, the provider is listed as unavailable with the reason, not a 5xx.
+    drop(b);
+    let (s, v) = a.get("/api/gateway/discovery/providers/openai-compatible/models");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["catalog"]["available"], false, "{v}");
+    assert!(v["items"].as_array().unwrap().is_empty());
+    assert!(!v["catalog"]["error"].as_str().unwrap_or("").is_empty(), "{v}");
+
+    // Unknown providers are a 404 that names the configured ones.
+    let (s, v) = a.get("/api/gateway/discovery/providers/nope/models");
+    assert_eq!(s, 404);
+    assert!(
+        v["detail"].as_str().unwrap().ends_with("(configured: local, openai-compatible)"),
+        "{v}"
+    );
+
+    // The provider list is a catalog too.
+    let (s, v) = a.get("/api/gateway/discovery/providers");
+    assert_eq!(s, 200);
+    assert_catalog(&v, "providers");
+}
