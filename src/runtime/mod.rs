@@ -10,3 +10,4 @@ pub mod notify;
 pub mod pure;
 pub mod runner;
 pub mod schedule;
+pub mod tools;
