@@ -138,6 +138,43 @@ fn capabilities_and_catalogs_report_what_really_works() {
         "{v}"
     );
 
+    // Tools: listed with their specs and approval needs, but not claimed usable before the
+    // agent nodes exist; the network tools say why they never are here.
+    let (s, v) = a.get("/api/gateway/discovery/tools");
+    assert_eq!(s, 200);
+    assert_catalog(&v, "tools");
+    assert_eq!(
+        (v["catalog"]["available"].as_bool(), v["tool_mode"].as_str()),
+        (Some(false), Some("approval")),
+        "{v}"
+    );
+    let tools = v["items"].as_array().unwrap();
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "list_files",
+            "read_file",
+            "search_files",
+            "write_file",
+            "edit_file",
+            "execute_command",
+            "fetch_url",
+            "web_search"
+        ]
+    );
+    assert!(
+        tools.iter().all(|t| t["available"] == false && t["unavailable_reason"].is_string()),
+        "{v}"
+    );
+    let approval: Vec<&str> = tools
+        .iter()
+        .filter(|t| t["requires_approval"] == true)
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(approval, ["write_file", "edit_file", "execute_command"]);
+    assert_eq!(tools[0]["function"]["parameters"]["type"], "object");
+
     // The provider list is a catalog too.
     let (s, v) = a.get("/api/gateway/discovery/providers");
     assert_eq!(s, 200);

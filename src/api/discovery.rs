@@ -33,6 +33,13 @@ pub fn routes() -> Vec<Route> {
         ),
         route(
             "get",
+            "/api/gateway/discovery/tools",
+            "The agent's tools (OpenAI tool specs), whether runs can use them here, and which need approval (gateway_catalog_v1)",
+            &[],
+            get(tools),
+        ),
+        route(
+            "get",
             "/api/gateway/discovery/providers/{provider}/models",
             "Models of one provider: loaded local models, or a remote provider's live list (gateway_catalog_v1)",
             &[],
@@ -121,6 +128,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
         "capabilities": "/api/gateway/discovery/capabilities",
         "providers": "/api/gateway/discovery/providers",
         "provider_models": "/api/gateway/discovery/providers/{provider}/models",
+        "tools": "/api/gateway/discovery/tools",
         "catalog_contract": "gateway_catalog_v1",
     });
     let flag = |v: &Value| v["available"].as_bool().unwrap_or(false);
@@ -134,7 +142,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
             "runs": {"start": flag(&runs["start"]), "schedule": flag(&runs["schedule"]), "summary": flag(&runs["summary"]),
                      "list": flag(&runs["list"]), "input_data": flag(&runs["input_data"]), "commands": flag(&runs["commands"])},
             "ledger": {"replay": flag(&ledger["replay"]), "batch": flag(&ledger["batch"]), "stream": flag(&ledger["stream"]), "stream_transport": "sse"},
-            "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": false},
+            "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": true},
             "text": {"available": local_up || remote_up, "local": local_up, "remote": remote_up},
         },
     });
@@ -148,6 +156,39 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
                  "openai_compatible": d("post", "/v1/chat/completions")},
         "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "discovery": discovery, "readiness": readiness}},
     }}))
+}
+
+/// Agent nodes are what put tools in a run's hands; until they are served here, every tool is
+/// listed as unavailable, with the reason, rather than claimed.
+const TOOLS_USABLE: bool = false;
+
+async fn tools() -> Json<Value> {
+    use crate::runtime::tools::TOOLS;
+    let reason = "agent flow nodes are not served yet: runs cannot call tools";
+    let items: Vec<Value> = TOOLS
+        .iter()
+        .map(|t| {
+            let mut v = t.openai();
+            v["name"] = json!(t.name);
+            v["available"] = json!(TOOLS_USABLE);
+            v["requires_approval"] = json!(t.side_effects);
+            if !TOOLS_USABLE {
+                v["unavailable_reason"] = json!(reason);
+            }
+            v
+        })
+        .chain(["fetch_url", "web_search"].into_iter().map(|name| {
+            json!({"name": name, "available": false, "requires_approval": false,
+                   "unavailable_reason": "this gateway runs offline: no network access is configured for tools"})
+        }))
+        .collect();
+    let mut extra = json!({"workspace": "per run, <data_dir>/workspaces/<run_id>"});
+    if !TOOLS_USABLE {
+        extra["error"] = json!(reason);
+    }
+    let mut body = catalog("tools", "agent", TOOLS_USABLE, items, extra);
+    body["tool_mode"] = json!("approval");
+    Json(body)
 }
 
 async fn provider_models(Extension(p): Extension<Arc<Providers>>, Path(provider): Path<String>) -> (StatusCode, Json<Value>) {
