@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use abstractgateway_engines::device::{self, DeviceSpec};
 use abstractgateway_engines::text::gguf_llama::{LlamaGguf, Sequence};
+use abstractgateway_engines::text::sampling::argmax;
 use abstractgateway_engines::text::synthetic::SyntheticModel;
 use candle_core::DType;
 use clap::{Args, Subcommand};
@@ -87,7 +88,8 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
     let sel = pick_device(&a.device)?;
     let started = Instant::now();
     // One factory for fresh sequences, whichever kind of model.
-    let (label, dtype, params, vocab, make): (String, String, Option<usize>, usize, Box<dyn Fn() -> Sequence>) =
+    // `dtype`: the synthetic weights' (a model file keeps its own types).
+    let (label, dtype, params, vocab, make): (String, Option<DType>, Option<usize>, usize, Box<dyn Fn() -> Sequence>) =
         if let Some(shape) = &a.synthetic {
             let dtype = match a.dtype.as_deref() {
                 Some(d) => parse_dtype(d)?,
@@ -105,7 +107,7 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
             let (params, vocab) = (m.params, m.vocab);
             (
                 format!("synthetic {shape}"),
-                format!("{dtype:?}").to_lowercase(),
+                Some(dtype),
                 Some(params),
                 vocab,
                 Box::new(move || m.sequence()),
@@ -116,7 +118,7 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
             m.check_fits(a.prompt_tokens, a.tokens).map_err(|e| e.to_string())?;
             let vocab = m.tokenizer.token_bytes.len();
             let label = format!("{} ({})", path.display(), m.backend());
-            (label, "file".into(), None, vocab, Box::new(move || m.sequence()))
+            (label, None, None, vocab, Box::new(move || m.sequence()))
         };
     eprintln!("model ready in {:.1} s", started.elapsed().as_secs_f64());
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -146,7 +148,8 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
     let (ttft, step) = (median(ttft), median(per_token));
     let tok_s = 1.0 / step.as_secs_f64();
     println!("model        {label}");
-    println!("device       {}  dtype {dtype}", sel.name);
+    let dtype_name = dtype.map(|d| format!("{d:?}").to_lowercase()).unwrap_or_else(|| "file".into());
+    println!("device       {}  dtype {dtype_name}", sel.name);
     if let Some(p) = params {
         println!("parameters   {:.3} B", p as f64 / 1e9);
     }
@@ -162,7 +165,8 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
         a.tokens,
         a.runs
     );
-    if let (Some(p), Some(bytes)) = (params, dtype_bytes(&dtype)) {
+    if let (Some(p), Some(d)) = (params, dtype) {
+        let bytes = d.size_in_bytes() as f64;
         // Each decode step reads every weight once: the floor on the time per token is the
         // weight bytes over memory bandwidth.
         println!(
@@ -328,16 +332,6 @@ fn diagnose(gpu: &LlamaGguf, cpu: &LlamaGguf, prompt: &[u32]) -> Result<(), Stri
     Ok(())
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn lead(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -356,14 +350,6 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
         "f16" => Ok(DType::F16),
         "f32" => Ok(DType::F32),
         other => Err(format!("--dtype {other}: expected bf16, f16 or f32")),
-    }
-}
-
-fn dtype_bytes(d: &str) -> Option<f64> {
-    match d {
-        "bf16" | "f16" => Some(2.0),
-        "f32" => Some(4.0),
-        _ => None,
     }
 }
 

@@ -10,11 +10,6 @@ mod model_files;
 use common::*;
 use serde_json::Value;
 
-fn config(g: &Gateway, args: &[&str]) {
-    let out = g.command("config").args(args).output().unwrap();
-    assert!(out.status.success(), "config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn assert_catalog(v: &Value, kind: &str) {
     let c = &v["catalog"];
     assert_eq!(
@@ -37,7 +32,7 @@ fn capabilities_and_catalogs_report_what_really_works() {
     let b = Gateway::start_with(&[], &["--model", &spec]);
     let a = Gateway::start_with(&[("REMOTE_B_KEY", TOKEN)], &["--model", &spec]);
     let dead = format!("http://127.0.0.1:{}/v1", free_port());
-    config(&a, &["set-default", "input.text", "--provider", "local", "--model", "smollm2"]);
+    a.config(&["set-default", "input.text", "--provider", "local", "--model", "smollm2"]);
     for (url, key) in [(dead.as_str(), None), (b.url("/v1").as_str(), Some("REMOTE_B_KEY"))] {
         let mut args = vec![
             "set-default",
@@ -53,7 +48,7 @@ fn capabilities_and_catalogs_report_what_really_works() {
         if let Some(k) = key {
             args.extend(["--api-key-env", k]);
         }
-        config(&a, &args);
+        a.config(&args);
     }
 
     // The contract a thin client reads.

@@ -15,12 +15,6 @@ use serde_json::{json, Value};
 
 const FRANCE: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
-fn config(g: &Gateway, args: &[&str]) -> String {
-    let out = g.command("config").args(args).output().unwrap();
-    assert!(out.status.success(), "config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[test]
 fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
     let model = model_files::smollm2();
@@ -32,41 +26,35 @@ fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
     );
 
     // The CLI writes the route under A's data dir; the running server picks it up.
-    config(&a, &["set-default", "output.text", "--provider", "local", "--model", "smollm2"]);
+    a.config(&["set-default", "output.text", "--provider", "local", "--model", "smollm2"]);
     let dead = format!("http://127.0.0.1:{dead_port}/v1");
-    config(
-        &a,
-        &[
-            "set-default",
-            "input.text",
-            "--provider",
-            "openai-compatible",
-            "--model",
-            "smollm2",
-            "--base-url",
-            &dead,
-            "--fallback",
-        ],
-    );
+    a.config(&[
+        "set-default",
+        "input.text",
+        "--provider",
+        "openai-compatible",
+        "--model",
+        "smollm2",
+        "--base-url",
+        &dead,
+        "--fallback",
+    ]);
     let b_url = b.url("/v1");
-    let out = config(
-        &a,
-        &[
-            "set-default",
-            "input.text",
-            "--provider",
-            "openai-compatible",
-            "--model",
-            "smollm2",
-            "--base-url",
-            &b_url,
-            "--api-key-env",
-            "REMOTE_B_KEY",
-            "--fallback",
-        ],
-    );
+    let out = a.config(&[
+        "set-default",
+        "input.text",
+        "--provider",
+        "openai-compatible",
+        "--model",
+        "smollm2",
+        "--base-url",
+        &b_url,
+        "--api-key-env",
+        "REMOTE_B_KEY",
+        "--fallback",
+    ]);
     assert!(out.contains("local/smollm2 → openai-compatible/smollm2@http://127.0.0.1"), "{out}");
-    let shown = config(&a, &["defaults", "--json"]);
+    let shown = a.config(&["defaults", "--json"]);
     let v: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(v["input.text"]["fallbacks"].as_array().unwrap().len(), 2);
     assert!(!shown.contains(TOKEN), "API keys are never stored");

@@ -1,12 +1,13 @@
 //! The llama family on our own CPU kernels (`kernels/`): llama (and mistral, which GGUFs label
-//! llama), qwen2, qwen3 and phi3 GGUFs. Matrices stored as `Q4_1`, `Q8_0` or `F32` run as stored;
+//! llama), qwen2, qwen3, phi3 and gemma3 GGUFs. Matrices stored as `Q4_1`, `Q8_0` or `F32` run as stored;
 //! other types are dequantized by candle and requantized to `Q8_0` at load. Unlike
 //! candle-transformers' quantized models it runs a *batch* of rows from different sequences
 //! through one forward pass (continuous batching: the weights are read once per step for all
 //! sequences), keeps each sequence's KV cache in a growable buffer (no per-token
-//! re-concatenation), and follows llama.cpp's arithmetic where that is cheap: `Q8_1` activation
-//! blocks, an f64 RMSNorm sum, the attention scale applied before softmax, and K, V and Q rounded
-//! through f16 as llama.cpp's default F16 KV cache does.
+//! re-concatenation), and computes what llama.cpp computes to the bit: `Q8_1` activation blocks,
+//! an f64 RMSNorm sum, K, V and Q rounded through f16 as llama.cpp's default F16 KV cache does,
+//! and its summation orders and exp in attention, softmax, SiLU and the rotary
+//! (`abstractgateway_kernels::ggml_order`).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -182,8 +183,8 @@ pub fn unsupported_types(content: &Content) -> Vec<String> {
     v
 }
 
-/// A matrix's rows as stored (a kernel type), or as f32 to be requantized: row permutations
-/// and splits (fused matrices) happen on these before they become a `QMatrix`.
+/// A matrix's rows as stored (a kernel type), or as f32 to be requantized: fused matrices are
+/// split on these before they become `QMatrix`es.
 struct Rows {
     t: QType,
     rows: usize,

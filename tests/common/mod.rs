@@ -151,6 +151,13 @@ impl Gateway {
         v["run_id"].as_str().unwrap().to_string()
     }
 
+    /// `abstractgateway config ARGS` against this gateway's data dir; its stdout.
+    pub fn config(&self, args: &[&str]) -> String {
+        let out = self.command("config").args(args).output().unwrap();
+        assert!(out.status.success(), "config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     pub fn command_ok(&self, command_id: &str, run_id: &str, kind: &str, payload: Value) -> Value {
         let (s, v) = self.post(
             "/api/gateway/commands",

@@ -92,10 +92,7 @@ impl LlamaGguf {
     pub fn load_full_precision(path: &Path, device: &Device, dtype: candle_core::DType) -> Result<LlamaGguf, EngineError> {
         let gguf = GgufFile::open(path)?;
         let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
-        let md = gguf.metadata();
-        let u = |k: &str| meta_u32(md, &format!("llama.{k}")).unwrap_or(0) as usize;
-        let (heads, kv_heads) = (u("attention.head_count").max(1), u("attention.head_count_kv"));
-        let kv_bytes_per_token = u("block_count") * 2 * kv_heads * (u("embedding_length") / heads) * dtype.size_in_bytes();
+        let kv_bytes_per_token = llama_kv_bytes_per_token(gguf.metadata(), dtype.size_in_bytes());
         let (model, context) = super::gguf_full_precision::load(path, gguf.content, device, dtype)?;
         Ok(LlamaGguf {
             backend: Backend::Hf(model),
@@ -152,13 +149,7 @@ impl LlamaGguf {
                 device: device.clone(),
             });
         }
-        let (layers, heads, kv_heads, embd) = (
-            meta_u32(md, "llama.block_count").unwrap_or(0) as usize,
-            meta_u32(md, "llama.attention.head_count").unwrap_or(1).max(1) as usize,
-            meta_u32(md, "llama.attention.head_count_kv").unwrap_or(1) as usize,
-            meta_u32(md, "llama.embedding_length").unwrap_or(0) as usize,
-        );
-        let kv_bytes_per_token = layers * 2 * kv_heads * (embd / heads) * 4;
+        let kv_bytes_per_token = llama_kv_bytes_per_token(md, 4);
         // candle's quantized llama precomputes rotary tables for 4096 positions only.
         let context = trained.min(CANDLE_MAX_POSITIONS);
         let mut f = open(path)?;
@@ -404,6 +395,15 @@ impl Sequence {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// K and V bytes per token over all layers of a llama GGUF, at `elem_bytes` per value (a missing
+/// KV head count means one KV head per query head, as in llama.cpp).
+fn llama_kv_bytes_per_token(md: &std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>, elem_bytes: usize) -> usize {
+    let u = |k: &str| meta_u32(md, &format!("llama.{k}")).map(|v| v as usize);
+    let heads = u("attention.head_count").unwrap_or(1).max(1);
+    let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
+    u("block_count").unwrap_or(0) * 2 * kv_heads * (u("embedding_length").unwrap_or(0) / heads) * elem_bytes
 }
 
 /// Full-precision weights: f32 on the CPU, bf16 on GPUs (half the bytes per decode step; what
