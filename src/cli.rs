@@ -284,10 +284,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         return Err("abstractgateway: refusing to bind a non-loopback address with a token shorter than 15 characters".into());
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_effects = stop_rx.clone();
     let runs_here = !args.no_runner && cfg.runner_enabled;
     let planes = Planes::new(core.base.clone(), core.base_store.clone(), runs_here.then_some(stop_rx));
     let security = Security::new(cfg.clone(), core.users.clone(), core.sessions.clone(), planes.clone());
     let providers = open_providers(&cfg, &args.models).await?;
+    planes.enable_effects(providers.clone(), stop_rx_effects);
     let app = api::router(core.base.clone(), security, providers);
     let host = if args.host == "localhost" {
         "127.0.0.1".to_string()

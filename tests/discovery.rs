@@ -33,23 +33,8 @@ fn capabilities_and_catalogs_report_what_really_works() {
     let a = Gateway::start_with(&[("REMOTE_B_KEY", TOKEN)], &["--model", &spec]);
     let dead = format!("http://127.0.0.1:{}/v1", free_port());
     a.config(&["set-default", "input.text", "--provider", "local", "--model", "smollm2"]);
-    for (url, key) in [(dead.as_str(), None), (b.url("/v1").as_str(), Some("REMOTE_B_KEY"))] {
-        let mut args = vec![
-            "set-default",
-            "input.text",
-            "--provider",
-            "openai-compatible",
-            "--model",
-            "smollm2",
-            "--base-url",
-            url,
-            "--fallback",
-        ];
-        if let Some(k) = key {
-            args.extend(["--api-key-env", k]);
-        }
-        a.config(&args);
-    }
+    a.route_remote(&dead, "smollm2", None, true);
+    a.route_remote(&b.url("/v1"), "smollm2", Some("REMOTE_B_KEY"), true);
 
     // The contract a thin client reads.
     let (s, v) = a.get("/api/gateway/discovery/capabilities");
@@ -86,8 +71,8 @@ fn capabilities_and_catalogs_report_what_really_works() {
         };
         assert!(code != 404 && code != 405, "{path}: {code} {body}");
     }
-    // Token deltas come with the LLM nodes: not claimed yet.
-    assert_eq!(caps["streaming"]["deltas"], false);
+    // llm_call/agent nodes stream token deltas when the run asks (tests/agent.rs shows them).
+    assert_eq!(caps["streaming"]["deltas"], true);
     assert_eq!(caps["text"]["available"], true);
     assert_eq!(caps["text"]["local_models"][0]["id"], "smollm2");
     assert_eq!(caps["text"]["local_models"][0]["available"], true);
@@ -133,14 +118,14 @@ fn capabilities_and_catalogs_report_what_really_works() {
         "{v}"
     );
 
-    // Tools: listed with their specs and approval needs, but not claimed usable before the
-    // agent nodes exist; the network tools say why they never are here.
+    // Tools: listed with their specs and approval needs; the network tools say why they are not
+    // usable here.
     let (s, v) = a.get("/api/gateway/discovery/tools");
     assert_eq!(s, 200);
     assert_catalog(&v, "tools");
     assert_eq!(
         (v["catalog"]["available"].as_bool(), v["tool_mode"].as_str()),
-        (Some(false), Some("approval")),
+        (Some(true), Some("approval")),
         "{v}"
     );
     let tools = v["items"].as_array().unwrap();
@@ -158,10 +143,11 @@ fn capabilities_and_catalogs_report_what_really_works() {
             "web_search"
         ]
     );
-    assert!(
-        tools.iter().all(|t| t["available"] == false && t["unavailable_reason"].is_string()),
-        "{v}"
-    );
+    for t in tools {
+        let offline = matches!(t["name"].as_str(), Some("fetch_url" | "web_search"));
+        assert_eq!(t["available"], !offline, "{t}");
+        assert_eq!(t["unavailable_reason"].is_string(), offline, "{t}");
+    }
     let approval: Vec<&str> = tools
         .iter()
         .filter(|t| t["requires_approval"] == true)

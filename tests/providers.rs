@@ -28,31 +28,9 @@ fn fallback_chain_breaker_mid_stream_failure_and_all_down() {
     // The CLI writes the route under A's data dir; the running server picks it up.
     a.config(&["set-default", "output.text", "--provider", "local", "--model", "smollm2"]);
     let dead = format!("http://127.0.0.1:{dead_port}/v1");
-    a.config(&[
-        "set-default",
-        "input.text",
-        "--provider",
-        "openai-compatible",
-        "--model",
-        "smollm2",
-        "--base-url",
-        &dead,
-        "--fallback",
-    ]);
+    a.route_remote(&dead, "smollm2", None, true);
     let b_url = b.url("/v1");
-    let out = a.config(&[
-        "set-default",
-        "input.text",
-        "--provider",
-        "openai-compatible",
-        "--model",
-        "smollm2",
-        "--base-url",
-        &b_url,
-        "--api-key-env",
-        "REMOTE_B_KEY",
-        "--fallback",
-    ]);
+    let out = a.route_remote(&b_url, "smollm2", Some("REMOTE_B_KEY"), true);
     assert!(out.contains("local/smollm2 → openai-compatible/smollm2@http://127.0.0.1"), "{out}");
     let shown = a.config(&["defaults", "--json"]);
     let v: Value = serde_json::from_str(&shown).unwrap();

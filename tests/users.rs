@@ -286,9 +286,15 @@ fn users_are_isolated_from_each_other() {
     let alice = create_user(&g, TOKEN, "alice", &["user"]);
     let bob = create_user(&g, TOKEN, "bob", &["user"]);
     upload_as(&g, &alice, "test-wait@0.1.0.flow");
-    // Bob has his own (empty) bundle registry.
+    // Bob has his own bundle registry: only the built-in bundles, none of Alice's uploads.
     let (_, b) = req(&g, "GET", "/api/gateway/bundles", &bob, None);
-    assert_eq!(b["items"], json!([]));
+    let ids: Vec<&str> = b["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["bundle_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["basic-agent"]);
     let (s, v) = req(
         &g,
         "POST",

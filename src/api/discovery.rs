@@ -135,7 +135,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
     let readiness = json!({
         "contract": "gateway_surface_readiness_v1", "version": 1, "truth_scope": "gateway_contract_surface",
         "limitations": [
-            "LLM and agent flow nodes are not served yet: runs of bundles that use them fail with a clear error",
+            "of the LLM-facing nodes only llm_call and agent are served; other LLM/media node types fail with a clear error",
+            "llm.delta frames reach SSE readers of the process that executes the LLM call (serve), for the run itself, not its subtree",
             "artifacts, attachments, memory, media, voice and vision surfaces are not served",
         ],
         "surfaces": {
@@ -148,8 +149,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
     });
     Json(json!({"capabilities": {
         "abstractgateway": {"installed": true, "version": env!("CARGO_PKG_VERSION"), "implementation": "rust"},
-        // Token deltas in the ledger come with the LLM flow nodes; until then none are emitted.
-        "streaming": {"deltas": false, "default": false, "run_field": "_runtime.stream", "events": ["llm.delta", "llm.delta_end"],
+        // Token deltas of llm_call/agent nodes, when the run sets `_runtime.stream`.
+        "streaming": {"deltas": true, "default": false, "run_field": "_runtime.stream", "events": ["llm.delta", "llm.delta_end"], "subtree": false,
                       "endpoint": "/api/gateway/runs/{run_id}/ledger/stream", "end_reasons": ["completed", "failed", "cancelled", "unavailable"]},
         "text": {"available": local_up || remote_up, "route": "input.text", "default": route.primary.as_ref().map(|t| t.label()),
                  "local_models": local, "remote": remotes,
@@ -158,23 +159,17 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
     }}))
 }
 
-/// Agent nodes are what put tools in a run's hands; until they are served here, every tool is
-/// listed as unavailable, with the reason, rather than claimed.
-const TOOLS_USABLE: bool = false;
-
+/// The tools `agent` nodes can call: executed by this process's effect worker inside the run's
+/// workspace; side-effect tools wait for approval first.
 async fn tools() -> Json<Value> {
     use crate::runtime::tools::TOOLS;
-    let reason = "agent flow nodes are not served yet: runs cannot call tools";
     let items: Vec<Value> = TOOLS
         .iter()
         .map(|t| {
             let mut v = t.openai();
             v["name"] = json!(t.name);
-            v["available"] = json!(TOOLS_USABLE);
+            v["available"] = json!(true);
             v["requires_approval"] = json!(t.side_effects);
-            if !TOOLS_USABLE {
-                v["unavailable_reason"] = json!(reason);
-            }
             v
         })
         .chain(["fetch_url", "web_search"].into_iter().map(|name| {
@@ -182,11 +177,9 @@ async fn tools() -> Json<Value> {
                    "unavailable_reason": "this gateway runs offline: no network access is configured for tools"})
         }))
         .collect();
-    let mut extra = json!({"workspace": "per run, <data_dir>/workspaces/<run_id>"});
-    if !TOOLS_USABLE {
-        extra["error"] = json!(reason);
-    }
-    let mut body = catalog("tools", "agent", TOOLS_USABLE, items, extra);
+    let extra = json!({"workspace": "per session, <data_dir>/workspaces/<session_id> (the session id defaults to the run id)",
+                       "builtins": ["ask_user"]});
+    let mut body = catalog("tools", "agent", true, items, extra);
     body["tool_mode"] = json!("approval");
     Json(body)
 }

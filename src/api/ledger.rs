@@ -186,6 +186,9 @@ async fn stream(
         return Err(ApiError::run_not_found(&run_id));
     }
     let watch = st.notifier.watch_run(&run_id);
+    // Live token deltas of the run's LLM calls (`_runtime.stream`): frames without `id:`, as
+    // upstream sends them; the completed `llm_call` record carries the whole text.
+    let mut deltas = st.notifier.subscribe_deltas(&run_id);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let mut cursor = after;
@@ -235,6 +238,12 @@ async fn stream(
             let wait = hb.saturating_sub(last_sent.elapsed());
             tokio::select! {
                 _ = &mut notified => {}
+                Ok(frame) = deltas.recv() => {
+                    if tx.send(Ok(Bytes::from(frame.to_string()))).await.is_err() {
+                        return;
+                    }
+                    last_sent = tokio::time::Instant::now();
+                }
                 _ = tokio::time::sleep(wait) => {
                     if last_sent.elapsed() >= hb {
                         if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use super::AppState;
 use crate::config::Config;
+use crate::providers::Providers;
 use crate::runtime::bundle::BundleRegistry;
 use crate::runtime::notify::Notifier;
 use crate::runtime::runner::Runner;
+use crate::runtime::worker::EffectWorker;
 use crate::security::principal::Principal;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -24,6 +26,8 @@ pub struct Planes {
     /// Set in processes that advance runs: every plane gets a runner.
     runners: Option<tokio::sync::watch::Receiver<bool>>,
     handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set in processes that hold the providers: every plane gets an effect worker.
+    effects: Mutex<Option<(Arc<Providers>, tokio::sync::watch::Receiver<bool>)>>,
     stores: Mutex<Vec<Arc<SqliteStore>>>,
 }
 
@@ -53,6 +57,7 @@ impl Planes {
             map: Mutex::new(HashMap::new()),
             runners,
             handles: Mutex::new(Vec::new()),
+            effects: Mutex::new(None),
             stores: Mutex::new(vec![base_store]),
         });
         let base = p.base.clone();
@@ -75,6 +80,30 @@ impl Planes {
             if let Ok(mut h) = self.handles.lock() {
                 h.push(tokio::spawn(runner.run_forever(rx.clone())));
             }
+        }
+    }
+
+    /// Executes LLM calls and tools for every plane (the base one now, user planes as they open).
+    pub fn enable_effects(&self, providers: Arc<Providers>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        if let Ok(mut e) = self.effects.lock() {
+            *e = Some((providers, shutdown));
+        }
+        let mut planes = vec![self.base.clone()];
+        if let Ok(m) = self.map.lock() {
+            planes.extend(m.values().cloned());
+        }
+        for st in planes {
+            self.spawn_worker(&st);
+        }
+    }
+
+    fn spawn_worker(&self, st: &AppState) {
+        let Some((providers, rx)) = self.effects.lock().ok().and_then(|e| e.clone()) else {
+            return;
+        };
+        let worker = EffectWorker::new(st.store.clone(), st.notifier.clone(), providers, st.cfg.data_dir.clone());
+        if let Ok(mut h) = self.handles.lock() {
+            h.push(tokio::spawn(worker.run_forever(rx)));
         }
     }
 
@@ -101,6 +130,7 @@ impl Planes {
         let (st, store) = open_plane(self.base.cfg.for_plane(tenant, runtime))?;
         tracing::info!(tenant, runtime, data_dir = %st.cfg.data_dir.display(), "opened user data plane");
         self.spawn_runner(&st);
+        self.spawn_worker(&st);
         if let Ok(mut s) = self.stores.lock() {
             s.push(store);
         }

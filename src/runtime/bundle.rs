@@ -336,6 +336,17 @@ impl BundleRegistry {
                 }
             }
         }
+        for b in super::builtin::bundles() {
+            match b {
+                Ok(b) => {
+                    map.entry(b.id.clone())
+                        .or_default()
+                        .entry(b.version.clone())
+                        .or_insert_with(|| Arc::new(b));
+                }
+                Err(e) => errors.push(format!("built-in bundle: {e}")),
+            }
+        }
         let n = map.values().map(|v| v.len()).sum();
         *self.bundles.write().unwrap_or_else(|e| e.into_inner()) = map;
         *self.load_errors.write().unwrap_or_else(|e| e.into_inner()) = errors;
@@ -482,7 +493,8 @@ mod registry_tests {
     fn flows_dir_may_be_a_single_file() {
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bundles/test-noop@0.1.0.flow");
         let reg = BundleRegistry::new(PathBuf::from(src));
-        assert_eq!(reg.reload().unwrap(), 1);
+        // The file, plus the built-in basic-agent.
+        assert_eq!(reg.reload().unwrap(), 2);
         assert!(reg.flow("test-noop@0.1.0:noop").is_some());
         assert_eq!(reg.latest("test-noop").unwrap().version, "0.1.0");
     }

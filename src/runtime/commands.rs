@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
+use super::effect_wait;
 use super::interpreter;
+use super::model::RunState;
 use super::model::{RunStatus, WaitState};
 use super::runner::Pass;
 use super::schedule;
@@ -19,6 +21,18 @@ fn outcome(state: &'static str, detail: impl Into<String>, affected: Vec<String>
         detail: detail.into(),
         affected_run_ids: affected,
     }
+}
+
+/// Parks a paused, running run on its synthetic pause wait (resumed by `resume` without payload).
+fn hold_paused(run: &mut RunState) {
+    let mut w = WaitState::new("user");
+    w.wait_key = Some(format!("pause:{}", run.run_id));
+    w.resume_to_node = run.current_node.clone();
+    w.prompt = Some("Paused".into());
+    w.allow_free_text = false;
+    w.details = Some(json!({"kind": "pause"}));
+    run.status = RunStatus::Waiting;
+    run.waiting = Some(w);
 }
 
 fn s(v: &Value, k: &str) -> Option<String> {
@@ -71,14 +85,7 @@ impl Pass<'_> {
             ctl.insert("paused_at".into(), json!(ts));
             ctl.insert("pause_reason".into(), json!(reason));
             if run.status == RunStatus::Running {
-                let mut w = WaitState::new("user");
-                w.wait_key = Some(format!("pause:{id}"));
-                w.resume_to_node = run.current_node.clone();
-                w.prompt = Some("Paused".into());
-                w.allow_free_text = false;
-                w.details = Some(json!({"kind": "pause"}));
-                run.status = RunStatus::Waiting;
-                run.waiting = Some(w);
+                hold_paused(run);
             }
             run.touch();
             self.mark(&id);
@@ -111,7 +118,15 @@ impl Pass<'_> {
             if run.status != RunStatus::Waiting {
                 return Ok(outcome("rejected", format!("run is {}, not waiting", run.status.as_str()), vec![]));
             }
-            if run.is_paused() {
+            // An effect's answer is still taken while paused: the work is done and must not be
+            // lost; the run then stays paused at the node that made the effect.
+            let effect_answer = run
+                .waiting
+                .as_ref()
+                .map(|w| effect_wait::is_effect_reason(&w.reason))
+                .unwrap_or(false);
+            let paused = run.is_paused();
+            if paused && !effect_answer {
                 return Ok(outcome("rejected", "run is paused; resume it without a payload first", vec![]));
             }
             let expected = s(&c.payload, "wait_key").or_else(|| s(&c.payload, "waitKey"));
@@ -126,6 +141,12 @@ impl Pass<'_> {
                 }
             }
             return Ok(match self.resume_run(&c.run_id, p.clone()) {
+                Ok(()) if paused => {
+                    if let Some(run) = self.runs.get_mut(&c.run_id) {
+                        hold_paused(run);
+                    }
+                    outcome("applied", "effect answer recorded; the run stays paused", vec![c.run_id.clone()])
+                }
                 Ok(()) => outcome("applied", "wait answered; run resumed", vec![c.run_id.clone()]),
                 Err(e) => outcome("rejected", e, vec![]),
             });

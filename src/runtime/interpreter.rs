@@ -33,7 +33,9 @@ pub trait Host {
     fn record(&mut self, rec: Value);
 }
 
-enum Step {
+/// What a node execution leads to (one per step, so its size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Step {
     Goto(Option<String>),
     Wait(WaitState),
     Complete(Value),
@@ -161,7 +163,7 @@ fn temp(run: &mut RunState) -> &mut Map<String, Value> {
     obj_entry(&mut run.vars, "_temp")
 }
 
-fn set_outputs(run: &mut RunState, node_id: &str, out: Map<String, Value>) {
+pub(crate) fn set_outputs(run: &mut RunState, node_id: &str, out: Map<String, Value>) {
     let outs = obj_entry(temp(run), "node_outputs");
     outs.insert(node_id.to_string(), Value::Object(out.clone()));
     run.vars.insert("_last_output".into(), Value::Object(out));
@@ -224,7 +226,7 @@ pub fn truthy(v: &Value) -> bool {
     }
 }
 
-fn as_string(v: &Value) -> Option<String> {
+pub(crate) fn as_string(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -296,13 +298,13 @@ fn pure_inputs(run: &RunState, flow: &Flow, n: &Node, depth: usize) -> Result<Ma
     Ok(inputs)
 }
 
-fn input(run: &RunState, flow: &Flow, node: &Node, pin: &str) -> Result<Value, String> {
+pub(crate) fn input(run: &RunState, flow: &Flow, node: &Node, pin: &str) -> Result<Value, String> {
     resolve(run, flow, node, pin, 0)
 }
 
 /// Where control goes after `node` leaves through `handle`: the wired target, else back to the
 /// innermost loop/sequence, else nowhere (the run completes).
-fn after(run: &RunState, flow: &Flow, node: &str, handle: &str) -> Option<String> {
+pub(crate) fn after(run: &RunState, flow: &Flow, node: &str, handle: &str) -> Option<String> {
     flow.next(node, handle).map(str::to_string).or_else(|| stack_top(run))
 }
 
@@ -722,6 +724,8 @@ fn exec_node(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) 
             pop_frame(run, nid);
             Ok(Step::Goto(stack_top(run)))
         }
+        "llm_call" => super::llm_call::exec(run, flow, node, host),
+        "agent" => super::agent::exec(run, flow, node, host),
         "set_var" | "set_variable" => {
             let name = as_string(&input(run, flow, node, "name")?)
                 .or_else(|| node.data.get("variableName").and_then(Value::as_str).map(str::to_string))
@@ -816,11 +820,21 @@ pub fn resume(run: &mut RunState, flow: &Flow, host: &mut dyn Host, payload: Val
     }
     let w = run.waiting.clone().ok_or("run has no wait state")?;
     let node_id = run.current_node.clone().unwrap_or_default();
-    let mut rec = StepRecord::new(run, &node_id, "completed");
-    rec.ended_at = Some(rec.started_at.clone());
-    rec.effect = json!({"type": "resume", "payload": {"wait_reason": w.reason, "wait_key": w.wait_key, "resume_to_node": w.resume_to_node, "result_key": w.result_key, "payload": payload}, "result_key": null});
-    rec.result = json!({"resumed": true});
-    host.record(rec.to_json());
+    if super::effect_wait::reenters(&w) {
+        // The node that waited takes the answer itself. An effect's answer is recorded by the
+        // node as the twin of its `started` record; a person's answer gets the usual resume record.
+        if !super::effect_wait::is_effect_reason(&w.reason) {
+            resume_record(run, host, &w, &payload);
+        }
+        let node = w.resume_to_node.clone().unwrap_or(node_id);
+        obj_entry(temp(run), "effects").insert(node.clone(), payload);
+        run.waiting = None;
+        run.status = RunStatus::Running;
+        run.current_node = Some(node);
+        run.touch();
+        return Ok(());
+    }
+    resume_record(run, host, &w, &payload);
     run.waiting = None;
     run.status = RunStatus::Running;
     run.touch();
@@ -859,4 +873,13 @@ pub fn resume(run: &mut RunState, flow: &Flow, host: &mut dyn Host, payload: Val
         None => complete(run, host, &node_id, json!({"success": true, "result": payload})),
     }
     Ok(())
+}
+
+fn resume_record(run: &RunState, host: &mut dyn Host, w: &WaitState, payload: &Value) {
+    let node_id = run.current_node.clone().unwrap_or_default();
+    let mut rec = StepRecord::new(run, &node_id, "completed");
+    rec.ended_at = Some(rec.started_at.clone());
+    rec.effect = json!({"type": "resume", "payload": {"wait_reason": w.reason, "wait_key": w.wait_key, "resume_to_node": w.resume_to_node, "result_key": w.result_key, "payload": payload}, "result_key": null});
+    rec.result = json!({"resumed": true});
+    host.record(rec.to_json());
 }

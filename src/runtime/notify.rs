@@ -19,6 +19,10 @@ pub struct Notifier {
     /// Set when another process changed the bundles on disk.
     bundles_dirty: std::sync::atomic::AtomicBool,
     runs: Mutex<HashMap<String, Weak<Notify>>>,
+    /// Woken when runs changed: the effect worker looks for new `llm`/`tool` waits.
+    effects: Notify,
+    /// Live token deltas per run (SSE frames, not ledger records; this process only).
+    deltas: Mutex<HashMap<String, tokio::sync::broadcast::Sender<Arc<str>>>>,
     peers: Option<Peers>,
 }
 
@@ -39,6 +43,8 @@ impl Notifier {
             planes: Notify::new(),
             bundles_dirty: std::sync::atomic::AtomicBool::new(false),
             runs: Mutex::new(HashMap::new()),
+            effects: Notify::new(),
+            deltas: Mutex::new(HashMap::new()),
             peers: None,
         })
     }
@@ -57,6 +63,8 @@ impl Notifier {
             planes: Notify::new(),
             bundles_dirty: std::sync::atomic::AtomicBool::new(false),
             runs: Mutex::new(HashMap::new()),
+            effects: Notify::new(),
+            deltas: Mutex::new(HashMap::new()),
             peers: Some(Peers {
                 dir,
                 me,
@@ -172,7 +180,36 @@ impl Notifier {
         n
     }
 
+    pub fn wake_effects(&self) {
+        self.effects.notify_one();
+    }
+
+    pub async fn effects_woken(&self) {
+        self.effects.notified().await
+    }
+
+    /// Receives the live SSE frames (`llm.delta`, `llm.delta_end`) published for `run_id`.
+    pub fn subscribe_deltas(&self, run_id: &str) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        let mut map = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(run_id) {
+            return tx.subscribe();
+        }
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        let (tx, rx) = tokio::sync::broadcast::channel(1024);
+        map.insert(run_id.to_string(), tx);
+        rx
+    }
+
+    /// Sends a frame to the run's live SSE readers, if any (nobody listening costs nothing).
+    pub fn publish_delta(&self, run_id: &str, frame: String) {
+        let map = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(run_id) {
+            let _ = tx.send(Arc::from(frame));
+        }
+    }
+
     fn notify_runs_local<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        self.effects.notify_one();
         let map = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
             if let Some(n) = map.get(id).and_then(Weak::upgrade) {

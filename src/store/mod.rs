@@ -93,6 +93,13 @@ pub struct CommandRow {
     pub processed_at: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// `started` (a side effect may or may not have happened) | `done`
+    pub state: String,
+    pub result: Option<Value>,
+}
+
 /// Everything one runner pass writes, committed in one transaction.
 #[derive(Debug, Default)]
 pub struct RunnerBatch {
@@ -145,6 +152,12 @@ pub trait Store: Send + Sync + 'static {
     /// Earliest pending `until` deadline, for the runner's timer.
     fn next_deadline(&self) -> StoreResult<Option<String>>;
     fn waiting_on_key(&self, wait_key: &str) -> StoreResult<Vec<String>>;
+    /// Runs (not paused) waiting on an effect executed outside the runner: `llm` or `tool` waits.
+    fn effect_waits(&self, limit: u64) -> StoreResult<Vec<String>>;
+    /// What the effect journal knows about an idempotency key.
+    fn journal_get(&self, key: &str) -> StoreResult<Option<JournalEntry>>;
+    /// Durably records an effect's state (`started` before a side effect, `done` with its result).
+    fn journal_put(&self, key: &str, run_id: &str, state: &str, result: Option<&Value>) -> StoreResult<()>;
     fn children_of(&self, run_id: &str) -> StoreResult<Vec<String>>;
     /// Parents waiting on a child that is already terminal (repair after a crash).
     fn stale_subworkflow_waits(&self, limit: u64) -> StoreResult<Vec<String>>;

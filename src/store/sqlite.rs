@@ -66,6 +66,16 @@ CREATE TABLE IF NOT EXISTS command_cursors (
     cursor      INTEGER NOT NULL,
     updated_at  TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS runs_effect_waits ON runs(updated_at) WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool');
+-- Outcomes of effects executed outside the runner (LLM calls, tools), by idempotency key, so a
+-- restart reuses a finished result and never repeats a side effect that may have happened.
+CREATE TABLE IF NOT EXISTS effect_journal (
+    key         TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    result_json TEXT,
+    updated_at  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS runner_lease (
     name       TEXT PRIMARY KEY,
     holder     TEXT NOT NULL,
@@ -83,6 +93,12 @@ enum Op {
         steal_from: Option<String>,
     },
     Release(String),
+    Journal {
+        key: String,
+        run_id: String,
+        state: String,
+        result: Option<String>,
+    },
 }
 
 enum OpOut {
@@ -304,6 +320,19 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
     match op {
         Op::CreateRun(run) => {
             write_run(conn, &run, false)?;
+            Ok(OpOut::Unit)
+        }
+        Op::Journal {
+            key,
+            run_id,
+            state,
+            result,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO effect_journal (key, run_id, state, result_json, updated_at) VALUES (?1,?2,?3,?4,?5) \
+                 ON CONFLICT(key) DO UPDATE SET state=excluded.state, result_json=excluded.result_json, updated_at=excluded.updated_at",
+            )?
+            .execute(params![key, run_id, state, result, now_iso()])?;
             Ok(OpOut::Unit)
         }
         Op::AppendCommand(c) => {
@@ -627,6 +656,43 @@ impl Store for SqliteStore {
                 &[&wait_key],
             )
         })
+    }
+
+    fn effect_waits(&self, limit: u64) -> StoreResult<Vec<String>> {
+        self.read(|c| {
+            ids(
+                c,
+                "SELECT run_id FROM runs WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool') AND paused = 0 \
+                 ORDER BY updated_at LIMIT ?1",
+                &[&(limit as i64)],
+            )
+        })
+    }
+
+    fn journal_get(&self, key: &str) -> StoreResult<Option<JournalEntry>> {
+        self.read(|c| {
+            let row: Option<(String, Option<String>)> = c
+                .prepare_cached("SELECT state, result_json FROM effect_journal WHERE key = ?1")?
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(match row {
+                None => None,
+                Some((state, res)) => Some(JournalEntry {
+                    state,
+                    result: res.map(|r| serde_json::from_str(&r)).transpose()?,
+                }),
+            })
+        })
+    }
+
+    fn journal_put(&self, key: &str, run_id: &str, state: &str, result: Option<&Value>) -> StoreResult<()> {
+        self.submit(Op::Journal {
+            key: key.into(),
+            run_id: run_id.into(),
+            state: state.into(),
+            result: result.map(|r| r.to_string()),
+        })
+        .map(|_| ())
     }
 
     fn children_of(&self, run_id: &str) -> StoreResult<Vec<String>> {

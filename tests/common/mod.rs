@@ -2,6 +2,8 @@
 //! temporary data dir (real SQLite files) and talks HTTP to it.
 #![allow(dead_code)]
 
+pub mod scripted_llm;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -149,6 +151,28 @@ impl Gateway {
         let (s, v) = self.post("/api/gateway/runs/start", &body);
         assert_eq!(s, 200, "start failed: {v}");
         v["run_id"].as_str().unwrap().to_string()
+    }
+
+    /// Routes `input.text` to an OpenAI-compatible server (`--fallback`: appended as a fallback);
+    /// the `config set-default` output.
+    pub fn route_remote(&self, base_url: &str, model: &str, api_key_env: Option<&str>, fallback: bool) -> String {
+        let mut args = vec![
+            "set-default",
+            "input.text",
+            "--provider",
+            "openai-compatible",
+            "--model",
+            model,
+            "--base-url",
+            base_url,
+        ];
+        if let Some(k) = api_key_env {
+            args.extend(["--api-key-env", k]);
+        }
+        if fallback {
+            args.push("--fallback");
+        }
+        self.config(&args)
     }
 
     /// `abstractgateway config ARGS` against this gateway's data dir; its stdout.

@@ -1,6 +1,6 @@
-//! The agent's tools, confined to a per-run workspace directory under the data dir
-//! (`<data_dir>/workspaces/<run_id>`). Every path a tool is given is resolved inside the
-//! workspace: absolute paths, `..` and symlinks that lead out are refused, never followed.
+//! The agent's tools, confined to a workspace directory under the data dir
+//! (`<data_dir>/workspaces/<session_id>`; the session id defaults to the run id). Every path a
+//! tool is given is resolved inside the workspace: absolute paths, `..` and symlinks that lead out are refused, never followed.
 //! Side-effect tools (`write_file`, `edit_file`, `execute_command`) are marked so the runtime can
 //! ask for approval before running them.
 

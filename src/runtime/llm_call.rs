@@ -1,0 +1,126 @@
+//! The `llm_call` node: one request to a text provider, executed by the effect worker.
+//!
+//! Pins (all optional but one of `prompt`/`messages`): `provider`, `model`, `system`, `prompt`,
+//! `messages` (OpenAI chat messages), `tools` (tool names or OpenAI tool specs), `temperature`,
+//! `seed` (-1 = none), `max_tokens` (alias `max_out_tokens`), `response_schema` (alias
+//! `resp_schema`: asks for a JSON object). Outputs: `response` (text), `success`, `tool_calls`,
+//! `usage`, `meta` and `raw` (the provider's whole answer).
+
+use serde_json::{json, Map, Value};
+
+use super::effect_wait::{self, Effect, LLM};
+use super::flow::{Flow, Node};
+use super::interpreter::{after, as_string, input, set_outputs, Host, Step};
+use super::model::RunState;
+
+/// Provider/model/params shared by `llm_call` and `agent`: pin, else `effectConfig`/`agentConfig`.
+pub fn target_and_params(run: &RunState, flow: &Flow, node: &Node, config: &str) -> Result<Map<String, Value>, String> {
+    let pick = |pin: &str, alias: &str| -> Result<Value, String> {
+        let v = input(run, flow, node, pin)?;
+        if !v.is_null() {
+            return Ok(v);
+        }
+        let v = input(run, flow, node, alias)?;
+        if !v.is_null() {
+            return Ok(v);
+        }
+        Ok(node
+            .config(config, pin)
+            .or_else(|| node.config(config, alias))
+            .cloned()
+            .unwrap_or(Value::Null))
+    };
+    let mut out = Map::new();
+    out.insert(
+        "provider".into(),
+        json!(as_string(&pick("provider", "provider")?).unwrap_or_default()),
+    );
+    out.insert("model".into(), json!(as_string(&pick("model", "model")?).unwrap_or_default()));
+    let mut params = Map::new();
+    if let Some(t) = number(&pick("temperature", "temperature")?) {
+        params.insert("temperature".into(), json!(t));
+    }
+    if let Some(s) = number(&pick("seed", "seed")?).filter(|s| *s >= 0.0) {
+        params.insert("seed".into(), json!(s as u64));
+    }
+    if let Some(m) = number(&pick("max_tokens", "max_out_tokens")?).filter(|m| *m > 0.0) {
+        params.insert("max_tokens".into(), json!(m as u64));
+    }
+    out.insert("params".into(), Value::Object(params));
+    let schema = pick("response_schema", "resp_schema")?;
+    out.insert("response_schema".into(), if schema.is_object() { schema } else { Value::Null });
+    out.insert("stream".into(), json!(wants_stream(run)));
+    Ok(out)
+}
+
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+/// `_runtime.stream` (set through `input_data`): token deltas go to the run's SSE stream.
+pub fn wants_stream(run: &RunState) -> bool {
+    run.vars
+        .get("_runtime")
+        .and_then(|r| r.get("stream"))
+        .map(super::interpreter::truthy)
+        .unwrap_or(false)
+}
+
+/// Tool pins accept names of the gateway's tools or full OpenAI tool specs.
+pub fn tool_specs(v: &Value) -> Vec<Value> {
+    let items = match v {
+        Value::Array(a) => a.clone(),
+        Value::String(s) if !s.trim().is_empty() => s.split(',').map(|x| json!(x.trim())).collect(),
+        _ => vec![],
+    };
+    items
+        .into_iter()
+        .filter_map(|t| match t {
+            Value::String(name) => super::tools::spec(&name).map(|s| s.openai()),
+            Value::Object(o) if o.contains_key("function") => Some(Value::Object(o)),
+            Value::Object(o) if o.contains_key("name") => Some(json!({"type": "function", "function": o})),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(crate) fn exec(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn Host) -> Result<Step, String> {
+    let nid = node.id.as_str();
+    if let Some((answer, pending)) = effect_wait::take(run, nid) {
+        if let Some(err) = answer.get("error").and_then(Value::as_str) {
+            effect_wait::finish(run, host, nid, &pending, Err(err.to_string()));
+            return Err(format!("llm_call node '{nid}' failed: {err}"));
+        }
+        let usage = answer.get("usage").cloned().unwrap_or(Value::Null);
+        effect_wait::count_usage(run, &usage);
+        effect_wait::finish(run, host, nid, &pending, Ok(answer.clone()));
+        let mut out = Map::new();
+        out.insert("response".into(), answer.get("content").cloned().unwrap_or(json!("")));
+        out.insert("success".into(), json!(true));
+        out.insert("tool_calls".into(), answer.get("tool_calls").cloned().unwrap_or(json!([])));
+        out.insert("usage".into(), usage);
+        out.insert(
+            "meta".into(),
+            json!({"provider": answer.get("provider"), "model": answer.get("model"), "finish_reason": answer.get("finish_reason"), "fell_back": answer.get("fell_back")}),
+        );
+        out.insert("raw".into(), answer);
+        set_outputs(run, nid, out);
+        return Ok(Step::Goto(after(run, flow, nid, "exec-out")));
+    }
+    let mut payload = target_and_params(run, flow, node, "effectConfig")?;
+    let prompt = as_string(&input(run, flow, node, "prompt")?).unwrap_or_default();
+    let system = as_string(&input(run, flow, node, "system")?).unwrap_or_default();
+    let messages = match input(run, flow, node, "messages")? {
+        Value::Array(m) => m,
+        _ => vec![],
+    };
+    if prompt.trim().is_empty() && messages.is_empty() {
+        return Err(format!("llm_call node '{nid}' has neither a prompt nor messages"));
+    }
+    payload.insert("prompt".into(), json!(prompt));
+    payload.insert("system_prompt".into(), json!(system));
+    payload.insert("messages".into(), Value::Array(messages));
+    payload.insert("tools".into(), Value::Array(tool_specs(&input(run, flow, node, "tools")?)));
+    let w = effect_wait::begin(run, host, nid, Effect::new(LLM, "llm_call", Value::Object(payload)));
+    Ok(Step::Wait(w))
+}

@@ -1,0 +1,373 @@
+//! The effect worker: executes the LLM calls and tool batches that runs wait on (see
+//! `effect_wait`) and answers each wait through the command inbox.
+//!
+//! It lives in the process that holds the providers (`serve`), whether or not that process also
+//! runs the runner. It looks for work at start (so waits left by a crash are picked up) and
+//! whenever runs change. An answer's command id derives from its wait key, so two workers, or one
+//! worker after a restart, can never apply two answers to one wait.
+//!
+//! Side effects happen at most once: a side-effect tool call is journaled as `started` before it
+//! runs and `done` with its result after. After a crash, a `done` call's result is reused, and a
+//! call found `started` is not repeated (its observation says it was interrupted), unless it is
+//! `write_file`, which rewrites the same content.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use super::effect_wait::{self, LLM, TOOL};
+use super::model::RunStatus;
+use super::notify::Notifier;
+use super::tools::{self, Workspace};
+use crate::providers::{GenParams, Prompt, Providers, TextEvent, TextRequest, ToolChoice};
+use crate::store::{NewCommand, Store};
+use crate::util::time::now_iso;
+
+/// How many effects run at once per data plane (the local engine batches concurrent requests).
+const MAX_IN_FLIGHT: usize = 64;
+const RESCAN: Duration = Duration::from_secs(2);
+
+pub struct EffectWorker {
+    pub store: Arc<dyn Store>,
+    pub notifier: Arc<Notifier>,
+    pub providers: Arc<Providers>,
+    pub data_dir: PathBuf,
+    in_flight: Mutex<HashSet<String>>,
+}
+
+/// What one wait asks for, read from the run's wait state.
+struct Job {
+    run_id: String,
+    node_id: String,
+    workspace: String,
+    wait_key: String,
+    reason: String,
+    request: Value,
+}
+
+impl EffectWorker {
+    pub fn new(store: Arc<dyn Store>, notifier: Arc<Notifier>, providers: Arc<Providers>, data_dir: PathBuf) -> Arc<EffectWorker> {
+        Arc::new(EffectWorker {
+            store,
+            notifier,
+            providers,
+            data_dir,
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub async fn run_forever(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.scan().await {
+                tracing::warn!(error = %e, "effect worker scan failed");
+            }
+            tokio::select! {
+                _ = self.notifier.effects_woken() => {}
+                _ = tokio::time::sleep(RESCAN) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    fn busy(&self) -> usize {
+        self.in_flight.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    async fn scan(self: &Arc<Self>) -> Result<(), String> {
+        if self.busy() >= MAX_IN_FLIGHT {
+            return Ok(());
+        }
+        let me = self.clone();
+        let jobs = tokio::task::spawn_blocking(move || me.find_jobs())
+            .await
+            .map_err(|e| e.to_string())??;
+        for job in jobs {
+            let me = self.clone();
+            let span = tracing::info_span!("effect", run_id = %job.run_id, wait_key = %job.wait_key);
+            tokio::spawn(
+                async move {
+                    let key = job.wait_key.clone();
+                    me.execute(job).await;
+                    if let Ok(mut s) = me.in_flight.lock() {
+                        s.remove(&key);
+                    }
+                    // More may be waiting than fitted in the last scan.
+                    me.notifier.wake_effects();
+                }
+                .instrument(span),
+            );
+        }
+        Ok(())
+    }
+
+    fn find_jobs(&self) -> Result<Vec<Job>, String> {
+        let ids = self.store.effect_waits(256).map_err(|e| e.to_string())?;
+        let mut jobs = Vec::new();
+        for id in ids {
+            if self.busy() >= MAX_IN_FLIGHT {
+                break;
+            }
+            let Some(run) = self.store.get_run(&id).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let Some(w) = run.waiting.as_ref().filter(|_| run.status == RunStatus::Waiting) else {
+                continue;
+            };
+            let Some(key) = w.wait_key.clone() else { continue };
+            if !effect_wait::is_effect_reason(&w.reason) {
+                continue;
+            }
+            {
+                let Ok(mut s) = self.in_flight.lock() else { continue };
+                if s.contains(&key) {
+                    continue;
+                }
+                // Already answered: the runner has not applied the answer yet.
+                if self
+                    .store
+                    .get_command(&effect_wait::command_id(&key))
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    continue;
+                }
+                s.insert(key.clone());
+            }
+            jobs.push(Job {
+                run_id: run.run_id.clone(),
+                node_id: w.resume_to_node.clone().or(run.current_node.clone()).unwrap_or_default(),
+                workspace: run.session_id.clone().unwrap_or_else(|| run.run_id.clone()),
+                wait_key: key,
+                reason: w.reason.clone(),
+                request: w.details.as_ref().and_then(|d| d.get("request")).cloned().unwrap_or(Value::Null),
+            });
+        }
+        Ok(jobs)
+    }
+
+    async fn execute(&self, job: Job) {
+        let answer = match job.reason.as_str() {
+            LLM => self.llm(&job).await,
+            TOOL => self.tools(&job).await,
+            other => json!({"error": format!("no executor for '{other}' waits")}),
+        };
+        let cmd = NewCommand {
+            command_id: effect_wait::command_id(&job.wait_key),
+            run_id: job.run_id.clone(),
+            kind: "resume".into(),
+            payload: json!({"wait_key": job.wait_key, "payload": answer}),
+            ts: now_iso(),
+            client_id: Some("effect-worker".into()),
+        };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.append_command(cmd)).await {
+            Ok(Ok(_)) => self.notifier.wake_runner(),
+            Ok(Err(e)) => tracing::error!(run_id = %job.run_id, error = %e, "cannot record an effect's answer; it will be retried"),
+            Err(e) => tracing::error!(run_id = %job.run_id, error = %e, "effect answer task failed"),
+        }
+    }
+
+    async fn journal_get(&self, key: &str) -> Option<crate::store::JournalEntry> {
+        let (store, key) = (self.store.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || store.journal_get(&key)).await.ok()?.ok()?
+    }
+
+    async fn journal_put(&self, key: &str, run_id: &str, state: &str, result: Option<Value>) -> Result<(), String> {
+        let (store, key, run_id, state) = (self.store.clone(), key.to_string(), run_id.to_string(), state.to_string());
+        tokio::task::spawn_blocking(move || store.journal_put(&key, &run_id, &state, result.as_ref()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn llm(&self, job: &Job) -> Value {
+        if let Some(done) = self.journal_get(&job.wait_key).await.and_then(|j| j.result) {
+            return done;
+        }
+        let r = &job.request;
+        let s = |k: &str| r.get(k).and_then(Value::as_str).map(str::trim).unwrap_or("").to_string();
+        let (provider, model) = (s("provider"), s("model"));
+        let model = match (provider.as_str(), model.as_str()) {
+            (_, "" | "default") => None,
+            ("" | "local", m) => Some(m.to_string()),
+            (p, m) => Some(format!("{p}/{m}")),
+        };
+        let req = match text_request(r) {
+            Ok(req) => req,
+            Err(e) => return json!({"error": e}),
+        };
+        let stream = r.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let mut routed = match self.providers.stream(model.as_deref(), &req).await {
+            Ok(x) => x,
+            Err(e) => return json!({"error": e.to_string()}),
+        };
+        let mut content = String::new();
+        let mut tool_calls = Vec::new();
+        let mut finish = String::from("stop");
+        let mut usage = json!(null);
+        let mut n = 0u64;
+        let mut ev = Some(Ok(routed.first.clone()));
+        let mut error = None;
+        while let Some(e) = ev.take() {
+            match e {
+                Ok(TextEvent::Delta(t)) => {
+                    if stream && !t.is_empty() {
+                        n += 1;
+                        let data = json!({"run_id": job.run_id, "node_id": job.node_id, "wait_key": job.wait_key, "index": n, "delta": t});
+                        self.notifier
+                            .publish_delta(&job.run_id, format!("event: llm.delta\ndata: {data}\n\n"));
+                    }
+                    content.push_str(&t);
+                }
+                Ok(TextEvent::ToolCalls(c)) => tool_calls = c,
+                Ok(TextEvent::Done { finish: f, usage: u }) => {
+                    finish = f;
+                    usage = json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                                   "total_tokens": u.prompt_tokens + u.completion_tokens, "cached_tokens": u.cached_tokens});
+                    break;
+                }
+                Err(e) => {
+                    routed.note_failure(&e);
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+            ev = routed.rest.recv().await;
+        }
+        if stream {
+            let data = json!({"run_id": job.run_id, "node_id": job.node_id, "wait_key": job.wait_key, "finish_reason": finish, "usage": usage, "error": error});
+            self.notifier
+                .publish_delta(&job.run_id, format!("event: llm.delta_end\ndata: {data}\n\n"));
+        }
+        if let Some(e) = error {
+            return json!({"error": format!("{} failed mid-answer: {e}", routed.target.label())});
+        }
+        let answer = json!({
+            "content": content, "tool_calls": tool_calls, "usage": usage, "finish_reason": finish,
+            "provider": routed.target.provider, "model": routed.target.model, "fell_back": routed.fell_back,
+        });
+        if let Err(e) = self.journal_put(&job.wait_key, &job.run_id, "done", Some(answer.clone())).await {
+            tracing::warn!(error = %e, "cannot journal an LLM answer (it would be recomputed after a crash)");
+        }
+        answer
+    }
+
+    async fn tools(&self, job: &Job) -> Value {
+        let calls = job.request.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
+        let ws = match Workspace::for_run(&self.data_dir, &job.workspace) {
+            Ok(w) => w,
+            Err(e) => return json!({"error": format!("cannot open the run's workspace: {e}")}),
+        };
+        let mut results = Vec::new();
+        for (i, c) in calls.iter().enumerate() {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let args = c.get("arguments").cloned().unwrap_or(json!({}));
+            let key = format!("{}#{i}", job.wait_key);
+            let side_effects = tools::spec(&name).map(|s| s.side_effects).unwrap_or(false);
+            let journal = self.journal_get(&key).await;
+            let result = match journal {
+                Some(j) if j.state == "done" => j.result.unwrap_or(Value::Null),
+                Some(_) if !rerunnable(&name) => json!({"success": false, "error": format!(
+                    "{name} was interrupted: the gateway stopped while it ran. It was not run again, so it may or may not have taken effect; check before retrying."
+                )}),
+                _ => {
+                    if side_effects {
+                        fault_point("before_tool");
+                        if let Err(e) = self.journal_put(&key, &job.run_id, "started", None).await {
+                            results.push(json!({"call_id": c.get("id"), "name": name, "result": {"success": false, "error": format!("not run: cannot journal it first ({e})")}}));
+                            continue;
+                        }
+                    }
+                    let (ws2, n2) = (ws.clone(), name.clone());
+                    let r = tokio::task::spawn_blocking(move || tools::run(&ws2, &n2, &args))
+                        .await
+                        .unwrap_or_else(|e| json!({"success": false, "error": format!("tool task failed: {e}")}));
+                    if side_effects {
+                        fault_point("after_tool");
+                    }
+                    if let Err(e) = self.journal_put(&key, &job.run_id, "done", Some(r.clone())).await {
+                        tracing::warn!(error = %e, "cannot journal a tool result");
+                    }
+                    r
+                }
+            };
+            results.push(json!({"call_id": c.get("id"), "name": name, "result": result}));
+        }
+        json!({"results": results})
+    }
+}
+
+/// Calls that give the same result when repeated (writing the same content again), so one cut
+/// short by a crash is simply run again; every other side effect runs at most once.
+fn rerunnable(name: &str) -> bool {
+    name == "write_file"
+}
+
+/// Crash-test hook: `ABSTRACTGATEWAY_FAULT_INJECT=abort_before_tool|abort_after_tool` aborts the
+/// process (as `kill -9` would) around a side-effect tool, so tests can prove at-most-once.
+fn fault_point(at: &str) {
+    if std::env::var("ABSTRACTGATEWAY_FAULT_INJECT")
+        .map(|v| v == format!("abort_{at}"))
+        .unwrap_or(false)
+    {
+        eprintln!("fault injection: aborting {at}");
+        std::process::abort();
+    }
+}
+
+/// The provider request for an `llm_call` payload.
+fn text_request(r: &Value) -> Result<TextRequest, String> {
+    let mut messages: Vec<Value> = Vec::new();
+    let system = r.get("system_prompt").and_then(Value::as_str).unwrap_or_default();
+    let given = r.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+    let has_system = given.first().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("system");
+    if !system.trim().is_empty() && !has_system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    for m in given {
+        let mut m = m;
+        if !m["content"].is_string() {
+            m["content"] = match &m["content"] {
+                Value::Null => json!(""),
+                Value::Array(parts) => json!(parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+                other => json!(other.to_string()),
+            };
+        }
+        messages.push(m);
+    }
+    let prompt = r.get("prompt").and_then(Value::as_str).unwrap_or_default();
+    if !prompt.trim().is_empty() {
+        messages.push(json!({"role": "user", "content": prompt}));
+    }
+    if messages.is_empty() {
+        return Err("the LLM request has no messages".into());
+    }
+    let p = r.get("params").cloned().unwrap_or(json!({}));
+    let mut params = GenParams {
+        max_tokens: p.get("max_tokens").and_then(Value::as_u64).map(|m| m as usize),
+        temperature: p.get("temperature").and_then(Value::as_f64).map(|t| t as f32),
+        seed: p.get("seed").and_then(Value::as_u64),
+        ..GenParams::default()
+    };
+    params.json_object = r.get("response_schema").map(Value::is_object).unwrap_or(false);
+    let tools = r.get("tools").and_then(Value::as_array).cloned().unwrap_or_default();
+    Ok(TextRequest {
+        prompt: Prompt::Chat {
+            messages,
+            tools,
+            tool_choice: ToolChoice::Auto,
+        },
+        params,
+    })
+}

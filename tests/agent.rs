@@ -1,0 +1,380 @@
+//! Agent and LLM nodes over real HTTP: the built-in `basic-agent` bundle on the real SmolLM2
+//! (streamed deltas on SSE, then through a remote provider after the local engine is gone), and
+//! the loop mechanics (tools, approval waits, at-most-once across crashes) with a scripted remote
+//! provider, as the issue allows where a 135M model cannot plan tool calls.
+
+mod common;
+#[path = "../models/tests/common/mod.rs"]
+mod model_files;
+
+use std::time::{Duration, Instant};
+
+use common::scripted_llm::ScriptedLlm;
+use common::*;
+use serde_json::{json, Value};
+
+/// Polls a run with a deadline long enough for a real model on a busy 2-core machine.
+fn wait_for(g: &Gateway, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let r = g.run(id);
+        if pred(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} never became {what}: {r}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn terminal(r: &Value) -> bool {
+    matches!(r["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+}
+
+fn scripted_gateway(llm: &ScriptedLlm, env: &[(&str, &str)]) -> Gateway {
+    let g = Gateway::start_with(env, &["--model", "none"]);
+    g.route_remote(&llm.base_url(), "scripted", None, false);
+    g
+}
+
+fn workspace(g: &Gateway, session: &str) -> std::path::PathBuf {
+    let d = g.dir.join("workspaces").join(session);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn start_agent(g: &Gateway, session: &str, prompt: &str) -> String {
+    g.start_run(json!({"bundle_id": "basic-agent", "session_id": session,
+        "input_data": {"prompt": prompt, "temperature": 0, "seed": 7, "max_iterations": 6}}))
+}
+
+fn approval_wait(g: &Gateway, id: &str) -> Value {
+    let r = wait_for(g, id, "waiting for approval", |r| {
+        r["status"] == "waiting" && r["waiting"]["details"]["mode"] == "approval_required"
+    });
+    assert_eq!(r["waiting"]["reason"], "user", "{r}");
+    assert_eq!(r["waiting"]["details"]["kind"], "tool_approval", "{r}");
+    r
+}
+
+fn answer_approval(g: &Gateway, id: &str, wait: &Value, cmd: &str, payload: Value) {
+    let key = wait["waiting"]["wait_key"].as_str().unwrap();
+    g.command_ok(cmd, id, "resume", json!({"wait_key": key, "payload": payload}));
+}
+
+#[test]
+fn basic_agent_lists_the_workspace_and_reads_notes() {
+    let llm = ScriptedLlm::start();
+    let g = scripted_gateway(&llm, &[]);
+    let ws = workspace(&g, "notes-session");
+    std::fs::write(ws.join("notes.txt"), "The launch code is 7-4-1.\n").unwrap();
+    std::fs::write(ws.join("other.md"), "unrelated\n").unwrap();
+    let id = start_agent(
+        &g,
+        "notes-session",
+        "SCRIPT:notes List the files in your workspace and read notes.txt",
+    );
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    let out = &r["output"];
+    assert_eq!(out["success"], true, "{out}");
+    let response = out["response"].as_str().unwrap();
+    assert!(
+        response.contains("The launch code is 7-4-1."),
+        "the file's content reaches the answer: {response}"
+    );
+    assert_eq!(out["meta"]["schema"], "abstractcode.agent.v1.meta");
+    assert_eq!(out["meta"]["tool_calls"], 2);
+    assert_eq!(out["meta"]["tool_results"], 2);
+    assert!(out["scratchpad"]["messages"].as_array().unwrap().len() >= 6, "{out}");
+    // The model saw the real listing before it asked for the file.
+    let reqs = llm.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 3);
+    let listing = reqs[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "tool")
+        .unwrap();
+    assert!(listing["content"].as_str().unwrap().contains("notes.txt"), "{listing}");
+    assert!(listing["content"].as_str().unwrap().contains("other.md"), "{listing}");
+    // Ledger: status events, three llm_call pairs, two tool_calls pairs, done, completion.
+    let ledger = g.ledger(&id);
+    let count = |ty: &str, st: &str| ledger.iter().filter(|x| x["effect"]["type"] == ty && x["status"] == st).count();
+    assert_eq!((count("llm_call", "started"), count("llm_call", "completed")), (3, 3));
+    assert_eq!((count("tool_calls", "started"), count("tool_calls", "completed")), (2, 2));
+    let statuses: Vec<String> = ledger
+        .iter()
+        .filter(|x| x["effect"]["payload"]["name"] == "abstract.status" && x["status"] == "completed")
+        .map(|x| x["effect"]["payload"]["payload"]["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(statuses, ["Thinking...", "Done", "completed"]);
+    // Token usage counted into vars._limits.
+    assert_eq!(r["limits"]["tokens"]["estimated_used"], 45, "{r}");
+}
+
+#[test]
+fn a_denied_write_leaves_no_file_and_an_approved_one_writes_it() {
+    let llm = ScriptedLlm::start();
+    let g = scripted_gateway(&llm, &[]);
+    let ws = workspace(&g, "deny");
+    let id = start_agent(&g, "deny", "SCRIPT:write please write out.txt");
+    let w = approval_wait(&g, &id);
+    assert_eq!(w["waiting"]["details"]["tool_calls"][0]["name"], "write_file", "{w}");
+    answer_approval(&g, &id, &w, "deny-1", json!({"approved": false, "reason": "not now"}));
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    assert!(!ws.join("out.txt").exists(), "a denied write must not happen");
+    let resp = r["output"]["response"].as_str().unwrap();
+    assert!(resp.contains("denied") && resp.contains("not now"), "{resp}");
+
+    let ws2 = workspace(&g, "approve");
+    let id2 = start_agent(&g, "approve", "SCRIPT:write please write out.txt");
+    let w2 = approval_wait(&g, &id2);
+    assert!(!ws2.join("out.txt").exists(), "nothing is written before approval");
+    answer_approval(&g, &id2, &w2, "approve-1", json!({"approved": true}));
+    let r2 = wait_for(&g, &id2, "terminal", terminal);
+    assert_eq!(r2["status"], "completed", "{r2}");
+    assert_eq!(std::fs::read_to_string(ws2.join("out.txt")).unwrap(), "written by the agent\n");
+    // A stale or repeated answer changes nothing.
+    answer_approval(&g, &id2, &w2, "approve-2", json!({"approved": true}));
+    assert_eq!(g.command_status("approve-2")["status"], "rejected");
+}
+
+fn wait_exit(g: &mut Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let child = g.child.as_mut().unwrap();
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the gateway did not crash at the fault point");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g.child = None;
+}
+
+fn journal(g: &Gateway) -> Vec<(String, String)> {
+    let c = rusqlite::Connection::open(g.dir.join("gateway.sqlite3")).unwrap();
+    let mut st = c
+        .prepare("SELECT key, state FROM effect_journal WHERE key LIKE 'tool:%' ORDER BY key")
+        .unwrap();
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn an_approved_write_happens_once_across_a_crash_before_it_ran() {
+    let llm = ScriptedLlm::start();
+    let mut g = scripted_gateway(&llm, &[("ABSTRACTGATEWAY_FAULT_INJECT", "abort_before_tool")]);
+    let ws = workspace(&g, "crash-before");
+    let id = start_agent(&g, "crash-before", "SCRIPT:write please write out.txt");
+    let w = approval_wait(&g, &id);
+    answer_approval(&g, &id, &w, "approve-crash", json!({"approved": true}));
+    // The approval is durable; the process dies (abort, as kill -9) before the tool runs.
+    wait_exit(&mut g);
+    assert!(!ws.join("out.txt").exists());
+    g.env.clear();
+    g.spawn();
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(std::fs::read_to_string(ws.join("out.txt")).unwrap(), "written by the agent\n");
+    assert_eq!(journal(&g).iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(), ["done"]);
+    let ledger = g.ledger(&id);
+    let tool_done = ledger
+        .iter()
+        .filter(|x| x["effect"]["type"] == "tool_calls" && x["status"] == "completed")
+        .count();
+    assert_eq!(tool_done, 1, "one tool batch completed");
+}
+
+#[test]
+fn a_command_cut_short_by_a_crash_is_never_run_twice() {
+    let llm = ScriptedLlm::start();
+    let mut g = scripted_gateway(&llm, &[("ABSTRACTGATEWAY_FAULT_INJECT", "abort_after_tool")]);
+    let ws = workspace(&g, "crash-after");
+    let id = start_agent(&g, "crash-after", "SCRIPT:exec append a line");
+    let w = approval_wait(&g, &id);
+    assert_eq!(w["waiting"]["details"]["tool_calls"][0]["name"], "execute_command", "{w}");
+    answer_approval(&g, &id, &w, "approve-exec", json!({"approved": true}));
+    // The command ran; the process dies before its result is recorded.
+    wait_exit(&mut g);
+    assert_eq!(std::fs::read_to_string(ws.join("count.txt")).unwrap(), "ran\n");
+    g.env.clear();
+    g.spawn();
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("count.txt")).unwrap(),
+        "ran\n",
+        "not run a second time"
+    );
+    let resp = r["output"]["response"].as_str().unwrap();
+    assert!(resp.contains("interrupted"), "the agent is told what happened: {resp}");
+}
+
+#[test]
+fn ask_user_inside_the_agent_waits_for_the_answer() {
+    let llm = ScriptedLlm::start();
+    let g = scripted_gateway(&llm, &[]);
+    let id = start_agent(&g, "ask", "SCRIPT:ask something");
+    let r = wait_for(&g, &id, "asking", |r| {
+        r["status"] == "waiting" && r["waiting"]["prompt"] == "Which colour?"
+    });
+    assert_eq!(r["waiting"]["reason"], "user");
+    let key = r["waiting"]["wait_key"].as_str().unwrap();
+    g.command_ok("ans-1", &id, "resume", json!({"wait_key": key, "payload": {"response": "teal"}}));
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert!(r["output"]["response"].as_str().unwrap().contains("teal"), "{r}");
+}
+
+#[test]
+fn an_answer_that_arrives_while_paused_is_kept_and_the_run_stays_paused() {
+    let llm = ScriptedLlm::start();
+    let g = scripted_gateway(&llm, &[]);
+    let id = start_agent(&g, "slow", "SCRIPT:slow think");
+    let r = wait_for(&g, &id, "waiting on the LLM", |r| r["waiting"]["reason"] == "llm");
+    assert_eq!(r["status"], "waiting");
+    let llm_key = r["waiting"]["wait_key"].as_str().unwrap().to_string();
+    g.command_ok("pause-1", &id, "pause", json!({}));
+    assert_eq!(g.command_status("pause-1")["status"], "applied");
+    // The worker's answer lands while paused: recorded, and the run holds.
+    let r = wait_for(&g, &id, "holding paused", |r| {
+        r["paused"] == true && r["waiting"]["wait_key"].as_str().unwrap_or("").starts_with("pause:")
+    });
+    assert_eq!(r["status"], "waiting", "{r}");
+    // The answer is kept in the run (its record is written when the node re-enters).
+    let answered = g.command_status(&format!("effect:{llm_key}"));
+    assert_eq!(answered["status"], "applied", "{answered}");
+    assert_eq!(llm.requests.lock().unwrap().len(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(g.run(&id)["paused"], true, "still paused");
+    g.command_ok("resume-1", &id, "resume", json!({}));
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["output"]["response"], "slow answer", "{r}");
+    assert_eq!(llm.requests.lock().unwrap().len(), 1, "the answer was not asked for twice");
+    let ledger = g.ledger(&id);
+    let llm_records: Vec<&str> = ledger
+        .iter()
+        .filter(|x| x["effect"]["type"] == "llm_call")
+        .filter_map(|x| x["status"].as_str())
+        .collect();
+    assert_eq!(llm_records, ["started", "completed"]);
+}
+
+/// Everything on the real model: gateway B runs basic-agent locally with streaming; gateway A has
+/// no local engine (its `input.text` route names the local model first, then B) and serves the
+/// same run through B.
+#[test]
+fn basic_agent_on_the_real_model_streams_then_falls_back_to_a_remote() {
+    let model = model_files::smollm2();
+    let spec = format!("smollm2={}", model.display());
+    let b = Gateway::start_with(&[], &["--model", &spec]);
+    let input = json!({"prompt": "Say hello in one short sentence.", "temperature": 0, "seed": 3, "max_iterations": 2,
+                       "_runtime": {"stream": true}});
+    let id = b.start_run(json!({"bundle_id": "basic-agent", "input_data": input}));
+    let resp = b
+        .http
+        .get(b.url(&format!("/api/gateway/runs/{id}/ledger/stream")))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(300))
+        .send()
+        .unwrap();
+    let events = read_sse(resp, |e| e.event.as_deref() == Some("done"));
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e.event.as_deref()).collect();
+    let first_delta = kinds.iter().position(|k| *k == "llm.delta").expect("deltas on the stream");
+    let end = kinds.iter().position(|k| *k == "llm.delta_end").expect("delta_end on the stream");
+    // Deltas arrive before the llm_call's completed record, and long before the run ends.
+    let completed_llm = events
+        .iter()
+        .position(|e| {
+            e.event.as_deref() == Some("step")
+                && e.data
+                    .as_deref()
+                    .map(|d| d.contains("\"llm_call\"") && d.contains("\"status\":\"completed\""))
+                    .unwrap_or(false)
+        })
+        .expect("llm_call completed");
+    assert!(first_delta < end && end < completed_llm, "{kinds:?}");
+    for e in events.iter().filter(|e| e.event.as_deref() == Some("llm.delta")) {
+        assert!(e.id.is_none(), "delta frames carry no id: they are not ledger records");
+    }
+    let streamed: String = events
+        .iter()
+        .filter(|e| e.event.as_deref() == Some("llm.delta"))
+        .map(|e| {
+            serde_json::from_str::<Value>(e.data.as_deref().unwrap()).unwrap()["delta"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let local = wait_for(&b, &id, "completed", |r| r["status"] == "completed");
+    let answer = local["output"]["response"].as_str().unwrap().to_string();
+    assert!(!answer.trim().is_empty());
+    assert_eq!(streamed, answer, "the deltas add up to the answer");
+    assert_eq!(local["output"]["success"], true);
+    assert_eq!(local["output"]["meta"]["provider"], "local");
+    assert!(local["limits"]["tokens"]["estimated_used"].as_u64().unwrap() > 0, "{local}");
+
+    // A plain llm_call node on the same engine: JSON mode from a response schema, usage counted.
+    let (st, v) = upload(
+        &b,
+        make_flow(&manifest("llm-json", "0.1.0", "main"), &[("flows/main.json", llm_flow())]),
+        false,
+    );
+    assert_eq!(st, 200, "{v}");
+    let id = b.start_run(
+        json!({"bundle_id": "llm-json", "input_data": {"question": "Give the capital of France as JSON with a key named capital."}}),
+    );
+    let r = wait_for(&b, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    let text = r["output"]["answer"].as_str().unwrap();
+    let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("JSON mode answer {text:?}: {e}"));
+    assert!(parsed.is_object(), "{parsed}");
+    assert_eq!(r["output"]["usage"]["total_tokens"], r["limits"]["tokens"]["estimated_used"], "{r}");
+
+    // Gateway A: no local engine; the route falls back to B's /v1.
+    let a = Gateway::start_with(&[("REMOTE_B_KEY", TOKEN)], &["--model", "none"]);
+    a.config(&["set-default", "input.text", "--provider", "local", "--model", "smollm2"]);
+    a.route_remote(&b.url("/v1"), "smollm2", Some("REMOTE_B_KEY"), true);
+    let id = a.start_run(json!({"bundle_id": "basic-agent", "input_data": input}));
+    let remote = wait_for(&a, &id, "terminal", terminal);
+    assert_eq!(remote["status"], "completed", "{remote}");
+    assert_eq!(remote["output"]["meta"]["provider"], "openai-compatible", "{remote}");
+    assert_eq!(
+        remote["output"]["response"].as_str().unwrap(),
+        answer,
+        "same model, greedy: same answer"
+    );
+    let ledger = a.ledger(&id);
+    let llm = ledger
+        .iter()
+        .find(|x| x["effect"]["type"] == "llm_call" && x["status"] == "completed")
+        .unwrap();
+    let fell_back = llm["result"]["fell_back"].to_string();
+    assert!(
+        fell_back.contains("local"),
+        "the ledger says why the local engine was skipped: {fell_back}"
+    );
+}
+
+/// start(question) → llm_call(prompt = question, response_schema, greedy) → end(answer, usage).
+fn llm_flow() -> Vec<u8> {
+    let x = json!({"id": "exec-in", "label": "", "type": "execution"});
+    let xo = json!({"id": "exec-out", "label": "", "type": "execution"});
+    let pin = |i: &str, t: &str| json!({"id": i, "label": i, "type": t});
+    let flow = json!({"id": "main", "name": "main", "nodes": [
+        {"id": "start", "type": "on_flow_start", "position": {"x": 0, "y": 0},
+         "data": {"nodeType": "on_flow_start", "inputs": [], "outputs": [xo, pin("question", "string")]}},
+        {"id": "ask", "type": "llm_call", "position": {"x": 300, "y": 0},
+         "data": {"nodeType": "llm_call", "inputs": [x, pin("prompt", "string"), pin("response_schema", "object"), pin("temperature", "number"), pin("max_tokens", "number")],
+                  "outputs": [xo, pin("response", "string"), pin("usage", "object")],
+                  "pinDefaults": {"response_schema": {"type": "object"}, "temperature": 0, "max_tokens": 48}}},
+        {"id": "end", "type": "on_flow_end", "position": {"x": 600, "y": 0},
+         "data": {"nodeType": "on_flow_end", "inputs": [x, pin("answer", "string"), pin("usage", "object")], "outputs": []}}],
+      "edges": [
+        {"id": "e1", "source": "start", "sourceHandle": "exec-out", "target": "ask", "targetHandle": "exec-in"},
+        {"id": "e2", "source": "ask", "sourceHandle": "exec-out", "target": "end", "targetHandle": "exec-in"},
+        {"id": "d1", "source": "start", "sourceHandle": "question", "target": "ask", "targetHandle": "prompt"},
+        {"id": "d2", "source": "ask", "sourceHandle": "response", "target": "end", "targetHandle": "answer"},
+        {"id": "d3", "source": "ask", "sourceHandle": "usage", "target": "end", "targetHandle": "usage"}]});
+    flow.to_string().into_bytes()
+}
