@@ -295,6 +295,61 @@ fn prefix_cache_skips_cached_prefill_and_changes_nothing_else() {
 }
 
 #[test]
+fn a_shared_system_prompt_is_reused_partially_and_together_without_changing_tokens() {
+    use abstractgateway_engines::text::engine::EngineConfig;
+    let path = smollm2();
+    let load = || LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap();
+    let tok = load().tokenizer.clone();
+    let system = "You are a careful assistant working in a workspace. Answer briefly, use the tools you are given when they help, and never claim an action you did not take. Paths are relative to the workspace directory. When a task needs several steps, take them one at a time and check each result before the next one. Keep answers short and plain.";
+    let prompt = |q: &str| {
+        tok.encode(&format!(
+            "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+        ))
+        .unwrap()
+    };
+    let qs = ["Name a colour.", "What is 2 + 2?", "Say hello.", "Name a fruit."];
+    let prompts: Vec<Vec<u32>> = qs.iter().map(|q| prompt(q)).collect();
+    let shared = prompts[0].iter().zip(&prompts[1]).take_while(|(a, b)| a == b).count();
+    assert!(shared >= 64, "the prompts share {shared} tokens");
+    let req = |ids: &Vec<u32>| GenerateRequest {
+        prompt_ids: ids.clone(),
+        max_tokens: 16,
+        stop_ids: vec![2],
+        ..Default::default()
+    };
+    let cold = TextEngine::spawn_with(
+        load(),
+        EngineConfig {
+            prefix_cache_bytes: 0,
+            ..Default::default()
+        },
+    );
+    let reference: Vec<Vec<u32>> = prompts.iter().map(|p| collect(cold.generate(req(p))).0).collect();
+
+    // One after another: the second reuses the first's system prompt (a partial hit).
+    let warm = TextEngine::spawn(load());
+    let (a, _, d) = collect(warm.generate(req(&prompts[0])));
+    assert_eq!((a.as_slice(), usage_of(&d).cached_tokens), (reference[0].as_slice(), 0));
+    let (b, _, d) = collect(warm.generate(req(&prompts[1])));
+    assert_eq!(usage_of(&d).cached_tokens, shared, "the shared system prompt came from the cache");
+    assert_eq!(b, reference[1], "a partial hit gives the same greedy tokens as a full prefill");
+
+    // Together on a fresh engine: whatever is shared and however they are admitted, the tokens
+    // are those of each prompt alone.
+    let together = TextEngine::spawn(load());
+    let rxs: Vec<_> = prompts.iter().map(|p| together.generate(req(p))).collect();
+    let outs: Vec<(Vec<u32>, String, GenEvent)> = rxs.into_iter().map(collect).collect();
+    for (i, (ids, _, _)) in outs.iter().enumerate() {
+        assert_eq!(ids, &reference[i], "prompt {i}");
+    }
+    let reused: usize = outs.iter().map(|(_, _, d)| usage_of(d).cached_tokens).sum();
+    assert!(
+        reused >= shared,
+        "the system prompt was prefilled once for several requests ({reused} cached tokens)"
+    );
+}
+
+#[test]
 fn concurrent_requests_share_decode_steps_and_match_single_runs() {
     let path = smollm2();
     let m = LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap();

@@ -146,6 +146,22 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Keeps the first `n` positions (a shared prompt prefix). A position's keys and values
+    /// depend only on the tokens up to it, so the kept part is exactly what a fresh prefill of
+    /// those `n` tokens computes.
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        for kv in [&mut self.k, &mut self.v] {
+            for layer in kv.iter_mut() {
+                let row = layer.len() / self.len.max(1);
+                layer.truncate(n * row);
+            }
+        }
+        self.len = n;
+    }
 }
 
 /// A run of consecutive tokens of one sequence in a batch.

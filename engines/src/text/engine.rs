@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use super::gguf_llama::{LlamaGguf, Sequence};
 use super::json_constraint::JsonConstraint;
-use super::prefix_cache::{Hit, PrefixCache};
+use super::prefix_cache::{common_prefix, Hit, PrefixCache};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStep};
 use abstractgateway_models::tokenizer::StreamDecoder;
@@ -202,6 +202,8 @@ struct Active {
 /// Prompt tokens a sequence feeds per step while prefilling, so that a long prompt shares steps
 /// with running decodes instead of stalling them.
 const PREFILL_CHUNK: usize = 256;
+/// Shared prefixes shorter than this are left to each request's own prefill.
+const MIN_SHARED_PREFILL: usize = 64;
 
 enum Outcome {
     Done(FinishReason, Usage),
@@ -239,6 +241,9 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
                     break;
                 }
             }
+        }
+        if incoming.len() >= 2 && budget > 0 && model.batches() {
+            share_prefix(&model, &mut cache, &incoming);
         }
         for job in incoming {
             match admit(&model, &mut cache, job) {
@@ -326,6 +331,32 @@ fn finish(stats: &EngineStats, sink: &mut EventSink, outcome: Outcome) {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             let _ = sink(GenEvent::Error(e));
         }
+    }
+}
+
+/// Prompts arriving together that share a long prefix (the same system prompt and tools, as
+/// concurrent agent runs do) have it prefilled once, into the prefix cache, before they are
+/// admitted; otherwise each would prefill it, since none is in the cache yet.
+fn share_prefix(model: &LlamaGguf, cache: &mut PrefixCache, jobs: &[Job]) {
+    let mut prompts: Vec<&[u32]> = jobs.iter().map(|j| j.req.prompt_ids.as_slice()).collect();
+    prompts.sort_unstable();
+    let Some((n, p)) = prompts
+        .windows(2)
+        .map(|w| (common_prefix(w[0], w[1]).min(w[0].len().saturating_sub(1)), w[0]))
+        .max_by_key(|(n, _)| *n)
+    else {
+        return;
+    };
+    let reused = cache.reusable(&p[..n]);
+    if n < MIN_SHARED_PREFILL || reused >= n {
+        return;
+    }
+    let (mut seq, cached) = match cache.lookup(&p[..n]) {
+        Some(h) if h.cached < n => (h.seq, h.cached),
+        _ => (model.sequence(), 0),
+    };
+    if seq.prefill(&p[cached..n]).is_ok() {
+        cache.insert(&p[..n], &seq, None);
     }
 }
 

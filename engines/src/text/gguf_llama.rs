@@ -395,6 +395,22 @@ impl Sequence {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether `truncate` works (candle's models keep their KV inside the model).
+    pub fn can_truncate(&self) -> bool {
+        matches!(self, Sequence::Native { .. })
+    }
+
+    /// Keeps the first `n` positions; false (and unchanged) when the backend cannot.
+    pub fn truncate(&mut self, n: usize) -> bool {
+        match self {
+            Sequence::Native { cache, .. } => {
+                cache.truncate(n);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// K and V bytes per token over all layers of a llama GGUF, at `elem_bytes` per value (a missing

@@ -17,6 +17,13 @@ struct Entry {
     last_used: u64,
 }
 
+/// Shorter shared prefixes are not worth cloning a cached sequence for.
+pub const MIN_PARTIAL: usize = 32;
+
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 pub struct PrefixCache {
     entries: Vec<Entry>,
     budget_bytes: usize,
@@ -60,22 +67,41 @@ impl PrefixCache {
         self.entries.is_empty()
     }
 
-    /// The longest usable cached prefix of `prompt`.
+    /// The longest usable cached prefix of `prompt`: a whole entry that starts the prompt, or —
+    /// where the backend can cut a sequence — the part an entry shares with it (another turn
+    /// or another user message after the same system prompt and tools).
     pub fn lookup(&mut self, prompt: &[u32]) -> Option<Hit> {
         self.clock += 1;
         let best = self
             .entries
             .iter_mut()
-            .filter(|e| prompt.starts_with(&e.tokens) && (e.tokens.len() < prompt.len() || e.logits.is_some()))
-            .max_by_key(|e| e.tokens.len());
+            .filter_map(|e| {
+                let shared = common_prefix(&e.tokens, prompt);
+                let whole = shared == e.tokens.len() && (shared < prompt.len() || e.logits.is_some());
+                // A partial hit keeps at least one prompt token to prefill (its logits are needed).
+                let partial = shared >= MIN_PARTIAL && e.seq.can_truncate();
+                let usable = if whole {
+                    shared
+                } else if partial {
+                    shared.min(prompt.len() - 1)
+                } else {
+                    0
+                };
+                (usable > 0).then_some((usable, e))
+            })
+            .max_by_key(|(n, _)| *n);
         match best {
-            Some(e) => {
+            Some((n, e)) => {
                 e.last_used = self.clock;
                 self.hits += 1;
+                let mut seq = e.seq.clone();
+                if n < e.tokens.len() {
+                    seq.truncate(n);
+                }
                 Some(Hit {
-                    seq: e.seq.clone(),
-                    cached: e.tokens.len(),
-                    logits: if e.tokens.len() == prompt.len() { e.logits.clone() } else { None },
+                    seq,
+                    cached: n,
+                    logits: if n == prompt.len() { e.logits.clone() } else { None },
                 })
             }
             None => {
@@ -83,6 +109,22 @@ impl PrefixCache {
                 None
             }
         }
+    }
+
+    /// How many leading tokens of `prompt` a lookup would reuse (no clone, no LRU update).
+    pub fn reusable(&self, prompt: &[u32]) -> usize {
+        self.entries
+            .iter()
+            .map(|e| {
+                let shared = common_prefix(&e.tokens, prompt);
+                if shared == e.tokens.len() || (shared >= MIN_PARTIAL && e.seq.can_truncate()) {
+                    shared
+                } else {
+                    0
+                }
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Remembers `seq`, which has consumed exactly `tokens`.
