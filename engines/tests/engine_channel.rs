@@ -280,7 +280,7 @@ fn prefix_cache_skips_cached_prefill_and_changes_nothing_else() {
 
     // A budget of 30 tokens' KV holds the 23-token exchange but not also the 16-token prompt:
     // the least recently used entry is evicted and memory stays within the budget.
-    let per_token = 30 * 2 * 3 * 64 * 4;
+    let per_token = 30 * 2 * 3 * 64 * 2; // f16 K and V
     let small = TextEngine::spawn_with(
         LlamaGguf::load(&path, &candle_core::Device::Cpu).unwrap(),
         EngineConfig {

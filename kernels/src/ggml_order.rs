@@ -191,42 +191,76 @@ thread_local! {
 /// 64 slots are `ggml_vec_dot_f16`'s 4 accumulators of 16 lanes, first added as (0+2) + (1+3);
 /// then the 16 lanes reduce as `reduce_add16` does.
 fn weighted_sum<'a>(p: &[f32], first: usize, v: impl Fn(usize) -> &'a [f32], out: &mut [f32], slots: usize) {
-    let hd = out.len();
+    weighted_sums(&[p], first, |t, row| row.copy_from_slice(v(t)), out, slots)
+}
+
+/// P·V for several heads that share one KV head (grouped-query attention), value rows stored as
+/// f16 (as llama.cpp's KV cache): each row is read and widened once for all the heads. `out`
+/// holds the heads' outputs one after another; each head's arithmetic is exactly
+/// `weighted_sum`'s (widening f16 to f32 is exact).
+pub fn weighted_sums_f16<'a>(ps: &[&[f32]], first: usize, v: impl Fn(usize) -> &'a [half::f16], out: &mut [f32], single: bool) {
+    use half::slice::HalfFloatSliceExt;
+    weighted_sums(
+        ps,
+        first,
+        |t, row| v(t).convert_to_f32_slice(row),
+        out,
+        if single { 64 } else { 16 },
+    )
+}
+
+/// `fill(t, row)` writes position `t`'s value row.
+fn weighted_sums(ps: &[&[f32]], first: usize, fill: impl Fn(usize, &mut [f32]), out: &mut [f32], slots: usize) {
+    let heads = ps.len().max(1);
+    let hd = out.len() / heads;
+    let n = ps.iter().map(|p| p.len()).max().unwrap_or(0);
     SLOTS.with(|cell| {
-        let mut acc = cell.borrow_mut();
-        acc.clear();
-        acc.resize(slots * hd, 0.0);
-        for (i, &w) in p.iter().enumerate() {
+        let mut all = cell.borrow_mut();
+        all.clear();
+        all.resize(heads * slots * hd + hd, 0.0);
+        let (acc, row) = all.split_at_mut(heads * slots * hd);
+        for i in 0..n {
             let t = first + i;
-            let slot = &mut acc[(t % slots) * hd..(t % slots + 1) * hd];
-            for (a, x) in slot.iter_mut().zip(v(t)) {
-                *a = w.mul_add(*x, *a);
-            }
-        }
-        // Row-wise sums: row `dst` = row `a` + row `b` (dst < a, b or dst == a).
-        let add = |acc: &mut Vec<f32>, dst: usize, a: usize, b: usize| {
-            for d in 0..hd {
-                acc[dst * hd + d] = acc[a * hd + d] + acc[b * hd + d];
-            }
-        };
-        if slots == 64 {
-            for l in 0..16 {
-                for d in 0..hd {
-                    let r = |j: usize| acc[(j * 16 + l) * hd + d];
-                    acc[l * hd + d] = (r(0) + r(2)) + (r(1) + r(3));
+            fill(t, row);
+            for (h, p) in ps.iter().enumerate() {
+                let Some(&w) = p.get(i) else { continue };
+                let base = (h * slots + t % slots) * hd;
+                for (a, x) in acc[base..base + hd].iter_mut().zip(row.iter()) {
+                    *a = w.mul_add(*x, *a);
                 }
             }
         }
-        for i in 0..8 {
-            add(&mut acc, i, i + 8, i);
-        }
-        for i in 0..4 {
-            add(&mut acc, i, i + 4, i);
-        }
-        for (d, o) in out.iter_mut().enumerate() {
-            *o = (acc[d] + acc[2 * hd + d]) + (acc[hd + d] + acc[3 * hd + d]);
+        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+            reduce_slots(&mut acc[h * slots * hd..(h + 1) * slots * hd], hd, slots, o);
         }
     });
+}
+
+/// The slot rows reduced to one output row, in the emulated order.
+fn reduce_slots(acc: &mut [f32], hd: usize, slots: usize, out: &mut [f32]) {
+    // Row-wise sums: row `dst` = row `a` + row `b` (dst < a, b or dst == a).
+    let add = |acc: &mut [f32], dst: usize, a: usize, b: usize| {
+        for d in 0..hd {
+            acc[dst * hd + d] = acc[a * hd + d] + acc[b * hd + d];
+        }
+    };
+    if slots == 64 {
+        for l in 0..16 {
+            for d in 0..hd {
+                let r = |j: usize| acc[(j * 16 + l) * hd + d];
+                acc[l * hd + d] = (r(0) + r(2)) + (r(1) + r(3));
+            }
+        }
+    }
+    for i in 0..8 {
+        add(acc, i, i + 8, i);
+    }
+    for i in 0..4 {
+        add(acc, i, i + 4, i);
+    }
+    for (d, o) in out.iter_mut().enumerate() {
+        *o = (acc[d] + acc[2 * hd + d]) + (acc[hd + d] + acc[3 * hd + d]);
+    }
 }
 
 /// The same arithmetic, 8 lanes at a time (x86-64-v3): every operation is the scalar one per

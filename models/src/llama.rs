@@ -16,6 +16,8 @@ use abstractgateway_kernels::matmul::{matmul, matmul_many, QMatrix, QType};
 use abstractgateway_kernels::{attn, ggml_order};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::GgmlDType;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::gguf::{meta_str, meta_u32};
@@ -91,7 +93,8 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// KV cache size per token if it were f32 (the prefix cache's budget unit).
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.n_layer * 2 * self.n_kv_head * self.head_dim * 4
+        // K and V are kept in f16, as llama.cpp keeps them.
+        self.n_layer * 2 * self.n_kv_head * self.head_dim * 2
     }
 }
 
@@ -133,8 +136,10 @@ pub struct Llama {
 /// One sequence's KV cache: per layer, `len × n_kv_head × head_dim` keys and values.
 #[derive(Clone, Default)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    // f16, as in llama.cpp: the values are rounded through f16 anyway, so this is lossless, and
+    // long-context decode streams half the bytes.
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
     len: usize,
 }
 
@@ -162,6 +167,16 @@ impl KvCache {
         }
         self.len = n;
     }
+}
+
+/// The widest attention head the kernels take (gemma3: 256).
+const MAX_HEAD_DIM: usize = 512;
+
+/// Appends f32 values (already rounded through f16) to an f16 KV row.
+fn push_f16(dst: &mut Vec<f16>, src: &[f32]) {
+    let at = dst.len();
+    dst.resize(at + src.len(), f16::ZERO);
+    dst[at..].convert_from_f32_slice(src);
 }
 
 /// A run of consecutive tokens of one sequence in a batch.
@@ -651,8 +666,8 @@ impl Llama {
             let mut r = 0;
             for ch in chunks.iter_mut() {
                 let m = ch.tokens.len();
-                ch.cache.k[li].extend_from_slice(&k[r * kvd..(r + m) * kvd]);
-                ch.cache.v[li].extend_from_slice(&v[r * kvd..(r + m) * kvd]);
+                push_f16(&mut ch.cache.k[li], &k[r * kvd..(r + m) * kvd]);
+                push_f16(&mut ch.cache.v[li], &v[r * kvd..(r + m) * kvd]);
                 r += m;
             }
             // Attention, one task per (row, head).
@@ -663,16 +678,20 @@ impl Llama {
             } else {
                 1.0 / (hd as f32).sqrt()
             };
-            let caches: Vec<(&[f32], &[f32])> = chunks.iter().map(|ch| (&ch.cache.k[li][..], &ch.cache.v[li][..])).collect();
+            let caches: Vec<(&[f16], &[f16])> = chunks.iter().map(|ch| (&ch.cache.k[li][..], &ch.cache.v[li][..])).collect();
             // llama.cpp runs a one-token step's attention products through ggml_vec_dot_f16 and
             // longer steps through tinyBLAS, which sum in different orders.
             let single: Vec<bool> = chunks.iter().map(|ch| ch.tokens.len() == 1).collect();
-            let head_task = |(idx, out): (usize, &mut [f32])| {
-                let (ri, head) = (idx / c.n_head, idx % c.n_head);
+            // One task per (row, KV head): the query heads that share a KV head read its key and
+            // value rows once (each head's arithmetic is unchanged).
+            let group_task = |(idx, out): (usize, &mut [f32])| {
+                let (ri, kvh) = (idx / c.n_kv_head, idx % c.n_kv_head);
                 let (ci, pos) = rows[ri];
                 let (kc, vc) = caches[ci];
-                let kvh = head / group;
-                let qh = &q[ri * qd + head * hd..ri * qd + (head + 1) * hd];
+                let qh = |g: usize| {
+                    let head = kvh * group + g;
+                    &q[ri * qd + head * hd..ri * qd + (head + 1) * hd]
+                };
                 // Sliding layers see the last `window` positions (llama.cpp: distance < window).
                 let start = match (layer.sliding, c.swa) {
                     (true, Some((window, _))) => (pos + 1).saturating_sub(window),
@@ -681,31 +700,44 @@ impl Llama {
                 // Scores, softmax and the weighted sum in llama.cpp's exact order (tinyBLAS F16
                 // products, ggml's vectorised exp): see `ggml_order`.
                 let k_row = |t: usize| &kc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
-                let mut w: Vec<f32> = if single[ci] {
-                    (start..=pos).map(|t| ggml_order::dot_f16_single(qh, k_row(t)) * scale).collect()
-                } else if hd % 16 == 0 {
-                    (start..=pos).map(|t| ggml_order::dot_f16(qh, k_row(t)) * scale).collect()
-                } else {
-                    (start..=pos)
-                        .map(|t| abstractgateway_kernels::dot::f32_dot(qh, k_row(t)) * scale)
-                        .collect()
-                };
-                ggml_order::soft_max(&mut w, start);
-                // The weights meet V (f16) in f16, as in llama.cpp.
-                attn::round_through_f16(&mut w);
-                let v_row = |t: usize| &vc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
-                if single[ci] {
-                    ggml_order::weighted_sum_f16_single(&w, start, v_row, out);
-                } else {
-                    ggml_order::weighted_sum_f16(&w, start, v_row, out);
+                let n = pos + 1 - start;
+                let mut w: Vec<Vec<f32>> = (0..group).map(|_| Vec::with_capacity(n)).collect();
+                // A macro, not a function pointer, so each dot product inlines into its loop.
+                macro_rules! scores {
+                    ($dot:path) => {
+                        let mut kbuf = [0f32; MAX_HEAD_DIM];
+                        let kr = &mut kbuf[..hd];
+                        for t in start..=pos {
+                            k_row(t).convert_to_f32_slice(kr);
+                            let kr = &*kr;
+                            for (g, wg) in w.iter_mut().enumerate() {
+                                wg.push($dot(qh(g), kr) * scale);
+                            }
+                        }
+                    };
                 }
+                if single[ci] {
+                    scores!(ggml_order::dot_f16_single);
+                } else if hd % 16 == 0 {
+                    scores!(ggml_order::dot_f16);
+                } else {
+                    scores!(abstractgateway_kernels::dot::f32_dot);
+                }
+                for wg in w.iter_mut() {
+                    ggml_order::soft_max(wg, start);
+                    // The weights meet V (f16) in f16, as in llama.cpp.
+                    attn::round_through_f16(wg);
+                }
+                let v_row = |t: usize| &vc[t * kvd + kvh * hd..t * kvd + (kvh + 1) * hd];
+                let ws: Vec<&[f32]> = w.iter().map(Vec::as_slice).collect();
+                ggml_order::weighted_sums_f16(&ws, start, v_row, out, single[ci]);
             };
             // Few short rows (a decode step): a parallel dispatch costs more than it saves.
             let work: usize = rows.iter().map(|&(_, p)| p + 1).sum::<usize>() * c.n_head;
             if work < 4096 {
-                att.chunks_mut(hd).enumerate().for_each(head_task);
+                att.chunks_mut(group * hd).enumerate().for_each(group_task);
             } else {
-                att.par_chunks_mut(hd).enumerate().for_each(head_task);
+                att.par_chunks_mut(group * hd).enumerate().for_each(group_task);
             }
             matmul(&layer.wo, &att, &mut o);
             self.residual_add(&mut x, &mut o, layer.post_attn_norm.as_deref());
