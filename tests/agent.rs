@@ -111,6 +111,24 @@ fn basic_agent_lists_the_workspace_and_reads_notes() {
     assert_eq!(statuses, ["Thinking...", "Done", "completed"]);
     // Token usage counted into vars._limits.
     assert_eq!(r["limits"]["tokens"]["estimated_used"], 45, "{r}");
+    // The run list's metrics count the same records.
+    let (_, list) = g.get("/api/gateway/runs?include_metrics=true");
+    let row = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["run_id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (row["llm_calls"].as_u64(), row["tool_calls"].as_u64(), row["tokens_total"].as_u64()),
+        (Some(3), Some(2), Some(45)),
+        "{row}"
+    );
+    assert_eq!(
+        row["steps"].as_u64().unwrap() as usize,
+        ledger.iter().filter(|x| x["status"] == "completed").count()
+    );
 }
 
 #[test]
@@ -331,6 +349,27 @@ fn basic_agent_on_the_real_model_streams_then_falls_back_to_a_remote() {
     assert!(parsed.is_object(), "{parsed}");
     assert_eq!(r["output"]["usage"]["total_tokens"], r["limits"]["tokens"]["estimated_used"], "{r}");
 
+    // Cancelling a run mid-answer stops the generation (the engine request is dropped).
+    let id = b.start_run(json!({"bundle_id": "llm-json", "input_data": {
+        "question": "Write a very long story about a dragon who learns to fly.", "max_tokens": 3000, "schema": "none"}}));
+    let engine = || {
+        let (_, v) = b.get("/api/gateway/discovery/providers");
+        v["items"].as_array().unwrap().iter().find(|i| i["id"] == "local").unwrap()["engines"][0].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine()["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "the generation never started: {}", engine());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.command_ok("cancel-long", &id, "cancel", json!({}));
+    assert_eq!(wait_for(&b, &id, "cancelled", terminal)["status"], "cancelled");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine()["in_flight"] != 0 {
+        assert!(Instant::now() < deadline, "the generation went on after the cancel: {}", engine());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(engine()["cancelled"], 1, "{}", engine());
+
     // Gateway A: no local engine; the route falls back to B's /v1.
     let a = Gateway::start_with(&[("REMOTE_B_KEY", TOKEN)], &["--model", "none"]);
     a.config(&["set-default", "input.text", "--provider", "local", "--model", "smollm2"]);
@@ -356,18 +395,19 @@ fn basic_agent_on_the_real_model_streams_then_falls_back_to_a_remote() {
     );
 }
 
-/// start(question) → llm_call(prompt = question, response_schema, greedy) → end(answer, usage).
+/// start(question, max_tokens = 48, schema = JSON object) → llm_call(greedy) → end(answer, usage).
 fn llm_flow() -> Vec<u8> {
     let x = json!({"id": "exec-in", "label": "", "type": "execution"});
     let xo = json!({"id": "exec-out", "label": "", "type": "execution"});
     let pin = |i: &str, t: &str| json!({"id": i, "label": i, "type": t});
     let flow = json!({"id": "main", "name": "main", "nodes": [
         {"id": "start", "type": "on_flow_start", "position": {"x": 0, "y": 0},
-         "data": {"nodeType": "on_flow_start", "inputs": [], "outputs": [xo, pin("question", "string")]}},
+         "data": {"nodeType": "on_flow_start", "inputs": [], "outputs": [xo, pin("question", "string"), pin("max_tokens", "number"), pin("schema", "object")],
+                  "pinDefaults": {"max_tokens": 48, "schema": {"type": "object"}}}},
         {"id": "ask", "type": "llm_call", "position": {"x": 300, "y": 0},
          "data": {"nodeType": "llm_call", "inputs": [x, pin("prompt", "string"), pin("response_schema", "object"), pin("temperature", "number"), pin("max_tokens", "number")],
                   "outputs": [xo, pin("response", "string"), pin("usage", "object")],
-                  "pinDefaults": {"response_schema": {"type": "object"}, "temperature": 0, "max_tokens": 48}}},
+                  "pinDefaults": {"temperature": 0}}},
         {"id": "end", "type": "on_flow_end", "position": {"x": 600, "y": 0},
          "data": {"nodeType": "on_flow_end", "inputs": [x, pin("answer", "string"), pin("usage", "object")], "outputs": []}}],
       "edges": [
@@ -375,6 +415,8 @@ fn llm_flow() -> Vec<u8> {
         {"id": "e2", "source": "ask", "sourceHandle": "exec-out", "target": "end", "targetHandle": "exec-in"},
         {"id": "d1", "source": "start", "sourceHandle": "question", "target": "ask", "targetHandle": "prompt"},
         {"id": "d2", "source": "ask", "sourceHandle": "response", "target": "end", "targetHandle": "answer"},
-        {"id": "d3", "source": "ask", "sourceHandle": "usage", "target": "end", "targetHandle": "usage"}]});
+        {"id": "d3", "source": "ask", "sourceHandle": "usage", "target": "end", "targetHandle": "usage"},
+        {"id": "d4", "source": "start", "sourceHandle": "max_tokens", "target": "ask", "targetHandle": "max_tokens"},
+        {"id": "d5", "source": "start", "sourceHandle": "schema", "target": "ask", "targetHandle": "response_schema"}]});
     flow.to_string().into_bytes()
 }

@@ -66,6 +66,7 @@ pub fn routes() -> Vec<Route> {
                 "root_only",
                 "include_drafts",
                 "include_ledger_len",
+                "include_metrics",
                 "limit",
                 "offset",
             ],
@@ -446,6 +447,7 @@ async fn list(Extension(st): Extension<AppState>, RawQuery(q): RawQuery) -> ApiR
     let limit = query_int(&q, "limit", 50, 1, Some(10_000))? as u64;
     let offset = query_int(&q, "offset", 0, 0, None)? as u64;
     let with_len = query_bool(&q, "include_ledger_len", true)?;
+    let with_metrics = query_bool(&q, "include_metrics", false)?;
     let opt = |k: &str| q.get(k).filter(|s| !s.is_empty()).cloned();
     let rq = RunQuery {
         status,
@@ -458,16 +460,19 @@ async fn list(Extension(st): Extension<AppState>, RawQuery(q): RawQuery) -> ApiR
         limit,
         offset,
     };
-    let (page, lens) = st
+    let (page, lens, metrics) = st
         .blocking(move |s| {
             let page = s.list_runs(&rq)?;
-            let mut lens = Vec::new();
-            if with_len {
-                for r in &page.runs {
+            let (mut lens, mut metrics) = (Vec::new(), Vec::new());
+            for r in &page.runs {
+                if with_len {
                     lens.push(s.ledger_len(&r.run_id)?);
                 }
+                if with_metrics {
+                    metrics.push(s.run_metrics(&r.run_id)?);
+                }
             }
-            Ok((page, lens))
+            Ok((page, lens, metrics))
         })
         .await?;
     let items: Vec<Value> = page
@@ -478,6 +483,16 @@ async fn list(Extension(st): Extension<AppState>, RawQuery(q): RawQuery) -> ApiR
             let mut v = run_summary(r);
             if let (Some(o), Some(n)) = (v.as_object_mut(), lens.get(i)) {
                 o.insert("ledger_len".into(), json!(n));
+            }
+            if let (Some(o), Some(m)) = (v.as_object_mut(), metrics.get(i)) {
+                for (k, n) in [
+                    ("steps", m.steps),
+                    ("llm_calls", m.llm_calls),
+                    ("tool_calls", m.tool_calls),
+                    ("tokens_total", m.tokens_total),
+                ] {
+                    o.insert(k.into(), json!(n));
+                }
             }
             v
         })

@@ -30,6 +30,8 @@ use crate::util::time::now_iso;
 /// How many effects run at once per data plane (the local engine batches concurrent requests).
 const MAX_IN_FLIGHT: usize = 64;
 const RESCAN: Duration = Duration::from_secs(2);
+/// How often a generation checks that its run still wants the answer.
+const ALIVE_CHECK: Duration = Duration::from_millis(300);
 
 pub struct EffectWorker {
     pub store: Arc<dyn Store>,
@@ -174,6 +176,15 @@ impl EffectWorker {
         }
     }
 
+    async fn still_waiting(&self, run_id: &str) -> bool {
+        let (store, id) = (self.store.clone(), run_id.to_string());
+        match tokio::task::spawn_blocking(move || store.run_status(&id)).await {
+            Ok(Ok(Some(st))) => !st.is_terminal(),
+            Ok(Ok(None)) => false,
+            _ => true,
+        }
+    }
+
     async fn journal_get(&self, key: &str) -> Option<crate::store::JournalEntry> {
         let (store, key) = (self.store.clone(), key.to_string());
         tokio::task::spawn_blocking(move || store.journal_get(&key)).await.ok()?.ok()?
@@ -215,7 +226,17 @@ impl EffectWorker {
         let mut n = 0u64;
         let mut ev = Some(Ok(routed.first.clone()));
         let mut error = None;
+        let mut checked = std::time::Instant::now();
         while let Some(e) = ev.take() {
+            // A run cancelled (or otherwise ended) mid-answer stops its generation: dropping the
+            // stream cancels the engine request (or closes the remote connection).
+            if checked.elapsed() >= ALIVE_CHECK {
+                checked = std::time::Instant::now();
+                if !self.still_waiting(&job.run_id).await {
+                    error = Some("the run ended while the model was answering; generation stopped".to_string());
+                    break;
+                }
+            }
             match e {
                 Ok(TextEvent::Delta(t)) => {
                     if stream && !t.is_empty() {

@@ -93,6 +93,15 @@ pub struct CommandRow {
     pub processed_at: Option<String>,
 }
 
+/// `GET /runs?include_metrics=true` figures (upstream's `count_many`/`metrics_many`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RunMetrics {
+    pub steps: u64,
+    pub llm_calls: u64,
+    pub tool_calls: u64,
+    pub tokens_total: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct JournalEntry {
     /// `started` (a side effect may or may not have happened) | `done`
@@ -127,6 +136,8 @@ pub trait Store: Send + Sync + 'static {
     /// Raw record JSON for `ledger[after .. after+limit]` (cursor = records already consumed).
     fn ledger_page(&self, run_id: &str, after: u64, limit: u64) -> StoreResult<Vec<String>>;
     fn ledger_len(&self, run_id: &str) -> StoreResult<u64>;
+    /// Counts from a run's completed records: steps, LLM calls, tool calls and LLM tokens.
+    fn run_metrics(&self, run_id: &str) -> StoreResult<RunMetrics>;
     /// Like `ledger_page`, but appends the records to `out` as a JSON array body (comma
     /// separated, no brackets) without per-record allocations. Returns how many were written.
     fn ledger_page_into(&self, run_id: &str, after: u64, limit: u64, out: &mut String) -> StoreResult<u64> {

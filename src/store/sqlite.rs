@@ -658,6 +658,30 @@ impl Store for SqliteStore {
         })
     }
 
+    fn run_metrics(&self, run_id: &str) -> StoreResult<RunMetrics> {
+        self.read(|c| {
+            let m = c
+                .prepare_cached(
+                    "SELECT COUNT(*), \
+                     COALESCE(SUM(json_extract(record_json, '$.effect.type') = 'llm_call'), 0), \
+                     COALESCE(SUM(CASE WHEN json_extract(record_json, '$.effect.type') = 'tool_calls' \
+                         THEN json_array_length(record_json, '$.effect.payload.tool_calls') ELSE 0 END), 0), \
+                     COALESCE(SUM(CASE WHEN json_extract(record_json, '$.effect.type') = 'llm_call' \
+                         THEN json_extract(record_json, '$.result.usage.total_tokens') ELSE 0 END), 0) \
+                     FROM ledger WHERE run_id = ?1 AND json_extract(record_json, '$.status') = 'completed'",
+                )?
+                .query_row([run_id], |r| {
+                    Ok(RunMetrics {
+                        steps: r.get::<_, i64>(0)? as u64,
+                        llm_calls: r.get::<_, i64>(1)? as u64,
+                        tool_calls: r.get::<_, i64>(2)? as u64,
+                        tokens_total: r.get::<_, i64>(3)? as u64,
+                    })
+                })?;
+            Ok(m)
+        })
+    }
+
     fn effect_waits(&self, limit: u64) -> StoreResult<Vec<String>> {
         self.read(|c| {
             ids(
