@@ -159,6 +159,35 @@ fn a_denied_write_leaves_no_file_and_an_approved_one_writes_it() {
     assert_eq!(g.command_status("approve-2")["status"], "rejected");
 }
 
+#[test]
+fn tool_mode_local_runs_side_effects_without_approval_and_unknown_modes_are_refused() {
+    let llm = ScriptedLlm::start();
+    let g = scripted_gateway(&llm, &[("ABSTRACTGATEWAY_TOOL_MODE", "local")]);
+    let (_, tools) = g.get("/api/gateway/discovery/tools");
+    assert_eq!(tools["tool_mode"], "local");
+    assert!(
+        tools["items"].as_array().unwrap().iter().all(|t| t["requires_approval"] == false),
+        "{tools}"
+    );
+    let ws = workspace(&g, "local-mode");
+    let id = start_agent(&g, "local-mode", "SCRIPT:write please write out.txt");
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(std::fs::read_to_string(ws.join("out.txt")).unwrap(), "written by the agent\n");
+    let out = g
+        .command("config")
+        .args(["status"])
+        .env("ABSTRACTGATEWAY_TOOL_MODE", "passthrough")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ABSTRACTGATEWAY_TOOL_MODE") && err.contains("approval, local, local_all"),
+        "{err}"
+    );
+}
+
 fn wait_exit(g: &mut Gateway) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let child = g.child.as_mut().unwrap();
@@ -226,6 +255,17 @@ fn a_command_cut_short_by_a_crash_is_never_run_twice() {
     );
     let resp = r["output"]["response"].as_str().unwrap();
     assert!(resp.contains("interrupted"), "the agent is told what happened: {resp}");
+}
+
+#[test]
+fn a_tool_call_written_as_text_is_parsed_and_run() {
+    let llm = ScriptedLlm::start();
+    let g = scripted_gateway(&llm, &[]);
+    std::fs::write(workspace(&g, "textcall").join("seen.txt"), "x").unwrap();
+    let id = start_agent(&g, "textcall", "SCRIPT:textcall list the files");
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["output"]["meta"]["tool_calls"], 1, "{r}");
+    assert!(r["output"]["response"].as_str().unwrap().contains("seen.txt"), "{r}");
 }
 
 #[test]

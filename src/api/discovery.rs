@@ -161,7 +161,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
 
 /// The tools `agent` nodes can call: executed by this process's effect worker inside the run's
 /// workspace; side-effect tools wait for approval first.
-async fn tools() -> Json<Value> {
+async fn tools(Extension(st): Extension<crate::api::AppState>) -> Json<Value> {
     use crate::runtime::tools::TOOLS;
     let items: Vec<Value> = TOOLS
         .iter()
@@ -169,7 +169,7 @@ async fn tools() -> Json<Value> {
             let mut v = t.openai();
             v["name"] = json!(t.name);
             v["available"] = json!(true);
-            v["requires_approval"] = json!(t.side_effects);
+            v["requires_approval"] = json!(t.side_effects && st.cfg.tools_need_approval());
             v
         })
         .chain(["fetch_url", "web_search"].into_iter().map(|name| {
@@ -180,7 +180,7 @@ async fn tools() -> Json<Value> {
     let extra = json!({"workspace": "per session, <data_dir>/workspaces/<session_id> (the session id defaults to the run id)",
                        "builtins": ["ask_user"]});
     let mut body = catalog("tools", "agent", true, items, extra);
-    body["tool_mode"] = json!("approval");
+    body["tool_mode"] = json!(st.cfg.tool_mode);
     Json(body)
 }
 

@@ -76,6 +76,7 @@ impl Planes {
                 registry: st.registry.clone(),
                 notifier: st.notifier.clone(),
                 max_steps: st.cfg.tick_max_steps,
+                tools_need_approval: st.cfg.tools_need_approval(),
             });
             if let Ok(mut h) = self.handles.lock() {
                 h.push(tokio::spawn(runner.run_forever(rx.clone())));

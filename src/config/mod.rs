@@ -62,6 +62,9 @@ pub struct Config {
     /// Where local models run (`ABSTRACTGATEWAY_DEVICE`): auto, cpu, cuda:N, metal:N. `auto`
     /// takes a GPU this binary can drive, else the CPU.
     pub device: String,
+    /// `ABSTRACTGATEWAY_TOOL_MODE`: `approval` (side-effect tools wait for a person) or `local` /
+    /// `local_all` (every tool runs at once).
+    pub tool_mode: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,26 @@ fn number<T: std::str::FromStr>(names: &[&str], default: T) -> Result<T, ConfigE
         Some(v) => v
             .parse::<T>()
             .map_err(|_| ConfigError::Invalid(format!("{} must be a number, got {v:?}", names[0]))),
+    }
+}
+
+fn tool_mode() -> Result<String, ConfigError> {
+    let v = var(&["ABSTRACTGATEWAY_TOOL_MODE"])
+        .unwrap_or_else(|| "approval".into())
+        .to_ascii_lowercase();
+    match v.as_str() {
+        "approval" | "local" | "local_all" => Ok(v),
+        other => Err(ConfigError::Invalid(format!(
+            "ABSTRACTGATEWAY_TOOL_MODE={other:?} is not supported here (supported: approval, local, local_all); \
+             passthrough and delegated modes need an external tool executor"
+        ))),
+    }
+}
+
+impl Config {
+    /// Whether side-effect tools wait for approval.
+    pub fn tools_need_approval(&self) -> bool {
+        self.tool_mode == "approval"
     }
 }
 
@@ -186,6 +209,7 @@ impl Config {
             audit_log_max_bytes: number(&["ABSTRACTGATEWAY_AUDIT_LOG_MAX_BYTES"], 52_428_800u64)?,
             audit_log_rotations: number(&["ABSTRACTGATEWAY_AUDIT_LOG_ROTATIONS"], 10u32)?,
             runner_enabled: flag(&["ABSTRACTGATEWAY_RUNNER"], true)?,
+            tool_mode: tool_mode()?,
             tick_max_steps: number(&["ABSTRACTGATEWAY_TICK_MAX_STEPS"], 10_000usize)?,
             user_auth,
             users_file,

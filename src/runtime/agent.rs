@@ -203,7 +203,23 @@ fn on_llm(run: &mut RunState, flow: &Flow, host: &mut dyn Host, nid: &str, answe
     effect_wait::finish(run, host, nid, pending, Ok(answer.clone()));
     effect_wait::count_usage(run, answer.get("usage").unwrap_or(&Value::Null));
     let content = answer.get("content").and_then(Value::as_str).unwrap_or_default().to_string();
-    let raw_calls = answer.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut raw_calls = answer.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
+    if raw_calls.is_empty() && !content.trim().is_empty() {
+        // A provider that passes a small model's text through unparsed: the call may be JSON in
+        // the text or in a fenced block (the same parser the local engine uses).
+        let offered: Vec<String> = state_of(run, nid)
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|t| {
+                t.iter()
+                    .filter_map(|x| x.pointer("/function/name").and_then(Value::as_str).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(calls) = crate::providers::tool_calls::parse(&content, &offered) {
+            raw_calls = calls;
+        }
+    }
     let st = state_of(run, nid);
     st.insert("provider".into(), answer.get("provider").cloned().unwrap_or(Value::Null));
     st.insert("model".into(), answer.get("model").cloned().unwrap_or(Value::Null));
@@ -254,7 +270,7 @@ fn on_llm(run: &mut RunState, flow: &Flow, host: &mut dyn Host, nid: &str, answe
     let needs_approval: Vec<String> = calls
         .iter()
         .map(name)
-        .filter(|n| tools::spec(n).map(|s| s.side_effects).unwrap_or(false))
+        .filter(|n| host.tools_need_approval() && tools::spec(n).map(|s| s.side_effects).unwrap_or(false))
         .collect();
     if needs_approval.is_empty() {
         return Ok(start_tools(run, host, nid, calls));

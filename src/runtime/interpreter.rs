@@ -31,6 +31,10 @@ pub trait Host {
     /// Resumes every run waiting on `wait_key` with `envelope`; returns the resumed run ids.
     fn deliver_event(&mut self, wait_key: &str, envelope: &Value) -> Vec<String>;
     fn record(&mut self, rec: Value);
+    /// Whether side-effect tools wait for approval (`ABSTRACTGATEWAY_TOOL_MODE=approval`).
+    fn tools_need_approval(&self) -> bool {
+        true
+    }
 }
 
 /// What a node execution leads to (one per step, so its size does not matter).

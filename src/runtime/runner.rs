@@ -39,6 +39,7 @@ pub struct Pass<'a> {
     outcomes: Vec<(u64, CommandOutcome)>,
     cursor: Option<(String, u64)>,
     max_steps: usize,
+    approval: bool,
 }
 
 impl<'a> Pass<'a> {
@@ -55,7 +56,14 @@ impl<'a> Pass<'a> {
             outcomes: Vec::new(),
             cursor: None,
             max_steps,
+            approval: true,
         }
+    }
+
+    /// Side-effect tools run without approval (`ABSTRACTGATEWAY_TOOL_MODE=local`).
+    pub fn without_tool_approval(mut self) -> Self {
+        self.approval = false;
+        self
     }
 
     /// Loads a run into the overlay (the overlay wins over the store).
@@ -334,6 +342,10 @@ impl Host for Pass<'_> {
         resumed
     }
 
+    fn tools_need_approval(&self) -> bool {
+        self.approval
+    }
+
     fn record(&mut self, rec: Value) {
         let run_id = rec.get("run_id").and_then(Value::as_str).unwrap_or("").to_string();
         self.records.push((run_id, rec.to_string()));
@@ -345,6 +357,7 @@ pub struct Runner {
     pub registry: Arc<BundleRegistry>,
     pub notifier: Arc<Notifier>,
     pub max_steps: usize,
+    pub tools_need_approval: bool,
 }
 
 impl Runner {
@@ -391,7 +404,13 @@ impl Runner {
                         tracing::warn!(error = %e, "cannot reload bundles");
                     }
                 }
-                Pass::new(me.store.as_ref(), &me.registry, me.max_steps).run()
+                let pass = Pass::new(me.store.as_ref(), &me.registry, me.max_steps);
+                if me.tools_need_approval {
+                    pass
+                } else {
+                    pass.without_tool_approval()
+                }
+                .run()
             })
             .await;
             let more = match res {

@@ -116,6 +116,8 @@ fn reply(req: &Value) -> String {
         ("write", 0) => tool_call("write_file", json!({"path": "out.txt", "content": "written by the agent\n"}), 1),
         ("exec", 0) => tool_call("execute_command", json!({"command": "echo ran >> count.txt"}), 1),
         ("ask", 0) => tool_call("ask_user", json!({"question": "Which colour?"}), 1),
+        // A small model behind a server that does not parse tool calls: JSON in a fenced block.
+        ("textcall", 0) => answer("```json\n{\"name\": \"list_files\", \"arguments\": {}}\n```"),
         ("slow", _) => {
             // Long enough for a test to pause the run while the answer is being produced.
             std::thread::sleep(std::time::Duration::from_millis(1500));
