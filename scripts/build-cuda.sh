@@ -7,8 +7,12 @@
 #      starts on CPU-only hosts and falls back to the CPU;
 #   3. CUDA's runtime is linked statically.
 # Output: target/cuda/abstractgateway (stripped) and target/cuda/abstractgateway.xz (to carry).
+# `scripts/build-cuda.sh --check`: only `cargo check --features cuda` of every target (what CI
+# runs to keep the CUDA code compiling; candle's CUDA kernels are still compiled by nvcc).
 # Env: CUDA_COMPUTE_CAP (default 90, Hopper), CUDA_TOOLCHAIN_DIR (default target/cuda-toolchain).
 set -euo pipefail
+CHECK=0
+[ "${1:-}" = "--check" ] && CHECK=1
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TOOLS=${CUDA_TOOLCHAIN_DIR:-$ROOT/target/cuda-toolchain}
@@ -52,10 +56,20 @@ PY
 mkdir -p "$WORK/cudart-static"
 ln -sf "$CUDA_ROOT/lib/libcudart_static.a" "$WORK/cudart-static/libcudart.a"
 
-step "cargo build --release --features cuda"
 # The patch must not leak into the repository's lock file.
 cp Cargo.lock "$WORK/Cargo.lock.orig"
 trap 'cp "$WORK/Cargo.lock.orig" "$ROOT/Cargo.lock"' EXIT
+if [ "$CHECK" = 1 ]; then
+    step "cargo check --features cuda (all targets)"
+    for pkg in abstractgateway abstractgateway-engines; do
+        CARGO_TARGET_DIR=$ROOT/target/cuda-check CUDART_LINK_DIR=$WORK/cudart-static \
+            cargo check -p "$pkg" --features cuda --all-targets \
+            --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\""
+    done
+    exit 0
+fi
+
+step "cargo build --release --features cuda"
 CARGO_TARGET_DIR=$ROOT/target/cuda-build CUDART_LINK_DIR=$WORK/cudart-static \
     cargo build --release --features cuda --bin abstractgateway \
     --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\""

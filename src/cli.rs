@@ -519,14 +519,37 @@ fn models(c: ModelsCmd) -> Result<(), String> {
             Err(e) => errors.push(format!("{s}: {e}")),
         }
     }
+    // Where `serve` would run them (the same selection, and its free memory).
+    let device = match cfg
+        .device_spec()
+        .map_err(|e| e.to_string())
+        .and_then(|d| abstractgateway_engines::device::select(d).map_err(|e| e.to_string()))
+    {
+        Ok(sel) => {
+            serde_json::json!({"device": sel.name, "note": sel.note, "free_bytes": abstractgateway_engines::device::free_bytes(&sel.device),
+                                      "dtype": if sel.device.is_cpu() { "f32 (GGUF weights stay quantized)" } else { "bf16" }})
+        }
+        Err(e) => serde_json::json!({"error": e}),
+    };
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"models_dir": cfg.models_dir, "models": rows, "errors": errors}))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(
+                &serde_json::json!({"models_dir": cfg.models_dir, "device": device, "models": rows, "errors": errors})
+            )
+            .unwrap_or_default()
         );
     } else {
         println!("model store: {}", cfg.models_dir.display());
+        match (device["note"].as_str(), device["free_bytes"].as_u64()) {
+            (Some(note), Some(free)) => println!(
+                "device: {note}; {:.1} GB free; compute {}",
+                free as f64 / 1e9,
+                device["dtype"].as_str().unwrap_or("?")
+            ),
+            (Some(note), None) => println!("device: {note}; compute {}", device["dtype"].as_str().unwrap_or("?")),
+            _ => println!("device: {}", device["error"].as_str().unwrap_or("?")),
+        }
         if rows.is_empty() && errors.is_empty() {
             println!("no models (fetch the default one with scripts/fetch-models.sh smollm2)");
         } else {

@@ -85,6 +85,13 @@ fn capabilities_and_catalogs_report_what_really_works() {
     assert_eq!(v["catalog"]["available"], true);
     assert_eq!(v["models"], serde_json::json!(["smollm2"]));
     assert_eq!(v["items"][0]["context_length"], 8192);
+    // Where it runs, in what precision, and how much memory is left there.
+    assert_eq!(
+        (v["items"][0]["device"].as_str(), v["items"][0]["dtype"].as_str()),
+        (Some("cpu"), Some("f32")),
+        "{v}"
+    );
+    assert!(v["items"][0]["device_free_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
 
     // A remote provider's models are asked live: B answers, the dead port is reported.
     let (s, v) = a.get("/api/gateway/discovery/providers/openai-compatible/models");
@@ -160,4 +167,30 @@ fn capabilities_and_catalogs_report_what_really_works() {
     let (s, v) = a.get("/api/gateway/discovery/providers");
     assert_eq!(s, 200);
     assert_catalog(&v, "providers");
+}
+
+#[test]
+fn models_list_names_the_device_its_free_memory_and_dtype() {
+    let model = model_files::smollm2();
+    let g = Gateway::start();
+    let out = g
+        .command("models")
+        .args(["list", "--json", &format!("smollm2={}", model.display())])
+        .env("ABSTRACTGATEWAY_DEVICE", "auto")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // A CPU-only build on a host without a GPU: `auto` is the CPU, and says so.
+    assert_eq!(v["device"]["device"], "cpu", "{v}");
+    assert!(v["device"]["free_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(v["device"]["dtype"].as_str().unwrap().starts_with("f32"), "{v}");
+    assert_eq!(v["models"][0]["id"], "smollm2", "{v}");
+    let text = g
+        .command("models")
+        .args(["list", &format!("smollm2={}", model.display())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("device: cpu") && text.contains("GB free"), "{text}");
 }

@@ -60,6 +60,25 @@ pub struct Selected {
     pub note: String,
 }
 
+/// Free memory where a model on `dev` lives: the host's available RAM for the CPU, the GPU's
+/// free memory for CUDA; None where it cannot be asked (Metal).
+pub fn free_bytes(dev: &Device) -> Option<u64> {
+    match dev {
+        Device::Cpu => std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        }),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => {
+            let (free, _total) = dev.as_cuda_device().ok()?.cuda_stream().context().mem_get_info().ok()?;
+            Some(free as u64)
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
 pub fn select(spec: DeviceSpec) -> Result<Selected, EngineError> {
     select_inner(spec).map_err(EngineError::Device)
 }

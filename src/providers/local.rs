@@ -25,6 +25,10 @@ pub struct LocalModel {
     pub context: usize,
     /// `native`, `candle` or `candle-safetensors`.
     pub backend: &'static str,
+    /// Where it runs (`cpu`, `cuda:0`, ...), the device itself, and the activations' dtype.
+    pub device: String,
+    pub candle_device: candle_core::Device,
+    pub dtype: &'static str,
     /// Tokens that end an assistant turn (eos and the template's end-of-turn markers).
     stop_ids: Vec<u32>,
     pub loaded_at: i64,
@@ -115,6 +119,17 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &dev
     }
     let context = model.context;
     let backend = model.backend();
+    let candle_device = if device == "cpu" {
+        candle_core::Device::Cpu
+    } else {
+        selected.device.clone()
+    };
+    // Quantized GGUFs compute in f32 on the CPU; full-precision models run bf16 on GPUs.
+    let dtype = if backend == "candle-safetensors" && !candle_device.is_cpu() {
+        "bf16"
+    } else {
+        "f32"
+    };
     let requantized = model.requantized().to_vec();
     let engine = TextEngine::spawn_with(model, engine_cfg.clone());
     tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, backend, device, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
@@ -132,6 +147,9 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &dev
         template,
         context,
         backend,
+        device,
+        candle_device,
+        dtype,
         stop_ids,
         loaded_at: chrono::Utc::now().timestamp(),
     })
