@@ -329,11 +329,21 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         prefix_cache_bytes: cfg.prefix_cache_mb << 20,
         max_batch: cfg.max_batch,
     };
-    let device = cfg.device_spec().map_err(|e| e.to_string())?;
-    let local = tokio::task::spawn_blocking(move || LocalModels::load(&specs, &store, &engine, device))
-        .await
-        .map_err(|e| format!("abstractgateway: model loading failed: {e}"))?
-        .map_err(|e| format!("abstractgateway: {e}"))?;
+    cfg.device_spec().map_err(|e| e.to_string())?;
+    for (id, _) in &cfg.model_devices {
+        if !specs.iter().any(|s| s == id || s.starts_with(&format!("{id}="))) {
+            tracing::warn!(model = %id, "ABSTRACTGATEWAY_MODEL_DEVICES names a model that is not being loaded");
+        }
+    }
+    let c = cfg.clone();
+    let local = tokio::task::spawn_blocking(move || {
+        LocalModels::load(&specs, &store, &engine, &|id: &str| {
+            c.device_spec_for(id).map_err(|e| e.to_string())
+        })
+    })
+    .await
+    .map_err(|e| format!("abstractgateway: model loading failed: {e}"))?
+    .map_err(|e| format!("abstractgateway: {e}"))?;
     for m in &local.models {
         eprintln!(
             "model {} ready ({}, {}, {:.0} MB, context {})",

@@ -194,3 +194,39 @@ fn models_list_names_the_device_its_free_memory_and_dtype() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("device: cpu") && text.contains("GB free"), "{text}");
 }
+
+#[test]
+fn a_model_can_be_given_its_own_device() {
+    let model = model_files::smollm2();
+    let spec = format!("smollm2={}", model.display());
+    // Everything on a GPU this host lacks, except smollm2, which is sent to the CPU: it serves.
+    let g = Gateway::start_with(
+        &[
+            ("ABSTRACTGATEWAY_DEVICE", "cuda:0"),
+            ("ABSTRACTGATEWAY_MODEL_DEVICES", "smollm2=cpu"),
+        ],
+        &["--model", &spec],
+    );
+    let (_, v) = g.get("/api/gateway/discovery/providers/local/models");
+    assert_eq!(v["items"][0]["device"], "cpu", "{v}");
+    // A malformed entry is refused with the reason.
+    let out = g
+        .command("config")
+        .args(["status"])
+        .env("ABSTRACTGATEWAY_MODEL_DEVICES", "smollm2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not ID=DEVICE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = g
+        .command("config")
+        .args(["status"])
+        .env("ABSTRACTGATEWAY_MODEL_DEVICES", "smollm2=tpu")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -62,6 +62,8 @@ pub struct Config {
     /// Where local models run (`ABSTRACTGATEWAY_DEVICE`): auto, cpu, cuda:N, metal:N. `auto`
     /// takes a GPU this binary can drive, else the CPU.
     pub device: String,
+    /// `ABSTRACTGATEWAY_MODEL_DEVICES=id=device,…`: per-model exceptions to `device`.
+    pub model_devices: Vec<(String, String)>,
     /// `ABSTRACTGATEWAY_TOOL_MODE`: `approval` (side-effect tools wait for a person) or `local` /
     /// `local_all` (every tool runs at once).
     pub tool_mode: String,
@@ -103,6 +105,27 @@ fn number<T: std::str::FromStr>(names: &[&str], default: T) -> Result<T, ConfigE
             .parse::<T>()
             .map_err(|_| ConfigError::Invalid(format!("{} must be a number, got {v:?}", names[0]))),
     }
+}
+
+fn model_devices() -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(v) = var(&["ABSTRACTGATEWAY_MODEL_DEVICES"]) else {
+        return Ok(Vec::new());
+    };
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (id, dev) = pair.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "ABSTRACTGATEWAY_MODEL_DEVICES: {pair:?} is not ID=DEVICE (e.g. smollm2=cpu,llama3=cuda:0)"
+                ))
+            })?;
+            dev.trim()
+                .parse::<abstractgateway_engines::device::DeviceSpec>()
+                .map_err(|e| ConfigError::Invalid(format!("ABSTRACTGATEWAY_MODEL_DEVICES: {id}: {e}")))?;
+            Ok((id.trim().to_string(), dev.trim().to_string()))
+        })
+        .collect()
 }
 
 fn tool_mode() -> Result<String, ConfigError> {
@@ -231,6 +254,7 @@ impl Config {
             prefix_cache_mb: number(&["ABSTRACTGATEWAY_PREFIX_CACHE_MB"], 512usize)?,
             max_batch: number(&["ABSTRACTGATEWAY_MAX_BATCH"], 16usize)?.max(1),
             device: var(&["ABSTRACTGATEWAY_DEVICE"]).unwrap_or_else(|| "auto".into()),
+            model_devices: model_devices()?,
             data_dir,
         };
         cfg.validate()?;
@@ -310,6 +334,16 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The device for model `id`: its `ABSTRACTGATEWAY_MODEL_DEVICES` entry, else `device`.
+    pub fn device_spec_for(&self, id: &str) -> Result<abstractgateway_engines::device::DeviceSpec, ConfigError> {
+        match self.model_devices.iter().find(|(m, _)| m == id) {
+            Some((_, d)) => d.parse().map_err(|e: abstractgateway_engines::EngineError| {
+                ConfigError::Invalid(format!("ABSTRACTGATEWAY_MODEL_DEVICES: {id}: {e}"))
+            }),
+            None => self.device_spec(),
+        }
     }
 
     pub fn device_spec(&self) -> Result<abstractgateway_engines::device::DeviceSpec, ConfigError> {

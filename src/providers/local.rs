@@ -44,19 +44,33 @@ const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|
 
 impl LocalModels {
     /// Resolves and loads every spec, reporting progress on stderr and in the log.
-    pub fn load(specs: &[String], store: &Path, engine: &EngineConfig, device: DeviceSpec) -> Result<LocalModels, String> {
+    /// `device_for(id)` is the device each model asks for (one setting, or per-model exceptions).
+    pub fn load(
+        specs: &[String],
+        store: &Path,
+        engine: &EngineConfig,
+        device_for: &dyn Fn(&str) -> Result<DeviceSpec, String>,
+    ) -> Result<LocalModels, String> {
         let mut models = Vec::new();
-        if specs.is_empty() {
-            return Ok(LocalModels { models });
-        }
-        let selected = device::select(device).map_err(|e| e.to_string())?;
-        tracing::info!(device = %selected.note, "local models' device");
+        // One selection per distinct device spec (selecting a GPU initialises it).
+        let mut selections: Vec<(DeviceSpec, device::Selected)> = Vec::new();
         for spec in specs {
             let src = source::resolve(spec, store).map_err(|e| e.to_string())?;
             if models.iter().any(|m: &LocalModel| m.info.id == src.id) {
                 return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
             }
-            models.push(load_one(&src, engine, &selected, device == DeviceSpec::Auto)?);
+            let want = device_for(&src.id)?;
+            if !selections.iter().any(|(d, _)| *d == want) {
+                let sel = device::select(want).map_err(|e| format!("{}: {e}", src.id))?;
+                tracing::info!(model = %src.id, device = %sel.note, "local model's device");
+                selections.push((want, sel));
+            }
+            let selected = &selections
+                .iter()
+                .find(|(d, _)| *d == want)
+                .map(|(_, s)| s)
+                .ok_or("device selection vanished")?;
+            models.push(load_one(&src, engine, selected, want == DeviceSpec::Auto)?);
         }
         Ok(LocalModels { models })
     }
