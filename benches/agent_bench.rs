@@ -10,28 +10,13 @@
 //! Runs that stop on an approval wait are answered "denied" by the benchmark (none are expected:
 //! the prompts ask for no side effects).
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const TOKEN: &str = "bench-token-0123456789abcdef0123";
-
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("SMOLLM2_GGUF") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let st = Command::new(root.join("scripts/fetch-models.sh"))
-        .args(["--dest", ".models", "smollm2"])
-        .current_dir(&root)
-        .stdout(Stdio::null())
-        .status()
-        .expect("scripts/fetch-models.sh");
-    assert!(st.success());
-    root.join(".models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
+mod common;
+use common::{model_path, TOKEN};
 
 struct Gw {
     http: reqwest::blocking::Client,

@@ -14,7 +14,6 @@
 //!    8 concurrent clients against the real binary.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,24 +21,10 @@ use abstractgateway_engines::text::engine::{EngineConfig, GenEvent, GenerateRequ
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use serde_json::{json, Value};
 
-const TOKEN: &str = "bench-token-0123456789abcdef0123";
+mod common;
+use common::{model_path, TOKEN};
 const N_DECODE: usize = 128;
 const REPS: usize = 5;
-
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("SMOLLM2_GGUF") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let st = Command::new(root.join("scripts/fetch-models.sh"))
-        .args(["--dest", ".models", "smollm2"])
-        .current_dir(&root)
-        .stdout(Stdio::null())
-        .status()
-        .expect("scripts/fetch-models.sh");
-    assert!(st.success());
-    root.join(".models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -330,11 +330,6 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         max_batch: cfg.max_batch,
     };
     cfg.device_spec().map_err(|e| e.to_string())?;
-    for (id, _) in &cfg.model_devices {
-        if !specs.iter().any(|s| s == id || s.starts_with(&format!("{id}="))) {
-            tracing::warn!(model = %id, "ABSTRACTGATEWAY_MODEL_DEVICES names a model that is not being loaded");
-        }
-    }
     let c = cfg.clone();
     let local = tokio::task::spawn_blocking(move || {
         LocalModels::load(&specs, &store, &engine, &|id: &str| {
@@ -344,6 +339,11 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
     .await
     .map_err(|e| format!("abstractgateway: model loading failed: {e}"))?
     .map_err(|e| format!("abstractgateway: {e}"))?;
+    for (id, _) in &cfg.model_devices {
+        if local.get(id).is_none() {
+            tracing::warn!(model = %id, "ABSTRACTGATEWAY_MODEL_DEVICES names a model that was not loaded");
+        }
+    }
     for m in &local.models {
         eprintln!(
             "model {} ready ({}, {}, {:.0} MB, context {})",

@@ -91,7 +91,7 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// KV cache size per token if it were f32 (the prefix cache's budget unit).
+    /// KV cache bytes per token (f16 K and V; the prefix cache's budget unit).
     pub fn kv_bytes_per_token(&self) -> usize {
         // K and V are kept in f16, as llama.cpp keeps them.
         self.n_layer * 2 * self.n_kv_head * self.head_dim * 2
@@ -670,7 +670,6 @@ impl Llama {
                 push_f16(&mut ch.cache.v[li], &v[r * kvd..(r + m) * kvd]);
                 r += m;
             }
-            // Attention, one task per (row, head).
             let group = c.n_head / c.n_kv_head;
             // llama.cpp: gemma3 27B (62 layers) scales by its query_pre_attn_scalar, n_embd/n_head.
             let scale = if c.arch == Arch::Gemma3 && c.n_layer == 62 {

@@ -80,7 +80,7 @@ fn local_items(p: &Providers) -> Vec<Value> {
                 "id": m.info.id, "name": m.info.id, "provider": "local", "available": m.engine.is_running(),
                 "context_length": m.context, "backend": m.backend, "architecture": m.info.architecture,
                 "quantization": m.info.quantization, "format": m.info.format, "size_bytes": m.info.size_bytes,
-                "device": m.device, "dtype": m.dtype,
+                "device": m.device, "dtype": m.dtype(),
                 "device_free_bytes": abstractgateway_engines::device::free_bytes(&m.candle_device),
             })
         })

@@ -86,15 +86,15 @@ impl Planes {
 
     /// Executes LLM calls and tools for every plane (the base one now, user planes as they open).
     pub fn enable_effects(&self, providers: Arc<Providers>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        // Holding the plane map while switching effects on: a plane opening meanwhile (which
+        // holds the map while it spawns its own worker) gets exactly one worker, never two.
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(mut e) = self.effects.lock() {
             *e = Some((providers, shutdown));
         }
-        let mut planes = vec![self.base.clone()];
-        if let Ok(m) = self.map.lock() {
-            planes.extend(m.values().cloned());
-        }
-        for st in planes {
-            self.spawn_worker(&st);
+        self.spawn_worker(&self.base);
+        for st in map.values() {
+            self.spawn_worker(st);
         }
     }
 

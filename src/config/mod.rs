@@ -120,12 +120,16 @@ fn model_devices() -> Result<Vec<(String, String)>, ConfigError> {
                     "ABSTRACTGATEWAY_MODEL_DEVICES: {pair:?} is not ID=DEVICE (e.g. smollm2=cpu,llama3=cuda:0)"
                 ))
             })?;
-            dev.trim()
-                .parse::<abstractgateway_engines::device::DeviceSpec>()
-                .map_err(|e| ConfigError::Invalid(format!("ABSTRACTGATEWAY_MODEL_DEVICES: {id}: {e}")))?;
-            Ok((id.trim().to_string(), dev.trim().to_string()))
+            let (id, dev) = (id.trim().to_string(), dev.trim().to_string());
+            model_device(&id, &dev)?;
+            Ok((id, dev))
         })
         .collect()
+}
+
+fn model_device(id: &str, dev: &str) -> Result<abstractgateway_engines::device::DeviceSpec, ConfigError> {
+    dev.parse()
+        .map_err(|e: abstractgateway_engines::EngineError| ConfigError::Invalid(format!("ABSTRACTGATEWAY_MODEL_DEVICES: {id}: {e}")))
 }
 
 fn tool_mode() -> Result<String, ConfigError> {
@@ -339,9 +343,7 @@ impl Config {
     /// The device for model `id`: its `ABSTRACTGATEWAY_MODEL_DEVICES` entry, else `device`.
     pub fn device_spec_for(&self, id: &str) -> Result<abstractgateway_engines::device::DeviceSpec, ConfigError> {
         match self.model_devices.iter().find(|(m, _)| m == id) {
-            Some((_, d)) => d.parse().map_err(|e: abstractgateway_engines::EngineError| {
-                ConfigError::Invalid(format!("ABSTRACTGATEWAY_MODEL_DEVICES: {id}: {e}"))
-            }),
+            Some((_, d)) => model_device(id, d),
             None => self.device_spec(),
         }
     }

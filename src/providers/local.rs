@@ -25,10 +25,9 @@ pub struct LocalModel {
     pub context: usize,
     /// `native`, `candle` or `candle-safetensors`.
     pub backend: &'static str,
-    /// Where it runs (`cpu`, `cuda:0`, ...), the device itself, and the activations' dtype.
+    /// Where it runs (`cpu`, `cuda:0`, ...) and the device itself.
     pub device: String,
     pub candle_device: candle_core::Device,
-    pub dtype: &'static str,
     /// Tokens that end an assistant turn (eos and the template's end-of-turn markers).
     stop_ids: Vec<u32>,
     pub loaded_at: i64,
@@ -60,17 +59,16 @@ impl LocalModels {
                 return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
             }
             let want = device_for(&src.id)?;
-            if !selections.iter().any(|(d, _)| *d == want) {
-                let sel = device::select(want).map_err(|e| format!("{}: {e}", src.id))?;
-                tracing::info!(model = %src.id, device = %sel.note, "local model's device");
-                selections.push((want, sel));
-            }
-            let selected = &selections
-                .iter()
-                .find(|(d, _)| *d == want)
-                .map(|(_, s)| s)
-                .ok_or("device selection vanished")?;
-            models.push(load_one(&src, engine, selected, want == DeviceSpec::Auto)?);
+            let at = match selections.iter().position(|(d, _)| *d == want) {
+                Some(i) => i,
+                None => {
+                    let sel = device::select(want).map_err(|e| format!("{}: {e}", src.id))?;
+                    tracing::info!(model = %src.id, device = %sel.note, "local model's device");
+                    selections.push((want, sel));
+                    selections.len() - 1
+                }
+            };
+            models.push(load_one(&src, engine, &selections[at].1, want == DeviceSpec::Auto)?);
         }
         Ok(LocalModels { models })
     }
@@ -138,12 +136,6 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &dev
     } else {
         selected.device.clone()
     };
-    // Quantized GGUFs compute in f32 on the CPU; full-precision models run bf16 on GPUs.
-    let dtype = if backend == "candle-safetensors" && !candle_device.is_cpu() {
-        "bf16"
-    } else {
-        "f32"
-    };
     let requantized = model.requantized().to_vec();
     let engine = TextEngine::spawn_with(model, engine_cfg.clone());
     tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, backend, device, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
@@ -163,7 +155,6 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &dev
         backend,
         device,
         candle_device,
-        dtype,
         stop_ids,
         loaded_at: chrono::Utc::now().timestamp(),
     })
@@ -201,6 +192,16 @@ fn tool_instructions(tools: &[Value]) -> String {
 }
 
 impl LocalModel {
+    /// The activations' dtype: quantized GGUFs compute in f32 on the CPU; full-precision models
+    /// run bf16 on GPUs.
+    pub fn dtype(&self) -> &'static str {
+        if self.backend == "candle-safetensors" && !self.candle_device.is_cpu() {
+            "bf16"
+        } else {
+            "f32"
+        }
+    }
+
     /// The prompt text for a chat, via the model's own template.
     pub fn render_chat(&self, messages: &[Value], tools: &[Value]) -> Result<String, ProviderError> {
         let mut msgs: Vec<Value> = Vec::with_capacity(messages.len() + 1);

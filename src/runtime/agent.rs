@@ -47,6 +47,15 @@ fn bump(st: &mut Map<String, Value>, key: &str, by: u64) {
     st.insert(key.into(), json!(n + by));
 }
 
+/// The tool message answering call `id` of tool `name`: `result` as JSON text.
+fn push_observation(run: &mut RunState, nid: &str, id: Option<&Value>, name: Option<&Value>, result: &Value) {
+    push_message(
+        run,
+        nid,
+        json!({"role": "tool", "tool_call_id": id, "name": name, "content": result.to_string()}),
+    );
+}
+
 fn push_message(run: &mut RunState, nid: &str, m: Value) {
     let st = state_of(run, nid);
     if let Value::Array(a) = st.entry("messages").or_insert_with(|| json!([])) {
@@ -67,15 +76,7 @@ pub(crate) fn exec(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn 
             let results = answer.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
             bump(state_of(run, nid), "tool_results", results.len() as u64);
             for r in results {
-                let content = match r.get("result") {
-                    Some(v) => v.to_string(),
-                    None => r.to_string(),
-                };
-                push_message(
-                    run,
-                    nid,
-                    json!({"role": "tool", "tool_call_id": r.get("call_id"), "name": r.get("name"), "content": content}),
-                );
+                push_observation(run, nid, r.get("call_id"), r.get("name"), r.get("result").unwrap_or(&r));
             }
             Ok(next_llm(run, flow, host, nid))
         }
@@ -85,13 +86,9 @@ pub(crate) fn exec(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn 
                 return Ok(start_tools(run, host, nid, calls));
             }
             let reason = answer.get("reason").and_then(Value::as_str).unwrap_or("no reason given");
+            let denied = json!({"success": false, "error": format!("the user denied this tool call ({reason})")});
             for c in &calls {
-                let content = json!({"success": false, "error": format!("the user denied this tool call ({reason})")});
-                push_message(
-                    run,
-                    nid,
-                    json!({"role": "tool", "tool_call_id": c.get("id"), "name": c.get("name"), "content": content.to_string()}),
-                );
+                push_observation(run, nid, c.get("id"), c.get("name"), &denied);
             }
             Ok(next_llm(run, flow, host, nid))
         }
@@ -99,12 +96,9 @@ pub(crate) fn exec(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn 
             let calls = pending.extra.as_array().cloned().unwrap_or_default();
             let resp = answer.get("response").cloned().unwrap_or(answer.clone());
             let text = as_string(&resp).unwrap_or_default();
+            let answered = json!({"success": true, "output": text});
             for c in &calls {
-                push_message(
-                    run,
-                    nid,
-                    json!({"role": "tool", "tool_call_id": c.get("id"), "name": "ask_user", "content": json!({"success": true, "output": text}).to_string()}),
-                );
+                push_observation(run, nid, c.get("id"), Some(&json!("ask_user")), &answered);
             }
             Ok(next_llm(run, flow, host, nid))
         }
@@ -242,14 +236,10 @@ fn on_llm(run: &mut RunState, flow: &Flow, host: &mut dyn Host, nid: &str, answe
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_string();
+        let not_run =
+            json!({"success": false, "error": "not run: it was batched with a question to the user; call it again if still needed"});
         for c in calls.iter().filter(|c| name(c) != "ask_user") {
-            let content =
-                json!({"success": false, "error": "not run: it was batched with a question to the user; call it again if still needed"});
-            push_message(
-                run,
-                nid,
-                json!({"role": "tool", "tool_call_id": c.get("id"), "name": c.get("name"), "content": content.to_string()}),
-            );
+            push_observation(run, nid, c.get("id"), c.get("name"), &not_run);
         }
         let mut w = WaitState::new("user");
         w.prompt = Some(question.clone());

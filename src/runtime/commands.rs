@@ -6,8 +6,7 @@ use serde_json::{json, Value};
 
 use super::effect_wait;
 use super::interpreter;
-use super::model::RunState;
-use super::model::{RunStatus, WaitState};
+use super::model::{RunState, RunStatus, WaitState};
 use super::runner::Pass;
 use super::schedule;
 use crate::store::{CommandOutcome, CommandRow};

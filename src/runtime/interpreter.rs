@@ -824,24 +824,21 @@ pub fn resume(run: &mut RunState, flow: &Flow, host: &mut dyn Host, payload: Val
     }
     let w = run.waiting.clone().ok_or("run has no wait state")?;
     let node_id = run.current_node.clone().unwrap_or_default();
-    if super::effect_wait::reenters(&w) {
-        // The node that waited takes the answer itself. An effect's answer is recorded by the
-        // node as the twin of its `started` record; a person's answer gets the usual resume record.
-        if !super::effect_wait::is_effect_reason(&w.reason) {
-            resume_record(run, host, &w, &payload);
-        }
-        let node = w.resume_to_node.clone().unwrap_or(node_id);
-        obj_entry(temp(run), "effects").insert(node.clone(), payload);
-        run.waiting = None;
-        run.status = RunStatus::Running;
-        run.current_node = Some(node);
-        run.touch();
-        return Ok(());
+    // An effect's answer is recorded by its node as the twin of the `started` record; every other
+    // answer (a person's included) gets a resume record.
+    if !super::effect_wait::is_effect_reason(&w.reason) {
+        resume_record(run, host, &w, &payload);
     }
-    resume_record(run, host, &w, &payload);
     run.waiting = None;
     run.status = RunStatus::Running;
     run.touch();
+    if super::effect_wait::reenters(&w) {
+        // The node that waited takes the answer itself.
+        let node = w.resume_to_node.clone().unwrap_or(node_id);
+        obj_entry(temp(run), "effects").insert(node.clone(), payload);
+        run.current_node = Some(node);
+        return Ok(());
+    }
 
     let is_pause = w.wait_key.as_deref().map(|k| k.starts_with("pause:")).unwrap_or(false);
     if is_pause {

@@ -347,8 +347,7 @@ fn share_prefix(model: &LlamaGguf, cache: &mut PrefixCache, jobs: &[Job]) {
     else {
         return;
     };
-    let reused = cache.reusable(&p[..n]);
-    if n < MIN_SHARED_PREFILL || reused >= n {
+    if n < MIN_SHARED_PREFILL || cache.reusable(p) >= n {
         return;
     }
     let (mut seq, cached) = match cache.lookup(&p[..n]) {

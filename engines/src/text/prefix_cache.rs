@@ -24,6 +24,22 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+impl Entry {
+    /// How many leading tokens of `prompt` this entry can serve: all of it when it starts the
+    /// prompt (the whole prompt only with its logits), or — where the backend can cut a
+    /// sequence — the part they share, keeping at least one prompt token to prefill.
+    fn usable_for(&self, prompt: &[u32]) -> usize {
+        let shared = common_prefix(&self.tokens, prompt);
+        if shared == self.tokens.len() && (shared < prompt.len() || self.logits.is_some()) {
+            shared
+        } else if shared >= MIN_PARTIAL && self.seq.can_truncate() {
+            shared.min(prompt.len() - 1)
+        } else {
+            0
+        }
+    }
+}
+
 pub struct PrefixCache {
     entries: Vec<Entry>,
     budget_bytes: usize,
@@ -75,20 +91,8 @@ impl PrefixCache {
         let best = self
             .entries
             .iter_mut()
-            .filter_map(|e| {
-                let shared = common_prefix(&e.tokens, prompt);
-                let whole = shared == e.tokens.len() && (shared < prompt.len() || e.logits.is_some());
-                // A partial hit keeps at least one prompt token to prefill (its logits are needed).
-                let partial = shared >= MIN_PARTIAL && e.seq.can_truncate();
-                let usable = if whole {
-                    shared
-                } else if partial {
-                    shared.min(prompt.len() - 1)
-                } else {
-                    0
-                };
-                (usable > 0).then_some((usable, e))
-            })
+            .map(|e| (e.usable_for(prompt), e))
+            .filter(|(n, _)| *n > 0)
             .max_by_key(|(n, _)| *n);
         match best {
             Some((n, e)) => {
@@ -113,18 +117,7 @@ impl PrefixCache {
 
     /// How many leading tokens of `prompt` a lookup would reuse (no clone, no LRU update).
     pub fn reusable(&self, prompt: &[u32]) -> usize {
-        self.entries
-            .iter()
-            .map(|e| {
-                let shared = common_prefix(&e.tokens, prompt);
-                if shared == e.tokens.len() || (shared >= MIN_PARTIAL && e.seq.can_truncate()) {
-                    shared
-                } else {
-                    0
-                }
-            })
-            .max()
-            .unwrap_or(0)
+        self.entries.iter().map(|e| e.usable_for(prompt)).max().unwrap_or(0)
     }
 
     /// Remembers `seq`, which has consumed exactly `tokens`.
