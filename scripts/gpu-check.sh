@@ -35,9 +35,17 @@ for _ in range(20): y.copy_(x)
 e.record(); torch.cuda.synchronize()
 print(f"device copy: {2 * x.numel() * 20 / (s.elapsed_time(e) / 1e3) / 1e12:.2f} TB/s (read + write)")
 PY
-    "$BIN" bench decode --synthetic llama3-8b --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+    # Each shape on candle-transformers' model with cudarc's event tracking (the state before the
+    # dense backend), then on the dense backend as served.
+    for shape in llama3-8b qwen2.5-0.5b; do
+        ABSTRACTGATEWAY_CUDA_EVENT_TRACKING=1 "$BIN" bench decode --synthetic $shape --impl candle --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+        "$BIN" bench decode --synthetic $shape --impl candle --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+        "$BIN" bench decode --synthetic $shape --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+    done
     "$BIN" bench decode --synthetic llama3-8b --device cuda:0 --prompt-tokens 2048 --tokens 16 --runs 3
-    "$BIN" bench decode --synthetic qwen2.5-0.5b --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+    # Aggregate decode of 64 streams in batched steps (goal: >= 10,000 tok/s on an H100).
+    "$BIN" bench decode --synthetic qwen2.5-0.5b --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3 --streams 64
+    "$BIN" bench decode --synthetic llama3-8b --device cuda:0 --prompt-tokens 128 --tokens 64 --runs 2 --streams 16
     ;;
 compare)
     gguf=${2:?compare needs a GGUF path}

@@ -1,8 +1,9 @@
 //! `abstractgateway bench`: measurements of the local text engine on this host. They ship in the
 //! binary because the GPU hosts have no Rust toolchain: the CUDA build is carried there and runs
 //! these.
-//! - `decode`: time to first token and single-stream decode speed, on a model file or on random
-//!   weights in a real model's shape (`--synthetic llama3-8b`);
+//! - `decode`: time to first token and decode speed, one stream or `--streams N` decoded together
+//!   in batched steps, on a model file or on random weights in a real model's shape
+//!   (`--synthetic llama3-8b`);
 //! - `compare`: one GGUF's greedy tokens and logits on the CPU and on another device.
 
 use std::path::PathBuf;
@@ -11,14 +12,14 @@ use std::time::{Duration, Instant};
 use abstractgateway_engines::device::{self, DeviceSpec};
 use abstractgateway_engines::text::gguf_llama::{LlamaGguf, Sequence};
 use abstractgateway_engines::text::sampling::argmax;
-use abstractgateway_engines::text::synthetic::SyntheticModel;
+use abstractgateway_engines::text::synthetic::{Implementation, SyntheticModel};
 use candle_core::DType;
 use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Time to first token and single-stream decode tokens/s (greedy).
+    /// Time to first token and decode tokens/s (greedy), one stream or several in batched steps.
     Decode(DecodeArgs),
     /// Greedy tokens and logits of one GGUF on the CPU and on `--device`, side by side.
     Compare(CompareArgs),
@@ -47,6 +48,15 @@ pub struct DecodeArgs {
     /// Timed runs after one untimed warm-up; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Sequences decoded together: each is prefilled with its own random prompt, then all take
+    /// their decode steps in one batched forward pass each (the serving engine's batching);
+    /// aggregate tokens/s is reported.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// The implementation running synthetic weights: `dense` (what serving runs) or `candle`
+    /// (candle-transformers' llama / qwen2, one sequence per pass), for before/after figures.
+    #[arg(long, default_value = "dense")]
+    r#impl: String,
 }
 
 #[derive(Args, Debug)]
@@ -96,7 +106,12 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
                 None if sel.device.is_cpu() => DType::F32,
                 None => DType::BF16,
             };
-            let m = SyntheticModel::new(shape, dtype, &sel.device).map_err(|e| e.to_string())?;
+            let imp = match a.r#impl.as_str() {
+                "dense" => Implementation::Dense,
+                "candle" => Implementation::Candle,
+                other => return Err(format!("--impl {other}: expected dense or candle")),
+            };
+            let m = SyntheticModel::with(shape, dtype, &sel.device, imp).map_err(|e| e.to_string())?;
             if a.prompt_tokens + a.tokens > m.context {
                 return Err(format!(
                     "{} tokens exceed the shape's context of {}",
@@ -106,7 +121,7 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
             }
             let (params, vocab) = (m.params, m.vocab);
             (
-                format!("synthetic {shape}"),
+                format!("synthetic {shape} ({})", a.r#impl),
                 Some(dtype),
                 Some(params),
                 vocab,
@@ -123,6 +138,9 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
     eprintln!("model ready in {:.1} s", started.elapsed().as_secs_f64());
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| rng.gen_range(0..vocab as u32)).collect();
+    if a.streams > 1 {
+        return decode_streams(&a, &sel.name, &label, dtype, params, vocab, make.as_ref());
+    }
 
     let mut ttft = Vec::new();
     let mut per_token = Vec::new();
@@ -175,6 +193,71 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
             bytes
         );
     }
+    Ok(())
+}
+
+/// `--streams N`: N sequences prefilled one by one, then decoded together, every step one
+/// batched forward pass (the engine's continuous batching with everyone admitted).
+fn decode_streams(
+    a: &DecodeArgs,
+    device: &str,
+    label: &str,
+    dtype: Option<DType>,
+    params: Option<usize>,
+    vocab: usize,
+    make: &dyn Fn() -> Sequence,
+) -> Result<(), String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let prompts: Vec<Vec<u32>> = (0..a.streams)
+        .map(|_| (0..a.prompt_tokens).map(|_| rng.gen_range(0..vocab as u32)).collect())
+        .collect();
+    let mut rates = Vec::new();
+    let mut steps = Vec::new();
+    for run in 0..=a.runs {
+        let mut seqs: Vec<Sequence> = (0..a.streams).map(|_| make()).collect();
+        let mut next: Vec<u32> = Vec::with_capacity(a.streams);
+        for (s, p) in seqs.iter_mut().zip(&prompts) {
+            next.push(argmax(&s.prefill(p).map_err(|e| e.to_string())?));
+        }
+        let t0 = Instant::now();
+        for _ in 0..a.tokens {
+            let feeds: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let feed_refs: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
+            let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+            let logits = Sequence::step_batch(&mut refs, &feed_refs).map_err(|e| e.to_string())?;
+            next = logits.iter().map(|l| argmax(l)).collect();
+        }
+        let took = t0.elapsed();
+        let step = took / a.tokens.max(1) as u32;
+        let rate = (a.streams * a.tokens) as f64 / took.as_secs_f64();
+        eprintln!(
+            "{}: {:.2} ms per batched step, {rate:.0} tok/s aggregate",
+            if run == 0 { "warm-up".to_string() } else { format!("run {run}") },
+            ms(step)
+        );
+        if run > 0 {
+            rates.push(rate);
+            steps.push(step);
+        }
+    }
+    rates.sort_by(|x, y| x.total_cmp(y));
+    let rate = rates[rates.len() / 2];
+    println!("model        {label}");
+    let dtype_name = dtype.map(|d| format!("{d:?}").to_lowercase()).unwrap_or_else(|| "file".into());
+    println!("device       {device}  dtype {dtype_name}");
+    if let Some(p) = params {
+        println!("parameters   {:.3} B", p as f64 / 1e9);
+    }
+    println!(
+        "streams      {} (prompts of {} tokens, then {} tokens each)",
+        a.streams, a.prompt_tokens, a.tokens
+    );
+    println!(
+        "decode       {rate:.0} tok/s aggregate ({:.1} per stream; {:.2} ms per batched step, median of {})",
+        rate / a.streams as f64,
+        ms(median(steps)),
+        a.runs
+    );
     Ok(())
 }
 

@@ -139,6 +139,16 @@ fn cuda(ordinal: usize) -> Result<Selected, String> {
         ));
     }
     let device = Device::new_cuda(ordinal).map_err(|e| format!("cuda:{ordinal}: {e}"))?;
+    if std::env::var_os("ABSTRACTGATEWAY_CUDA_EVENT_TRACKING").is_none() {
+        if let Device::Cuda(d) = &device {
+            // cudarc gives every allocation two CUDA events and records one at every use, to
+            // order work across streams; a model's tensors all live on its device's one stream,
+            // so that host time per kernel launch (a decode step launches hundreds) buys
+            // nothing. Setting the variable keeps candle's default, for before/after timings.
+            // SAFETY: no tensor of this device is used on another stream.
+            unsafe { d.disable_event_tracking() };
+        }
+    }
     Ok(Selected {
         device,
         name: format!("cuda:{ordinal}"),

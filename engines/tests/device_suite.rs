@@ -33,11 +33,11 @@ macro_rules! test_device {
     };
 }
 
-/// The GPUs' path for llama GGUFs: the weights dequantized into candle's llama. f32 on `dev`
+/// The GPUs' path for llama GGUFs: the weights dequantized into the dense model. f32 on `dev`
 /// against llama.cpp's recorded first steps, and (off the CPU) against the CPU's f32 logits.
 fn full_precision_answers_like_llama_cpp(dev: &Device) {
     let m = LlamaGguf::load_full_precision(&common::smollm2(), dev, DType::F32).unwrap();
-    assert_eq!((m.backend(), m.context), ("candle-safetensors", 8192));
+    assert_eq!((m.backend(), m.context), ("dense", 8192));
     let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
     let (worst, first_agree) = first_step_vs_llama_cpp(&m, &refs);
     // f32 activations against llama.cpp's 8-bit ones: the tolerance of the other f32 paths. Two
@@ -74,6 +74,54 @@ fn full_precision_answers_like_llama_cpp(dev: &Device) {
             assert!(diff < 1e-3, "logits differ by {diff}");
         }
     }
+}
+
+/// The dense model (ours: fused matrices, paged KV, batched steps) against candle-transformers'
+/// llama, an independent implementation, on the same f32 weights: logits along each greedy path
+/// and the greedy tokens, one sequence at a time and as one batch.
+fn dense_matches_candle_transformers(dev: &Device) {
+    let path = common::smollm2();
+    let dense = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+    let reference = LlamaGguf::load_full_precision_candle(&path, dev, DType::F32).unwrap();
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    let mut worst = 0f32;
+    let mut diff = |a: &[f32], b: &[f32]| {
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        worst = worst.max(d);
+    };
+    let cases: Vec<&Vec<u32>> = refs.cases.iter().take(4).map(|c| &c.prompt_ids).collect();
+    let mut paths = Vec::new();
+    for p in &cases {
+        let greedy = reference.greedy(p, 20, &[]).unwrap();
+        assert_eq!(dense.greedy(p, 20, &[]).unwrap(), greedy, "greedy tokens, dense vs candle-transformers");
+        // Teacher-forced along the path, token by token.
+        let (mut a, mut b) = (dense.sequence(), reference.sequence());
+        diff(&a.prefill(p).unwrap(), &b.prefill(p).unwrap());
+        for &t in &greedy[..10] {
+            diff(&a.step(t).unwrap(), &b.step(t).unwrap());
+        }
+        paths.push(greedy);
+    }
+    // All prompts prefilled in one pass, then decoded together.
+    let mut seqs: Vec<_> = cases.iter().map(|_| dense.sequence()).collect();
+    let feeds: Vec<&[u32]> = cases.iter().map(|p| p.as_slice()).collect();
+    let mut refs_: Vec<_> = seqs.iter_mut().collect();
+    let mut logits = dense.step_batch(&mut refs_, &feeds).unwrap();
+    let mut singles: Vec<_> = cases.iter().map(|_| reference.sequence()).collect();
+    let mut expected: Vec<Vec<f32>> = singles.iter_mut().zip(&cases).map(|(r, p)| r.prefill(p).unwrap()).collect();
+    for step in 0..10 {
+        for (l, e) in logits.iter().zip(&expected) {
+            diff(l, e);
+        }
+        expected = singles.iter_mut().zip(&paths).map(|(r, g)| r.step(g[step]).unwrap()).collect();
+        let next: Vec<[u32; 1]> = paths.iter().map(|g| [g[step]]).collect();
+        let feeds: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        let mut refs_: Vec<_> = seqs.iter_mut().collect();
+        logits = dense.step_batch(&mut refs_, &feeds).unwrap();
+    }
+    eprintln!("dense vs candle-transformers on {dev:?}: logits within {worst}");
+    // Both are f32 with different fusion and summation orders; logits span about ±30.
+    assert!(worst < 2e-3, "logits differ by {worst}");
 }
 
 fn tokens(rx: std::sync::mpsc::Receiver<GenEvent>) -> Vec<u32> {
@@ -119,4 +167,10 @@ test_device!(
     concurrent_cpu,
     concurrent_cuda,
     concurrent_metal
+);
+test_device!(
+    dense_matches_candle_transformers,
+    dense_vs_candle_cpu,
+    dense_vs_candle_cuda,
+    dense_vs_candle_metal
 );

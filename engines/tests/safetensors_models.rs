@@ -132,7 +132,7 @@ fn an_hf_safetensors_llama_directory_loads_and_answers() {
     let gguf_model = write_tokenizer(&gguf_path, &dir);
 
     let m = LlamaGguf::load(&dir, &Device::Cpu).unwrap();
-    assert_eq!((m.backend(), m.context), ("candle-safetensors", 8192));
+    assert_eq!((m.backend(), m.context), ("dense", 8192));
     assert_eq!((m.tokenizer.bos_id, m.tokenizer.eos_id), (Some(1), Some(2)));
     assert!(m.tokenizer.chat_template.as_deref().unwrap_or("").contains("<|im_start|>"));
     let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
@@ -173,7 +173,8 @@ fn hf_qwen2_and_qwen3_directories_match_llama_cpp() {
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         write_tokenizer(&gguf_path, &dir);
         let m = LlamaGguf::load(&dir, &Device::Cpu).unwrap();
-        assert_eq!((m.backend(), m.context), ("candle-safetensors", 8192));
+        let backend = if kind == "qwen2" { "dense" } else { "candle-safetensors" };
+        assert_eq!((m.backend(), m.context), (backend, 8192));
         let r = refs(json);
         let n = r.cases.len();
         let (worst, first) = first_step_vs_llama_cpp(&m, &r);

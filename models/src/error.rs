@@ -14,6 +14,8 @@ pub enum ModelError {
     Tensor { name: String, reason: String },
     #[error("unsupported model: {0}")]
     Unsupported(String),
+    #[error("tensor computation: {0}")]
+    Compute(#[from] candle_core::Error),
     #[error("chat template: {0}")]
     Template(String),
 }

@@ -2,9 +2,11 @@
 //! Engines (`engines/`) load weights through this crate; the gateway never touches tensors.
 
 pub mod chat_template;
+pub mod dense;
 pub mod error;
 pub mod gguf;
 pub mod llama;
+pub mod paged_kv;
 pub mod source;
 pub mod spm;
 pub mod tokenizer;

@@ -23,8 +23,9 @@ pub struct LocalModel {
     pub tokenizer: Arc<GgufTokenizer>,
     template: ChatTemplate,
     pub context: usize,
-    /// `native`, `candle` or `candle-safetensors`.
+    /// `native`, `dense`, `candle` or `candle-safetensors`.
     pub backend: &'static str,
+    dtype: &'static str,
     /// Where it runs (`cpu`, `cuda:0`, ...) and the device itself.
     pub device: String,
     pub candle_device: candle_core::Device,
@@ -131,6 +132,7 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &dev
     }
     let context = model.context;
     let backend = model.backend();
+    let dtype = model.compute_dtype();
     let candle_device = if device == "cpu" {
         candle_core::Device::Cpu
     } else {
@@ -153,6 +155,7 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &dev
         template,
         context,
         backend,
+        dtype,
         device,
         candle_device,
         stop_ids,
@@ -192,14 +195,9 @@ fn tool_instructions(tools: &[Value]) -> String {
 }
 
 impl LocalModel {
-    /// The activations' dtype: quantized GGUFs compute in f32 on the CPU; full-precision models
-    /// run bf16 on GPUs.
+    /// The activations' dtype (`f32`, `bf16`), as the model reported it at load.
     pub fn dtype(&self) -> &'static str {
-        if self.backend == "candle-safetensors" && !self.candle_device.is_cpu() {
-            "bf16"
-        } else {
-            "f32"
-        }
+        self.dtype
     }
 
     /// The prompt text for a chat, via the model's own template.

@@ -10,7 +10,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::gguf_llama::{LlamaGguf, Sequence};
+use super::gguf_llama::{LlamaGguf, Sequence, StepOut};
 use super::json_constraint::JsonConstraint;
 use super::prefix_cache::{common_prefix, Hit, PrefixCache};
 use super::sampling::{Sampler, SamplingParams};
@@ -195,6 +195,8 @@ struct Active {
     context: Vec<u32>,
     usage: Usage,
     logits: Vec<f32>,
+    /// The next token when the step returned only the arg-max (plain greedy, no constraint).
+    next: Option<u32>,
     /// Prompt tokens not yet run through the model (chunked prefill, native backend).
     pending: Vec<u32>,
 }
@@ -274,6 +276,13 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         if active.is_empty() {
             continue;
         }
+        // Decode steps of plain greedy requests only need the arg-max, which the dense backend
+        // takes on the device instead of bringing a vocabulary of logits back. A prompt's last
+        // slice still returns logits, which the prefix cache keeps with the prompt.
+        let argmax: Vec<bool> = active
+            .iter()
+            .map(|a| a.pending.is_empty() && a.json.is_none() && a.req.sampling.is_plain_greedy())
+            .collect();
         // What each sequence feeds this step: its sampled token, or the next slice of its prompt.
         let feeds: Vec<Vec<u32>> = active
             .iter_mut()
@@ -290,13 +299,23 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         stats.batched_tokens.fetch_add(active.len() as u64, Ordering::Relaxed);
         let feed_refs: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
         let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|a| &mut a.seq).collect();
-        match model.step_batch(&mut seqs, &feed_refs) {
+        match Sequence::step_batch_select(&mut seqs, &feed_refs, &argmax) {
             Ok(all) => {
-                for (a, l) in active.iter_mut().zip(all) {
-                    a.logits = l;
+                for (a, out) in active.iter_mut().zip(all) {
+                    match out {
+                        StepOut::Logits(l) => {
+                            a.logits = l;
+                            a.next = None;
+                        }
+                        StepOut::Argmax(t) => {
+                            a.logits.clear();
+                            a.next = Some(t);
+                        }
+                    }
                     // A prompt just finished prefilling: remember it for the prefix cache.
                     if a.pending.is_empty() && a.seq.len() == a.req.prompt_ids.len() && a.usage.completion_tokens == 0 {
-                        cache.insert(&a.req.prompt_ids, &a.seq, Some(&a.logits));
+                        let logits = (a.next.is_none()).then_some(a.logits.as_slice());
+                        cache.insert(&a.req.prompt_ids, &a.seq, logits);
                     }
                 }
             }
@@ -414,6 +433,7 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
             cached_tokens: cached,
         },
         logits,
+        next: None,
         pending,
         seq,
         req,
@@ -427,10 +447,15 @@ fn sample_step(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], a: &mut Active) -> 
     if a.usage.completion_tokens >= a.req.max_tokens {
         return Some(flush(a, FinishReason::Length));
     }
-    if let Some(c) = &a.json {
-        c.mask(&mut a.logits, vocab, &a.eos);
-    }
-    let next = a.sampler.sample(&mut a.logits, &a.context);
+    let next = match a.next.take() {
+        Some(t) => t,
+        None => {
+            if let Some(c) = &a.json {
+                c.mask(&mut a.logits, vocab, &a.eos);
+            }
+            a.sampler.sample(&mut a.logits, &a.context)
+        }
+    };
     a.usage.completion_tokens += 1;
     if a.req.stop_ids.contains(&next) || (a.json.is_some() && a.eos.contains(&next)) {
         return Some(flush(a, FinishReason::Stop));

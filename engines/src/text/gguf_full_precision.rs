@@ -1,10 +1,11 @@
-//! A llama GGUF dequantized into candle's full-precision llama, on any device and dtype. This is
-//! the GPU path's reference: the CPU and a GPU then run the same f32 arithmetic (no activation
-//! re-quantization), so their greedy tokens must agree.
+//! A llama GGUF dequantized to full precision, on any device and dtype: the GPU path. The CPU
+//! and a GPU then run the same f32 arithmetic (no activation re-quantization), so their greedy
+//! tokens must agree.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use abstractgateway_models::dense::{DenseConfig, DenseModel};
 use abstractgateway_models::gguf::meta_u32;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Shape, Tensor};
@@ -93,8 +94,9 @@ impl SimpleBackend for GgufWeights {
     }
 }
 
-/// candle's llama over a llama GGUF's dequantized weights, and its context length.
-pub(crate) fn load(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType) -> Result<(HfModel, usize), EngineError> {
+/// A llama GGUF's dequantized weights in the HF layout, its `config.json` equivalent, and its
+/// context length.
+fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType) -> Result<(VarBuilder<'static>, serde_json::Value, usize), EngineError> {
     let md = &content.metadata;
     if md.get("general.architecture").and_then(|v| v.to_string().ok()).map(String::as_str) != Some("llama") {
         return Err(EngineError::Unsupported(
@@ -112,13 +114,13 @@ pub(crate) fn load(path: &Path, content: gguf_file::Content, device: &Device, dt
         .unwrap_or(0);
     let context = u("context_length").unwrap_or(2048);
     let raw = serde_json::json!({
+        "model_type": "llama",
         "hidden_size": u("embedding_length"), "intermediate_size": u("feed_forward_length"),
         "vocab_size": vocab, "num_hidden_layers": u("block_count"), "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "rms_norm_eps": f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         "rope_theta": f("rope.freq_base").unwrap_or(10_000.0), "max_position_embeddings": context,
         "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
     });
-    let cfg = parse_config::<LlamaConfig>(&raw, "llama (from GGUF)")?.into_config(false);
     let file = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
         path: path.display().to_string(),
         source: e,
@@ -129,7 +131,22 @@ pub(crate) fn load(path: &Path, content: gguf_file::Content, device: &Device, dt
         heads,
         kv_heads,
     };
-    let vb = VarBuilder::from_backend(Box::new(weights), dtype, device.clone());
+    Ok((VarBuilder::from_backend(Box::new(weights), dtype, device.clone()), raw, context))
+}
+
+/// Our batched dense llama (`abstractgateway_models::dense`) over a llama GGUF's dequantized
+/// weights, with rotary tables for up to `max_context` positions.
+pub(crate) fn load(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType, max_context: usize) -> Result<Arc<DenseModel>, EngineError> {
+    let (vb, raw, context) = prepare(path, content, device, dtype)?;
+    let cfg = DenseConfig::from_hf(&raw)?;
+    Ok(Arc::new(DenseModel::load(vb, &cfg, context.min(max_context))?))
+}
+
+/// candle-transformers' llama over the same weights: an independent implementation, kept as
+/// the reference the dense model is checked against (and for before/after measurements).
+pub(crate) fn load_candle(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType) -> Result<(HfModel, usize), EngineError> {
+    let (vb, raw, context) = prepare(path, content, device, dtype)?;
+    let cfg = parse_config::<LlamaConfig>(&raw, "llama (from GGUF)")?.into_config(false);
     let empty = Cache::new(true, dtype, &cfg, device)?;
     Ok((HfModel::Llama(Arc::new(Llama::load(vb, &cfg)?), empty), context))
 }

@@ -5,19 +5,25 @@
 //!   step (continuous batching);
 //! - **candle** (`candle_transformers` quantized llama): llama GGUFs in other quantizations, on
 //!   the CPU; one sequence per forward pass, context capped at candle's 4096 rotary positions;
-//! - **candle-safetensors**: HF-layout directories (llama, mistral, qwen2, qwen3, gemma, gemma2,
-//!   gemma3_text) on candle's full-precision models, f32 on the CPU and bf16 on GPUs; on GPUs
-//!   llama GGUFs too, dequantized at load (`gguf_full_precision`).
+//! - **dense** (`abstractgateway_models::dense`): full-precision llama, mistral and qwen2, f32 on
+//!   the CPU and bf16 on GPUs, with a paged KV pool and batched decode steps: HF-layout
+//!   directories of those types, and on GPUs llama GGUFs, dequantized at load
+//!   (`gguf_full_precision`);
+//! - **candle-safetensors**: the other HF-layout directories (qwen3, gemma, gemma2, gemma3_text)
+//!   on candle's full-precision models, one sequence per forward pass.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use abstractgateway_models::dense::{DenseChunk, DenseConfig, DenseModel, DenseSeq};
+/// A sequence's result from a step: its logits, or only their arg-max where that was asked for.
+pub use abstractgateway_models::dense::Output as StepOut;
 use abstractgateway_models::gguf::{meta_u32, GgufFile};
 use abstractgateway_models::llama::{unsupported_types, Arch, Chunk, KvCache, Llama};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
 use candle_transformers::models as hf;
-use candle_transformers::models::llama::{Cache as HfCache, Llama as HfLlama, LlamaConfig as HfLlamaJson};
+use candle_transformers::models::llama::{Cache as HfCache, Llama as HfLlama};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
 use super::sampling::{Sampler, SamplingParams};
@@ -35,6 +41,7 @@ enum Backend {
     Native(Arc<Llama>),
     Candle(ModelWeights),
     Hf(HfModel),
+    Dense(Arc<DenseModel>),
 }
 
 /// candle's full-precision models for HF directories, with empty KV caches.
@@ -92,8 +99,17 @@ impl LlamaGguf {
     pub fn load_full_precision(path: &Path, device: &Device, dtype: candle_core::DType) -> Result<LlamaGguf, EngineError> {
         let gguf = GgufFile::open(path)?;
         let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
+        let model = super::gguf_full_precision::load(path, gguf.content, device, dtype, NATIVE_MAX_POSITIONS)?;
+        Ok(Self::dense(model, tokenizer))
+    }
+
+    /// The same dequantized GGUF on candle-transformers' llama (one sequence per pass, KV grown
+    /// by concatenation): the reference the dense model is tested against.
+    pub fn load_full_precision_candle(path: &Path, device: &Device, dtype: candle_core::DType) -> Result<LlamaGguf, EngineError> {
+        let gguf = GgufFile::open(path)?;
+        let tokenizer = tokenizer_from_gguf(gguf.metadata())?;
         let kv_bytes_per_token = llama_kv_bytes_per_token(gguf.metadata(), dtype.size_in_bytes());
-        let (model, context) = super::gguf_full_precision::load(path, gguf.content, device, dtype)?;
+        let (model, context) = super::gguf_full_precision::load_candle(path, gguf.content, device, dtype)?;
         Ok(LlamaGguf {
             backend: Backend::Hf(model),
             tokenizer: Arc::new(tokenizer),
@@ -101,6 +117,16 @@ impl LlamaGguf {
             kv_bytes_per_token,
             device: device.clone(),
         })
+    }
+
+    fn dense(model: Arc<DenseModel>, tokenizer: GgufTokenizer) -> LlamaGguf {
+        LlamaGguf {
+            context: model.context,
+            kv_bytes_per_token: model.cfg.kv_bytes_per_token(model.dtype),
+            device: model.device.clone(),
+            backend: Backend::Dense(model),
+            tokenizer: Arc::new(tokenizer),
+        }
     }
 
     fn load_inner(path: &Path, device: &Device, progress: &mut dyn FnMut(u64, u64), force_candle: bool) -> Result<LlamaGguf, EngineError> {
@@ -195,14 +221,13 @@ impl LlamaGguf {
         // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
         let dtype = gpu_dtype(device);
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+        if matches!(kind.as_str(), "llama" | "mistral" | "qwen2") {
+            let cfg = DenseConfig::from_hf(&raw)?;
+            let model = DenseModel::load(vb, &cfg, cfg.max_positions.min(NATIVE_MAX_POSITIONS))?;
+            let tokenizer = abstractgateway_models::tokenizer::tokenizer_from_hf_dir(dir)?;
+            return Ok(Self::dense(Arc::new(model), tokenizer));
+        }
         let model = match kind.as_str() {
-            "llama" | "mistral" => {
-                let json: HfLlamaJson = parse_config(&raw, &kind)?;
-                let cfg = json.into_config(false);
-                let empty = HfCache::new(true, dtype, &cfg, device)?;
-                HfModel::Llama(Arc::new(HfLlama::load(vb, &cfg)?), empty)
-            }
-            "qwen2" => HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&parse_config(&raw, &kind)?, vb)?),
             "qwen3" => HfModel::Qwen3(hf::qwen3::ModelForCausalLM::new(&parse_config(&raw, &kind)?, vb)?),
             "gemma" => HfModel::Gemma(hf::gemma::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
             "gemma2" => HfModel::Gemma2(hf::gemma2::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
@@ -227,12 +252,28 @@ impl LlamaGguf {
         })
     }
 
-    /// Which backend runs this model: `native`, `candle` or `candle-safetensors`.
+    /// Which backend runs this model: `native`, `dense`, `candle` or `candle-safetensors`.
     pub fn backend(&self) -> &'static str {
         match self.backend {
             Backend::Native(_) => "native",
+            Backend::Dense(_) => "dense",
             Backend::Candle(_) => "candle",
             Backend::Hf(_) => "candle-safetensors",
+        }
+    }
+
+    /// The activations' dtype: `f32` for quantized GGUFs on the CPU and full-precision models
+    /// there; `bf16` (or what was asked for) for full-precision models on GPUs.
+    pub fn compute_dtype(&self) -> &'static str {
+        let name = |d: candle_core::DType| match d {
+            candle_core::DType::BF16 => "bf16",
+            candle_core::DType::F16 => "f16",
+            _ => "f32",
+        };
+        match &self.backend {
+            Backend::Dense(m) => name(m.dtype),
+            Backend::Hf(_) => name(gpu_dtype(&self.device)),
+            Backend::Native(_) | Backend::Candle(_) => "f32",
         }
     }
 
@@ -260,7 +301,7 @@ impl LlamaGguf {
 
     /// Whether sequences can share a decode step.
     pub fn batches(&self) -> bool {
-        matches!(self.backend, Backend::Native(_))
+        matches!(self.backend, Backend::Native(_) | Backend::Dense(_))
     }
 
     /// A fresh sequence with its own KV cache (the weights are shared).
@@ -281,29 +322,16 @@ impl LlamaGguf {
                 device,
                 pos: 0,
             },
+            Backend::Dense(m) => Sequence::Dense {
+                seq: m.new_sequence(),
+                model: m.clone(),
+            },
         }
     }
 
-    /// One step for several sequences at once: each feeds its own run of tokens (one for a
-    /// decode step, a slice of its prompt for chunked prefill). A single batched forward pass on
-    /// the native backend, one pass per sequence on candle. Returns each sequence's logits after
-    /// its last token.
+    /// One step for several sequences at once (see `Sequence::step_batch`).
     pub fn step_batch(&self, seqs: &mut [&mut Sequence], tokens: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
-        if let Backend::Native(m) = &self.backend {
-            let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(seqs.len());
-            for (s, t) in seqs.iter_mut().zip(tokens) {
-                match &mut **s {
-                    Sequence::Native { cache, .. } => chunks.push(Chunk {
-                        cache,
-                        tokens: t,
-                        logits: true,
-                    }),
-                    _ => return Err(EngineError::Unsupported("mixed backends in one batch".into())),
-                }
-            }
-            return Ok(m.forward(&mut chunks)?);
-        }
-        seqs.iter_mut().zip(tokens).map(|(s, t)| s.prefill(t)).collect()
+        Sequence::step_batch(seqs, tokens)
     }
 
     pub fn check_fits(&self, prompt: usize, max_new: usize) -> Result<(), EngineError> {
@@ -362,9 +390,71 @@ pub enum Sequence {
     Candle { model: ModelWeights, device: Device, pos: usize },
     Hf { model: HfModel, device: Device, pos: usize },
     Native { model: Arc<Llama>, cache: KvCache },
+    Dense { model: Arc<DenseModel>, seq: DenseSeq },
 }
 
 impl Sequence {
+    /// One step for several sequences of one model at once: each feeds its own run of tokens
+    /// (one for a decode step, a slice of its prompt for chunked prefill). A single batched
+    /// forward pass on the native and dense backends, one pass per sequence on candle's.
+    /// Returns each sequence's logits after its last token.
+    pub fn step_batch(seqs: &mut [&mut Sequence], tokens: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(Self::step_batch_select(seqs, tokens, &[])?
+            .into_iter()
+            .map(|o| match o {
+                StepOut::Logits(l) => l,
+                StepOut::Argmax(_) => Vec::new(),
+            })
+            .collect())
+    }
+
+    /// `step_batch`, where `argmax[i]` asks for sequence i's arg-max only (taken on the device
+    /// by the dense backend, so a GPU sends back one id instead of a vocabulary of logits).
+    pub fn step_batch_select(seqs: &mut [&mut Sequence], tokens: &[&[u32]], argmax: &[bool]) -> Result<Vec<StepOut>, EngineError> {
+        let select = |all: Vec<Vec<f32>>| -> Vec<StepOut> {
+            all.into_iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if argmax.get(i).copied().unwrap_or(false) {
+                        StepOut::Argmax(super::sampling::argmax(&l))
+                    } else {
+                        StepOut::Logits(l)
+                    }
+                })
+                .collect()
+        };
+        let mixed = || EngineError::Unsupported("sequences of different models in one batch".into());
+        match seqs.first().map(|s| &**s) {
+            Some(Sequence::Native { model, .. }) => {
+                let model = model.clone();
+                let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(seqs.len());
+                for (s, t) in seqs.iter_mut().zip(tokens) {
+                    match &mut **s {
+                        Sequence::Native { model: m, cache } if Arc::ptr_eq(m, &model) => chunks.push(Chunk {
+                            cache,
+                            tokens: t,
+                            logits: true,
+                        }),
+                        _ => return Err(mixed()),
+                    }
+                }
+                Ok(select(model.forward(&mut chunks)?))
+            }
+            Some(Sequence::Dense { model, .. }) => {
+                let model = model.clone();
+                let mut chunks: Vec<DenseChunk<'_>> = Vec::with_capacity(seqs.len());
+                for (s, t) in seqs.iter_mut().zip(tokens) {
+                    match &mut **s {
+                        Sequence::Dense { model: m, seq } if Arc::ptr_eq(m, &model) => chunks.push(DenseChunk { seq, tokens: t }),
+                        _ => return Err(mixed()),
+                    }
+                }
+                Ok(model.forward_select(&mut chunks, argmax)?)
+            }
+            _ => Ok(select(seqs.iter_mut().zip(tokens).map(|(s, t)| s.prefill(t)).collect::<Result<_, _>>()?)),
+        }
+    }
+
     /// Runs `tokens` through the model; returns the logits after the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         match self {
@@ -378,6 +468,10 @@ impl Sequence {
                 }])?;
                 Ok(out.pop().unwrap_or_default())
             }
+            Sequence::Dense { model, seq } => {
+                let mut out = model.forward(&mut [DenseChunk { seq, tokens }])?;
+                Ok(out.pop().unwrap_or_default())
+            }
         }
     }
 
@@ -389,6 +483,7 @@ impl Sequence {
         match self {
             Sequence::Candle { pos, .. } | Sequence::Hf { pos, .. } => *pos,
             Sequence::Native { cache, .. } => cache.len(),
+            Sequence::Dense { seq, .. } => seq.len(),
         }
     }
 
@@ -398,7 +493,7 @@ impl Sequence {
 
     /// Whether `truncate` works (candle's models keep their KV inside the model).
     pub fn can_truncate(&self) -> bool {
-        matches!(self, Sequence::Native { .. })
+        matches!(self, Sequence::Native { .. } | Sequence::Dense { .. })
     }
 
     /// Keeps the first `n` positions; false (and unchanged) when the backend cannot.
@@ -406,6 +501,10 @@ impl Sequence {
         match self {
             Sequence::Native { cache, .. } => {
                 cache.truncate(n);
+                true
+            }
+            Sequence::Dense { seq, .. } => {
+                seq.truncate(n);
                 true
             }
             _ => false,

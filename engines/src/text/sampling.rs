@@ -44,6 +44,11 @@ impl SamplingParams {
         self.temperature <= 0.0 || self.top_k == 1
     }
 
+    /// Greedy with no penalties: the next token is the logits' arg-max and nothing else.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.is_greedy() && self.repetition_penalty == 1.0 && self.presence_penalty == 0.0 && self.frequency_penalty == 0.0
+    }
+
     /// Rejects values no client should send (NaN, negative temperature, top_p outside (0, 1]).
     pub fn validate(&self) -> Result<(), String> {
         let finite = [

@@ -1,7 +1,8 @@
 //! Random weights in the shapes of real models, for speed measurements where the real weights
 //! cannot be had (the GPU hosts here reach no model hub, and 16 GB do not travel). They run on
-//! the same code as an HF directory (candle's full-precision models), in any dtype. The output
-//! is meaningless text; the work per token is the real model's.
+//! the same code as an HF directory (the dense backend), in any dtype, or on candle-transformers'
+//! models for before/after comparisons. The output is meaningless text; the work per token is
+//! the real model's.
 
 use std::collections::HashMap;
 
@@ -10,8 +11,19 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use candle_transformers::models as hf;
 
-use super::gguf_llama::{parse_config, HfModel, Sequence};
+use abstractgateway_models::dense::{DenseConfig, DenseModel};
+
+use super::gguf_llama::{parse_config, HfModel, Sequence, NATIVE_MAX_POSITIONS};
 use crate::EngineError;
+
+/// Which implementation runs the synthetic weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Implementation {
+    /// `abstractgateway_models::dense`: what serving runs for these families.
+    Dense,
+    /// candle-transformers' llama / qwen2: one sequence per forward pass.
+    Candle,
+}
 
 /// The shapes on offer, with the `config.json` of the model each copies.
 pub const SHAPES: [(&str, &str); 2] = [
@@ -30,8 +42,13 @@ pub const SHAPES: [(&str, &str); 2] = [
     ),
 ];
 
+enum Loaded {
+    Dense(std::sync::Arc<DenseModel>),
+    Candle(HfModel),
+}
+
 pub struct SyntheticModel {
-    model: HfModel,
+    model: Loaded,
     device: Device,
     pub vocab: usize,
     /// Parameters, counted as they were made.
@@ -41,6 +58,10 @@ pub struct SyntheticModel {
 
 impl SyntheticModel {
     pub fn new(shape: &str, dtype: DType, device: &Device) -> Result<SyntheticModel, EngineError> {
+        Self::with(shape, dtype, device, Implementation::Dense)
+    }
+
+    pub fn with(shape: &str, dtype: DType, device: &Device, imp: Implementation) -> Result<SyntheticModel, EngineError> {
         let Some((_, json)) = SHAPES.iter().find(|(n, _)| *n == shape) else {
             let names: Vec<&str> = SHAPES.iter().map(|(n, _)| *n).collect();
             return Err(EngineError::Unsupported(format!(
@@ -49,46 +70,67 @@ impl SyntheticModel {
             )));
         };
         let raw: serde_json::Value = serde_json::from_str(json).map_err(|e| EngineError::Unsupported(e.to_string()))?;
-        let made = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let made = std::sync::Arc::new(std::sync::Mutex::new(Made::default()));
         let backend = RandomWeights {
             made: made.clone(),
             tied: raw["tie_word_embeddings"].as_bool().unwrap_or(false),
         };
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
         let kind = raw["model_type"].as_str().unwrap_or("");
-        let model = match kind {
-            "llama" => {
+        let n = |k: &str| raw[k].as_u64().unwrap_or(0) as usize;
+        let context = n("max_position_embeddings").min(NATIVE_MAX_POSITIONS);
+        let model = match (imp, kind) {
+            (Implementation::Dense, _) => {
+                let cfg = DenseConfig::from_hf(&raw)?;
+                Loaded::Dense(std::sync::Arc::new(DenseModel::load(vb, &cfg, context)?))
+            }
+            (Implementation::Candle, "llama") => {
                 let json: candle_transformers::models::llama::LlamaConfig = parse_config(&raw, kind)?;
                 let cfg = json.into_config(false);
                 let empty = hf::llama::Cache::new(true, dtype, &cfg, device)?;
-                HfModel::Llama(std::sync::Arc::new(hf::llama::Llama::load(vb, &cfg)?), empty)
+                Loaded::Candle(HfModel::Llama(std::sync::Arc::new(hf::llama::Llama::load(vb, &cfg)?), empty))
             }
-            _ => HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&parse_config(&raw, kind)?, vb)?),
+            (Implementation::Candle, _) => Loaded::Candle(HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&parse_config(&raw, kind)?, vb)?)),
         };
-        let n = |k: &str| raw[k].as_u64().unwrap_or(0) as usize;
+        let params = made.lock().map(|m| m.params).unwrap_or(0);
         Ok(SyntheticModel {
             model,
             device: device.clone(),
             vocab: n("vocab_size"),
-            params: made.lock().map(|m| m.values().map(|t: &Tensor| t.elem_count()).sum()).unwrap_or(0),
-            context: n("max_position_embeddings"),
+            params,
+            context,
         })
     }
 
     pub fn sequence(&self) -> Sequence {
-        Sequence::Hf {
-            model: self.model.clone(),
-            device: self.device.clone(),
-            pos: 0,
+        match &self.model {
+            Loaded::Dense(m) => Sequence::Dense {
+                model: m.clone(),
+                seq: m.new_sequence(),
+            },
+            Loaded::Candle(m) => Sequence::Hf {
+                model: m.clone(),
+                device: self.device.clone(),
+                pos: 0,
+            },
         }
     }
 }
 
+/// What the random backend handed out: the parameter count, and the tensors a second request
+/// for the same name must get again (tied weights: an lm_head that is the embedding).
+#[derive(Default)]
+struct Made {
+    params: usize,
+    kept: HashMap<String, Tensor>,
+}
+
 /// Normal(0, 0.02) weights (the usual initialisation, keeping activations in range through the
 /// layers) and unit norm scales; never zeros, which can run faster than real data.
-/// Each name is drawn once: tied weights (an lm_head that is the embedding) stay one tensor.
+/// Only the embedding is kept after handing it out (the models fuse the rest into new tensors,
+/// and keeping every original would double an 8B model's memory while loading).
 struct RandomWeights {
-    made: std::sync::Arc<std::sync::Mutex<HashMap<String, Tensor>>>,
+    made: std::sync::Arc<std::sync::Mutex<Made>>,
     /// The model reuses its embedding as the output matrix (qwen2 asks whether `lm_head` exists).
     tied: bool,
 }
@@ -99,7 +141,7 @@ impl SimpleBackend for RandomWeights {
             .made
             .lock()
             .map_err(|_| candle_core::Error::Msg("synthetic weights: poisoned".into()))?;
-        if let Some(t) = made.get(name) {
+        if let Some(t) = made.kept.get(name) {
             return Ok(t.clone());
         }
         let t = if name.ends_with("norm.weight") {
@@ -108,7 +150,10 @@ impl SimpleBackend for RandomWeights {
             // Drawn in f32 (curand has no bf16 generator), then converted.
             Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)?
         };
-        made.insert(name.to_string(), t.clone());
+        made.params += t.elem_count();
+        if name.contains("embed_tokens") {
+            made.kept.insert(name.to_string(), t.clone());
+        }
         Ok(t)
     }
 

@@ -1,0 +1,608 @@
+//! Full-precision llama-family models (llama, mistral, qwen2) on candle tensors, for GPUs: the
+//! path that takes over where candle-transformers' models stop being enough. Those run one
+//! sequence per forward pass and grow each sequence's KV cache by concatenation, so N streams
+//! cost N passes of ~25 kernel launches per layer each. Here:
+//!
+//! - **one forward pass serves a batch of sequences**, each feeding its own run of tokens (one
+//!   for a decode step, a slice of its prompt for chunked prefill), so the weights are read and
+//!   the kernels launched once per step for the whole batch;
+//! - **K and V live in a paged pool** (`paged_kv`): fixed-size blocks in one tensor per layer,
+//!   written in place with one scatter per layer for all new tokens, and gathered per batch by
+//!   block table. A sequence snapshot (the prefix cache's) shares its blocks; the first write
+//!   into a shared block copies it (copy-on-write), so snapshots cost no KV copy.
+//!
+//! The arithmetic is the usual HF one (RMSNorm, halves rotary, grouped-query attention with a
+//! causal mask, SiLU-gated MLP); Q/K/V and gate/up are each fused into one matrix at load.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::paged_kv::{BlockTable, KvPool, BLOCK};
+use crate::ModelError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseArch {
+    /// llama and mistral.
+    Llama,
+    /// Q/K/V biases.
+    Qwen2,
+}
+
+/// llama 3.1's rotary frequency scaling (`rope_scaling.rope_type = "llama3"`).
+#[derive(Debug, Clone, Copy)]
+pub struct Llama3Rope {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DenseConfig {
+    pub arch: DenseArch,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub rms_eps: f64,
+    pub rope_theta: f32,
+    pub rope_llama3: Option<Llama3Rope>,
+    pub max_positions: usize,
+    pub tie_embeddings: bool,
+}
+
+impl DenseConfig {
+    /// From an HF `config.json` (`model_type` llama, mistral or qwen2).
+    pub fn from_hf(raw: &serde_json::Value) -> Result<DenseConfig, ModelError> {
+        let kind = raw["model_type"].as_str().unwrap_or("");
+        let arch = match kind {
+            "llama" | "mistral" => DenseArch::Llama,
+            "qwen2" => DenseArch::Qwen2,
+            other => return Err(ModelError::Unsupported(format!("dense model_type '{other}' (llama, mistral, qwen2)"))),
+        };
+        let need = |k: &str| {
+            raw[k]
+                .as_u64()
+                .map(|v| v as usize)
+                .filter(|v| *v > 0)
+                .ok_or_else(|| ModelError::Unsupported(format!("config.json ({kind}): '{k}' is missing")))
+        };
+        let hidden = need("hidden_size")?;
+        let n_head = need("num_attention_heads")?;
+        let n_kv_head = raw["num_key_value_heads"].as_u64().map(|v| v as usize).unwrap_or(n_head);
+        let head_dim = raw["head_dim"].as_u64().map(|v| v as usize).unwrap_or(hidden / n_head);
+        if n_kv_head == 0 || n_head % n_kv_head != 0 || head_dim % 2 != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "config.json ({kind}): {n_head} heads over {n_kv_head} KV heads of size {head_dim}"
+            )));
+        }
+        let scaling = &raw["rope_scaling"];
+        let rope_llama3 = match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
+            None | Some("default") => None,
+            Some("llama3") => {
+                let f = |k: &str| scaling[k].as_f64().map(|v| v as f32);
+                Some(Llama3Rope {
+                    factor: f("factor").unwrap_or(8.0),
+                    low_freq_factor: f("low_freq_factor").unwrap_or(1.0),
+                    high_freq_factor: f("high_freq_factor").unwrap_or(4.0),
+                    original_max_position_embeddings: f("original_max_position_embeddings").unwrap_or(8192.0),
+                })
+            }
+            Some(other) => return Err(ModelError::Unsupported(format!("rope_scaling type '{other}'"))),
+        };
+        Ok(DenseConfig {
+            arch,
+            hidden,
+            intermediate: need("intermediate_size")?,
+            n_layer: need("num_hidden_layers")?,
+            n_head,
+            n_kv_head,
+            head_dim,
+            vocab: need("vocab_size")?,
+            rms_eps: raw["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            rope_theta: raw["rope_theta"].as_f64().unwrap_or(10_000.0) as f32,
+            rope_llama3,
+            max_positions: raw["max_position_embeddings"].as_u64().map(|v| v as usize).unwrap_or(4096),
+            tie_embeddings: raw["tie_word_embeddings"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// K and V bytes per token over all layers at `dtype`.
+    pub fn kv_bytes_per_token(&self, dtype: DType) -> usize {
+        self.n_layer * 2 * self.n_kv_head * self.head_dim * dtype.size_in_bytes()
+    }
+
+    /// The rotary inverse frequencies (llama 3.1 scaling applied where configured).
+    fn inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let base: Vec<f32> = (0..d).step_by(2).map(|i| 1.0 / self.rope_theta.powf(i as f32 / d as f32)).collect();
+        let Some(s) = self.rope_llama3 else { return base };
+        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+        base.into_iter()
+            .map(|f| {
+                let wavelen = 2.0 * std::f32::consts::PI / f;
+                if wavelen < high_wavelen {
+                    f
+                } else if wavelen > low_wavelen {
+                    f / s.factor
+                } else {
+                    let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * f / s.factor + smooth * f
+                }
+            })
+            .collect()
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    /// `[q; k; v]` rows: one matmul for all three.
+    wqkv: Tensor,
+    bqkv: Option<Tensor>,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    /// `[gate; up]` rows.
+    wgu: Tensor,
+    wdown: Tensor,
+}
+
+pub struct DenseModel {
+    pub cfg: DenseConfig,
+    pub dtype: DType,
+    pub device: Device,
+    /// Positions the rotary tables cover (the context served).
+    pub context: usize,
+    embed: Tensor,
+    /// None: the embedding is the output matrix.
+    lm_head: Option<Tensor>,
+    norm: Tensor,
+    layers: Vec<Layer>,
+    cos: Tensor,
+    sin: Tensor,
+    /// Held for a whole forward pass: the pool may grow (reallocate) while blocks are reserved.
+    pool: Mutex<KvPool>,
+}
+
+/// One sequence's place in the pool: its blocks and how many positions they hold. Cloning is a
+/// snapshot that shares the blocks (copy-on-write on the next write into a shared one).
+#[derive(Clone)]
+pub struct DenseSeq {
+    table: BlockTable,
+}
+
+impl DenseSeq {
+    pub fn len(&self) -> usize {
+        self.table.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.len == 0
+    }
+
+    /// Keeps the first `n` positions (blocks past them are released).
+    pub fn truncate(&mut self, n: usize) {
+        self.table.truncate(n);
+    }
+}
+
+/// What a chunk gets back from a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The logits after its last token (f32).
+    Logits(Vec<f32>),
+    /// Only their arg-max, taken on the device: greedy decoding without penalties needs no
+    /// more, and a batch's logits are large (64 sequences × 152k vocabulary = 39 MB of f32 to
+    /// bring back from a GPU every step).
+    Argmax(u32),
+}
+
+/// One sequence's share of a forward pass.
+pub struct DenseChunk<'a> {
+    pub seq: &'a mut DenseSeq,
+    pub tokens: &'a [u32],
+}
+
+impl DenseModel {
+    /// Loads the weights `vb` names in the HF layout (`model.layers.N.self_attn.q_proj.weight`, …)
+    /// with rotary tables for `context` positions.
+    pub fn load(vb: VarBuilder, cfg: &DenseConfig, context: usize) -> Result<DenseModel, ModelError> {
+        let (h, d, nh, nkv) = (cfg.hidden, cfg.head_dim, cfg.n_head, cfg.n_kv_head);
+        let dtype = vb.dtype();
+        let device = vb.device().clone();
+        let m = vb.pp("model");
+        let embed = m.get((cfg.vocab, h), "embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let l = m.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let q = a.get((nh * d, h), "q_proj.weight")?;
+            let k = a.get((nkv * d, h), "k_proj.weight")?;
+            let v = a.get((nkv * d, h), "v_proj.weight")?;
+            let bqkv = match cfg.arch {
+                DenseArch::Qwen2 => Some(Tensor::cat(
+                    &[a.get(nh * d, "q_proj.bias")?, a.get(nkv * d, "k_proj.bias")?, a.get(nkv * d, "v_proj.bias")?],
+                    0,
+                )?),
+                DenseArch::Llama => None,
+            };
+            let mlp = l.pp("mlp");
+            let gate = mlp.get((cfg.intermediate, h), "gate_proj.weight")?;
+            let up = mlp.get((cfg.intermediate, h), "up_proj.weight")?;
+            layers.push(Layer {
+                attn_norm: l.get(h, "input_layernorm.weight")?,
+                wqkv: Tensor::cat(&[q, k, v], 0)?,
+                bqkv,
+                wo: a.get((h, nh * d), "o_proj.weight")?,
+                ffn_norm: l.get(h, "post_attention_layernorm.weight")?,
+                wgu: Tensor::cat(&[gate, up], 0)?,
+                wdown: mlp.get((h, cfg.intermediate), "down_proj.weight")?,
+            });
+        }
+        let norm = m.get(h, "norm.weight")?;
+        let lm_head = if cfg.tie_embeddings {
+            None
+        } else {
+            Some(vb.get((cfg.vocab, h), "lm_head.weight")?)
+        };
+        let context = context.clamp(1, cfg.max_positions.max(1));
+        let inv = Tensor::new(cfg.inv_freq(), &Device::Cpu)?;
+        let t = Tensor::arange(0u32, context as u32, &Device::Cpu)?.to_dtype(DType::F32)?;
+        let freqs = t.unsqueeze(1)?.broadcast_mul(&inv.unsqueeze(0)?)?;
+        let cos = freqs.cos()?.to_dtype(dtype)?.to_device(&device)?;
+        let sin = freqs.sin()?.to_dtype(dtype)?.to_device(&device)?;
+        let pool = KvPool::new(cfg.n_layer, nkv, d, dtype, &device)?;
+        Ok(DenseModel {
+            cfg: cfg.clone(),
+            dtype,
+            device,
+            context,
+            embed,
+            lm_head,
+            norm,
+            layers,
+            cos,
+            sin,
+            pool: Mutex::new(pool),
+        })
+    }
+
+    pub fn new_sequence(&self) -> DenseSeq {
+        DenseSeq {
+            table: BlockTable::default(),
+        }
+    }
+
+    /// Tokens the KV pool holds room for now (it grows on demand).
+    pub fn kv_capacity_tokens(&self) -> usize {
+        self.pool_guard().map(|p| p.capacity_blocks() * BLOCK).unwrap_or(0)
+    }
+
+    fn pool_guard(&self) -> Result<std::sync::MutexGuard<'_, KvPool>, ModelError> {
+        self.pool.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned by an earlier panic".into()))
+    }
+
+    /// Runs every chunk's tokens through the model in one pass; returns each chunk's logits
+    /// (f32) after its last token, in the chunks' order.
+    pub fn forward(&self, chunks: &mut [DenseChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let out = self.forward_select(chunks, &vec![false; chunks.len()])?;
+        Ok(out
+            .into_iter()
+            .map(|o| match o {
+                Output::Logits(l) => l,
+                Output::Argmax(_) => Vec::new(),
+            })
+            .collect())
+    }
+
+    /// `forward`, where `argmax[i]` asks for chunk i's arg-max only.
+    pub fn forward_select(&self, chunks: &mut [DenseChunk<'_>], argmax: &[bool]) -> Result<Vec<Output>, ModelError> {
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(c) = chunks.iter().find(|c| c.tokens.is_empty() || c.seq.len() + c.tokens.len() > self.context) {
+            return Err(ModelError::Unsupported(format!(
+                "a chunk of {} tokens at position {} (context {})",
+                c.tokens.len(),
+                c.seq.len(),
+                self.context
+            )));
+        }
+        let mut pool = self.pool_guard()?;
+        // Processing order: single-token chunks (decode steps) first, as one attention batch;
+        // each longer chunk (a prompt slice) attends on its own. Rows are independent outside
+        // attention, so the order is free.
+        let mut order: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].tokens.len() == 1).collect();
+        let decodes = order.len();
+        order.extend((0..chunks.len()).filter(|&i| chunks[i].tokens.len() > 1));
+
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut rows = Vec::new();
+        for &i in &order {
+            let c = &mut chunks[i];
+            let start = c.seq.len();
+            pool.reserve(&mut c.seq.table, start + c.tokens.len())?;
+            for (t, &tok) in c.tokens.iter().enumerate() {
+                ids.push(tok);
+                positions.push((start + t) as u32);
+                rows.push(c.seq.table.row(start + t) as u32);
+            }
+        }
+        // Attention groups: (first row, sequences, tokens each).
+        let mut groups: Vec<(usize, Vec<usize>, usize)> = Vec::new();
+        if decodes > 0 {
+            groups.push((0, order[..decodes].to_vec(), 1));
+        }
+        let mut row = decodes;
+        for &i in &order[decodes..] {
+            let t = chunks[i].tokens.len();
+            groups.push((row, vec![i], t));
+            row += t;
+        }
+        let n = ids.len();
+        let dev = &self.device;
+        let (nh, nkv, d) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
+        let pos_t = Tensor::new(positions.as_slice(), dev)?;
+        let cos = self.cos.index_select(&pos_t, 0)?;
+        let sin = self.sin.index_select(&pos_t, 0)?;
+        let write = Tensor::new(rows.as_slice(), dev)?.reshape((1, n, 1))?.broadcast_as((nkv, n, d))?.contiguous()?;
+        // Per group: the block table to gather, and the additive causal mask.
+        let mut gathers = Vec::with_capacity(groups.len());
+        for (_, seqs, t) in &groups {
+            let nb = seqs.iter().map(|&i| chunks[i].seq.table.blocks()).max().unwrap_or(1);
+            let mut table = Vec::with_capacity(seqs.len() * nb);
+            let mut limits = Vec::with_capacity(seqs.len() * t);
+            for &i in seqs {
+                let tb = &chunks[i].seq.table;
+                let ids_b = tb.block_ids();
+                table.extend_from_slice(&ids_b);
+                // Padding points at a block the sequence owns; the mask hides it.
+                table.extend(std::iter::repeat_n(ids_b[0], nb - ids_b.len()));
+                let start = tb.len - t;
+                limits.extend((0..*t).map(|k| (start + k) as u32));
+            }
+            let table = Tensor::new(table.as_slice(), dev)?;
+            let mask = self.causal_mask(&limits, seqs.len(), *t, nb * BLOCK)?;
+            gathers.push((table, mask, nb));
+        }
+        let scale = 1.0 / (d as f64).sqrt();
+        let ids_t = Tensor::new(ids.as_slice(), dev)?;
+        let mut x = self.embed.index_select(&ids_t, 0)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps as f32)?;
+            let mut qkv = h.matmul(&layer.wqkv.t()?)?;
+            if let Some(b) = &layer.bqkv {
+                qkv = qkv.broadcast_add(b)?;
+            }
+            let q = qkv.narrow(1, 0, nh * d)?.contiguous()?.reshape((1, n, nh, d))?;
+            let q = (candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)? * scale)?;
+            let k = qkv.narrow(1, nh * d, nkv * d)?.contiguous()?.reshape((1, n, nkv, d))?;
+            let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?;
+            let v = qkv.narrow(1, (nh + nkv) * d, nkv * d)?;
+            let (pk, pv) = pool.layer(li);
+            pk.scatter_set(&write, &k.reshape((n, nkv, d))?.transpose(0, 1)?.contiguous()?, 1)?;
+            pv.scatter_set(&write, &v.reshape((n, nkv, d))?.transpose(0, 1)?.contiguous()?, 1)?;
+            let mut outs = Vec::with_capacity(groups.len());
+            for ((row0, seqs, t), (table, mask, nb)) in groups.iter().zip(&gathers) {
+                let b = seqs.len();
+                let q = q.narrow(1, *row0, b * t)?;
+                outs.push(self.attend(&q, pk, pv, table, mask, b, *t, *nb)?);
+            }
+            let attn = if outs.len() == 1 { outs.pop().unwrap_or(x.clone()) } else { Tensor::cat(&outs, 0)? };
+            x = (x + attn.matmul(&layer.wo.t()?)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps as f32)?;
+            let gu = h.matmul(&layer.wgu.t()?)?;
+            let i = self.cfg.intermediate;
+            let act = (candle_nn::ops::silu(&gu.narrow(1, 0, i)?)? * gu.narrow(1, i, i)?)?;
+            x = (x + act.matmul(&layer.wdown.t()?)?)?;
+        }
+        // Each chunk's last row, in the chunks' order.
+        let mut last = vec![0u32; chunks.len()];
+        let mut row = 0;
+        for &i in &order {
+            row += chunks[i].tokens.len();
+            last[i] = (row - 1) as u32;
+        }
+        let x = x.index_select(&Tensor::new(last.as_slice(), dev)?, 0)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_eps as f32)?;
+        let logits = x.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed).t()?)?;
+        let wants_max = |i: usize| argmax.get(i).copied().unwrap_or(false);
+        let maxes = if (0..chunks.len()).any(wants_max) {
+            logits.argmax(1)?.to_vec1::<u32>()?
+        } else {
+            Vec::new()
+        };
+        let full: Vec<u32> = (0..chunks.len()).filter(|&i| !wants_max(i)).map(|i| i as u32).collect();
+        let mut rows = if full.is_empty() {
+            Vec::new()
+        } else if full.len() == chunks.len() {
+            logits.to_dtype(DType::F32)?.to_vec2::<f32>()?
+        } else {
+            logits.index_select(&Tensor::new(full.as_slice(), dev)?, 0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?
+        }
+        .into_iter();
+        Ok((0..chunks.len())
+            .map(|i| {
+                if wants_max(i) {
+                    Output::Argmax(maxes[i])
+                } else {
+                    Output::Logits(rows.next().unwrap_or_default())
+                }
+            })
+            .collect())
+    }
+
+    /// Grouped-query attention of `b` sequences, `t` new tokens each (q: `[1, b*t, nh, d]`,
+    /// already scaled), over their first `nb` blocks of K and V; returns `[b*t, nh*d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(&self, q: &Tensor, pk: &Tensor, pv: &Tensor, table: &Tensor, mask: &Tensor, b: usize, t: usize, nb: usize) -> Result<Tensor, ModelError> {
+        let (nh, nkv, d) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
+        let g = nh / nkv;
+        let l = nb * BLOCK;
+        // [b, t, nkv, g, d] → [nkv, b, g*t, d]: each KV head's query heads and tokens as rows.
+        let q = q.reshape((b, t, nkv, g, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?.reshape((nkv, b, g * t, d))?;
+        let gather = |pool: &Tensor| -> Result<Tensor, ModelError> {
+            let blocks = pool.dims()[1] / BLOCK;
+            Ok(pool.reshape((nkv, blocks, BLOCK * d))?.index_select(table, 1)?.reshape((nkv, b, l, d))?)
+        };
+        let k = gather(pk)?;
+        let v = gather(pv)?;
+        let scores = q.matmul(&k.t()?)?.reshape((nkv, b, g, t, l))?.broadcast_add(mask)?;
+        let p = candle_nn::ops::softmax_last_dim(&scores)?.reshape((nkv, b, g * t, l))?;
+        let o = p.matmul(&v)?.reshape((nkv, b, g, t, d))?;
+        Ok(o.permute((1, 3, 0, 2, 4))?.contiguous()?.reshape((b * t, nh * d))?)
+    }
+
+    /// `[1, b, 1, t, l]`: 0 where key position j may be seen by query row (s, k), i.e. j ≤
+    /// `limits[s * t + k]` (its own position), −∞ elsewhere (later tokens and block padding).
+    fn causal_mask(&self, limits: &[u32], b: usize, t: usize, l: usize) -> Result<Tensor, ModelError> {
+        let dev = &self.device;
+        let j = Tensor::arange(0u32, l as u32, dev)?.reshape((1, l))?;
+        let lim = Tensor::new(limits, dev)?.reshape((b * t, 1))?;
+        let allowed = j.broadcast_le(&lim)?;
+        let zero = Tensor::zeros((b * t, l), self.dtype, dev)?;
+        let hidden = Tensor::full(f32::NEG_INFINITY, (b * t, l), dev)?.to_dtype(self.dtype)?;
+        Ok(allowed.where_cond(&zero, &hidden)?.reshape((1, b, 1, t, l))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A tiny model with random weights (2 layers, 4 query heads over 2 KV heads).
+    fn tiny(arch: &str) -> DenseModel {
+        let raw = serde_json::json!({"model_type": arch, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40,
+            "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": arch == "qwen2"});
+        let cfg = DenseConfig::from_hf(&raw).unwrap();
+        let dev = Device::Cpu;
+        let mut w: HashMap<String, Tensor> = HashMap::new();
+        let mut put = |name: String, shape: &[usize]| {
+            let t = if name.ends_with("norm.weight") {
+                (Tensor::ones(shape, DType::F32, &dev).unwrap() + Tensor::randn(0f32, 0.1, shape, &dev).unwrap()).unwrap()
+            } else {
+                Tensor::randn(0f32, 0.3, shape, &dev).unwrap()
+            };
+            w.insert(name, t);
+        };
+        put("model.embed_tokens.weight".into(), &[40, 32]);
+        put("model.norm.weight".into(), &[32]);
+        put("lm_head.weight".into(), &[40, 32]);
+        for i in 0..2 {
+            let p = format!("model.layers.{i}");
+            for (n, s) in [("q_proj", 32), ("k_proj", 16), ("v_proj", 16)] {
+                put(format!("{p}.self_attn.{n}.weight"), &[s, 32]);
+                put(format!("{p}.self_attn.{n}.bias"), &[s]);
+            }
+            put(format!("{p}.self_attn.o_proj.weight"), &[32, 32]);
+            put(format!("{p}.mlp.gate_proj.weight"), &[48, 32]);
+            put(format!("{p}.mlp.up_proj.weight"), &[48, 32]);
+            put(format!("{p}.mlp.down_proj.weight"), &[32, 48]);
+            put(format!("{p}.input_layernorm.weight"), &[32]);
+            put(format!("{p}.post_attention_layernorm.weight"), &[32]);
+        }
+        DenseModel::load(VarBuilder::from_tensors(w, DType::F32, &dev), &cfg, 256).unwrap()
+    }
+
+    fn run(m: &DenseModel, feeds: &mut [(&mut DenseSeq, &[u32])]) -> Vec<Vec<f32>> {
+        let mut chunks: Vec<DenseChunk<'_>> = feeds.iter_mut().map(|(s, t)| DenseChunk { seq: s, tokens: t }).collect();
+        m.forward(&mut chunks).unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "logits differ by {worst}");
+    }
+
+    /// The logits after each token, one token per pass: the reference every batching must match.
+    fn one_by_one(m: &DenseModel, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let mut s = m.new_sequence();
+        tokens.iter().map(|t| run(m, &mut [(&mut s, std::slice::from_ref(t))]).remove(0)).collect()
+    }
+
+    #[test]
+    fn chunked_prefill_and_batched_steps_match_one_token_at_a_time() {
+        for arch in ["llama", "qwen2"] {
+            let m = tiny(arch);
+            let a: Vec<u32> = (0..45).map(|i| (i * 7 % 40) as u32).collect();
+            let b: Vec<u32> = (0..70).map(|i| (i * 11 % 37) as u32).collect();
+            let ra = one_by_one(&m, &a);
+            let rb = one_by_one(&m, &b);
+            // a: one 40-token chunk crossing a block boundary; b: 33 tokens; then both in one pass
+            // with a third sequence, mixing decode steps and a prompt slice.
+            let (mut sa, mut sb, mut sc) = (m.new_sequence(), m.new_sequence(), m.new_sequence());
+            close(&run(&m, &mut [(&mut sa, &a[..40])])[0], &ra[39]);
+            close(&run(&m, &mut [(&mut sb, &b[..33])])[0], &rb[32]);
+            let out = run(&m, &mut [(&mut sb, &b[33..34]), (&mut sc, &a[..3]), (&mut sa, &a[40..41])]);
+            close(&out[0], &rb[33]);
+            close(&out[1], &ra[2]);
+            close(&out[2], &ra[40]);
+            let out = run(&m, &mut [(&mut sa, &a[41..45]), (&mut sb, &b[34..70])]);
+            close(&out[0], &ra[44]);
+            close(&out[1], &rb[69]);
+            assert_eq!((sa.len(), sb.len(), sc.len()), (45, 70, 3));
+        }
+    }
+
+    #[test]
+    fn snapshots_share_blocks_until_they_diverge() {
+        let m = tiny("llama");
+        let p: Vec<u32> = (0..37).map(|i| (i * 3 % 40) as u32).collect();
+        let mut s = m.new_sequence();
+        run(&m, &mut [(&mut s, &p)]);
+        let mut snap = s.clone();
+        // Both continue from the shared partial block with different tokens, in one pass.
+        let out = run(&m, &mut [(&mut s, &[5]), (&mut snap, &[9])]);
+        let mut x = p.clone();
+        x.push(5);
+        close(&out[0], one_by_one(&m, &x).last().unwrap());
+        x.pop();
+        x.push(9);
+        close(&out[1], one_by_one(&m, &x).last().unwrap());
+        // Truncated back into the shared prefix and extended again.
+        s.truncate(20);
+        let out = run(&m, &mut [(&mut s, &[1, 2])]);
+        let mut y = p[..20].to_vec();
+        y.extend([1, 2]);
+        close(&out[0], one_by_one(&m, &y).last().unwrap());
+        close(&run(&m, &mut [(&mut snap, &[4])])[0], {
+            x.push(4);
+            one_by_one(&m, &x).last().unwrap()
+        });
+    }
+
+    #[test]
+    fn argmax_rows_agree_with_the_logits() {
+        let m = tiny("qwen2");
+        let (mut a, mut b) = (m.new_sequence(), m.new_sequence());
+        let (pa, pb): (Vec<u32>, Vec<u32>) = ((0..9).collect(), (3..20).collect());
+        let mut chunks = [DenseChunk { seq: &mut a, tokens: &pa }, DenseChunk { seq: &mut b, tokens: &pb }];
+        let out = m.forward_select(&mut chunks, &[true, false]).unwrap();
+        let full_a = one_by_one(&m, &pa).pop().unwrap();
+        let best = full_a.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0 as u32;
+        assert_eq!(out[0], Output::Argmax(best));
+        match &out[1] {
+            Output::Logits(l) => close(l, one_by_one(&m, &pb).last().unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunks_past_the_context_are_refused() {
+        let m = tiny("llama");
+        let mut s = m.new_sequence();
+        let long = vec![1u32; 257];
+        let mut chunks = [DenseChunk { seq: &mut s, tokens: &long }];
+        let err = m.forward(&mut chunks).err().unwrap().to_string();
+        assert!(err.contains("context 256"), "{err}");
+        assert_eq!(s.len(), 0);
+    }
+}

@@ -1,0 +1,225 @@
+//! A paged KV cache: every layer's K (and V) for all sequences in one tensor `[kv_heads, rows,
+//! head_dim]`, handed out in blocks of `BLOCK` positions. A sequence holds a table of blocks;
+//! block handles are reference-counted, so a snapshot of a sequence shares its blocks and a
+//! block returns to the free list when its last holder lets go. The pool starts small and
+//! doubles when it runs out (copying into the larger tensors), so memory follows use; it never
+//! shrinks, as serving engines' pools do not.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::ModelError;
+
+/// Positions per block. Larger blocks mean fewer indices to gather and more padding to mask.
+pub const BLOCK: usize = 32;
+/// Blocks in a fresh pool (512 positions).
+const INITIAL_BLOCKS: usize = 16;
+
+type FreeList = Arc<Mutex<Vec<u32>>>;
+
+struct Block {
+    id: u32,
+    free: FreeList,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.free.lock() {
+            f.push(self.id);
+        }
+    }
+}
+
+/// A sequence's blocks and how many positions they hold.
+#[derive(Clone, Default)]
+pub struct BlockTable {
+    blocks: Vec<Arc<Block>>,
+    pub len: usize,
+}
+
+impl BlockTable {
+    /// The pool row that holds position `pos`.
+    pub fn row(&self, pos: usize) -> usize {
+        self.blocks[pos / BLOCK].id as usize * BLOCK + pos % BLOCK
+    }
+
+    pub fn block_ids(&self) -> Vec<u32> {
+        self.blocks.iter().map(|b| b.id).collect()
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+        self.blocks.truncate(self.len.div_ceil(BLOCK));
+    }
+}
+
+pub struct KvPool {
+    /// Per layer: K and V, `[kv_heads, blocks * BLOCK, head_dim]`.
+    layers: Vec<(Tensor, Tensor)>,
+    blocks: usize,
+    free: FreeList,
+}
+
+impl KvPool {
+    pub fn new(n_layer: usize, kv_heads: usize, head_dim: usize, dtype: DType, device: &Device) -> Result<KvPool, ModelError> {
+        let layers = (0..n_layer)
+            .map(|_| {
+                let z = || Tensor::zeros((kv_heads, INITIAL_BLOCKS * BLOCK, head_dim), dtype, device);
+                Ok((z()?, z()?))
+            })
+            .collect::<Result<Vec<_>, candle_core::Error>>()?;
+        Ok(KvPool {
+            layers,
+            blocks: INITIAL_BLOCKS,
+            free: Arc::new(Mutex::new((0..INITIAL_BLOCKS as u32).rev().collect())),
+        })
+    }
+
+    pub fn new_table(&self) -> BlockTable {
+        BlockTable::default()
+    }
+
+    pub fn capacity_blocks(&self) -> usize {
+        self.blocks
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.free.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    pub fn layer(&self, i: usize) -> (&Tensor, &Tensor) {
+        let (k, v) = &self.layers[i];
+        (k, v)
+    }
+
+    /// Makes `table` hold `len` positions: a shared block about to be written is copied first
+    /// (so the other holders keep their contents), and new blocks are added as needed.
+    pub fn reserve(&mut self, table: &mut BlockTable, len: usize) -> Result<(), ModelError> {
+        let first = table.len.min(len);
+        let bi = first / BLOCK;
+        if bi < table.blocks.len() && Arc::strong_count(&table.blocks[bi]) > 1 {
+            let fresh = self.alloc(1)?.pop().ok_or_else(|| ModelError::Unsupported("KV pool: no block".into()))?;
+            self.copy_block(table.blocks[bi].id, fresh.id)?;
+            table.blocks[bi] = fresh;
+        }
+        let need = len.div_ceil(BLOCK).saturating_sub(table.blocks.len());
+        if need > 0 {
+            table.blocks.extend(self.alloc(need)?);
+        }
+        table.len = len;
+        Ok(())
+    }
+
+    fn alloc(&mut self, n: usize) -> Result<Vec<Arc<Block>>, ModelError> {
+        let have = self.free_blocks();
+        if have < n {
+            self.grow((self.blocks * 2).max(self.blocks + n - have))?;
+        }
+        let mut free = self.free.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
+        let at = free.len() - n;
+        Ok(free
+            .drain(at..)
+            .map(|id| {
+                Arc::new(Block {
+                    id,
+                    free: self.free.clone(),
+                })
+            })
+            .collect())
+    }
+
+    fn grow(&mut self, blocks: usize) -> Result<(), ModelError> {
+        for (k, v) in self.layers.iter_mut() {
+            for t in [k, v] {
+                let (h, _, d) = t.dims3()?;
+                let bigger = Tensor::zeros((h, blocks * BLOCK, d), t.dtype(), t.device())?;
+                bigger.slice_set(t, 1, 0)?;
+                *t = bigger;
+            }
+        }
+        let mut free = self.free.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
+        free.extend((self.blocks as u32..blocks as u32).rev());
+        self.blocks = blocks;
+        Ok(())
+    }
+
+    fn copy_block(&self, from: u32, to: u32) -> Result<(), ModelError> {
+        for (k, v) in &self.layers {
+            for t in [k, v] {
+                // Forced: a narrow of a one-head pool is already contiguous and would share storage.
+                let src = t.narrow(1, from as usize * BLOCK, BLOCK)?.force_contiguous()?;
+                t.slice_set(&src, 1, to as usize * BLOCK)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> KvPool {
+        KvPool::new(1, 1, 2, DType::F32, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn blocks_come_back_when_the_last_holder_drops() {
+        let mut p = pool();
+        let mut a = p.new_table();
+        p.reserve(&mut a, 70).unwrap();
+        assert_eq!(a.blocks(), 3);
+        assert_eq!(p.free_blocks(), INITIAL_BLOCKS - 3);
+        let snapshot = a.clone();
+        drop(a);
+        assert_eq!(p.free_blocks(), INITIAL_BLOCKS - 3, "the snapshot still holds them");
+        drop(snapshot);
+        assert_eq!(p.free_blocks(), INITIAL_BLOCKS);
+    }
+
+    #[test]
+    fn writing_into_a_shared_block_copies_it_first() {
+        let mut p = pool();
+        let mut a = p.new_table();
+        p.reserve(&mut a, 40).unwrap();
+        let (k, _) = p.layer(0);
+        let marked = Tensor::new(&[[[7f32, 7.0]]], &Device::Cpu).unwrap();
+        k.slice_set(&marked, 1, a.row(35)).unwrap();
+        let snap = a.clone();
+        // Extending `a` writes position 40, in its second block, which the snapshot shares.
+        p.reserve(&mut a, 41).unwrap();
+        assert_ne!(a.block_ids()[1], snap.block_ids()[1]);
+        assert_eq!(a.block_ids()[0], snap.block_ids()[0], "full blocks stay shared");
+        let (k, _) = p.layer(0);
+        let copied = k.narrow(1, a.row(35), 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(copied, vec![7.0, 7.0]);
+        // A block boundary needs no copy: the next write goes to a fresh block.
+        let mut b = p.new_table();
+        p.reserve(&mut b, 32).unwrap();
+        let snap_b = b.clone();
+        p.reserve(&mut b, 33).unwrap();
+        assert_eq!(b.block_ids()[0], snap_b.block_ids()[0]);
+    }
+
+    #[test]
+    fn the_pool_grows_and_keeps_what_it_held() {
+        let mut p = pool();
+        let mut a = p.new_table();
+        p.reserve(&mut a, 1).unwrap();
+        let (k, _) = p.layer(0);
+        k.slice_set(&Tensor::new(&[[[3f32, 4.0]]], &Device::Cpu).unwrap(), 1, a.row(0)).unwrap();
+        let mut big = p.new_table();
+        p.reserve(&mut big, INITIAL_BLOCKS * BLOCK * 2).unwrap();
+        assert!(p.capacity_blocks() >= INITIAL_BLOCKS * 2 + 1);
+        let (k, _) = p.layer(0);
+        let kept = k.narrow(1, a.row(0), 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(kept, vec![3.0, 4.0]);
+        big.truncate(10);
+        assert_eq!(big.blocks(), 1);
+    }
+}
