@@ -156,6 +156,57 @@ fn concurrent_requests_match_single_runs(dev: &Device) {
     assert!(alone.iter().all(|t| !t.is_empty()));
 }
 
+/// The engine on the dense backend with its prefix cache: a repeated prompt is served from
+/// the cache, prompts sharing a long prefix reuse its blocks (copy-on-write where a partial block
+/// is shared), and every answer equals the cold greedy run of its prompt.
+fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
+    let path = common::smollm2();
+    let cold = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+    let engine = TextEngine::spawn(LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap());
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    // A 70-token shared prefix (two full blocks and a partial one), then each case's prompt.
+    let shared: Vec<u32> = refs.cases.iter().flat_map(|c| c.prompt_ids.iter().copied()).take(70).collect();
+    let prompts: Vec<Vec<u32>> = refs.cases.iter().take(3).map(|c| [shared.as_slice(), &c.prompt_ids].concat()).collect();
+    let run = |p: &Vec<u32>| -> (Vec<u32>, usize) {
+        let rx = engine.generate(GenerateRequest {
+            prompt_ids: p.clone(),
+            max_tokens: 10,
+            ..Default::default()
+        });
+        let mut ids = Vec::new();
+        for ev in rx {
+            match ev {
+                GenEvent::Token { id, .. } => ids.push(id),
+                GenEvent::Done { usage, .. } => return (ids, usage.cached_tokens),
+                GenEvent::Text(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("no Done")
+    };
+    let expect: Vec<Vec<u32>> = prompts.iter().map(|p| cold.greedy(p, 10, &[]).unwrap()).collect();
+    let (first, cached) = run(&prompts[0]);
+    assert_eq!((first, cached), (expect[0].clone(), 0));
+    let (again, cached) = run(&prompts[0]);
+    assert_eq!(again, expect[0]);
+    assert_eq!(cached, prompts[0].len(), "the repeated prompt comes from the cache");
+    for (p, e) in prompts.iter().zip(&expect).skip(1) {
+        let (out, cached) = run(p);
+        assert_eq!(&out, e, "after a partial hit");
+        assert!(cached >= shared.len(), "{cached} of the {}-token shared prefix reused", shared.len());
+    }
+    // Sent together: still each prompt's own answer.
+    let rxs: Vec<_> = prompts.iter().map(|p| engine.generate(GenerateRequest { prompt_ids: p.clone(), max_tokens: 10, ..Default::default() })).collect();
+    let together: Vec<Vec<u32>> = rxs.into_iter().map(tokens).collect();
+    assert_eq!(together, expect);
+}
+
+test_device!(
+    prefix_cache_on_shared_blocks_matches_cold_runs,
+    prefix_cache_cpu,
+    prefix_cache_cuda,
+    prefix_cache_metal
+);
 test_device!(
     full_precision_answers_like_llama_cpp,
     full_precision_cpu,

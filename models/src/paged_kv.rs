@@ -118,7 +118,11 @@ impl KvPool {
     fn alloc(&mut self, n: usize) -> Result<Vec<Arc<Block>>, ModelError> {
         let have = self.free_blocks();
         if have < n {
-            self.grow((self.blocks * 2).max(self.blocks + n - have))?;
+            // Doubling keeps growth rare; where the device cannot hold double, just enough.
+            let need = self.blocks + n - have;
+            if self.grow((self.blocks * 2).max(need)).is_err() {
+                self.grow(need)?;
+            }
         }
         let mut free = self.free.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
         let at = free.len() - n;
@@ -133,11 +137,26 @@ impl KvPool {
             .collect())
     }
 
+    /// Layer by layer (so only one layer is held twice at a time); a failure leaves some layers
+    /// larger than `self.blocks` says, which is harmless, and a retry skips them.
     fn grow(&mut self, blocks: usize) -> Result<(), ModelError> {
+        let from = self.blocks;
         for (k, v) in self.layers.iter_mut() {
             for t in [k, v] {
-                let (h, _, d) = t.dims3()?;
-                let bigger = Tensor::zeros((h, blocks * BLOCK, d), t.dtype(), t.device())?;
+                let (h, rows, d) = t.dims3()?;
+                if rows >= blocks * BLOCK {
+                    continue;
+                }
+                let bigger = Tensor::zeros((h, blocks * BLOCK, d), t.dtype(), t.device()).map_err(|e| {
+                    let bytes = 2 * block_bytes(h, blocks, d, t.dtype());
+                    ModelError::Unsupported(format!(
+                        "KV cache: cannot grow from {} to {} positions ({} MiB per layer) on {:?}: {e}",
+                        from * BLOCK,
+                        blocks * BLOCK,
+                        bytes >> 20,
+                        t.device().location()
+                    ))
+                })?;
                 bigger.slice_set(t, 1, 0)?;
                 *t = bigger;
             }
@@ -146,6 +165,17 @@ impl KvPool {
         free.extend((self.blocks as u32..blocks as u32).rev());
         self.blocks = blocks;
         Ok(())
+    }
+
+    /// Bytes the pool holds now, all layers, K and V.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .first()
+            .map(|(k, _)| {
+                let (h, _, d) = k.dims3().unwrap_or((0, 0, 0));
+                2 * self.layers.len() * block_bytes(h, self.blocks, d, k.dtype())
+            })
+            .unwrap_or(0)
     }
 
     fn copy_block(&self, from: u32, to: u32) -> Result<(), ModelError> {
@@ -158,6 +188,10 @@ impl KvPool {
         }
         Ok(())
     }
+}
+
+fn block_bytes(heads: usize, blocks: usize, head_dim: usize, dtype: DType) -> usize {
+    heads * blocks * BLOCK * head_dim * dtype.size_in_bytes()
 }
 
 #[cfg(test)]
@@ -216,6 +250,7 @@ mod tests {
         let mut big = p.new_table();
         p.reserve(&mut big, INITIAL_BLOCKS * BLOCK * 2).unwrap();
         assert!(p.capacity_blocks() >= INITIAL_BLOCKS * 2 + 1);
+        assert_eq!(p.bytes(), 2 * p.capacity_blocks() * BLOCK * 2 * 4);
         let (k, _) = p.layer(0);
         let kept = k.narrow(1, a.row(0), 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(kept, vec![3.0, 4.0]);

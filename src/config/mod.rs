@@ -57,8 +57,9 @@ pub struct Config {
     pub provider_timeout_s: f64,
     /// KV memory each local model may keep for its prefix cache (0 disables it).
     pub prefix_cache_mb: usize,
-    /// Most concurrent requests one local model decodes together per step.
-    pub max_batch: usize,
+    /// Most concurrent requests one local model decodes together per step; unset: 16 on the
+    /// CPU (where a step's cost grows with the batch), 64 on GPUs.
+    pub max_batch: Option<usize>,
     /// Where local models run (`ABSTRACTGATEWAY_DEVICE`): auto, cpu, cuda:N, metal:N. `auto`
     /// takes a GPU this binary can drive, else the CPU.
     pub device: String,
@@ -256,7 +257,10 @@ impl Config {
             breaker_cooldown_s: number(&["ABSTRACTGATEWAY_BREAKER_COOLDOWN_S"], 30.0f64)?,
             provider_timeout_s: number(&["ABSTRACTGATEWAY_PROVIDER_TIMEOUT_S"], 120.0f64)?,
             prefix_cache_mb: number(&["ABSTRACTGATEWAY_PREFIX_CACHE_MB"], 512usize)?,
-            max_batch: number(&["ABSTRACTGATEWAY_MAX_BATCH"], 16usize)?.max(1),
+            max_batch: match var(&["ABSTRACTGATEWAY_MAX_BATCH"]) {
+                None => None,
+                Some(_) => Some(number(&["ABSTRACTGATEWAY_MAX_BATCH"], 16usize)?.max(1)),
+            },
             device: var(&["ABSTRACTGATEWAY_DEVICE"]).unwrap_or_else(|| "auto".into()),
             model_devices: model_devices()?,
             data_dir,

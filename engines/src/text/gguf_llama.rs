@@ -299,6 +299,10 @@ impl LlamaGguf {
         !matches!(self.backend, Backend::Hf(HfModel::Gemma3(_)))
     }
 
+    pub fn on_gpu(&self) -> bool {
+        !self.device.is_cpu()
+    }
+
     /// Whether sequences can share a decode step.
     pub fn batches(&self) -> bool {
         matches!(self.backend, Backend::Native(_) | Backend::Dense(_))
