@@ -199,6 +199,11 @@ fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
     let rxs: Vec<_> = prompts.iter().map(|p| engine.generate(GenerateRequest { prompt_ids: p.clone(), max_tokens: 10, ..Default::default() })).collect();
     let together: Vec<Vec<u32>> = rxs.into_iter().map(tokens).collect();
     assert_eq!(together, expect);
+    // Three ~100-token sequences and the cached prompts fit the pool's first 512 positions,
+    // since the cache and the sequences share the blocks of the common prefix.
+    let pool = engine.stats.kv_pool_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let per_token = 30 * 2 * 3 * 64 * 4; // SmolLM2: 30 layers, K and V, 3 KV heads of 64, f32
+    assert_eq!(pool, 512 * per_token, "KV pool bytes");
 }
 
 test_device!(

@@ -296,6 +296,11 @@ impl DenseModel {
         }
     }
 
+    /// Bytes the KV pool holds (it grows on demand and keeps its size).
+    pub fn kv_pool_bytes(&self) -> usize {
+        self.pool_guard().map(|p| p.bytes()).unwrap_or(0)
+    }
+
     /// Tokens the KV pool holds room for now (it grows on demand).
     pub fn kv_capacity_tokens(&self) -> usize {
         self.pool_guard().map(|p| p.capacity_blocks() * BLOCK).unwrap_or(0)

@@ -99,6 +99,8 @@ pub struct EngineStats {
     pub batch_steps: AtomicU64,
     pub batched_tokens: AtomicU64,
     pub prefix_cache_bytes: AtomicUsize,
+    /// The dense backend's KV pool (all sequences and cached prefixes share it).
+    pub kv_pool_bytes: AtomicUsize,
 }
 
 #[derive(Debug, Clone)]
@@ -333,6 +335,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
                 }
             }
         }
+        stats.kv_pool_bytes.store(model.kv_pool_bytes(), Ordering::Relaxed);
     }
 }
 

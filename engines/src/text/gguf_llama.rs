@@ -299,6 +299,14 @@ impl LlamaGguf {
         !matches!(self.backend, Backend::Hf(HfModel::Gemma3(_)))
     }
 
+    /// Bytes of the dense backend's KV pool (0 for the others, whose KV lives per sequence).
+    pub fn kv_pool_bytes(&self) -> usize {
+        match &self.backend {
+            Backend::Dense(m) => m.kv_pool_bytes(),
+            _ => 0,
+        }
+    }
+
     pub fn on_gpu(&self) -> bool {
         !self.device.is_cpu()
     }
