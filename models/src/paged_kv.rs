@@ -118,9 +118,18 @@ impl KvPool {
     fn alloc(&mut self, n: usize) -> Result<Vec<Arc<Block>>, ModelError> {
         let have = self.free_blocks();
         if have < n {
-            // Doubling keeps growth rare; where the device cannot hold double, just enough.
+            // Doubling keeps growth (a copy of the pool) rare. Where the device cannot hold
+            // double, smaller steps; just enough only as the last resort, since growing by a
+            // block at a time would copy the whole pool for every new block.
             let need = self.blocks + n - have;
-            if self.grow((self.blocks * 2).max(need)).is_err() {
+            let mut grown = Err(ModelError::Unsupported("KV pool: no growth tried".into()));
+            for factor in [2.0, 1.5, 1.25] {
+                grown = self.grow(((self.blocks as f64 * factor) as usize).max(need));
+                if grown.is_ok() {
+                    break;
+                }
+            }
+            if grown.is_err() {
                 self.grow(need)?;
             }
         }
