@@ -74,9 +74,9 @@ fn decode_runs_synthetic_weights_of_a_real_shape() {
 fn bad_requests_are_refused_with_a_reason() {
     let model = model_files::smollm2();
     let m = model.to_str().unwrap();
-    let (ok, _, err) = bench(&["compare", "--model", m, "--device", "cpu", "--refs", "x.json"]);
+    let (ok, _, err) = bench(&["compare", "--model", m, "--device", "cpu", "--refs", "missing.json"]);
     assert!(!ok);
-    assert!(err.contains("--device must name a GPU"), "{err}");
+    assert!(err.contains("missing.json"), "{err}");
     let (ok, _, err) = bench(&["decode", "--model", m, "--device", "tpu:0"]);
     assert!(!ok);
     assert!(err.contains("expected auto, cpu, cuda:N or metal:N"), "{err}");
@@ -89,4 +89,35 @@ fn bad_requests_are_refused_with_a_reason() {
     let (ok, _, err) = bench(&["decode", "--synthetic", "gpt5", "--device", "cpu"]);
     assert!(!ok);
     assert!(err.contains("known: llama3-8b, qwen2.5-0.5b"), "{err}");
+}
+
+/// What `gpu-check.sh compare` runs on a GPU host, run here with the CPU on both sides: every
+/// check (the dense model against the CPU and against candle-transformers' llama, batched
+/// decoding against one sequence at a time) completes and agrees.
+#[test]
+fn compare_runs_every_check_with_the_cpu_on_both_sides() {
+    let model = model_files::smollm2();
+    let refs = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tests/data/smollm2_greedy.json");
+    let (ok, out, err) = bench(&["compare", "--model", model.to_str().unwrap(), "--device", "cpu", "--refs", refs, "--tokens", "4", "--prompts", "3"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(err.contains("compared with itself"), "{err}");
+    assert!(out.contains("dense vs candle-transformers"), "{out}");
+    assert!(out.contains("batched (f32): 3 prompts in one step each, 4 tokens: 3/3 equal"), "{out}");
+    assert!(out.contains("verdict: f32 greedy tokens EQUAL") && out.contains("batched f32 EQUAL"), "{out}");
+}
+
+/// `--streams`: several sequences decoded in batched steps, the aggregate reported.
+#[test]
+fn decode_streams_reports_the_aggregate_of_batched_steps() {
+    let (ok, out, err) = bench(&[
+        "decode", "--synthetic", "qwen2.5-0.5b", "--device", "cpu", "--prompt-tokens", "4", "--tokens", "3", "--runs", "1",
+        "--streams", "3",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("synthetic qwen2.5-0.5b (dense)"), "{out}");
+    assert!(out.contains("streams      3 (prompts of 4 tokens, then 3 tokens each)"), "{out}");
+    assert!(figure(&out, "decode") > 0.0, "{out}");
+    let (ok, _, err) = bench(&["decode", "--synthetic", "qwen2.5-0.5b", "--device", "cpu", "--impl", "vllm"]);
+    assert!(!ok);
+    assert!(err.contains("expected dense or candle"), "{err}");
 }
