@@ -10,6 +10,8 @@ use candle_core::{DType, Device};
 
 #[path = "../../models/tests/common/mod.rs"]
 mod common;
+#[path = "../../models/tests/common/derive.rs"]
+mod derive;
 #[path = "common/llama_cpp_refs.rs"]
 mod llama_cpp_refs;
 use llama_cpp_refs::{first_step_vs_llama_cpp, refs};
@@ -137,6 +139,25 @@ fn tokens(rx: std::sync::mpsc::Receiver<GenEvent>) -> Vec<u32> {
     panic!("stream ended without Done")
 }
 
+/// qwen2 (with Q/K/V biases) and qwen3 (with per-head Q/K norms) GGUFs dequantized into the dense
+/// model, the path GPUs take for them, against llama.cpp on the same files (derived from SmolLM2:
+/// no such weights can be had offline). Tolerance as for the other f32 paths.
+fn full_precision_qwen_families_answer_like_llama_cpp(dev: &Device) {
+    for (v, json) in [
+        (derive::Variant::Qwen2Bias, include_str!("../../models/tests/data/smollm2_qwen2-bias_greedy.json")),
+        (derive::Variant::Qwen3, include_str!("../../models/tests/data/smollm2_qwen3_greedy.json")),
+    ] {
+        let path = derive::derived(&common::smollm2(), v);
+        let m = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+        assert_eq!(m.backend(), "dense");
+        let r = refs(json);
+        let (worst, first) = first_step_vs_llama_cpp(&m, &r);
+        eprintln!("{v:?} full precision on {dev:?}: first-step top-10 logits within {worst} of llama.cpp; first token {first}/{}", r.cases.len());
+        assert!(worst < 1.5, "{v:?}: a first-step logit is {worst} off llama.cpp's");
+        assert_eq!(first, r.cases.len(), "{v:?}: first tokens differ from llama.cpp's");
+    }
+}
+
 /// Requests sent together through the engine thread get exactly the tokens each gets alone.
 fn concurrent_requests_match_single_runs(dev: &Device) {
     let m = LlamaGguf::load_full_precision(&common::smollm2(), dev, DType::F32).unwrap();
@@ -229,4 +250,10 @@ test_device!(
     dense_vs_candle_cpu,
     dense_vs_candle_cuda,
     dense_vs_candle_metal
+);
+test_device!(
+    full_precision_qwen_families_answer_like_llama_cpp,
+    qwen_full_precision_cpu,
+    qwen_full_precision_cuda,
+    qwen_full_precision_metal
 );

@@ -28,6 +28,8 @@ pub enum DenseArch {
     Llama,
     /// Q/K/V biases.
     Qwen2,
+    /// Per-head RMSNorm of Q and K before the rotary.
+    Qwen3,
 }
 
 /// llama 3.1's rotary frequency scaling (`rope_scaling.rope_type = "llama3"`).
@@ -42,6 +44,8 @@ pub struct Llama3Rope {
 #[derive(Debug, Clone)]
 pub struct DenseConfig {
     pub arch: DenseArch,
+    /// Q/K/V biases (always for qwen2; `attention_bias` for the others).
+    pub qkv_bias: bool,
     pub hidden: usize,
     pub intermediate: usize,
     pub n_layer: usize,
@@ -63,7 +67,8 @@ impl DenseConfig {
         let arch = match kind {
             "llama" | "mistral" => DenseArch::Llama,
             "qwen2" => DenseArch::Qwen2,
-            other => return Err(ModelError::Unsupported(format!("dense model_type '{other}' (llama, mistral, qwen2)"))),
+            "qwen3" => DenseArch::Qwen3,
+            other => return Err(ModelError::Unsupported(format!("dense model_type '{other}' (llama, mistral, qwen2, qwen3)"))),
         };
         let need = |k: &str| {
             raw[k]
@@ -97,6 +102,7 @@ impl DenseConfig {
         };
         Ok(DenseConfig {
             arch,
+            qkv_bias: arch == DenseArch::Qwen2 || raw["attention_bias"].as_bool().unwrap_or(false),
             hidden,
             intermediate: need("intermediate_size")?,
             n_layer: need("num_hidden_layers")?,
@@ -160,6 +166,8 @@ struct Layer {
     /// `[q; k; v]` rows: one matmul for all three.
     wqkv: Tensor,
     bqkv: Option<Tensor>,
+    /// qwen3: per-head RMSNorm weights of Q (with the attention scale folded in) and K.
+    qk_norm: Option<(Tensor, Tensor)>,
     wo: Tensor,
     ffn_norm: Tensor,
     /// `[gate; up]` rows.
@@ -238,16 +246,23 @@ impl DenseModel {
             let a = l.pp("self_attn");
             // The attention scale 1/√d is folded into Q's rows (and bias): the rotary is a
             // rotation, so scaling before it equals scaling the scores, one launch less per layer.
+            // Under a Q norm (which would undo it) it is folded into the norm's weights instead.
             let scale = 1.0 / (d as f64).sqrt();
-            let q = scaled(&a.get((nh * d, h), "q_proj.weight")?, scale)?;
+            let qk_norm = match cfg.arch {
+                DenseArch::Qwen3 => Some((scaled(&a.get(d, "q_norm.weight")?, scale)?, a.get(d, "k_norm.weight")?)),
+                _ => None,
+            };
+            let q_scale = if qk_norm.is_some() { 1.0 } else { scale };
+            let q = scaled(&a.get((nh * d, h), "q_proj.weight")?, q_scale)?;
             let k = a.get((nkv * d, h), "k_proj.weight")?;
             let v = a.get((nkv * d, h), "v_proj.weight")?;
-            let bqkv = match cfg.arch {
-                DenseArch::Qwen2 => Some(Tensor::cat(
-                    &[scaled(&a.get(nh * d, "q_proj.bias")?, scale)?, a.get(nkv * d, "k_proj.bias")?, a.get(nkv * d, "v_proj.bias")?],
+            let bqkv = if cfg.qkv_bias {
+                Some(Tensor::cat(
+                    &[scaled(&a.get(nh * d, "q_proj.bias")?, q_scale)?, a.get(nkv * d, "k_proj.bias")?, a.get(nkv * d, "v_proj.bias")?],
                     0,
-                )?),
-                DenseArch::Llama => None,
+                )?)
+            } else {
+                None
             };
             let mlp = l.pp("mlp");
             let gate = mlp.get((cfg.intermediate, h), "gate_proj.weight")?;
@@ -256,6 +271,7 @@ impl DenseModel {
                 attn_norm: l.get(h, "input_layernorm.weight")?,
                 wqkv: Tensor::cat(&[q, k, v], 0)?,
                 bqkv,
+                qk_norm,
                 wo: a.get((h, nh * d), "o_proj.weight")?,
                 ffn_norm: l.get(h, "post_attention_layernorm.weight")?,
                 wgu: Tensor::cat(&[gate, up], 0)?,
@@ -404,10 +420,13 @@ impl DenseModel {
             }
             // Viewed per head, `[n, nh + 2 nkv, d]`: each of Q, K, V is one copy out of it.
             let heads = qkv.reshape((n, nh + 2 * nkv, d))?;
-            let q = heads.narrow(1, 0, nh)?.contiguous()?.reshape((1, n, nh, d))?;
-            let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?;
-            let k = heads.narrow(1, nh, nkv)?.contiguous()?.reshape((1, n, nkv, d))?;
-            let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?;
+            let (mut q, mut k) = (heads.narrow(1, 0, nh)?.contiguous()?, heads.narrow(1, nh, nkv)?.contiguous()?);
+            if let Some((nq, nk)) = &layer.qk_norm {
+                q = candle_nn::ops::rms_norm(&q, nq, self.cfg.rms_eps as f32)?;
+                k = candle_nn::ops::rms_norm(&k, nk, self.cfg.rms_eps as f32)?;
+            }
+            let q = candle_nn::rotary_emb::rope_thd(&q.reshape((1, n, nh, d))?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_thd(&k.reshape((1, n, nkv, d))?, &cos, &sin)?;
             let v = heads.narrow(1, nh + nkv, nkv)?.transpose(0, 1)?.contiguous()?;
             let (pk, pv) = pool.layer(li);
             pk.scatter_set(&write, &k.reshape((n, nkv, d))?.transpose(0, 1)?.contiguous()?, 1)?;
@@ -536,6 +555,8 @@ mod tests {
                 put(format!("{p}.self_attn.{n}.weight"), &[s, 32]);
                 put(format!("{p}.self_attn.{n}.bias"), &[s]);
             }
+            put(format!("{p}.self_attn.q_norm.weight"), &[8]);
+            put(format!("{p}.self_attn.k_norm.weight"), &[8]);
             put(format!("{p}.self_attn.o_proj.weight"), &[32, 32]);
             put(format!("{p}.mlp.gate_proj.weight"), &[48, 32]);
             put(format!("{p}.mlp.up_proj.weight"), &[48, 32]);
@@ -564,7 +585,7 @@ mod tests {
 
     #[test]
     fn chunked_prefill_and_batched_steps_match_one_token_at_a_time() {
-        for arch in ["llama", "qwen2"] {
+        for arch in ["llama", "qwen2", "qwen3"] {
             let m = tiny(arch);
             let a: Vec<u32> = (0..45).map(|i| (i * 7 % 40) as u32).collect();
             let b: Vec<u32> = (0..70).map(|i| (i * 11 % 37) as u32).collect();

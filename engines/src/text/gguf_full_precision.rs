@@ -1,6 +1,6 @@
-//! A llama GGUF dequantized to full precision, on any device and dtype: the GPU path. The CPU
-//! and a GPU then run the same f32 arithmetic (no activation re-quantization), so their greedy
-//! tokens must agree.
+//! A llama, qwen2 or qwen3 GGUF dequantized to full precision, on any device and dtype: the GPU
+//! path. The CPU and a GPU then run the same f32 arithmetic (no activation re-quantization), so
+//! their greedy tokens must agree.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,8 @@ use super::gguf_llama::parse_config;
 use super::gguf_llama::HfModel;
 use crate::EngineError;
 
-/// The GGUF name of an HF llama tensor (`model.layers.3.self_attn.q_proj.weight` →
-/// `blk.3.attn_q.weight`).
+/// The GGUF name of an HF llama-family tensor (`model.layers.3.self_attn.q_proj.weight` →
+/// `blk.3.attn_q.weight`; biases and qwen3's Q/K norms alike).
 fn gguf_name(hf: &str) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
@@ -28,7 +28,10 @@ fn gguf_name(hf: &str) -> Option<String> {
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, name) = rest.split_once('.')?;
-    let name = name.strip_suffix(".weight")?;
+    let (name, kind) = match name.strip_suffix(".weight") {
+        Some(n) => (n, "weight"),
+        None => (name.strip_suffix(".bias")?, "bias"),
+    };
     let g = match name {
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
@@ -39,9 +42,11 @@ fn gguf_name(hf: &str) -> Option<String> {
         "mlp.down_proj" => "ffn_down",
         "input_layernorm" => "attn_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         _ => return None,
     };
-    Some(format!("blk.{layer}.{g}.weight"))
+    Some(format!("blk.{layer}.{g}.{kind}"))
 }
 
 /// llama.cpp's converter permutes llama's Q/K rows for its interleaved rotary layout; candle's
@@ -59,6 +64,8 @@ struct GgufWeights {
     content: gguf_file::Content,
     heads: usize,
     kv_heads: usize,
+    /// llama files: Q/K rows permuted by llama.cpp's converter (the qwen families keep HF's).
+    permuted: bool,
 }
 
 impl SimpleBackend for GgufWeights {
@@ -79,7 +86,9 @@ impl SimpleBackend for GgufWeights {
             .lock()
             .map_err(|_| candle_core::Error::Msg("GGUF reader poisoned".into()))?;
         let t = self.content.tensor(&mut *f, &g, &Device::Cpu)?.dequantize(&Device::Cpu)?;
-        let t = if g.ends_with("attn_q.weight") {
+        let t = if !self.permuted {
+            t
+        } else if g.ends_with("attn_q.weight") {
             unpermute(&t, self.heads)?
         } else if g.ends_with("attn_k.weight") {
             unpermute(&t, self.kv_heads)?
@@ -94,17 +103,26 @@ impl SimpleBackend for GgufWeights {
     }
 }
 
-/// A llama GGUF's dequantized weights in the HF layout, its `config.json` equivalent, and its
-/// context length.
+/// The GGUF architectures loaded in full precision (the dense model's families).
+pub(crate) const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+/// A llama-family GGUF's dequantized weights in the HF layout, its `config.json` equivalent, and
+/// its context length.
 fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType) -> Result<(VarBuilder<'static>, serde_json::Value, usize), EngineError> {
     let md = &content.metadata;
-    if md.get("general.architecture").and_then(|v| v.to_string().ok()).map(String::as_str) != Some("llama") {
-        return Err(EngineError::Unsupported(
-            "full-precision loading of GGUFs covers the llama architecture only".into(),
-        ));
+    let arch = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if !ARCHS.contains(&arch.as_str()) {
+        return Err(EngineError::Unsupported(format!(
+            "full-precision loading of '{arch}' GGUFs (covered: {})",
+            ARCHS.join(", ")
+        )));
     }
-    let u = |k: &str| meta_u32(md, &format!("llama.{k}")).map(|v| v as usize);
-    let f = |k: &str| md.get(&format!("llama.{k}")).and_then(|v| v.to_f32().ok());
+    let u = |k: &str| meta_u32(md, &format!("{arch}.{k}")).map(|v| v as usize);
+    let f = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok());
     let heads = u("attention.head_count").unwrap_or(1).max(1);
     let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
     let vocab = content
@@ -113,8 +131,10 @@ fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DTy
         .map(|t| t.shape.dims()[0])
         .unwrap_or(0);
     let context = u("context_length").unwrap_or(2048);
+    let head_dim = u("attention.key_length").unwrap_or(u("embedding_length").unwrap_or(0) / heads);
     let raw = serde_json::json!({
-        "model_type": "llama",
+        "model_type": arch, "head_dim": head_dim,
+        "attention_bias": content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         "hidden_size": u("embedding_length"), "intermediate_size": u("feed_forward_length"),
         "vocab_size": vocab, "num_hidden_layers": u("block_count"), "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "rms_norm_eps": f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
@@ -130,6 +150,7 @@ fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DTy
         content,
         heads,
         kv_heads,
+        permuted: arch == "llama",
     };
     Ok((VarBuilder::from_backend(Box::new(weights), dtype, device.clone()), raw, context))
 }
@@ -146,6 +167,9 @@ pub(crate) fn load(path: &Path, content: gguf_file::Content, device: &Device, dt
 /// the reference the dense model is checked against (and for before/after measurements).
 pub(crate) fn load_candle(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType) -> Result<(HfModel, usize), EngineError> {
     let (vb, raw, context) = prepare(path, content, device, dtype)?;
+    if raw["model_type"] != "llama" {
+        return Err(EngineError::Unsupported("the candle-transformers reference covers llama GGUFs only".into()));
+    }
     let cfg = parse_config::<LlamaConfig>(&raw, "llama (from GGUF)")?.into_config(false);
     let empty = Cache::new(true, dtype, &cfg, device)?;
     Ok((HfModel::Llama(Arc::new(Llama::load(vb, &cfg)?), empty), context))
@@ -167,5 +191,10 @@ mod tests {
         );
         assert_eq!(gguf_name("model.embed_tokens.weight").as_deref(), Some("token_embd.weight"));
         assert_eq!(gguf_name("model.layers.0.self_attn.rotary.inv_freq"), None);
+        assert_eq!(gguf_name("model.layers.2.self_attn.k_proj.bias").as_deref(), Some("blk.2.attn_k.bias"));
+        assert_eq!(
+            gguf_name("model.layers.5.self_attn.q_norm.weight").as_deref(),
+            Some("blk.5.attn_q_norm.weight")
+        );
     }
 }

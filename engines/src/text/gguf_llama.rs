@@ -5,12 +5,12 @@
 //!   step (continuous batching);
 //! - **candle** (`candle_transformers` quantized llama): llama GGUFs in other quantizations, on
 //!   the CPU; one sequence per forward pass, context capped at candle's 4096 rotary positions;
-//! - **dense** (`abstractgateway_models::dense`): full-precision llama, mistral and qwen2, f32 on
-//!   the CPU and bf16 on GPUs, with a paged KV pool and batched decode steps: HF-layout
-//!   directories of those types, and on GPUs llama GGUFs, dequantized at load
+//! - **dense** (`abstractgateway_models::dense`): full-precision llama, mistral, qwen2 and qwen3,
+//!   f32 on the CPU and bf16 on GPUs, with a paged KV pool and batched decode steps: HF-layout
+//!   directories of those types, and on GPUs llama, qwen2 and qwen3 GGUFs, dequantized at load
 //!   (`gguf_full_precision`);
-//! - **candle-safetensors**: the other HF-layout directories (qwen3, gemma, gemma2, gemma3_text)
-//!   on candle's full-precision models, one sequence per forward pass.
+//! - **candle-safetensors**: the other HF-layout directories (gemma, gemma2, gemma3_text) on
+//!   candle's full-precision models, one sequence per forward pass.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +50,6 @@ pub enum HfModel {
     /// The empty cache carries the rotary tables, built once at load.
     Llama(Arc<HfLlama>, HfCache),
     Qwen2(hf::qwen2::ModelForCausalLM),
-    Qwen3(hf::qwen3::ModelForCausalLM),
     Gemma(hf::gemma::Model),
     Gemma2(hf::gemma2::Model),
     Gemma3(hf::gemma3::Model),
@@ -61,7 +60,6 @@ impl HfModel {
         match self {
             HfModel::Llama(m, cache) => m.forward(x, pos, cache),
             HfModel::Qwen2(m) => m.forward(x, pos),
-            HfModel::Qwen3(m) => m.forward(x, pos),
             HfModel::Gemma(m) => m.forward(x, pos),
             HfModel::Gemma2(m) => m.forward(x, pos),
             HfModel::Gemma3(m) => m.forward(x, pos),
@@ -147,10 +145,10 @@ impl LlamaGguf {
         let md = gguf.metadata();
         let trained = meta_u32(md, &format!("{arch}.context_length")).unwrap_or(2048) as usize;
         if !device.is_cpu() && !force_candle {
-            if arch != "llama" {
+            if !super::gguf_full_precision::ARCHS.contains(&arch.as_str()) {
                 return Err(EngineError::Unsupported(format!("{arch} GGUFs run on the CPU only so far")));
             }
-            // GPUs run llama GGUFs dequantized, in bf16. candle 0.11's CUDA GGUF matmuls on
+            // GPUs run llama, qwen2 and qwen3 GGUFs dequantized, in bf16. candle 0.11's CUDA GGUF matmuls on
             // SmolLM2 Q4_1 were 2-4x further from the exact product than its CPU ones and
             // disagreed with the CPU from the first token on 5 of 6 prompts; the dequantized
             // model gives the CPU's greedy tokens exactly in f32 (`abstractgateway bench
@@ -221,14 +219,13 @@ impl LlamaGguf {
         // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
         let dtype = gpu_dtype(device);
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        if matches!(kind.as_str(), "llama" | "mistral" | "qwen2") {
+        if matches!(kind.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
             let cfg = DenseConfig::from_hf(&raw)?;
             let model = DenseModel::load(vb, &cfg, cfg.max_positions.min(NATIVE_MAX_POSITIONS))?;
             let tokenizer = abstractgateway_models::tokenizer::tokenizer_from_hf_dir(dir)?;
             return Ok(Self::dense(Arc::new(model), tokenizer));
         }
         let model = match kind.as_str() {
-            "qwen3" => HfModel::Qwen3(hf::qwen3::ModelForCausalLM::new(&parse_config(&raw, &kind)?, vb)?),
             "gemma" => HfModel::Gemma(hf::gemma::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
             "gemma2" => HfModel::Gemma2(hf::gemma2::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
             "gemma3_text" => HfModel::Gemma3(hf::gemma3::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
