@@ -158,6 +158,56 @@ fn full_precision_qwen_families_answer_like_llama_cpp(dev: &Device) {
     }
 }
 
+/// A KV pool capped at its first 512 positions (`kv_cache_bytes: Some(0)`): a step that does not
+/// fit first gives back the prefix cache's blocks and succeeds; a request that can never fit
+/// fails alone with `KV cache full` while the one beside it completes; every answer is the cold
+/// greedy one.
+fn a_full_kv_pool_fails_only_what_cannot_fit(dev: &Device) {
+    use abstractgateway_engines::text::engine::EngineConfig;
+    let path = common::smollm2();
+    let cold = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+    let engine = TextEngine::spawn_with(
+        LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap(),
+        EngineConfig {
+            kv_cache_bytes: Some(0),
+            ..Default::default()
+        },
+    );
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    let all: Vec<u32> = refs.cases.iter().flat_map(|c| c.prompt_ids.iter().copied()).collect();
+    let long = |start: usize, n: usize| -> Vec<u32> { all.iter().cycle().skip(start).take(n).copied().collect() };
+    let (a, b, c, d) = (long(0, 300), long(7, 300), long(3, 600), refs.cases[1].prompt_ids.clone());
+    assert!(a[0] != b[0] && a[0] != c[0] && b[0] != c[0], "the prompts share no prefix");
+    let req = |p: &Vec<u32>| GenerateRequest {
+        prompt_ids: p.clone(),
+        max_tokens: 5,
+        ..Default::default()
+    };
+    let outcome = |rx: std::sync::mpsc::Receiver<GenEvent>| -> Result<Vec<u32>, String> {
+        let mut ids = Vec::new();
+        for ev in rx {
+            match ev {
+                GenEvent::Token { id, .. } => ids.push(id),
+                GenEvent::Done { .. } => return Ok(ids),
+                GenEvent::Error(e) => return Err(e),
+                GenEvent::Text(_) => {}
+            }
+        }
+        Err("no Done".into())
+    };
+    // a (10 blocks) is kept by the prefix cache afterwards; b needs 10 more of the 16.
+    assert_eq!(outcome(engine.generate(req(&a))), Ok(cold.greedy(&a, 5, &[]).unwrap()));
+    assert_eq!(outcome(engine.generate(req(&b))), Ok(cold.greedy(&b, 5, &[]).unwrap()));
+    // c (19 blocks) can never fit; d beside it loses nothing.
+    let (rc, rd) = (engine.generate(req(&c)), engine.generate(req(&d)));
+    let err = outcome(rc).unwrap_err();
+    assert!(err.contains("KV cache full") && err.contains("the limit is 512"), "{err}");
+    assert_eq!(outcome(rd), Ok(cold.greedy(&d, 5, &[]).unwrap()));
+    let s = &engine.stats;
+    let n = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((n(&s.completed), n(&s.failed)), (3, 1));
+}
+
 /// Requests sent together through the engine thread get exactly the tokens each gets alone.
 fn concurrent_requests_match_single_runs(dev: &Device) {
     let m = LlamaGguf::load_full_precision(&common::smollm2(), dev, DType::F32).unwrap();
@@ -256,4 +306,10 @@ test_device!(
     qwen_full_precision_cpu,
     qwen_full_precision_cuda,
     qwen_full_precision_metal
+);
+test_device!(
+    a_full_kv_pool_fails_only_what_cannot_fit,
+    kv_limit_cpu,
+    kv_limit_cuda,
+    kv_limit_metal
 );

@@ -339,8 +339,27 @@ impl DenseModel {
             .collect())
     }
 
-    /// `forward`, where `argmax[i]` asks for chunk i's arg-max only.
+    /// Caps the KV pool at `bytes` (None: it grows until the device is full).
+    pub fn set_kv_limit_bytes(&self, bytes: Option<usize>) {
+        if let Ok(mut p) = self.pool_guard() {
+            p.set_limit_bytes(bytes);
+        }
+    }
+
+    /// `forward`, where `argmax[i]` asks for chunk i's arg-max only. On an error every sequence
+    /// is as it was before the call (so the step can be retried, or some sequences dropped).
     pub fn forward_select(&self, chunks: &mut [DenseChunk<'_>], argmax: &[bool]) -> Result<Vec<Output>, ModelError> {
+        let before: Vec<usize> = chunks.iter().map(|c| c.seq.len()).collect();
+        let out = self.forward_inner(chunks, argmax);
+        if out.is_err() {
+            for (c, n) in chunks.iter_mut().zip(before) {
+                c.seq.truncate(n);
+            }
+        }
+        out
+    }
+
+    fn forward_inner(&self, chunks: &mut [DenseChunk<'_>], argmax: &[bool]) -> Result<Vec<Output>, ModelError> {
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
@@ -670,6 +689,27 @@ mod tests {
         let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         let spread = la.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(worst < 0.1 * spread, "bf16 logits {worst} off (spread {spread})");
+    }
+
+    #[test]
+    fn a_failed_step_leaves_every_sequence_as_it_was() {
+        let m = tiny("llama");
+        m.set_kv_limit_bytes(Some(0)); // the pool keeps its first 512 positions, no more
+        let p: Vec<u32> = (0..40).map(|i| (i * 3 % 40) as u32).collect();
+        let (mut a, mut b) = (m.new_sequence(), m.new_sequence());
+        run(&m, &mut [(&mut a, &p[..30])]);
+        let big = vec![1u32; 250];
+        // a's 10 more fit; b's 250 do too, but not twice: the second pass must fail as a whole.
+        let mut b2 = m.new_sequence();
+        run(&m, &mut [(&mut b2, &big)]);
+        let mut chunks = [DenseChunk { seq: &mut a, tokens: &p[30..40] }, DenseChunk { seq: &mut b, tokens: &big }];
+        let err = m.forward(&mut chunks).err().unwrap().to_string();
+        assert!(err.contains("KV cache full"), "{err}");
+        assert_eq!((a.len(), b.len()), (30, 0));
+        // Without the one that does not fit, the same step goes through and is right.
+        drop(b2);
+        let out = run(&m, &mut [(&mut a, &p[30..40])]);
+        close(&out[0], one_by_one(&m, &p).last().unwrap());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum ModelError {
     Tensor { name: String, reason: String },
     #[error("unsupported model: {0}")]
     Unsupported(String),
+    #[error("KV cache full: this step needs room for {needed} positions, the limit is {limit}")]
+    KvCacheFull { needed: usize, limit: usize },
     #[error("tensor computation: {0}")]
     Compute(#[from] candle_core::Error),
     #[error("chat template: {0}")]

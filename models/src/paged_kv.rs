@@ -63,6 +63,8 @@ pub struct KvPool {
     layers: Vec<(Tensor, Tensor)>,
     blocks: usize,
     free: FreeList,
+    /// The most blocks the pool may grow to (None: until the device is full).
+    limit: Option<usize>,
 }
 
 impl KvPool {
@@ -77,7 +79,14 @@ impl KvPool {
             layers,
             blocks: INITIAL_BLOCKS,
             free: Arc::new(Mutex::new((0..INITIAL_BLOCKS as u32).rev().collect())),
+            limit: None,
         })
+    }
+
+    /// Caps the pool at `bytes` (all layers, K and V; at least the blocks it already has).
+    pub fn set_limit_bytes(&mut self, bytes: Option<usize>) {
+        let per_block = self.bytes() / self.blocks.max(1);
+        self.limit = bytes.map(|b| (b / per_block.max(1)).max(self.blocks));
     }
 
     pub fn new_table(&self) -> BlockTable {
@@ -117,14 +126,23 @@ impl KvPool {
 
     fn alloc(&mut self, n: usize) -> Result<Vec<Arc<Block>>, ModelError> {
         let have = self.free_blocks();
+        if let Some(limit) = self.limit {
+            if self.blocks + n.saturating_sub(have) > limit {
+                return Err(ModelError::KvCacheFull {
+                    needed: (self.blocks - have + n) * BLOCK,
+                    limit: limit * BLOCK,
+                });
+            }
+        }
         if have < n {
             // Doubling keeps growth (a copy of the pool) rare. Where the device cannot hold
             // double, smaller steps; just enough only as the last resort, since growing by a
             // block at a time would copy the whole pool for every new block.
             let need = self.blocks + n - have;
             let mut grown = Err(ModelError::Unsupported("KV pool: no growth tried".into()));
+            let cap = self.limit.unwrap_or(usize::MAX);
             for factor in [2.0, 1.5, 1.25] {
-                grown = self.grow(((self.blocks as f64 * factor) as usize).max(need));
+                grown = self.grow(((self.blocks as f64 * factor) as usize).max(need).min(cap));
                 if grown.is_ok() {
                     break;
                 }
@@ -247,6 +265,21 @@ mod tests {
         let snap_b = b.clone();
         p.reserve(&mut b, 33).unwrap();
         assert_eq!(b.block_ids()[0], snap_b.block_ids()[0]);
+    }
+
+    #[test]
+    fn a_limited_pool_refuses_past_its_limit_and_keeps_what_it_holds() {
+        let mut p = pool();
+        let per_block = p.bytes() / INITIAL_BLOCKS;
+        p.set_limit_bytes(Some(per_block * (INITIAL_BLOCKS + 8)));
+        let mut a = p.new_table();
+        p.reserve(&mut a, (INITIAL_BLOCKS + 8) * BLOCK).unwrap();
+        assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS + 8, "growth stops at the limit");
+        let mut b = p.new_table();
+        let err = p.reserve(&mut b, 1).unwrap_err();
+        assert!(err.to_string().contains("the limit is 768"), "{err}");
+        drop(a);
+        p.reserve(&mut b, 1).unwrap();
     }
 
     #[test]

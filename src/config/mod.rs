@@ -57,6 +57,9 @@ pub struct Config {
     pub provider_timeout_s: f64,
     /// KV memory each local model may keep for its prefix cache (0 disables it).
     pub prefix_cache_mb: usize,
+    /// The most KV memory (MiB) one local model's KV pool may hold, dense backend; unset: it
+    /// grows until the device is full.
+    pub kv_cache_mb: Option<usize>,
     /// Most concurrent requests one local model decodes together per step; unset: 16 on the
     /// CPU (where a step's cost grows with the batch), 64 on GPUs.
     pub max_batch: Option<usize>,
@@ -257,6 +260,10 @@ impl Config {
             breaker_cooldown_s: number(&["ABSTRACTGATEWAY_BREAKER_COOLDOWN_S"], 30.0f64)?,
             provider_timeout_s: number(&["ABSTRACTGATEWAY_PROVIDER_TIMEOUT_S"], 120.0f64)?,
             prefix_cache_mb: number(&["ABSTRACTGATEWAY_PREFIX_CACHE_MB"], 512usize)?,
+            kv_cache_mb: match var(&["ABSTRACTGATEWAY_KV_CACHE_MB"]) {
+                None => None,
+                Some(_) => Some(number(&["ABSTRACTGATEWAY_KV_CACHE_MB"], 0usize)?),
+            },
             max_batch: match var(&["ABSTRACTGATEWAY_MAX_BATCH"]) {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_MAX_BATCH"], 16usize)?.max(1)),

@@ -111,6 +111,8 @@ pub struct EngineConfig {
     /// one). 0: by device, 16 on the CPU, 64 on GPUs (where a step costs about the same for one
     /// sequence as for dozens).
     pub max_batch: usize,
+    /// The most KV memory the dense backend's pool may hold (None: until the device is full).
+    pub kv_cache_bytes: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +120,7 @@ impl Default for EngineConfig {
         EngineConfig {
             prefix_cache_bytes: 512 << 20,
             max_batch: 16,
+            kv_cache_bytes: None,
         }
     }
 }
@@ -236,6 +239,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         (true, n) => n,
     };
     let chunk = if model.on_gpu() { PREFILL_CHUNK_GPU } else { PREFILL_CHUNK };
+    model.set_kv_limit_bytes(cfg.kv_cache_bytes);
     let mut active: Vec<Active> = Vec::new();
     let mut open = true;
     while open || !active.is_empty() {
@@ -292,12 +296,12 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         // Decode steps of plain greedy requests only need the arg-max, which the dense backend
         // takes on the device instead of bringing a vocabulary of logits back. A prompt's last
         // slice still returns logits, which the prefix cache keeps with the prompt.
-        let argmax: Vec<bool> = active
+        let mut argmax: Vec<bool> = active
             .iter()
             .map(|a| a.pending.is_empty() && a.json.is_none() && a.req.sampling.is_plain_greedy())
             .collect();
         // What each sequence feeds this step: its sampled token, or the next slice of its prompt.
-        let feeds: Vec<Vec<u32>> = active
+        let mut feeds: Vec<Vec<u32>> = active
             .iter_mut()
             .map(|a| {
                 if a.pending.is_empty() {
@@ -310,9 +314,32 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
             .collect();
         stats.batch_steps.fetch_add(1, Ordering::Relaxed);
         stats.batched_tokens.fetch_add(active.len() as u64, Ordering::Relaxed);
-        let feed_refs: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
-        let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|a| &mut a.seq).collect();
-        match Sequence::step_batch_select(&mut seqs, &feed_refs, &argmax) {
+        let result = loop {
+            let feed_refs: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
+            let mut seqs: Vec<&mut Sequence> = active.iter_mut().map(|a| &mut a.seq).collect();
+            let e = match Sequence::step_batch_select(&mut seqs, &feed_refs, &argmax) {
+                Ok(all) => break Ok(all),
+                Err(e) => e,
+            };
+            // A backend that leaves its sequences as they were on a failure (the dense one: its
+            // KV pool may be full) gets the step again: first with the prefix cache's blocks
+            // given back, then without the sequence holding the most positions, which fails
+            // alone, so the others lose nothing.
+            if !model.rolls_back_failed_steps() || active.len() <= 1 && cache.is_empty() {
+                break Err(e);
+            }
+            if !cache.is_empty() {
+                tracing::warn!(error = %e, entries = cache.len(), "a step failed: emptying the prefix cache and trying again");
+                cache.clear();
+                continue;
+            }
+            let worst = (0..active.len()).max_by_key(|&i| active[i].seq.len() + feeds[i].len()).unwrap_or(0);
+            let mut a = active.remove(worst);
+            feeds.remove(worst);
+            argmax.remove(worst);
+            finish(&stats, &mut a.sink, Outcome::Failed(e.to_string()));
+        };
+        match result {
             Ok(all) => {
                 for (a, out) in active.iter_mut().zip(all) {
                     match out {

@@ -304,6 +304,19 @@ impl LlamaGguf {
         }
     }
 
+    /// Whether a failed `step_batch` leaves every sequence as it was (the dense backend), so
+    /// the step may be retried.
+    pub fn rolls_back_failed_steps(&self) -> bool {
+        matches!(self.backend, Backend::Dense(_))
+    }
+
+    /// Caps the dense backend's KV pool (None: it grows until the device is full).
+    pub fn set_kv_limit_bytes(&self, bytes: Option<usize>) {
+        if let Backend::Dense(m) = &self.backend {
+            m.set_kv_limit_bytes(bytes);
+        }
+    }
+
     pub fn on_gpu(&self) -> bool {
         !self.device.is_cpu()
     }

@@ -83,6 +83,12 @@ impl PrefixCache {
         self.entries.is_empty()
     }
 
+    /// Forgets every entry (their KV goes back to its pool).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.used_bytes = 0;
+    }
+
     /// The longest usable cached prefix of `prompt`: a whole entry that starts the prompt, or —
     /// where the backend can cut a sequence — the part an entry shares with it (another turn
     /// or another user message after the same system prompt and tools).
