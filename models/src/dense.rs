@@ -456,7 +456,7 @@ impl DenseModel {
                 let q = q.narrow(1, *row0, b * t)?;
                 outs.push(self.attend(&q, pk, pv, table, mask, b, *t, *nb)?);
             }
-            let attn = if outs.len() == 1 { outs.pop().unwrap_or(x.clone()) } else { Tensor::cat(&outs, 0)? };
+            let attn = if outs.len() == 1 { outs.swap_remove(0) } else { Tensor::cat(&outs, 0)? };
             x = (x + attn.matmul(&layer.wo.t()?)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps as f32)?;
             let gu = h.matmul(&layer.wgu.t()?)?;
