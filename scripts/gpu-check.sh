@@ -3,7 +3,9 @@
 # scripts/build-cuda.sh is carried there as target/cuda/abstractgateway.xz.
 #   scripts/gpu-check.sh synthetic       decode speed and TTFT on random weights of real shapes
 #   scripts/gpu-check.sh compare GGUF    greedy tokens and logits, GPU against CPU, on a real model
-#   scripts/gpu-check.sh serve GGUF      the gateway on the GPU, asked over /v1 on loopback
+#   scripts/gpu-check.sh serve GGUF      the gateway on the GPU, asked over /v1 on loopback, then
+#                                        STREAMS (32) concurrent completions: aggregate tok/s
+#                                        (ABSTRACTGATEWAY_DEVICE=cpu runs it on the CPU)
 # Output also goes to $OUT (the device tool brings that folder back) when it is set.
 set -uo pipefail
 BIN=${BIN:-/tmp/abstractgateway}
@@ -55,7 +57,8 @@ compare)
     ;;
 serve)
     gguf=${2:?serve needs a GGUF path}
-    export ABSTRACTGATEWAY_AUTH_TOKEN=gpu-check-$$ ABSTRACTGATEWAY_DATA_DIR=/tmp/agw-gpu-data ABSTRACTGATEWAY_DEVICE=cuda:0
+    export ABSTRACTGATEWAY_AUTH_TOKEN=gpu-check-$$ ABSTRACTGATEWAY_DATA_DIR=/tmp/agw-gpu-data
+    export ABSTRACTGATEWAY_DEVICE=${ABSTRACTGATEWAY_DEVICE:-cuda:0}
     "$BIN" serve --host 127.0.0.1 --port 18080 --model "$gguf" > /tmp/agw-serve.log 2>&1 &
     pid=$!
     for _ in $(seq 1 300); do curl -sf localhost:18080/api/health > /dev/null && break; sleep 0.2; done
@@ -65,6 +68,29 @@ serve)
             -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$prompt\"}],\"temperature\":0,\"max_tokens\":32}"
         echo
     done
+    # Aggregate throughput through HTTP: concurrent greedy completions, batched by the engine.
+    n=${STREAMS:-32}
+    rm -f /tmp/agw-c-*.json
+    t0=$(date +%s.%N)
+    clients=()
+    for i in $(seq 1 "$n"); do
+        curl -s -H "Authorization: Bearer $ABSTRACTGATEWAY_AUTH_TOKEN" -H 'content-type: application/json' \
+            localhost:18080/v1/completions \
+            -d "{\"prompt\":\"Story number $i. Once upon a time\",\"temperature\":0,\"max_tokens\":64}" > /tmp/agw-c-$i.json &
+        clients+=($!)
+    done
+    wait "${clients[@]}"
+    t1=$(date +%s.%N)
+    python3 - "$n" "$t0" "$t1" /tmp/agw-c-*.json <<'PY'
+import json, sys
+n, t0, t1, files = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+done = [json.load(open(f)) for f in files]
+toks = sum(d.get("usage", {}).get("completion_tokens", 0) for d in done)
+ok = sum(1 for d in done if "choices" in d)
+print(f"{n} concurrent /v1/completions: {ok} answered, {toks} tokens in {t1 - t0:.2f} s = {toks / (t1 - t0):.0f} tok/s aggregate")
+PY
+    curl -s -H "Authorization: Bearer $ABSTRACTGATEWAY_AUTH_TOKEN" localhost:18080/api/gateway/discovery/providers \
+        | python3 -c 'import json,sys; [print("engine:", {k: e[k] for k in ("model","backend","completed","mean_batch","kv_pool_bytes")}) for p in json.load(sys.stdin).get("items",[]) for e in p.get("engines",[])]' || true
     kill $pid
     grep -E "device|model loaded|warn" /tmp/agw-serve.log | head -5
     ;;
