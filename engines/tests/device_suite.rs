@@ -208,6 +208,21 @@ fn a_full_kv_pool_fails_only_what_cannot_fit(dev: &Device) {
     assert_eq!((n(&s.completed), n(&s.failed)), (3, 1));
 }
 
+/// phi3 (Q/K/V and gate/up stored fused) dequantized into the dense model: the derived file holds
+/// the llama file's weights in that layout, so it must compute what the llama file does.
+fn full_precision_phi3_computes_what_llama_does(dev: &Device) {
+    let phi3 = LlamaGguf::load_full_precision(&derive::derived(&common::smollm2(), derive::Variant::Phi3), dev, DType::F32).unwrap();
+    let llama = LlamaGguf::load_full_precision(&common::smollm2(), dev, DType::F32).unwrap();
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    let mut worst = 0f32;
+    for c in refs.cases.iter().take(3) {
+        let (a, b) = (phi3.sequence().prefill(&c.prompt_ids).unwrap(), llama.sequence().prefill(&c.prompt_ids).unwrap());
+        worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+        assert_eq!(phi3.greedy(&c.prompt_ids, 12, &[]).unwrap(), llama.greedy(&c.prompt_ids, 12, &[]).unwrap());
+    }
+    assert!(worst < 1e-4, "phi3 logits {worst} from llama's");
+}
+
 /// Requests sent together through the engine thread get exactly the tokens each gets alone.
 fn concurrent_requests_match_single_runs(dev: &Device) {
     let m = LlamaGguf::load_full_precision(&common::smollm2(), dev, DType::F32).unwrap();
@@ -312,4 +327,10 @@ test_device!(
     kv_limit_cpu,
     kv_limit_cuda,
     kv_limit_metal
+);
+test_device!(
+    full_precision_phi3_computes_what_llama_does,
+    phi3_full_precision_cpu,
+    phi3_full_precision_cuda,
+    phi3_full_precision_metal
 );

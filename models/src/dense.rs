@@ -30,6 +30,8 @@ pub enum DenseArch {
     Qwen2,
     /// Per-head RMSNorm of Q and K before the rotary.
     Qwen3,
+    /// Q/K/V and gate/up stored fused (`qkv_proj`, `gate_up_proj`).
+    Phi3,
 }
 
 /// llama 3.1's rotary frequency scaling (`rope_scaling.rope_type = "llama3"`).
@@ -68,7 +70,8 @@ impl DenseConfig {
             "llama" | "mistral" => DenseArch::Llama,
             "qwen2" => DenseArch::Qwen2,
             "qwen3" => DenseArch::Qwen3,
-            other => return Err(ModelError::Unsupported(format!("dense model_type '{other}' (llama, mistral, qwen2, qwen3)"))),
+            "phi3" => DenseArch::Phi3,
+            other => return Err(ModelError::Unsupported(format!("dense model_type '{other}' (llama, mistral, qwen2, qwen3, phi3)"))),
         };
         let need = |k: &str| {
             raw[k]
@@ -85,6 +88,9 @@ impl DenseConfig {
             return Err(ModelError::Unsupported(format!(
                 "config.json ({kind}): {n_head} heads over {n_kv_head} KV heads of size {head_dim}"
             )));
+        }
+        if raw["partial_rotary_factor"].as_f64().is_some_and(|f| f != 1.0) {
+            return Err(ModelError::Unsupported(format!("config.json ({kind}): a partial rotary factor")));
         }
         let scaling = &raw["rope_scaling"];
         let rope_llama3 = match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
@@ -253,9 +259,13 @@ impl DenseModel {
                 _ => None,
             };
             let q_scale = if qk_norm.is_some() { 1.0 } else { scale };
-            let q = scaled(&a.get((nh * d, h), "q_proj.weight")?, q_scale)?;
-            let k = a.get((nkv * d, h), "k_proj.weight")?;
-            let v = a.get((nkv * d, h), "v_proj.weight")?;
+            let (q, k, v) = if cfg.arch == DenseArch::Phi3 {
+                let qkv = a.get(((nh + 2 * nkv) * d, h), "qkv_proj.weight")?;
+                (qkv.narrow(0, 0, nh * d)?, qkv.narrow(0, nh * d, nkv * d)?, qkv.narrow(0, (nh + nkv) * d, nkv * d)?)
+            } else {
+                (a.get((nh * d, h), "q_proj.weight")?, a.get((nkv * d, h), "k_proj.weight")?, a.get((nkv * d, h), "v_proj.weight")?)
+            };
+            let q = scaled(&q, q_scale)?;
             let bqkv = if cfg.qkv_bias {
                 Some(Tensor::cat(
                     &[scaled(&a.get(nh * d, "q_proj.bias")?, q_scale)?, a.get(nkv * d, "k_proj.bias")?, a.get(nkv * d, "v_proj.bias")?],
@@ -265,8 +275,11 @@ impl DenseModel {
                 None
             };
             let mlp = l.pp("mlp");
-            let gate = mlp.get((cfg.intermediate, h), "gate_proj.weight")?;
-            let up = mlp.get((cfg.intermediate, h), "up_proj.weight")?;
+            let wgu = if cfg.arch == DenseArch::Phi3 {
+                mlp.get((2 * cfg.intermediate, h), "gate_up_proj.weight")?
+            } else {
+                Tensor::cat(&[mlp.get((cfg.intermediate, h), "gate_proj.weight")?, mlp.get((cfg.intermediate, h), "up_proj.weight")?], 0)?
+            };
             layers.push(Layer {
                 attn_norm: l.get(h, "input_layernorm.weight")?,
                 wqkv: Tensor::cat(&[q, k, v], 0)?,
@@ -274,7 +287,7 @@ impl DenseModel {
                 qk_norm,
                 wo: a.get((h, nh * d), "o_proj.weight")?,
                 ffn_norm: l.get(h, "post_attention_layernorm.weight")?,
-                wgu: Tensor::cat(&[gate, up], 0)?,
+                wgu,
                 wdown: mlp.get((h, cfg.intermediate), "down_proj.weight")?,
             });
         }

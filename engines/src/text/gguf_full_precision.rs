@@ -38,6 +38,9 @@ fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.v_proj" => "attn_v",
         "self_attn.o_proj" => "attn_output",
         "mlp.gate_proj" => "ffn_gate",
+        // phi3 stores both fused, gate|up under llama's `ffn_up` name.
+        "self_attn.qkv_proj" => "attn_qkv",
+        "mlp.gate_up_proj" => "ffn_up",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
         "input_layernorm" => "attn_norm",
@@ -104,7 +107,7 @@ impl SimpleBackend for GgufWeights {
 }
 
 /// The GGUF architectures loaded in full precision (the dense model's families).
-pub(crate) const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+pub(crate) const ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "phi3"];
 
 /// A llama-family GGUF's dequantized weights in the HF layout, its `config.json` equivalent, and
 /// its context length.
@@ -121,6 +124,11 @@ fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DTy
             ARCHS.join(", ")
         )));
     }
+    if content.tensor_infos.contains_key("rope_factors_long.weight") {
+        return Err(EngineError::Unsupported(format!(
+            "{arch} with per-frequency rotary factors (LongRoPE, 128k-context variants) in full precision"
+        )));
+    }
     let u = |k: &str| meta_u32(md, &format!("{arch}.{k}")).map(|v| v as usize);
     let f = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok());
     let heads = u("attention.head_count").unwrap_or(1).max(1);
@@ -132,6 +140,9 @@ fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DTy
         .unwrap_or(0);
     let context = u("context_length").unwrap_or(2048);
     let head_dim = u("attention.key_length").unwrap_or(u("embedding_length").unwrap_or(0) / heads);
+    if u("rope.dimension_count").is_some_and(|n| n != head_dim) {
+        return Err(EngineError::Unsupported(format!("{arch} GGUF with a partial rotary, in full precision")));
+    }
     let raw = serde_json::json!({
         "model_type": arch, "head_dim": head_dim,
         "attention_bias": content.tensor_infos.contains_key("blk.0.attn_q.bias"),

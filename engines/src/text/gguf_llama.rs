@@ -5,9 +5,9 @@
 //!   step (continuous batching);
 //! - **candle** (`candle_transformers` quantized llama): llama GGUFs in other quantizations, on
 //!   the CPU; one sequence per forward pass, context capped at candle's 4096 rotary positions;
-//! - **dense** (`abstractgateway_models::dense`): full-precision llama, mistral, qwen2 and qwen3,
-//!   f32 on the CPU and bf16 on GPUs, with a paged KV pool and batched decode steps: HF-layout
-//!   directories of those types, and on GPUs llama, qwen2 and qwen3 GGUFs, dequantized at load
+//! - **dense** (`abstractgateway_models::dense`): full-precision llama, mistral, qwen2, qwen3 and
+//!   phi3, f32 on the CPU and bf16 on GPUs, with a paged KV pool and batched decode steps: HF-layout
+//!   directories of those types, and on GPUs llama, qwen2, qwen3 and phi3 GGUFs, dequantized at load
 //!   (`gguf_full_precision`);
 //! - **candle-safetensors**: the other HF-layout directories (gemma, gemma2, gemma3_text) on
 //!   candle's full-precision models, one sequence per forward pass.
@@ -219,7 +219,7 @@ impl LlamaGguf {
         // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
         let dtype = gpu_dtype(device);
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        if matches!(kind.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+        if matches!(kind.as_str(), "llama" | "mistral" | "qwen2" | "qwen3" | "phi3") {
             let cfg = DenseConfig::from_hf(&raw)?;
             let model = DenseModel::load(vb, &cfg, cfg.max_positions.min(NATIVE_MAX_POSITIONS))?;
             let tokenizer = abstractgateway_models::tokenizer::tokenizer_from_hf_dir(dir)?;
@@ -231,7 +231,7 @@ impl LlamaGguf {
             "gemma3_text" => HfModel::Gemma3(hf::gemma3::Model::new(false, &parse_config(&raw, &kind)?, vb)?),
             other => {
                 return Err(EngineError::Unsupported(format!(
-                    "safetensors model_type '{other}' (supported: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text; GGUF also covers phi3)"
+                    "safetensors model_type '{other}' (supported: llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3_text)"
                 )))
             }
         };
