@@ -305,8 +305,17 @@ fn compare(a: CompareArgs) -> Result<(), String> {
     let (equal, worst) = compare_pair("dequantized to f32 (dense backend)", &gpu_f32, &cpu_f32, &cases, a.tokens)?;
     let batched_equal = batched_check("f32", &gpu_f32, &cases, a.tokens)?;
     // The dense model against candle-transformers' llama, both on the GPU in f32.
-    let reference = load("gpu, f32, candle-transformers", LlamaGguf::load_full_precision_candle(&a.model, &sel.device, DType::F32))?;
-    compare_pair("dense vs candle-transformers' llama, both f32 on the GPU", &gpu_f32, &reference, &cases, a.tokens)?;
+    let reference = load(
+        "gpu, f32, candle-transformers",
+        LlamaGguf::load_full_precision_candle(&a.model, &sel.device, DType::F32),
+    )?;
+    compare_pair(
+        "dense vs candle-transformers' llama, both f32 on the GPU",
+        &gpu_f32,
+        &reference,
+        &cases,
+        a.tokens,
+    )?;
     drop((gpu_f32, reference));
     // What GPU serving runs: bf16 weights, against the same f32 reference.
     let gpu_bf16 = load("gpu, bf16", LlamaGguf::load(&a.model, &sel.device))?;

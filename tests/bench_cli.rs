@@ -98,20 +98,49 @@ fn bad_requests_are_refused_with_a_reason() {
 fn compare_runs_every_check_with_the_cpu_on_both_sides() {
     let model = model_files::smollm2();
     let refs = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tests/data/smollm2_greedy.json");
-    let (ok, out, err) = bench(&["compare", "--model", model.to_str().unwrap(), "--device", "cpu", "--refs", refs, "--tokens", "4", "--prompts", "3"]);
+    let (ok, out, err) = bench(&[
+        "compare",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--refs",
+        refs,
+        "--tokens",
+        "4",
+        "--prompts",
+        "3",
+    ]);
     assert!(ok, "{out}\n{err}");
     assert!(err.contains("compared with itself"), "{err}");
     assert!(out.contains("dense vs candle-transformers"), "{out}");
-    assert!(out.contains("batched (f32): 3 prompts in one step each, 4 tokens: 3/3 equal"), "{out}");
-    assert!(out.contains("verdict: f32 greedy tokens EQUAL") && out.contains("batched f32 EQUAL"), "{out}");
+    assert!(
+        out.contains("batched (f32): 3 prompts in one step each, 4 tokens: 3/3 equal"),
+        "{out}"
+    );
+    assert!(
+        out.contains("verdict: f32 greedy tokens EQUAL") && out.contains("batched f32 EQUAL"),
+        "{out}"
+    );
 }
 
 /// `--streams`: several sequences decoded in batched steps, the aggregate reported.
 #[test]
 fn decode_streams_reports_the_aggregate_of_batched_steps() {
     let (ok, out, err) = bench(&[
-        "decode", "--synthetic", "qwen2.5-0.5b", "--device", "cpu", "--prompt-tokens", "4", "--tokens", "3", "--runs", "1",
-        "--streams", "3",
+        "decode",
+        "--synthetic",
+        "qwen2.5-0.5b",
+        "--device",
+        "cpu",
+        "--prompt-tokens",
+        "4",
+        "--tokens",
+        "3",
+        "--runs",
+        "1",
+        "--streams",
+        "3",
     ]);
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("synthetic qwen2.5-0.5b (dense)"), "{out}");

@@ -95,7 +95,11 @@ fn dense_matches_candle_transformers(dev: &Device) {
     let mut paths = Vec::new();
     for p in &cases {
         let greedy = reference.greedy(p, 20, &[]).unwrap();
-        assert_eq!(dense.greedy(p, 20, &[]).unwrap(), greedy, "greedy tokens, dense vs candle-transformers");
+        assert_eq!(
+            dense.greedy(p, 20, &[]).unwrap(),
+            greedy,
+            "greedy tokens, dense vs candle-transformers"
+        );
         // Teacher-forced along the path, token by token.
         let (mut a, mut b) = (dense.sequence(), reference.sequence());
         diff(&a.prefill(p).unwrap(), &b.prefill(p).unwrap());
@@ -144,15 +148,24 @@ fn tokens(rx: std::sync::mpsc::Receiver<GenEvent>) -> Vec<u32> {
 /// no such weights can be had offline). Tolerance as for the other f32 paths.
 fn full_precision_qwen_families_answer_like_llama_cpp(dev: &Device) {
     for (v, json) in [
-        (derive::Variant::Qwen2Bias, include_str!("../../models/tests/data/smollm2_qwen2-bias_greedy.json")),
-        (derive::Variant::Qwen3, include_str!("../../models/tests/data/smollm2_qwen3_greedy.json")),
+        (
+            derive::Variant::Qwen2Bias,
+            include_str!("../../models/tests/data/smollm2_qwen2-bias_greedy.json"),
+        ),
+        (
+            derive::Variant::Qwen3,
+            include_str!("../../models/tests/data/smollm2_qwen3_greedy.json"),
+        ),
     ] {
         let path = derive::derived(&common::smollm2(), v);
         let m = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
         assert_eq!(m.backend(), "dense");
         let r = refs(json);
         let (worst, first) = first_step_vs_llama_cpp(&m, &r);
-        eprintln!("{v:?} full precision on {dev:?}: first-step top-10 logits within {worst} of llama.cpp; first token {first}/{}", r.cases.len());
+        eprintln!(
+            "{v:?} full precision on {dev:?}: first-step top-10 logits within {worst} of llama.cpp; first token {first}/{}",
+            r.cases.len()
+        );
         assert!(worst < 1.5, "{v:?}: a first-step logit is {worst} off llama.cpp's");
         assert_eq!(first, r.cases.len(), "{v:?}: first tokens differ from llama.cpp's");
     }
@@ -216,9 +229,15 @@ fn full_precision_phi3_computes_what_llama_does(dev: &Device) {
     let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
     let mut worst = 0f32;
     for c in refs.cases.iter().take(3) {
-        let (a, b) = (phi3.sequence().prefill(&c.prompt_ids).unwrap(), llama.sequence().prefill(&c.prompt_ids).unwrap());
+        let (a, b) = (
+            phi3.sequence().prefill(&c.prompt_ids).unwrap(),
+            llama.sequence().prefill(&c.prompt_ids).unwrap(),
+        );
         worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
-        assert_eq!(phi3.greedy(&c.prompt_ids, 12, &[]).unwrap(), llama.greedy(&c.prompt_ids, 12, &[]).unwrap());
+        assert_eq!(
+            phi3.greedy(&c.prompt_ids, 12, &[]).unwrap(),
+            llama.greedy(&c.prompt_ids, 12, &[]).unwrap()
+        );
     }
     assert!(worst < 1e-4, "phi3 logits {worst} from llama's");
 }
@@ -252,7 +271,12 @@ fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
     let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
     // A 70-token shared prefix (two full blocks and a partial one), then each case's prompt.
     let shared: Vec<u32> = refs.cases.iter().flat_map(|c| c.prompt_ids.iter().copied()).take(70).collect();
-    let prompts: Vec<Vec<u32>> = refs.cases.iter().take(3).map(|c| [shared.as_slice(), &c.prompt_ids].concat()).collect();
+    let prompts: Vec<Vec<u32>> = refs
+        .cases
+        .iter()
+        .take(3)
+        .map(|c| [shared.as_slice(), &c.prompt_ids].concat())
+        .collect();
     let run = |p: &Vec<u32>| -> (Vec<u32>, usize) {
         let rx = engine.generate(GenerateRequest {
             prompt_ids: p.clone(),
@@ -279,10 +303,23 @@ fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
     for (p, e) in prompts.iter().zip(&expect).skip(1) {
         let (out, cached) = run(p);
         assert_eq!(&out, e, "after a partial hit");
-        assert!(cached >= shared.len(), "{cached} of the {}-token shared prefix reused", shared.len());
+        assert!(
+            cached >= shared.len(),
+            "{cached} of the {}-token shared prefix reused",
+            shared.len()
+        );
     }
     // Sent together: still each prompt's own answer.
-    let rxs: Vec<_> = prompts.iter().map(|p| engine.generate(GenerateRequest { prompt_ids: p.clone(), max_tokens: 10, ..Default::default() })).collect();
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine.generate(GenerateRequest {
+                prompt_ids: p.clone(),
+                max_tokens: 10,
+                ..Default::default()
+            })
+        })
+        .collect();
     let together: Vec<Vec<u32>> = rxs.into_iter().map(tokens).collect();
     assert_eq!(together, expect);
     // Three ~100-token sequences and the cached prompts fit the pool's first 512 positions,

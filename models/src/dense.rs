@@ -71,7 +71,11 @@ impl DenseConfig {
             "qwen2" => DenseArch::Qwen2,
             "qwen3" => DenseArch::Qwen3,
             "phi3" => DenseArch::Phi3,
-            other => return Err(ModelError::Unsupported(format!("dense model_type '{other}' (llama, mistral, qwen2, qwen3, phi3)"))),
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "dense model_type '{other}' (llama, mistral, qwen2, qwen3, phi3)"
+                )))
+            }
         };
         let need = |k: &str| {
             raw[k]
@@ -144,7 +148,8 @@ impl DenseConfig {
                 } else if wavelen > low_wavelen {
                     f / s.factor
                 } else {
-                    let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    let smooth =
+                        (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * f / s.factor + smooth * f
                 }
             })
@@ -156,8 +161,16 @@ impl DenseConfig {
 /// bytes of f32 over the GPU's link) and widen on the host, exactly as on the device.
 fn host_f32(t: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
     match t.dtype() {
-        DType::BF16 => Ok(t.to_vec2::<half::bf16>()?.into_iter().map(|r| r.iter().map(|v| v.to_f32()).collect()).collect()),
-        DType::F16 => Ok(t.to_vec2::<half::f16>()?.into_iter().map(|r| r.iter().map(|v| v.to_f32()).collect()).collect()),
+        DType::BF16 => Ok(t
+            .to_vec2::<half::bf16>()?
+            .into_iter()
+            .map(|r| r.iter().map(|v| v.to_f32()).collect())
+            .collect()),
+        DType::F16 => Ok(t
+            .to_vec2::<half::f16>()?
+            .into_iter()
+            .map(|r| r.iter().map(|v| v.to_f32()).collect())
+            .collect()),
         _ => t.to_dtype(DType::F32)?.to_vec2::<f32>(),
     }
 }
@@ -261,14 +274,26 @@ impl DenseModel {
             let q_scale = if qk_norm.is_some() { 1.0 } else { scale };
             let (q, k, v) = if cfg.arch == DenseArch::Phi3 {
                 let qkv = a.get(((nh + 2 * nkv) * d, h), "qkv_proj.weight")?;
-                (qkv.narrow(0, 0, nh * d)?, qkv.narrow(0, nh * d, nkv * d)?, qkv.narrow(0, (nh + nkv) * d, nkv * d)?)
+                (
+                    qkv.narrow(0, 0, nh * d)?,
+                    qkv.narrow(0, nh * d, nkv * d)?,
+                    qkv.narrow(0, (nh + nkv) * d, nkv * d)?,
+                )
             } else {
-                (a.get((nh * d, h), "q_proj.weight")?, a.get((nkv * d, h), "k_proj.weight")?, a.get((nkv * d, h), "v_proj.weight")?)
+                (
+                    a.get((nh * d, h), "q_proj.weight")?,
+                    a.get((nkv * d, h), "k_proj.weight")?,
+                    a.get((nkv * d, h), "v_proj.weight")?,
+                )
             };
             let q = scaled(&q, q_scale)?;
             let bqkv = if cfg.qkv_bias {
                 Some(Tensor::cat(
-                    &[scaled(&a.get(nh * d, "q_proj.bias")?, q_scale)?, a.get(nkv * d, "k_proj.bias")?, a.get(nkv * d, "v_proj.bias")?],
+                    &[
+                        scaled(&a.get(nh * d, "q_proj.bias")?, q_scale)?,
+                        a.get(nkv * d, "k_proj.bias")?,
+                        a.get(nkv * d, "v_proj.bias")?,
+                    ],
                     0,
                 )?)
             } else {
@@ -278,7 +303,13 @@ impl DenseModel {
             let wgu = if cfg.arch == DenseArch::Phi3 {
                 mlp.get((2 * cfg.intermediate, h), "gate_up_proj.weight")?
             } else {
-                Tensor::cat(&[mlp.get((cfg.intermediate, h), "gate_proj.weight")?, mlp.get((cfg.intermediate, h), "up_proj.weight")?], 0)?
+                Tensor::cat(
+                    &[
+                        mlp.get((cfg.intermediate, h), "gate_proj.weight")?,
+                        mlp.get((cfg.intermediate, h), "up_proj.weight")?,
+                    ],
+                    0,
+                )?
             };
             layers.push(Layer {
                 attn_norm: l.get(h, "input_layernorm.weight")?,
@@ -336,7 +367,9 @@ impl DenseModel {
     }
 
     fn pool_guard(&self) -> Result<std::sync::MutexGuard<'_, KvPool>, ModelError> {
-        self.pool.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned by an earlier panic".into()))
+        self.pool
+            .lock()
+            .map_err(|_| ModelError::Unsupported("KV pool poisoned by an earlier panic".into()))
     }
 
     /// Runs every chunk's tokens through the model in one pass; returns each chunk's logits
@@ -376,7 +409,10 @@ impl DenseModel {
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(c) = chunks.iter().find(|c| c.tokens.is_empty() || c.seq.len() + c.tokens.len() > self.context) {
+        if let Some(c) = chunks
+            .iter()
+            .find(|c| c.tokens.is_empty() || c.seq.len() + c.tokens.len() > self.context)
+        {
             return Err(ModelError::Unsupported(format!(
                 "a chunk of {} tokens at position {} (context {})",
                 c.tokens.len(),
@@ -422,7 +458,10 @@ impl DenseModel {
         let pos_t = Tensor::new(positions.as_slice(), dev)?;
         let cos = self.cos.index_select(&pos_t, 0)?;
         let sin = self.sin.index_select(&pos_t, 0)?;
-        let write = Tensor::new(rows.as_slice(), dev)?.reshape((1, n, 1))?.broadcast_as((nkv, n, d))?.contiguous()?;
+        let write = Tensor::new(rows.as_slice(), dev)?
+            .reshape((1, n, 1))?
+            .broadcast_as((nkv, n, d))?
+            .contiguous()?;
         // Per group: the block table to gather, and the additive causal mask.
         let mut gathers = Vec::with_capacity(groups.len());
         for (_, seqs, t) in &groups {
@@ -469,7 +508,11 @@ impl DenseModel {
                 let q = q.narrow(1, *row0, b * t)?;
                 outs.push(self.attend(&q, pk, pv, table, mask, b, *t, *nb)?);
             }
-            let attn = if outs.len() == 1 { outs.swap_remove(0) } else { Tensor::cat(&outs, 0)? };
+            let attn = if outs.len() == 1 {
+                outs.swap_remove(0)
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
             x = (x + attn.matmul(&layer.wo.t()?)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps as f32)?;
             let gu = h.matmul(&layer.wgu.t()?)?;
@@ -516,15 +559,32 @@ impl DenseModel {
     /// Grouped-query attention of `b` sequences, `t` new tokens each (q: `[1, b*t, nh, d]`,
     /// already scaled), over their first `nb` blocks of K and V; returns `[b*t, nh*d]`.
     #[allow(clippy::too_many_arguments)]
-    fn attend(&self, q: &Tensor, pk: &Tensor, pv: &Tensor, table: &Tensor, mask: &Tensor, b: usize, t: usize, nb: usize) -> Result<Tensor, ModelError> {
+    fn attend(
+        &self,
+        q: &Tensor,
+        pk: &Tensor,
+        pv: &Tensor,
+        table: &Tensor,
+        mask: &Tensor,
+        b: usize,
+        t: usize,
+        nb: usize,
+    ) -> Result<Tensor, ModelError> {
         let (nh, nkv, d) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
         let g = nh / nkv;
         let l = nb * BLOCK;
         // [b, t, nkv, g, d] → [nkv, b, g*t, d]: each KV head's query heads and tokens as rows.
-        let q = q.reshape((b, t, nkv, g, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?.reshape((nkv, b, g * t, d))?;
+        let q = q
+            .reshape((b, t, nkv, g, d))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?
+            .reshape((nkv, b, g * t, d))?;
         let gather = |pool: &Tensor| -> Result<Tensor, ModelError> {
             let blocks = pool.dims()[1] / BLOCK;
-            Ok(pool.reshape((nkv, blocks, BLOCK * d))?.index_select(table, 1)?.reshape((nkv, b, l, d))?)
+            Ok(pool
+                .reshape((nkv, blocks, BLOCK * d))?
+                .index_select(table, 1)?
+                .reshape((nkv, b, l, d))?)
         };
         let k = gather(pk)?;
         let v = gather(pv)?;
@@ -612,7 +672,10 @@ mod tests {
     /// The logits after each token, one token per pass: the reference every batching must match.
     fn one_by_one(m: &DenseModel, tokens: &[u32]) -> Vec<Vec<f32>> {
         let mut s = m.new_sequence();
-        tokens.iter().map(|t| run(m, &mut [(&mut s, std::slice::from_ref(t))]).remove(0)).collect()
+        tokens
+            .iter()
+            .map(|t| run(m, &mut [(&mut s, std::slice::from_ref(t))]).remove(0))
+            .collect()
     }
 
     #[test]
@@ -715,7 +778,13 @@ mod tests {
         // a's 10 more fit; b's 250 do too, but not twice: the second pass must fail as a whole.
         let mut b2 = m.new_sequence();
         run(&m, &mut [(&mut b2, &big)]);
-        let mut chunks = [DenseChunk { seq: &mut a, tokens: &p[30..40] }, DenseChunk { seq: &mut b, tokens: &big }];
+        let mut chunks = [
+            DenseChunk {
+                seq: &mut a,
+                tokens: &p[30..40],
+            },
+            DenseChunk { seq: &mut b, tokens: &big },
+        ];
         let err = m.forward(&mut chunks).err().unwrap().to_string();
         assert!(err.contains("KV cache full"), "{err}");
         assert_eq!((a.len(), b.len()), (30, 0));
@@ -730,7 +799,10 @@ mod tests {
         let m = tiny("llama");
         let mut s = m.new_sequence();
         let long = vec![1u32; 257];
-        let mut chunks = [DenseChunk { seq: &mut s, tokens: &long }];
+        let mut chunks = [DenseChunk {
+            seq: &mut s,
+            tokens: &long,
+        }];
         let err = m.forward(&mut chunks).err().unwrap().to_string();
         assert!(err.contains("context 256"), "{err}");
         assert_eq!(s.len(), 0);

@@ -112,7 +112,10 @@ impl KvPool {
         let first = table.len.min(len);
         let bi = first / BLOCK;
         if bi < table.blocks.len() && Arc::strong_count(&table.blocks[bi]) > 1 {
-            let fresh = self.alloc(1)?.pop().ok_or_else(|| ModelError::Unsupported("KV pool: no block".into()))?;
+            let fresh = self
+                .alloc(1)?
+                .pop()
+                .ok_or_else(|| ModelError::Unsupported("KV pool: no block".into()))?;
             self.copy_block(table.blocks[bi].id, fresh.id)?;
             table.blocks[bi] = fresh;
         }
@@ -288,7 +291,8 @@ mod tests {
         let mut a = p.new_table();
         p.reserve(&mut a, 1).unwrap();
         let (k, _) = p.layer(0);
-        k.slice_set(&Tensor::new(&[[[3f32, 4.0]]], &Device::Cpu).unwrap(), 1, a.row(0)).unwrap();
+        k.slice_set(&Tensor::new(&[[[3f32, 4.0]]], &Device::Cpu).unwrap(), 1, a.row(0))
+            .unwrap();
         let mut big = p.new_table();
         p.reserve(&mut big, INITIAL_BLOCKS * BLOCK * 2).unwrap();
         assert!(p.capacity_blocks() >= INITIAL_BLOCKS * 2 + 1);

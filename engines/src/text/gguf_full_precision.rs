@@ -111,7 +111,12 @@ pub(crate) const ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "phi3"];
 
 /// A llama-family GGUF's dequantized weights in the HF layout, its `config.json` equivalent, and
 /// its context length.
-fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType) -> Result<(VarBuilder<'static>, serde_json::Value, usize), EngineError> {
+fn prepare(
+    path: &Path,
+    content: gguf_file::Content,
+    device: &Device,
+    dtype: DType,
+) -> Result<(VarBuilder<'static>, serde_json::Value, usize), EngineError> {
     let md = &content.metadata;
     let arch = md
         .get("general.architecture")
@@ -141,7 +146,9 @@ fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DTy
     let context = u("context_length").unwrap_or(2048);
     let head_dim = u("attention.key_length").unwrap_or(u("embedding_length").unwrap_or(0) / heads);
     if u("rope.dimension_count").is_some_and(|n| n != head_dim) {
-        return Err(EngineError::Unsupported(format!("{arch} GGUF with a partial rotary, in full precision")));
+        return Err(EngineError::Unsupported(format!(
+            "{arch} GGUF with a partial rotary, in full precision"
+        )));
     }
     let raw = serde_json::json!({
         "model_type": arch, "head_dim": head_dim,
@@ -168,7 +175,13 @@ fn prepare(path: &Path, content: gguf_file::Content, device: &Device, dtype: DTy
 
 /// Our batched dense llama (`abstractgateway_models::dense`) over a llama GGUF's dequantized
 /// weights, with rotary tables for up to `max_context` positions.
-pub(crate) fn load(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType, max_context: usize) -> Result<Arc<DenseModel>, EngineError> {
+pub(crate) fn load(
+    path: &Path,
+    content: gguf_file::Content,
+    device: &Device,
+    dtype: DType,
+    max_context: usize,
+) -> Result<Arc<DenseModel>, EngineError> {
     let (vb, raw, context) = prepare(path, content, device, dtype)?;
     let cfg = DenseConfig::from_hf(&raw)?;
     Ok(Arc::new(DenseModel::load(vb, &cfg, context.min(max_context))?))
@@ -176,10 +189,17 @@ pub(crate) fn load(path: &Path, content: gguf_file::Content, device: &Device, dt
 
 /// candle-transformers' llama over the same weights: an independent implementation, kept as
 /// the reference the dense model is checked against (and for before/after measurements).
-pub(crate) fn load_candle(path: &Path, content: gguf_file::Content, device: &Device, dtype: DType) -> Result<(HfModel, usize), EngineError> {
+pub(crate) fn load_candle(
+    path: &Path,
+    content: gguf_file::Content,
+    device: &Device,
+    dtype: DType,
+) -> Result<(HfModel, usize), EngineError> {
     let (vb, raw, context) = prepare(path, content, device, dtype)?;
     if raw["model_type"] != "llama" {
-        return Err(EngineError::Unsupported("the candle-transformers reference covers llama GGUFs only".into()));
+        return Err(EngineError::Unsupported(
+            "the candle-transformers reference covers llama GGUFs only".into(),
+        ));
     }
     let cfg = parse_config::<LlamaConfig>(&raw, "llama (from GGUF)")?.into_config(false);
     let empty = Cache::new(true, dtype, &cfg, device)?;
@@ -202,7 +222,10 @@ mod tests {
         );
         assert_eq!(gguf_name("model.embed_tokens.weight").as_deref(), Some("token_embd.weight"));
         assert_eq!(gguf_name("model.layers.0.self_attn.rotary.inv_freq"), None);
-        assert_eq!(gguf_name("model.layers.2.self_attn.k_proj.bias").as_deref(), Some("blk.2.attn_k.bias"));
+        assert_eq!(
+            gguf_name("model.layers.2.self_attn.k_proj.bias").as_deref(),
+            Some("blk.2.attn_k.bias")
+        );
         assert_eq!(
             gguf_name("model.layers.5.self_attn.q_norm.weight").as_deref(),
             Some("blk.5.attn_q_norm.weight")

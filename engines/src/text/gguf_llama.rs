@@ -15,9 +15,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use abstractgateway_models::dense::{DenseChunk, DenseConfig, DenseModel, DenseSeq};
 /// A sequence's result from a step: its logits, or only their arg-max where that was asked for.
 pub use abstractgateway_models::dense::Output as StepOut;
+use abstractgateway_models::dense::{DenseChunk, DenseConfig, DenseModel, DenseSeq};
 use abstractgateway_models::gguf::{meta_u32, GgufFile};
 use abstractgateway_models::llama::{unsupported_types, Arch, Chunk, KvCache, Llama};
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
@@ -473,7 +473,9 @@ impl Sequence {
                 }
                 Ok(model.forward_select(&mut chunks, argmax)?)
             }
-            _ => Ok(select(seqs.iter_mut().zip(tokens).map(|(s, t)| s.prefill(t)).collect::<Result<_, _>>()?)),
+            _ => Ok(select(
+                seqs.iter_mut().zip(tokens).map(|(s, t)| s.prefill(t)).collect::<Result<_, _>>()?,
+            )),
         }
     }
 

@@ -90,7 +90,9 @@ impl SyntheticModel {
                 let empty = hf::llama::Cache::new(true, dtype, &cfg, device)?;
                 Loaded::Candle(HfModel::Llama(std::sync::Arc::new(hf::llama::Llama::load(vb, &cfg)?), empty))
             }
-            (Implementation::Candle, _) => Loaded::Candle(HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&parse_config(&raw, kind)?, vb)?)),
+            (Implementation::Candle, _) => {
+                Loaded::Candle(HfModel::Qwen2(hf::qwen2::ModelForCausalLM::new(&parse_config(&raw, kind)?, vb)?))
+            }
         };
         let params = made.lock().map(|m| m.params).unwrap_or(0);
         Ok(SyntheticModel {
