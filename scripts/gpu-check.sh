@@ -90,7 +90,7 @@ ok = sum(1 for d in done if "choices" in d)
 print(f"{n} concurrent /v1/completions: {ok} answered, {toks} tokens in {t1 - t0:.2f} s = {toks / (t1 - t0):.0f} tok/s aggregate")
 PY
     curl -s -H "Authorization: Bearer $ABSTRACTGATEWAY_AUTH_TOKEN" localhost:18080/api/gateway/discovery/providers \
-        | python3 -c 'import json,sys; [print("engine:", {k: e[k] for k in ("model","backend","completed","mean_batch","kv_pool_bytes")}) for p in json.load(sys.stdin).get("items",[]) for e in p.get("engines",[])]' || true
+        | python3 -c 'import json,sys; [print("engine:", {k: e[k] for k in ("model","backend","completed","mean_batch","kv_pool_bytes","kv_limit_bytes")}) for p in json.load(sys.stdin).get("items",[]) for e in p.get("engines",[])]' || true
     kill $pid
     grep -E "device|model loaded|warn" /tmp/agw-serve.log | head -5
     ;;

@@ -327,6 +327,12 @@ fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
     let pool = engine.stats.kv_pool_bytes.load(std::sync::atomic::Ordering::Relaxed);
     let per_token = 30 * 2 * 3 * 64 * 4; // SmolLM2: 30 layers, K and V, 3 KV heads of 64, f32
     assert_eq!(pool, 512 * per_token, "KV pool bytes");
+    // No limit configured: one from the device's free memory (Metal cannot be asked).
+    let limit = engine.stats.kv_limit_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    if !dev.is_metal() {
+        let free = abstractgateway_engines::device::free_bytes(dev).unwrap() as usize;
+        assert!(limit > pool && limit < free, "default KV limit {limit} B, {free} B free");
+    }
 }
 
 test_device!(

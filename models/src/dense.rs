@@ -60,6 +60,15 @@ pub struct DenseConfig {
     pub rope_llama3: Option<Llama3Rope>,
     pub max_positions: usize,
     pub tie_embeddings: bool,
+    /// Sliding-window attention: a query sees its own and the `window - 1` positions before it
+    /// (HF's `kv > q - window`, llama.cpp's `distance < window`), on layers `from_layer..`.
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindow {
+    pub window: usize,
+    pub from_layer: usize,
 }
 
 impl DenseConfig {
@@ -110,7 +119,19 @@ impl DenseConfig {
             }
             Some(other) => return Err(ModelError::Unsupported(format!("rope_scaling type '{other}'"))),
         };
+        // mistral and phi3 slide on every layer; qwen2 and qwen3 only when `use_sliding_window`
+        // says so, from layer `max_window_layers` on (all their released configs say false).
+        let window = raw["sliding_window"].as_u64().map(|v| v as usize).filter(|w| *w > 0);
+        let sliding_window = match kind {
+            "mistral" | "phi3" => window.map(|window| SlidingWindow { window, from_layer: 0 }),
+            "qwen2" | "qwen3" if raw["use_sliding_window"].as_bool() == Some(true) => window.map(|window| SlidingWindow {
+                window,
+                from_layer: raw["max_window_layers"].as_u64().unwrap_or(0) as usize,
+            }),
+            _ => None,
+        };
         Ok(DenseConfig {
+            sliding_window,
             arch,
             qkv_bias: arch == DenseArch::Qwen2 || raw["attention_bias"].as_bool().unwrap_or(false),
             hidden,
@@ -462,7 +483,13 @@ impl DenseModel {
             .reshape((1, n, 1))?
             .broadcast_as((nkv, n, d))?
             .contiguous()?;
-        // Per group: the block table to gather, and the additive causal mask.
+        // A window that no query of this pass reaches past needs no mask of its own.
+        let window = self
+            .cfg
+            .sliding_window
+            .filter(|w| w.from_layer < self.cfg.n_layer && positions.iter().any(|&p| p as usize >= w.window));
+        // Per group: the block table to gather, and the additive causal masks (without and with
+        // the sliding window).
         let mut gathers = Vec::with_capacity(groups.len());
         for (_, seqs, t) in &groups {
             let nb = seqs.iter().map(|&i| chunks[i].seq.table.blocks()).max().unwrap_or(1);
@@ -478,8 +505,12 @@ impl DenseModel {
                 limits.extend((0..*t).map(|k| (start + k) as u32));
             }
             let table = Tensor::new(table.as_slice(), dev)?;
-            let mask = self.causal_mask(&limits, seqs.len(), *t, nb * BLOCK)?;
-            gathers.push((table, mask, nb));
+            let mask = self.causal_mask(&limits, seqs.len(), *t, nb * BLOCK, None)?;
+            let windowed = match window {
+                Some(w) => Some(self.causal_mask(&limits, seqs.len(), *t, nb * BLOCK, Some(w.window))?),
+                None => None,
+            };
+            gathers.push((table, mask, windowed, nb));
         }
         let ids_t = Tensor::new(ids.as_slice(), dev)?;
         let mut x = self.embed.index_select(&ids_t, 0)?;
@@ -502,10 +533,15 @@ impl DenseModel {
             let (pk, pv) = pool.layer(li);
             pk.scatter_set(&write, &k.reshape((n, nkv, d))?.transpose(0, 1)?.contiguous()?, 1)?;
             pv.scatter_set(&write, &v, 1)?;
+            let slides = window.is_some_and(|w| li >= w.from_layer);
             let mut outs = Vec::with_capacity(groups.len());
-            for ((row0, seqs, t), (table, mask, nb)) in groups.iter().zip(&gathers) {
+            for ((row0, seqs, t), (table, mask, windowed, nb)) in groups.iter().zip(&gathers) {
                 let b = seqs.len();
                 let q = q.narrow(1, *row0, b * t)?;
+                let mask = match windowed {
+                    Some(w) if slides => w,
+                    _ => mask,
+                };
                 outs.push(self.attend(&q, pk, pv, table, mask, b, *t, *nb)?);
             }
             let attn = if outs.len() == 1 {
@@ -596,11 +632,17 @@ impl DenseModel {
 
     /// `[1, b, 1, t, l]`: 0 where key position j may be seen by query row (s, k), i.e. j ≤
     /// `limits[s * t + k]` (its own position), −∞ elsewhere (later tokens and block padding).
-    fn causal_mask(&self, limits: &[u32], b: usize, t: usize, l: usize) -> Result<Tensor, ModelError> {
+    /// With a `window`, also −∞ for j ≤ its position − window (the keys it has slid past).
+    fn causal_mask(&self, limits: &[u32], b: usize, t: usize, l: usize, window: Option<usize>) -> Result<Tensor, ModelError> {
         let dev = &self.device;
         let j = Tensor::arange(0u32, l as u32, dev)?.reshape((1, l))?;
         let lim = Tensor::new(limits, dev)?.reshape((b * t, 1))?;
-        let allowed = j.broadcast_le(&lim)?;
+        let mut allowed = j.broadcast_le(&lim)?;
+        if let Some(w) = window {
+            let first: Vec<u32> = limits.iter().map(|&p| (p + 1).saturating_sub(w as u32)).collect();
+            let first = Tensor::new(first.as_slice(), dev)?.reshape((b * t, 1))?;
+            allowed = (allowed * j.broadcast_ge(&first)?)?;
+        }
         let zero = Tensor::zeros((b * t, l), self.dtype, dev)?;
         let hidden = Tensor::full(f32::NEG_INFINITY, (b * t, l), dev)?.to_dtype(self.dtype)?;
         Ok(allowed.where_cond(&zero, &hidden)?.reshape((1, b, 1, t, l))?)
@@ -618,9 +660,17 @@ mod tests {
     }
 
     fn tiny_in(arch: &str, dtype: DType) -> DenseModel {
-        let raw = serde_json::json!({"model_type": arch, "hidden_size": 32, "intermediate_size": 48,
+        tiny_with(arch, dtype, serde_json::json!({}))
+    }
+
+    /// `tiny_in` with `extra` config.json keys (a window, fewer layers) over its defaults.
+    fn tiny_with(arch: &str, dtype: DType, extra: serde_json::Value) -> DenseModel {
+        let mut raw = serde_json::json!({"model_type": arch, "hidden_size": 32, "intermediate_size": 48,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40,
             "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": arch == "qwen2"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            raw[k] = v.clone();
+        }
         let cfg = DenseConfig::from_hf(&raw).unwrap();
         let dev = Device::Cpu;
         let mut w: HashMap<String, Tensor> = HashMap::new();
@@ -641,7 +691,7 @@ mod tests {
         put("model.embed_tokens.weight".into(), &[40, 32]);
         put("model.norm.weight".into(), &[32]);
         put("lm_head.weight".into(), &[40, 32]);
-        for i in 0..2 {
+        for i in 0..cfg.n_layer {
             let p = format!("model.layers.{i}");
             for (n, s) in [("q_proj", 32), ("k_proj", 16), ("v_proj", 16)] {
                 put(format!("{p}.self_attn.{n}.weight"), &[s, 32]);
@@ -680,8 +730,19 @@ mod tests {
 
     #[test]
     fn chunked_prefill_and_batched_steps_match_one_token_at_a_time() {
-        for arch in ["llama", "qwen2", "qwen3"] {
-            let m = tiny(arch);
+        let models = [
+            tiny("llama"),
+            tiny("qwen2"),
+            tiny("qwen3"),
+            // Windows shorter than the prompts, on every layer and on the second only.
+            tiny_with("mistral", DType::F32, serde_json::json!({"sliding_window": 7})),
+            tiny_with(
+                "qwen2",
+                DType::F32,
+                serde_json::json!({"use_sliding_window": true, "sliding_window": 9, "max_window_layers": 1}),
+            ),
+        ];
+        for m in models {
             let a: Vec<u32> = (0..45).map(|i| (i * 7 % 40) as u32).collect();
             let b: Vec<u32> = (0..70).map(|i| (i * 11 % 37) as u32).collect();
             let ra = one_by_one(&m, &a);
@@ -700,6 +761,62 @@ mod tests {
             close(&out[1], &rb[69]);
             assert_eq!((sa.len(), sb.len(), sc.len()), (45, 70, 3));
         }
+    }
+
+    /// With one layer, a query's output depends only on the tokens it sees, and the rotary makes
+    /// scores depend only on distances: so a window of w at the end of a long prompt must give
+    /// what the model without a window gives for the last w tokens alone (HF's and llama.cpp's
+    /// rule: a query sees its own position and the w − 1 before it).
+    #[test]
+    fn a_sliding_window_sees_its_last_positions_only() {
+        let one = serde_json::json!({"num_hidden_layers": 1});
+        let windowed = tiny_with(
+            "mistral",
+            DType::F32,
+            serde_json::json!({"num_hidden_layers": 1, "sliding_window": 5}),
+        );
+        let full = tiny_with("mistral", DType::F32, one);
+        let p: Vec<u32> = (0..45).map(|i| (i * 7 % 40) as u32).collect();
+        let (mut a, mut b) = (windowed.new_sequence(), windowed.new_sequence());
+        let prefilled = run(&windowed, &mut [(&mut a, &p)]).remove(0);
+        let stepped = one_by_one(&windowed, &p);
+        let alone = |tail: &[u32]| run(&full, &mut [(&mut full.new_sequence(), tail)]).remove(0);
+        close(&prefilled, &alone(&p[40..]));
+        for end in [5, 12, 33, 45] {
+            close(&stepped[end - 1], &alone(&p[end - 5..end]));
+        }
+        // A decode step beside a prompt slice in one pass.
+        run(&windowed, &mut [(&mut b, &p[..30])]);
+        let out = run(&windowed, &mut [(&mut b, &p[30..31]), (&mut a, &[3])]);
+        close(&out[0], &alone(&p[26..31]));
+        close(&out[1], &alone(&[&p[41..], &[3][..]].concat()));
+        // And the window does matter: the whole prompt without one answers otherwise.
+        let everything = alone(&p);
+        let moved = prefilled.iter().zip(&everything).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(moved > 1e-2, "the window changed the logits by only {moved}");
+    }
+
+    #[test]
+    fn sliding_windows_are_read_as_each_family_means_them() {
+        let cfg = |extra: serde_json::Value| {
+            let mut raw = serde_json::json!({"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "vocab_size": 40});
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                raw[k] = v.clone();
+            }
+            DenseConfig::from_hf(&raw).unwrap().sliding_window
+        };
+        let w = |window, from_layer| Some(SlidingWindow { window, from_layer });
+        use serde_json::json;
+        assert_eq!(cfg(json!({"model_type": "mistral", "sliding_window": 4096})), w(4096, 0));
+        assert_eq!(cfg(json!({"model_type": "mistral", "sliding_window": null})), None);
+        assert_eq!(cfg(json!({"model_type": "phi3", "sliding_window": 2047})), w(2047, 0));
+        // qwen2.5's configs name a window but do not use it.
+        let qwen = json!({"model_type": "qwen2", "sliding_window": 32768, "max_window_layers": 2, "use_sliding_window": false});
+        assert_eq!(cfg(qwen), None);
+        let qwen = json!({"model_type": "qwen3", "sliding_window": 64, "max_window_layers": 2, "use_sliding_window": true});
+        assert_eq!(cfg(qwen), w(64, 2));
+        assert_eq!(cfg(json!({"model_type": "llama", "sliding_window": 64})), None);
     }
 
     #[test]

@@ -255,7 +255,7 @@ async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
                     "cancelled": s.cancelled.load(Relaxed), "failed": s.failed.load(Relaxed),
                     "prompt_tokens": s.prompt_tokens.load(Relaxed), "completion_tokens": s.completion_tokens.load(Relaxed),
                     "cached_prompt_tokens": s.cached_tokens.load(Relaxed), "prefix_cache_bytes": s.prefix_cache_bytes.load(Relaxed),
-                    "kv_pool_bytes": s.kv_pool_bytes.load(Relaxed),
+                    "kv_pool_bytes": s.kv_pool_bytes.load(Relaxed), "kv_limit_bytes": s.kv_limit_bytes.load(Relaxed),
                     "mean_batch": if steps > 0 { rows as f64 / steps as f64 } else { 0.0 },
                 })
             })

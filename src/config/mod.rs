@@ -57,8 +57,8 @@ pub struct Config {
     pub provider_timeout_s: f64,
     /// KV memory each local model may keep for its prefix cache (0 disables it).
     pub prefix_cache_mb: usize,
-    /// The most KV memory (MiB) one local model's KV pool may hold, dense backend; unset: it
-    /// grows until the device is full.
+    /// The most KV memory (MiB) one local model's KV pool may hold, dense backend; unset: 90%
+    /// of the GPU memory free after loading (at least 1 GiB left), or half the available RAM.
     pub kv_cache_mb: Option<usize>,
     /// Most concurrent requests one local model decodes together per step; unset: 16 on the
     /// CPU (where a step's cost grows with the batch), 64 on GPUs.

@@ -101,6 +101,9 @@ pub struct EngineStats {
     pub prefix_cache_bytes: AtomicUsize,
     /// The dense backend's KV pool (all sequences and cached prefixes share it).
     pub kv_pool_bytes: AtomicUsize,
+    /// The most the pool may grow to (configured, or by default from the device's free
+    /// memory at start); 0 where there is no pool or no limit.
+    pub kv_limit_bytes: AtomicUsize,
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +114,8 @@ pub struct EngineConfig {
     /// one). 0: by device, 16 on the CPU, 64 on GPUs (where a step costs about the same for one
     /// sequence as for dozens).
     pub max_batch: usize,
-    /// The most KV memory the dense backend's pool may hold (None: until the device is full).
+    /// The most KV memory the dense backend's pool may hold (None: a share of the device's free
+    /// memory when the engine starts, see `default_kv_limit`).
     pub kv_cache_bytes: Option<usize>,
 }
 
@@ -239,7 +243,26 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         (true, n) => n,
     };
     let chunk = if model.on_gpu() { PREFILL_CHUNK_GPU } else { PREFILL_CHUNK };
-    model.set_kv_limit_bytes(cfg.kv_cache_bytes);
+    if model.rolls_back_failed_steps() {
+        let limit = cfg.kv_cache_bytes.or_else(|| {
+            let free = model.free_device_bytes()?;
+            Some(default_kv_limit(free, model.on_gpu()))
+        });
+        match limit {
+            Some(b) => tracing::info!(
+                "KV pool limit: {} MiB ({})",
+                b >> 20,
+                if cfg.kv_cache_bytes.is_some() {
+                    "configured"
+                } else {
+                    "from free memory"
+                }
+            ),
+            None => tracing::warn!("KV pool has no limit: the device's free memory is unknown; set ABSTRACTGATEWAY_KV_CACHE_MB"),
+        }
+        model.set_kv_limit_bytes(limit);
+        stats.kv_limit_bytes.store(limit.unwrap_or(0), Ordering::Relaxed);
+    }
     let mut active: Vec<Active> = Vec::new();
     let mut open = true;
     while open || !active.is_empty() {
@@ -368,6 +391,16 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         }
         stats.kv_pool_bytes.store(model.kv_pool_bytes(), Ordering::Relaxed);
     }
+}
+
+/// The KV pool's limit when none is configured: on a GPU, the memory free after the weights
+/// loaded less a tenth (at least 1 GiB) for activations (a 2k-token prefill slice of an 8B model
+/// needs ~1 GiB of them) and other models; on the CPU, half the available RAM, since the pool
+/// shares it with every other model, the store and the OS, and running out of host memory
+/// aborts the process instead of failing one step.
+pub fn default_kv_limit(free_bytes: u64, gpu: bool) -> usize {
+    let keep = if gpu { (free_bytes / 10).max(1 << 30) } else { free_bytes / 2 };
+    usize::try_from(free_bytes.saturating_sub(keep)).unwrap_or(usize::MAX)
 }
 
 fn a_last(a: &Active) -> &u32 {
@@ -529,4 +562,21 @@ fn flush(a: &mut Active, reason: FinishReason) -> Outcome {
         return Outcome::Cancelled;
     }
     Outcome::Done(reason, a.usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_kv_limit;
+
+    #[test]
+    fn the_default_kv_limit_leaves_room_for_activations_and_the_host() {
+        const GIB: u64 = 1 << 30;
+        // An H100 with an 8B bf16 model loaded: ~63 GiB free, a tenth kept back.
+        assert_eq!(default_kv_limit(63 * GIB, true) as u64, 63 * GIB - 63 * GIB / 10);
+        // A small GPU keeps at least 1 GiB, and one with less than that gets no pool growth.
+        assert_eq!(default_kv_limit(4 * GIB, true) as u64, 3 * GIB);
+        assert_eq!(default_kv_limit(GIB / 2, true), 0);
+        // The CPU keeps half of the available RAM for everything else.
+        assert_eq!(default_kv_limit(20 * GIB, false) as u64, 10 * GIB);
+    }
 }

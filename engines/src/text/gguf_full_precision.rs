@@ -158,6 +158,8 @@ fn prepare(
         "num_key_value_heads": kv_heads, "rms_norm_eps": f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         "rope_theta": f("rope.freq_base").unwrap_or(10_000.0), "max_position_embeddings": context,
         "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
+        // No sliding window: llama.cpp, the reference for GGUFs, disables phi3's (its converted
+        // files' values are unreliable, llama.cpp PR 13676), and mistral's files carry none.
     });
     let file = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
         path: path.display().to_string(),

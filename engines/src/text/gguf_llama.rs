@@ -317,6 +317,11 @@ impl LlamaGguf {
         }
     }
 
+    /// Free memory on this model's device (None where it cannot be asked).
+    pub fn free_device_bytes(&self) -> Option<u64> {
+        crate::device::free_bytes(&self.device)
+    }
+
     pub fn on_gpu(&self) -> bool {
         !self.device.is_cpu()
     }
