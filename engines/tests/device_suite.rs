@@ -335,6 +335,42 @@ fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
     }
 }
 
+/// The prefix cache counts a pool block once however many entries hold it, and frees only
+/// what no other entry holds when it evicts.
+fn prefix_cache_counts_shared_blocks_once(dev: &Device) {
+    use abstractgateway_engines::text::prefix_cache::PrefixCache;
+    let model = LlamaGguf::load_full_precision(&common::smollm2(), dev, DType::F32).unwrap();
+    let block = 32 * model.kv_bytes_per_token;
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    let all: Vec<u32> = refs.cases.iter().flat_map(|c| c.prompt_ids.iter().copied()).collect();
+    let (a, c) = (all[..70].to_vec(), all[100..140].to_vec());
+    let b = [a.as_slice(), &all[200..210]].concat();
+    let mut sa = model.sequence();
+    sa.prefill(&a).unwrap();
+    // b continues a's snapshot: blocks 0 and 1 shared, the partial block 2 copied on write.
+    let mut sb = sa.clone();
+    sb.prefill(&b[70..]).unwrap();
+    let mut sc = model.sequence();
+    sc.prefill(&c).unwrap();
+    let mut cache = PrefixCache::new(5 * block, model.kv_bytes_per_token);
+    cache.insert(&a, &sa, None);
+    assert_eq!(cache.used_bytes(), 3 * block, "a: three blocks");
+    cache.insert(&b, &sb, None);
+    assert_eq!(cache.used_bytes(), 4 * block, "b adds only its copy of the partial block");
+    // c's two blocks do not fit beside four: a, the least recent, goes, and frees only the
+    // block b does not hold.
+    cache.insert(&c, &sc, None);
+    assert_eq!((cache.len(), cache.used_bytes()), (2, 5 * block));
+    let hit = cache.lookup(&a).expect("b still serves a's tokens");
+    assert_eq!(hit.cached, 69, "all of a but the token left to prefill");
+}
+
+test_device!(
+    prefix_cache_counts_shared_blocks_once,
+    prefix_cache_blocks_cpu,
+    prefix_cache_blocks_cuda,
+    prefix_cache_blocks_metal
+);
 test_device!(
     prefix_cache_on_shared_blocks_matches_cold_runs,
     prefix_cache_cpu,

@@ -248,6 +248,11 @@ impl DenseSeq {
         self.table.len == 0
     }
 
+    /// The pool blocks this sequence holds (ids stay unique while any holder keeps a block).
+    pub fn block_ids(&self) -> Vec<u32> {
+        self.table.block_ids()
+    }
+
     /// Keeps the first `n` positions (blocks past them are released).
     pub fn truncate(&mut self, n: usize) {
         self.table.truncate(n);
@@ -263,6 +268,16 @@ pub enum Output {
     /// more, and a batch's logits are large (64 sequences × 152k vocabulary = 39 MB of f32 to
     /// bring back from a GPU every step).
     Argmax(u32),
+}
+
+impl Output {
+    /// The logits, or nothing for an arg-max row (for callers that asked for logits only).
+    pub fn into_logits(self) -> Vec<f32> {
+        match self {
+            Output::Logits(l) => l,
+            Output::Argmax(_) => Vec::new(),
+        }
+    }
 }
 
 /// One sequence's share of a forward pass.
@@ -397,13 +412,7 @@ impl DenseModel {
     /// (f32) after its last token, in the chunks' order.
     pub fn forward(&self, chunks: &mut [DenseChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let out = self.forward_select(chunks, &vec![false; chunks.len()])?;
-        Ok(out
-            .into_iter()
-            .map(|o| match o {
-                Output::Logits(l) => l,
-                Output::Argmax(_) => Vec::new(),
-            })
-            .collect())
+        Ok(out.into_iter().map(Output::into_logits).collect())
     }
 
     /// Caps the KV pool at `bytes` (None: it grows until the device is full).

@@ -428,10 +428,7 @@ impl Sequence {
     pub fn step_batch(seqs: &mut [&mut Sequence], tokens: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
         Ok(Self::step_batch_select(seqs, tokens, &[])?
             .into_iter()
-            .map(|o| match o {
-                StepOut::Logits(l) => l,
-                StepOut::Argmax(_) => Vec::new(),
-            })
+            .map(StepOut::into_logits)
             .collect())
     }
 
@@ -521,6 +518,15 @@ impl Sequence {
     }
 
     /// Whether `truncate` works (candle's models keep their KV inside the model).
+    /// The KV pool blocks this sequence holds (dense backend), shared with its snapshots and
+    /// the sequences cloned from it; None where KV is per sequence.
+    pub fn kv_blocks(&self) -> Option<Vec<u32>> {
+        match self {
+            Sequence::Dense { seq, .. } => Some(seq.block_ids()),
+            _ => None,
+        }
+    }
+
     pub fn can_truncate(&self) -> bool {
         matches!(self, Sequence::Native { .. } | Sequence::Dense { .. })
     }

@@ -4,7 +4,12 @@
 //! A prompt identical to a cached prompt end reuses its logits too and needs no prefill at all.
 //!
 //! The cache belongs to one engine, i.e. one loaded model, so keys are that model's tokens.
-//! Memory is bounded by an estimate of KV bytes; the least recently used entries go first.
+//! Memory is bounded by the KV bytes the entries hold; the least recently used entries go first.
+//! On the dense backend entries share pool blocks (a system prompt common to many
+//! conversations is held once), so a block counts once however many entries hold it; on the
+//! others each entry holds its own copy of its KV.
+
+use std::collections::HashMap;
 
 use super::gguf_llama::Sequence;
 
@@ -13,7 +18,10 @@ struct Entry {
     seq: Sequence,
     /// Logits after the last token (kept for prompt ends only).
     logits: Option<Vec<f32>>,
-    bytes: usize,
+    /// Bytes this entry holds alone: its logits, and its KV where that is not in shared blocks.
+    own_bytes: usize,
+    /// The KV pool blocks it holds (dense backend; empty for the others).
+    blocks: Vec<u32>,
     last_used: u64,
 }
 
@@ -45,6 +53,8 @@ pub struct PrefixCache {
     budget_bytes: usize,
     used_bytes: usize,
     kv_bytes_per_token: usize,
+    /// How many entries hold each pool block (a block's bytes count while any does).
+    block_refs: HashMap<u32, usize>,
     clock: u64,
     pub hits: u64,
     pub misses: u64,
@@ -65,6 +75,7 @@ impl PrefixCache {
             budget_bytes,
             used_bytes: 0,
             kv_bytes_per_token: kv_bytes_per_token.max(1),
+            block_refs: HashMap::new(),
             clock: 0,
             hits: 0,
             misses: 0,
@@ -86,7 +97,31 @@ impl PrefixCache {
     /// Forgets every entry (their KV goes back to its pool).
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.block_refs.clear();
         self.used_bytes = 0;
+    }
+
+    fn block_bytes(&self) -> usize {
+        self.kv_bytes_per_token * abstractgateway_models::paged_kv::BLOCK
+    }
+
+    /// What holding `blocks` would add: the blocks no entry holds yet.
+    fn new_block_bytes(&self, blocks: &[u32]) -> usize {
+        blocks.iter().filter(|b| !self.block_refs.contains_key(b)).count() * self.block_bytes()
+    }
+
+    fn evict(&mut self, i: usize) {
+        let e = self.entries.swap_remove(i);
+        self.used_bytes -= e.own_bytes;
+        for b in e.blocks {
+            if let Some(n) = self.block_refs.get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.block_refs.remove(&b);
+                    self.used_bytes -= self.block_bytes();
+                }
+            }
+        }
     }
 
     /// The longest usable cached prefix of `prompt`: a whole entry that starts the prompt, or —
@@ -131,8 +166,15 @@ impl PrefixCache {
         if tokens.is_empty() || seq.len() != tokens.len() || self.budget_bytes == 0 {
             return;
         }
-        let bytes = tokens.len() * self.kv_bytes_per_token + logits.map(|l| l.len() * 4).unwrap_or(0);
-        if bytes > self.budget_bytes {
+        let blocks = seq.kv_blocks();
+        let own_bytes = logits.map(|l| l.len() * 4).unwrap_or(0)
+            + if blocks.is_some() {
+                0
+            } else {
+                tokens.len() * self.kv_bytes_per_token
+            };
+        let blocks = blocks.unwrap_or_default();
+        if own_bytes + blocks.len() * self.block_bytes() > self.budget_bytes {
             return;
         }
         self.clock += 1;
@@ -145,19 +187,24 @@ impl PrefixCache {
             }
             return;
         }
-        while self.used_bytes + bytes > self.budget_bytes {
+        // Evicting an entry that shares blocks with this one raises what this one adds, so the
+        // cost is asked again after each eviction.
+        while self.used_bytes + own_bytes + self.new_block_bytes(&blocks) > self.budget_bytes {
             let Some(lru) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(i, _)| i) else {
                 break;
             };
-            let e = self.entries.swap_remove(lru);
-            self.used_bytes -= e.bytes;
+            self.evict(lru);
         }
-        self.used_bytes += bytes;
+        self.used_bytes += own_bytes + self.new_block_bytes(&blocks);
+        for &b in &blocks {
+            *self.block_refs.entry(b).or_insert(0) += 1;
+        }
         self.entries.push(Entry {
             tokens: tokens.to_vec(),
             seq: seq.clone(),
             logits: logits.map(<[f32]>::to_vec),
-            bytes,
+            own_bytes,
+            blocks,
             last_used: self.clock,
         });
     }
