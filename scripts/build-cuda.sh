@@ -9,10 +9,19 @@
 # Output: target/cuda/abstractgateway (stripped) and target/cuda/abstractgateway.xz (to carry).
 # `scripts/build-cuda.sh --check`: only `cargo check --features cuda` of every target (what CI
 # runs to keep the CUDA code compiling; candle's CUDA kernels are still compiled by nvcc).
+# `scripts/build-cuda.sh --tests`: the engines' device suite (engines/tests/device_suite.rs) as a
+# release test executable with its CUDA tests, target/cuda/device_suite.xz, for a GPU host that
+# has no Rust (scripts/gpu-check.sh suite runs it).
 # Env: CUDA_COMPUTE_CAP (default 90, Hopper), CUDA_TOOLCHAIN_DIR (default target/cuda-toolchain).
 set -euo pipefail
 CHECK=0
-[ "${1:-}" = "--check" ] && CHECK=1
+TESTS=0
+case "${1:-}" in
+--check) CHECK=1 ;;
+--tests) TESTS=1 ;;
+"") ;;
+*) echo "usage: scripts/build-cuda.sh [--check|--tests]" >&2; exit 2 ;;
+esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TOOLS=${CUDA_TOOLCHAIN_DIR:-$ROOT/target/cuda-toolchain}
@@ -66,6 +75,25 @@ if [ "$CHECK" = 1 ]; then
             cargo check -p "$pkg" --features cuda --all-targets \
             --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\""
     done
+    exit 0
+fi
+
+if [ "$TESTS" = 1 ]; then
+    step "cargo test --release --features cuda --test device_suite --no-run"
+    exe=$(CARGO_TARGET_DIR=$ROOT/target/cuda-build CUDART_LINK_DIR=$WORK/cudart-static \
+        cargo test --release -p abstractgateway-engines --features cuda --test device_suite --no-run \
+        --message-format json --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\"" \
+        | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "device_suite":
+        print(m["executable"])')
+    [ -n "$exe" ] || { echo "no device_suite executable" >&2; exit 1; }
+    cp "$exe" "$WORK/device_suite"
+    strip "$WORK/device_suite"
+    xz -9 -T2 -k -f "$WORK/device_suite"
+    ls -l "$WORK/device_suite" "$WORK/device_suite.xz"
     exit 0
 fi
 

@@ -3,6 +3,9 @@
 # scripts/build-cuda.sh is carried there as target/cuda/abstractgateway.xz.
 #   scripts/gpu-check.sh synthetic       decode speed and TTFT on random weights of real shapes
 #   scripts/gpu-check.sh compare GGUF    greedy tokens and logits, GPU against CPU, on a real model
+#   scripts/gpu-check.sh suite GGUF      the engines' device suite (CPU and CUDA tests from one
+#                                        source; build it with scripts/build-cuda.sh --tests) on
+#                                        the real SmolLM2 GGUF
 #   scripts/gpu-check.sh serve GGUF      the gateway on the GPU, asked over /v1 on loopback, then
 #                                        STREAMS (32) concurrent completions: aggregate tok/s
 #                                        (ABSTRACTGATEWAY_DEVICE=cpu runs it on the CPU)
@@ -48,6 +51,17 @@ PY
     # Aggregate decode of 64 streams in batched steps (goal: >= 10,000 tok/s on an H100).
     "$BIN" bench decode --synthetic qwen2.5-0.5b --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3 --streams 64
     "$BIN" bench decode --synthetic llama3-8b --device cuda:0 --prompt-tokens 128 --tokens 64 --runs 2 --streams 16
+    ;;
+suite)
+    gguf=${2:?suite needs the SmolLM2 GGUF}
+    SUITE=/tmp/device_suite
+    [ -x "$SUITE" ] || { xz -dc target/cuda/device_suite.xz > "$SUITE" && chmod +x "$SUITE"; } || exit 1
+    # The suite finds SmolLM2 as the tests' fetch helper lays it out, and derives its qwen2,
+    # qwen3 and phi3 variants beside it.
+    export ABSTRACTGATEWAY_MODELS_DIR=/tmp/agw-suite-models
+    mkdir -p "$ABSTRACTGATEWAY_MODELS_DIR/smollm2"
+    ln -sf "$(readlink -f "$gguf")" "$ABSTRACTGATEWAY_MODELS_DIR/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    "$SUITE" --test-threads 4 2>&1 | tail -60
     ;;
 compare)
     gguf=${2:?compare needs a GGUF path}
