@@ -53,8 +53,10 @@ pub struct DecodeArgs {
     /// aggregate tokens/s is reported.
     #[arg(long, default_value_t = 1)]
     streams: usize,
-    /// The implementation running synthetic weights: `dense` (what serving runs) or `candle`
-    /// (candle-transformers' llama / qwen2, one sequence per pass), for before/after figures.
+    /// The implementation running synthetic weights: `dense` (what serving runs), `dense-paged`
+    /// (dense with the paged-attention op for decode rows, ABSTRACTGATEWAY_PAGED_ATTENTION=1)
+    /// or `candle` (candle-transformers' llama / qwen2, one sequence per pass), for before/after
+    /// figures.
     #[arg(long, default_value = "dense")]
     r#impl: String,
 }
@@ -111,8 +113,9 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
             };
             let imp = match a.r#impl.as_str() {
                 "dense" => Implementation::Dense,
+                "dense-paged" => Implementation::DensePaged,
                 "candle" => Implementation::Candle,
-                other => return Err(format!("--impl {other}: expected dense or candle")),
+                other => return Err(format!("--impl {other}: expected dense, dense-paged or candle")),
             };
             let m = SyntheticModel::with(shape, dtype, &sel.device, imp).map_err(|e| e.to_string())?;
             if a.prompt_tokens + a.tokens > m.context {
@@ -316,6 +319,20 @@ fn compare(a: CompareArgs) -> Result<(), String> {
         &cases,
         a.tokens,
     )?;
+    // Decode rows through the paged-attention op (a CUDA kernel on GPUs) against the CPU's
+    // gather path, one at a time and batched.
+    let paged_ok = if gpu_f32.set_paged_attention(true) {
+        let (tokens_equal, _) = compare_pair(
+            "paged attention for decode steps, f32 on the GPU vs the CPU",
+            &gpu_f32,
+            &cpu_f32,
+            &cases,
+            a.tokens,
+        )?;
+        tokens_equal && batched_check("f32, paged attention", &gpu_f32, &cases, a.tokens)?
+    } else {
+        true
+    };
     drop((gpu_f32, reference));
     // What GPU serving runs: bf16 weights, against the same f32 reference.
     let gpu_bf16 = load("gpu, bf16", LlamaGguf::load(&a.model, &sel.device))?;
@@ -341,6 +358,9 @@ fn compare(a: CompareArgs) -> Result<(), String> {
         if batched_equal { "EQUAL" } else { "DIFFERENT" },
         if q_equal { "equal" } else { "differ" },
     );
+    if !paged_ok {
+        return Err("f32 greedy tokens with paged attention differ from the CPU's or from one at a time".into());
+    }
     match (equal, batched_equal) {
         (true, true) => Ok(()),
         (false, _) => Err("f32 greedy tokens differ between the GPU and the CPU".into()),

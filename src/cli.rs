@@ -329,6 +329,7 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         prefix_cache_bytes: cfg.prefix_cache_mb << 20,
         max_batch: cfg.max_batch.unwrap_or(0),
         kv_cache_bytes: cfg.kv_cache_mb.map(|mb| mb << 20),
+        paged_attention: cfg.paged_attention,
     };
     cfg.device_spec().map_err(|e| e.to_string())?;
     let c = cfg.clone();

@@ -365,6 +365,63 @@ fn prefix_cache_counts_shared_blocks_once(dev: &Device) {
     assert_eq!(hit.cached, 69, "all of a but the token left to prefill");
 }
 
+/// The paged-attention op (on CUDA, `kernels/cuda/paged_decode.cu`) for decode rows: greedy
+/// tokens and teacher-forced logits as the gather path computes them, one at a time and with
+/// all prompts in one batch.
+fn paged_attention_decodes_like_the_gather_path(dev: &Device) {
+    let path = common::smollm2();
+    let gather = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+    let paged = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+    assert!(paged.set_paged_attention(true));
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    let prompts: Vec<Vec<u32>> = refs.cases.iter().take(3).map(|c| c.prompt_ids.clone()).collect();
+    let mut worst = 0f32;
+    let mut alone = Vec::new();
+    for p in &prompts {
+        // The gather path's greedy tokens, teacher-forced through both: logits along one path.
+        let (mut a, mut b) = (gather.sequence(), paged.sequence());
+        let (mut la, mut lb) = (a.prefill(p).unwrap(), b.prefill(p).unwrap());
+        let mut want = Vec::new();
+        for _ in 0..10 {
+            let t = abstractgateway_engines::text::sampling::argmax(&la);
+            assert_eq!(abstractgateway_engines::text::sampling::argmax(&lb), t, "greedy tokens");
+            want.push(t);
+            (la, lb) = (a.step(t).unwrap(), b.step(t).unwrap());
+            worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+        }
+        alone.push(want);
+    }
+    assert!(worst < 1e-3, "logits differ by {worst}");
+    // The prompts decoded together by the engine, one batched step (one op per layer) at a time.
+    let rxs: Vec<_> = {
+        let engine = TextEngine::spawn_with(
+            paged,
+            abstractgateway_engines::text::engine::EngineConfig {
+                paged_attention: true,
+                ..Default::default()
+            },
+        );
+        let rxs: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                engine.generate(GenerateRequest {
+                    prompt_ids: p.clone(),
+                    max_tokens: 10,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        rxs.into_iter().map(tokens).collect()
+    };
+    assert_eq!(rxs, alone);
+}
+
+test_device!(
+    paged_attention_decodes_like_the_gather_path,
+    paged_attention_cpu,
+    paged_attention_cuda,
+    paged_attention_metal
+);
 test_device!(
     prefix_cache_counts_shared_blocks_once,
     prefix_cache_blocks_cpu,

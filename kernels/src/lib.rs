@@ -12,5 +12,10 @@ pub mod dot;
 pub mod ggml_order;
 pub mod matmul;
 
+/// PTX of `cuda/paged_decode.cu`: decode attention over the dense model's paged KV pool, one
+/// launch per layer (`abstractgateway_models::paged_attention` launches it).
+#[cfg(feature = "cuda")]
+pub const PAGED_DECODE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_decode.ptx"));
+
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 pub use matmul::{matmul, matmul_many, QMatrix, QType};

@@ -230,6 +230,23 @@ pub struct DenseModel {
     sin: Tensor,
     /// Held for a whole forward pass: the pool may grow (reallocate) while blocks are reserved.
     pool: Mutex<KvPool>,
+    /// Decode rows attend through `paged_attention` (one op per layer) instead of gathering
+    /// their blocks and multiplying (off by default until measured on a GPU).
+    paged_attention: std::sync::atomic::AtomicBool,
+}
+
+/// What one attention group of a pass reads.
+enum GroupInput {
+    /// The gather-and-matmul path: block table, causal mask, the windowed mask where a sliding
+    /// window applies this pass, and blocks per sequence.
+    Gather {
+        table: Tensor,
+        mask: Tensor,
+        windowed: Option<Tensor>,
+        nb: usize,
+    },
+    /// Decode rows through the paged kernel: `[b, nb + 1]` block tables and lengths.
+    Paged(Tensor),
 }
 
 /// One sequence's place in the pool: its blocks and how many positions they hold. Cloning is a
@@ -383,6 +400,7 @@ impl DenseModel {
             cos,
             sin,
             pool: Mutex::new(pool),
+            paged_attention: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -413,6 +431,15 @@ impl DenseModel {
     pub fn forward(&self, chunks: &mut [DenseChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let out = self.forward_select(chunks, &vec![false; chunks.len()])?;
         Ok(out.into_iter().map(Output::into_logits).collect())
+    }
+
+    /// Decode rows attend with one paged-attention op per layer (`paged_attention`) when `on`
+    /// and the head size suits it (a multiple of 32 up to 256); returns whether it is on.
+    pub fn set_paged_attention(&self, on: bool) -> bool {
+        let d = self.cfg.head_dim;
+        let on = on && d % 32 == 0 && d <= 256;
+        self.paged_attention.store(on, std::sync::atomic::Ordering::Relaxed);
+        on
     }
 
     /// Caps the KV pool at `bytes` (None: it grows until the device is full).
@@ -498,10 +525,23 @@ impl DenseModel {
             .sliding_window
             .filter(|w| w.from_layer < self.cfg.n_layer && positions.iter().any(|&p| p as usize >= w.window));
         // Per group: the block table to gather, and the additive causal masks (without and with
-        // the sliding window).
+        // the sliding window); or, for decode rows with the paged kernel, the tables and lengths.
+        let paged = self.paged_attention.load(std::sync::atomic::Ordering::Relaxed);
         let mut gathers = Vec::with_capacity(groups.len());
         for (_, seqs, t) in &groups {
             let nb = seqs.iter().map(|&i| chunks[i].seq.table.blocks()).max().unwrap_or(1);
+            if paged && *t == 1 {
+                let mut meta = Vec::with_capacity(seqs.len() * (nb + 1));
+                for &i in seqs {
+                    let tb = &chunks[i].seq.table;
+                    let ids_b = tb.block_ids();
+                    meta.extend_from_slice(&ids_b);
+                    meta.extend(std::iter::repeat_n(ids_b[0], nb - ids_b.len()));
+                    meta.push(tb.len as u32);
+                }
+                gathers.push(GroupInput::Paged(Tensor::from_vec(meta, (seqs.len(), nb + 1), dev)?));
+                continue;
+            }
             let mut table = Vec::with_capacity(seqs.len() * nb);
             let mut limits = Vec::with_capacity(seqs.len() * t);
             for &i in seqs {
@@ -519,7 +559,7 @@ impl DenseModel {
                 Some(w) => Some(self.causal_mask(&limits, seqs.len(), *t, nb * BLOCK, Some(w.window))?),
                 None => None,
             };
-            gathers.push((table, mask, windowed, nb));
+            gathers.push(GroupInput::Gather { table, mask, windowed, nb });
         }
         let ids_t = Tensor::new(ids.as_slice(), dev)?;
         let mut x = self.embed.index_select(&ids_t, 0)?;
@@ -544,14 +584,23 @@ impl DenseModel {
             pv.scatter_set(&write, &v, 1)?;
             let slides = window.is_some_and(|w| li >= w.from_layer);
             let mut outs = Vec::with_capacity(groups.len());
-            for ((row0, seqs, t), (table, mask, windowed, nb)) in groups.iter().zip(&gathers) {
+            for ((row0, seqs, t), input) in groups.iter().zip(&gathers) {
                 let b = seqs.len();
                 let q = q.narrow(1, *row0, b * t)?;
-                let mask = match windowed {
-                    Some(w) if slides => w,
-                    _ => mask,
-                };
-                outs.push(self.attend(&q, pk, pv, table, mask, b, *t, *nb)?);
+                match input {
+                    GroupInput::Paged(meta) => {
+                        let w = window.filter(|_| slides).map_or(0, |w| w.window);
+                        let o = crate::paged_attention::paged_decode(&q.reshape((b, nh, d))?, pk, pv, meta, w)?;
+                        outs.push(o.reshape((b, nh * d))?);
+                    }
+                    GroupInput::Gather { table, mask, windowed, nb } => {
+                        let mask = match windowed {
+                            Some(w) if slides => w,
+                            _ => mask,
+                        };
+                        outs.push(self.attend(&q, pk, pv, table, mask, b, *t, *nb)?);
+                    }
+                }
             }
             let attn = if outs.len() == 1 {
                 outs.swap_remove(0)
@@ -697,23 +746,25 @@ mod tests {
             let t = if name.ends_with("norm.weight") { (r + 1.0).unwrap() } else { r };
             w.insert(name, t);
         };
-        put("model.embed_tokens.weight".into(), &[40, 32]);
-        put("model.norm.weight".into(), &[32]);
-        put("lm_head.weight".into(), &[40, 32]);
-        for i in 0..cfg.n_layer {
-            let p = format!("model.layers.{i}");
-            for (n, s) in [("q_proj", 32), ("k_proj", 16), ("v_proj", 16)] {
-                put(format!("{p}.self_attn.{n}.weight"), &[s, 32]);
+        let (h, i, d, v) = (cfg.hidden, cfg.intermediate, cfg.head_dim, cfg.vocab);
+        let (qd, kvd) = (cfg.n_head * d, cfg.n_kv_head * d);
+        put("model.embed_tokens.weight".into(), &[v, h]);
+        put("model.norm.weight".into(), &[h]);
+        put("lm_head.weight".into(), &[v, h]);
+        for l in 0..cfg.n_layer {
+            let p = format!("model.layers.{l}");
+            for (n, s) in [("q_proj", qd), ("k_proj", kvd), ("v_proj", kvd)] {
+                put(format!("{p}.self_attn.{n}.weight"), &[s, h]);
                 put(format!("{p}.self_attn.{n}.bias"), &[s]);
             }
-            put(format!("{p}.self_attn.q_norm.weight"), &[8]);
-            put(format!("{p}.self_attn.k_norm.weight"), &[8]);
-            put(format!("{p}.self_attn.o_proj.weight"), &[32, 32]);
-            put(format!("{p}.mlp.gate_proj.weight"), &[48, 32]);
-            put(format!("{p}.mlp.up_proj.weight"), &[48, 32]);
-            put(format!("{p}.mlp.down_proj.weight"), &[32, 48]);
-            put(format!("{p}.input_layernorm.weight"), &[32]);
-            put(format!("{p}.post_attention_layernorm.weight"), &[32]);
+            put(format!("{p}.self_attn.q_norm.weight"), &[d]);
+            put(format!("{p}.self_attn.k_norm.weight"), &[d]);
+            put(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
+            put(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
+            put(format!("{p}.mlp.up_proj.weight"), &[i, h]);
+            put(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+            put(format!("{p}.input_layernorm.weight"), &[h]);
+            put(format!("{p}.post_attention_layernorm.weight"), &[h]);
         }
         DenseModel::load(VarBuilder::from_tensors(w, dtype, &dev), &cfg, 256).unwrap()
     }
@@ -826,6 +877,39 @@ mod tests {
         let qwen = json!({"model_type": "qwen3", "sliding_window": 64, "max_window_layers": 2, "use_sliding_window": true});
         assert_eq!(cfg(qwen), w(64, 2));
         assert_eq!(cfg(json!({"model_type": "llama", "sliding_window": 64})), None);
+    }
+
+    /// Decode rows through the paged-attention op compute what the gather path computes, beside
+    /// prompt slices (which keep the gather path), with and without a sliding window.
+    #[test]
+    fn paged_attention_decode_matches_the_gather_path() {
+        for extra in [
+            serde_json::json!({"head_dim": 32}),
+            serde_json::json!({"head_dim": 32, "sliding_window": 6}),
+            serde_json::json!({"head_dim": 32, "model_type": "qwen3"}),
+        ] {
+            let arch = extra["model_type"].as_str().unwrap_or("mistral");
+            let m = tiny_with(arch, DType::F32, extra.clone());
+            let a: Vec<u32> = (0..45).map(|i| (i * 7 % 40) as u32).collect();
+            let b: Vec<u32> = (0..70).map(|i| (i * 11 % 37) as u32).collect();
+            let (ra, rb) = (one_by_one(&m, &a), one_by_one(&m, &b));
+            assert!(m.set_paged_attention(true), "head size 32 suits the op");
+            let (mut sa, mut sb) = (m.new_sequence(), m.new_sequence());
+            run(&m, &mut [(&mut sa, &a[..40])]);
+            run(&m, &mut [(&mut sb, &b[..33])]);
+            // Two decode rows (one op) and a prompt slice in one pass, then decodes alone.
+            let mut sc = m.new_sequence();
+            let out = run(&m, &mut [(&mut sa, &a[40..41]), (&mut sc, &b[..20]), (&mut sb, &b[33..34])]);
+            close(&out[0], &ra[40]);
+            close(&out[1], &rb[19]);
+            close(&out[2], &rb[33]);
+            for k in 41..45 {
+                let out = run(&m, &mut [(&mut sa, &a[k..k + 1]), (&mut sb, &b[k - 7..k - 6])]);
+                close(&out[0], &ra[k]);
+                close(&out[1], &rb[k - 7]);
+            }
+        }
+        assert!(!tiny("llama").set_paged_attention(true), "head size 8 keeps the gather path");
     }
 
     #[test]

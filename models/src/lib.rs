@@ -6,6 +6,7 @@ pub mod dense;
 pub mod error;
 pub mod gguf;
 pub mod llama;
+pub mod paged_attention;
 pub mod paged_kv;
 pub mod source;
 pub mod spm;

@@ -60,6 +60,10 @@ pub struct Config {
     /// The most KV memory (MiB) one local model's KV pool may hold, dense backend; unset: 90%
     /// of the GPU memory free after loading (at least 1 GiB left), or half the available RAM.
     pub kv_cache_mb: Option<usize>,
+    /// `ABSTRACTGATEWAY_PAGED_ATTENTION=1`: decode rows of the dense backend attend with one
+    /// paged-attention op per layer (a CUDA kernel on GPUs) instead of gathering their KV
+    /// blocks; off by default until its GPU speed-up is measured.
+    pub paged_attention: bool,
     /// Most concurrent requests one local model decodes together per step; unset: 16 on the
     /// CPU (where a step's cost grows with the batch), 64 on GPUs.
     pub max_batch: Option<usize>,
@@ -264,6 +268,7 @@ impl Config {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_KV_CACHE_MB"], 0usize)?),
             },
+            paged_attention: flag(&["ABSTRACTGATEWAY_PAGED_ATTENTION"], false)?,
             max_batch: match var(&["ABSTRACTGATEWAY_MAX_BATCH"]) {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_MAX_BATCH"], 16usize)?.max(1)),

@@ -117,6 +117,9 @@ pub struct EngineConfig {
     /// The most KV memory the dense backend's pool may hold (None: a share of the device's free
     /// memory when the engine starts, see `default_kv_limit`).
     pub kv_cache_bytes: Option<usize>,
+    /// Decode rows attend through the paged-attention op (dense backend, head sizes that are
+    /// multiples of 32 up to 256).
+    pub paged_attention: bool,
 }
 
 impl Default for EngineConfig {
@@ -125,6 +128,7 @@ impl Default for EngineConfig {
             prefix_cache_bytes: 512 << 20,
             max_batch: 16,
             kv_cache_bytes: None,
+            paged_attention: false,
         }
     }
 }
@@ -243,6 +247,12 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         (true, n) => n,
     };
     let chunk = if model.on_gpu() { PREFILL_CHUNK_GPU } else { PREFILL_CHUNK };
+    if cfg.paged_attention {
+        match model.set_paged_attention(true) {
+            true => tracing::info!("paged attention on for decode steps"),
+            false => tracing::warn!("ABSTRACTGATEWAY_PAGED_ATTENTION: this model's backend or head size cannot use it"),
+        }
+    }
     if model.rolls_back_failed_steps() {
         let limit = cfg.kv_cache_bytes.or_else(|| {
             let free = model.free_device_bytes()?;

@@ -317,6 +317,14 @@ impl LlamaGguf {
         }
     }
 
+    /// Decode rows attend through the paged-attention op (dense backend); whether it is on.
+    pub fn set_paged_attention(&self, on: bool) -> bool {
+        match &self.backend {
+            Backend::Dense(m) => m.set_paged_attention(on),
+            _ => false,
+        }
+    }
+
     /// Free memory on this model's device (None where it cannot be asked).
     pub fn free_device_bytes(&self) -> Option<u64> {
         crate::device::free_bytes(&self.device)

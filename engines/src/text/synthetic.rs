@@ -21,6 +21,8 @@ use crate::EngineError;
 pub enum Implementation {
     /// `abstractgateway_models::dense`: what serving runs for these families.
     Dense,
+    /// `Dense` with decode attention through the paged-attention op.
+    DensePaged,
     /// candle-transformers' llama / qwen2: one sequence per forward pass.
     Candle,
 }
@@ -80,9 +82,11 @@ impl SyntheticModel {
         let n = |k: &str| raw[k].as_u64().unwrap_or(0) as usize;
         let context = n("max_position_embeddings").min(NATIVE_MAX_POSITIONS);
         let model = match (imp, kind) {
-            (Implementation::Dense, _) => {
+            (Implementation::Dense | Implementation::DensePaged, _) => {
                 let cfg = DenseConfig::from_hf(&raw)?;
-                Loaded::Dense(std::sync::Arc::new(DenseModel::load(vb, &cfg, context)?))
+                let m = DenseModel::load(vb, &cfg, context)?;
+                m.set_paged_attention(imp == Implementation::DensePaged);
+                Loaded::Dense(std::sync::Arc::new(m))
             }
             (Implementation::Candle, "llama") => {
                 let json: candle_transformers::models::llama::LlamaConfig = parse_config(&raw, kind)?;
