@@ -41,16 +41,21 @@ e.record(); torch.cuda.synchronize()
 print(f"device copy: {2 * x.numel() * 20 / (s.elapsed_time(e) / 1e3) / 1e12:.2f} TB/s (read + write)")
 PY
     # Each shape on candle-transformers' model with cudarc's event tracking (the state before the
-    # dense backend), then on the dense backend as served.
+    # dense backend), then on the dense backend as served, then with the paged-attention kernel.
     for shape in llama3-8b qwen2.5-0.5b; do
         ABSTRACTGATEWAY_CUDA_EVENT_TRACKING=1 "$BIN" bench decode --synthetic $shape --impl candle --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
         "$BIN" bench decode --synthetic $shape --impl candle --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
         "$BIN" bench decode --synthetic $shape --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
+        "$BIN" bench decode --synthetic $shape --impl dense-paged --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3
     done
     "$BIN" bench decode --synthetic llama3-8b --device cuda:0 --prompt-tokens 2048 --tokens 16 --runs 3
-    # Aggregate decode of 64 streams in batched steps (goal: >= 10,000 tok/s on an H100).
-    "$BIN" bench decode --synthetic qwen2.5-0.5b --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3 --streams 64
-    "$BIN" bench decode --synthetic llama3-8b --device cuda:0 --prompt-tokens 128 --tokens 64 --runs 2 --streams 16
+    "$BIN" bench decode --synthetic llama3-8b --impl dense-paged --device cuda:0 --prompt-tokens 2048 --tokens 64 --runs 3
+    # Aggregate decode of 64 streams in batched steps (goal: >= 10,000 tok/s on an H100), with
+    # the gather path and with the paged-attention kernel.
+    for imp in dense dense-paged; do
+        "$BIN" bench decode --synthetic qwen2.5-0.5b --impl $imp --device cuda:0 --prompt-tokens 128 --tokens 128 --runs 3 --streams 64
+        "$BIN" bench decode --synthetic llama3-8b --impl $imp --device cuda:0 --prompt-tokens 128 --tokens 64 --runs 2 --streams 16
+    done
     ;;
 suite)
     gguf=${2:?suite needs the SmolLM2 GGUF}

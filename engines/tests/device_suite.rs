@@ -6,7 +6,7 @@
 
 use abstractgateway_engines::text::engine::{GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 #[path = "../../models/tests/common/mod.rs"]
 mod common;
@@ -416,6 +416,54 @@ fn paged_attention_decodes_like_the_gather_path(dev: &Device) {
     assert_eq!(rxs, alone);
 }
 
+/// The paged-attention op on `dev` against candle's ops on the CPU, with random K/V in scattered
+/// blocks: one 8B-shaped sequence at ~2k positions (the CUDA kernel splits it across blocks),
+/// and a batch of SmolLM2-shaped sequences of uneven lengths; with and without a window.
+fn paged_attention_op_matches_candle_ops(dev: &Device) {
+    use abstractgateway_models::paged_attention::{paged_decode, reference};
+    let cpu = Device::Cpu;
+    let cases: [(usize, usize, usize, Vec<usize>); 2] = [(32, 8, 128, vec![2000]), (9, 3, 64, vec![300, 40, 1, 97])];
+    for (nh, nkv, d, lens) in cases {
+        let blocks = 80;
+        let k = Tensor::randn(0f32, 1.0, (nkv, blocks * 32, d), &cpu).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (nkv, blocks * 32, d), &cpu).unwrap();
+        let q = Tensor::randn(0f32, 0.1, (lens.len(), nh, d), &cpu).unwrap();
+        // Each sequence's blocks: a stride through the pool, so no two tables look alike.
+        let nb = lens.iter().map(|l| l.div_ceil(32)).max().unwrap();
+        let tables: Vec<Vec<u32>> = (0..lens.len())
+            .map(|s| (0..nb).map(|i| ((i * 7 + s * 13) % blocks) as u32).collect())
+            .collect();
+        let meta: Vec<u32> = tables
+            .iter()
+            .zip(&lens)
+            .flat_map(|(t, &l)| t.iter().copied().chain([l as u32]))
+            .collect();
+        let meta = Tensor::from_vec(meta, (lens.len(), nb + 1), dev).unwrap();
+        let max_len = *lens.iter().max().unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(dev).unwrap();
+            for window in [0, 100] {
+                let got = paged_decode(&on(&q), &on(&k), &on(&v), &meta, max_len, window).unwrap();
+                let want = reference(&q, &k, &v, &tables, &lens, window).unwrap();
+                let got = got.to_dtype(DType::F32).unwrap().to_device(&cpu).unwrap();
+                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                // f32: summation order only. bf16: inputs and output rounded to 8 bits.
+                let tol = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
+                assert!(
+                    diff < tol,
+                    "{nh} heads, lengths {lens:?}, {dtype:?}, window {window}: off by {diff}"
+                );
+            }
+        }
+    }
+}
+
+test_device!(
+    paged_attention_op_matches_candle_ops,
+    paged_attention_op_cpu,
+    paged_attention_op_cuda,
+    paged_attention_op_metal
+);
 test_device!(
     paged_attention_decodes_like_the_gather_path,
     paged_attention_cpu,

@@ -11,10 +11,15 @@
 //   out  [b, nh, d]
 // window > 0: a query at position len - 1 sees positions len - window .. len - 1 only.
 //
-// One thread block of WARPS warps per (head, sequence). Each warp takes every WARPS-th position
-// and keeps a running max, sum and weighted V (online softmax); the lanes split the head
-// dimension (d / 32 values each, d a multiple of 32 up to 256). The warps' partial results are
-// merged at the end. Arithmetic is f32 whatever the storage type.
+// One thread block of WARPS warps per (head, sequence, split): the grid's z dimension splits each
+// sequence's positions into gridDim.z ranges, so that a few sequences with long contexts still
+// spread over every SM (one stream of an 8B model has only 32 heads; without splits 32 blocks
+// would each walk all 2,048 positions while 100 SMs idle). Each warp takes every WARPS-th
+// position of its range and keeps a running max, sum and weighted V (online softmax); the lanes
+// split the head dimension (d / 32 values each, d a multiple of 32 up to 256). The warps'
+// results are merged at the end of the block; with one split it writes the output, with more
+// it writes (max, sum, weighted V) to `part` and paged_decode_combine merges the splits.
+// Arithmetic is f32 whatever the storage type.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -32,15 +37,18 @@ __device__ __forceinline__ void store(__nv_bfloat16* o, float x) { *o = __float2
 
 template <typename T>
 __device__ void paged_decode(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                             const uint32_t* __restrict__ meta, T* __restrict__ out, int nh, int nkv, int d,
-                             int rows, int nb, int block, int window) {
-    const int h = blockIdx.x, s = blockIdx.y;
+                             const uint32_t* __restrict__ meta, T* __restrict__ out, float* __restrict__ part,
+                             int nh, int nkv, int d, int rows, int nb, int block, int window) {
+    const int h = blockIdx.x, s = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     const int kvh = h / (nh / nkv);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int per = d / 32;
     const uint32_t* table = meta + (size_t)s * (nb + 1);
-    const int len = (int)table[nb];
-    const int first = (window > 0 && len > window) ? len - window : 0;
+    const int len_all = (int)table[nb];
+    const int first_all = (window > 0 && len_all > window) ? len_all - window : 0;
+    const int chunk = (len_all - first_all + splits - 1) / splits;
+    const int first = first_all + split * chunk;
+    const int len = min(len_all, first + chunk);
 
     float qv[MAX_PER_LANE], acc[MAX_PER_LANE];
     const T* qh = q + ((size_t)s * nh + h) * d + lane * per;
@@ -92,6 +100,12 @@ __device__ void paged_decode(const T* __restrict__ q, const T* __restrict__ k, c
         scale[w] = wl[w] > 0.f ? __expf(wm[w] - mx) : 0.f;  // a warp that saw no position adds nothing
         total += wl[w] * scale[w];
     }
+    // part[((s * nh + h) * splits + split) * (d + 2)]: max, sum, then the weighted V.
+    float* p = part + (((size_t)s * nh + h) * splits + split) * (d + 2);
+    if (splits > 1 && lane == 0) {
+        p[0] = mx;
+        p[1] = total;
+    }
     T* o = out + ((size_t)s * nh + h) * d + lane * per;
 #pragma unroll
     for (int e = 0; e < MAX_PER_LANE; ++e) {
@@ -99,15 +113,38 @@ __device__ void paged_decode(const T* __restrict__ q, const T* __restrict__ k, c
         float a = 0.f;
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) a += wacc[w][lane * per + e] * scale[w];
-        store(&o[e], a / total);
+        if (splits > 1)
+            p[2 + lane * per + e] = a;
+        else
+            store(&o[e], a / total);
     }
 }
 
-#define PAGED_DECODE(NAME, T)                                                                          \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                                          \
-        NAME(const T* q, const T* k, const T* v, const uint32_t* meta, T* out, int nh, int nkv, int d, \
-             int rows, int nb, int block, int window) {                                               \
-        paged_decode<T>(q, k, v, meta, out, nh, nkv, d, rows, nb, block, window);                     \
+// Merges the splits' partial results: grid (nh, b), d threads, one output value each.
+template <typename T>
+__device__ void paged_decode_combine(const float* __restrict__ part, T* __restrict__ out, int nh, int d, int splits) {
+    const int h = blockIdx.x, s = blockIdx.y, e = threadIdx.x;
+    const float* p = part + ((size_t)s * nh + h) * splits * (d + 2);
+    float mx = -INFINITY;
+    for (int z = 0; z < splits; ++z) mx = fmaxf(mx, p[z * (d + 2)]);
+    float total = 0.f, a = 0.f;
+    for (int z = 0; z < splits; ++z) {
+        const float* pz = p + z * (d + 2);
+        const float w = pz[1] > 0.f ? __expf(pz[0] - mx) : 0.f;  // an empty split adds nothing
+        total += pz[1] * w;
+        a += pz[2 + e] * w;
+    }
+    store(&out[((size_t)s * nh + h) * d + e], a / total);
+}
+
+#define PAGED_DECODE(NAME, T)                                                                            \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32)                                            \
+        NAME(const T* q, const T* k, const T* v, const uint32_t* meta, T* out, float* part, int nh,      \
+             int nkv, int d, int rows, int nb, int block, int window) {                                 \
+        paged_decode<T>(q, k, v, meta, out, part, nh, nkv, d, rows, nb, block, window);                 \
+    }                                                                                                   \
+    extern "C" __global__ void NAME##_combine(const float* part, T* out, int nh, int d, int splits) { \
+        paged_decode_combine<T>(part, out, nh, d, splits);                                              \
     }
 
 PAGED_DECODE(paged_decode_f32, float)

@@ -245,8 +245,9 @@ enum GroupInput {
         windowed: Option<Tensor>,
         nb: usize,
     },
-    /// Decode rows through the paged kernel: `[b, nb + 1]` block tables and lengths.
-    Paged(Tensor),
+    /// Decode rows through the paged kernel: `[b, nb + 1]` block tables and lengths, and the
+    /// longest length.
+    Paged(Tensor, usize),
 }
 
 /// One sequence's place in the pool: its blocks and how many positions they hold. Cloning is a
@@ -532,6 +533,7 @@ impl DenseModel {
             let nb = seqs.iter().map(|&i| chunks[i].seq.table.blocks()).max().unwrap_or(1);
             if paged && *t == 1 {
                 let mut meta = Vec::with_capacity(seqs.len() * (nb + 1));
+                let max_len = seqs.iter().map(|&i| chunks[i].seq.len()).max().unwrap_or(1);
                 for &i in seqs {
                     let tb = &chunks[i].seq.table;
                     let ids_b = tb.block_ids();
@@ -539,7 +541,7 @@ impl DenseModel {
                     meta.extend(std::iter::repeat_n(ids_b[0], nb - ids_b.len()));
                     meta.push(tb.len as u32);
                 }
-                gathers.push(GroupInput::Paged(Tensor::from_vec(meta, (seqs.len(), nb + 1), dev)?));
+                gathers.push(GroupInput::Paged(Tensor::from_vec(meta, (seqs.len(), nb + 1), dev)?, max_len));
                 continue;
             }
             let mut table = Vec::with_capacity(seqs.len() * nb);
@@ -588,9 +590,10 @@ impl DenseModel {
                 let b = seqs.len();
                 let q = q.narrow(1, *row0, b * t)?;
                 match input {
-                    GroupInput::Paged(meta) => {
+                    GroupInput::Paged(meta, max_len) => {
                         let w = window.filter(|_| slides).map_or(0, |w| w.window);
-                        let o = crate::paged_attention::paged_decode(&q.reshape((b, nh, d))?, pk, pv, meta, w)?;
+                        let q = q.reshape((b, nh, d))?;
+                        let o = crate::paged_attention::paged_decode(&q, pk, pv, meta, *max_len, w)?;
                         outs.push(o.reshape((b, nh * d))?);
                     }
                     GroupInput::Gather { table, mask, windowed, nb } => {

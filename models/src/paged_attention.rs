@@ -18,10 +18,29 @@ pub struct PagedDecode {
     meta: Tensor,
     /// Positions a query sees, its own included (0: all).
     window: usize,
+    /// The longest sequence's length (the CUDA kernel splits positions across blocks by it).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    max_len: usize,
 }
 
-/// `softmax(q · Kᵀ) · V` for one decode token per sequence (see the module doc).
-pub fn paged_decode(q: &Tensor, k: &Tensor, v: &Tensor, meta: &Tensor, window: usize) -> candle_core::Result<Tensor> {
+/// Thread blocks the CUDA kernel aims for: a few per SM of a large GPU (132 on an H100), so that
+/// a batch of few sequences still spreads over the whole device.
+const TARGET_BLOCKS: usize = 512;
+/// Positions below which a split is not worth its share of the merge.
+const MIN_SPLIT: usize = 64;
+
+/// How many ranges the CUDA kernel splits each sequence's visible positions into.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn splits(heads_x_seqs: usize, visible: usize) -> usize {
+    TARGET_BLOCKS
+        .div_ceil(heads_x_seqs.max(1))
+        .min(visible.div_ceil(MIN_SPLIT))
+        .clamp(1, 32)
+}
+
+/// `softmax(q · Kᵀ) · V` for one decode token per sequence (see the module doc); `max_len` is
+/// the largest length in `meta`.
+pub fn paged_decode(q: &Tensor, k: &Tensor, v: &Tensor, meta: &Tensor, max_len: usize, window: usize) -> candle_core::Result<Tensor> {
     let (_, nh, d) = q.dims3()?;
     let (nkv, _, kd) = k.dims3()?;
     if kd != d || v.dims() != k.dims() || nkv == 0 || nh % nkv != 0 || d % 32 != 0 || d > 256 {
@@ -42,6 +61,7 @@ pub fn paged_decode(q: &Tensor, k: &Tensor, v: &Tensor, meta: &Tensor, window: u
     let op = PagedDecode {
         meta: meta.contiguous()?,
         window,
+        max_len,
     };
     q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
 }
@@ -174,13 +194,20 @@ impl CustomOp3 for PagedDecode {
             candle_core::bail!("paged_decode: meta is not on the CUDA device");
         };
         let meta = meta_c.as_cuda_slice::<u32>()?.slice(meta_l.start_offset()..);
+        let visible = if self.window > 0 {
+            self.max_len.min(self.window)
+        } else {
+            self.max_len
+        };
+        let splits = splits(nh * b, visible);
         let cfg = LaunchConfig {
-            grid_dim: (nh as u32, b as u32, 1),
+            grid_dim: (nh as u32, b as u32, splits as u32),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         let ints = [nh, nkv, d, rows, nb, BLOCK, self.window].map(|x| x as i32);
 
+        #[allow(clippy::too_many_arguments)]
         fn launch<T: CudaDType + DeviceRepr>(
             name: &str,
             dev: &candle_core::CudaDevice,
@@ -188,65 +215,97 @@ impl CustomOp3 for PagedDecode {
             (qs, ql, ks, kl, vs, vl): (&CudaStorage, &Layout, &CudaStorage, &Layout, &CudaStorage, &Layout),
             meta: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, u32>,
             ints: &[i32; 7],
-            n_out: usize,
+            (b, nh, d, splits): (usize, usize, usize, usize),
         ) -> candle_core::Result<CudaStorage> {
-            let func = dev.get_or_load_custom_func(name, "abstractgateway_paged_decode", abstractgateway_kernels::PAGED_DECODE_PTX)?;
+            let load = |f: &str| dev.get_or_load_custom_func(f, "abstractgateway_paged_decode", abstractgateway_kernels::PAGED_DECODE_PTX);
+            let func = load(name)?;
             let q = qs.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
             let k = ks.as_cuda_slice::<T>()?.slice(kl.start_offset()..);
             let v = vs.as_cuda_slice::<T>()?.slice(vl.start_offset()..);
-            // SAFETY: every element is written by the kernel before it is read.
-            let out = unsafe { dev.alloc::<T>(n_out)? };
+            // SAFETY: every element is written by a kernel before it is read: the output by the
+            // attention kernel (one split) or the merge (several), the partials by the former.
+            let out = unsafe { dev.alloc::<T>(b * nh * d)? };
+            let part = if splits > 1 {
+                // SAFETY: as above.
+                Some(unsafe { dev.alloc::<f32>(b * nh * splits * (d + 2))? })
+            } else {
+                None
+            };
+            let none = 0u64; // no partials with one split: the kernel never touches the pointer
             let mut builder = func.builder();
             builder.arg(&q);
             builder.arg(&k);
             builder.arg(&v);
             builder.arg(meta);
             builder.arg(&out);
+            match &part {
+                Some(p) => builder.arg(p),
+                None => builder.arg(&none),
+            };
             for x in ints {
                 builder.arg(x);
             }
             // SAFETY: the argument list matches the kernel's signature (paged_decode.cu), and
             // the shapes were checked by `paged_decode`.
             unsafe { builder.launch(cfg) }.w()?;
+            if let Some(p) = &part {
+                let merge = load(&format!("{name}_combine"))?;
+                let (nh_i, d_i, splits_i) = (nh as i32, d as i32, splits as i32);
+                let mut builder = merge.builder();
+                builder.arg(p);
+                builder.arg(&out);
+                builder.arg(&nh_i);
+                builder.arg(&d_i);
+                builder.arg(&splits_i);
+                let cfg = LaunchConfig {
+                    grid_dim: (nh as u32, b as u32, 1),
+                    block_dim: (d as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: as above (paged_decode_combine's signature; d <= 256 threads).
+                unsafe { builder.launch(cfg) }.w()?;
+            }
             Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
         }
 
         let args = (qs, ql, ks, kl, vs, vl);
-        let n_out = b * nh * d;
+        let shape = (b, nh, d, splits);
         let out = match qs.dtype() {
-            DType::F32 => launch::<f32>("paged_decode_f32", &dev, cfg, args, &meta, &ints, n_out)?,
-            DType::BF16 => launch::<bf16>("paged_decode_bf16", &dev, cfg, args, &meta, &ints, n_out)?,
-            DType::F16 => launch::<f16>("paged_decode_f16", &dev, cfg, args, &meta, &ints, n_out)?,
+            DType::F32 => launch::<f32>("paged_decode_f32", &dev, cfg, args, &meta, &ints, shape)?,
+            DType::BF16 => launch::<bf16>("paged_decode_bf16", &dev, cfg, args, &meta, &ints, shape)?,
+            DType::F16 => launch::<f16>("paged_decode_f16", &dev, cfg, args, &meta, &ints, shape)?,
             other => candle_core::bail!("paged_decode: {other:?} is not supported"),
         };
         Ok((out, ql.shape().clone()))
     }
 }
 
+/// The same attention from candle's ops (gather each sequence's rows, softmax, matmul) in f32:
+/// the reference the op is tested against, on every device. `tables[s]` and `lens[s]` are what
+/// `meta` holds.
+pub fn reference(q: &Tensor, k: &Tensor, v: &Tensor, tables: &[Vec<u32>], lens: &[usize], window: usize) -> candle_core::Result<Tensor> {
+    let (b, nh, d) = q.dims3()?;
+    let nkv = k.dim(0)?;
+    let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+    let mut outs = Vec::with_capacity(b);
+    for s in 0..b {
+        let first = if window > 0 { lens[s].saturating_sub(window) } else { 0 };
+        let rows: Vec<u32> = (first..lens[s])
+            .map(|j| tables[s][j / BLOCK] * BLOCK as u32 + (j % BLOCK) as u32)
+            .collect();
+        let idx = Tensor::new(rows.as_slice(), q.device())?;
+        let (ks, vs) = (k.index_select(&idx, 1)?, v.index_select(&idx, 1)?); // [nkv, n, d]
+        let qs = q.get(s)?.reshape((nkv, nh / nkv, d))?;
+        let p = candle_nn::ops::softmax_last_dim(&qs.matmul(&ks.t()?)?)?;
+        outs.push(p.matmul(&vs)?.reshape((nh, d))?);
+    }
+    Tensor::stack(&outs, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, D};
-
-    /// The same attention from candle's ops: gather each sequence's rows, mask, softmax, matmul.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, tables: &[Vec<u32>], lens: &[usize], window: usize) -> Tensor {
-        let (b, nh, d) = q.dims3().unwrap();
-        let nkv = k.dim(0).unwrap();
-        let mut outs = Vec::new();
-        for s in 0..b {
-            let first = if window > 0 { lens[s].saturating_sub(window) } else { 0 };
-            let rows: Vec<u32> = (first..lens[s])
-                .map(|j| tables[s][j / BLOCK] * BLOCK as u32 + (j % BLOCK) as u32)
-                .collect();
-            let idx = Tensor::new(rows.as_slice(), &Device::Cpu).unwrap();
-            let ks = k.index_select(&idx, 1).unwrap(); // [nkv, n, d]
-            let vs = v.index_select(&idx, 1).unwrap();
-            let qs = q.get(s).unwrap().reshape((nkv, nh / nkv, d)).unwrap();
-            let p = candle_nn::ops::softmax(&qs.matmul(&ks.t().unwrap()).unwrap(), D::Minus1).unwrap();
-            outs.push(p.matmul(&vs).unwrap().reshape((nh, d)).unwrap());
-        }
-        Tensor::stack(&outs, 0).unwrap()
-    }
+    use candle_core::Device;
 
     #[test]
     fn the_op_computes_masked_attention_over_the_block_tables() {
@@ -266,20 +325,28 @@ mod tests {
         }
         let meta = Tensor::from_vec(meta, (3, 5), &dev).unwrap();
         for window in [0, 40, 7] {
-            let got = paged_decode(&q, &k, &v, &meta, window).unwrap();
-            let want = reference(&q, &k, &v, &tables, &lens, window);
+            let got = paged_decode(&q, &k, &v, &meta, 100, window).unwrap();
+            let want = reference(&q, &k, &v, &tables, &lens, window).unwrap();
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-5, "window {window}: off by {diff}");
         }
         // bf16 storage, f32 arithmetic: within bf16's rounding of the f32 result.
         let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
-        let got = paged_decode(&bf(&q), &bf(&k), &bf(&v), &meta, 0)
+        let got = paged_decode(&bf(&q), &bf(&k), &bf(&v), &meta, 100, 0)
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-        let want = reference(&q, &k, &v, &tables, &lens, 0);
+        let want = reference(&q, &k, &v, &tables, &lens, 0).unwrap();
         let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 2e-2, "bf16 off by {diff}");
+    }
+
+    #[test]
+    fn few_sequences_with_long_contexts_are_split_across_blocks() {
+        assert_eq!(splits(64 * 14, 256), 1, "64 streams of 14 heads fill the GPU alone");
+        assert_eq!(splits(32, 2048), 16, "one 8B stream at 2k: 512 blocks");
+        assert_eq!(splits(32, 100), 2, "short contexts: at least 64 positions a split");
+        assert_eq!(splits(1, 1 << 20), 32, "at most 32 splits");
     }
 
     #[test]
@@ -288,7 +355,7 @@ mod tests {
         let k = Tensor::zeros((2, 64, 48), DType::F32, &dev).unwrap();
         let q = Tensor::zeros((1, 4, 48), DType::F32, &dev).unwrap();
         let meta = Tensor::zeros((1, 3), DType::U32, &dev).unwrap();
-        let err = paged_decode(&q, &k, &k, &meta, 0).unwrap_err().to_string();
+        let err = paged_decode(&q, &k, &k, &meta, 1, 0).unwrap_err().to_string();
         assert!(err.contains("multiple of 32"), "{err}");
     }
 }
