@@ -310,18 +310,7 @@ fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
         );
     }
     // Sent together: still each prompt's own answer.
-    let rxs: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            engine.generate(GenerateRequest {
-                prompt_ids: p.clone(),
-                max_tokens: 10,
-                ..Default::default()
-            })
-        })
-        .collect();
-    let together: Vec<Vec<u32>> = rxs.into_iter().map(tokens).collect();
-    assert_eq!(together, expect);
+    assert_eq!(together(&engine, &prompts, 10), expect);
     // Three ~100-token sequences and the cached prompts fit the pool's first 512 positions,
     // since the cache and the sequences share the blocks of the common prefix.
     let pool = engine.stats.kv_pool_bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -393,27 +382,14 @@ fn paged_attention_decodes_like_the_gather_path(dev: &Device) {
     }
     assert!(worst < 1e-3, "logits differ by {worst}");
     // The prompts decoded together by the engine, one batched step (one op per layer) at a time.
-    let rxs: Vec<_> = {
-        let engine = TextEngine::spawn_with(
-            paged,
-            abstractgateway_engines::text::engine::EngineConfig {
-                paged_attention: true,
-                ..Default::default()
-            },
-        );
-        let rxs: Vec<_> = prompts
-            .iter()
-            .map(|p| {
-                engine.generate(GenerateRequest {
-                    prompt_ids: p.clone(),
-                    max_tokens: 10,
-                    ..Default::default()
-                })
-            })
-            .collect();
-        rxs.into_iter().map(tokens).collect()
-    };
-    assert_eq!(rxs, alone);
+    let engine = TextEngine::spawn_with(
+        paged,
+        abstractgateway_engines::text::engine::EngineConfig {
+            paged_attention: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(together(&engine, &prompts, 10), alone);
 }
 
 /// The paged-attention op on `dev` against candle's ops on the CPU, with random K/V in scattered
@@ -518,3 +494,18 @@ test_device!(
     phi3_full_precision_cuda,
     phi3_full_precision_metal
 );
+
+/// Every prompt sent to `engine` at once (so they share batched steps); each one's greedy tokens.
+fn together(engine: &TextEngine, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine.generate(GenerateRequest {
+                prompt_ids: p.clone(),
+                max_tokens,
+                ..Default::default()
+            })
+        })
+        .collect();
+    rxs.into_iter().map(tokens).collect()
+}
