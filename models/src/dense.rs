@@ -434,11 +434,12 @@ impl DenseModel {
         Ok(out.into_iter().map(Output::into_logits).collect())
     }
 
-    /// Decode rows attend with one paged-attention op per layer (`paged_attention`) when `on`
-    /// and the head size suits it (a multiple of 32 up to 256); returns whether it is on.
+    /// Decode rows attend with one paged-attention op per layer (`paged_attention`) when `on`,
+    /// the head size suits it (a multiple of 32 up to 256) and the device has the op (CPU and
+    /// CUDA; it has no Metal kernel); returns whether it is on.
     pub fn set_paged_attention(&self, on: bool) -> bool {
         let d = self.cfg.head_dim;
-        let on = on && d % 32 == 0 && d <= 256;
+        let on = on && d % 32 == 0 && d <= 256 && !self.device.is_metal();
         self.paged_attention.store(on, std::sync::atomic::Ordering::Relaxed);
         on
     }
