@@ -10,6 +10,8 @@
 #                                        STREAMS (32) concurrent completions: aggregate tok/s
 #                                        (ABSTRACTGATEWAY_DEVICE=cpu runs it on the CPU)
 # Output also goes to $OUT (the device tool brings that folder back) when it is set.
+# GGUF `smollm2`: the real SmolLM2 file rejoined from .gpu/smollm2.part00 and .part01 (98 MB is
+# over one call's 64 MiB carry, so each part travels in its own call while the host is warm).
 set -uo pipefail
 BIN=${BIN:-/tmp/abstractgateway}
 if [ ! -x "$BIN" ]; then
@@ -23,6 +25,13 @@ for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvr
     [ -n "$f" ] && LD_LIBRARY_PATH=$(dirname "$f"):${LD_LIBRARY_PATH:-}
 done
 export LD_LIBRARY_PATH
+if [ "${2:-}" = smollm2 ]; then
+    if [ ! -s /tmp/smollm2.gguf ]; then
+        [ -f .gpu/smollm2.part00 ] && [ -f .gpu/smollm2.part01 ] || { echo "smollm2: carry .gpu/smollm2.part00 and .part01 first" >&2; exit 1; }
+        cat .gpu/smollm2.part00 .gpu/smollm2.part01 > /tmp/smollm2.gguf
+    fi
+    set -- "$1" /tmp/smollm2.gguf "${@:3}"
+fi
 LOG=${OUT:-/tmp}/gpu-check-${1:-synthetic}.log
 exec > >(tee "$LOG") 2>&1
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm,clocks.mem --format=csv
