@@ -532,30 +532,33 @@ impl DenseModel {
         let mut gathers = Vec::with_capacity(groups.len());
         for (_, seqs, t) in &groups {
             let nb = seqs.iter().map(|&i| chunks[i].seq.table.blocks()).max().unwrap_or(1);
+            // Each sequence's blocks, padded to `nb` with a block it owns: the mask (or, in the
+            // paged kernel, the sequence's length) hides the padding.
+            let mut table = Vec::with_capacity(seqs.len() * nb);
+            for &i in seqs {
+                let ids_b = chunks[i].seq.table.block_ids();
+                table.extend_from_slice(&ids_b);
+                table.extend(std::iter::repeat_n(ids_b[0], nb - ids_b.len()));
+            }
             if paged && *t == 1 {
-                let mut meta = Vec::with_capacity(seqs.len() * (nb + 1));
-                let max_len = seqs.iter().map(|&i| chunks[i].seq.len()).max().unwrap_or(1);
-                for &i in seqs {
-                    let tb = &chunks[i].seq.table;
-                    let ids_b = tb.block_ids();
-                    meta.extend_from_slice(&ids_b);
-                    meta.extend(std::iter::repeat_n(ids_b[0], nb - ids_b.len()));
-                    meta.push(tb.len as u32);
-                }
+                // `[b, nb + 1]`: each table row followed by its sequence's length.
+                let lens: Vec<u32> = seqs.iter().map(|&i| chunks[i].seq.len() as u32).collect();
+                let meta: Vec<u32> = table
+                    .chunks(nb)
+                    .zip(&lens)
+                    .flat_map(|(row, &len)| row.iter().copied().chain([len]))
+                    .collect();
+                let max_len = lens.iter().max().map_or(1, |&l| l as usize);
                 gathers.push(GroupInput::Paged(Tensor::from_vec(meta, (seqs.len(), nb + 1), dev)?, max_len));
                 continue;
             }
-            let mut table = Vec::with_capacity(seqs.len() * nb);
-            let mut limits = Vec::with_capacity(seqs.len() * t);
-            for &i in seqs {
-                let tb = &chunks[i].seq.table;
-                let ids_b = tb.block_ids();
-                table.extend_from_slice(&ids_b);
-                // Padding points at a block the sequence owns; the mask hides it.
-                table.extend(std::iter::repeat_n(ids_b[0], nb - ids_b.len()));
-                let start = tb.len - t;
-                limits.extend((0..*t).map(|k| (start + k) as u32));
-            }
+            let limits: Vec<u32> = seqs
+                .iter()
+                .flat_map(|&i| {
+                    let start = chunks[i].seq.len() - t;
+                    (0..*t).map(move |k| (start + k) as u32)
+                })
+                .collect();
             let table = Tensor::new(table.as_slice(), dev)?;
             let mask = self.causal_mask(&limits, seqs.len(), *t, nb * BLOCK, None)?;
             let windowed = match window {
