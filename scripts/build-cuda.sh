@@ -68,42 +68,46 @@ ln -sf "$CUDA_ROOT/lib/libcudart_static.a" "$WORK/cudart-static/libcudart.a"
 # The patch must not leak into the repository's lock file.
 cp Cargo.lock "$WORK/Cargo.lock.orig"
 trap 'cp "$WORK/Cargo.lock.orig" "$ROOT/Cargo.lock"' EXIT
+
+# cargo with the CUDA build's environment: TARGET_DIR (under target/), then cargo's arguments.
+cuda_cargo() {
+    local dir=$1
+    shift
+    CARGO_TARGET_DIR=$ROOT/target/$dir CUDART_LINK_DIR=$WORK/cudart-static \
+        cargo "$@" --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\""
+}
+
+# Strips the executable at $1 into $WORK/$2 and compresses it (what is carried to a GPU host).
+pack() {
+    step "strip and compress $2"
+    cp "$1" "$WORK/$2"
+    strip "$WORK/$2"
+    xz -9 -T2 -k -f "$WORK/$2"
+    ls -l "$WORK/$2" "$WORK/$2.xz"
+}
+
 if [ "$CHECK" = 1 ]; then
     step "cargo check --features cuda (all targets)"
     for pkg in abstractgateway abstractgateway-engines; do
-        CARGO_TARGET_DIR=$ROOT/target/cuda-check CUDART_LINK_DIR=$WORK/cudart-static \
-            cargo check -p "$pkg" --features cuda --all-targets \
-            --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\""
+        cuda_cargo cuda-check check -p "$pkg" --features cuda --all-targets
     done
     exit 0
 fi
 
 if [ "$TESTS" = 1 ]; then
     step "cargo test --release --features cuda --test device_suite --no-run"
-    exe=$(CARGO_TARGET_DIR=$ROOT/target/cuda-build CUDART_LINK_DIR=$WORK/cudart-static \
-        cargo test --release -p abstractgateway-engines --features cuda --test device_suite --no-run \
-        --message-format json --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\"" \
-        | python3 -c '
+    exe=$(cuda_cargo cuda-build test --release -p abstractgateway-engines --features cuda --test device_suite \
+        --no-run --message-format json | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "device_suite":
         print(m["executable"])')
     [ -n "$exe" ] || { echo "no device_suite executable" >&2; exit 1; }
-    cp "$exe" "$WORK/device_suite"
-    strip "$WORK/device_suite"
-    xz -9 -T2 -k -f "$WORK/device_suite"
-    ls -l "$WORK/device_suite" "$WORK/device_suite.xz"
+    pack "$exe" device_suite
     exit 0
 fi
 
 step "cargo build --release --features cuda"
-CARGO_TARGET_DIR=$ROOT/target/cuda-build CUDART_LINK_DIR=$WORK/cudart-static \
-    cargo build --release --features cuda --bin abstractgateway \
-    --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\""
-
-step "strip and compress"
-cp target/cuda-build/release/abstractgateway "$WORK/abstractgateway"
-strip "$WORK/abstractgateway"
-xz -9 -T2 -k -f "$WORK/abstractgateway"
-ls -l "$WORK/abstractgateway" "$WORK/abstractgateway.xz"
+cuda_cargo cuda-build build --release --features cuda --bin abstractgateway
+pack target/cuda-build/release/abstractgateway abstractgateway
