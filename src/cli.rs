@@ -330,6 +330,7 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         max_batch: cfg.max_batch.unwrap_or(0),
         kv_cache_bytes: cfg.kv_cache_mb.map(|mb| mb << 20),
         paged_attention: cfg.paged_attention,
+        kv_idle_release: (cfg.kv_idle_release_s > 0).then(|| std::time::Duration::from_secs(cfg.kv_idle_release_s)),
     };
     cfg.device_spec().map_err(|e| e.to_string())?;
     let c = cfg.clone();

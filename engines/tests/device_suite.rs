@@ -221,6 +221,53 @@ fn a_full_kv_pool_fails_only_what_cannot_fit(dev: &Device) {
     assert_eq!((n(&s.completed), n(&s.failed)), (3, 1));
 }
 
+/// An engine idle for `kv_idle_release` gives its KV pool back down to its first size: two long
+/// prompts together grow the pool past 32 blocks; afterwards the prefix cache (a budget of 12
+/// blocks) keeps only the shorter one, whose blocks move to the front of the pool. Served from
+/// those moved blocks, that prompt still gets its cold greedy answer.
+fn an_idle_engine_gives_back_its_kv_pool(dev: &Device) {
+    use abstractgateway_engines::text::engine::EngineConfig;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+    let path = common::smollm2();
+    let cold = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+    let m = LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+    let first_size = m.kv_pool_bytes();
+    let block_bytes = m.kv_bytes_per_token * abstractgateway_models::paged_kv::BLOCK;
+    assert_eq!(first_size, 16 * block_bytes);
+    let engine = TextEngine::spawn_with(
+        m,
+        EngineConfig {
+            prefix_cache_bytes: 12 * block_bytes,
+            kv_idle_release: Some(Duration::from_millis(500)),
+            ..Default::default()
+        },
+    );
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    let all: Vec<u32> = refs.cases.iter().flat_map(|c| c.prompt_ids.iter().copied()).collect();
+    let long = |start: usize, n: usize| -> Vec<u32> { all.iter().cycle().skip(start).take(n).copied().collect() };
+    let (big, small) = (long(3, 700), long(0, 300));
+    let got = together(&engine, &[big.clone(), small.clone()], 5);
+    // Read before the cold runs below, which take longer than the engine's quiet spell.
+    let peak = engine.stats.kv_pool_bytes.load(Relaxed);
+    assert!(peak >= 32 * block_bytes, "the pool grew to {peak} bytes");
+    assert_eq!(got, vec![cold.greedy(&big, 5, &[]).unwrap(), cold.greedy(&small, 5, &[]).unwrap()]);
+    let t = Instant::now();
+    while engine.stats.kv_pool_bytes.load(Relaxed) != first_size && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(engine.stats.kv_pool_bytes.load(Relaxed), first_size, "given back from {peak}");
+    let cached = engine.stats.cached_tokens.load(Relaxed);
+    assert_eq!(
+        together(&engine, std::slice::from_ref(&small), 5),
+        vec![cold.greedy(&small, 5, &[]).unwrap()]
+    );
+    assert!(
+        engine.stats.cached_tokens.load(Relaxed) - cached >= 299,
+        "served from the moved blocks"
+    );
+}
+
 /// phi3 (Q/K/V and gate/up stored fused) dequantized into the dense model: the derived file holds
 /// the llama file's weights in that layout, so it must compute what the llama file does.
 fn full_precision_phi3_computes_what_llama_does(dev: &Device) {
@@ -487,6 +534,12 @@ test_device!(
     kv_limit_cpu,
     kv_limit_cuda,
     kv_limit_metal
+);
+test_device!(
+    an_idle_engine_gives_back_its_kv_pool,
+    kv_release_cpu,
+    kv_release_cuda,
+    kv_release_metal
 );
 test_device!(
     full_precision_phi3_computes_what_llama_does,

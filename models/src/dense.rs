@@ -97,7 +97,7 @@ impl DenseConfig {
         let n_head = need("num_attention_heads")?;
         let n_kv_head = raw["num_key_value_heads"].as_u64().map(|v| v as usize).unwrap_or(n_head);
         let head_dim = raw["head_dim"].as_u64().map(|v| v as usize).unwrap_or(hidden / n_head);
-        if n_kv_head == 0 || n_head % n_kv_head != 0 || head_dim % 2 != 0 {
+        if n_kv_head == 0 || n_head % n_kv_head != 0 || !head_dim.is_multiple_of(2) {
             return Err(ModelError::Unsupported(format!(
                 "config.json ({kind}): {n_head} heads over {n_kv_head} KV heads of size {head_dim}"
             )));
@@ -266,9 +266,10 @@ impl DenseSeq {
         self.table.len == 0
     }
 
-    /// The pool blocks this sequence holds (ids stay unique while any holder keeps a block).
-    pub fn block_ids(&self) -> Vec<u32> {
-        self.table.block_ids()
+    /// The identities of the pool blocks this sequence holds (the same for every holder of a
+    /// block, and stable while it is held).
+    pub fn block_keys(&self) -> Vec<usize> {
+        self.table.block_keys()
     }
 
     /// Keeps the first `n` positions (blocks past them are released).
@@ -411,7 +412,7 @@ impl DenseModel {
         }
     }
 
-    /// Bytes the KV pool holds (it grows on demand and keeps its size).
+    /// Bytes the KV pool holds (it grows on demand; `shrink_kv_pool` gives back its free tail).
     pub fn kv_pool_bytes(&self) -> usize {
         self.pool_guard().map(|p| p.bytes()).unwrap_or(0)
     }
@@ -439,9 +440,14 @@ impl DenseModel {
     /// CUDA; it has no Metal kernel); returns whether it is on.
     pub fn set_paged_attention(&self, on: bool) -> bool {
         let d = self.cfg.head_dim;
-        let on = on && d % 32 == 0 && d <= 256 && !self.device.is_metal();
+        let on = on && d.is_multiple_of(32) && d <= 256 && !self.device.is_metal();
         self.paged_attention.store(on, std::sync::atomic::Ordering::Relaxed);
         on
+    }
+
+    /// Gives back the KV pool's free tail (see `KvPool::shrink`); returns the bytes given back.
+    pub fn shrink_kv_pool(&self) -> Result<usize, ModelError> {
+        self.pool_guard()?.shrink()
     }
 
     /// Caps the KV pool at `bytes` (None: it grows until the device is full).

@@ -2,10 +2,13 @@
 //! head_dim]`, handed out in blocks of `BLOCK` positions. A sequence holds a table of blocks;
 //! block handles are reference-counted, so a snapshot of a sequence shares its blocks and a
 //! block returns to the free list when its last holder lets go. The pool starts small and
-//! doubles when it runs out (copying into the larger tensors), so memory follows use; it never
-//! shrinks, as serving engines' pools do not.
+//! doubles when it runs out (copying into the larger tensors), so memory follows use. `shrink`
+//! (which the engine calls once it has been idle a while) moves the held blocks to the front
+//! of the pool and gives back the rest.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -16,17 +19,25 @@ pub const BLOCK: usize = 32;
 /// Blocks in a fresh pool (512 positions).
 const INITIAL_BLOCKS: usize = 16;
 
-type FreeList = Arc<Mutex<Vec<u32>>>;
+/// Ordered, so allocation takes the lowest ids and the free tail is easy to find.
+type FreeList = Arc<Mutex<BTreeSet<u32>>>;
 
 struct Block {
-    id: u32,
+    /// Where the block sits in the pool; `shrink` moves blocks (while nothing runs).
+    id: AtomicU32,
     free: FreeList,
+}
+
+impl Block {
+    fn id(&self) -> u32 {
+        self.id.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
         if let Ok(mut f) = self.free.lock() {
-            f.push(self.id);
+            f.insert(self.id());
         }
     }
 }
@@ -41,11 +52,18 @@ pub struct BlockTable {
 impl BlockTable {
     /// The pool row that holds position `pos`.
     pub fn row(&self, pos: usize) -> usize {
-        self.blocks[pos / BLOCK].id as usize * BLOCK + pos % BLOCK
+        self.blocks[pos / BLOCK].id() as usize * BLOCK + pos % BLOCK
     }
 
+    /// Where the blocks sit in the pool now (`KvPool::shrink` may move them).
     pub fn block_ids(&self) -> Vec<u32> {
-        self.blocks.iter().map(|b| b.id).collect()
+        self.blocks.iter().map(|b| b.id()).collect()
+    }
+
+    /// The blocks' identities, which stay the same while they are held (unlike their ids,
+    /// which `shrink` changes): for telling which blocks tables share.
+    pub fn block_keys(&self) -> Vec<usize> {
+        self.blocks.iter().map(|b| Arc::as_ptr(b) as usize).collect()
     }
 
     pub fn blocks(&self) -> usize {
@@ -63,6 +81,8 @@ pub struct KvPool {
     layers: Vec<(Tensor, Tensor)>,
     blocks: usize,
     free: FreeList,
+    /// Every block handed out, by id (dead once its holders let go): what `shrink` moves.
+    handed: Vec<Weak<Block>>,
     /// The most blocks the pool may grow to (None: until the device is full).
     limit: Option<usize>,
 }
@@ -78,7 +98,8 @@ impl KvPool {
         Ok(KvPool {
             layers,
             blocks: INITIAL_BLOCKS,
-            free: Arc::new(Mutex::new((0..INITIAL_BLOCKS as u32).rev().collect())),
+            free: Arc::new(Mutex::new((0..INITIAL_BLOCKS as u32).collect())),
+            handed: (0..INITIAL_BLOCKS).map(|_| Weak::new()).collect(),
             limit: None,
         })
     }
@@ -116,7 +137,7 @@ impl KvPool {
                 .alloc(1)?
                 .pop()
                 .ok_or_else(|| ModelError::Unsupported("KV pool: no block".into()))?;
-            self.copy_block(table.blocks[bi].id, fresh.id)?;
+            self.copy_block(table.blocks[bi].id(), fresh.id())?;
             table.blocks[bi] = fresh;
         }
         let need = len.div_ceil(BLOCK).saturating_sub(table.blocks.len());
@@ -155,16 +176,19 @@ impl KvPool {
             }
         }
         let mut free = self.free.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
-        let at = free.len() - n;
-        Ok(free
-            .drain(at..)
-            .map(|id| {
-                Arc::new(Block {
-                    id,
-                    free: self.free.clone(),
-                })
-            })
-            .collect())
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = free
+                .pop_first()
+                .ok_or_else(|| ModelError::Unsupported("KV pool: fewer free blocks than counted".into()))?;
+            let b = Arc::new(Block {
+                id: AtomicU32::new(id),
+                free: self.free.clone(),
+            });
+            self.handed[id as usize] = Arc::downgrade(&b);
+            out.push(b);
+        }
+        Ok(out)
     }
 
     /// Layer by layer (so only one layer is held twice at a time); a failure leaves some layers
@@ -192,9 +216,52 @@ impl KvPool {
             }
         }
         let mut free = self.free.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
-        free.extend((self.blocks as u32..blocks as u32).rev());
+        free.extend(self.blocks as u32..blocks as u32);
+        self.handed.resize(blocks, Weak::new());
         self.blocks = blocks;
         Ok(())
+    }
+
+    /// Shrinks the pool to the blocks still held (at least its first size), when that gives
+    /// back at least a quarter of it: held blocks past that size are copied into free ones
+    /// before it, keeping their contents (every table that holds one sees its new place), and
+    /// the tensors are cut. Returns the bytes given back. Costs a copy of what is kept, so the
+    /// engine calls it after a quiet spell, never while a step could be using block ids.
+    pub fn shrink(&mut self) -> Result<usize, ModelError> {
+        let free_list = self.free.clone();
+        let mut free = free_list.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
+        let keep = (self.blocks - free.len()).max(INITIAL_BLOCKS);
+        if keep * 4 > self.blocks * 3 {
+            return Ok(0);
+        }
+        let before = self.bytes();
+        // Dropped once the free list is unlocked: a block's last holder going away locks it.
+        let mut moved = Vec::new();
+        for id in keep..self.blocks {
+            let Some(b) = self.handed[id].upgrade() else { continue };
+            // Held blocks past `keep` are no more than the free ids before it.
+            let to = free
+                .pop_first()
+                .filter(|&t| (t as usize) < keep)
+                .ok_or_else(|| ModelError::Unsupported("KV pool: free blocks miscounted".into()))?;
+            self.copy_block(id as u32, to)?;
+            b.id.store(to, Ordering::Relaxed);
+            self.handed[to as usize] = Arc::downgrade(&b);
+            moved.push(b);
+        }
+        for (k, v) in self.layers.iter_mut() {
+            for t in [k, v] {
+                // Forced: with one KV head the narrow is contiguous and would keep the old
+                // storage alive.
+                *t = t.narrow(1, 0, keep * BLOCK)?.force_contiguous()?;
+            }
+        }
+        free.retain(|&id| (id as usize) < keep);
+        self.handed.truncate(keep);
+        self.blocks = keep;
+        drop(free);
+        drop(moved);
+        Ok(before - self.bytes())
     }
 
     /// Bytes the pool holds now, all layers, K and V.
@@ -302,5 +369,81 @@ mod tests {
         assert_eq!(kept, vec![3.0, 4.0]);
         big.truncate(10);
         assert_eq!(big.blocks(), 1);
+    }
+
+    #[test]
+    fn shrinking_moves_held_blocks_forward_and_gives_back_the_rest() {
+        let mut p = pool();
+        let mark = |p: &KvPool, row: usize, x: f32| {
+            let (k, _) = p.layer(0);
+            k.slice_set(&Tensor::new(&[[[x, x + 1.0]]], &Device::Cpu).unwrap(), 1, row).unwrap();
+        };
+        let read = |p: &KvPool, row: usize| {
+            let (k, _) = p.layer(0);
+            k.narrow(1, row, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let mut low = p.new_table();
+        p.reserve(&mut low, 40).unwrap();
+        assert_eq!(low.block_ids(), vec![0, 1], "lowest ids first");
+        mark(&p, low.row(39), 5.0);
+        let mut big = p.new_table();
+        p.reserve(&mut big, INITIAL_BLOCKS * BLOCK * 3).unwrap();
+        // A table held past where the pool will be cut, and a snapshot sharing its blocks.
+        let mut high = p.new_table();
+        p.reserve(&mut high, 2 * BLOCK + 3).unwrap();
+        assert!(high.block_ids().iter().all(|&id| id as usize >= INITIAL_BLOCKS));
+        mark(&p, high.row(0), 7.0);
+        mark(&p, high.row(2 * BLOCK + 2), 9.0);
+        let snap = high.clone();
+        let keys = high.block_keys();
+        let grown = p.capacity_blocks();
+        drop(big);
+        let bytes = p.bytes();
+        let freed = p.shrink().unwrap();
+        assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS, "5 held blocks fit the first size");
+        assert!(grown > INITIAL_BLOCKS * 3);
+        assert_eq!(freed, bytes - p.bytes());
+        assert_eq!(p.free_blocks(), INITIAL_BLOCKS - 5);
+        assert!(high.block_ids().iter().all(|&id| (id as usize) < INITIAL_BLOCKS), "moved forward");
+        assert_eq!(snap.block_ids(), high.block_ids(), "every holder sees the new places");
+        assert_eq!(high.block_keys(), keys, "a moved block is the same block");
+        assert_eq!(read(&p, low.row(39)), vec![5.0, 6.0]);
+        assert_eq!(read(&p, high.row(0)), vec![7.0, 8.0]);
+        assert_eq!(read(&p, high.row(2 * BLOCK + 2)), vec![9.0, 10.0]);
+        assert_eq!(p.shrink().unwrap(), 0, "nothing more to give back");
+        // Moved blocks go back to the free list under their new ids, and the pool grows again.
+        drop(snap);
+        drop(high);
+        assert_eq!(p.free_blocks(), INITIAL_BLOCKS - 2);
+        let mut again = p.new_table();
+        p.reserve(&mut again, INITIAL_BLOCKS * BLOCK * 2).unwrap();
+        let mut ids = again.block_ids();
+        ids.extend(low.block_ids());
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), INITIAL_BLOCKS * 2 + 2, "no block handed out twice");
+        assert!(ids.iter().all(|&id| (id as usize) < p.capacity_blocks()));
+    }
+
+    #[test]
+    fn a_pool_mostly_in_use_is_not_cut() {
+        let mut p = pool();
+        let mut a = p.new_table();
+        p.reserve(&mut a, INITIAL_BLOCKS * BLOCK * 2).unwrap();
+        let mut b = p.new_table();
+        p.reserve(&mut b, BLOCK).unwrap();
+        assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS * 4);
+        drop(b);
+        // 32 of 64 blocks held: cutting to 32 gives back half, so it happens.
+        assert!(p.shrink().unwrap() > 0);
+        assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS * 2);
+        // `a` grows by a block (the pool doubles to 64 again) and `c` takes 16: cutting to the
+        // 49 held blocks would give back less than a quarter, not worth a copy of the pool.
+        p.reserve(&mut a, INITIAL_BLOCKS * BLOCK * 2 + 1).unwrap();
+        let mut c = p.new_table();
+        p.reserve(&mut c, 16 * BLOCK).unwrap();
+        assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS * 4);
+        assert_eq!(p.shrink().unwrap(), 0, "49 of 64 blocks held");
+        assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS * 4);
     }
 }

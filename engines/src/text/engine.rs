@@ -6,9 +6,10 @@
 //! event types are the stable boundary the HTTP layer talks to.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::gguf_llama::{LlamaGguf, Sequence, StepOut};
 use super::json_constraint::JsonConstraint;
@@ -120,6 +121,10 @@ pub struct EngineConfig {
     /// Decode rows attend through the paged-attention op (dense backend, head sizes that are
     /// multiples of 32 up to 256).
     pub paged_attention: bool,
+    /// How long the engine waits idle before the dense backend's KV pool gives back what it
+    /// no longer holds (None: never). A burst's pool growth is kept through short pauses, where
+    /// giving memory back would only cost a copy and a regrowth.
+    pub kv_idle_release: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -129,6 +134,7 @@ impl Default for EngineConfig {
             max_batch: 16,
             kv_cache_bytes: None,
             paged_attention: false,
+            kv_idle_release: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -279,9 +285,9 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         // Admit: wait when idle, otherwise take whatever is queued (up to the batch size).
         let mut incoming = Vec::new();
         if active.is_empty() {
-            match rx.recv() {
-                Ok(job) => incoming.push(job),
-                Err(_) => break,
+            match wait_idle(&model, &rx, &stats, cfg.kv_idle_release) {
+                Some(job) => incoming.push(job),
+                None => break,
             }
         }
         while active.len() + incoming.len() < max_batch {
@@ -401,6 +407,27 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         }
         stats.kv_pool_bytes.store(model.kv_pool_bytes(), Ordering::Relaxed);
     }
+}
+
+/// Waits for the next job while nothing runs. After `release` without one, the KV pool shrinks
+/// to the blocks still held (the prefix cache's), once per quiet spell, and the wait goes on.
+/// None: the channel closed.
+fn wait_idle(model: &LlamaGguf, rx: &Receiver<Job>, stats: &EngineStats, release: Option<Duration>) -> Option<Job> {
+    if let Some(after) = release.filter(|_| model.rolls_back_failed_steps()) {
+        match rx.recv_timeout(after) {
+            Ok(job) => return Some(job),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let before = model.kv_pool_bytes();
+        match model.shrink_kv_pool() {
+            Ok(0) => {}
+            Ok(freed) => tracing::info!("KV pool idle for {after:?}: gave back {} MiB of {} MiB", freed >> 20, before >> 20),
+            Err(e) => tracing::warn!(error = %e, "KV pool: shrinking it failed"),
+        }
+        stats.kv_pool_bytes.store(model.kv_pool_bytes(), Ordering::Relaxed);
+    }
+    rx.recv().ok()
 }
 
 /// The KV pool's limit when none is configured: on a GPU, the memory free after the weights

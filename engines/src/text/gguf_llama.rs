@@ -310,6 +310,14 @@ impl LlamaGguf {
         matches!(self.backend, Backend::Dense(_))
     }
 
+    /// Gives back the free tail of the dense backend's KV pool; the bytes given back.
+    pub fn shrink_kv_pool(&self) -> Result<usize, abstractgateway_models::ModelError> {
+        match &self.backend {
+            Backend::Dense(m) => m.shrink_kv_pool(),
+            _ => Ok(0),
+        }
+    }
+
     /// Caps the dense backend's KV pool (None: it grows until the device is full).
     pub fn set_kv_limit_bytes(&self, bytes: Option<usize>) {
         if let Backend::Dense(m) = &self.backend {
@@ -525,12 +533,11 @@ impl Sequence {
         self.len() == 0
     }
 
-    /// Whether `truncate` works (candle's models keep their KV inside the model).
-    /// The KV pool blocks this sequence holds (dense backend), shared with its snapshots and
-    /// the sequences cloned from it; None where KV is per sequence.
-    pub fn kv_blocks(&self) -> Option<Vec<u32>> {
+    /// The KV pool blocks this sequence holds (dense backend, by identity), shared with its
+    /// snapshots and the sequences cloned from it; None where KV is per sequence.
+    pub fn kv_blocks(&self) -> Option<Vec<usize>> {
         match self {
-            Sequence::Dense { seq, .. } => Some(seq.block_ids()),
+            Sequence::Dense { seq, .. } => Some(seq.block_keys()),
             _ => None,
         }
     }

@@ -21,7 +21,7 @@ struct Entry {
     /// Bytes this entry holds alone: its logits, and its KV where that is not in shared blocks.
     own_bytes: usize,
     /// The KV pool blocks it holds (dense backend; empty for the others).
-    blocks: Vec<u32>,
+    blocks: Vec<usize>,
     last_used: u64,
 }
 
@@ -53,8 +53,9 @@ pub struct PrefixCache {
     budget_bytes: usize,
     used_bytes: usize,
     kv_bytes_per_token: usize,
-    /// How many entries hold each pool block (a block's bytes count while any does).
-    block_refs: HashMap<u32, usize>,
+    /// How many entries hold each pool block, by identity (a block's bytes count while any
+    /// does).
+    block_refs: HashMap<usize, usize>,
     clock: u64,
     pub hits: u64,
     pub misses: u64,
@@ -106,7 +107,7 @@ impl PrefixCache {
     }
 
     /// What holding `blocks` would add: the blocks no entry holds yet.
-    fn new_block_bytes(&self, blocks: &[u32]) -> usize {
+    fn new_block_bytes(&self, blocks: &[usize]) -> usize {
         blocks.iter().filter(|b| !self.block_refs.contains_key(b)).count() * self.block_bytes()
     }
 
