@@ -65,16 +65,22 @@ PY
 mkdir -p "$WORK/cudart-static"
 ln -sf "$CUDA_ROOT/lib/libcudart_static.a" "$WORK/cudart-static/libcudart.a"
 
-# The patch must not leak into the repository's lock file.
-cp Cargo.lock "$WORK/Cargo.lock.orig"
-trap 'cp "$WORK/Cargo.lock.orig" "$ROOT/Cargo.lock"' EXIT
+# The patch rewrites Cargo.lock, so cargo runs in a copy of the workspace (git's tracked and
+# not-ignored files, about 2 MB): the repository's lock file is never touched, and a commit made
+# while a build runs cannot pick up the patched lock. The copy keeps the files' mtimes, so
+# cargo's fingerprints still see unchanged sources as unchanged and rebuilds stay incremental.
+step "workspace copy -> $WORK/ws"
+rm -rf "$WORK/ws"
+mkdir -p "$WORK/ws"
+git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$WORK/ws"
 
-# cargo with the CUDA build's environment: TARGET_DIR (under target/), then cargo's arguments.
+# cargo with the CUDA build's environment, in the copy: TARGET_DIR (under target/), then
+# cargo's arguments.
 cuda_cargo() {
     local dir=$1
     shift
-    CARGO_TARGET_DIR=$ROOT/target/$dir CUDART_LINK_DIR=$WORK/cudart-static \
-        cargo "$@" --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\""
+    (cd "$WORK/ws" && CARGO_TARGET_DIR=$ROOT/target/$dir CUDART_LINK_DIR=$WORK/cudart-static \
+        cargo "$@" --config "patch.crates-io.candle-core.path=\"$WORK/candle-core\"")
 }
 
 # Strips the executable at $1 into $WORK/$2 and compresses it (what is carried to a GPU host).

@@ -88,7 +88,7 @@ pub fn dequantize_q8_0(b: &[BlockQ8_0], out: &mut [f32]) {
 /// Reinterprets raw GGUF tensor bytes as blocks (None if the length is not a whole number).
 pub fn cast_blocks<T: Copy>(bytes: &[u8]) -> Option<Vec<T>> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return None;
     }
     let n = bytes.len() / size;

@@ -10,6 +10,7 @@
 //!   taking 16-element chunks in turn), which llama.cpp uses instead of tinyBLAS when a step
 //!   has a single token (tinyBLAS declines n < 2);
 //! - `soft_max`: `ggml_vec_soft_max_f32` (sums of 16-lane chunks accumulated in f64).
+//!
 //! Each is checked against the values llama.cpp itself produced (`models/src/llama_ggml_check.rs`).
 
 /// `_mm512_reduce_add_ps` in GCC's order.
@@ -156,12 +157,12 @@ pub fn soft_max(w: &mut [f32], first: usize) {
     for v in w.iter() {
         lanes[pos % 16] = *v;
         pos += 1;
-        if pos % 16 == 0 {
+        if pos.is_multiple_of(16) {
             sum += reduce_add16(&lanes) as f64;
             lanes = [0f32; 16];
         }
     }
-    if pos % 16 != 0 {
+    if !pos.is_multiple_of(16) {
         sum += reduce_add16(&lanes) as f64;
     }
     let inv = (1.0 / sum) as f32;

@@ -34,7 +34,7 @@ pub struct QMatrix {
 impl QMatrix {
     /// From raw GGUF tensor bytes. None when the type or size does not fit.
     pub fn from_bytes(qtype: QType, rows: usize, cols: usize, bytes: &[u8]) -> Option<QMatrix> {
-        if cols % QK != 0 && qtype != QType::F32 {
+        if !cols.is_multiple_of(QK) && qtype != QType::F32 {
             return None;
         }
         let data = match qtype {
@@ -56,7 +56,7 @@ impl QMatrix {
         if x.len() != rows * cols {
             return None;
         }
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Some(QMatrix {
                 rows,
                 cols,

@@ -221,9 +221,9 @@ impl SpmTokenizer {
     /// The bytes a token stands for (None for control tokens).
     pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
         let i = id as usize;
-        match self.types.get(i)? {
-            &TYPE_CONTROL => None,
-            &TYPE_BYTE => {
+        match *self.types.get(i)? {
+            TYPE_CONTROL => None,
+            TYPE_BYTE => {
                 let p = &self.pieces[i];
                 u8::from_str_radix(p.trim_start_matches("<0x").trim_end_matches('>'), 16)
                     .ok()
