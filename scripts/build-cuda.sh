@@ -51,9 +51,9 @@ CANDLE_SRC=$(cargo metadata --format-version 1 | python3 -c '
 import json, os, sys
 m = json.load(sys.stdin)
 print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"] == "candle-core"))')
-rm -rf "$WORK/candle-core"
-cp -r "$CANDLE_SRC" "$WORK/candle-core"
-python3 - "$WORK/candle-core/Cargo.toml" <<'PY'
+rm -rf "$WORK/candle-core.new"
+cp -rp "$CANDLE_SRC" "$WORK/candle-core.new"
+python3 - "$WORK/candle-core.new/Cargo.toml" <<'PY'
 import sys
 p = sys.argv[1]
 s = open(p).read()
@@ -62,6 +62,13 @@ if n != 1:
     sys.exit(f"expected one cudarc 'dynamic-linking' feature in {p}, found {n}: candle-core changed, update this script")
 open(p, "w").write(s.replace('"dynamic-linking"', '"dynamic-loading"'))
 PY
+# The previous build's copy stays when it is the same, so cargo does not rebuild candle.
+if diff -rq "$WORK/candle-core.new" "$WORK/candle-core" >/dev/null 2>&1; then
+    rm -rf "$WORK/candle-core.new"
+else
+    rm -rf "$WORK/candle-core"
+    mv "$WORK/candle-core.new" "$WORK/candle-core"
+fi
 mkdir -p "$WORK/cudart-static"
 ln -sf "$CUDA_ROOT/lib/libcudart_static.a" "$WORK/cudart-static/libcudart.a"
 
