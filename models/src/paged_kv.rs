@@ -19,8 +19,13 @@ pub const BLOCK: usize = 32;
 /// Blocks in a fresh pool (512 positions).
 const INITIAL_BLOCKS: usize = 16;
 
-/// Ordered, so allocation takes the lowest ids and the free tail is easy to find.
-type FreeList = Arc<Mutex<BTreeSet<u32>>>;
+type FreeList = Arc<Mutex<FreeIds>>;
+
+/// The free block ids, ordered so allocation takes the lowest, and the pool's size in blocks.
+struct FreeIds {
+    ids: BTreeSet<u32>,
+    blocks: u32,
+}
 
 struct Block {
     /// Where the block sits in the pool; `shrink` moves blocks (while nothing runs).
@@ -37,7 +42,11 @@ impl Block {
 impl Drop for Block {
     fn drop(&mut self) {
         if let Ok(mut f) = self.free.lock() {
-            f.insert(self.id());
+            // A block past the pool's end was cut off by a `shrink` that ran while this
+            // block's last holder, on another thread, was letting go of it.
+            if self.id() < f.blocks {
+                f.ids.insert(self.id());
+            }
         }
     }
 }
@@ -98,7 +107,10 @@ impl KvPool {
         Ok(KvPool {
             layers,
             blocks: INITIAL_BLOCKS,
-            free: Arc::new(Mutex::new((0..INITIAL_BLOCKS as u32).collect())),
+            free: Arc::new(Mutex::new(FreeIds {
+                ids: (0..INITIAL_BLOCKS as u32).collect(),
+                blocks: INITIAL_BLOCKS as u32,
+            })),
             handed: (0..INITIAL_BLOCKS).map(|_| Weak::new()).collect(),
             limit: None,
         })
@@ -119,7 +131,7 @@ impl KvPool {
     }
 
     pub fn free_blocks(&self) -> usize {
-        self.free.lock().map(|f| f.len()).unwrap_or(0)
+        self.free.lock().map(|f| f.ids.len()).unwrap_or(0)
     }
 
     pub fn layer(&self, i: usize) -> (&Tensor, &Tensor) {
@@ -179,6 +191,7 @@ impl KvPool {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let id = free
+                .ids
                 .pop_first()
                 .ok_or_else(|| ModelError::Unsupported("KV pool: fewer free blocks than counted".into()))?;
             let b = Arc::new(Block {
@@ -216,7 +229,8 @@ impl KvPool {
             }
         }
         let mut free = self.free.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
-        free.extend(self.blocks as u32..blocks as u32);
+        free.ids.extend(self.blocks as u32..blocks as u32);
+        free.blocks = blocks as u32;
         self.handed.resize(blocks, Weak::new());
         self.blocks = blocks;
         Ok(())
@@ -230,7 +244,7 @@ impl KvPool {
     pub fn shrink(&mut self) -> Result<usize, ModelError> {
         let free_list = self.free.clone();
         let mut free = free_list.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
-        let keep = (self.blocks - free.len()).max(INITIAL_BLOCKS);
+        let keep = (self.blocks - free.ids.len()).max(INITIAL_BLOCKS);
         if keep * 4 > self.blocks * 3 {
             return Ok(0);
         }
@@ -241,6 +255,7 @@ impl KvPool {
             let Some(b) = self.handed[id].upgrade() else { continue };
             // Held blocks past `keep` are no more than the free ids before it.
             let to = free
+                .ids
                 .pop_first()
                 .filter(|&t| (t as usize) < keep)
                 .ok_or_else(|| ModelError::Unsupported("KV pool: free blocks miscounted".into()))?;
@@ -256,7 +271,8 @@ impl KvPool {
                 *t = t.narrow(1, 0, keep * BLOCK)?.force_contiguous()?;
             }
         }
-        free.retain(|&id| (id as usize) < keep);
+        free.ids.retain(|&id| (id as usize) < keep);
+        free.blocks = keep as u32;
         self.handed.truncate(keep);
         self.blocks = keep;
         drop(free);
@@ -445,5 +461,17 @@ mod tests {
         assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS * 4);
         assert_eq!(p.shrink().unwrap(), 0, "49 of 64 blocks held");
         assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS * 4);
+    }
+
+    #[test]
+    fn a_block_let_go_after_its_place_was_cut_off_is_not_freed() {
+        let p = pool();
+        // What a holder on another thread would drop after a `shrink` cut the pool below it.
+        drop(Block {
+            id: AtomicU32::new(INITIAL_BLOCKS as u32 + 5),
+            free: p.free.clone(),
+        });
+        assert_eq!(p.free_blocks(), INITIAL_BLOCKS);
+        assert!(p.free.lock().unwrap().ids.iter().all(|&id| (id as usize) < INITIAL_BLOCKS));
     }
 }
