@@ -412,7 +412,7 @@ impl DenseModel {
         }
     }
 
-    /// Bytes the KV pool holds (it grows on demand; `shrink_kv_pool` gives back its free tail).
+    /// Bytes the KV pool holds (it grows on demand; `shrink_kv_pool` cuts it to what is held).
     pub fn kv_pool_bytes(&self) -> usize {
         self.pool_guard().map(|p| p.bytes()).unwrap_or(0)
     }
@@ -445,7 +445,8 @@ impl DenseModel {
         on
     }
 
-    /// Gives back the KV pool's free tail (see `KvPool::shrink`); returns the bytes given back.
+    /// Shrinks the KV pool to the blocks still held (see `KvPool::shrink`); returns the bytes
+    /// given back.
     pub fn shrink_kv_pool(&self) -> Result<usize, ModelError> {
         self.pool_guard()?.shrink()
     }

@@ -88,9 +88,9 @@ impl BlockTable {
 pub struct KvPool {
     /// Per layer: K and V, `[kv_heads, blocks * BLOCK, head_dim]`.
     layers: Vec<(Tensor, Tensor)>,
-    blocks: usize,
     free: FreeList,
-    /// Every block handed out, by id (dead once its holders let go): what `shrink` moves.
+    /// One slot per pool block, so its length is the pool's size: the block handed out at
+    /// that id (dead once its holders let go), which `shrink` moves.
     handed: Vec<Weak<Block>>,
     /// The most blocks the pool may grow to (None: until the device is full).
     limit: Option<usize>,
@@ -106,7 +106,6 @@ impl KvPool {
             .collect::<Result<Vec<_>, candle_core::Error>>()?;
         Ok(KvPool {
             layers,
-            blocks: INITIAL_BLOCKS,
             free: Arc::new(Mutex::new(FreeIds {
                 ids: (0..INITIAL_BLOCKS as u32).collect(),
                 blocks: INITIAL_BLOCKS as u32,
@@ -118,8 +117,8 @@ impl KvPool {
 
     /// Caps the pool at `bytes` (all layers, K and V; at least the blocks it already has).
     pub fn set_limit_bytes(&mut self, bytes: Option<usize>) {
-        let per_block = self.bytes() / self.blocks.max(1);
-        self.limit = bytes.map(|b| (b / per_block.max(1)).max(self.blocks));
+        let per_block = self.bytes() / self.capacity_blocks().max(1);
+        self.limit = bytes.map(|b| (b / per_block.max(1)).max(self.capacity_blocks()));
     }
 
     pub fn new_table(&self) -> BlockTable {
@@ -127,7 +126,7 @@ impl KvPool {
     }
 
     pub fn capacity_blocks(&self) -> usize {
-        self.blocks
+        self.handed.len()
     }
 
     pub fn free_blocks(&self) -> usize {
@@ -163,9 +162,9 @@ impl KvPool {
     fn alloc(&mut self, n: usize) -> Result<Vec<Arc<Block>>, ModelError> {
         let have = self.free_blocks();
         if let Some(limit) = self.limit {
-            if self.blocks + n.saturating_sub(have) > limit {
+            if self.capacity_blocks() + n.saturating_sub(have) > limit {
                 return Err(ModelError::KvCacheFull {
-                    needed: (self.blocks - have + n) * BLOCK,
+                    needed: (self.capacity_blocks() - have + n) * BLOCK,
                     limit: limit * BLOCK,
                 });
             }
@@ -174,11 +173,11 @@ impl KvPool {
             // Doubling keeps growth (a copy of the pool) rare. Where the device cannot hold
             // double, smaller steps; just enough only as the last resort, since growing by a
             // block at a time would copy the whole pool for every new block.
-            let need = self.blocks + n - have;
+            let need = self.capacity_blocks() + n - have;
             let mut grown = Err(ModelError::Unsupported("KV pool: no growth tried".into()));
             let cap = self.limit.unwrap_or(usize::MAX);
             for factor in [2.0, 1.5, 1.25] {
-                grown = self.grow(((self.blocks as f64 * factor) as usize).max(need).min(cap));
+                grown = self.grow(((self.capacity_blocks() as f64 * factor) as usize).max(need).min(cap));
                 if grown.is_ok() {
                     break;
                 }
@@ -205,9 +204,9 @@ impl KvPool {
     }
 
     /// Layer by layer (so only one layer is held twice at a time); a failure leaves some layers
-    /// larger than `self.blocks` says, which is harmless, and a retry skips them.
+    /// larger than `capacity_blocks` says, which is harmless, and a retry skips them.
     fn grow(&mut self, blocks: usize) -> Result<(), ModelError> {
-        let from = self.blocks;
+        let from = self.capacity_blocks();
         for (k, v) in self.layers.iter_mut() {
             for t in [k, v] {
                 let (h, rows, d) = t.dims3()?;
@@ -229,10 +228,9 @@ impl KvPool {
             }
         }
         let mut free = self.free.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
-        free.ids.extend(self.blocks as u32..blocks as u32);
+        free.ids.extend(from as u32..blocks as u32);
         free.blocks = blocks as u32;
         self.handed.resize(blocks, Weak::new());
-        self.blocks = blocks;
         Ok(())
     }
 
@@ -244,14 +242,15 @@ impl KvPool {
     pub fn shrink(&mut self) -> Result<usize, ModelError> {
         let free_list = self.free.clone();
         let mut free = free_list.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
-        let keep = (self.blocks - free.ids.len()).max(INITIAL_BLOCKS);
-        if keep * 4 > self.blocks * 3 {
+        let blocks = self.capacity_blocks();
+        let keep = (blocks - free.ids.len()).max(INITIAL_BLOCKS);
+        if keep * 4 > blocks * 3 {
             return Ok(0);
         }
         let before = self.bytes();
         // Dropped once the free list is unlocked: a block's last holder going away locks it.
         let mut moved = Vec::new();
-        for id in keep..self.blocks {
+        for id in keep..blocks {
             let Some(b) = self.handed[id].upgrade() else { continue };
             // Held blocks past `keep` are no more than the free ids before it.
             let to = free
@@ -274,7 +273,6 @@ impl KvPool {
         free.ids.retain(|&id| (id as usize) < keep);
         free.blocks = keep as u32;
         self.handed.truncate(keep);
-        self.blocks = keep;
         drop(free);
         drop(moved);
         Ok(before - self.bytes())
@@ -286,7 +284,7 @@ impl KvPool {
             .first()
             .map(|(k, _)| {
                 let (h, _, d) = k.dims3().unwrap_or((0, 0, 0));
-                2 * self.layers.len() * block_bytes(h, self.blocks, d, k.dtype())
+                2 * self.layers.len() * block_bytes(h, self.capacity_blocks(), d, k.dtype())
             })
             .unwrap_or(0)
     }

@@ -60,8 +60,8 @@ pub struct Config {
     /// The most KV memory (MiB) one local model's KV pool may hold, dense backend; unset: 90%
     /// of the GPU memory free after loading (at least 1 GiB left), or half the available RAM.
     pub kv_cache_mb: Option<usize>,
-    /// Seconds a local model's engine stays idle before its KV pool gives back its free tail
-    /// (dense backend); 0 never does.
+    /// Seconds a local model's engine stays idle before its KV pool shrinks to the blocks still
+    /// held (dense backend); 0 never does.
     pub kv_idle_release_s: u64,
     /// `ABSTRACTGATEWAY_PAGED_ATTENTION=1`: decode rows of the dense backend attend with one
     /// paged-attention op per layer (a CUDA kernel on GPUs) instead of gathering their KV

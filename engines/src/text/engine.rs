@@ -413,7 +413,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
 /// to the blocks still held (the prefix cache's), once per quiet spell, and the wait goes on.
 /// None: the channel closed.
 fn wait_idle(model: &LlamaGguf, rx: &Receiver<Job>, stats: &EngineStats, release: Option<Duration>) -> Option<Job> {
-    if let Some(after) = release.filter(|_| model.rolls_back_failed_steps()) {
+    if let Some(after) = release {
         match rx.recv_timeout(after) {
             Ok(job) => return Some(job),
             Err(RecvTimeoutError::Disconnected) => return None,

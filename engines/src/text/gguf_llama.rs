@@ -310,7 +310,8 @@ impl LlamaGguf {
         matches!(self.backend, Backend::Dense(_))
     }
 
-    /// Gives back the free tail of the dense backend's KV pool; the bytes given back.
+    /// Shrinks the dense backend's KV pool to the blocks still held; the bytes given back (0
+    /// for the other backends, whose KV is per sequence).
     pub fn shrink_kv_pool(&self) -> Result<usize, abstractgateway_models::ModelError> {
         match &self.backend {
             Backend::Dense(m) => m.shrink_kv_pool(),
