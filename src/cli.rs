@@ -329,6 +329,8 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         prefix_cache_bytes: cfg.prefix_cache_mb << 20,
         max_batch: cfg.max_batch.unwrap_or(0),
         kv_cache_bytes: cfg.kv_cache_mb.map(|mb| mb << 20),
+        // LocalModels::load gives each device's dense models one shared budget.
+        kv_budget: None,
         paged_attention: cfg.paged_attention,
         kv_idle_release: (cfg.kv_idle_release_s > 0).then(|| std::time::Duration::from_secs(cfg.kv_idle_release_s)),
     };

@@ -4,6 +4,8 @@
 //! `/v1`, also serving SmolLM2).
 
 mod common;
+#[path = "../engines/tests/common/hf_dir.rs"]
+mod hf_dir;
 #[path = "../models/tests/common/mod.rs"]
 mod model_files;
 
@@ -229,4 +231,58 @@ fn a_model_can_be_given_its_own_device() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// Dense models on one device draw on one KV budget, sized once every model has loaded: two
+/// HF-layout SmolLM2 directories (the dense backend) served beside the GGUF (the native backend,
+/// whose KV is per sequence) report the same limit, each other as sharing it, and what their
+/// pools hold of it together; both answer.
+#[test]
+fn dense_models_on_one_device_report_one_shared_kv_budget() {
+    let dir = temp_dir("hf-smollm2");
+    hf_dir::smollm2_llama_dir(&model_files::smollm2(), &dir);
+    let (a, b) = (format!("a={}", dir.display()), format!("b={}", dir.display()));
+    let gguf = format!("smollm2={}", model_files::smollm2().display());
+    let g = Gateway::start_with(&[], &["--model", &a, "--model", &b, "--model", &gguf]);
+    let (s, v) = g.get("/api/gateway/discovery/providers");
+    assert_eq!(s, 200, "{v}");
+    let local = v["items"].as_array().unwrap().iter().find(|p| p["id"] == "local").unwrap();
+    let engine = |id: &str| {
+        local["engines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["model"] == id)
+            .unwrap()
+            .clone()
+    };
+    let (ea, eb, en) = (engine("a"), engine("b"), engine("smollm2"));
+    assert_eq!(
+        (ea["backend"].as_str(), en["backend"].as_str()),
+        (Some("dense"), Some("native")),
+        "{v}"
+    );
+    let limit = ea["kv_limit_bytes"].as_u64().unwrap();
+    assert!(limit > 0, "{ea}");
+    assert_eq!(eb["kv_limit_bytes"].as_u64(), Some(limit), "one budget: {v}");
+    assert_eq!(ea["kv_limit_shared_with"], serde_json::json!(["b"]));
+    assert_eq!(eb["kv_limit_shared_with"], serde_json::json!(["a"]));
+    let pools = ea["kv_pool_bytes"].as_u64().unwrap() + eb["kv_pool_bytes"].as_u64().unwrap();
+    assert_eq!(ea["kv_budget_used_bytes"].as_u64(), Some(pools), "{v}");
+    assert_eq!(eb["kv_budget_used_bytes"].as_u64(), Some(pools));
+    assert_eq!(
+        (en["kv_limit_bytes"].as_u64(), en["kv_limit_shared_with"].clone()),
+        (Some(0), serde_json::json!([]))
+    );
+    for model in ["a", "b"] {
+        let (s, v) = g.post(
+            "/v1/chat/completions",
+            &serde_json::json!({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                                "temperature": 0, "max_tokens": 16}),
+        );
+        assert_eq!(s, 200, "{v}");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+        assert!(text.starts_with("The capital of France is Paris"), "{model}: {v}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -196,18 +196,6 @@ fn a_full_kv_pool_fails_only_what_cannot_fit(dev: &Device) {
         max_tokens: 5,
         ..Default::default()
     };
-    let outcome = |rx: std::sync::mpsc::Receiver<GenEvent>| -> Result<Vec<u32>, String> {
-        let mut ids = Vec::new();
-        for ev in rx {
-            match ev {
-                GenEvent::Token { id, .. } => ids.push(id),
-                GenEvent::Done { .. } => return Ok(ids),
-                GenEvent::Error(e) => return Err(e),
-                GenEvent::Text(_) => {}
-            }
-        }
-        Err("no Done".into())
-    };
     // a (10 blocks) is kept by the prefix cache afterwards; b needs 10 more of the 16.
     assert_eq!(outcome(engine.generate(req(&a))), Ok(cold.greedy(&a, 5, &[]).unwrap()));
     assert_eq!(outcome(engine.generate(req(&b))), Ok(cold.greedy(&b, 5, &[]).unwrap()));
@@ -266,6 +254,77 @@ fn an_idle_engine_gives_back_its_kv_pool(dev: &Device) {
         engine.stats.cached_tokens.load(Relaxed) - cached >= 299,
         "served from the moved blocks"
     );
+}
+
+/// Dense models on one device draw on one KV budget. `kv_budgets_by_device` gives two models
+/// on `dev` the same one, sized once both have loaded. Then, with a budget of room for both
+/// pools' first 16 blocks and 16 more: the first model's 700-token prompt takes all 16; the
+/// second model's 600-token prompt fails alone with `KV cache full` while the first holds them;
+/// once the first has been idle and given them back, the same prompt gets its cold greedy
+/// answer. The pools never hold more than the budget together.
+fn dense_models_on_one_device_share_one_kv_budget(dev: &Device) {
+    use abstractgateway_engines::text::engine::{kv_budgets_by_device, EngineConfig};
+    use abstractgateway_models::paged_kv::{KvBudget, BLOCK};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+    let path = common::smollm2();
+    let load = || LlamaGguf::load_full_precision(&path, dev, DType::F32).unwrap();
+    let (cold, a, b) = (load(), load(), load());
+    let first_size = a.kv_pool_bytes();
+    let shared = kv_budgets_by_device(&[&a, &b]);
+    let (sa, sb) = (shared[0].clone().unwrap(), shared[1].clone().unwrap());
+    assert!(std::sync::Arc::ptr_eq(&sa, &sb), "one budget for the device");
+    assert!(sa.limit_bytes() >= 2 * first_size, "{} bytes", sa.limit_bytes());
+    if let Some(free) = abstractgateway_engines::device::free_bytes(dev) {
+        assert!(sa.limit_bytes() as u64 <= free + 2 * first_size as u64, "not over what is free");
+    }
+
+    let block_bytes = a.kv_bytes_per_token * BLOCK;
+    let budget = KvBudget::new(block_bytes * (16 + 16 + 16));
+    let cfg = |release: Option<Duration>| EngineConfig {
+        kv_budget: Some(budget.clone()),
+        prefix_cache_bytes: 0,
+        kv_idle_release: release,
+        ..Default::default()
+    };
+    let first = TextEngine::spawn_with(a, cfg(Some(Duration::from_secs(10))));
+    let second = TextEngine::spawn_with(b, cfg(None));
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    let all: Vec<u32> = refs.cases.iter().flat_map(|c| c.prompt_ids.iter().copied()).collect();
+    let long = |start: usize, n: usize| -> Vec<u32> { all.iter().cycle().skip(start).take(n).copied().collect() };
+    let (pa, pb) = (long(3, 700), long(0, 600));
+    let req = |p: &Vec<u32>| GenerateRequest {
+        prompt_ids: p.clone(),
+        max_tokens: 5,
+        ..Default::default()
+    };
+    let held = || first.stats.kv_pool_bytes.load(Relaxed) + second.stats.kv_pool_bytes.load(Relaxed);
+    let got_a = outcome(first.generate(req(&pa)));
+    assert_eq!(first.stats.kv_pool_bytes.load(Relaxed), 32 * block_bytes, "the first pool doubled");
+    assert_eq!(budget.available_bytes(), 0);
+    let err = outcome(second.generate(req(&pb))).unwrap_err();
+    assert!(err.contains("KV cache full") && err.contains("the limit is 512"), "{err}");
+    assert!(
+        first.stats.kv_pool_bytes.load(Relaxed) > first_size,
+        "refused while the first pool still held the budget (its quiet spell is 10 s)"
+    );
+    let t = Instant::now();
+    while first.stats.kv_pool_bytes.load(Relaxed) != first_size && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        first.stats.kv_pool_bytes.load(Relaxed),
+        first_size,
+        "the idle pool gave its growth back"
+    );
+    assert_eq!(budget.used_bytes(), held());
+    let got_b = outcome(second.generate(req(&pb)));
+    assert_eq!(second.stats.kv_pool_bytes.load(Relaxed), 32 * block_bytes);
+    assert_eq!(budget.used_bytes(), held());
+    assert!(budget.used_bytes() <= budget.limit_bytes());
+    assert_eq!(first.stats.kv_limit_bytes.load(Relaxed), budget.limit_bytes());
+    assert_eq!(got_a, Ok(cold.greedy(&pa, 5, &[]).unwrap()));
+    assert_eq!(got_b, Ok(cold.greedy(&pb, 5, &[]).unwrap()));
 }
 
 /// phi3 (Q/K/V and gate/up stored fused) dequantized into the dense model: the derived file holds
@@ -547,6 +606,27 @@ test_device!(
     phi3_full_precision_cuda,
     phi3_full_precision_metal
 );
+
+test_device!(
+    dense_models_on_one_device_share_one_kv_budget,
+    shared_kv_budget_cpu,
+    shared_kv_budget_cuda,
+    shared_kv_budget_metal
+);
+
+/// A request's tokens, or the error that ended it.
+fn outcome(rx: std::sync::mpsc::Receiver<GenEvent>) -> Result<Vec<u32>, String> {
+    let mut ids = Vec::new();
+    for ev in rx {
+        match ev {
+            GenEvent::Token { id, .. } => ids.push(id),
+            GenEvent::Done { .. } => return Ok(ids),
+            GenEvent::Error(e) => return Err(e),
+            GenEvent::Text(_) => {}
+        }
+    }
+    Err("no Done".into())
+}
 
 /// Every prompt sent to `engine` at once (so they share batched steps); each one's greedy tokens.
 fn together(engine: &TextEngine, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {

@@ -14,12 +14,12 @@
 //! The arithmetic is the usual HF one (RMSNorm, halves rotary, grouped-query attention with a
 //! causal mask, SiLU-gated MLP); Q/K/V and gate/up are each fused into one matrix at load.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::paged_kv::{BlockTable, KvPool, BLOCK};
+use crate::paged_kv::{BlockTable, KvBudget, KvPool, BLOCK};
 use crate::ModelError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,6 +456,18 @@ impl DenseModel {
         if let Ok(mut p) = self.pool_guard() {
             p.set_limit_bytes(bytes);
         }
+    }
+
+    /// Makes the KV pool grow only by what it can take from `budget` (shared with the other
+    /// models on this device; None: until the device is full).
+    pub fn set_kv_budget(&self, budget: Option<Arc<KvBudget>>) {
+        if let Ok(mut p) = self.pool_guard() {
+            p.set_budget(budget);
+        }
+    }
+
+    pub fn kv_budget(&self) -> Option<Arc<KvBudget>> {
+        self.pool_guard().ok().and_then(|p| p.budget().cloned())
     }
 
     /// `forward`, where `argmax[i]` asks for chunk i's arg-max only. On an error every sequence

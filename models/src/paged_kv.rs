@@ -4,10 +4,12 @@
 //! block returns to the free list when its last holder lets go. The pool starts small and
 //! doubles when it runs out (copying into the larger tensors), so memory follows use. `shrink`
 //! (which the engine calls once it has been idle a while) moves the held blocks to the front
-//! of the pool and gives back the rest.
+//! of the pool and gives back the rest. A pool grows only by what it can take from its
+//! `KvBudget`, which the pools of every model on one device share, so together they never
+//! hold more than the device was judged to have room for.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use candle_core::{DType, Device, Tensor};
@@ -20,6 +22,59 @@ pub const BLOCK: usize = 32;
 const INITIAL_BLOCKS: usize = 16;
 
 type FreeList = Arc<Mutex<FreeIds>>;
+
+/// KV memory that pools share (the models on one device, or one model alone): a pool takes
+/// from it before it grows, and gives back what it shrinks by, and all it holds when dropped.
+/// Without it each model would size its limit from the free memory it saw at its own start,
+/// and several models on one GPU would count the same free memory more than once.
+#[derive(Debug)]
+pub struct KvBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl KvBudget {
+    pub fn new(limit_bytes: usize) -> Arc<KvBudget> {
+        Arc::new(KvBudget {
+            limit: limit_bytes,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn limit_bytes(&self) -> usize {
+        self.limit
+    }
+
+    /// What the pools drawing on it hold now (it can exceed the limit only by the pools'
+    /// first sizes, which they hold from the start).
+    pub fn used_bytes(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn available_bytes(&self) -> usize {
+        self.limit.saturating_sub(self.used_bytes())
+    }
+
+    /// Takes `bytes` if they fit under the limit (atomically: two engines' threads grow at once).
+    fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(bytes).filter(|&n| n <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Counts what a pool already holds, limit or not.
+    fn hold(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn give(&self, bytes: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bytes)));
+    }
+}
 
 /// The free block ids, ordered so allocation takes the lowest, and the pool's size in blocks.
 struct FreeIds {
@@ -92,8 +147,16 @@ pub struct KvPool {
     /// One slot per pool block, so its length is the pool's size: the block handed out at
     /// that id (dead once its holders let go), which `shrink` moves.
     handed: Vec<Weak<Block>>,
-    /// The most blocks the pool may grow to (None: until the device is full).
-    limit: Option<usize>,
+    /// What the pool's growth draws on (None: it grows until the device is full).
+    budget: Option<Arc<KvBudget>>,
+}
+
+impl Drop for KvPool {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give(self.bytes());
+        }
+    }
 }
 
 impl KvPool {
@@ -111,14 +174,43 @@ impl KvPool {
                 blocks: INITIAL_BLOCKS as u32,
             })),
             handed: (0..INITIAL_BLOCKS).map(|_| Weak::new()).collect(),
-            limit: None,
+            budget: None,
         })
     }
 
-    /// Caps the pool at `bytes` (all layers, K and V; at least the blocks it already has).
+    /// Caps the pool at `bytes` (all layers, K and V; at least the blocks it already has): a
+    /// budget of its own.
     pub fn set_limit_bytes(&mut self, bytes: Option<usize>) {
-        let per_block = self.bytes() / self.capacity_blocks().max(1);
-        self.limit = bytes.map(|b| (b / per_block.max(1)).max(self.capacity_blocks()));
+        self.set_budget(bytes.map(KvBudget::new));
+    }
+
+    /// Makes the pool's growth draw on `budget` (None: unbounded). What the pool holds now
+    /// counts against the new budget at once and is given back to the old one.
+    pub fn set_budget(&mut self, budget: Option<Arc<KvBudget>>) {
+        let bytes = self.bytes();
+        if let Some(old) = self.budget.take() {
+            old.give(bytes);
+        }
+        if let Some(b) = &budget {
+            b.hold(bytes);
+        }
+        self.budget = budget;
+    }
+
+    pub fn budget(&self) -> Option<&Arc<KvBudget>> {
+        self.budget.as_ref()
+    }
+
+    fn bytes_per_block(&self) -> usize {
+        (self.bytes() / self.capacity_blocks().max(1)).max(1)
+    }
+
+    /// The most blocks the pool could grow to now: its size plus what its budget has left.
+    fn max_blocks(&self) -> usize {
+        match &self.budget {
+            Some(b) => self.capacity_blocks() + b.available_bytes() / self.bytes_per_block(),
+            None => usize::MAX,
+        }
     }
 
     pub fn new_table(&self) -> BlockTable {
@@ -161,30 +253,29 @@ impl KvPool {
 
     fn alloc(&mut self, n: usize) -> Result<Vec<Arc<Block>>, ModelError> {
         let have = self.free_blocks();
-        if let Some(limit) = self.limit {
-            if self.capacity_blocks() + n.saturating_sub(have) > limit {
-                return Err(ModelError::KvCacheFull {
-                    needed: (self.capacity_blocks() - have + n) * BLOCK,
-                    limit: limit * BLOCK,
-                });
-            }
-        }
         if have < n {
-            // Doubling keeps growth (a copy of the pool) rare. Where the device cannot hold
-            // double, smaller steps; just enough only as the last resort, since growing by a
-            // block at a time would copy the whole pool for every new block.
             let need = self.capacity_blocks() + n - have;
-            let mut grown = Err(ModelError::Unsupported("KV pool: no growth tried".into()));
-            let cap = self.limit.unwrap_or(usize::MAX);
-            for factor in [2.0, 1.5, 1.25] {
-                grown = self.grow(((self.capacity_blocks() as f64 * factor) as usize).max(need).min(cap));
+            let full = |cap: usize| ModelError::KvCacheFull {
+                needed: need * BLOCK,
+                limit: cap.saturating_mul(BLOCK),
+            };
+            let cap = self.max_blocks();
+            if need > cap {
+                return Err(full(cap));
+            }
+            // Doubling keeps growth (a copy of the pool) rare. Where the device or the budget
+            // cannot hold double, smaller steps; just enough only as the last resort, since
+            // growing by a block at a time would copy the whole pool for every new block.
+            let mut grown = Err(full(cap));
+            let size = self.capacity_blocks();
+            for factor in [2.0, 1.5, 1.25, 0.0] {
+                let to = ((size as f64 * factor) as usize).max(need).min(cap);
+                grown = self.grow_within_budget(to);
                 if grown.is_ok() {
                     break;
                 }
             }
-            if grown.is_err() {
-                self.grow(need)?;
-            }
+            grown?;
         }
         let mut free = self.free.lock().map_err(|_| ModelError::Unsupported("KV pool poisoned".into()))?;
         let mut out = Vec::with_capacity(n);
@@ -201,6 +292,27 @@ impl KvPool {
             out.push(b);
         }
         Ok(out)
+    }
+
+    /// `grow`, with the growth first taken from the budget (and given back if it fails). Another
+    /// pool may have taken what `max_blocks` saw as left, so the taking can fail too.
+    fn grow_within_budget(&mut self, blocks: usize) -> Result<(), ModelError> {
+        let extra = blocks.saturating_sub(self.capacity_blocks()) * self.bytes_per_block();
+        if let Some(b) = &self.budget {
+            if !b.take(extra) {
+                return Err(ModelError::KvCacheFull {
+                    needed: blocks * BLOCK,
+                    limit: self.max_blocks().saturating_mul(BLOCK),
+                });
+            }
+        }
+        let grown = self.grow(blocks);
+        if grown.is_err() {
+            if let Some(b) = &self.budget {
+                b.give(extra);
+            }
+        }
+        grown
     }
 
     /// Layer by layer (so only one layer is held twice at a time); a failure leaves some layers
@@ -275,7 +387,11 @@ impl KvPool {
         self.handed.truncate(keep);
         drop(free);
         drop(moved);
-        Ok(before - self.bytes())
+        let freed = before - self.bytes();
+        if let Some(b) = &self.budget {
+            b.give(freed);
+        }
+        Ok(freed)
     }
 
     /// Bytes the pool holds now, all layers, K and V.
@@ -459,6 +575,88 @@ mod tests {
         assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS * 4);
         assert_eq!(p.shrink().unwrap(), 0, "49 of 64 blocks held");
         assert_eq!(p.capacity_blocks(), INITIAL_BLOCKS * 4);
+    }
+
+    #[test]
+    fn pools_sharing_a_budget_never_hold_more_than_it_together() {
+        let (mut a, mut b) = (pool(), pool());
+        let per_block = a.bytes() / INITIAL_BLOCKS;
+        // Room for both first sizes and 20 blocks more, which either pool may take.
+        let budget = KvBudget::new(per_block * (2 * INITIAL_BLOCKS + 20));
+        a.set_budget(Some(budget.clone()));
+        b.set_budget(Some(budget.clone()));
+        let held = |a: &KvPool, b: &KvPool| a.bytes() + b.bytes();
+        assert_eq!(budget.used_bytes(), held(&a, &b));
+        // a doubles to 32 blocks (16 of the 20); one block more, and doubling is cut to the 36
+        // the budget has room for.
+        let mut ta = a.new_table();
+        a.reserve(&mut ta, 20 * BLOCK).unwrap();
+        assert_eq!(a.capacity_blocks(), 2 * INITIAL_BLOCKS);
+        a.reserve(&mut ta, 2 * INITIAL_BLOCKS * BLOCK + 3).unwrap();
+        assert_eq!(a.capacity_blocks(), 2 * INITIAL_BLOCKS + 4, "all the budget holds");
+        assert_eq!(budget.used_bytes(), held(&a, &b));
+        assert_eq!(budget.available_bytes(), 0);
+        // b can fill its own first 16 blocks, and not one more while a holds the rest.
+        let mut tb = b.new_table();
+        b.reserve(&mut tb, INITIAL_BLOCKS * BLOCK).unwrap();
+        let err = b.reserve(&mut tb, INITIAL_BLOCKS * BLOCK + 1).unwrap_err();
+        assert!(
+            matches!(err, ModelError::KvCacheFull { needed, limit } if needed == (INITIAL_BLOCKS + 1) * BLOCK && limit == INITIAL_BLOCKS * BLOCK),
+            "{err}"
+        );
+        assert_eq!(tb.len, INITIAL_BLOCKS * BLOCK, "a refused reserve leaves the table as it was");
+        // a lets go and shrinks: what it gives back is b's to take.
+        drop(ta);
+        assert!(a.shrink().unwrap() > 0);
+        assert_eq!(a.capacity_blocks(), INITIAL_BLOCKS);
+        b.reserve(&mut tb, 30 * BLOCK).unwrap();
+        assert_eq!(b.capacity_blocks(), 2 * INITIAL_BLOCKS);
+        assert_eq!(budget.used_bytes(), held(&a, &b));
+        assert!(budget.used_bytes() <= budget.limit_bytes());
+        // A dropped pool gives back all it held; a pool moved to another budget takes its
+        // bytes along.
+        drop(a);
+        assert_eq!(budget.used_bytes(), b.bytes());
+        let other = KvBudget::new(0);
+        b.set_budget(Some(other.clone()));
+        assert_eq!((budget.used_bytes(), other.used_bytes()), (0, b.bytes()));
+    }
+
+    #[test]
+    fn two_threads_growing_at_once_stay_within_their_budget() {
+        let per_block = pool().bytes() / INITIAL_BLOCKS;
+        let budget = KvBudget::new(per_block * (2 * INITIAL_BLOCKS + 24));
+        // Both pools hold their first size before either grows.
+        let pools: Vec<KvPool> = (0..2)
+            .map(|_| {
+                let mut p = pool();
+                p.set_budget(Some(budget.clone()));
+                p
+            })
+            .collect();
+        let grown: Vec<usize> = std::thread::scope(|s| {
+            let hs: Vec<_> = pools
+                .into_iter()
+                .map(|mut p| {
+                    s.spawn(move || {
+                        let mut t = p.new_table();
+                        // Grow a block at a time until the budget says no.
+                        let mut len = 0;
+                        while p.reserve(&mut t, len + BLOCK).is_ok() {
+                            len += BLOCK;
+                        }
+                        let cap = p.capacity_blocks();
+                        std::mem::forget(t);
+                        std::mem::forget(p);
+                        cap
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total: usize = grown.iter().sum();
+        assert!(total <= 2 * INITIAL_BLOCKS + 24, "{grown:?}");
+        assert_eq!(budget.used_bytes(), total * per_block, "every growth was counted");
     }
 
     #[test]

@@ -249,6 +249,17 @@ async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
             .map(|m| {
                 let s = &m.engine.stats;
                 let (steps, rows) = (s.batch_steps.load(Relaxed), s.batched_tokens.load(Relaxed));
+                // The models whose KV pools draw on the same budget as this one (a device's
+                // dense models share one), and what they hold of it together.
+                let budget = s.kv_budget.get();
+                let shared_with: Vec<&str> = p
+                    .local
+                    .models
+                    .iter()
+                    .filter(|o| o.info.id != m.info.id)
+                    .filter(|o| matches!((budget, o.engine.stats.kv_budget.get()), (Some(a), Some(b)) if Arc::ptr_eq(a, b)))
+                    .map(|o| o.info.id.as_str())
+                    .collect();
                 json!({
                     "model": m.info.id, "backend": m.backend, "context": m.context, "running": m.engine.is_running(),
                     "in_flight": s.in_flight.load(Relaxed), "completed": s.completed.load(Relaxed),
@@ -256,6 +267,7 @@ async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
                     "prompt_tokens": s.prompt_tokens.load(Relaxed), "completion_tokens": s.completion_tokens.load(Relaxed),
                     "cached_prompt_tokens": s.cached_tokens.load(Relaxed), "prefix_cache_bytes": s.prefix_cache_bytes.load(Relaxed),
                     "kv_pool_bytes": s.kv_pool_bytes.load(Relaxed), "kv_limit_bytes": s.kv_limit_bytes.load(Relaxed),
+                    "kv_budget_used_bytes": budget.map_or(0, |b| b.used_bytes()), "kv_limit_shared_with": shared_with,
                     "mean_batch": if steps > 0 { rows as f64 / steps as f64 } else { 0.0 },
                 })
             })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use abstractgateway_engines::device::{self, DeviceSpec};
-use abstractgateway_engines::text::engine::{EngineConfig, GenEvent, GenerateRequest, TextEngine};
+use abstractgateway_engines::text::engine::{kv_budgets_by_device, EngineConfig, GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::sampling::SamplingParams;
 use abstractgateway_engines::EngineError;
@@ -51,12 +51,12 @@ impl LocalModels {
         engine: &EngineConfig,
         device_for: &dyn Fn(&str) -> Result<DeviceSpec, String>,
     ) -> Result<LocalModels, String> {
-        let mut models = Vec::new();
+        let mut loaded: Vec<Loaded> = Vec::new();
         // One selection per distinct device spec (selecting a GPU initialises it).
         let mut selections: Vec<(DeviceSpec, device::Selected)> = Vec::new();
         for spec in specs {
             let src = source::resolve(spec, store).map_err(|e| e.to_string())?;
-            if models.iter().any(|m: &LocalModel| m.info.id == src.id) {
+            if loaded.iter().any(|m| m.info.id == src.id) {
                 return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
             }
             let want = device_for(&src.id)?;
@@ -69,8 +69,28 @@ impl LocalModels {
                     selections.len() - 1
                 }
             };
-            models.push(load_one(&src, engine, &selections[at].1, want == DeviceSpec::Auto)?);
+            loaded.push(load_one(&src, &selections[at].1, want == DeviceSpec::Auto)?);
         }
+        // The engines start once every model's weights are in memory: the dense models on one
+        // device share a KV budget sized from what is free then.
+        let weights: Vec<&LlamaGguf> = loaded.iter().map(|l| &l.model).collect();
+        let budgets = kv_budgets_by_device(&weights);
+        for (l, budget) in loaded.iter().zip(&budgets) {
+            if let Some(b) = budget {
+                let sharing = budgets.iter().flatten().filter(|o| Arc::ptr_eq(o, b)).count();
+                tracing::info!(model = %l.info.id, device = %l.device, limit_mib = b.limit_bytes() >> 20, models = sharing, "KV budget of the dense models on this device");
+            }
+        }
+        let models = loaded
+            .into_iter()
+            .zip(budgets)
+            .map(|(l, kv_budget)| {
+                l.start(EngineConfig {
+                    kv_budget,
+                    ..engine.clone()
+                })
+            })
+            .collect();
         Ok(LocalModels { models })
     }
 
@@ -92,9 +112,20 @@ impl LocalModels {
     }
 }
 
+/// A model whose weights are loaded and whose engine has not started yet.
+struct Loaded {
+    info: ModelInfo,
+    model: LlamaGguf,
+    device: String,
+    candle_device: candle_core::Device,
+    template: ChatTemplate,
+    /// How long its weights took to load.
+    load_ms: u64,
+}
+
 /// Loads one model on `selected`. Under `auto`, a model the GPU path cannot run yet goes to the
 /// CPU with a warning; a device named explicitly is never swapped.
-fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &device::Selected, auto: bool) -> Result<LocalModel, String> {
+fn load_one(src: &source::ModelSource, selected: &device::Selected, auto: bool) -> Result<Loaded, String> {
     let info = source::describe(src).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let size_mb = info.size_bytes as f64 / 1e6;
@@ -120,47 +151,69 @@ fn load_one(src: &source::ModelSource, engine_cfg: &EngineConfig, selected: &dev
         other => other,
     }
     .map_err(|e| format!("cannot load {}: {e}", src.path.display()))?;
-    let tokenizer = model.tokenizer.clone();
-    let template = ChatTemplate::new(tokenizer.chat_template.as_deref()).map_err(|e| format!("{}: {e}", info.id))?;
-    let mut stop_ids: Vec<u32> = tokenizer.eos_id.into_iter().collect();
-    for t in END_OF_TURN {
-        if let Some(i) = tokenizer.token_to_id(t) {
-            if tokenizer.token_bytes.get(i as usize).map(Option::is_none).unwrap_or(false) && !stop_ids.contains(&i) {
-                stop_ids.push(i);
-            }
-        }
-    }
-    let context = model.context;
-    let backend = model.backend();
-    let dtype = model.compute_dtype();
     let candle_device = if device == "cpu" {
         candle_core::Device::Cpu
     } else {
         selected.device.clone()
     };
-    let requantized = model.requantized().to_vec();
-    let engine = TextEngine::spawn_with(model, engine_cfg.clone());
-    tracing::info!(model = %info.id, ms = started.elapsed().as_millis() as u64, context, backend, device, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
-    if !requantized.is_empty() {
-        tracing::warn!(
-            model = %info.id,
-            types = ?requantized,
-            "tensor types our kernels do not run directly were requantized to Q8_0 at load (more memory than the file; output close to, not identical to, the original quantization)"
-        );
-    }
-    Ok(LocalModel {
+    let template = ChatTemplate::new(model.tokenizer.chat_template.as_deref()).map_err(|e| format!("{}: {e}", info.id))?;
+    Ok(Loaded {
         info,
-        engine,
-        tokenizer,
-        template,
-        context,
-        backend,
-        dtype,
+        model,
         device,
         candle_device,
-        stop_ids,
-        loaded_at: chrono::Utc::now().timestamp(),
+        template,
+        load_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+impl Loaded {
+    /// Starts the model's engine thread.
+    fn start(self, engine_cfg: EngineConfig) -> LocalModel {
+        let Loaded {
+            info,
+            model,
+            device,
+            candle_device,
+            template,
+            load_ms,
+        } = self;
+        let tokenizer = model.tokenizer.clone();
+        let mut stop_ids: Vec<u32> = tokenizer.eos_id.into_iter().collect();
+        for t in END_OF_TURN {
+            if let Some(i) = tokenizer.token_to_id(t) {
+                if tokenizer.token_bytes.get(i as usize).map(Option::is_none).unwrap_or(false) && !stop_ids.contains(&i) {
+                    stop_ids.push(i);
+                }
+            }
+        }
+        let context = model.context;
+        let backend = model.backend();
+        let dtype = model.compute_dtype();
+        let requantized = model.requantized().to_vec();
+        let engine = TextEngine::spawn_with(model, engine_cfg);
+        tracing::info!(model = %info.id, ms = load_ms, context, backend, device, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
+        if !requantized.is_empty() {
+            tracing::warn!(
+                model = %info.id,
+                types = ?requantized,
+                "tensor types our kernels do not run directly were requantized to Q8_0 at load (more memory than the file; output close to, not identical to, the original quantization)"
+            );
+        }
+        LocalModel {
+            info,
+            engine,
+            tokenizer,
+            template,
+            context,
+            backend,
+            dtype,
+            device,
+            candle_device,
+            stop_ids,
+            loaded_at: chrono::Utc::now().timestamp(),
+        }
+    }
 }
 
 /// For `tool_choice` required or named: the answer is started for the model, so that it can

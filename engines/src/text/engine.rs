@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use super::json_constraint::JsonConstraint;
 use super::prefix_cache::{common_prefix, Hit, PrefixCache};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStep};
+use abstractgateway_models::paged_kv::KvBudget;
 use abstractgateway_models::tokenizer::StreamDecoder;
 
 #[derive(Debug, Clone, Default)]
@@ -103,8 +104,11 @@ pub struct EngineStats {
     /// The dense backend's KV pool (all sequences and cached prefixes share it).
     pub kv_pool_bytes: AtomicUsize,
     /// The most the pool may grow to (configured, or by default from the device's free
-    /// memory at start); 0 where there is no pool or no limit.
+    /// memory at start); 0 where there is no pool or no limit. Where the budget is shared, this
+    /// is the budget's: what the pools of the models on this device may hold together.
     pub kv_limit_bytes: AtomicUsize,
+    /// The budget the pool draws on, set once the engine has started (none without a pool).
+    pub kv_budget: OnceLock<Arc<KvBudget>>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,9 +119,13 @@ pub struct EngineConfig {
     /// one). 0: by device, 16 on the CPU, 64 on GPUs (where a step costs about the same for one
     /// sequence as for dozens).
     pub max_batch: usize,
-    /// The most KV memory the dense backend's pool may hold (None: a share of the device's free
-    /// memory when the engine starts, see `default_kv_limit`).
+    /// The most KV memory the dense backend's pool may hold, this model alone (None: it draws
+    /// on `kv_budget`).
     pub kv_cache_bytes: Option<usize>,
+    /// The KV budget shared by the dense pools of the models on this model's device (see
+    /// `kv_budgets_by_device`). None: the engine sizes one of its own from the device's free
+    /// memory when it starts (`default_kv_limit`).
+    pub kv_budget: Option<Arc<KvBudget>>,
     /// Decode rows attend through the paged-attention op (dense backend, head sizes that are
     /// multiples of 32 up to 256).
     pub paged_attention: bool,
@@ -133,6 +141,7 @@ impl Default for EngineConfig {
             prefix_cache_bytes: 512 << 20,
             max_batch: 16,
             kv_cache_bytes: None,
+            kv_budget: None,
             paged_attention: false,
             kv_idle_release: Some(Duration::from_secs(30)),
         }
@@ -153,6 +162,7 @@ impl TextEngine {
     pub fn spawn_with(model: LlamaGguf, cfg: EngineConfig) -> TextEngine {
         let (tx, rx) = channel::<Job>();
         let stats = Arc::new(EngineStats::default());
+        attach_kv_budget(&model, &cfg, &stats);
         let st = stats.clone();
         let handle = std::thread::Builder::new()
             .name("text-engine".into())
@@ -258,26 +268,6 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
             true => tracing::info!("paged attention on for decode steps"),
             false => tracing::warn!("ABSTRACTGATEWAY_PAGED_ATTENTION: this model's backend or head size cannot use it"),
         }
-    }
-    if model.rolls_back_failed_steps() {
-        let limit = cfg.kv_cache_bytes.or_else(|| {
-            let free = model.free_device_bytes()?;
-            Some(default_kv_limit(free, model.on_gpu()))
-        });
-        match limit {
-            Some(b) => tracing::info!(
-                "KV pool limit: {} MiB ({})",
-                b >> 20,
-                if cfg.kv_cache_bytes.is_some() {
-                    "configured"
-                } else {
-                    "from free memory"
-                }
-            ),
-            None => tracing::warn!("KV pool has no limit: the device's free memory is unknown; set ABSTRACTGATEWAY_KV_CACHE_MB"),
-        }
-        model.set_kv_limit_bytes(limit);
-        stats.kv_limit_bytes.store(limit.unwrap_or(0), Ordering::Relaxed);
     }
     let mut active: Vec<Active> = Vec::new();
     let mut open = true;
@@ -409,6 +399,37 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
     }
 }
 
+/// Gives a dense model's KV pool its budget (before the engine thread starts, so that the
+/// stats show it as soon as `spawn_with` returns): `kv_cache_bytes` alone if configured, else
+/// the device's shared budget, else one sized from the device's free memory now.
+fn attach_kv_budget(model: &LlamaGguf, cfg: &EngineConfig, stats: &EngineStats) {
+    if !model.rolls_back_failed_steps() {
+        return;
+    }
+    let (budget, how) = match (cfg.kv_cache_bytes, &cfg.kv_budget) {
+        (Some(b), _) => (Some(KvBudget::new(b)), "configured"),
+        (None, Some(shared)) => (Some(shared.clone()), "shared by the models on this device"),
+        (None, None) => (
+            model
+                .free_device_bytes()
+                .map(|free| KvBudget::new(default_kv_limit(free, model.on_gpu()) + model.kv_pool_bytes())),
+            "from free memory",
+        ),
+    };
+    match &budget {
+        Some(b) => tracing::info!("KV pool limit: {} MiB ({how})", b.limit_bytes() >> 20),
+        None => tracing::warn!("KV pool has no limit: the device's free memory is unknown; set ABSTRACTGATEWAY_KV_CACHE_MB"),
+    }
+    model.set_kv_budget(budget.clone());
+    stats.kv_pool_bytes.store(model.kv_pool_bytes(), Ordering::Relaxed);
+    stats
+        .kv_limit_bytes
+        .store(budget.as_ref().map_or(0, |b| b.limit_bytes()), Ordering::Relaxed);
+    if let Some(b) = budget {
+        let _ = stats.kv_budget.set(b);
+    }
+}
+
 /// Waits for the next job while nothing runs. After `release` without one, the KV pool shrinks
 /// to the blocks still held (the prefix cache's), once per quiet spell, and the wait goes on.
 /// None: the channel closed.
@@ -438,6 +459,38 @@ fn wait_idle(model: &LlamaGguf, rx: &Receiver<Job>, stats: &EngineStats, release
 pub fn default_kv_limit(free_bytes: u64, gpu: bool) -> usize {
     let keep = if gpu { (free_bytes / 10).max(1 << 30) } else { free_bytes / 2 };
     usize::try_from(free_bytes.saturating_sub(keep)).unwrap_or(usize::MAX)
+}
+
+/// One KV budget per device for the dense models among `models` (in their order; None for
+/// the others), each sized by `default_kv_limit` from the device's free memory now, plus what
+/// those models' pools already hold. Call it once every model has loaded, so that each
+/// model's weights are off the free memory that the budget is taken from and no free byte is
+/// counted twice (a model sizing its own limit at its start would count the memory that the
+/// next model's weights then take, and every model would count the same free memory).
+pub fn kv_budgets_by_device(models: &[&LlamaGguf]) -> Vec<Option<Arc<KvBudget>>> {
+    let mut made: Vec<(candle_core::DeviceLocation, Option<Arc<KvBudget>>)> = Vec::new();
+    models
+        .iter()
+        .map(|m| {
+            if !m.rolls_back_failed_steps() {
+                return None;
+            }
+            let at = m.device().location();
+            if let Some((_, b)) = made.iter().find(|(l, _)| *l == at) {
+                return b.clone();
+            }
+            let pools: usize = models
+                .iter()
+                .filter(|o| o.rolls_back_failed_steps() && o.device().location() == at)
+                .map(|o| o.kv_pool_bytes())
+                .sum();
+            let b = m
+                .free_device_bytes()
+                .map(|free| KvBudget::new(default_kv_limit(free, m.on_gpu()) + pools));
+            made.push((at, b.clone()));
+            b
+        })
+        .collect()
 }
 
 fn a_last(a: &Active) -> &u32 {

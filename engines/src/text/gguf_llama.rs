@@ -20,6 +20,7 @@ pub use abstractgateway_models::dense::Output as StepOut;
 use abstractgateway_models::dense::{DenseChunk, DenseConfig, DenseModel, DenseSeq};
 use abstractgateway_models::gguf::{meta_u32, GgufFile};
 use abstractgateway_models::llama::{unsupported_types, Arch, Chunk, KvCache, Llama};
+use abstractgateway_models::paged_kv::KvBudget;
 use abstractgateway_models::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use candle_core::{Device, Tensor};
 use candle_transformers::models as hf;
@@ -319,11 +320,25 @@ impl LlamaGguf {
         }
     }
 
-    /// Caps the dense backend's KV pool (None: it grows until the device is full).
-    pub fn set_kv_limit_bytes(&self, bytes: Option<usize>) {
+    /// Makes the dense backend's KV pool grow only by what it can take from `budget` (None: it
+    /// grows until the device is full).
+    pub fn set_kv_budget(&self, budget: Option<Arc<KvBudget>>) {
         if let Backend::Dense(m) = &self.backend {
-            m.set_kv_limit_bytes(bytes);
+            m.set_kv_budget(budget);
         }
+    }
+
+    /// The budget the dense backend's KV pool draws on (None: no pool, or no limit).
+    pub fn kv_budget(&self) -> Option<Arc<KvBudget>> {
+        match &self.backend {
+            Backend::Dense(m) => m.kv_budget(),
+            _ => None,
+        }
+    }
+
+    /// The device the model's tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Decode rows attend through the paged-attention op (dense backend); whether it is on.
