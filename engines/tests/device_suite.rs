@@ -258,10 +258,13 @@ fn an_idle_engine_gives_back_its_kv_pool(dev: &Device) {
 
 /// Dense models on one device draw on one KV budget. `kv_budgets_by_device` gives two models
 /// on `dev` the same one, sized once both have loaded. Then, with a budget of room for both
-/// pools' first 16 blocks and 16 more: the first model's 700-token prompt takes all 16; the
-/// second model's 600-token prompt fails alone with `KV cache full` while the first holds them;
-/// once the first has been idle and given them back, the same prompt gets its cold greedy
-/// answer. The pools never hold more than the budget together.
+/// pools' first 16 blocks and 16 more, and neither engine ever giving memory back on its own
+/// (no idle release): the first model's 700-token prompt takes all 16; the second model's
+/// 600-token prompt then gets them at once, the idle first pool shrinking on its request. When
+/// the first model asks back, the idle second gives them up; while the first is busy, the
+/// second's prompt fails alone with `KV cache full` (at once, not waiting for it), and once
+/// the first is idle it pays the shrink it owes, so the same prompt then succeeds. Every answer
+/// is the cold greedy one, and the pools never hold more than the budget together.
 fn dense_models_on_one_device_share_one_kv_budget(dev: &Device) {
     use abstractgateway_engines::text::engine::{kv_budgets_by_device, EngineConfig};
     use abstractgateway_models::paged_kv::{KvBudget, BLOCK};
@@ -281,50 +284,70 @@ fn dense_models_on_one_device_share_one_kv_budget(dev: &Device) {
 
     let block_bytes = a.kv_bytes_per_token * BLOCK;
     let budget = KvBudget::new(block_bytes * (16 + 16 + 16));
-    let cfg = |release: Option<Duration>| EngineConfig {
+    let cfg = EngineConfig {
         kv_budget: Some(budget.clone()),
         prefix_cache_bytes: 0,
-        kv_idle_release: release,
+        kv_idle_release: None,
         ..Default::default()
     };
-    let first = TextEngine::spawn_with(a, cfg(Some(Duration::from_secs(10))));
-    let second = TextEngine::spawn_with(b, cfg(None));
+    let first = TextEngine::spawn_with(a, cfg.clone());
+    let second = TextEngine::spawn_with(b, cfg);
     let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
     let all: Vec<u32> = refs.cases.iter().flat_map(|c| c.prompt_ids.iter().copied()).collect();
     let long = |start: usize, n: usize| -> Vec<u32> { all.iter().cycle().skip(start).take(n).copied().collect() };
     let (pa, pb) = (long(3, 700), long(0, 600));
+    let (want_a, want_b) = (cold.greedy(&pa, 5, &[]).unwrap(), cold.greedy(&pb, 5, &[]).unwrap());
     let req = |p: &Vec<u32>| GenerateRequest {
         prompt_ids: p.clone(),
         max_tokens: 5,
         ..Default::default()
     };
-    let held = || first.stats.kv_pool_bytes.load(Relaxed) + second.stats.kv_pool_bytes.load(Relaxed);
-    let got_a = outcome(first.generate(req(&pa)));
-    assert_eq!(first.stats.kv_pool_bytes.load(Relaxed), 32 * block_bytes, "the first pool doubled");
+    let pool = |e: &TextEngine| e.stats.kv_pool_bytes.load(Relaxed);
+    let held = || pool(&first) + pool(&second);
+    // An engine is asked only once it waits for work again, a moment after its answer.
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !ok() {
+            assert!(t.elapsed() < Duration::from_secs(30), "waited 30 s for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    assert_eq!(outcome(first.generate(req(&pa))), Ok(want_a.clone()));
+    assert_eq!(pool(&first), 32 * block_bytes, "the first pool doubled");
     assert_eq!(budget.available_bytes(), 0);
+    until("both engines idle", &|| budget.idle_members() == 2);
+    assert_eq!(outcome(second.generate(req(&pb))), Ok(want_b.clone()), "the idle first gave way");
+    assert_eq!((pool(&first), pool(&second)), (first_size, 32 * block_bytes));
+    assert_eq!(budget.used_bytes(), held());
+
+    // The first model again, held busy on its first token: it takes the idle second's growth.
+    until("both engines idle", &|| budget.idle_members() == 2);
+    let (gate, wait) = std::sync::mpsc::channel::<()>();
+    let (events, rx) = std::sync::mpsc::channel();
+    let mut blocked = false;
+    first.submit(
+        req(&pa),
+        Box::new(move |ev| {
+            if !std::mem::replace(&mut blocked, true) {
+                let _ = wait.recv();
+            }
+            events.send(ev).is_ok()
+        }),
+    );
+    until("the first pool to grow", &|| pool(&first) == 32 * block_bytes);
+    assert_eq!(pool(&second), first_size, "the idle second gave way");
     let err = outcome(second.generate(req(&pb))).unwrap_err();
     assert!(err.contains("KV cache full") && err.contains("the limit is 512"), "{err}");
-    assert!(
-        first.stats.kv_pool_bytes.load(Relaxed) > first_size,
-        "refused while the first pool still held the budget (its quiet spell is 10 s)"
-    );
-    let t = Instant::now();
-    while first.stats.kv_pool_bytes.load(Relaxed) != first_size && t.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        first.stats.kv_pool_bytes.load(Relaxed),
-        first_size,
-        "the idle pool gave its growth back"
-    );
-    assert_eq!(budget.used_bytes(), held());
-    let got_b = outcome(second.generate(req(&pb)));
-    assert_eq!(second.stats.kv_pool_bytes.load(Relaxed), 32 * block_bytes);
+    assert_eq!(pool(&first), 32 * block_bytes, "refused while the first was busy");
+    let _ = gate.send(());
+    assert_eq!(outcome(rx), Ok(want_a));
+    until("the first to pay the shrink it owes", &|| pool(&first) == first_size);
+    assert_eq!(outcome(second.generate(req(&pb))), Ok(want_b));
+    assert_eq!(pool(&second), 32 * block_bytes);
     assert_eq!(budget.used_bytes(), held());
     assert!(budget.used_bytes() <= budget.limit_bytes());
     assert_eq!(first.stats.kv_limit_bytes.load(Relaxed), budget.limit_bytes());
-    assert_eq!(got_a, Ok(cold.greedy(&pa, 5, &[]).unwrap()));
-    assert_eq!(got_b, Ok(cold.greedy(&pb, 5, &[]).unwrap()));
 }
 
 /// phi3 (Q/K/V and gate/up stored fused) dequantized into the dense model: the derived file holds

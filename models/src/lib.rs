@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod dense;
 pub mod error;
 pub mod gguf;
+pub mod kv_budget;
 pub mod llama;
 pub mod paged_attention;
 pub mod paged_kv;

@@ -6,11 +6,13 @@
 //! (which the engine calls once it has been idle a while) moves the held blocks to the front
 //! of the pool and gives back the rest. A pool grows only by what it can take from its
 //! `KvBudget`, which the pools of every model on one device share, so together they never
-//! hold more than the device was judged to have room for.
+//! hold more than the device was judged to have room for; a pool that finds its budget spent
+//! asks the other models' idle pools to shrink first (`KvBudget::reclaim`).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -20,61 +22,13 @@ use crate::ModelError;
 pub const BLOCK: usize = 32;
 /// Blocks in a fresh pool (512 positions).
 const INITIAL_BLOCKS: usize = 16;
+/// How long a pool that cannot grow waits for the other models' idle pools to shrink (a
+/// shrink is a copy of the held blocks, milliseconds on a GPU, seconds at worst on a CPU).
+const RECLAIM_WAIT: Duration = Duration::from_secs(5);
 
 type FreeList = Arc<Mutex<FreeIds>>;
 
-/// KV memory that pools share (the models on one device, or one model alone): a pool takes
-/// from it before it grows, and gives back what it shrinks by, and all it holds when dropped.
-/// Without it each model would size its limit from the free memory it saw at its own start,
-/// and several models on one GPU would count the same free memory more than once.
-#[derive(Debug)]
-pub struct KvBudget {
-    limit: usize,
-    used: AtomicUsize,
-}
-
-impl KvBudget {
-    pub fn new(limit_bytes: usize) -> Arc<KvBudget> {
-        Arc::new(KvBudget {
-            limit: limit_bytes,
-            used: AtomicUsize::new(0),
-        })
-    }
-
-    pub fn limit_bytes(&self) -> usize {
-        self.limit
-    }
-
-    /// What the pools drawing on it hold now (it can exceed the limit only by the pools'
-    /// first sizes, which they hold from the start).
-    pub fn used_bytes(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    pub fn available_bytes(&self) -> usize {
-        self.limit.saturating_sub(self.used_bytes())
-    }
-
-    /// Takes `bytes` if they fit under the limit (atomically: two engines' threads grow at once).
-    fn take(&self, bytes: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                u.checked_add(bytes).filter(|&n| n <= self.limit)
-            })
-            .is_ok()
-    }
-
-    /// Counts what a pool already holds, limit or not.
-    fn hold(&self, bytes: usize) {
-        self.used.fetch_add(bytes, Ordering::AcqRel);
-    }
-
-    fn give(&self, bytes: usize) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(bytes)));
-    }
-}
+pub use crate::kv_budget::{BudgetMember, KvBudget, Reclaim};
 
 /// The free block ids, ordered so allocation takes the lowest, and the pool's size in blocks.
 struct FreeIds {
@@ -259,7 +213,10 @@ impl KvPool {
                 needed: need * BLOCK,
                 limit: cap.saturating_mul(BLOCK),
             };
-            let cap = self.max_blocks();
+            let mut cap = self.max_blocks();
+            if need > cap && self.reclaim_for(need) {
+                cap = self.max_blocks();
+            }
             if need > cap {
                 return Err(full(cap));
             }
@@ -274,6 +231,10 @@ impl KvPool {
                 if grown.is_ok() {
                     break;
                 }
+            }
+            if grown.is_err() && self.reclaim_for(need) {
+                // Another pool took what `max_blocks` saw as left; just enough, once more.
+                grown = self.grow_within_budget(need);
             }
             grown?;
         }
@@ -292,6 +253,16 @@ impl KvPool {
             out.push(b);
         }
         Ok(out)
+    }
+
+    /// Asks the budget's idle members to give back memory, so that `need` blocks could fit;
+    /// true when anything came back. The wait is bounded because the asker is a request in
+    /// flight: an engine that answers late leaves the asker with `KvCacheFull`, not a hang.
+    fn reclaim_for(&self, need: usize) -> bool {
+        match &self.budget {
+            Some(b) if need > self.capacity_blocks() => b.reclaim(RECLAIM_WAIT) > 0,
+            _ => false,
+        }
     }
 
     /// `grow`, with the growth first taken from the budget (and given back if it fails). Another

@@ -7,16 +7,16 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::gguf_llama::{LlamaGguf, Sequence, StepOut};
 use super::json_constraint::JsonConstraint;
 use super::prefix_cache::{common_prefix, Hit, PrefixCache};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStep};
-use abstractgateway_models::paged_kv::KvBudget;
+use abstractgateway_models::paged_kv::{BudgetMember, KvBudget, Reclaim};
 use abstractgateway_models::tokenizer::StreamDecoder;
 
 #[derive(Debug, Clone, Default)]
@@ -86,6 +86,13 @@ struct Job {
     sink: EventSink,
 }
 
+/// What the engine thread is handed: work, or another model's request for KV memory (see
+/// `kv_budget`), which an idle engine answers by shrinking its pool.
+enum Msg {
+    Job(Job),
+    Release(Reclaim),
+}
+
 #[derive(Default)]
 pub struct EngineStats {
     pub completed: AtomicU64,
@@ -149,7 +156,9 @@ impl Default for EngineConfig {
 }
 
 pub struct TextEngine {
-    tx: Option<Sender<Job>>,
+    /// Shared only with the budget member's wake, which holds it weakly, so that dropping the
+    /// engine still closes the channel and ends its thread.
+    tx: Option<Arc<Sender<Msg>>>,
     handle: Option<JoinHandle<()>>,
     pub stats: Arc<EngineStats>,
 }
@@ -160,13 +169,23 @@ impl TextEngine {
     }
 
     pub fn spawn_with(model: LlamaGguf, cfg: EngineConfig) -> TextEngine {
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = channel::<Msg>();
+        let tx = Arc::new(tx);
         let stats = Arc::new(EngineStats::default());
         attach_kv_budget(&model, &cfg, &stats);
+        let member = stats.kv_budget.get().map(|budget| {
+            let wake: Weak<Sender<Msg>> = Arc::downgrade(&tx);
+            let member = BudgetMember::new(move |r| match wake.upgrade() {
+                Some(tx) => tx.send(Msg::Release(r)).is_ok(),
+                None => false,
+            });
+            budget.join(&member);
+            member
+        });
         let st = stats.clone();
         let handle = std::thread::Builder::new()
             .name("text-engine".into())
-            .spawn(move || serve(model, cfg, rx, st))
+            .spawn(move || serve(model, cfg, rx, st, member))
             .ok();
         TextEngine {
             tx: Some(tx),
@@ -180,10 +199,10 @@ impl TextEngine {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let job = Job { req, sink };
         let failed = match &self.tx {
-            Some(tx) => tx.send(job).err().map(|e| e.0),
-            None => Some(job),
+            Some(tx) => tx.send(Msg::Job(job)).err().map(|e| e.0),
+            None => Some(Msg::Job(job)),
         };
-        if let Some(mut job) = failed {
+        if let Some(Msg::Job(mut job)) = failed {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             (job.sink)(GenEvent::Error("the engine has stopped".into()));
         }
@@ -250,7 +269,11 @@ enum Outcome {
 /// The scheduler: new requests are prefilled (from the prefix cache where possible) and join the
 /// running batch; every step samples one token per active sequence, then runs one batched
 /// forward pass for all of them (continuous batching: sequences join and leave between steps).
-fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<EngineStats>) {
+fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<EngineStats>, member: Option<Arc<BudgetMember>>) {
+    if let Some(m) = &member {
+        m.runs_on_this_thread();
+    }
+    let member = member.as_deref();
     // Constrained decoding needs every token's bytes (shared with the tokenizer, not copied).
     let tokenizer = model.tokenizer.clone();
     let vocab = &tokenizer.token_bytes;
@@ -275,14 +298,21 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Job>, stats: Arc<Engi
         // Admit: wait when idle, otherwise take whatever is queued (up to the batch size).
         let mut incoming = Vec::new();
         if active.is_empty() {
-            match wait_idle(&model, &rx, &stats, cfg.kv_idle_release) {
+            match wait_idle(&model, &rx, &stats, cfg.kv_idle_release, member) {
                 Some(job) => incoming.push(job),
                 None => break,
             }
         }
         while active.len() + incoming.len() < max_batch {
             match rx.try_recv() {
-                Ok(job) => incoming.push(job),
+                Ok(Msg::Job(job)) => incoming.push(job),
+                // Asked just as this engine went busy: its sequences hold the blocks, so the
+                // shrink waits until it is idle (dropping the request answers the asker).
+                Ok(Msg::Release(_)) => {
+                    if let Some(m) = member {
+                        m.owe();
+                    }
+                }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     open = false;
@@ -432,23 +462,62 @@ fn attach_kv_budget(model: &LlamaGguf, cfg: &EngineConfig, stats: &EngineStats) 
 
 /// Waits for the next job while nothing runs. After `release` without one, the KV pool shrinks
 /// to the blocks still held (the prefix cache's), once per quiet spell, and the wait goes on.
-/// None: the channel closed.
-fn wait_idle(model: &LlamaGguf, rx: &Receiver<Job>, stats: &EngineStats, release: Option<Duration>) -> Option<Job> {
-    if let Some(after) = release {
-        match rx.recv_timeout(after) {
-            Ok(job) => return Some(job),
-            Err(RecvTimeoutError::Disconnected) => return None,
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        let before = model.kv_pool_bytes();
-        match model.shrink_kv_pool() {
-            Ok(0) => {}
-            Ok(freed) => tracing::info!("KV pool idle for {after:?}: gave back {} MiB of {} MiB", freed >> 20, before >> 20),
-            Err(e) => tracing::warn!(error = %e, "KV pool: shrinking it failed"),
-        }
-        stats.kv_pool_bytes.store(model.kv_pool_bytes(), Ordering::Relaxed);
+/// Meanwhile another model on the device may ask for KV memory: the pool shrinks at once
+/// (and at once on going idle if it was asked while busy). None: the channel closed.
+fn wait_idle(
+    model: &LlamaGguf,
+    rx: &Receiver<Msg>,
+    stats: &EngineStats,
+    release: Option<Duration>,
+    member: Option<&BudgetMember>,
+) -> Option<Job> {
+    if member.is_some_and(BudgetMember::go_idle) {
+        give_back(
+            model,
+            stats,
+            "another model on this device asked for KV memory while this one was busy",
+        );
     }
-    rx.recv().ok()
+    let mut deadline = release.map(|d| Instant::now() + d);
+    let job = loop {
+        let msg = match deadline {
+            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Disconnected) => break None,
+                Err(RecvTimeoutError::Timeout) => {
+                    deadline = None;
+                    give_back(model, stats, &format!("idle for {:?}", release.unwrap_or_default()));
+                    continue;
+                }
+            },
+            None => match rx.recv() {
+                Ok(msg) => msg,
+                Err(_) => break None,
+            },
+        };
+        match msg {
+            Msg::Job(job) => break Some(job),
+            Msg::Release(asked) => {
+                give_back(model, stats, "another model on this device asked for KV memory");
+                drop(asked);
+            }
+        }
+    };
+    if let Some(m) = member {
+        m.go_busy();
+    }
+    job
+}
+
+/// Shrinks the KV pool to the blocks still held, saying why in the log.
+fn give_back(model: &LlamaGguf, stats: &EngineStats, why: &str) {
+    let before = model.kv_pool_bytes();
+    match model.shrink_kv_pool() {
+        Ok(0) => {}
+        Ok(freed) => tracing::info!("KV pool ({why}): gave back {} MiB of {} MiB", freed >> 20, before >> 20),
+        Err(e) => tracing::warn!(error = %e, "KV pool: shrinking it failed"),
+    }
+    stats.kv_pool_bytes.store(model.kv_pool_bytes(), Ordering::Relaxed);
 }
 
 /// The KV pool's limit when none is configured: on a GPU, the memory free after the weights
