@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug)]
 pub struct KvBudget {
@@ -181,18 +181,8 @@ impl KvBudget {
             let _ = (member.wake)(Reclaim { answers: answers.clone() });
         }
         drop(idle);
-        let deadline = Instant::now() + wait;
-        if let Ok(mut left) = answers.left.lock() {
-            while *left > 0 {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                match answers.all_in.wait_timeout(left, deadline - now) {
-                    Ok((l, _)) => left = l,
-                    Err(_) => return self.available_bytes().saturating_sub(before),
-                }
-            }
+        if let Ok(left) = answers.left.lock() {
+            let _ = answers.all_in.wait_timeout_while(left, wait, |left| *left > 0);
         }
         self.available_bytes().saturating_sub(before)
     }
@@ -222,6 +212,7 @@ impl KvBudget {
 mod tests {
     use super::*;
     use std::sync::mpsc::channel;
+    use std::time::Instant;
 
     /// A member whose "engine" is a thread that gives back `gives` bytes per request.
     fn member_thread(budget: &Arc<KvBudget>, gives: usize) -> (Arc<BudgetMember>, std::thread::JoinHandle<usize>) {

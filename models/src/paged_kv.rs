@@ -214,7 +214,7 @@ impl KvPool {
                 limit: cap.saturating_mul(BLOCK),
             };
             let mut cap = self.max_blocks();
-            if need > cap && self.reclaim_for(need) {
+            if need > cap && self.reclaim() {
                 cap = self.max_blocks();
             }
             if need > cap {
@@ -232,7 +232,7 @@ impl KvPool {
                     break;
                 }
             }
-            if grown.is_err() && self.reclaim_for(need) {
+            if grown.is_err() && self.reclaim() {
                 // Another pool took what `max_blocks` saw as left; just enough, once more.
                 grown = self.grow_within_budget(need);
             }
@@ -255,14 +255,11 @@ impl KvPool {
         Ok(out)
     }
 
-    /// Asks the budget's idle members to give back memory, so that `need` blocks could fit;
-    /// true when anything came back. The wait is bounded because the asker is a request in
-    /// flight: an engine that answers late leaves the asker with `KvCacheFull`, not a hang.
-    fn reclaim_for(&self, need: usize) -> bool {
-        match &self.budget {
-            Some(b) if need > self.capacity_blocks() => b.reclaim(RECLAIM_WAIT) > 0,
-            _ => false,
-        }
+    /// Asks the budget's idle members to give back memory; true when anything came back. The
+    /// wait is bounded because the asker is a request in flight: an engine that answers late
+    /// leaves the asker with `KvCacheFull`, not a hang.
+    fn reclaim(&self) -> bool {
+        self.budget.as_ref().is_some_and(|b| b.reclaim(RECLAIM_WAIT) > 0)
     }
 
     /// `grow`, with the growth first taken from the budget (and given back if it fails). Another
