@@ -306,8 +306,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, data_dir = %cfg.data_dir.display(), runner = runs_here, user_auth = cfg.user_auth, "abstractgateway listening");
     eprintln!("abstractgateway listening on http://{local} (data dir: {})", cfg.data_dir.display());
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+    let limits = crate::security::listener::ConnLimits {
+        max_connections: cfg.max_connections,
+        header_timeout: std::time::Duration::from_secs_f64(cfg.header_timeout_s),
+    };
+    crate::security::listener::serve(listener, app, limits, shutdown_signal())
         .await
         .map_err(|e| format!("abstractgateway: server error: {e}"))?;
     let _ = stop_tx.send(true);

@@ -23,6 +23,18 @@ pub struct Config {
     pub max_upload_body_bytes: u64,
     pub max_concurrency: usize,
     pub max_sse: usize,
+    /// Open client connections at most; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
+    pub header_timeout_s: f64,
+    /// A request body gets this many seconds of grace, then must keep arriving at
+    /// `min_body_rate` bytes per second on average (else 408).
+    pub body_timeout_s: f64,
+    pub min_body_rate: u64,
+    /// Requests one local model holds queued beyond what it decodes at once (`max_batch`);
+    /// one more is refused with 429 before any work is done for it.
+    pub model_queue: usize,
     pub lockout_after: u32,
     pub lockout_base_s: f64,
     pub lockout_max_s: f64,
@@ -239,6 +251,11 @@ impl Config {
             max_upload_body_bytes: number(&["ABSTRACTGATEWAY_MAX_UPLOAD_BODY_BYTES"], 0u64)?,
             max_concurrency: number(&["ABSTRACTGATEWAY_MAX_CONCURRENCY"], 64usize)?,
             max_sse: number(&["ABSTRACTGATEWAY_MAX_SSE"], 32usize)?,
+            max_connections: number(&["ABSTRACTGATEWAY_MAX_CONNECTIONS"], 1024usize)?,
+            header_timeout_s: number(&["ABSTRACTGATEWAY_HEADER_TIMEOUT_S"], 10.0f64)?,
+            body_timeout_s: number(&["ABSTRACTGATEWAY_BODY_TIMEOUT_S"], 10.0f64)?,
+            min_body_rate: number(&["ABSTRACTGATEWAY_MIN_BODY_RATE"], 16_384u64)?,
+            model_queue: number(&["ABSTRACTGATEWAY_MODEL_QUEUE"], 64usize)?,
             lockout_after: number(&["ABSTRACTGATEWAY_LOCKOUT_AFTER"], 5u32)?,
             lockout_base_s: number(&["ABSTRACTGATEWAY_LOCKOUT_BASE_S"], 1.0f64)?,
             lockout_max_s: number(&["ABSTRACTGATEWAY_LOCKOUT_MAX_S"], 60.0f64)?,
@@ -290,6 +307,14 @@ impl Config {
         if self.max_concurrency == 0 || self.max_sse == 0 {
             return Err(ConfigError::Invalid(
                 "ABSTRACTGATEWAY_MAX_CONCURRENCY and _MAX_SSE must be >= 1".into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid("ABSTRACTGATEWAY_MAX_CONNECTIONS must be >= 1".into()));
+        }
+        if !(self.header_timeout_s > 0.0 && self.body_timeout_s > 0.0 && self.min_body_rate > 0) {
+            return Err(ConfigError::Invalid(
+                "ABSTRACTGATEWAY_HEADER_TIMEOUT_S, _BODY_TIMEOUT_S and _MIN_BODY_RATE must be > 0".into(),
             ));
         }
         if !(self.breaker_cooldown_s >= 0.0 && self.provider_timeout_s > 0.0) {

@@ -3,7 +3,9 @@
 //! handler → CORS headers → audit log (writes).
 
 pub mod audit;
+pub mod body;
 pub mod glob;
+pub mod listener;
 pub mod principal;
 pub mod sessions;
 pub mod users;
@@ -37,6 +39,9 @@ pub struct Security {
     lockout: Mutex<HashMap<IpAddr, (u32, Option<Instant>)>>,
     requests: Arc<Semaphore>,
     streams: Arc<Semaphore>,
+    /// Slots for the one public write (`/session/login`), apart from `requests`, so that
+    /// unauthenticated traffic can never take the slots authenticated callers need.
+    public: Arc<Semaphore>,
     audit: Option<audit::AuditLog>,
 }
 
@@ -55,6 +60,8 @@ enum Auth {
     Ok(Principal, Option<Session>),
     Missing,
     Invalid,
+    /// The request is malformed (two `Authorization` headers): 400, and no failure counted.
+    Ambiguous,
 }
 
 impl Security {
@@ -71,6 +78,7 @@ impl Security {
             lockout: Mutex::new(HashMap::new()),
             requests: Arc::new(Semaphore::new(cfg.max_concurrency)),
             streams: Arc::new(Semaphore::new(cfg.max_sse)),
+            public: Arc::new(Semaphore::new((cfg.max_concurrency / 8).max(2))),
             audit,
             users,
             sessions,
@@ -103,10 +111,15 @@ impl Security {
     /// Credentials in upstream order: `Authorization: Bearer` (if present, the only thing tried),
     /// `?access_token=` on reads, then the browser session header or cookie.
     fn authenticate(&self, headers: &HeaderMap, query: Option<&str>, read: bool) -> Auth {
-        if let Some(h) = headers.get(header::AUTHORIZATION) {
-            let v = h.to_str().unwrap_or("");
-            return match v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
-                Some(t) => self.check_token(t.trim()),
+        let mut presented = headers.get_all(header::AUTHORIZATION).iter();
+        if let Some(h) = presented.next() {
+            // Which of two credentials would be meant is a guess a proxy and we could make
+            // differently: refuse rather than pick one.
+            if presented.next().is_some() {
+                return Auth::Ambiguous;
+            }
+            return match bearer_token(h.to_str().unwrap_or("")) {
+                Some(t) => self.check_token(t),
                 None => Auth::Invalid,
             };
         }
@@ -177,9 +190,24 @@ impl Security {
         }
     }
 
+    fn body_pace(&self) -> body::BodyPace {
+        body::BodyPace {
+            grace: Duration::from_secs_f64(self.cfg.body_timeout_s),
+            min_rate: self.cfg.min_body_rate,
+        }
+    }
+
     fn origin_ok(&self, origin: &str) -> bool {
         glob::origin_allowed(&self.cfg.allowed_origins, origin)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1), and one or more spaces may follow it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 pub fn percent_decode(s: &str) -> String {
@@ -198,6 +226,21 @@ pub fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response whose body is not known whole (a stream: SSE, a streamed completion) keeps the
+/// request's slot until its last byte is sent or the client goes; others give it back now.
+fn hold_until_sent(r: Response, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
+    use axum::body::HttpBody;
+    if r.body().size_hint().exact().is_some() {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let body = Body::from_stream(futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _held = &permit;
+        chunk
+    }));
+    Response::from_parts(parts, body)
 }
 
 fn is_write(m: &Method) -> bool {
@@ -302,6 +345,9 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
                     principal = p;
                     session = s;
                 }
+                Auth::Ambiguous => {
+                    break 'resp detail(StatusCode::BAD_REQUEST, "Bad Request (more than one Authorization header)");
+                }
                 Auth::Missing => {
                     let mut r = detail(StatusCode::UNAUTHORIZED, "Unauthorized");
                     r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -355,12 +401,8 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         req.extensions_mut().insert(plane);
         req.extensions_mut().insert(principal);
         req.extensions_mut().insert(sec.clone());
-        let stream = path.ends_with("/ledger/stream");
-        let pool = if stream { sec.streams.clone() } else { sec.requests.clone() };
-        let permit = match tokio::time::timeout(Duration::from_millis(10), pool.acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (concurrency limit)"), 1),
-        };
+        // The body is read before the request takes a slot: a client that trickles it holds
+        // only its own connection (see `body.rs`).
         let req = if write {
             let limit = if path.ends_with("/bundles/upload") {
                 sec.cfg.upload_body_limit()
@@ -380,38 +422,68 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
                     );
                 }
             }
-            // Buffer (bounded) so chunked bodies are cut at the limit too.
             let (parts, body) = req.into_parts();
-            match axum::body::to_bytes(body, limit as usize + 1).await {
-                Ok(b) if b.len() as u64 > limit => {
-                    break 'resp detail(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("Payload Too Large ({} bytes > {limit} bytes)", b.len()),
-                    );
-                }
+            match body::read_body(body, limit, sec.body_pace()).await {
                 Ok(b) => {
                     bytes_in = Some(b.len() as u64);
                     Request::from_parts(parts, Body::from(b))
                 }
-                Err(_) => break 'resp detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Payload Too Large (> {limit} bytes)")),
+                Err(body::BodyError::TooLarge(n)) => {
+                    break 'resp detail(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("Payload Too Large ({n} bytes > {limit} bytes)"),
+                    )
+                }
+                Err(body::BodyError::TimedOut { received, waited_s }) => {
+                    tracing::info!(%ip, received, waited_s, "request body too slow: answered 408");
+                    let mut r = detail(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!(
+                            "Request Timeout (the body arrived too slowly: {received} bytes in {waited_s:.1} s; \
+                             at least {} bytes/s are needed after {} s)",
+                            sec.cfg.min_body_rate, sec.cfg.body_timeout_s
+                        ),
+                    );
+                    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    break 'resp r;
+                }
+                Err(body::BodyError::Broken(e)) => {
+                    break 'resp detail(StatusCode::BAD_REQUEST, &format!("Bad Request (the body could not be read: {e})"))
+                }
             }
         } else {
             req
         };
+        let stream = path.ends_with("/ledger/stream");
+        let pool = if stream {
+            sec.streams.clone()
+        } else if public {
+            sec.public.clone()
+        } else {
+            sec.requests.clone()
+        };
+        let permit = match tokio::time::timeout(Duration::from_millis(10), pool.acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (concurrency limit)"), 1),
+        };
         handled = true;
         let r = tracing::Instrument::instrument(next.run(req), span).await;
-        if stream {
-            // The SSE permit must live as long as the stream body, not the handler call.
-            let (parts, body) = r.into_parts();
-            let body = Body::from_stream(futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
-                let _held = &permit;
-                chunk
-            }));
-            Response::from_parts(parts, body)
-        } else {
-            drop(permit);
-            r
+        if public {
+            // Wrong credentials at the browser login count toward the lockout like a wrong
+            // bearer token, so the login form is no way around it.
+            match r.status() {
+                StatusCode::UNAUTHORIZED => {
+                    if let Some(secs) = sec.auth_failed(ip) {
+                        tracing::warn!(%ip, "auth lockout engaged after repeated failed logins");
+                        handled = false;
+                        break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (auth lockout)"), secs);
+                    }
+                }
+                s if s.is_success() => sec.auth_succeeded(ip),
+                _ => {}
+            }
         }
+        hold_until_sent(r, permit)
     };
 
     if !handled && path.starts_with("/v1/") && resp.status().as_u16() >= 400 {
