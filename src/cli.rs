@@ -336,6 +336,7 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         kv_budget: None,
         paged_attention: cfg.paged_attention,
         kv_idle_release: (cfg.kv_idle_release_s > 0).then(|| std::time::Duration::from_secs(cfg.kv_idle_release_s)),
+        queue: cfg.model_queue,
     };
     cfg.device_spec().map_err(|e| e.to_string())?;
     let c = cfg.clone();

@@ -286,10 +286,35 @@ fn chat_completions_stream_json_mode_tools_and_errors() {
     assert_eq!(r.status().as_u16(), 400);
 }
 
-#[test]
-fn a_client_that_disconnects_frees_the_engine() {
-    let g = model_gateway();
-    // A long streamed request whose client goes away after the first tokens...
+/// The local engine's counters for `model`, from `/discovery/providers`.
+fn engine_stats(g: &Gateway, model: &str) -> Value {
+    let (s, v) = g.get("/api/gateway/discovery/providers");
+    assert_eq!(s, 200, "{v}");
+    let local = v["items"].as_array().unwrap().iter().find(|p| p["id"] == "local").unwrap().clone();
+    local["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["model"] == model)
+        .unwrap()
+        .clone()
+}
+
+/// Polls the engine's counters until `pred` holds (10 s at most).
+fn wait_engine(g: &Gateway, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = engine_stats(g, "smollm2");
+        if pred(&e) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "the engine never {what}: {e}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a long streamed completion and reads its first tokens; the stream is still going.
+fn streaming(g: &Gateway) -> std::io::Lines<BufReader<reqwest::blocking::Response>> {
     let r = g
         .http
         .post(g.url("/v1/completions"))
@@ -297,6 +322,7 @@ fn a_client_that_disconnects_frees_the_engine() {
         .json(&json!({"prompt": "Once upon a time", "max_tokens": 3500, "temperature": 0.9, "seed": 1, "stream": true}))
         .send()
         .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     let mut lines = BufReader::new(r).lines();
     let mut got = 0;
     while got < 3 {
@@ -305,13 +331,96 @@ fn a_client_that_disconnects_frees_the_engine() {
             got += 1;
         }
     }
+    lines
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_generation() {
+    let g = model_gateway();
+    // A long streamed request whose client goes away after the first tokens...
+    let lines = streaming(&g);
+    assert_eq!(engine_stats(&g, "smollm2")["in_flight"], 1);
     drop(lines);
-    // ...must not keep the (one-at-a-time) engine busy for 3,500 tokens.
-    let t0 = Instant::now();
+    // ...is cancelled by the engine itself (its counter says so, and no request is left in
+    // flight), long before its 3,500 tokens: the mechanism, not only a fast follow-up.
+    let e = wait_engine(&g, "cancelled the request", |e| e["cancelled"] == 1 && e["in_flight"] == 0);
+    assert_eq!(e["completed"], 0, "{e}");
+    assert!(
+        e["completion_tokens"] == 0,
+        "a cancelled request's tokens are not counted as served: {e}"
+    );
     let (s, v, _) = post_v1(&g, "/v1/completions", &json!({"prompt": FRANCE, "max_tokens": 4, "temperature": 0}));
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], "The capital of France");
-    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+    assert_eq!(engine_stats(&g, "smollm2")["completed"], 1);
+}
+
+#[test]
+fn a_full_model_answers_429_before_any_work() {
+    // One place: one sequence decoding, none queued.
+    let path = model_files::smollm2();
+    let g = Gateway::start_with(
+        &[("ABSTRACTGATEWAY_MAX_BATCH", "1"), ("ABSTRACTGATEWAY_MODEL_QUEUE", "0")],
+        &["--model", &format!("smollm2={}", path.display())],
+    );
+    assert_eq!(engine_stats(&g, "smollm2")["capacity"], 1);
+    let lines = streaming(&g);
+    // A prompt far over the context would be a 400 once tokenized: a 429 proves the refusal
+    // came before any work on it. Streamed or not, chat or completion, the same.
+    let huge = "lorem ipsum ".repeat(20_000);
+    for (path, body) in [
+        ("/v1/completions", json!({"prompt": huge, "max_tokens": 4})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": huge}], "stream": true}),
+        ),
+    ] {
+        let t0 = Instant::now();
+        let (s, v, h) = post_v1(&g, path, &body);
+        assert_eq!(s, 429, "{path}: {v}");
+        assert_eq!(h["retry-after"], "1");
+        assert_eq!(v["error"]["code"], "model_overloaded", "{v}");
+        assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("at capacity"), "{v}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{path} took {:?}", t0.elapsed());
+    }
+    let e = engine_stats(&g, "smollm2");
+    assert_eq!((e["rejected"].as_u64(), e["in_flight"].as_u64()), (Some(2), Some(1)), "{e}");
+    // Room again once the stream goes: the same over-long prompt now gets its real answer.
+    drop(lines);
+    wait_engine(&g, "freed its place", |e| e["in_flight"] == 0);
+    let (s, v, _) = post_v1(&g, "/v1/completions", &json!({"prompt": huge, "max_tokens": 4}));
+    assert_eq!((s, v["error"]["code"].clone()), (400, json!("context_length_exceeded")), "{v}");
+    let (s, v, _) = post_v1(&g, "/v1/completions", &json!({"prompt": FRANCE, "max_tokens": 4, "temperature": 0}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], "The capital of France");
+}
+
+#[test]
+fn a_streamed_response_holds_its_slot_until_its_last_byte() {
+    let path = model_files::smollm2();
+    let g = Gateway::start_with(
+        &[("ABSTRACTGATEWAY_MAX_CONCURRENCY", "1")],
+        &["--model", &format!("smollm2={}", path.display())],
+    );
+    let lines = streaming(&g);
+    // The handler returned long ago; the stream still holds the one slot.
+    for _ in 0..3 {
+        let r = g.http.get(g.url("/v1/models")).bearer_auth(TOKEN).send().unwrap();
+        assert_eq!(r.status().as_u16(), 429);
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+    }
+    drop(lines);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = g.http.get(g.url("/v1/models")).bearer_auth(TOKEN).send().unwrap();
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never given back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn openai_python() -> PathBuf {

@@ -5,4 +5,4 @@ pub mod device;
 pub mod error;
 pub mod text;
 
-pub use error::EngineError;
+pub use error::{EngineError, GenError};

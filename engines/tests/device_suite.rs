@@ -644,7 +644,7 @@ fn outcome(rx: std::sync::mpsc::Receiver<GenEvent>) -> Result<Vec<u32>, String> 
         match ev {
             GenEvent::Token { id, .. } => ids.push(id),
             GenEvent::Done { .. } => return Ok(ids),
-            GenEvent::Error(e) => return Err(e),
+            GenEvent::Error(e) => return Err(e.to_string()),
             GenEvent::Text(_) => {}
         }
     }

@@ -3,9 +3,10 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use abstractgateway_engines::text::engine::{FinishReason, GenEvent, GenerateRequest, TextEngine, Usage};
+use abstractgateway_engines::text::engine::{EngineConfig, FinishReason, GenEvent, GenerateRequest, TextEngine, Usage};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::sampling::SamplingParams;
+use abstractgateway_engines::GenError;
 
 #[path = "../../models/tests/common/mod.rs"]
 mod common;
@@ -83,7 +84,7 @@ fn streams_tokens_and_text_then_done() {
         ..Default::default()
     }));
     assert!(
-        matches!(done, GenEvent::Error(ref e) if e.contains("does not fit the context of 8192")),
+        matches!(done, GenEvent::Error(GenError::ContextOverflow(ref e)) if e.contains("does not fit the context of 8192")),
         "{done:?}"
     );
     assert_eq!(engine.stats.completed.load(Ordering::Relaxed), 2);
@@ -168,7 +169,7 @@ fn seeded_sampling_is_reproducible_and_temperature_zero_is_greedy() {
         top_p: 0.0,
         ..Default::default()
     })));
-    assert_eq!(done, GenEvent::Error("top_p must be in (0, 1]".into()));
+    assert_eq!(done, GenEvent::Error(GenError::InvalidRequest("top_p must be in (0, 1]".into())));
 }
 
 #[test]
@@ -390,14 +391,21 @@ fn concurrent_requests_share_decode_steps_and_match_single_runs() {
         .enumerate()
         .map(|(i, p)| engine.generate(req(p, 12 + 4 * i)))
         .collect();
-    let together: Vec<Vec<u32>> = rxs.into_iter().map(|rx| collect(rx).0).collect();
-    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        let n = t.len();
-        assert_eq!(
-            &a[..n.min(a.len())],
-            &t[..],
-            "prompt {i}: batched greedy tokens equal the single run's"
-        );
+    let together: Vec<(Vec<u32>, GenEvent)> = rxs
+        .into_iter()
+        .map(|rx| {
+            let (t, _, done) = collect(rx);
+            (t, done)
+        })
+        .collect();
+    for (i, (a, (t, done))) in alone.iter().zip(&together).enumerate() {
+        // Each batched request must finish (an error would leave it with no tokens, which a
+        // prefix comparison alone would accept), with the single run's tokens up to its own
+        // max_tokens.
+        assert!(matches!(done, GenEvent::Done { .. }), "prompt {i}: {done:?}");
+        assert!(!a.is_empty() && !t.is_empty(), "prompt {i}: no tokens");
+        let want = &a[..(12 + 4 * i).min(a.len())];
+        assert_eq!(want, &t[..], "prompt {i}: batched greedy tokens equal the single run's");
     }
     let steps = engine.stats.batch_steps.load(Ordering::Relaxed) - steps_before;
     let rows = engine.stats.batched_tokens.load(Ordering::Relaxed) - tokens_before;
@@ -409,9 +417,10 @@ fn concurrent_requests_share_decode_steps_and_match_single_runs() {
 
 #[test]
 fn the_candle_backend_still_serves_other_quantizations() {
-    // Forced here with the switch; GGUFs with types our kernels lack (e.g. Q4_K) take this path.
-    std::env::set_var("ABSTRACTGATEWAY_CANDLE_LLAMA", "1");
-    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    // Forced here (the loader ABSTRACTGATEWAY_CANDLE_LLAMA selects, without setting a
+    // process-wide variable under the other tests); GGUFs with types our kernels lack (e.g.
+    // Q4_K) take this path.
+    let m = LlamaGguf::load_on_candle(&smollm2(), &candle_core::Device::Cpu).unwrap();
     assert_eq!((m.backend(), m.batches(), m.context), ("candle", false, 4096));
     assert_eq!(m.greedy(&FRANCE, 32, &[2]).unwrap(), [504, 3575, 282, 4649, 314, 7042, 30, 2]);
 }
@@ -472,4 +481,56 @@ fn long_prompts_prefill_in_chunks_alongside_running_decodes() {
     );
     let (rest, _, _) = collect(running);
     assert_eq!(rest.len(), 39, "the running decode was not starved");
+}
+
+#[test]
+fn a_full_engine_refuses_at_once_and_takes_requests_again_when_room_frees() {
+    let m = LlamaGguf::load(&smollm2(), &candle_core::Device::Cpu).unwrap();
+    // One decoding, one queued: the third request finds no place.
+    let engine = TextEngine::spawn_with(
+        m,
+        EngineConfig {
+            max_batch: 1,
+            queue: 1,
+            prefix_cache_bytes: 0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(engine.stats.capacity.load(Ordering::Relaxed), 2);
+    let long = |n| GenerateRequest {
+        prompt_ids: FRANCE.to_vec(),
+        max_tokens: n,
+        ..Default::default()
+    };
+    let running = engine.generate(long(1000));
+    assert!(matches!(running.recv().unwrap(), GenEvent::Token { .. }));
+    let queued = engine.generate(long(4));
+    // Refused synchronously: the event is already there, nothing was queued for it.
+    let refused = engine.generate(long(4));
+    assert_eq!(refused.try_recv(), Ok(GenEvent::Error(GenError::Overloaded { capacity: 2 })));
+    assert!(matches!(engine.reserve(), Err(GenError::Overloaded { capacity: 2 })));
+    assert_eq!(engine.stats.rejected.load(Ordering::Relaxed), 2);
+    assert_eq!(engine.stats.in_flight.load(Ordering::Relaxed), 2);
+    // A reserved place dropped unused is given back.
+    drop(running);
+    let (q, _, done) = collect(queued);
+    assert!(matches!(done, GenEvent::Done { .. }), "{done:?}");
+    assert_eq!(q, [504, 3575, 282, 4649]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.stats.in_flight.load(Ordering::Relaxed) > 0 {
+        assert!(Instant::now() < deadline, "places were not given back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let slot = engine.reserve().unwrap();
+    assert_eq!(engine.stats.in_flight.load(Ordering::Relaxed), 1);
+    drop(slot);
+    assert_eq!(engine.stats.in_flight.load(Ordering::Relaxed), 0);
+    let (t, _, done) = collect(engine.generate(long(4)));
+    assert!(matches!(done, GenEvent::Done { .. }), "{done:?}");
+    assert_eq!(t, [504, 3575, 282, 4649]);
+    assert_eq!(
+        engine.stats.cancelled.load(Ordering::Relaxed),
+        1,
+        "the dropped stream was cancelled"
+    );
 }

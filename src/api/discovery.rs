@@ -262,7 +262,8 @@ async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
                     .collect();
                 json!({
                     "model": m.info.id, "backend": m.backend, "context": m.context, "running": m.engine.is_running(),
-                    "in_flight": s.in_flight.load(Relaxed), "completed": s.completed.load(Relaxed),
+                    "in_flight": s.in_flight.load(Relaxed), "capacity": s.capacity.load(Relaxed), "rejected": s.rejected.load(Relaxed),
+                    "completed": s.completed.load(Relaxed),
                     "cancelled": s.cancelled.load(Relaxed), "failed": s.failed.load(Relaxed),
                     "prompt_tokens": s.prompt_tokens.load(Relaxed), "completion_tokens": s.completion_tokens.load(Relaxed),
                     "cached_prompt_tokens": s.cached_tokens.load(Relaxed), "prefix_cache_bytes": s.prefix_cache_bytes.load(Relaxed),

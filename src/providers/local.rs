@@ -9,7 +9,7 @@ use abstractgateway_engines::device::{self, DeviceSpec};
 use abstractgateway_engines::text::engine::{kv_budgets_by_device, EngineConfig, GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::sampling::SamplingParams;
-use abstractgateway_engines::EngineError;
+use abstractgateway_engines::{EngineError, GenError};
 use abstractgateway_models::chat_template::ChatTemplate;
 use abstractgateway_models::source::{self, ModelInfo};
 use abstractgateway_models::tokenizer::GgufTokenizer;
@@ -247,7 +247,28 @@ fn tool_instructions(tools: &[Value]) -> String {
     s
 }
 
+/// What an engine's typed failure means to the router: the request's fault (no fallback), a
+/// busy model (try a fallback, else 429), or this target failing (fallback, and the breaker
+/// counts it).
+fn gen_error(model: &str, e: GenError) -> ProviderError {
+    match e {
+        GenError::Overloaded { capacity } => ProviderError::Overloaded {
+            model: model.to_string(),
+            capacity,
+        },
+        GenError::ContextOverflow(m) => ProviderError::ContextOverflow(m),
+        GenError::InvalidRequest(m) => ProviderError::Invalid(m),
+        GenError::KvCacheFull(m) => ProviderError::Unavailable(format!("local engine: {m}")),
+        GenError::Stopped => ProviderError::Unavailable(format!("the engine of '{model}' has stopped")),
+        GenError::Internal(m) => ProviderError::Unavailable(format!("local engine: {m}")),
+    }
+}
+
 impl LocalModel {
+    fn gen_error(&self, e: GenError) -> ProviderError {
+        gen_error(&self.info.id, e)
+    }
+
     /// The activations' dtype (`f32`, `bf16`), as the model reported it at load.
     pub fn dtype(&self) -> &'static str {
         self.dtype
@@ -326,6 +347,9 @@ impl LocalModel {
     }
 
     fn start(&self, req: &TextRequest) -> Result<EventRx, ProviderError> {
+        // A model at capacity is refused before any work is done for the request (template,
+        // tokenizing): under a flood, refusals cost next to nothing.
+        let slot = self.engine.reserve().map_err(|e| self.gen_error(e))?;
         let (ids, forced) = self.prompt_ids(&req.prompt)?;
         let p = &req.params;
         if ids.is_empty() {
@@ -384,7 +408,9 @@ impl LocalModel {
             json_object,
             json_prefix,
         };
-        self.engine.submit(
+        let model = self.info.id.clone();
+        self.engine.submit_reserved(
+            slot,
             gen,
             Box::new(move |ev| {
                 let out = match ev {
@@ -403,12 +429,7 @@ impl LocalModel {
                             cached_tokens: usage.cached_tokens,
                         },
                     }),
-                    GenEvent::Error(e) if e.contains("does not fit the context") => Err(ProviderError::ContextOverflow(e)),
-                    // Tensor errors can carry a backtrace: the first line is the message.
-                    GenEvent::Error(e) => Err(ProviderError::Unavailable(format!(
-                        "local engine: {}",
-                        e.lines().next().unwrap_or("failed")
-                    ))),
+                    GenEvent::Error(e) => Err(gen_error(&model, e)),
                 };
                 tx.send(out).is_ok()
             }),

@@ -102,6 +102,10 @@ pub enum ProviderError {
     Unavailable(String),
     #[error("upstream {status}: {message}")]
     Upstream { status: u16, message: String },
+    /// The target is healthy but full (a local model's queue): not a failure of its health, and
+    /// the request may be sent again shortly.
+    #[error("model '{model}' is at capacity ({capacity} requests running or queued); retry shortly")]
+    Overloaded { model: String, capacity: usize },
     /// Every target failed or was skipped.
     #[error("no provider could serve the request: {}", .0.join("; "))]
     Exhausted(Vec<String>),
@@ -210,6 +214,7 @@ impl Providers {
     pub async fn stream(&self, model: Option<&str>, req: &TextRequest) -> Result<Routed, ProviderError> {
         let chain = self.chain_for(model)?;
         let mut failures: Vec<String> = Vec::new();
+        let mut overloaded: Option<ProviderError> = None;
         for target in chain {
             let key = target.key();
             if !self.breakers.allow(&key) {
@@ -242,6 +247,12 @@ impl Providers {
                     self.breakers.release(&key);
                     return Err(e);
                 }
+                // Busy is not broken: the breaker does not count it, and a fallback may serve.
+                Err(e @ ProviderError::Overloaded { .. }) => {
+                    self.breakers.release(&key);
+                    failures.push(format!("{}: {e}", target.label()));
+                    overloaded.get_or_insert(e);
+                }
                 Err(e) => {
                     tracing::warn!(provider = %target.label(), error = %e, "provider failed before its first token");
                     self.breakers.failure(&key, &e.to_string());
@@ -249,6 +260,10 @@ impl Providers {
                 }
             }
         }
-        Err(ProviderError::Exhausted(failures))
+        // Nothing served: where only busy targets were tried, say busy (429 and retry), not broken.
+        match overloaded {
+            Some(e) if failures.len() == 1 => Err(e),
+            _ => Err(ProviderError::Exhausted(failures)),
+        }
     }
 }

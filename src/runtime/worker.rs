@@ -23,13 +23,16 @@ use super::effect_wait::{self, LLM, TOOL};
 use super::model::RunStatus;
 use super::notify::Notifier;
 use super::tools::{self, Workspace};
-use crate::providers::{GenParams, Prompt, Providers, TextEvent, TextRequest, ToolChoice};
+use crate::providers::{GenParams, Prompt, ProviderError, Providers, TextEvent, TextRequest, ToolChoice};
 use crate::store::{NewCommand, Store};
 use crate::util::time::now_iso;
 
 /// How many effects run at once per data plane (the local engine batches concurrent requests).
 const MAX_IN_FLIGHT: usize = 64;
 const RESCAN: Duration = Duration::from_secs(2);
+/// How long an LLM call waits before asking a busy (full) model again, doubling up to the max.
+const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often a generation checks that its run still wants the answer.
 const ALIVE_CHECK: Duration = Duration::from_millis(300);
 
@@ -215,9 +218,22 @@ impl EffectWorker {
             Err(e) => return json!({"error": e}),
         };
         let stream = r.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let mut routed = match self.providers.stream(model.as_deref(), &req).await {
-            Ok(x) => x,
-            Err(e) => return json!({"error": e.to_string()}),
+        // A busy model is waited for, not failed: the run is durable and only loses time. The
+        // wait ends if the run does (cancelled meanwhile).
+        let mut backoff = BUSY_BACKOFF_MIN;
+        let mut routed = loop {
+            match self.providers.stream(model.as_deref(), &req).await {
+                Ok(x) => break x,
+                Err(e @ ProviderError::Overloaded { .. }) => {
+                    if !self.still_waiting(&job.run_id).await {
+                        return json!({"error": e.to_string()});
+                    }
+                    tracing::debug!(error = %e, ?backoff, "model busy; the call waits");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BUSY_BACKOFF_MAX);
+                }
+                Err(e) => return json!({"error": e.to_string()}),
+            }
         };
         let mut content = String::new();
         let mut tool_calls = Vec::new();

@@ -6,7 +6,7 @@
 //! event types are the stable boundary the HTTP layer talks to.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,6 +18,8 @@ use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStep};
 use abstractgateway_models::paged_kv::{BudgetMember, KvBudget, Reclaim};
 use abstractgateway_models::tokenizer::StreamDecoder;
+
+use crate::GenError;
 
 #[derive(Debug, Clone, Default)]
 pub struct GenerateRequest {
@@ -75,7 +77,7 @@ pub enum GenEvent {
         reason: FinishReason,
         usage: Usage,
     },
-    Error(String),
+    Error(GenError),
 }
 
 /// Where a request's events go. Returning false means the caller is gone: stop generating.
@@ -95,13 +97,17 @@ enum Msg {
 
 #[derive(Default)]
 pub struct EngineStats {
+    /// Requests refused because the engine was at capacity (nothing was done for them).
+    pub rejected: AtomicU64,
     pub completed: AtomicU64,
     pub cancelled: AtomicU64,
     pub failed: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
-    /// Requests queued or running.
+    /// Requests queued or running (at most `capacity`).
     pub in_flight: AtomicUsize,
+    /// The most requests the engine holds at once: what it decodes together plus its queue.
+    pub capacity: AtomicUsize,
     /// Prompt tokens served from the prefix cache instead of prefill.
     pub cached_tokens: AtomicU64,
     /// Batched decode steps, and sequence-steps they covered (their ratio is the mean batch).
@@ -140,6 +146,10 @@ pub struct EngineConfig {
     /// no longer holds (None: never). A burst's pool growth is kept through short pauses, where
     /// giving memory back would only cost a copy and a regrowth.
     pub kv_idle_release: Option<Duration>,
+    /// Requests held waiting beyond those decoding (the batch). The queue is bounded: a request
+    /// past it is refused at once (`GenError::Overloaded`) rather than left waiting behind an
+    /// unbounded line, with memory and latency growing for everyone.
+    pub queue: usize,
 }
 
 impl Default for EngineConfig {
@@ -151,14 +161,16 @@ impl Default for EngineConfig {
             kv_budget: None,
             paged_attention: false,
             kv_idle_release: Some(Duration::from_secs(30)),
+            queue: 64,
         }
     }
 }
 
 pub struct TextEngine {
     /// Shared only with the budget member's wake, which holds it weakly, so that dropping the
-    /// engine still closes the channel and ends its thread.
-    tx: Option<Arc<Sender<Msg>>>,
+    /// engine still closes the channel and ends its thread. Bounded: admission (`reserve`)
+    /// keeps the jobs in it under `capacity`, and a few places more are left for `Release`.
+    tx: Option<Arc<SyncSender<Msg>>>,
     handle: Option<JoinHandle<()>>,
     pub stats: Arc<EngineStats>,
 }
@@ -169,14 +181,18 @@ impl TextEngine {
     }
 
     pub fn spawn_with(model: LlamaGguf, cfg: EngineConfig) -> TextEngine {
-        let (tx, rx) = channel::<Msg>();
+        let capacity = max_batch(&model, cfg.max_batch) + cfg.queue;
+        let (tx, rx) = sync_channel::<Msg>(capacity + RELEASE_ROOM);
         let tx = Arc::new(tx);
         let stats = Arc::new(EngineStats::default());
+        stats.capacity.store(capacity, Ordering::Relaxed);
         attach_kv_budget(&model, &cfg, &stats);
         let member = stats.kv_budget.get().map(|budget| {
-            let wake: Weak<Sender<Msg>> = Arc::downgrade(&tx);
+            let wake: Weak<SyncSender<Msg>> = Arc::downgrade(&tx);
+            // A full channel means a busy engine, which could not shrink anyway: the dropped
+            // request answers the asker at once.
             let member = BudgetMember::new(move |r| match wake.upgrade() {
-                Some(tx) => tx.send(Msg::Release(r)).is_ok(),
+                Some(tx) => tx.try_send(Msg::Release(r)).is_ok(),
                 None => false,
             });
             budget.join(&member);
@@ -194,17 +210,62 @@ impl TextEngine {
         }
     }
 
-    /// Queues a request; its events go to `sink` (called on the engine thread).
-    pub fn submit(&self, req: GenerateRequest, sink: EventSink) {
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Takes one of the engine's places for a request, or refuses at once when all are held
+    /// (`GenError::Overloaded`), so that a caller can answer "busy" before doing any work for
+    /// the request (templates, tokenizing). The place is given back when the request ends, or
+    /// when the slot is dropped unused.
+    pub fn reserve(&self) -> Result<Slot, GenError> {
+        let capacity = self.stats.capacity.load(Ordering::Relaxed);
+        let taken = self
+            .stats
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < capacity).then_some(n + 1));
+        match taken {
+            Ok(_) => Ok(Slot {
+                stats: Some(self.stats.clone()),
+            }),
+            Err(_) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(GenError::Overloaded { capacity })
+            }
+        }
+    }
+
+    /// Queues a request in a place taken by `reserve`; its events go to `sink` (called on the
+    /// engine thread).
+    pub fn submit_reserved(&self, mut slot: Slot, req: GenerateRequest, sink: EventSink) {
         let job = Job { req, sink };
-        let failed = match &self.tx {
-            Some(tx) => tx.send(Msg::Job(job)).err().map(|e| e.0),
-            None => Some(Msg::Job(job)),
+        let refused = match &self.tx {
+            Some(tx) => match tx.try_send(Msg::Job(job)) {
+                Ok(()) => {
+                    // From here the engine thread gives the place back (`finish`).
+                    slot.stats = None;
+                    None
+                }
+                Err(TrySendError::Full(m)) => Some((
+                    m,
+                    GenError::Overloaded {
+                        capacity: self.stats.capacity.load(Ordering::Relaxed),
+                    },
+                )),
+                Err(TrySendError::Disconnected(m)) => Some((m, GenError::Stopped)),
+            },
+            None => Some((Msg::Job(job), GenError::Stopped)),
         };
-        if let Some(Msg::Job(mut job)) = failed {
-            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            (job.sink)(GenEvent::Error("the engine has stopped".into()));
+        if let Some((Msg::Job(mut job), e)) = refused {
+            drop(slot);
+            (job.sink)(GenEvent::Error(e));
+        }
+    }
+
+    /// Queues a request (`reserve`, then `submit_reserved`); at capacity, the sink gets
+    /// `GenError::Overloaded` at once.
+    pub fn submit(&self, req: GenerateRequest, mut sink: EventSink) {
+        match self.reserve() {
+            Ok(slot) => self.submit_reserved(slot, req, sink),
+            Err(e) => {
+                sink(GenEvent::Error(e));
+            }
         }
     }
 
@@ -227,6 +288,33 @@ impl Drop for TextEngine {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// One of an engine's places, taken by `TextEngine::reserve`; dropped unused, it is given back.
+pub struct Slot {
+    stats: Option<Arc<EngineStats>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(s) = self.stats.take() {
+            s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Room in an engine's channel beyond its capacity, for other models' KV release requests.
+const RELEASE_ROOM: usize = 8;
+
+/// The most sequences one step decodes: 1 where the backend does not batch, else the
+/// configured number, or by default 16 on the CPU and 64 on a GPU.
+fn max_batch(model: &LlamaGguf, configured: usize) -> usize {
+    match (model.batches(), configured) {
+        (false, _) => 1,
+        (true, 0) if model.on_gpu() => 64,
+        (true, 0) => 16,
+        (true, n) => n,
     }
 }
 
@@ -263,7 +351,7 @@ const MIN_SHARED_PREFILL: usize = 64;
 enum Outcome {
     Done(FinishReason, Usage),
     Cancelled,
-    Failed(String),
+    Failed(GenError),
 }
 
 /// The scheduler: new requests are prefilled (from the prefix cache where possible) and join the
@@ -279,12 +367,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
     let vocab = &tokenizer.token_bytes;
     let budget = if model.snapshots() { cfg.prefix_cache_bytes } else { 0 };
     let mut cache = PrefixCache::new(budget, model.kv_bytes_per_token);
-    let max_batch = match (model.batches(), cfg.max_batch) {
-        (false, _) => 1,
-        (true, 0) if model.on_gpu() => 64,
-        (true, 0) => 16,
-        (true, n) => n,
-    };
+    let max_batch = max_batch(&model, cfg.max_batch);
     let chunk = if model.on_gpu() { PREFILL_CHUNK_GPU } else { PREFILL_CHUNK };
     if cfg.paged_attention {
         match model.set_paged_attention(true) {
@@ -396,7 +479,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
             let mut a = active.remove(worst);
             feeds.remove(worst);
             argmax.remove(worst);
-            finish(&stats, &mut a.sink, Outcome::Failed(e.to_string()));
+            finish(&stats, &mut a.sink, Outcome::Failed(GenError::from(&e)));
         };
         match result {
             Ok(all) => {
@@ -419,9 +502,9 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
+                let e = GenError::from(&e);
                 for mut a in active.drain(..) {
-                    finish(&stats, &mut a.sink, Outcome::Failed(msg.clone()));
+                    finish(&stats, &mut a.sink, Outcome::Failed(e.clone()));
                 }
             }
         }
@@ -612,13 +695,13 @@ fn share_prefix(model: &LlamaGguf, cache: &mut PrefixCache, jobs: &[Job]) {
 }
 
 /// Validates a request and prefills its prompt (reusing the longest cached prefix).
-fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active, (EventSink, String)> {
+fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active, (EventSink, GenError)> {
     let Job { req, sink } = job;
     if let Err(e) = req.sampling.validate() {
-        return Err((sink, e));
+        return Err((sink, GenError::InvalidRequest(e)));
     }
     if let Err(e) = model.check_fits(req.prompt_ids.len(), req.max_tokens) {
-        return Err((sink, e.to_string()));
+        return Err((sink, GenError::from(&e)));
     }
     let prompt = &req.prompt_ids;
     let (mut seq, cached, logits) = match cache.lookup(prompt) {
@@ -638,7 +721,7 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
                 cache.insert(prompt, &seq, Some(&l));
                 l
             }
-            Err(e) => return Err((sink, e.to_string())),
+            Err(e) => return Err((sink, GenError::from(&e))),
         },
     };
     let mut eos: Vec<u32> = req.stop_ids.clone();

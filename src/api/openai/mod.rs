@@ -30,6 +30,8 @@ pub struct OpenAiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds for a `Retry-After` header (a busy model).
+    pub retry_after: Option<u64>,
 }
 
 impl OpenAiError {
@@ -40,6 +42,7 @@ impl OpenAiError {
             kind: "invalid_request_error",
             param: param.map(str::to_string),
             code: None,
+            retry_after: None,
         }
     }
 
@@ -69,6 +72,7 @@ impl From<ProviderError> for OpenAiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("provider_unavailable"), None)
             }
             ProviderError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "server_error", Some("upstream_error"), None),
+            ProviderError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("model_overloaded"), None),
         };
         OpenAiError {
             status,
@@ -76,13 +80,18 @@ impl From<ProviderError> for OpenAiError {
             kind,
             param: param.map(str::to_string),
             code,
+            retry_after: matches!(e, ProviderError::Overloaded { .. }).then_some(1),
         }
     }
 }
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
     }
 }
 
@@ -102,6 +111,7 @@ pub fn reshape_guard_error(status: StatusCode, detail: &str) -> Response {
         kind,
         param: None,
         code,
+        retry_after: None,
     };
     e.into_response()
 }
