@@ -119,7 +119,7 @@ fn restart_keeps_waits_and_timers() {
     g.wait_status(&w, "waiting");
     let (_, v) = g.post(
         "/api/gateway/runs/schedule",
-        &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.5s", "repeat_count": 3}),
+        &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 3}),
     );
     let p = v["run_id"].as_str().unwrap().to_string();
     g.wait_run(&p, "waiting on its interval", |r| r["current_node"] == "wait_interval");

@@ -415,7 +415,7 @@ fn subflow_and_loop() {
 #[test]
 fn schedules_with_repeat_count_and_updates() {
     let g = Gateway::start();
-    let (s, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.1s", "repeat_count": 2, "start_at": "now", "input_data": {"x": "tick"}}));
+    let (s, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 2, "start_at": "now", "input_data": {"x": "tick"}}));
     assert_eq!(s, 200, "{v}");
     let p = v["run_id"].as_str().unwrap().to_string();
     let r = g.wait_status(&p, "completed");
@@ -430,7 +430,7 @@ fn schedules_with_repeat_count_and_updates() {
     // Separate sessions when share_context is false.
     let (_, v) = g.post(
         "/api/gateway/runs/schedule",
-        &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.05s", "repeat_count": 2, "share_context": false}),
+        &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 2, "share_context": false}),
     );
     let p2 = v["run_id"].as_str().unwrap().to_string();
     g.wait_status(&p2, "completed");
@@ -458,6 +458,27 @@ fn schedules_with_repeat_count_and_updates() {
             "repeat_until cannot be combined with repeat_count",
         ),
         (json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "soon"}), ""),
+        // Sub-second intervals and uncapped counts made runs as fast as the runner could.
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0s"}),
+            "interval \"0s\" is too short: a schedule's interval must be at least 1s",
+        ),
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1ms", "repeat_count": 3}),
+            "interval \"1ms\" is too short: a schedule's interval must be at least 1s",
+        ),
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "0.5s"}),
+            "interval \"0.5s\" is too short: a schedule's interval must be at least 1s",
+        ),
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 10001}),
+            "repeat_count must be <= 10000 (got 10001)",
+        ),
+        (
+            json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_until": "2099-01-01T00:00:00Z"}),
+            "",
+        ),
         (json!({"bundle_id": "test-noop"}), "bundle_id and flow_id are required"),
     ] {
         let (s, v) = g.post("/api/gateway/runs/schedule", &body);
@@ -496,10 +517,10 @@ fn schedules_with_repeat_count_and_updates() {
         "us",
         &child,
         "update_schedule",
-        json!({"interval": "0.1s", "apply_immediately": true}),
+        json!({"interval": "1s", "apply_immediately": true}),
     );
     let r = g.wait_status(&p3, "completed");
-    assert_eq!(r["schedule"]["interval"], "0.1s");
+    assert_eq!(r["schedule"]["interval"], "1s");
     assert_eq!(g.get(&format!("/api/gateway/runs?parent_run_id={p3}")).1["count"], 3);
     assert_eq!(g.command_status("us")["status"], "applied");
     // The generated wrapper flow can be read back.
@@ -508,6 +529,24 @@ fn schedules_with_repeat_count_and_updates() {
     assert_eq!(f["source"], "dynamic");
     // update_schedule on a plain run is rejected with a reason.
     let plain = g.start_run(json!({"bundle_id": "test-noop"}));
+    // A sub-second update is rejected with the reason, and the schedule keeps its interval.
+    let (_, v) = g.post(
+        "/api/gateway/runs/schedule",
+        &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "60s", "repeat_count": 2}),
+    );
+    let p4 = v["run_id"].as_str().unwrap().to_string();
+    g.wait_run(&p4, "waiting on interval", |r| r["current_node"] == "wait_interval");
+    g.command_ok("us3", &p4, "update_schedule", json!({"interval": "10ms"}));
+    let o = g.command_status("us3");
+    assert_eq!(
+        (o["status"].as_str(), o["detail"].as_str()),
+        (
+            Some("rejected"),
+            Some("interval \"10ms\" is too short: a schedule's interval must be at least 1s")
+        ),
+        "{o}"
+    );
+    assert_eq!(g.run(&p4)["schedule"]["interval"], "60s");
     g.command_ok("us2", &plain, "update_schedule", json!({"interval": "1s"}));
     assert_eq!(g.command_status("us2")["status"], "rejected");
     g.command_ok("cm", &plain, "compact_memory", json!({}));
@@ -644,6 +683,48 @@ fn bad_bundle_uploads_are_refused_and_write_nothing() {
             "Failed installing bundle: invalid manifest: bundle_format_version must be \"1\" (got \"2\")"
         )
     );
+    // Names too long for a file name (they name the installed file): 400 with the reason, never
+    // the 500 "File name too long" the file system would give. The longest allowed installs.
+    let noop = std::fs::read(format!("{BUNDLES}/src/noop.json")).unwrap();
+    let e_acute = "é".repeat(120);
+    for (id, version, field, bytes) in [
+        ("a".repeat(250), "1.0.0".to_string(), "bundle_id", 250),
+        (e_acute.clone(), "1.0.0".to_string(), "bundle_id", 240),
+        ("long-version".to_string(), "9".repeat(250), "bundle_version", 250),
+    ] {
+        let (s, v) = upload(
+            &g,
+            make_flow(&manifest(&id, &version, "noop"), &[("flows/noop.json", noop.clone())]),
+            false,
+        );
+        assert_eq!(s, 400, "{v}");
+        let limit = if field == "bundle_id" { 128 } else { 64 };
+        assert_eq!(
+            v["detail"],
+            format!("Failed installing bundle: invalid manifest: {field} is {bytes} bytes long (UTF-8); at most {limit} are allowed, since it names the installed file")
+        );
+    }
+    let (id, version) = ("é".repeat(64), "v".repeat(64));
+    let (s, v) = upload(
+        &g,
+        make_flow(&manifest(&id, &version, "noop"), &[("flows/noop.json", noop.clone())]),
+        false,
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = g.post(
+        "/api/gateway/runs/start",
+        &json!({"bundle_id": id, "bundle_version": version, "input_data": {"x": "long"}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    g.wait_status(v["run_id"].as_str().unwrap(), "completed");
+    let (s, _) = g
+        .http
+        .delete(g.url(&format!("/api/gateway/bundles/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(s, 200);
     // Zip bomb: 60 MiB of zeros deflates to ~60 KiB.
     let (s, v) = upload(
         &g,

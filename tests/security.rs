@@ -82,7 +82,16 @@ fn origins_and_cors() {
             .send()
             .unwrap()
     };
-    for bad in ["https://evil.example", "http://localhost.evil.example", "null"] {
+    for bad in [
+        "https://evil.example",
+        "http://localhost.evil.example",
+        "null",
+        // `*` in the port position matches digits only, and malformed origins match nothing.
+        "http://localhost:1@evil.example",
+        "http://localhost:80.evil.example",
+        "http://localhost:",
+        "https://a@b.ngrok-free.app",
+    ] {
         let r = get(bad);
         assert_eq!(r.status(), 403, "{bad}");
         assert!(r.headers().get("access-control-allow-origin").is_none(), "CORS must not echo {bad}");
@@ -379,4 +388,75 @@ fn openapi_documents_request_bodies() {
     assert!(body("/api/gateway/runs/start")["application/json"]["schema"]["properties"]["input_data"].is_object());
     assert!(body("/api/gateway/runs/schedule")["application/json"]["schema"]["properties"]["repeat_count"].is_object());
     assert!(body("/api/gateway/runs/ledger/batch")["application/json"]["schema"]["properties"]["runs"].is_object());
+}
+
+#[test]
+fn failed_browser_logins_count_toward_the_lockout() {
+    let g = Gateway::start_with(&[("ABSTRACTGATEWAY_USER_AUTH", "1")], &[]);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let r = g
+            .http
+            .post(g.url("/api/gateway/session/login"))
+            .json(&json!({"user_id": "admin", "token": "agw_wrong-token-0000"}))
+            .send()
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().get("retry-after").is_some());
+            assert_eq!(r.json::<Value>().unwrap()["detail"], "Too Many Requests (auth lockout)");
+        }
+    }
+    // The fifth failure locks the address, like five wrong bearer tokens.
+    assert_eq!(&statuses[..5], &[401, 401, 401, 401, 429]);
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The lock is the address's, whatever the credential: a valid bearer token waits too.
+    let r = g.http.get(g.url("/api/gateway/runs")).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status(), 429);
+    // A right login is refused while locked too.
+    let admin = std::fs::read_to_string(g.dir.join("auth/bootstrap-admin-token")).unwrap();
+    let r = g
+        .http
+        .post(g.url("/api/gateway/session/login"))
+        .json(&json!({"user_id": "admin", "token": admin.trim()}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 429);
+}
+
+#[test]
+fn authorization_headers_are_parsed_strictly() {
+    let g = Gateway::start();
+    let get = |values: &[&str]| {
+        let mut r = g.http.get(g.url("/api/gateway/runs"));
+        for v in values {
+            r = r.header("Authorization", *v);
+        }
+        let r = r.send().unwrap();
+        let s = r.status().as_u16();
+        (s, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    // The scheme is case-insensitive (RFC 9110), and spaces after it are allowed.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        assert_eq!(get(&[&format!("{scheme} {TOKEN}")]).0, 200, "{scheme}");
+    }
+    assert_eq!(get(&[&format!("Bearer   {TOKEN}")]).0, 200);
+    // Two Authorization headers are refused outright, whatever their order, and are not
+    // counted as failed credentials.
+    let bad = "Bearer not-the-token";
+    for _ in 0..6 {
+        for pair in [
+            [format!("Bearer {TOKEN}"), bad.to_string()],
+            [bad.to_string(), format!("Bearer {TOKEN}")],
+        ] {
+            let (s, v) = get(&[&pair[0], &pair[1]]);
+            assert_eq!(s, 400, "{pair:?}");
+            assert_eq!(v["detail"], "Bad Request (more than one Authorization header)");
+        }
+    }
+    assert_eq!(get(&[&format!("Bearer {TOKEN}")]).0, 200, "no lockout from the refused pairs");
+    // Other schemes and a scheme without a token are wrong credentials.
+    assert_eq!(get(&["Basic Zm9vOmJhcg=="]).0, 401);
+    assert_eq!(get(&["Bearer"]).0, 401);
+    assert_eq!(get(&[&format!("Bearer{TOKEN}")]).0, 401);
 }

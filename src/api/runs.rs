@@ -19,7 +19,7 @@ use crate::runtime::interpreter::{new_run, start_vars, ACTOR};
 use crate::runtime::model::{RunState, RunStatus};
 use crate::runtime::schedule;
 use crate::store::RunQuery;
-use crate::util::time::{now, now_iso, parse_duration, parse_iso};
+use crate::util::time::{now, now_iso, parse_iso};
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -337,6 +337,12 @@ async fn schedule_run(Extension(st): Extension<AppState>, body: Bytes) -> ApiRes
             if c < 1 {
                 return Err(ApiError::bad_request("repeat_count must be >= 1"));
             }
+            if c as u64 > schedule::MAX_DERIVED_COUNT {
+                return Err(ApiError::bad_request(format!(
+                    "repeat_count must be <= {} (got {c})",
+                    schedule::MAX_DERIVED_COUNT
+                )));
+            }
             Some(c as u64)
         }
         Some(other) => {
@@ -352,10 +358,7 @@ async fn schedule_run(Extension(st): Extension<AppState>, body: Bytes) -> ApiRes
         safe_id("session_id", s)?;
     }
     let interval_d = match &interval {
-        Some(i) => Some(
-            parse_duration(i)
-                .ok_or_else(|| ApiError::bad_request(format!("invalid interval {i:?}: expected e.g. 30s, 0.5s, 5m, 1h, 1d")))?,
-        ),
+        Some(i) => Some(schedule::parse_interval(i).map_err(ApiError::bad_request)?),
         None => None,
     };
     let start = match start_at.as_deref().map(str::trim) {
@@ -382,7 +385,7 @@ async fn schedule_run(Extension(st): Extension<AppState>, body: Bytes) -> ApiRes
             return Err(ApiError::bad_request("repeat_until must be >= start_at"));
         }
         let span = (until - from).to_std().unwrap_or_default().as_secs_f64();
-        let n = 1 + (span / d.as_secs_f64().max(1e-6)).floor() as u64;
+        let n = 1 + (span / d.as_secs_f64()).floor() as u64;
         if n > schedule::MAX_DERIVED_COUNT {
             return Err(ApiError::bad_request(format!(
                 "repeat_until/interval derive {n} executions (> {})",

@@ -138,6 +138,11 @@ fn read_archive(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> 
     Ok(out)
 }
 
+/// Longest `bundle_id` and `bundle_version`, in bytes: `<id>@<version>.flow` plus the temp
+/// name's 38 bytes stays within a 255-byte file name.
+pub const MAX_BUNDLE_ID_BYTES: usize = 128;
+pub const MAX_BUNDLE_VERSION_BYTES: usize = 64;
+
 pub fn load_bundle(bytes: &[u8], path: Option<PathBuf>) -> Result<Bundle, BundleError> {
     let files = read_archive(bytes)?;
     let manifest: Value = serde_json::from_slice(files.get("manifest.json").ok_or(BundleError::NoManifest)?)
@@ -164,6 +169,20 @@ pub fn load_bundle(bytes: &[u8], path: Option<PathBuf>) -> Result<Bundle, Bundle
         return Err(BundleError::Manifest(format!(
             "bundle_version {version:?} is not a safe identifier"
         )));
+    }
+    // The installed file is named `<id>@<version>.flow` (and written through a temp name 38
+    // bytes longer): both must fit a file name (255 bytes on common file systems), counted in
+    // bytes, since `é` takes two.
+    for (field, value, max) in [
+        ("bundle_id", &id, MAX_BUNDLE_ID_BYTES),
+        ("bundle_version", &version, MAX_BUNDLE_VERSION_BYTES),
+    ] {
+        if value.len() > max {
+            return Err(BundleError::Manifest(format!(
+                "{field} is {} bytes long (UTF-8); at most {max} are allowed, since it names the installed file",
+                value.len()
+            )));
+        }
     }
     let mut entrypoints = Vec::new();
     for e in get(m, "entrypoints", "entryPoints").and_then(Value::as_array).into_iter().flatten() {

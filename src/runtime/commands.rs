@@ -10,7 +10,7 @@ use super::model::{RunState, RunStatus, WaitState};
 use super::runner::Pass;
 use super::schedule;
 use crate::store::{CommandOutcome, CommandRow};
-use crate::util::time::{add_duration, format_iso, now, now_iso, parse_duration};
+use crate::util::time::{add_duration, format_iso, now, now_iso};
 
 pub const TYPES: &[&str] = &["pause", "resume", "cancel", "emit_event", "update_schedule", "compact_memory"];
 
@@ -312,12 +312,9 @@ impl Pass<'_> {
         let Some(interval) = s(&c.payload, "interval").or_else(|| s(&c.payload, "schedule")) else {
             return Ok(outcome("rejected", "payload.interval is required (e.g. \"30s\", \"5m\")", vec![]));
         };
-        let Some(dur) = parse_duration(&interval) else {
-            return Ok(outcome(
-                "rejected",
-                format!("invalid interval {interval:?}: expected a relative duration like 10s, 0.5s, 5m, 1h, 1d"),
-                vec![],
-            ));
+        let dur = match schedule::parse_interval(&interval) {
+            Ok(d) => d,
+            Err(why) => return Ok(outcome("rejected", why, vec![])),
         };
         let apply_now = c.payload.get("apply_immediately").and_then(Value::as_bool).unwrap_or(true);
         let root = self.root_of(&c.run_id)?;
