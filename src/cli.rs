@@ -206,7 +206,7 @@ async fn open_core(needs_token: bool) -> Result<Core, String> {
     if needs_token && cfg.security_enabled && (cfg.protect_write || cfg.protect_read) && cfg.auth_tokens.is_empty() && !cfg.user_auth {
         return Err(NO_TOKEN.into());
     }
-    std::fs::create_dir_all(&cfg.data_dir)
+    crate::util::ensure_private_dir(&cfg.data_dir)
         .map_err(|e| format!("abstractgateway: cannot create data dir {}: {e}", cfg.data_dir.display()))?;
     cfg.check_db_inside_data_dir().map_err(|e| format!("abstractgateway: {e}"))?;
     let (users, sessions) = if cfg.user_auth {
@@ -602,6 +602,8 @@ fn models(c: ModelsCmd) -> Result<(), String> {
 
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts: every file the gateway makes is its user's alone.
+    crate::util::private_umask();
     init_tracing();
     let res = match cli.command {
         Command::Migrate(a) => migrate(a),

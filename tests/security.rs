@@ -460,3 +460,67 @@ fn authorization_headers_are_parsed_strictly() {
     assert_eq!(get(&["Bearer"]).0, 401);
     assert_eq!(get(&[&format!("Bearer{TOKEN}")]).0, 401);
 }
+
+#[test]
+fn the_data_dir_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    // An install made by an older version: a world-readable data dir and database.
+    let mut g = Gateway::start();
+    g.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "1"}}));
+    g.kill9();
+    for (p, m) in [
+        (g.dir.clone(), 0o755),
+        (g.dir.join("gateway.sqlite3"), 0o644),
+        (g.dir.join("audit_log.jsonl"), 0o644),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    g.spawn();
+    let id = g.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "2"}}));
+    g.wait_status(&id, "completed");
+    let noop = std::fs::read(format!("{BUNDLES}/src/noop.json")).unwrap();
+    let (s, v) = upload(
+        &g,
+        make_flow(&manifest("perm", "1.0.0", "noop"), &[("flows/noop.json", noop)]),
+        false,
+    );
+    assert_eq!(s, 200, "{v}");
+    // The audit log is written by its own thread: wait for the upload's line.
+    let log = g.dir.join("audit_log.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("/bundles/upload") {
+        assert!(std::time::Instant::now() < deadline, "the upload was never audited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(mode(&g.dir), 0o700, "data dir");
+    for f in [
+        "gateway.sqlite3",
+        "gateway.sqlite3-wal",
+        "gateway.sqlite3-shm",
+        "audit_log.jsonl",
+        "flows/perm@1.0.0.flow",
+    ] {
+        assert_eq!(mode(&g.dir.join(f)), 0o600, "{f}");
+    }
+    // Everything else the gateway made under it too: nothing is readable by others.
+    let mut stack = vec![g.dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if p.is_dir() {
+                stack.push(p.clone());
+            } else if name.starts_with("test-") && name.ends_with(".flow") {
+                continue; // copied in by the test harness, not made by the gateway
+            }
+            assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+        }
+    }
+}

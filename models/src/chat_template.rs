@@ -111,7 +111,29 @@ impl ChatTemplate {
         ctx.insert("messages".into(), messages.clone());
         ctx.insert("add_generation_prompt".into(), Value::Bool(add_generation_prompt));
         let tmpl = self.env.get_template("chat").map_err(|e| ModelError::Template(e.to_string()))?;
-        tmpl.render(JValue::from(minijinja::value::Serde(&ctx)))
+        tmpl.render(to_jinja(&Value::Object(ctx)))
             .map_err(|e| ModelError::Template(e.to_string()))
+    }
+}
+
+/// A JSON value as a template value, built directly rather than through serde: with
+/// serde_json's `arbitrary_precision` (the gateway keeps large integers exact), a number
+/// serializes as a private one-field map that templates would print as such.
+fn to_jinja(v: &Value) -> JValue {
+    match v {
+        Value::Null => JValue::from(()),
+        Value::Bool(b) => JValue::from(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                JValue::from(i)
+            } else if let Some(u) = n.as_u64() {
+                JValue::from(u)
+            } else {
+                JValue::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => JValue::from(s.as_str()),
+        Value::Array(a) => JValue::from(a.iter().map(to_jinja).collect::<Vec<_>>()),
+        Value::Object(o) => JValue::from_iter(o.iter().map(|(k, v)| (k.clone(), to_jinja(v)))),
     }
 }

@@ -1,12 +1,13 @@
 //! Health, ping, and the 404 fallback.
 
+use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Json;
 use serde_json::json;
 
-use super::{route, Route};
+use super::{route, AppState, Route};
 use crate::util::time::now_iso;
 
 pub fn routes() -> Vec<Route> {
@@ -23,8 +24,19 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "healthy", "service": "abstractgateway", "version": env!("CARGO_PKG_VERSION")}))
+/// Liveness, and whether writes work: `degraded` (still 200: reads are served) with the reason
+/// while a writer reports a full disk, or while the data dir's disk is nearly full.
+async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
+    let dir = st.cfg.data_dir.clone();
+    let (problem, storage) = tokio::task::spawn_blocking(move || crate::store::health::storage_status(&dir))
+        .await
+        .unwrap_or_else(|e| (Some(format!("storage check failed: {e}")), json!(null)));
+    let mut body = json!({"status": "healthy", "service": "abstractgateway", "version": env!("CARGO_PKG_VERSION"), "storage": storage});
+    if let Some(why) = problem {
+        body["status"] = json!("degraded");
+        body["reason"] = json!(why);
+    }
+    Json(body)
 }
 
 async fn ping() -> Json<serde_json::Value> {

@@ -352,6 +352,7 @@ async fn upload(Extension(st): Extension<AppState>, mut mp: Multipart) -> ApiRes
         Ok(b) => b,
         Err(InstallError::Exists(n)) => return Err(ApiError::bad_request(format!("Bundle already installed: {n}"))),
         Err(InstallError::Invalid(e)) => return Err(ApiError::bad_request(format!("Failed installing bundle: {e}"))),
+        Err(InstallError::Full(e)) => return Err(ApiError::Store(crate::store::StoreError::Full(e))),
         Err(InstallError::Io(e)) => {
             return Err(ApiError::Status(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,

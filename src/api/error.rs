@@ -37,6 +37,13 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Status(s, m) => (s, axum::Json(json!({"detail": m}))).into_response(),
             ApiError::Invalid(errs) => (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"detail": errs}))).into_response(),
+            ApiError::Store(StoreError::Full(why)) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                axum::Json(json!({"detail": format!(
+                    "Insufficient Storage: the gateway's data disk is full ({why}); nothing was written. Free space on the data dir's disk and retry; reads still work."
+                )})),
+            )
+                .into_response(),
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 (

@@ -33,8 +33,9 @@ pub struct Planes {
 
 /// Opens one plane's store, bundles and notifier.
 pub fn open_plane(cfg: Config) -> Result<(AppState, Arc<SqliteStore>), String> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
-    let store = Arc::new(SqliteStore::open(&cfg.db_path).map_err(|e| format!("cannot open {}: {e}", cfg.db_path.display()))?);
+    crate::util::ensure_private_dir(&cfg.data_dir).map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    let store =
+        Arc::new(SqliteStore::open_capped(&cfg.db_path, cfg.db_max_mb).map_err(|e| format!("cannot open {}: {e}", cfg.db_path.display()))?);
     let registry = Arc::new(BundleRegistry::new(cfg.flows_dir.clone()));
     let n = registry.reload().map_err(|e| e.to_string())?;
     tracing::info!(flows_dir = %cfg.flows_dir.display(), bundles = n, "bundles loaded");

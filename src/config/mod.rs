@@ -35,6 +35,9 @@ pub struct Config {
     /// Requests one local model holds queued beyond what it decodes at once (`max_batch`);
     /// one more is refused with 429 before any work is done for it.
     pub model_queue: usize,
+    /// A cap on each data plane's SQLite database (`ABSTRACTGATEWAY_DB_MAX_MB`): past it writes
+    /// are refused (507) as on a full disk. Unset: no cap but the disk.
+    pub db_max_mb: Option<u64>,
     pub lockout_after: u32,
     pub lockout_base_s: f64,
     pub lockout_max_s: f64,
@@ -256,6 +259,10 @@ impl Config {
             body_timeout_s: number(&["ABSTRACTGATEWAY_BODY_TIMEOUT_S"], 10.0f64)?,
             min_body_rate: number(&["ABSTRACTGATEWAY_MIN_BODY_RATE"], 16_384u64)?,
             model_queue: number(&["ABSTRACTGATEWAY_MODEL_QUEUE"], 64usize)?,
+            db_max_mb: match var(&["ABSTRACTGATEWAY_DB_MAX_MB"]) {
+                None => None,
+                Some(_) => Some(number(&["ABSTRACTGATEWAY_DB_MAX_MB"], 0u64)?.max(1)),
+            },
             lockout_after: number(&["ABSTRACTGATEWAY_LOCKOUT_AFTER"], 5u32)?,
             lockout_base_s: number(&["ABSTRACTGATEWAY_LOCKOUT_BASE_S"], 1.0f64)?,
             lockout_max_s: number(&["ABSTRACTGATEWAY_LOCKOUT_MAX_S"], 60.0f64)?,

@@ -33,6 +33,9 @@ pub enum BundleError {
     Flow(String, FlowError),
     #[error("{0}")]
     Io(String),
+    /// No space left on the flows dir's disk: nothing was installed.
+    #[error("{0}")]
+    Full(String),
 }
 
 #[derive(Debug, Clone)]
@@ -427,7 +430,15 @@ impl BundleRegistry {
         if dest.exists() && !overwrite {
             return Err(InstallError::Exists(name));
         }
-        crate::util::write_atomic(&dest, bytes, 0o644).map_err(|e| InstallError::Io(e.to_string()))?;
+        let writer = format!("bundles {}", dir.display());
+        match crate::util::write_atomic(&dest, bytes, 0o600) {
+            Ok(()) => crate::store::health::report_ok(&writer),
+            Err(e) if crate::store::health::is_full(&e) => {
+                crate::store::health::report_full_in(&writer, &e.to_string(), &dir);
+                return Err(InstallError::Full(e.to_string()));
+            }
+            Err(e) => return Err(InstallError::Io(e.to_string())),
+        }
         let bundle = Arc::new(Bundle {
             path: Some(dest),
             ..bundle
@@ -477,6 +488,9 @@ pub enum InstallError {
     Exists(String),
     #[error("{0}")]
     Io(String),
+    /// No space left on the flows dir's disk: nothing was installed.
+    #[error("{0}")]
+    Full(String),
 }
 
 #[cfg(test)]

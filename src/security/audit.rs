@@ -16,7 +16,19 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || {
-                let open = |p: &PathBuf| std::fs::OpenOptions::new().create(true).append(true).open(p);
+                // 0600: requests' paths, addresses and user ids are the operator's alone.
+                let open = |p: &PathBuf| {
+                    let mut o = std::fs::OpenOptions::new();
+                    o.create(true).append(true);
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::OpenOptionsExt;
+                        o.mode(0o600);
+                    }
+                    let f = o.open(p);
+                    let _ = crate::util::tighten_file(p);
+                    f
+                };
                 let mut file = open(&path).ok();
                 while let Ok(line) = rx.recv() {
                     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

@@ -7,6 +7,7 @@
 //! - a `RunnerBatch` (run states + ledger appends + command outcomes + cursor) commits atomically,
 //!   so a run's state and its ledger never disagree, even after `kill -9`.
 
+pub mod health;
 pub mod migrate;
 pub mod sqlite;
 
@@ -20,13 +21,27 @@ pub enum StoreError {
     #[error("run '{0}' already exists")]
     RunExists(String),
     #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(rusqlite::Error),
+    /// No space left for the write (a full disk, a quota, or the store's own size cap):
+    /// nothing was written, and reads still work.
+    #[error("{0}")]
+    Full(String),
     #[error("corrupt stored JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("store is shutting down")]
     Closed,
     #[error("{0}")]
     Other(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::Full(e.to_string())
+        } else {
+            StoreError::Db(e)
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -120,6 +120,25 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Creates the database file 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm`
+/// files the database file's mode), and tightens an existing one and its companions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    drop(o.open(path)?);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        crate::util::tighten_file(Path::new(&p))?;
+    }
+    Ok(())
+}
+
 fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
@@ -143,15 +162,28 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        SqliteStore::open_capped(path, None)
+    }
+
+    /// Opens the store with its database capped at `max_mb` MiB (`ABSTRACTGATEWAY_DB_MAX_MB`).
+    pub fn open_capped(path: &Path, max_mb: Option<u64>) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
         }
+        create_private(path).map_err(|e| StoreError::Other(format!("cannot create {}: {e}", path.display())))?;
         let conn = open(path, false)?;
         conn.execute_batch(SCHEMA)?;
+        if let Some(mb) = max_mb {
+            // A size cap for the store: past it a write fails as on a full disk (507).
+            let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+            let pages = ((mb as i64) << 20) / page.max(512);
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
+        let writer = format!("database {}", path.display());
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, writer))
             .map_err(|e| StoreError::Other(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -206,7 +238,7 @@ impl Drop for SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
+fn writer_loop(mut conn: Connection, rx: Receiver<Job>, writer: String) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < 1024 {
@@ -216,6 +248,16 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
             }
         }
         let results = run_group(&mut conn, &mut jobs);
+        // Whether this store can write, for /api/health: a full disk fails every group until
+        // space is freed, and the first group that commits again clears it.
+        match results.iter().find_map(|r| match r {
+            Err(StoreError::Full(m)) => Some(m.clone()),
+            _ => None,
+        }) {
+            Some(why) => health::report_full(&writer, &why),
+            None if results.iter().any(Result::is_ok) => health::report_ok(&writer),
+            None => {}
+        }
         for (job, res) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(res);
         }
@@ -226,10 +268,17 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
 
 fn run_group(conn: &mut Connection, jobs: &mut [Job]) -> Vec<StoreResult<OpOut>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
         let msg = e.to_string();
         return jobs
             .iter()
-            .map(|_| Err(StoreError::Other(format!("cannot begin transaction: {msg}"))))
+            .map(|_| {
+                Err(if full {
+                    StoreError::Full(msg.clone())
+                } else {
+                    StoreError::Other(format!("cannot begin transaction: {msg}"))
+                })
+            })
             .collect();
     }
     let mut results = Vec::with_capacity(jobs.len());
@@ -238,25 +287,56 @@ fn run_group(conn: &mut Connection, jobs: &mut [Job]) -> Vec<StoreResult<OpOut>>
         let res = match conn.execute_batch("SAVEPOINT job") {
             Ok(()) => {
                 let r = apply(conn, op);
+                if r.is_err() && conn.is_autocommit() {
+                    // SQLite rolled the whole transaction back by itself (it may on SQLITE_FULL,
+                    // IOERR or NOMEM): every job of this group is undone, and a later job must
+                    // not run outside the group's transaction (its RELEASE would commit it
+                    // alone while the group reports failure).
+                    return undone_group(jobs.len(), r.err());
+                }
                 let end = if r.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
                 match conn.execute_batch(end) {
                     Ok(()) => r,
                     Err(e) => Err(StoreError::Db(e)),
                 }
             }
-            Err(e) => Err(StoreError::Db(e)),
+            Err(e) => Err(StoreError::from(e)),
         };
         results.push(res);
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
+        let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
         let msg = e.to_string();
         return jobs
             .iter()
-            .map(|_| Err(StoreError::Other(format!("commit failed: {msg}"))))
+            .map(|_| {
+                Err(if full {
+                    StoreError::Full(msg.clone())
+                } else {
+                    StoreError::Other(format!("commit failed: {msg}"))
+                })
+            })
             .collect();
     }
     results
+}
+
+/// Every job of a group whose transaction SQLite rolled back: failed, with the cause.
+fn undone_group(n: usize, cause: Option<StoreError>) -> Vec<StoreResult<OpOut>> {
+    let full = match &cause {
+        Some(StoreError::Full(m)) => Some(m.clone()),
+        _ => None,
+    };
+    let msg = cause.map(|e| e.to_string()).unwrap_or_default();
+    (0..n)
+        .map(|_| {
+            Err(match &full {
+                Some(m) => StoreError::Full(m.clone()),
+                None => StoreError::Other(format!("transaction rolled back: {msg}")),
+            })
+        })
+        .collect()
 }
 
 fn run_columns(run: &RunState) -> StoreResult<(String, Option<String>, Option<String>, Option<String>)> {

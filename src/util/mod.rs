@@ -35,6 +35,53 @@ pub fn is_safe_id(id: &str) -> bool {
         && !id.chars().any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
+/// Creates `dir` (and its parents) and makes `dir` itself 0700: a data dir holds runs, ledgers,
+/// logs and tokens' fingerprints, which are no other local user's to read. An existing dir with
+/// looser modes is tightened.
+pub fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes an existing file 0600 (files made by an older version may be 0644). Missing files
+/// are left alone.
+pub fn tighten_file(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Files this process creates are for its user alone (0600, dirs 0700) unless a mode says
+/// otherwise: what SQLite, the audit log and the tools create included. Process-wide, so it is
+/// set once, at start, before any thread creates a file.
+pub fn private_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// Writes a file atomically with mode 0600: for secrets and registries.
 pub fn write_private_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic(path, bytes, 0o600)

@@ -66,7 +66,11 @@ impl Gateway {
     }
 
     pub fn start_with(env: &[(&str, &str)], args: &[&str]) -> Gateway {
-        let dir = temp_dir("gw");
+        Gateway::start_in(temp_dir("gw"), env, args)
+    }
+
+    /// A gateway whose data dir is `dir` (e.g. on a file system the test mounted).
+    pub fn start_in(dir: PathBuf, env: &[(&str, &str)], args: &[&str]) -> Gateway {
         seed_bundles(&dir.join("flows"));
         let mut g = Gateway {
             child: None,
