@@ -517,6 +517,9 @@ fn the_data_dir_and_its_files_are_private() {
             let name = p.file_name().unwrap().to_string_lossy().to_string();
             if p.is_dir() {
                 stack.push(p.clone());
+                if name == "flows" {
+                    continue; // made by the test harness to seed bundles, before the gateway ran
+                }
             } else if name.starts_with("test-") && name.ends_with(".flow") {
                 continue; // copied in by the test harness, not made by the gateway
             }

@@ -134,6 +134,6 @@ fn to_jinja(v: &Value) -> JValue {
         }
         Value::String(s) => JValue::from(s.as_str()),
         Value::Array(a) => JValue::from(a.iter().map(to_jinja).collect::<Vec<_>>()),
-        Value::Object(o) => JValue::from_iter(o.iter().map(|(k, v)| (k.clone(), to_jinja(v)))),
+        Value::Object(o) => JValue::from_pairs(o.iter().map(|(k, v)| (k.as_str(), to_jinja(v)))),
     }
 }
