@@ -258,13 +258,19 @@ fn openapi_and_docs() {
         assert!(v["paths"].get(p).is_some(), "{p} missing from openapi.json");
     }
     assert!(v["paths"]["/api/gateway/bundles/{bundle_id}"].get("delete").is_some());
-    assert_eq!(
-        v["components"]["securitySchemes"]["gatewayBearerAuth"],
-        json!({"type": "http", "scheme": "bearer"})
-    );
+    assert_eq!(v["components"]["securitySchemes"]["gatewayBearerAuth"]["scheme"], "bearer");
+    let no_redirects = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     for (path, ops) in v["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
-            assert_eq!(op.get("security").is_some(), path.starts_with("/api/gateway"), "{method} {path}");
+            // /v1 needs the token too, and says so.
+            let guarded = path.starts_with("/api/gateway") || path.starts_with("/v1/");
+            assert_eq!(op.get("security").is_some(), guarded, "{method} {path}");
+            if guarded && path != "/api/gateway/session/login" {
+                assert!(op["responses"].get("401").is_some(), "{method} {path}");
+            }
             // Every documented operation exists (never a 404/405 from the router itself).
             let url = g.url(
                 &path
@@ -272,10 +278,12 @@ fn openapi_and_docs() {
                     .replace("{command_id}", "nope")
                     .replace("{bundle_id}", "nope")
                     .replace("{flow_id}", "nope")
-                    .replace("{workflow_id}", "nope"),
+                    .replace("{workflow_id}", "nope")
+                    .replace("{model_id}", "nope")
+                    .replace("{provider}", "nope")
+                    .replace("{user_id}", "nope"),
             );
-            let r = g
-                .http
+            let r = no_redirects
                 .request(method.to_uppercase().parse().unwrap(), url)
                 .bearer_auth(TOKEN)
                 .header("content-type", "application/json")
@@ -283,12 +291,16 @@ fn openapi_and_docs() {
                 .send()
                 .unwrap();
             assert_ne!(r.status(), 405, "{method} {path}");
-            if r.status() == 404 {
+            let status = r.status().as_u16();
+            // Every status answered is documented for the operation.
+            assert!(
+                op["responses"].get(status.to_string()).is_some(),
+                "{method} {path}: {status} is not documented"
+            );
+            if status == 404 {
                 let d: Value = r.json().unwrap();
-                assert!(
-                    !d["detail"].as_str().unwrap_or("").starts_with("Not Found:"),
-                    "{method} {path} is not routed"
-                );
+                let text = d["detail"].as_str().or(d["error"]["message"].as_str()).unwrap_or("").to_string();
+                assert!(!text.starts_with("Not Found:"), "{method} {path} is not routed");
             }
         }
     }
@@ -526,4 +538,61 @@ fn the_data_dir_and_its_files_are_private() {
             assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
         }
     }
+}
+
+#[test]
+fn every_gateway_and_v1_error_is_json_in_its_shape() {
+    let g = Gateway::start();
+    let send = |m: &str, p: &str, headers: &[(&str, &str)], body: &'static [u8]| {
+        let mut r = g.http.request(m.parse().unwrap(), g.url(p)).bearer_auth(TOKEN).body(body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.send().unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let allow = r.headers().get("allow").map(|v| v.to_str().unwrap().to_string());
+        let body: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap_or_else(|_| panic!("{m} {p}: body is not JSON"));
+        assert!(ct.starts_with("application/json"), "{m} {p}: {ct}");
+        (status, body, allow)
+    };
+    // /v1: unknown routes and wrong methods answer in OpenAI's shape, a 405 with its Allow.
+    let (s, v, _) = send("GET", "/v1/embeddings/nothing-here", &[], b"");
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+    let (s, v, allow) = send("DELETE", "/v1/chat/completions", &[], b"");
+    assert_eq!((s, v["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{v}");
+    assert!(allow.unwrap().contains("POST"));
+    let (s, v, _) = send("PUT", "/v1/models", &[], b"");
+    assert_eq!(s, 405);
+    assert!(v["error"]["message"].is_string(), "{v}");
+    // /api/gateway: a wrong method, a multipart body without a boundary, a path id that is not
+    // UTF-8: `{"detail": ...}`, never plain text.
+    let (s, v, allow) = send("PUT", "/api/gateway/runs/start", &[], b"");
+    assert_eq!(s, 405);
+    assert!(v["detail"].is_string() && allow.unwrap().contains("POST"), "{v}");
+    let (s, v, _) = send(
+        "POST",
+        "/api/gateway/bundles/upload",
+        &[("content-type", "multipart/form-data")],
+        b"--x--",
+    );
+    assert_eq!(s, 400);
+    assert!(v["detail"].as_str().unwrap().to_lowercase().contains("boundary"), "{v}");
+    let (s, v, _) = send("GET", "/api/gateway/runs/%FF%FE", &[], b"");
+    assert_eq!(s, 400);
+    assert!(v["detail"].is_string(), "{v}");
+    // A reload body must be absent or an object.
+    let (s, v, _) = send(
+        "POST",
+        "/api/gateway/bundles/reload",
+        &[("content-type", "application/json")],
+        b"[null,null]",
+    );
+    assert_eq!(s, 422, "{v}");
+    let (s, _, _) = send("POST", "/api/gateway/bundles/reload", &[], b"");
+    assert_eq!(s, 200);
 }

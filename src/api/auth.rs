@@ -24,18 +24,25 @@ pub fn routes() -> Vec<Route> {
         route("get", "/api/gateway/me", "The caller's principal, auth mode and data-plane routing", &[], get(me)),
         route("post", "/api/gateway/session/login", "Exchange a user token for a browser session (public)", &[], post(login)).body(json!({"application/json": {"schema": {
             "type": "object", "required": ["user_id", "token"], "additionalProperties": false,
-            "properties": {"user_id": {"type": "string"}, "token": {"type": "string"}, "remember": {"type": "boolean", "default": false}}}}})),
-        route("post", "/api/gateway/session/logout", "End the browser session (session writes need the CSRF header)", &[], post(logout)),
-        route("get", "/api/gateway/admin/users", "List hosted users (admin)", &[], get(list_users)),
+            "properties": {"user_id": {"type": "string", "minLength": 1}, "token": {"type": "string", "minLength": 1}, "remember": {"type": "boolean", "default": false}}}}}))
+        .errors(&[400, 401]),
+        route("post", "/api/gateway/session/logout", "End the browser session (session writes need the CSRF header)", &[], post(logout)).optional_body().errors(&[422]),
+        route("get", "/api/gateway/admin/users", "List hosted users (admin)", &[], get(list_users)).errors(&[400]),
         route("post", "/api/gateway/admin/users", "Create a hosted user; its token is returned once (admin)", &[], post(create_user)).body(json!({"application/json": {"schema": {
             "type": "object", "required": ["user_id"], "additionalProperties": false, "properties": {
-            "user_id": {"type": "string"}, "tenant_id": {"type": "string", "default": "default"}, "email": {"type": "string"},
+            "user_id": {"type": "string", "minLength": 1}, "tenant_id": {"type": "string", "default": "default"}, "email": {"type": "string"},
             "roles": {"type": "array", "items": {"type": "string", "enum": ["admin", "user"]}}, "scopes": {"type": "array", "items": {"type": "string"}},
-            "enabled": {"type": "boolean"}, "runtime_id": {"type": "string"}, "token": {"type": "string"}}}}})),
-        route("get", "/api/gateway/admin/users/{user_id}", "One hosted user (admin)", &["tenant_id"], get(get_user)),
-        route("patch", "/api/gateway/admin/users/{user_id}", "Update a hosted user or rotate its token (admin)", &["tenant_id"], axum::routing::patch(patch_user)),
-        route("delete", "/api/gateway/admin/users/{user_id}", "Delete a hosted user; its runtime id stays reserved (admin)", &["tenant_id"], axum::routing::delete(delete_user)),
-        route("get", "/api/gateway/admin/runtime-reservations", "Runtime ids held back from deleted users (admin)", &[], get(reservations)),
+            "enabled": {"type": "boolean"}, "runtime_id": {"type": "string"}, "token": {"type": "string"}}}}}))
+        .errors(&[400]),
+        route("get", "/api/gateway/admin/users/{user_id}", "One hosted user (admin)", &["tenant_id"], get(get_user)).errors(&[400]),
+        route("patch", "/api/gateway/admin/users/{user_id}", "Update a hosted user or rotate its token (admin)", &["tenant_id"], axum::routing::patch(patch_user))
+            .body(json!({"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {
+                "email": {"type": "string"}, "roles": {"type": "array", "items": {"type": "string", "enum": ["admin", "user"]}},
+                "scopes": {"type": "array", "items": {"type": "string"}}, "enabled": {"type": "boolean"}, "runtime_id": {"type": "string"},
+                "token": {"type": "string"}, "rotate_token": {"type": "boolean", "default": false}}}}}))
+            .errors(&[400]),
+        route("delete", "/api/gateway/admin/users/{user_id}", "Delete a hosted user; its runtime id stays reserved (admin)", &["tenant_id"], axum::routing::delete(delete_user)).errors(&[400]),
+        route("get", "/api/gateway/admin/runtime-reservations", "Runtime ids held back from deleted users (admin)", &[], get(reservations)).errors(&[400]),
     ]
 }
 
@@ -208,7 +215,8 @@ async fn login(Extension(sec): Extension<Arc<Security>>, headers: HeaderMap, bod
     Ok(r)
 }
 
-async fn logout(Extension(sec): Extension<Arc<Security>>, headers: HeaderMap) -> ApiResult<Response> {
+async fn logout(Extension(sec): Extension<Arc<Security>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    super::validate::optional_object(&body)?;
     let deleted = match (&sec.sessions, sessions::presented(&headers)) {
         (Some(store), Some(p)) => store.logout(&p),
         _ => false,

@@ -20,7 +20,8 @@ pub fn routes() -> Vec<Route> {
             "Redirects to the console",
             &[],
             get(|| async { Redirect::temporary("/console") }),
-        ),
+        )
+        .redirects(),
     ]
 }
 

@@ -9,7 +9,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, ApiResult};
-use super::validate::{query_bool, query_map, safe_id};
+use super::validate::{optional_object, query_bool, query_map, safe_id};
 use super::{route, AppState, Route};
 use crate::runtime::bundle::{Bundle, InstallError};
 use crate::runtime::flow::Flow;
@@ -34,42 +34,49 @@ pub fn routes() -> Vec<Route> {
             json!({"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
             "file": {"type": "string", "format": "binary", "description": "the .flow bundle"},
             "overwrite": {"type": "boolean", "default": false}, "reload": {"type": "boolean", "default": true}}}}}),
-        ),
+        )
+        .errors(&[400, 413, 507]),
         route(
             "post",
             "/api/gateway/bundles/reload",
             "Re-scan the flows directory",
             &[],
             post(reload),
-        ),
+        )
+        .optional_body()
+        .errors(&[422]),
         route(
             "get",
             "/api/gateway/bundles/{bundle_id}",
             "Inspect a bundle",
             &["bundle_version"],
             get(inspect),
-        ),
+        )
+        .errors(&[400]),
         route(
             "delete",
             "/api/gateway/bundles/{bundle_id}",
             "Remove one version (or all versions) of a bundle",
             &["bundle_version"],
             delete(remove),
-        ),
+        )
+        .errors(&[400]),
         route(
             "get",
             "/api/gateway/bundles/{bundle_id}/flows/{flow_id}",
             "A flow's VisualFlow JSON",
             &["bundle_version"],
             get(flow_json),
-        ),
+        )
+        .errors(&[400]),
         route(
             "get",
             "/api/gateway/bundles/{bundle_id}/flows/{flow_id}/input_schema",
             "JSON schema of a flow's inputs",
             &["bundle_version"],
             get(input_schema),
-        ),
+        )
+        .errors(&[400]),
     ]
 }
 
@@ -373,7 +380,8 @@ async fn upload(Extension(st): Extension<AppState>, mut mp: Multipart) -> ApiRes
     ))
 }
 
-async fn reload(Extension(st): Extension<AppState>) -> ApiResult<Json<Value>> {
+async fn reload(Extension(st): Extension<AppState>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+    optional_object(&body)?;
     let reg = st.registry.clone();
     let n = tokio::task::spawn_blocking(move || reg.reload())
         .await

@@ -30,14 +30,16 @@ pub fn routes() -> Vec<Route> {
             "run_id": {"type": "string", "description": "target run (a session id for emit_event)"},
             "type": {"type": "string", "enum": TYPES},
             "payload": {"type": "object"}, "ts": {"type": "string"}, "client_id": {"type": "string"}}}}}),
-        ),
+        )
+        .errors(&[400, 507]),
         route(
             "get",
             "/api/gateway/commands/{command_id}",
             "What became of a command: pending, applied, ignored or rejected",
             &[],
             get(status),
-        ),
+        )
+        .errors(&[400]),
     ]
 }
 

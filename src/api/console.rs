@@ -8,14 +8,15 @@ use super::{route, Route};
 
 pub fn routes() -> Vec<Route> {
     vec![
-        route("get", "/console", "Built-in control-plane console (HTML)", &[], get(console)),
+        route("get", "/console", "Built-in control-plane console (HTML)", &[], get(console)).ok_content(super::openapi::html()),
         route(
             "get",
             "/console/",
             "Redirects to /console",
             &[],
             get(|| async { Redirect::temporary("/console") }),
-        ),
+        )
+        .redirects(),
     ]
 }
 

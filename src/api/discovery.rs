@@ -44,7 +44,8 @@ pub fn routes() -> Vec<Route> {
             "Models of one provider: loaded local models, or a remote provider's live list (gateway_catalog_v1)",
             &[],
             get(provider_models),
-        ),
+        )
+        .errors(&[400]),
     ]
 }
 

@@ -1,58 +1,23 @@
-//! `/openapi.json`, generated from the route table the router itself is built from (`api::routes`),
+//! `/openapi.json` (built by `openapi.rs` from the route table the router itself is built from)
 //! and `/docs`, an offline page that renders it.
 
 use axum::response::Html;
 use axum::routing::get;
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::{route, Route};
 
 pub fn routes() -> Vec<Route> {
     vec![
         route("get", "/openapi.json", "This document", &[], get(openapi)),
-        route("get", "/docs", "Offline API reference page", &[], get(docs)),
-        route("get", "/redoc", "Offline API reference page", &[], get(docs)),
+        route("get", "/docs", "Offline API reference page", &[], get(docs)).ok_content(super::openapi::html()),
+        route("get", "/redoc", "Offline API reference page", &[], get(docs)).ok_content(super::openapi::html()),
     ]
 }
 
-pub fn spec() -> Value {
-    let mut paths = Map::new();
-    for r in super::routes() {
-        let (method, path, summary, query, body) = (r.method, r.path, r.summary, r.query, r.body);
-        let mut params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        params.extend(
-            query
-                .iter()
-                .map(|q| json!({"name": q, "in": "query", "required": false, "schema": {}})),
-        );
-        let mut op = json!({"summary": summary, "parameters": params, "responses": {"200": {"description": "OK"}}});
-        if path.starts_with("/api/gateway") {
-            op["security"] = json!([{"gatewayBearerAuth": []}]);
-            op["responses"]["401"] = json!({"description": "Unauthorized"});
-        }
-        if let Some(content) = body {
-            op["requestBody"] = json!({"required": true, "content": content});
-        } else if method == "post" {
-            op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}});
-        }
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[method] = op;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "AbstractGateway", "description": "Durable Run Gateway (commands + ledger replay/stream).", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {"securitySchemes": {"gatewayBearerAuth": {"type": "http", "scheme": "bearer"}}},
-    })
-}
-
 async fn openapi() -> Json<Value> {
-    Json(spec())
+    Json(super::openapi::spec())
 }
 
 async fn docs() -> Html<&'static str> {

@@ -23,17 +23,20 @@ pub fn routes() -> Vec<Route> {
             "Replay the ledger from a cursor (after = records already consumed)",
             &["after", "limit"],
             get(page),
-        ),
-        route("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[], post(batch)).body(json!({"application/json": {"schema": {
+        )
+        .errors(&[400]),
+        route("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[], post(batch)).errors(&[400]).body(json!({"application/json": {"schema": {
             "type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 200},
-            "runs": {"type": "array", "items": {"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}, "after": {"type": "integer", "minimum": 0}}}}}}}})),
+            "runs": {"type": "array", "items": {"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}, "after": {"type": "integer", "minimum": 0, "maximum": i64::MAX}}}}}}}})),
         route(
             "get",
             "/api/gateway/runs/{run_id}/ledger/stream",
             "Stream the ledger (SSE); resume with ?after= or Last-Event-ID",
             &["after", "heartbeat_s"],
             get(stream),
-        ),
+        )
+        .errors(&[400])
+        .ok_content(json!({"text/event-stream": {"schema": {"type": "string", "description": "SSE frames: `id: <cursor>`, `event: record|done|llm.delta|llm.delta_end`, `data: <JSON>`; `: heartbeat` comments"}}})),
     ]
 }
 
@@ -81,7 +84,7 @@ async fn batch(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Res
     let m = parse_body(&body)?;
     let limit = match m.get("limit") {
         None | Some(Value::Null) => 200,
-        Some(Value::Number(n)) if n.as_i64().map(|v| (1..=MAX_PAGE).contains(&v)).unwrap_or(false) => n.as_i64().unwrap_or(200) as u64,
+        Some(v) if crate::util::json_int(v).is_some_and(|v| (1..=MAX_PAGE).contains(&v)) => crate::util::json_int(v).unwrap_or(200) as u64,
         Some(other) => {
             return Err(ApiError::invalid(
                 "int_range",
@@ -109,7 +112,10 @@ async fn batch(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Res
     let mut wanted = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let id = r.get("run_id").and_then(Value::as_str);
-        let after = r.get("after").map(|a| a.as_i64()).unwrap_or(Some(0));
+        let after = match r.get("after") {
+            None => Some(0),
+            Some(a) => crate::util::json_int(a),
+        };
         match (id, after) {
             (Some(id), Some(a)) if a >= 0 => wanted.push((id.to_string(), a as u64)),
             _ => {

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod error;
 pub mod ledger;
 pub mod openai;
+pub mod openapi;
 pub mod planes;
 pub mod runs;
 pub mod summary;
@@ -62,11 +63,48 @@ pub struct Route {
     pub handler: MethodRouter<AppState>,
     /// OpenAPI `requestBody.content` (media type → schema), for operations that take a body.
     pub body: Option<serde_json::Value>,
+    /// Error statuses the handler itself answers (the security layer's are added by
+    /// `openapi::spec`, which knows which apply to the route).
+    pub errors: &'static [u16],
+    /// OpenAPI `responses.200.content` (media type → schema); None: a JSON object.
+    pub ok: Option<serde_json::Value>,
+    pub body_optional: bool,
+    /// Answers 307 (a redirect), not 200.
+    pub redirect: bool,
 }
 
 impl Route {
     pub fn body(mut self, content: serde_json::Value) -> Route {
         self.body = Some(content);
+        self
+    }
+
+    /// A body that may be left out: an empty body or a JSON object.
+    pub fn optional_body(mut self) -> Route {
+        self.body = Some(validate::optional_object_body());
+        self.body_optional = true;
+        self
+    }
+
+    pub fn redirects(mut self) -> Route {
+        self.redirect = true;
+        self
+    }
+
+    pub fn errors(mut self, codes: &'static [u16]) -> Route {
+        self.errors = codes;
+        self
+    }
+
+    /// The success response's JSON schema.
+    pub fn ok_json(mut self, schema: serde_json::Value) -> Route {
+        self.ok = Some(serde_json::json!({"application/json": {"schema": schema}}));
+        self
+    }
+
+    /// The success response's content, by media type.
+    pub fn ok_content(mut self, content: serde_json::Value) -> Route {
+        self.ok = Some(content);
         self
     }
 }
@@ -85,6 +123,10 @@ pub fn route(
         query,
         handler,
         body: None,
+        errors: &[],
+        ok: None,
+        body_optional: false,
+        redirect: false,
     }
 }
 

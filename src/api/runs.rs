@@ -38,7 +38,8 @@ pub fn routes() -> Vec<Route> {
             "input_data": {"type": "object", "additionalProperties": true},
             "session_id": {"type": "string"},
             "thinking": {"type": ["boolean", "string"]},
-            "run_lifecycle": {"type": "object"}}}}})),
+            "run_lifecycle": {"type": "object"}}}}}))
+        .errors(&[400, 404, 507]),
         route(
             "post",
             "/api/gateway/runs/schedule",
@@ -51,9 +52,10 @@ pub fn routes() -> Vec<Route> {
             "bundle_id": {"type": "string"}, "bundle_version": {"type": "string"}, "flow_id": {"type": "string"},
             "input_data": {"type": "object"}, "start_at": {"type": "string", "description": "ISO 8601 or \"now\""},
             "interval": {"type": "string", "pattern": "^\\d+(\\.\\d+)?\\s*(ms|s|m|h|d)$"},
-            "repeat_count": {"type": "integer", "minimum": 1}, "repeat_until": {"type": "string"},
+            "repeat_count": {"type": "integer", "minimum": 1, "maximum": schedule::MAX_DERIVED_COUNT}, "repeat_until": {"type": "string"},
             "share_context": {"type": "boolean", "default": true}, "session_id": {"type": "string"}}}}}),
-        ),
+        )
+        .errors(&[400, 404, 507]),
         route(
             "get",
             "/api/gateway/runs",
@@ -71,22 +73,25 @@ pub fn routes() -> Vec<Route> {
                 "offset",
             ],
             get(list),
-        ),
-        route("get", "/api/gateway/runs/{run_id}", "Run summary", &[], get(get_run)),
+        )
+        .errors(&[400]),
+        route("get", "/api/gateway/runs/{run_id}", "Run summary", &[], get(get_run)).errors(&[400]),
         route(
             "get",
             "/api/gateway/runs/{run_id}/input_data",
             "The entry inputs a run was started with",
             &[],
             get(input_data),
-        ),
+        )
+        .errors(&[400]),
         route(
             "get",
             "/api/gateway/workflows/{workflow_id}/flow",
             "A workflow's flow (bundle or generated schedule wrapper)",
             &[],
             get(workflow_flow),
-        ),
+        )
+        .errors(&[400]),
     ]
 }
 
@@ -332,8 +337,8 @@ async fn schedule_run(Extension(st): Extension<AppState>, body: Bytes) -> ApiRes
     }
     let repeat_count = match repeat_count {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_i64().is_some() => {
-            let c = n.as_i64().unwrap_or(0);
+        Some(v) if crate::util::json_int(&v).is_some() => {
+            let c = crate::util::json_int(&v).unwrap_or(0);
             if c < 1 {
                 return Err(ApiError::bad_request("repeat_count must be >= 1"));
             }

@@ -26,6 +26,20 @@ pub fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// A body that may be absent (empty) or a JSON object, and nothing else (`[null,null]` is a
+/// 422, as for any other malformed body).
+pub fn optional_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    parse_body(body)
+}
+
+/// OpenAPI for such a body.
+pub fn optional_object_body() -> Value {
+    json!({"application/json": {"schema": {"type": "object"}}})
+}
+
 fn line_col_to_offset(b: &[u8], line: usize, col: usize) -> usize {
     let mut l = 1;
     for (i, c) in b.iter().enumerate() {
@@ -106,8 +120,8 @@ impl<'a> Fields<'a> {
     pub fn opt_int(&mut self, k: &str, min: i64) -> Option<i64> {
         match self.m.get(k) {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) if n.as_i64().is_some() => {
-                let v = n.as_i64().unwrap_or(0);
+            Some(v @ Value::Number(_)) if crate::util::json_int(v).is_some() => {
+                let v = crate::util::json_int(v).unwrap_or(0);
                 if v < min {
                     self.errs.push(json!({"type": "greater_than_equal", "loc": ["body", k], "msg": format!("Input should be greater than or equal to {min}"), "input": v, "ctx": {"ge": min}}));
                     None
@@ -168,11 +182,13 @@ pub fn query_int(q: &HashMap<String, String>, k: &str, default: i64, min: i64, m
     Ok(v)
 }
 
+/// `true`/`false` as JavaScript and httpx send them, or `True`/`False` as Python's requests does;
+/// nothing else (so that `/openapi.json` can say exactly what is accepted).
 pub fn query_bool(q: &HashMap<String, String>, k: &str, default: bool) -> Result<bool, ApiError> {
-    match q.get(k).map(|s| s.to_ascii_lowercase()) {
+    match q.get(k).map(String::as_str) {
         None => Ok(default),
-        Some(s) if matches!(s.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
-        Some(s) if matches!(s.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+        Some("true" | "True") => Ok(true),
+        Some("false" | "False") => Ok(false),
         Some(s) => Err(ApiError::invalid(
             "bool_parsing",
             json!(["query", k]),

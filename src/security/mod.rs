@@ -230,6 +230,45 @@ pub fn percent_decode(s: &str) -> String {
 
 /// A response whose body is not known whole (a stream: SSE, a streamed completion) keeps the
 /// request's slot until its last byte is sent or the client goes; others give it back now.
+/// Every error under `/api/gateway` and `/v1` has a JSON body, whoever produced it (a handler,
+/// this layer, or the framework: an unknown method, a path id that is not UTF-8, a multipart
+/// body without a boundary): `{"detail": …}`, and under `/v1` OpenAI's `{"error": {…}}`. A body
+/// already in the right shape passes unchanged.
+async fn json_error(resp: Response, openai: bool) -> Response {
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json && !openai {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).ok().filter(|_| json);
+    if openai && parsed.as_ref().is_some_and(|v| v["error"].is_object()) {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let status = parts.status;
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = match &parsed {
+        Some(v) => v["detail"].as_str().map(str::to_string).unwrap_or_else(|| v["detail"].to_string()),
+        None if !text.is_empty() => text,
+        None => status.canonical_reason().unwrap_or("Error").to_string(),
+    };
+    let mut out = if openai {
+        crate::api::openai::reshape_guard_error(status, &message)
+    } else {
+        detail(status, &message)
+    };
+    for k in [header::WWW_AUTHENTICATE, header::RETRY_AFTER, header::ALLOW, header::CONNECTION] {
+        if let Some(v) = parts.headers.get(&k) {
+            out.headers_mut().insert(k, v.clone());
+        }
+    }
+    out
+}
+
 fn hold_until_sent(r: Response, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
     use axum::body::HttpBody;
     if r.body().size_hint().exact().is_some() {
@@ -281,8 +320,6 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
 
-    // Refusals made here (not by a handler) on `/v1` are reshaped for OpenAI clients below.
-    let mut handled = false;
     let mut resp = 'resp: {
         // Preflight: answered here; allowed origins only (stricter than upstream, which says yes to all).
         if method == Method::OPTIONS && origin.is_some() {
@@ -305,7 +342,6 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         }
         let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
         if !gateway {
-            handled = true;
             break 'resp tracing::Instrument::instrument(next.run(req), span).await;
         }
         if !sec.cfg.security_enabled {
@@ -314,7 +350,6 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             req.extensions_mut().insert(sec.planes.base().clone());
             req.extensions_mut().insert(Principal::legacy(None));
             req.extensions_mut().insert(sec.clone());
-            handled = true;
             break 'resp tracing::Instrument::instrument(next.run(req), span).await;
         }
         if origin_ok == Some(false) {
@@ -466,7 +501,6 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             Ok(Ok(p)) => p,
             _ => break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (concurrency limit)"), 1),
         };
-        handled = true;
         let r = tracing::Instrument::instrument(next.run(req), span).await;
         if public {
             // Wrong credentials at the browser login count toward the lockout like a wrong
@@ -475,7 +509,6 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
                 StatusCode::UNAUTHORIZED => {
                     if let Some(secs) = sec.auth_failed(ip) {
                         tracing::warn!(%ip, "auth lockout engaged after repeated failed logins");
-                        handled = false;
                         break 'resp with_retry_after(detail(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests (auth lockout)"), secs);
                     }
                 }
@@ -486,22 +519,8 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         hold_until_sent(r, permit)
     };
 
-    if !handled && path.starts_with("/v1/") && resp.status().as_u16() >= 400 {
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = axum::body::to_bytes(std::mem::take(resp.body_mut()), 64 * 1024)
-            .await
-            .unwrap_or_default();
-        let detail = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["detail"].as_str().map(str::to_string))
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-        resp = crate::api::openai::reshape_guard_error(status, &detail);
-        for k in [header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
-            if let Some(v) = headers.get(&k) {
-                resp.headers_mut().insert(k, v.clone());
-            }
-        }
+    if gateway && resp.status().as_u16() >= 400 {
+        resp = json_error(resp, path.starts_with("/v1/")).await;
     }
     let h = resp.headers_mut();
     if !h.contains_key("x-request-id") {

@@ -23,12 +23,24 @@ pub fn token_fingerprint(token: &str) -> String {
     sha256_hex(token.as_bytes())[..12].to_string()
 }
 
+/// A JSON number as an integer: an integer, or a number with no fractional part (`3.0`, `1e3`),
+/// which JSON Schema counts as an integer too. None for fractions and numbers out of range.
+pub fn json_int(v: &serde_json::Value) -> Option<i64> {
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    (f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
+}
+
 /// Ids that end up in file names, SQL keys and URLs: reject path tricks and control characters.
+/// At most 256 characters (what `/openapi.json` can state; a file name made from an id is
+/// bounded where it is made).
 /// Upstream accepts almost anything here; we refuse `..`, slashes and controls so an id can never
 /// name a path outside its directory.
 pub fn is_safe_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 256
+        && id.chars().count() <= 256
         && id != "."
         && id != ".."
         && !id.contains("..")

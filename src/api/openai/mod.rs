@@ -95,14 +95,19 @@ impl IntoResponse for OpenAiError {
     }
 }
 
-/// Turns one of the security guard's `{"detail": …}` refusals on a `/v1` path into OpenAI's
-/// shape, so OpenAI clients show the reason.
+/// Turns an error that is not in OpenAI's shape (the security layer's `{"detail": …}`, the
+/// framework's plain text) on a `/v1` path into OpenAI's shape, so OpenAI clients show the
+/// reason.
 pub fn reshape_guard_error(status: StatusCode, detail: &str) -> Response {
     let (kind, code) = match status.as_u16() {
         401 => ("invalid_request_error", Some("invalid_api_key")),
         403 => ("invalid_request_error", Some("forbidden")),
+        404 => ("invalid_request_error", Some("not_found")),
+        405 => ("invalid_request_error", Some("method_not_allowed")),
+        408 => ("invalid_request_error", Some("request_timeout")),
         413 => ("invalid_request_error", Some("request_too_large")),
         429 => ("rate_limit_error", Some("rate_limit_exceeded")),
+        400..=499 => ("invalid_request_error", None),
         _ => ("server_error", None),
     };
     let e = OpenAiError {

@@ -16,7 +16,7 @@ use crate::providers::Providers;
 pub fn routes() -> Vec<Route> {
     vec![
         route("get", "/v1/models", "Models this gateway can serve (OpenAI shape)", &[], get(list)),
-        route("get", "/v1/models/{*model_id}", "One model (OpenAI shape)", &[], get(one)),
+        route("get", "/v1/models/{*model_id}", "One model (OpenAI shape)", &[], get(one)).errors(&[404]),
     ]
 }
 

@@ -30,7 +30,7 @@ fn number(b: &Map<String, Value>, k: &str, lo: f64, hi: f64) -> Result<Option<f3
 fn integer(b: &Map<String, Value>, k: &str, lo: u64) -> Result<Option<u64>, OpenAiError> {
     match b.get(k) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
+        Some(v) => match crate::util::json_int(v).and_then(|i| u64::try_from(i).ok()).or_else(|| v.as_u64()) {
             Some(x) if x >= lo => Ok(Some(x)),
             // Negative seeds are common (e.g. -1 = random in llama.cpp): treat as "no seed".
             _ if k == "seed" && v.as_i64().is_some() => Ok(None),
