@@ -407,6 +407,14 @@ fn migrate(a: MigrateArgs) -> Result<(), String> {
         None => Config::from_env().map_err(|e| e.to_string())?.data_dir,
     };
     let db = a.db_path.unwrap_or_else(|| data_dir.join("gateway.sqlite3"));
+    // As `serve` requires: a data dir is the unit people back up and move.
+    if !crate::config::absolute(&db).starts_with(crate::config::absolute(&data_dir)) {
+        return Err(format!(
+            "abstractgateway migrate: --db-path {} must be inside the data dir {}",
+            db.display(),
+            data_dir.display()
+        ));
+    }
     eprintln!("importing {} into {} ...", data_dir.display(), db.display());
     let report =
         crate::store::migrate::migrate_file_to_sqlite(&data_dir, &db, a.overwrite).map_err(|e| format!("abstractgateway migrate: {e}"))?;

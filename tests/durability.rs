@@ -17,10 +17,12 @@ fn kill9_mid_load_loses_nothing_acknowledged() {
     let acked_cmds = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     // Sessions whose event was sent at all (acknowledged or cut off by the kill).
     let sent = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
+    // Every third run never gets an event: after the restart it must still be waiting.
+    let quiet = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..8 {
-        let (runs, cmds, stop, sent) = (acked_runs.clone(), acked_cmds.clone(), stop.clone(), sent.clone());
+        let (runs, cmds, stop, sent, quiet) = (acked_runs.clone(), acked_cmds.clone(), stop.clone(), sent.clone(), quiet.clone());
         workers.push(std::thread::spawn(move || {
             let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
             let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
@@ -33,6 +35,10 @@ fn kill9_mid_load_loses_nothing_acknowledged() {
                 match c.post(url("/api/gateway/runs/start")).bearer_auth(TOKEN).json(&body).send() {
                     Ok(r) if r.status() == 200 => runs.lock().unwrap().push(r.json::<Value>().unwrap()["run_id"].as_str().unwrap().to_string()),
                     _ => break,
+                }
+                if i % 3 == 0 {
+                    quiet.lock().unwrap().insert(session);
+                    continue;
                 }
                 let cid = format!("go-{w}-{i}");
                 sent.lock().unwrap().insert(session.clone());
@@ -65,18 +71,29 @@ fn kill9_mid_load_loses_nothing_acknowledged() {
         assert_eq!(st["status"], "applied", "{st}");
     }
     let with_event: std::collections::HashSet<String> = cmds.iter().map(|(_, s)| s.clone()).collect();
+    let quiet = quiet.lock().unwrap().clone();
+    let (mut completed, mut still_waiting) = (0, 0);
     for id in &runs {
         let r = g.run(id);
-        if with_event.contains(r["session_id"].as_str().unwrap()) {
+        let session = r["session_id"].as_str().unwrap().to_string();
+        if with_event.contains(&session) {
             let r = g.wait_status(id, "completed");
             let led = g.ledger(id);
             assert_eq!(led.len(), 5, "{id}: {led:?}");
             assert_eq!(r["output"]["event_data"]["name"], "go");
-        } else if !sent.lock().unwrap().contains(r["session_id"].as_str().unwrap()) {
-            // Nobody ever sent its event: it must still be waiting.
-            assert!(["running", "waiting"].contains(&r["status"].as_str().unwrap()), "{r}");
+            completed += 1;
+        } else if quiet.contains(&session) {
+            // Nobody ever sent its event: it is waiting for it, across the crash and restart.
+            let r = g.wait_status(id, "waiting");
+            assert_eq!(r["waiting"]["wait_key"], format!("evt:session:{session}:go"), "{r}");
+            still_waiting += 1;
         }
     }
+    assert!(
+        completed >= 100 && still_waiting >= 50,
+        "{completed} completed, {still_waiting} still waiting"
+    );
+    assert!(!sent.lock().unwrap().iter().any(|s| quiet.contains(s)));
 }
 
 #[test]
@@ -96,6 +113,19 @@ fn restart_resumes_a_running_loop_exactly_once_per_item() {
         std::thread::sleep(Duration::from_millis(2));
     }
     g.kill9();
+    // The kill landed mid-loop: straight from the SQLite file, the run was neither finished nor
+    // at its end (else this would only be a completion test).
+    {
+        let db = rusqlite::Connection::open(g.dir.join("gateway.sqlite3")).unwrap();
+        let status: String = db
+            .query_row("SELECT status FROM runs WHERE run_id = ?1", [&id], |r| r.get(0))
+            .unwrap();
+        let records: u64 = db
+            .query_row("SELECT COUNT(*) FROM ledger WHERE run_id = ?1", [&id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(status, "running", "killed after the run ended");
+        assert!(records > 1500 && records < 2 * n + 2, "{records} records at the kill");
+    }
     g.spawn();
     let r = g.wait_run(&id, "completed", |r| r["status"] == "completed" || r["status"] == "failed");
     assert_eq!(r["status"], "completed", "{r}");
@@ -188,13 +218,60 @@ fn migrate_from_upstream_file_data_dir() {
         .unwrap()
         .iter()
         .any(|w| w.as_str().unwrap().contains("commands.jsonl line 4")));
-    // Refuses to clobber without --overwrite.
+    // Refuses to clobber without --overwrite, saying so, and leaves the database alone.
+    let before = std::fs::metadata(dir.join("gateway.sqlite3")).unwrap().modified().unwrap();
     let again = std::process::Command::new(bin())
         .args(["migrate", "--data-dir"])
         .arg(&dir)
         .output()
         .unwrap();
     assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("gateway.sqlite3 already exists; pass --overwrite to replace it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(dir.join("gateway.sqlite3")).unwrap().modified().unwrap(), before);
+    // --overwrite replaces it with the same import.
+    let over = std::process::Command::new(bin())
+        .args(["migrate", "--overwrite", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(over.status.success(), "{}", String::from_utf8_lossy(&over.stderr));
+    let report2: Value = serde_json::from_slice(&over.stdout).unwrap();
+    assert_eq!(
+        (report2["runs"].clone(), report2["commands"].clone()),
+        (report["runs"].clone(), report["commands"].clone())
+    );
+    // --db-path writes where it says, inside the data dir; outside it is refused.
+    let alt = dir.join("alt/other.sqlite3");
+    let out = std::process::Command::new(bin())
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .arg("--db-path")
+        .arg(&alt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = rusqlite::Connection::open(&alt).unwrap();
+    let n: i64 = c.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+    let outside = temp_dir("migrate-outside").join("x.sqlite3");
+    let out = std::process::Command::new(bin())
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .arg("--db-path")
+        .arg(&outside)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be inside"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!outside.exists());
 
     // Serve the migrated dir: the run is there with its ledger, and the pending emit_event (seq 3,
     // after the upstream cursor) is applied by our runner, completing the run.
@@ -224,16 +301,43 @@ fn migrate_from_upstream_file_data_dir() {
 
 #[test]
 fn split_api_and_runner_processes() {
-    let mut api = Gateway::start_with(&[], &["--no-runner"]);
+    // The lease is long (renewed every 40 s), so that nothing but a cross-process notification
+    // can wake the runner within the deadlines below: a broken notification fails the test
+    // instead of passing on the runner's periodic wake-up.
+    let lease = [("ABSTRACTGATEWAY_RUNNER_LEASE_S", "120")];
+    let mut api = Gateway::start_with(&lease, &["--no-runner"]);
     // No runner yet: the run is stored but not advanced.
     let id = api.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "split"}}));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(api.run(&id)["status"], "running");
-    let mut runner = api.command("runner").stderr(std::process::Stdio::inherit()).spawn().unwrap();
+    let spawn_runner = |log: &std::path::Path| {
+        api.command("runner")
+            .env("ABSTRACTGATEWAY_LOG_LEVEL", "info")
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let (log_a, log_b) = (api.dir.join("runner-a.log"), api.dir.join("runner-b.log"));
+    let runner = spawn_runner(&log_a);
     // A second runner on the same data dir stands by (lease), and results stay identical.
-    let mut standby = api.command("runner").spawn().unwrap();
+    let standby = spawn_runner(&log_b);
     let r = api.wait_status(&id, "completed");
     assert_eq!(r["output"], json!({"result": "split", "success": true}));
+    // Exactly one of the two advances runs: it alone took the lease, and the lease names it.
+    let acquired = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default().contains("runner lease acquired");
+    let holder = || -> String {
+        let db = rusqlite::Connection::open(api.dir.join("gateway.sqlite3")).unwrap();
+        db.query_row("SELECT holder FROM runner_lease WHERE name = 'runner'", [], |r| r.get(0))
+            .unwrap()
+    };
+    let (a, b) = (acquired(&log_a), acquired(&log_b));
+    assert!(a != b, "runner lease taken by {}", if a { "both" } else { "neither" });
+    let (mut active, mut idle, idle_log) = if a {
+        (runner, standby, log_b.clone())
+    } else {
+        (standby, runner, log_a.clone())
+    };
+    assert!(holder().starts_with(&format!("{}@", active.id())), "lease holder {}", holder());
     // A bundle uploaded through the API after the runner started is runnable by it.
     let noop = std::fs::read_to_string(format!("{BUNDLES}/src/noop.json")).unwrap();
     let (s, _) = upload(
@@ -244,35 +348,33 @@ fn split_api_and_runner_processes() {
     assert_eq!(s, 200);
     let late = api.start_run(json!({"bundle_id": "late", "input_data": {"x": "late"}}));
     assert_eq!(api.wait_status(&late, "completed")["output"]["result"], "late");
-    // Commands and live SSE cross the process boundary without polling.
+    // Commands and live SSE cross the process boundary by notification.
     let w = api.start_run(json!({"bundle_id": "test-wait", "session_id": "sp", "input_data": {"event_key": "evt:session:sp:go"}}));
     api.wait_status(&w, "waiting");
     let resp = api
         .http
         .get(api.url(&format!("/api/gateway/runs/{w}/ledger/stream?after=2")))
         .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(20))
         .send()
         .unwrap();
-    let t0 = Instant::now();
     api.command_ok("sp-go", "sp", "emit_event", json!({"name": "go"}));
     let evs = read_sse(resp, |_| false);
-    assert_eq!(evs.last().unwrap().event.as_deref(), Some("done"));
+    assert_eq!(evs.last().unwrap().event.as_deref(), Some("done"), "{evs:?}");
     assert_eq!(evs.iter().filter(|e| e.event.as_deref() == Some("step")).count(), 3);
-    assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "cross-process wake-up took {:?}",
-        t0.elapsed()
-    );
-    let _ = runner.kill();
-    let _ = runner.wait();
-    // The standby takes over once the lease expires.
+    assert!(!acquired(&idle_log), "the standby advanced runs while the lease was held");
+    let _ = active.kill();
+    let _ = active.wait();
+    // The standby takes over from the dead process at once (same host: no lease expiry wait).
     let id2 = api.start_run(json!({"bundle_id": "test-noop", "input_data": {"x": "takeover"}}));
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while api.run(&id2)["status"] != "completed" {
         assert!(Instant::now() < deadline, "standby runner never took over");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = standby.kill();
-    let _ = standby.wait();
+    assert!(acquired(&idle_log));
+    assert!(holder().starts_with(&format!("{}@", idle.id())), "lease holder {}", holder());
+    let _ = idle.kill();
+    let _ = idle.wait();
     api.kill9();
 }

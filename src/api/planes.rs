@@ -78,6 +78,7 @@ impl Planes {
                 notifier: st.notifier.clone(),
                 max_steps: st.cfg.tick_max_steps,
                 tools_need_approval: st.cfg.tools_need_approval(),
+                lease_ttl: std::time::Duration::from_secs_f64(st.cfg.runner_lease_s),
             });
             if let Ok(mut h) = self.handles.lock() {
                 h.push(tokio::spawn(runner.run_forever(rx.clone())));

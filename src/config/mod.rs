@@ -46,6 +46,8 @@ pub struct Config {
     pub audit_log_max_bytes: u64,
     pub audit_log_rotations: u32,
     pub runner_enabled: bool,
+    /// Seconds the runner lease lasts unrenewed (renewed every third of it).
+    pub runner_lease_s: f64,
     pub tick_max_steps: usize,
     /// Hosted users (`ABSTRACTGATEWAY_USER_AUTH=1`): per-user tokens, browser sessions, and one
     /// isolated data plane per user.
@@ -271,6 +273,7 @@ impl Config {
             audit_log_max_bytes: number(&["ABSTRACTGATEWAY_AUDIT_LOG_MAX_BYTES"], 52_428_800u64)?,
             audit_log_rotations: number(&["ABSTRACTGATEWAY_AUDIT_LOG_ROTATIONS"], 10u32)?,
             runner_enabled: flag(&["ABSTRACTGATEWAY_RUNNER"], true)?,
+            runner_lease_s: number(&["ABSTRACTGATEWAY_RUNNER_LEASE_S"], 10.0f64)?,
             tool_mode: tool_mode()?,
             tick_max_steps: number(&["ABSTRACTGATEWAY_TICK_MAX_STEPS"], 10_000usize)?,
             user_auth,
@@ -315,6 +318,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "ABSTRACTGATEWAY_MAX_CONCURRENCY and _MAX_SSE must be >= 1".into(),
             ));
+        }
+        if !(self.runner_lease_s >= 1.0) {
+            return Err(ConfigError::Invalid("ABSTRACTGATEWAY_RUNNER_LEASE_S must be >= 1".into()));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("ABSTRACTGATEWAY_MAX_CONNECTIONS must be >= 1".into()));

@@ -22,8 +22,6 @@ use crate::store::migrate::RUNNER_CONSUMER;
 use crate::store::{CommandOutcome, RunnerBatch, Store, StoreResult};
 use crate::util::time::{now, now_iso, parse_iso};
 
-const LEASE_TTL_S: f64 = 10.0;
-const LEASE_RENEW: Duration = Duration::from_secs(3);
 const MAX_RUNS_PER_PASS: usize = 2048;
 const MAX_RECORDS_PER_PASS: usize = 50_000;
 
@@ -358,6 +356,10 @@ pub struct Runner {
     pub notifier: Arc<Notifier>,
     pub max_steps: usize,
     pub tools_need_approval: bool,
+    /// How long the runner lease lasts unrenewed (`ABSTRACTGATEWAY_RUNNER_LEASE_S`, 10 s): how
+    /// long a standby on another host waits for a runner that died. It is renewed every third
+    /// of it (a standby on the same host takes over at once from a dead process).
+    pub lease_ttl: Duration,
 }
 
 impl Runner {
@@ -366,18 +368,20 @@ impl Runner {
     pub async fn run_forever(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let holder = format!("{}@{}-{}", std::process::id(), host_id(), crate::util::new_hex_id());
         let mut holding = false;
-        let mut renewed = Instant::now() - LEASE_RENEW * 2;
+        let lease_renew = self.lease_ttl / 3;
+        let mut renewed = Instant::now() - lease_renew * 2;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if !holding || renewed.elapsed() >= LEASE_RENEW {
+            if !holding || renewed.elapsed() >= lease_renew {
                 let store = self.store.clone();
                 let h = holder.clone();
+                let ttl_s = self.lease_ttl.as_secs_f64();
                 let got = tokio::task::spawn_blocking(move || {
                     // A holder whose process is gone (kill -9 on this host) need not be waited out.
                     let dead = store.lease_holder()?.filter(|cur| cur != &h && holder_is_dead(cur));
-                    store.acquire_lease(&h, LEASE_TTL_S, dead.as_deref())
+                    store.acquire_lease(&h, ttl_s, dead.as_deref())
                 })
                 .await;
                 let got = matches!(got, Ok(Ok(true)));
@@ -438,7 +442,7 @@ impl Runner {
                 .ok()
                 .and_then(|r| r.ok())
                 .flatten();
-            let mut sleep = LEASE_RENEW.saturating_sub(renewed.elapsed());
+            let mut sleep = lease_renew.saturating_sub(renewed.elapsed());
             if let Some(d) = deadline.and_then(|d| parse_iso(&d)) {
                 let until = (d - now()).to_std().unwrap_or(Duration::ZERO);
                 sleep = sleep.min(until);

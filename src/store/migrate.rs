@@ -49,6 +49,9 @@ pub fn migrate_file_to_sqlite(data_dir: &Path, db_path: &Path, overwrite: bool) 
         db_path: db_path.to_path_buf(),
         ..Default::default()
     };
+    if let Some(dir) = db_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
+    }
     let mut conn = open_for_import(db_path)?;
     let tx = conn.transaction()?;
 
