@@ -287,12 +287,20 @@ fn ask_user_inside_the_agent_waits_for_the_answer() {
 fn an_answer_that_arrives_while_paused_is_kept_and_the_run_stays_paused() {
     let llm = ScriptedLlm::start();
     let g = scripted_gateway(&llm, &[]);
-    let id = start_agent(&g, "slow", "SCRIPT:slow think");
+    let id = start_agent(&g, "held", "SCRIPT:held think");
     let r = wait_for(&g, &id, "waiting on the LLM", |r| r["waiting"]["reason"] == "llm");
     assert_eq!(r["status"], "waiting");
     let llm_key = r["waiting"]["wait_key"].as_str().unwrap().to_string();
+    // The call is in flight (the provider has it and holds its answer) when the pause lands.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while llm.requests.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the LLM call never reached the provider");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     g.command_ok("pause-1", &id, "pause", json!({}));
     assert_eq!(g.command_status("pause-1")["status"], "applied");
+    assert_eq!(g.run(&id)["paused"], true);
+    llm.release();
     // The worker's answer lands while paused: recorded, and the run holds.
     let r = wait_for(&g, &id, "holding paused", |r| {
         r["paused"] == true && r["waiting"]["wait_key"].as_str().unwrap_or("").starts_with("pause:")
@@ -302,11 +310,15 @@ fn an_answer_that_arrives_while_paused_is_kept_and_the_run_stays_paused() {
     let answered = g.command_status(&format!("effect:{llm_key}"));
     assert_eq!(answered["status"], "applied", "{answered}");
     assert_eq!(llm.requests.lock().unwrap().len(), 1);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(g.run(&id)["paused"], true, "still paused");
+    // Applied, the answer did not move the run on: it is still paused, at the pause wait.
+    let r = g.run(&id);
+    assert!(
+        r["paused"] == true && r["waiting"]["wait_key"].as_str().unwrap_or("").starts_with("pause:"),
+        "{r}"
+    );
     g.command_ok("resume-1", &id, "resume", json!({}));
     let r = wait_for(&g, &id, "terminal", terminal);
-    assert_eq!(r["output"]["response"], "slow answer", "{r}");
+    assert_eq!(r["output"]["response"], "held answer", "{r}");
     assert_eq!(llm.requests.lock().unwrap().len(), 1, "the answer was not asked for twice");
     let ledger = g.ledger(&id);
     let llm_records: Vec<&str> = ledger
@@ -459,4 +471,53 @@ fn llm_flow() -> Vec<u8> {
         {"id": "d4", "source": "start", "sourceHandle": "max_tokens", "target": "ask", "targetHandle": "max_tokens"},
         {"id": "d5", "source": "start", "sourceHandle": "schema", "target": "ask", "targetHandle": "response_schema"}]});
     flow.to_string().into_bytes()
+}
+
+#[test]
+fn a_crash_during_an_llm_call_is_recovered() {
+    let llm = ScriptedLlm::start();
+    let mut g = scripted_gateway(&llm, &[]);
+    let id = start_agent(&g, "crash", "SCRIPT:held answer after a crash");
+    let r = wait_for(&g, &id, "waiting on the LLM", |r| r["waiting"]["reason"] == "llm");
+    let llm_key = r["waiting"]["wait_key"].as_str().unwrap().to_string();
+    // The call is in flight: the provider has it and is holding its answer.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while llm.requests.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the LLM call never reached the provider");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // kill -9 mid-call: no answer was recorded, and the run waits on the call.
+    g.kill9();
+    let db = rusqlite::Connection::open(g.dir.join("gateway.sqlite3")).unwrap();
+    let (status, reason): (String, String) = db
+        .query_row("SELECT status, wait_reason FROM runs WHERE run_id = ?1", [&id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("waiting", "llm"));
+    let answers: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM commands WHERE command_id = ?1",
+            [format!("effect:{llm_key}")],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(answers, 0, "an answer was recorded before the crash");
+    drop(db);
+    // After the restart the worker asks again (the first call never finished) and the run
+    // completes with the answer, recorded once.
+    llm.release();
+    g.spawn();
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(r["output"]["response"], "held answer", "{r}");
+    assert_eq!(llm.requests.lock().unwrap().len(), 2, "asked once before the crash and once after");
+    assert_eq!(g.command_status(&format!("effect:{llm_key}"))["status"], "applied");
+    let llm_records: Vec<String> = g
+        .ledger(&id)
+        .iter()
+        .filter(|x| x["effect"]["type"] == "llm_call")
+        .filter_map(|x| x["status"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(llm_records, ["started", "completed"]);
 }

@@ -218,8 +218,14 @@ fn audit_log_has_writes_without_secrets() {
         .json(&json!({}))
         .send()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let log = std::fs::read_to_string(g.dir.join("audit_log.jsonl")).unwrap();
+    // Written by the audit thread, after the responses: wait for both lines (bounded).
+    let read = || std::fs::read_to_string(g.dir.join("audit_log.jsonl")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while read().lines().count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "audit lines never written: {}", read());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let log = read();
     let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.iter().any(|l| l["path"] == "/api/gateway/runs/start" && l["status"] == 200));
     assert!(lines.iter().any(|l| l["path"] == "/api/gateway/commands" && l["status"] == 401));

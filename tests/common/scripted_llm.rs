@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde_json::{json, Value};
 
@@ -17,6 +17,9 @@ pub struct ScriptedLlm {
     pub port: u16,
     /// Every request body received, in order.
     pub requests: Arc<Mutex<Vec<Value>>>,
+    /// `SCRIPT:held` answers wait for `release()`: a test can act while a call is surely in
+    /// flight, with no timing window.
+    held: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl ScriptedLlm {
@@ -25,10 +28,13 @@ impl ScriptedLlm {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
+        let held = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = held.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let seen = seen.clone();
+                let gate = gate.clone();
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
                     let mut len = 0usize;
@@ -58,6 +64,11 @@ impl ScriptedLlm {
                         return;
                     } else {
                         seen.lock().unwrap().push(req.clone());
+                        if script_of(&req) == "held" {
+                            let (released, cv) = &*gate;
+                            let guard = released.lock().unwrap();
+                            let _ = cv.wait_timeout_while(guard, std::time::Duration::from_secs(60), |r| !*r).unwrap();
+                        }
                         reply(&req)
                     };
                     let _ = write!(
@@ -67,7 +78,14 @@ impl ScriptedLlm {
                 });
             }
         });
-        ScriptedLlm { port, requests }
+        ScriptedLlm { port, requests, held }
+    }
+
+    /// Lets `SCRIPT:held` answers go (those waiting and any later).
+    pub fn release(&self) {
+        let (released, cv) = &*self.held;
+        *released.lock().unwrap() = true;
+        cv.notify_all();
     }
 
     pub fn base_url(&self) -> String {
@@ -99,7 +117,8 @@ fn usage() -> String {
     )
 }
 
-fn reply(req: &Value) -> String {
+/// The script a request follows: the first word after `SCRIPT:` in its first user message.
+fn script_of(req: &Value) -> String {
     let msgs = req["messages"].as_array().cloned().unwrap_or_default();
     let user = msgs
         .iter()
@@ -107,10 +126,18 @@ fn reply(req: &Value) -> String {
         .and_then(|m| m["content"].as_str())
         .unwrap_or("")
         .to_string();
+    user.strip_prefix("SCRIPT:")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn reply(req: &Value) -> String {
+    let msgs = req["messages"].as_array().cloned().unwrap_or_default();
     let results: Vec<&Value> = msgs.iter().filter(|m| m["role"] == "tool").collect();
     let last = results.last().and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
-    let script = user.strip_prefix("SCRIPT:").and_then(|s| s.split_whitespace().next()).unwrap_or("");
-    match (script, results.len()) {
+    let script = script_of(req);
+    match (script.as_str(), results.len()) {
         ("notes", 0) => tool_call("list_files", json!({}), 1),
         ("notes", 1) => tool_call("read_file", json!({"path": "notes.txt"}), 2),
         ("write", 0) => tool_call("write_file", json!({"path": "out.txt", "content": "written by the agent\n"}), 1),
@@ -118,11 +145,8 @@ fn reply(req: &Value) -> String {
         ("ask", 0) => tool_call("ask_user", json!({"question": "Which colour?"}), 1),
         // A small model behind a server that does not parse tool calls: JSON in a fenced block.
         ("textcall", 0) => answer("```json\n{\"name\": \"list_files\", \"arguments\": {}}\n```"),
-        ("slow", _) => {
-            // Long enough for a test to pause the run while the answer is being produced.
-            std::thread::sleep(std::time::Duration::from_millis(1500));
-            answer("slow answer")
-        }
+        // Held until the test releases it (see `ScriptedLlm::release`).
+        ("held", _) => answer("held answer"),
         _ => answer(&format!("FINAL after {} tool result(s). Last observation: {last}", results.len())),
     }
 }
