@@ -464,3 +464,37 @@ fn the_official_openai_python_client_works() {
     assert_eq!(v["missing_model_error"], "NotFoundError");
     assert_eq!(v["overflow_error"], "BadRequestError");
 }
+
+#[test]
+fn a_runs_llm_call_waits_for_a_full_model_instead_of_failing() {
+    let path = model_files::smollm2();
+    let g = Gateway::start_with(
+        &[("ABSTRACTGATEWAY_MAX_BATCH", "1"), ("ABSTRACTGATEWAY_MODEL_QUEUE", "0")],
+        &["--model", &format!("smollm2={}", path.display())],
+    );
+    let lines = streaming(&g);
+    let input = json!({"prompt": "Say hello in one short sentence.", "temperature": 0, "max_iterations": 1});
+    let id = g.start_run(json!({"bundle_id": "basic-agent", "input_data": input}));
+    // The run's call is refused by the full model again and again (the worker retries), and the
+    // run keeps waiting on it rather than failing.
+    wait_engine(&g, "refused the run's call twice", |e| e["rejected"].as_u64().unwrap_or(0) >= 2);
+    let r = g.run(&id);
+    assert_eq!(
+        (r["status"].as_str(), r["waiting"]["reason"].as_str()),
+        (Some("waiting"), Some("llm")),
+        "{r}"
+    );
+    // Room again: the call goes through and the run completes with the model's answer.
+    drop(lines);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let r = loop {
+        let r = g.run(&id);
+        if matches!(r["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the run never finished: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(r["status"], "completed", "{r}");
+    assert!(!r["output"]["response"].as_str().unwrap_or("").is_empty(), "{r}");
+}

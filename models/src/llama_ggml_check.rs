@@ -26,7 +26,12 @@ impl Dump {
         let ids = if stem == "decode" {
             vec![index["decode_token"].as_u64().unwrap() as usize]
         } else {
-            index["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()
+            index["prompt_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect()
         };
         Dump {
             blob: read("bin"),
@@ -55,12 +60,27 @@ impl Dump {
 
 /// Asserts that `ours` equals ggml's tensor to the bit, element for element.
 fn same_bits(op: &str, ours: &[f32], theirs: &[f32], report: &mut Vec<String>) {
-    assert_eq!(ours.len(), theirs.len(), "{op}: {} values here, {} in ggml", ours.len(), theirs.len());
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "{op}: {} values here, {} in ggml",
+        ours.len(),
+        theirs.len()
+    );
     assert!(!ours.is_empty(), "{op}: nothing compared");
     let differ = ours.iter().zip(theirs).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
     let max = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    report.push(format!("{op:<34} {}/{} bit-exact, max |Δ| {max:.3e}", ours.len() - differ, ours.len()));
-    assert_eq!(differ, 0, "{op}: {differ} of {} values differ from ggml's (max |Δ| {max:.3e})", ours.len());
+    report.push(format!(
+        "{op:<34} {}/{} bit-exact, max |Δ| {max:.3e}",
+        ours.len() - differ,
+        ours.len()
+    ));
+    assert_eq!(
+        differ,
+        0,
+        "{op}: {differ} of {} values differ from ggml's (max |Δ| {max:.3e})",
+        ours.len()
+    );
 }
 
 #[path = "../tests/common/mod.rs"]
