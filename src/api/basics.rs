@@ -12,7 +12,18 @@ use crate::util::time::now_iso;
 
 pub fn routes() -> Vec<Route> {
     vec![
-        route("get", "/api/health", "Liveness (no auth)", &[], get(health)),
+        route(
+            "get",
+            "/api/health",
+            "Liveness (no auth), and whether writes work",
+            &[],
+            get(health),
+        )
+        .ok_json(
+            serde_json::json!({"type": "object", "required": ["status", "service", "version"], "properties": {
+                "status": {"type": "string", "enum": ["healthy", "degraded"]}, "reason": {"type": "string"},
+                "service": {"type": "string"}, "version": {"type": "string"}, "storage": {"type": "object"}}}),
+        ),
         route("get", "/api/gateway/ping", "Cheap authenticated probe", &[], get(ping)),
         route(
             "get",

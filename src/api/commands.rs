@@ -31,7 +31,11 @@ pub fn routes() -> Vec<Route> {
             "type": {"type": "string", "enum": TYPES},
             "payload": {"type": "object"}, "ts": {"type": "string"}, "client_id": {"type": "string"}}}}}),
         )
-        .errors(&[400, 507]),
+        .errors(&[400, 507])
+        .ok_json(
+            json!({"type": "object", "required": ["accepted", "duplicate", "seq"], "properties": {
+            "accepted": {"type": "boolean"}, "duplicate": {"type": "boolean"}, "seq": {"type": "integer", "minimum": 1}}}),
+        ),
         route(
             "get",
             "/api/gateway/commands/{command_id}",

@@ -24,7 +24,9 @@ pub fn routes() -> Vec<Route> {
             &["after", "limit"],
             get(page),
         )
-        .errors(&[400]),
+        .errors(&[400])
+        .ok_json(json!({"type": "object", "required": ["items", "next_after"], "properties": {
+            "items": {"type": "array", "items": {"type": "object"}}, "next_after": {"type": "integer", "minimum": 0}}})),
         route("post", "/api/gateway/runs/ledger/batch", "Replay several ledgers", &[], post(batch)).errors(&[400]).body(json!({"application/json": {"schema": {
             "type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 200},
             "runs": {"type": "array", "items": {"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}, "after": {"type": "integer", "minimum": 0, "maximum": i64::MAX}}}}}}}})),

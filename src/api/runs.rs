@@ -39,7 +39,9 @@ pub fn routes() -> Vec<Route> {
             "session_id": {"type": "string"},
             "thinking": {"type": ["boolean", "string"]},
             "run_lifecycle": {"type": "object"}}}}}))
-        .errors(&[400, 404, 507]),
+        .errors(&[400, 404, 507])
+        .ok_json(json!({"type": "object", "required": ["run_id"], "properties": {
+            "run_id": {"type": "string"}, "runner_warning": {"type": ["string", "null"]}, "resolved_workflow": {"type": "object"}}})),
         route(
             "post",
             "/api/gateway/runs/schedule",
@@ -55,7 +57,8 @@ pub fn routes() -> Vec<Route> {
             "repeat_count": {"type": "integer", "minimum": 1, "maximum": schedule::MAX_DERIVED_COUNT}, "repeat_until": {"type": "string"},
             "share_context": {"type": "boolean", "default": true}, "session_id": {"type": "string"}}}}}),
         )
-        .errors(&[400, 404, 507]),
+        .errors(&[400, 404, 507])
+        .ok_json(json!({"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}}})),
         route(
             "get",
             "/api/gateway/runs",

@@ -15,7 +15,9 @@ use crate::providers::Providers;
 
 pub fn routes() -> Vec<Route> {
     vec![
-        route("get", "/v1/models", "Models this gateway can serve (OpenAI shape)", &[], get(list)),
+        route("get", "/v1/models", "Models this gateway can serve (OpenAI shape)", &[], get(list)).ok_json(json!({
+            "type": "object", "required": ["object", "data"], "properties": {"object": {"const": "list"}, "data": {"type": "array",
+            "items": {"type": "object", "required": ["id", "object"], "properties": {"id": {"type": "string"}, "object": {"const": "model"}}}}}})),
         route("get", "/v1/models/{*model_id}", "One model (OpenAI shape)", &[], get(one)).errors(&[404]),
     ]
 }
