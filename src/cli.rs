@@ -408,7 +408,7 @@ fn migrate(a: MigrateArgs) -> Result<(), String> {
     };
     let db = a.db_path.unwrap_or_else(|| data_dir.join("gateway.sqlite3"));
     // As `serve` requires: a data dir is the unit people back up and move.
-    if !crate::config::absolute(&db).starts_with(crate::config::absolute(&data_dir)) {
+    if !crate::config::is_inside(&data_dir, &db) {
         return Err(format!(
             "abstractgateway migrate: --db-path {} must be inside the data dir {}",
             db.display(),

@@ -160,6 +160,17 @@ fn restart_keeps_waits_and_timers() {
     assert_eq!(g.get(&format!("/api/gateway/runs?parent_run_id={p}")).1["count"], 3);
 }
 
+/// `abstractgateway migrate --data-dir DIR ARGS…`, run to completion.
+fn migrate<S: AsRef<std::ffi::OsStr>>(dir: &std::path::Path, args: &[S]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .arg("migrate")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn migrate_from_upstream_file_data_dir() {
     let dir = temp_dir("migrate");
@@ -197,11 +208,7 @@ fn migrate_from_upstream_file_data_dir() {
     let flows = dir.join("flows");
     seed_bundles(&flows);
 
-    let out = std::process::Command::new(bin())
-        .args(["migrate", "--from", "file", "--to", "sqlite", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = migrate(&dir, &["--from", "file", "--to", "sqlite"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -220,11 +227,7 @@ fn migrate_from_upstream_file_data_dir() {
         .any(|w| w.as_str().unwrap().contains("commands.jsonl line 4")));
     // Refuses to clobber without --overwrite, saying so, and leaves the database alone.
     let before = std::fs::metadata(dir.join("gateway.sqlite3")).unwrap().modified().unwrap();
-    let again = std::process::Command::new(bin())
-        .args(["migrate", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let again = migrate::<&str>(&dir, &[]);
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(
@@ -233,11 +236,7 @@ fn migrate_from_upstream_file_data_dir() {
     );
     assert_eq!(std::fs::metadata(dir.join("gateway.sqlite3")).unwrap().modified().unwrap(), before);
     // --overwrite replaces it with the same import.
-    let over = std::process::Command::new(bin())
-        .args(["migrate", "--overwrite", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let over = migrate(&dir, &["--overwrite"]);
     assert!(over.status.success(), "{}", String::from_utf8_lossy(&over.stderr));
     let report2: Value = serde_json::from_slice(&over.stdout).unwrap();
     assert_eq!(
@@ -246,25 +245,13 @@ fn migrate_from_upstream_file_data_dir() {
     );
     // --db-path writes where it says, inside the data dir; outside it is refused.
     let alt = dir.join("alt/other.sqlite3");
-    let out = std::process::Command::new(bin())
-        .args(["migrate", "--data-dir"])
-        .arg(&dir)
-        .arg("--db-path")
-        .arg(&alt)
-        .output()
-        .unwrap();
+    let out = migrate(&dir, &["--db-path".as_ref(), alt.as_os_str()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let c = rusqlite::Connection::open(&alt).unwrap();
     let n: i64 = c.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
     let outside = temp_dir("migrate-outside").join("x.sqlite3");
-    let out = std::process::Command::new(bin())
-        .args(["migrate", "--data-dir"])
-        .arg(&dir)
-        .arg("--db-path")
-        .arg(&outside)
-        .output()
-        .unwrap();
+    let out = migrate(&dir, &["--db-path".as_ref(), outside.as_os_str()]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("must be inside"),

@@ -355,14 +355,18 @@ fn a_client_that_disconnects_cancels_its_generation() {
     assert_eq!(engine_stats(&g, "smollm2")["completed"], 1);
 }
 
-#[test]
-fn a_full_model_answers_429_before_any_work() {
-    // One place: one sequence decoding, none queued.
+/// SmolLM2 with one place: one sequence decoding, none queued.
+fn one_place_gateway() -> Gateway {
     let path = model_files::smollm2();
-    let g = Gateway::start_with(
+    Gateway::start_with(
         &[("ABSTRACTGATEWAY_MAX_BATCH", "1"), ("ABSTRACTGATEWAY_MODEL_QUEUE", "0")],
         &["--model", &format!("smollm2={}", path.display())],
-    );
+    )
+}
+
+#[test]
+fn a_full_model_answers_429_before_any_work() {
+    let g = one_place_gateway();
     assert_eq!(engine_stats(&g, "smollm2")["capacity"], 1);
     let lines = streaming(&g);
     // A prompt far over the context would be a 400 once tokenized: a 429 proves the refusal
@@ -467,11 +471,7 @@ fn the_official_openai_python_client_works() {
 
 #[test]
 fn a_runs_llm_call_waits_for_a_full_model_instead_of_failing() {
-    let path = model_files::smollm2();
-    let g = Gateway::start_with(
-        &[("ABSTRACTGATEWAY_MAX_BATCH", "1"), ("ABSTRACTGATEWAY_MODEL_QUEUE", "0")],
-        &["--model", &format!("smollm2={}", path.display())],
-    );
+    let g = one_place_gateway();
     let lines = streaming(&g);
     let input = json!({"prompt": "Say hello in one short sentence.", "temperature": 0, "max_iterations": 1});
     let id = g.start_run(json!({"bundle_id": "basic-agent", "input_data": input}));

@@ -319,7 +319,7 @@ impl Config {
                 "ABSTRACTGATEWAY_MAX_CONCURRENCY and _MAX_SSE must be >= 1".into(),
             ));
         }
-        if !(self.runner_lease_s >= 1.0) {
+        if self.runner_lease_s.is_nan() || self.runner_lease_s < 1.0 {
             return Err(ConfigError::Invalid("ABSTRACTGATEWAY_RUNNER_LEASE_S must be >= 1".into()));
         }
         if self.max_connections == 0 {
@@ -386,13 +386,11 @@ impl Config {
     /// The database must live inside the data dir (upstream refuses otherwise, and so do we:
     /// a data dir is the unit people back up and move).
     pub fn check_db_inside_data_dir(&self) -> Result<(), ConfigError> {
-        let dd = absolute(&self.data_dir);
-        let db = absolute(&self.db_path);
-        if !db.starts_with(&dd) {
+        if !is_inside(&self.data_dir, &self.db_path) {
             return Err(ConfigError::Invalid(format!(
                 "ABSTRACTGATEWAY_DB_PATH ({}) must be inside ABSTRACTGATEWAY_DATA_DIR ({})",
-                db.display(),
-                dd.display()
+                absolute(&self.db_path).display(),
+                absolute(&self.data_dir).display()
             )));
         }
         Ok(())
@@ -426,6 +424,11 @@ impl Config {
         }
         v
     }
+}
+
+/// Whether `path` lies inside `dir`, lexically (neither need exist yet).
+pub fn is_inside(dir: &Path, path: &Path) -> bool {
+    absolute(path).starts_with(absolute(dir))
 }
 
 pub fn absolute(p: &Path) -> PathBuf {

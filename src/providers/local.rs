@@ -265,10 +265,6 @@ fn gen_error(model: &str, e: GenError) -> ProviderError {
 }
 
 impl LocalModel {
-    fn gen_error(&self, e: GenError) -> ProviderError {
-        gen_error(&self.info.id, e)
-    }
-
     /// The activations' dtype (`f32`, `bf16`), as the model reported it at load.
     pub fn dtype(&self) -> &'static str {
         self.dtype
@@ -349,7 +345,7 @@ impl LocalModel {
     fn start(&self, req: &TextRequest) -> Result<EventRx, ProviderError> {
         // A model at capacity is refused before any work is done for the request (template,
         // tokenizing): under a flood, refusals cost next to nothing.
-        let slot = self.engine.reserve().map_err(|e| self.gen_error(e))?;
+        let slot = self.engine.reserve().map_err(|e| gen_error(&self.info.id, e))?;
         let (ids, forced) = self.prompt_ids(&req.prompt)?;
         let p = &req.params;
         if ids.is_empty() {

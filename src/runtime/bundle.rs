@@ -33,9 +33,6 @@ pub enum BundleError {
     Flow(String, FlowError),
     #[error("{0}")]
     Io(String),
-    /// No space left on the flows dir's disk: nothing was installed.
-    #[error("{0}")]
-    Full(String),
 }
 
 #[derive(Debug, Clone)]

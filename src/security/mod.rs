@@ -228,8 +228,6 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A response whose body is not known whole (a stream: SSE, a streamed completion) keeps the
-/// request's slot until its last byte is sent or the client goes; others give it back now.
 /// Every error under `/api/gateway` and `/v1` has a JSON body, whoever produced it (a handler,
 /// this layer, or the framework: an unknown method, a path id that is not UTF-8, a multipart
 /// body without a boundary): `{"detail": …}`, and under `/v1` OpenAI's `{"error": {…}}`. A body
@@ -269,6 +267,8 @@ async fn json_error(resp: Response, openai: bool) -> Response {
     out
 }
 
+/// A response whose body is not known whole (a stream: SSE, a streamed completion) keeps the
+/// request's slot until its last byte is sent or the client goes; others give it back now.
 fn hold_until_sent(r: Response, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
     use axum::body::HttpBody;
     if r.body().size_hint().exact().is_some() {

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-/// What failed, keyed by the writer (a database path, `bundles:<dir>`).
+/// What failed, keyed by the writer (`database <path>`, `bundles <dir>`).
 static FAULTS: Mutex<BTreeMap<String, Fault>> = Mutex::new(BTreeMap::new());
 
 #[derive(Debug, Clone)]

@@ -268,18 +268,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>, writer: String) {
 
 fn run_group(conn: &mut Connection, jobs: &mut [Job]) -> Vec<StoreResult<OpOut>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
-        let msg = e.to_string();
-        return jobs
-            .iter()
-            .map(|_| {
-                Err(if full {
-                    StoreError::Full(msg.clone())
-                } else {
-                    StoreError::Other(format!("cannot begin transaction: {msg}"))
-                })
-            })
-            .collect();
+        return failed_group(jobs.len(), "cannot begin transaction", &e.into());
     }
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs.iter_mut() {
@@ -287,12 +276,12 @@ fn run_group(conn: &mut Connection, jobs: &mut [Job]) -> Vec<StoreResult<OpOut>>
         let res = match conn.execute_batch("SAVEPOINT job") {
             Ok(()) => {
                 let r = apply(conn, op);
-                if r.is_err() && conn.is_autocommit() {
+                if let (Err(e), true) = (&r, conn.is_autocommit()) {
                     // SQLite rolled the whole transaction back by itself (it may on SQLITE_FULL,
                     // IOERR or NOMEM): every job of this group is undone, and a later job must
                     // not run outside the group's transaction (its RELEASE would commit it
                     // alone while the group reports failure).
-                    return undone_group(jobs.len(), r.err());
+                    return failed_group(jobs.len(), "transaction rolled back", e);
                 }
                 let end = if r.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
                 match conn.execute_batch(end) {
@@ -306,34 +295,20 @@ fn run_group(conn: &mut Connection, jobs: &mut [Job]) -> Vec<StoreResult<OpOut>>
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
-        let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
-        let msg = e.to_string();
-        return jobs
-            .iter()
-            .map(|_| {
-                Err(if full {
-                    StoreError::Full(msg.clone())
-                } else {
-                    StoreError::Other(format!("commit failed: {msg}"))
-                })
-            })
-            .collect();
+        return failed_group(jobs.len(), "commit failed", &e.into());
     }
     results
 }
 
-/// Every job of a group whose transaction SQLite rolled back: failed, with the cause.
-fn undone_group(n: usize, cause: Option<StoreError>) -> Vec<StoreResult<OpOut>> {
-    let full = match &cause {
-        Some(StoreError::Full(m)) => Some(m.clone()),
-        _ => None,
-    };
-    let msg = cause.map(|e| e.to_string()).unwrap_or_default();
+/// Every job of a group that did not commit fails alike: as a full store where that was the
+/// cause (507), else with `what` and the cause's message.
+fn failed_group(n: usize, what: &str, cause: &StoreError) -> Vec<StoreResult<OpOut>> {
     (0..n)
         .map(|_| {
-            Err(match &full {
-                Some(m) => StoreError::Full(m.clone()),
-                None => StoreError::Other(format!("transaction rolled back: {msg}")),
+            Err(match cause {
+                StoreError::Full(m) => StoreError::Full(m.clone()),
+                StoreError::Db(e) => StoreError::Other(format!("{what}: {e}")),
+                other => StoreError::Other(format!("{what}: {other}")),
             })
         })
         .collect()
