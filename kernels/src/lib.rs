@@ -9,7 +9,9 @@
 pub mod attn;
 pub mod blocks;
 pub mod dot;
+pub mod dot_k;
 pub mod ggml_order;
+pub mod kquants;
 pub mod matmul;
 
 /// PTX of `cuda/paged_decode.cu`: decode attention over the dense model's paged KV pool, one

@@ -1,0 +1,475 @@
+//! Dot products of GGUF weight blocks, read as stored, with quantized activations: `Q4_0`,
+//! `Q5_0` against `Q8_0`, and `Q4_K`, `Q5_K`, `Q6_K` against `Q8_K`.
+//!
+//! Each is defined by its scalar version, which fixes the summation order of llama.cpp's x86
+//! CPU backend (AVX2 build) so that greedy output stays token-exact:
+//! - `Q4_0`, `Q5_0` (and `Q8_0`, in `dot.rs`): per 32-value block, eight integer lanes of four
+//!   consecutive products, each lane accumulated by FMA with the block's scale product; the
+//!   eight accumulators reduced as `hsum8`.
+//! - `Q6_K`, `Q5_K`: per super-block, eight integer lanes (four consecutive bytes of every
+//!   32-byte group, times the group's scale); `Q6_K` takes its −32 offset from the `Q8_K` block
+//!   sums, lane by lane; `Q5_K` its mins in one scalar sum.
+//! - `Q4_K`: the layout llama.cpp repacks it to on AVX2 (`q4_K_8x8`). One activation row
+//!   (`Q4KOrder::PerBlock`, its gemv) sums each super-block to one integer, then one FMA; rows
+//!   taken four at a time (`Q4KOrder::PerPair`, its gemm) make one FMA per pair of sub-blocks.
+//!   Mins go to a second accumulator, subtracted at the end.
+//!
+//! Integer sums are exact, so the SIMD versions compute the same integers in any way they like
+//! and must repeat only the f32 steps; the tests hold them to the scalar results bit for bit.
+
+use crate::blocks::BlockQ8_0;
+use crate::kquants::*;
+
+/// `_mm256` horizontal sum as ggml's `hsum_float_8`: high half plus low half, then pairs.
+#[inline(always)]
+pub fn hsum8(a: &[f32; 8]) -> f32 {
+    let s = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// Accumulates one block's eight integer lanes: `acc[l] = d·lane[l] + acc[l]` (one rounding).
+#[inline(always)]
+fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: &[i32; 8]) {
+    for l in 0..8 {
+        acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
+    }
+}
+
+/// The eight lanes of a 32-value block: lane l = Σ x[j]·y[j] for j in 4l..4l+4.
+#[inline(always)]
+fn lanes32(x: &[i8; 32], y: &[i8; 32]) -> [i32; 8] {
+    std::array::from_fn(|l| (4 * l..4 * l + 4).map(|j| x[j] as i32 * y[j] as i32).sum())
+}
+
+fn q4_0_values(b: &BlockQ4_0) -> [i8; 32] {
+    std::array::from_fn(|j| {
+        if j < 16 {
+            (b.qs[j] & 0x0F) as i8 - 8
+        } else {
+            (b.qs[j - 16] >> 4) as i8 - 8
+        }
+    })
+}
+
+fn q5_0_values(b: &BlockQ5_0) -> [i8; 32] {
+    let qh = u32::from_le_bytes(b.qh);
+    std::array::from_fn(|j| {
+        let n = if j < 16 { b.qs[j] & 0x0F } else { b.qs[j - 16] >> 4 };
+        (n | (((qh >> j) & 1) as u8) << 4) as i8 - 16
+    })
+}
+
+pub fn q4_0_q8_0_scalar(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in x.iter().zip(y) {
+        fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &lanes32(&q4_0_values(x), &y.qs));
+    }
+    hsum8(&acc)
+}
+
+pub fn q5_0_q8_0_scalar(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in x.iter().zip(y) {
+        fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &lanes32(&q5_0_values(x), &y.qs));
+    }
+    hsum8(&acc)
+}
+
+pub fn q6_k_q8_k_scalar(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in x.iter().zip(y) {
+        let mut lanes = [0i32; 8];
+        for p in 0..QK_K {
+            lanes[(p % 32) / 4] += q6_k_quant(x, p) as i32 * y.qs[p] as i32 * x.scales[p / 16] as i32;
+        }
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane -= 32 * (y.bsums[2 * l] as i32 * x.scales[2 * l] as i32 + y.bsums[2 * l + 1] as i32 * x.scales[2 * l + 1] as i32);
+        }
+        fma_lanes(&mut acc, y.d * x.d.to_f32(), &lanes);
+    }
+    hsum8(&acc)
+}
+
+/// Σ over sub-blocks of min · (sum of the sub-block's 32 activation quants).
+#[inline(always)]
+fn mins_dot(scales: &[u8; 12], bsums: &[i16; 16], subs: std::ops::Range<usize>) -> i32 {
+    subs.map(|s| scale_min_k4(s, scales).1 as i32 * (bsums[2 * s] as i32 + bsums[2 * s + 1] as i32))
+        .sum()
+}
+
+pub fn q5_k_q8_k_scalar(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (x, y) in x.iter().zip(y) {
+        let d = y.d * x.d.to_f32();
+        let dmin = -y.d * x.dmin.to_f32();
+        summs = dmin.mul_add(mins_dot(&x.scales, &y.bsums, 0..8) as f32, summs);
+        let mut lanes = [0i32; 8];
+        for s in 0..8 {
+            let sc = scale_min_k4(s, &x.scales).0 as i32;
+            for i in 0..32 {
+                let b = x.qs[32 * (s / 2) + i];
+                let n = if s % 2 == 0 { b & 0x0F } else { b >> 4 } | ((x.qh[i] >> s) & 1) << 4;
+                lanes[i / 4] += sc * n as i32 * y.qs[32 * s + i] as i32;
+            }
+        }
+        fma_lanes(&mut acc, d, &lanes);
+    }
+    hsum8(&acc) + summs
+}
+
+/// Which of llama.cpp's two `Q4_K` orders (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Q4KOrder {
+    /// One activation row at a time (decode steps, and a prompt's last `len % 4` rows).
+    PerBlock,
+    /// Rows taken four at a time (the rest of a prompt).
+    PerPair,
+}
+
+/// Σ scale · (q4 · q8) over the sub-blocks `subs` of one super-block.
+#[inline(always)]
+fn q4_k_subs(x: &BlockQ4K, y: &BlockQ8K, subs: std::ops::Range<usize>) -> i32 {
+    subs.map(|s| {
+        let sc = scale_min_k4(s, &x.scales).0 as i32;
+        let q = &x.qs[32 * (s / 2)..32 * (s / 2) + 32];
+        let dot: i32 = q
+            .iter()
+            .zip(&y.qs[32 * s..32 * s + 32])
+            .map(|(&b, &v)| if s % 2 == 0 { b & 0x0F } else { b >> 4 } as i32 * v as i32)
+            .sum();
+        sc * dot
+    })
+    .sum()
+}
+
+pub fn q4_k_q8_k_scalar(x: &[BlockQ4K], y: &[BlockQ8K], order: Q4KOrder) -> f32 {
+    let (mut acc, mut accm) = (0f32, 0f32);
+    for (x, y) in x.iter().zip(y) {
+        let (dd, dm) = (x.d.to_f32() * y.d, x.dmin.to_f32() * y.d);
+        match order {
+            Q4KOrder::PerBlock => {
+                acc = (q4_k_subs(x, y, 0..8) as f32).mul_add(dd, acc);
+                accm = (mins_dot(&x.scales, &y.bsums, 0..8) as f32).mul_add(dm, accm);
+            }
+            Q4KOrder::PerPair => {
+                for p in 0..4 {
+                    acc = (q4_k_subs(x, y, 2 * p..2 * p + 2) as f32).mul_add(dd, acc);
+                    accm = (mins_dot(&x.scales, &y.bsums, 2 * p..2 * p + 2) as f32).mul_add(dm, accm);
+                }
+            }
+        }
+    }
+    acc - accm
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum_i32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01)))
+    }
+
+    /// 32 nibbles as bytes 0..16 (low) then 16..32 (high).
+    #[inline(always)]
+    unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+        let raw = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F))
+    }
+
+    /// Byte j = 0xFF where bit j of `bits` is set.
+    #[inline(always)]
+    unsafe fn bit_bytes(bits: u32) -> __m256i {
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+        );
+        let mask = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+        _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask)
+    }
+
+    /// Signed bytes x·y summed in fours: the eight lanes of `lanes32`.
+    #[inline(always)]
+    unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+
+    #[inline(always)]
+    unsafe fn load32(p: *const i8) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+
+    pub fn q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+        // SAFETY: AVX2/FMA/F16C are compiled in; loads stay inside each block.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in x.iter().zip(y) {
+                let q = _mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8));
+                let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, load32(y.qs.as_ptr()))), acc);
+            }
+            hsum(acc)
+        }
+    }
+
+    pub fn q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+        // SAFETY: as above.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in x.iter().zip(y) {
+                // A clear fifth bit means value − 16: set the high nibble to 0xF0.
+                let high = _mm256_andnot_si256(bit_bytes(u32::from_le_bytes(x.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+                let q = _mm256_or_si256(nibbles(&x.qs), high);
+                let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, load32(y.qs.as_ptr()))), acc);
+            }
+            hsum(acc)
+        }
+    }
+
+    /// Two sub-block scales as 16-bit lanes: `lo` for bytes 0..16 of a 32-byte group, `hi` for
+    /// bytes 16..32 (the halves of `maddubs`' output).
+    #[inline(always)]
+    unsafe fn scale_pair(lo: i16, hi: i16) -> __m256i {
+        _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+    }
+
+    pub fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+        // SAFETY: as above; 32-byte loads at offsets 0/32 of ql, qh and y.qs (all in bounds).
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m2 = _mm256_set1_epi8(0x03);
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in x.iter().zip(y) {
+                let mut sumi = _mm256_setzero_si256();
+                for half in 0..2 {
+                    let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half) as *const __m256i);
+                    let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half) as *const __m256i);
+                    let hb = |shift: i32| match shift {
+                        0 => _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                        2 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                        4 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                        _ => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                    };
+                    let v = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, m4), hb(0)),
+                        _mm256_or_si256(_mm256_and_si256(ql1, m4), hb(2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hb(4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hb(6)),
+                    ];
+                    for (t, v) in v.into_iter().enumerate() {
+                        let p = _mm256_maddubs_epi16(v, load32(y.qs.as_ptr().add(128 * half + 32 * t)));
+                        let s = 8 * half + 2 * t;
+                        let sc = scale_pair(x.scales[s] as i16, x.scales[s + 1] as i16);
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+                    }
+                }
+                let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr() as *const __m128i));
+                let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
+                let d = _mm256_set1_ps(y.d * x.d.to_f32());
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, offset)), acc);
+            }
+            hsum(acc)
+        }
+    }
+
+    pub fn q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+        // SAFETY: as above.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0f32;
+            for (x, y) in x.iter().zip(y) {
+                let d = y.d * x.d.to_f32();
+                let dmin = -y.d * x.dmin.to_f32();
+                summs = dmin.mul_add(mins_dot(&x.scales, &y.bsums, 0..8) as f32, summs);
+                let qh = _mm256_loadu_si256(x.qh.as_ptr() as *const __m256i);
+                let mut sumi = _mm256_setzero_si256();
+                for j in 0..4 {
+                    let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j) as *const __m256i);
+                    for (k, nib) in [_mm256_and_si256(q, m4), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let s = 2 * j + k;
+                        let bit = _mm256_and_si256(_mm256_srlv_epi32(qh, _mm256_set1_epi32(s as i32)), one);
+                        let v = _mm256_or_si256(nib, _mm256_slli_epi16(bit, 4));
+                        let p = _mm256_maddubs_epi16(v, load32(y.qs.as_ptr().add(32 * s)));
+                        let sc = scale_min_k4(s, &x.scales).0 as i16;
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(sc)));
+                    }
+                }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            hsum(acc) + summs
+        }
+    }
+
+    /// One `Q4_K` super-block's pair `p` of sub-blocks: Σ scale · (q4 · q8), as 8 lanes.
+    #[inline(always)]
+    unsafe fn q4_k_pair(x: &BlockQ4K, y: &BlockQ8K, p: usize, sc: (i16, i16)) -> __m256i {
+        let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * p) as *const __m256i);
+        let m4 = _mm256_set1_epi8(0x0F);
+        let lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), load32(y.qs.as_ptr().add(64 * p)));
+        let hi = _mm256_maddubs_epi16(
+            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+            load32(y.qs.as_ptr().add(64 * p + 32)),
+        );
+        _mm256_add_epi32(
+            _mm256_madd_epi16(lo, _mm256_set1_epi16(sc.0)),
+            _mm256_madd_epi16(hi, _mm256_set1_epi16(sc.1)),
+        )
+    }
+
+    pub fn q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K], order: Q4KOrder) -> f32 {
+        // SAFETY: as above.
+        unsafe {
+            let (mut acc, mut accm) = (0f32, 0f32);
+            for (x, y) in x.iter().zip(y) {
+                let (dd, dm) = (x.d.to_f32() * y.d, x.dmin.to_f32() * y.d);
+                let sc: [u8; 8] = std::array::from_fn(|s| scale_min_k4(s, &x.scales).0);
+                let pair = |p: usize| q4_k_pair(x, y, p, (sc[2 * p] as i16, sc[2 * p + 1] as i16));
+                match order {
+                    Q4KOrder::PerBlock => {
+                        let sum = _mm256_add_epi32(_mm256_add_epi32(pair(0), pair(1)), _mm256_add_epi32(pair(2), pair(3)));
+                        acc = (hsum_i32(sum) as f32).mul_add(dd, acc);
+                        accm = (mins_dot(&x.scales, &y.bsums, 0..8) as f32).mul_add(dm, accm);
+                    }
+                    Q4KOrder::PerPair => {
+                        for p in 0..4 {
+                            acc = (hsum_i32(pair(p)) as f32).mul_add(dd, acc);
+                            accm = (mins_dot(&x.scales, &y.bsums, 2 * p..2 * p + 2) as f32).mul_add(dm, accm);
+                        }
+                    }
+                }
+            }
+            acc - accm
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $scalar:ident) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name($($arg: $ty),*) -> f32 {
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            return avx2::$name($($arg),*);
+            #[allow(unreachable_code)]
+            $scalar($($arg),*)
+        }
+    };
+}
+
+dispatch!(q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) => q4_0_q8_0_scalar);
+dispatch!(q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) => q5_0_q8_0_scalar);
+dispatch!(q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) => q6_k_q8_k_scalar);
+dispatch!(q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) => q5_k_q8_k_scalar);
+dispatch!(q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K], order: Q4KOrder) => q4_k_q8_k_scalar);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::{quantize_q8_0, QK};
+    use half::f16;
+    use rand::{Rng, SeedableRng};
+
+    fn rng(seed: u64) -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(seed)
+    }
+
+    fn acts(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = rng(seed);
+        (0..n).map(|_| r.gen_range(-2.0f32..2.0)).collect()
+    }
+
+    fn exact(w: &[f32], x: &[f32]) -> f32 {
+        w.iter().zip(x).map(|(a, b)| a * b).sum()
+    }
+
+    /// Random blocks of any type: plain bytes with the f16 scales set to sane values.
+    fn blocks<T: Copy>(n: usize, seed: u64, fix: impl Fn(&mut T, &mut rand::rngs::StdRng)) -> Vec<T> {
+        let mut r = rng(seed);
+        let size = std::mem::size_of::<T>();
+        let bytes: Vec<u8> = (0..n * size).map(|_| r.gen()).collect();
+        let mut v = crate::blocks::cast_blocks::<T>(&bytes).expect("whole blocks");
+        v.iter_mut().for_each(|b| fix(b, &mut r));
+        v
+    }
+
+    fn h(r: &mut rand::rngs::StdRng, lo: f32, hi: f32) -> f16 {
+        f16::from_f32(r.gen_range(lo..hi))
+    }
+
+    #[test]
+    fn simd_equals_scalar_to_the_bit_and_both_track_dequantized_math() {
+        for n in [256usize, 512, 896, 4864] {
+            let x = acts(n, n as u64);
+            let mut y0 = vec![BlockQ8_0::default(); n / QK];
+            quantize_q8_0(&x, &mut y0);
+            let mut yk = vec![BlockQ8K::default(); n / QK_K];
+            if n % QK_K == 0 {
+                quantize_q8_k(&x, &mut yk, Q8KSign::FirstMax);
+            }
+            let mut wf = vec![0f32; n];
+            let tol = |e: f32| 0.03 * (n as f32).sqrt() + 0.01 * e.abs();
+
+            let w = blocks::<BlockQ4_0>(n / QK, 1, |b, r| b.d = h(r, 0.001, 0.05));
+            dequantize_q4_0(&w, &mut wf);
+            let (a, s) = (q4_0_q8_0(&w, &y0), q4_0_q8_0_scalar(&w, &y0));
+            assert_eq!(a.to_bits(), s.to_bits(), "Q4_0 n={n}");
+            assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q4_0 {a} vs {}", exact(&wf, &x));
+
+            let w = blocks::<BlockQ5_0>(n / QK, 2, |b, r| b.d = h(r, 0.001, 0.05));
+            dequantize_q5_0(&w, &mut wf);
+            let (a, s) = (q5_0_q8_0(&w, &y0), q5_0_q8_0_scalar(&w, &y0));
+            assert_eq!(a.to_bits(), s.to_bits(), "Q5_0 n={n}");
+            assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q5_0 {a} vs {}", exact(&wf, &x));
+
+            if n % QK_K != 0 {
+                continue;
+            }
+            let w = blocks::<BlockQ6K>(n / QK_K, 3, |b, r| b.d = h(r, 0.0001, 0.002));
+            dequantize_q6_k(&w, &mut wf);
+            let (a, s) = (q6_k_q8_k(&w, &yk), q6_k_q8_k_scalar(&w, &yk));
+            assert_eq!(a.to_bits(), s.to_bits(), "Q6_K n={n}");
+            assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q6_K {a} vs {}", exact(&wf, &x));
+
+            let w = blocks::<BlockQ5K>(n / QK_K, 4, |b, r| {
+                b.d = h(r, 0.0005, 0.002);
+                b.dmin = h(r, 0.0005, 0.002);
+            });
+            dequantize_q5_k(&w, &mut wf);
+            let (a, s) = (q5_k_q8_k(&w, &yk), q5_k_q8_k_scalar(&w, &yk));
+            assert_eq!(a.to_bits(), s.to_bits(), "Q5_K n={n}");
+            assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q5_K {a} vs {}", exact(&wf, &x));
+
+            let w = blocks::<BlockQ4K>(n / QK_K, 5, |b, r| {
+                b.d = h(r, 0.0005, 0.003);
+                b.dmin = h(r, 0.0005, 0.003);
+            });
+            dequantize_q4_k(&w, &mut wf);
+            for order in [Q4KOrder::PerBlock, Q4KOrder::PerPair] {
+                let (a, s) = (q4_k_q8_k(&w, &yk, order), q4_k_q8_k_scalar(&w, &yk, order));
+                assert_eq!(a.to_bits(), s.to_bits(), "Q4_K {order:?} n={n}");
+                assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q4_K {a} vs {}", exact(&wf, &x));
+            }
+        }
+    }
+}
