@@ -13,6 +13,9 @@
 //!   (`Q4KOrder::PerBlock`, its gemv) sums each super-block to one integer, then one FMA; rows
 //!   taken four at a time (`Q4KOrder::PerPair`, its gemm) make one FMA per pair of sub-blocks.
 //!   Mins go to a second accumulator, subtracted at the end.
+//! - `Q6_K`, `Q5_K` in a prompt of 8 rows or more (`KOrder::Tiled`): llama.cpp's tiled k-quant
+//!   matmul sums each super-block to one integer (mins to a second), scales it by the weight's
+//!   `d`, then the activation's, and adds it to the row's sum.
 //!
 //! Integer sums are exact, so the SIMD versions compute the same integers in any way they like
 //! and must repeat only the f32 steps; the tests hold them to the scalar results bit for bit.
@@ -75,7 +78,37 @@ pub fn q5_0_q8_0_scalar(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     hsum8(&acc)
 }
 
-pub fn q6_k_q8_k_scalar(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+/// Which of llama.cpp's orders a `Q5_K`/`Q6_K` dot product follows (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KOrder {
+    /// `vec_dot`: fewer than 8 activation rows.
+    Lanes,
+    /// The tiled matmul: 8 rows or more.
+    Tiled,
+}
+
+/// The tiled matmul's step for one super-block: `r = isum·xd` rounded (for types with mins,
+/// `r − xdmin·imin` fused), then `acc + r·yd` fused (GCC contracts the kernel's multiply and add).
+#[inline(always)]
+fn tiled_step(acc: f32, isum: i32, xd: f32, mins: Option<(i32, f32)>, yd: f32) -> f32 {
+    let mut r = isum as f32 * xd;
+    if let Some((imin, dmin)) = mins {
+        r = (-dmin).mul_add(imin as f32, r);
+    }
+    r.mul_add(yd, acc)
+}
+
+pub fn q6_k_q8_k_scalar(x: &[BlockQ6K], y: &[BlockQ8K], order: KOrder) -> f32 {
+    if order == KOrder::Tiled {
+        let mut acc = 0f32;
+        for (x, y) in x.iter().zip(y) {
+            let isum: i32 = (0..QK_K)
+                .map(|p| (q6_k_quant(x, p) as i32 - 32) * y.qs[p] as i32 * x.scales[p / 16] as i32)
+                .sum();
+            acc = tiled_step(acc, isum, x.d.to_f32(), None, y.d);
+        }
+        return acc;
+    }
     let mut acc = [0f32; 8];
     for (x, y) in x.iter().zip(y) {
         let mut lanes = [0i32; 8];
@@ -97,7 +130,24 @@ fn mins_dot(scales: &[u8; 12], bsums: &[i16; 16], subs: std::ops::Range<usize>) 
         .sum()
 }
 
-pub fn q5_k_q8_k_scalar(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+pub fn q5_k_q8_k_scalar(x: &[BlockQ5K], y: &[BlockQ8K], order: KOrder) -> f32 {
+    if order == KOrder::Tiled {
+        let mut acc = 0f32;
+        for (x, y) in x.iter().zip(y) {
+            let mut isum = 0i32;
+            for s in 0..8 {
+                let sc = scale_min_k4(s, &x.scales).0 as i32;
+                for i in 0..32 {
+                    let b = x.qs[32 * (s / 2) + i];
+                    let n = if s % 2 == 0 { b & 0x0F } else { b >> 4 } | ((x.qh[i] >> s) & 1) << 4;
+                    isum += sc * n as i32 * y.qs[32 * s + i] as i32;
+                }
+            }
+            let imin = mins_dot(&x.scales, &y.bsums, 0..8);
+            acc = tiled_step(acc, isum, x.d.to_f32(), Some((imin, x.dmin.to_f32())), y.d);
+        }
+        return acc;
+    }
     let mut acc = [0f32; 8];
     let mut summs = 0f32;
     for (x, y) in x.iter().zip(y) {
@@ -247,12 +297,13 @@ mod avx2 {
         _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
     }
 
-    pub fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    pub fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K], order: KOrder) -> f32 {
         // SAFETY: as above; 32-byte loads at offsets 0/32 of ql, qh and y.qs (all in bounds).
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let m2 = _mm256_set1_epi8(0x03);
             let mut acc = _mm256_setzero_ps();
+            let mut tiled = 0f32;
             for (x, y) in x.iter().zip(y) {
                 let mut sumi = _mm256_setzero_si256();
                 for half in 0..2 {
@@ -281,24 +332,37 @@ mod avx2 {
                 let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
                 let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr() as *const __m128i));
                 let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
+                let lanes = _mm256_sub_epi32(sumi, offset);
+                if order == KOrder::Tiled {
+                    tiled = tiled_step(tiled, hsum_i32(lanes), x.d.to_f32(), None, y.d);
+                    continue;
+                }
                 let d = _mm256_set1_ps(y.d * x.d.to_f32());
-                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, offset)), acc);
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
             }
-            hsum(acc)
+            if order == KOrder::Tiled {
+                tiled
+            } else {
+                hsum(acc)
+            }
         }
     }
 
-    pub fn q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+    pub fn q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K], order: KOrder) -> f32 {
         // SAFETY: as above.
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let one = _mm256_set1_epi8(1);
             let mut acc = _mm256_setzero_ps();
             let mut summs = 0f32;
+            let mut tiled = 0f32;
             for (x, y) in x.iter().zip(y) {
                 let d = y.d * x.d.to_f32();
                 let dmin = -y.d * x.dmin.to_f32();
-                summs = dmin.mul_add(mins_dot(&x.scales, &y.bsums, 0..8) as f32, summs);
+                let imin = mins_dot(&x.scales, &y.bsums, 0..8);
+                if order == KOrder::Lanes {
+                    summs = dmin.mul_add(imin as f32, summs);
+                }
                 let qh = _mm256_loadu_si256(x.qh.as_ptr() as *const __m256i);
                 let mut sumi = _mm256_setzero_si256();
                 for j in 0..4 {
@@ -315,9 +379,17 @@ mod avx2 {
                         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(sc)));
                     }
                 }
+                if order == KOrder::Tiled {
+                    tiled = tiled_step(tiled, hsum_i32(sumi), x.d.to_f32(), Some((imin, x.dmin.to_f32())), y.d);
+                    continue;
+                }
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
             }
-            hsum(acc) + summs
+            if order == KOrder::Tiled {
+                tiled
+            } else {
+                hsum(acc) + summs
+            }
         }
     }
 
@@ -379,8 +451,8 @@ macro_rules! dispatch {
 
 dispatch!(q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) => q4_0_q8_0_scalar);
 dispatch!(q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) => q5_0_q8_0_scalar);
-dispatch!(q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) => q6_k_q8_k_scalar);
-dispatch!(q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) => q5_k_q8_k_scalar);
+dispatch!(q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K], order: KOrder) => q6_k_q8_k_scalar);
+dispatch!(q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K], order: KOrder) => q5_k_q8_k_scalar);
 dispatch!(q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K], order: Q4KOrder) => q4_k_q8_k_scalar);
 
 #[cfg(test)]
@@ -447,18 +519,22 @@ mod tests {
             }
             let w = blocks::<BlockQ6K>(n / QK_K, 3, |b, r| b.d = h(r, 0.0001, 0.002));
             dequantize_q6_k(&w, &mut wf);
-            let (a, s) = (q6_k_q8_k(&w, &yk), q6_k_q8_k_scalar(&w, &yk));
-            assert_eq!(a.to_bits(), s.to_bits(), "Q6_K n={n}");
-            assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q6_K {a} vs {}", exact(&wf, &x));
+            for order in [KOrder::Lanes, KOrder::Tiled] {
+                let (a, s) = (q6_k_q8_k(&w, &yk, order), q6_k_q8_k_scalar(&w, &yk, order));
+                assert_eq!(a.to_bits(), s.to_bits(), "Q6_K {order:?} n={n}");
+                assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q6_K {a} vs {}", exact(&wf, &x));
+            }
 
             let w = blocks::<BlockQ5K>(n / QK_K, 4, |b, r| {
                 b.d = h(r, 0.0005, 0.002);
                 b.dmin = h(r, 0.0005, 0.002);
             });
             dequantize_q5_k(&w, &mut wf);
-            let (a, s) = (q5_k_q8_k(&w, &yk), q5_k_q8_k_scalar(&w, &yk));
-            assert_eq!(a.to_bits(), s.to_bits(), "Q5_K n={n}");
-            assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q5_K {a} vs {}", exact(&wf, &x));
+            for order in [KOrder::Lanes, KOrder::Tiled] {
+                let (a, s) = (q5_k_q8_k(&w, &yk, order), q5_k_q8_k_scalar(&w, &yk, order));
+                assert_eq!(a.to_bits(), s.to_bits(), "Q5_K {order:?} n={n}");
+                assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q5_K {a} vs {}", exact(&wf, &x));
+            }
 
             let w = blocks::<BlockQ4K>(n / QK_K, 5, |b, r| {
                 b.d = h(r, 0.0005, 0.003);

@@ -3,51 +3,149 @@
 //! reads a weight row once and dots it with every activation row, so a batch of decode steps
 //! costs one pass over the weights, not one per sequence.
 
+use std::sync::Arc;
+
 use half::f16;
 use rayon::prelude::*;
 
 use crate::blocks::*;
 use crate::dot::{self, ActScales};
+use crate::dot_k::{self, KOrder, Q4KOrder};
+use crate::kquants::*;
 
+/// The weight types the kernels run as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QType {
     F32,
+    Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
-#[derive(Debug, Clone)]
-enum Data {
-    F32(Vec<f32>),
-    Q4_1(Vec<BlockQ4_1>),
-    Q8_0(Vec<BlockQ8_0>),
+impl QType {
+    /// Values per block.
+    pub fn block(self) -> usize {
+        match self {
+            QType::F32 => 1,
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q8_0 => QK,
+            QType::Q4K | QType::Q5K | QType::Q6K => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QType::F32 => 4,
+            QType::Q4_0 => std::mem::size_of::<BlockQ4_0>(),
+            QType::Q4_1 => std::mem::size_of::<BlockQ4_1>(),
+            QType::Q5_0 => std::mem::size_of::<BlockQ5_0>(),
+            QType::Q8_0 => std::mem::size_of::<BlockQ8_0>(),
+            QType::Q4K => std::mem::size_of::<BlockQ4K>(),
+            QType::Q5K => std::mem::size_of::<BlockQ5K>(),
+            QType::Q6K => std::mem::size_of::<BlockQ6K>(),
+        }
+    }
+
+    /// Alignment the block type needs in memory (f16 fields: 2; f32: 4).
+    fn align(self) -> usize {
+        if self == QType::F32 {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The activation format its dot product takes.
+    fn acts(self) -> ActKind {
+        match self {
+            QType::F32 => ActKind::F32,
+            QType::Q4_1 => ActKind::Q8_1,
+            QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => ActKind::Q8_0,
+            QType::Q4K => ActKind::Q8KRepacked,
+            QType::Q5K | QType::Q6K => ActKind::Q8K,
+        }
+    }
+}
+
+/// Where a matrix's bytes live: a copy, or a range of a memory-mapped GGUF file (the weights are
+/// then paged in by the kernel on first use and shared with the page cache, not copied).
+#[derive(Clone)]
+enum Storage {
+    /// 8-byte aligned words holding `len` bytes.
+    Owned(Arc<Vec<u64>>, usize),
+    Mapped(Arc<dyn AsRef<[u8]> + Send + Sync>, std::ops::Range<usize>),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: the words hold at least `len` initialised bytes.
+            Storage::Owned(w, len) => unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, *len) },
+            Storage::Mapped(m, r) => &(**m).as_ref()[r.clone()],
+        }
+    }
+
+    fn copy(bytes: &[u8]) -> Storage {
+        let mut w = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: the words span at least `bytes.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), w.as_mut_ptr() as *mut u8, bytes.len()) };
+        Storage::Owned(Arc::new(w), bytes.len())
+    }
 }
 
 /// A weight matrix of `rows` × `cols` (GGUF/ggml layout: row-major, each row `cols` values).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
-    data: Data,
+    qtype: QType,
+    store: Storage,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({:?}, {}×{})", self.qtype, self.rows, self.cols)
+    }
 }
 
 impl QMatrix {
-    /// From raw GGUF tensor bytes. None when the type or size does not fit.
+    fn check(qtype: QType, rows: usize, cols: usize, len: usize) -> bool {
+        cols.is_multiple_of(qtype.block()) && len == rows * cols / qtype.block() * qtype.block_bytes()
+    }
+
+    /// From raw GGUF tensor bytes (copied). None when the size does not fit the shape.
     pub fn from_bytes(qtype: QType, rows: usize, cols: usize, bytes: &[u8]) -> Option<QMatrix> {
-        if !cols.is_multiple_of(QK) && qtype != QType::F32 {
+        Self::check(qtype, rows, cols, bytes.len()).then(|| QMatrix {
+            rows,
+            cols,
+            qtype,
+            store: Storage::copy(bytes),
+        })
+    }
+
+    /// Bytes `range` of a memory map, used in place; copied instead when the range is not
+    /// aligned for the block type (GGUF aligns tensor data to 32 bytes, so it normally is).
+    pub fn from_mapped(
+        qtype: QType,
+        rows: usize,
+        cols: usize,
+        map: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        range: std::ops::Range<usize>,
+    ) -> Option<QMatrix> {
+        let bytes = (*map).as_ref().get(range.clone())?;
+        if !Self::check(qtype, rows, cols, bytes.len()) {
             return None;
         }
-        let data = match qtype {
-            QType::F32 => Data::F32(cast_blocks::<f32>(bytes)?),
-            QType::Q4_1 => Data::Q4_1(cast_blocks::<BlockQ4_1>(bytes)?),
-            QType::Q8_0 => Data::Q8_0(cast_blocks::<BlockQ8_0>(bytes)?),
+        let store = if (bytes.as_ptr() as usize).is_multiple_of(qtype.align()) {
+            Storage::Mapped(map.clone(), range)
+        } else {
+            Storage::copy(bytes)
         };
-        let n = match &data {
-            Data::F32(v) => v.len(),
-            Data::Q4_1(v) => v.len() * QK,
-            Data::Q8_0(v) => v.len() * QK,
-        };
-        (n == rows * cols).then_some(QMatrix { rows, cols, data })
+        Some(QMatrix { rows, cols, qtype, store })
     }
 
     /// Quantizes f32 rows to `Q8_0` (ggml's rounding): how weights in types the kernels do not
@@ -57,38 +155,88 @@ impl QMatrix {
             return None;
         }
         if !cols.is_multiple_of(QK) {
-            return Some(QMatrix {
-                rows,
-                cols,
-                data: Data::F32(x.to_vec()),
-            });
+            return Self::from_bytes(QType::F32, rows, cols, &as_bytes(x));
         }
         let mut blocks = vec![BlockQ8_0::default(); x.len() / QK];
         quantize_q8_0(x, &mut blocks);
-        Some(QMatrix {
-            rows,
-            cols,
-            data: Data::Q8_0(blocks),
-        })
+        Self::from_bytes(QType::Q8_0, rows, cols, &as_bytes(&blocks))
     }
 
     pub fn qtype(&self) -> QType {
-        match self.data {
-            Data::F32(_) => QType::F32,
-            Data::Q4_1(_) => QType::Q4_1,
-            Data::Q8_0(_) => QType::Q8_0,
+        self.qtype
+    }
+
+    /// Whether the bytes are used in place from a memory map.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.store, Storage::Mapped(..))
+    }
+
+    /// Rows `range` as their own matrix (fused QKV or gate|up tensors), sharing the bytes.
+    pub fn slice_rows(&self, range: std::ops::Range<usize>) -> Option<QMatrix> {
+        if range.end > self.rows || range.start > range.end {
+            return None;
         }
+        let rb = self.row_bytes();
+        let store = match &self.store {
+            Storage::Mapped(m, r) => Storage::Mapped(m.clone(), r.start + range.start * rb..r.start + range.end * rb),
+            Storage::Owned(..) => Storage::copy(&self.store.bytes()[range.start * rb..range.end * rb]),
+        };
+        Some(QMatrix {
+            rows: range.len(),
+            cols: self.cols,
+            qtype: self.qtype,
+            store,
+        })
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / self.qtype.block() * self.qtype.block_bytes()
+    }
+
+    /// The matrix as blocks of `T`.
+    fn blocks<T>(&self) -> &[T] {
+        let b = self.store.bytes();
+        debug_assert_eq!(std::mem::size_of::<T>(), self.qtype.block_bytes());
+        debug_assert!((b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
+        // SAFETY: the length was checked against the block size at construction, and the
+        // pointer's alignment (owned words are 8-aligned; mapped ranges are checked in
+        // `from_mapped`); blocks are plain old data, any bit pattern valid.
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len() / std::mem::size_of::<T>()) }
     }
 
     /// Row `r` as f32 (embedding lookups).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        let bpr = self.cols / QK;
-        match &self.data {
-            Data::F32(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
-            Data::Q4_1(v) => dequantize_q4_1(&v[r * bpr..(r + 1) * bpr], out),
-            Data::Q8_0(v) => dequantize_q8_0(&v[r * bpr..(r + 1) * bpr], out),
+        let bpr = self.cols / self.qtype.block();
+        let rg = r * bpr..(r + 1) * bpr;
+        match self.qtype {
+            QType::F32 => out.copy_from_slice(&self.blocks::<f32>()[rg]),
+            QType::Q4_0 => dequantize_q4_0(&self.blocks()[rg], out),
+            QType::Q4_1 => dequantize_q4_1(&self.blocks()[rg], out),
+            QType::Q5_0 => dequantize_q5_0(&self.blocks()[rg], out),
+            QType::Q8_0 => dequantize_q8_0(&self.blocks()[rg], out),
+            QType::Q4K => dequantize_q4_k(&self.blocks()[rg], out),
+            QType::Q5K => dequantize_q5_k(&self.blocks()[rg], out),
+            QType::Q6K => dequantize_q6_k(&self.blocks()[rg], out),
         }
     }
+}
+
+fn as_bytes<T: Copy>(v: &[T]) -> Vec<u8> {
+    // SAFETY: plain-old-data values viewed as their bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }.to_vec()
+}
+
+/// The activation formats, one per family of weight types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActKind {
+    F32,
+    Q8_1,
+    Q8_0,
+    /// `Q8_K` as ggml's `quantize_row_q8_K` makes it.
+    Q8K,
+    /// `Q8_K` for the repacked `Q4_K` matmul: rows in a prompt's groups of four take the
+    /// four-row quantizer's sign rule (and the per-pair order).
+    Q8KRepacked,
 }
 
 /// Activations in the form a weight type's dot product wants.
@@ -96,12 +244,50 @@ enum Acts<'a> {
     F32(&'a [f32]),
     Q8_1(Vec<BlockQ8_1>, ActScales),
     Q8_0(Vec<BlockQ8_0>, ActScales),
+    Q8K(Vec<BlockQ8K>),
 }
 
-fn quantize<'a>(w: &QMatrix, x: &'a [f32]) -> Acts<'a> {
-    match w.data {
-        Data::F32(_) => Acts::F32(x),
-        Data::Q4_1(_) => {
+/// How llama.cpp orders one activation row's sums, which depends on how many rows its step has.
+#[derive(Clone, Copy, Debug)]
+struct RowOrder {
+    /// Repacked `Q4_K`: a chunk's rows taken four at a time (gemm), its last `len % 4` rows one at
+    /// a time (gemv).
+    q4k: Q4KOrder,
+    /// `Q5_K`, `Q6_K`: the tiled matmul for chunks of 8 rows or more, else `vec_dot`.
+    k: KOrder,
+}
+
+fn row_orders(groups: &[usize], m: usize) -> Vec<RowOrder> {
+    let mut v = Vec::with_capacity(m);
+    for &g in groups {
+        let four = g - g % 4;
+        let k = if g >= 8 { KOrder::Tiled } else { KOrder::Lanes };
+        v.extend((0..g).map(|i| RowOrder {
+            q4k: if i < four { Q4KOrder::PerPair } else { Q4KOrder::PerBlock },
+            k,
+        }));
+    }
+    v
+}
+
+fn quantize<'a>(kind: ActKind, cols: usize, x: &'a [f32], orders: &[RowOrder]) -> Acts<'a> {
+    let m = x.len() / cols;
+    // Rows in parallel once there are enough to pay for the dispatch.
+    fn rows<B: Send>(x: &[f32], cols: usize, out: &mut [B], per_row: usize, f: impl Fn(usize, &[f32], &mut [B]) + Sync) {
+        if x.len() / cols >= PAR_QUANT_ROWS {
+            x.par_chunks(cols)
+                .zip(out.par_chunks_mut(per_row))
+                .enumerate()
+                .for_each(|(i, (r, o))| f(i, r, o));
+        } else {
+            for (i, (r, o)) in x.chunks(cols).zip(out.chunks_mut(per_row)).enumerate() {
+                f(i, r, o);
+            }
+        }
+    }
+    match kind {
+        ActKind::F32 => Acts::F32(x),
+        ActKind::Q8_1 => {
             let mut q = vec![
                 BlockQ8_1 {
                     d: f16::ZERO,
@@ -110,27 +296,26 @@ fn quantize<'a>(w: &QMatrix, x: &'a [f32]) -> Acts<'a> {
                 };
                 x.len() / QK
             ];
-            if x.len() / w.cols >= PAR_QUANT_ROWS {
-                x.par_chunks(w.cols)
-                    .zip(q.par_chunks_mut(w.cols / QK))
-                    .for_each(|(r, o)| quantize_q8_1(r, o));
-            } else {
-                quantize_q8_1(x, &mut q);
-            }
+            rows(x, cols, &mut q, cols / QK, |_, r, o| quantize_q8_1(r, o));
             let sc = ActScales::q8_1(&q);
             Acts::Q8_1(q, sc)
         }
-        Data::Q8_0(_) => {
-            let mut q = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; x.len() / QK];
-            if x.len() / w.cols >= PAR_QUANT_ROWS {
-                x.par_chunks(w.cols)
-                    .zip(q.par_chunks_mut(w.cols / QK))
-                    .for_each(|(r, o)| quantize_q8_0(r, o));
-            } else {
-                quantize_q8_0(x, &mut q);
-            }
+        ActKind::Q8_0 => {
+            let mut q = vec![BlockQ8_0::default(); x.len() / QK];
+            rows(x, cols, &mut q, cols / QK, |_, r, o| quantize_q8_0(r, o));
             let sc = ActScales::q8_0(&q);
             Acts::Q8_0(q, sc)
+        }
+        ActKind::Q8K | ActKind::Q8KRepacked => {
+            let mut q = vec![BlockQ8K::default(); m * (cols / QK_K)];
+            rows(x, cols, &mut q, cols / QK_K, |i, r, o| {
+                let sign = match (kind, orders[i].q4k) {
+                    (ActKind::Q8KRepacked, Q4KOrder::PerPair) => Q8KSign::AnyPositiveMax,
+                    _ => Q8KSign::FirstMax,
+                };
+                quantize_q8_k(r, o, sign)
+            });
+            Acts::Q8K(q)
         }
     }
 }
@@ -145,31 +330,37 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// `out[i * w.rows + j] = Σ_k x[i * w.cols + k] · W[j, k]` for `m = x.len() / w.cols` rows.
+/// `out[i * w.rows + j] = Σ_k x[i * w.cols + k] · W[j, k]` for `m = x.len() / w.cols` rows,
+/// all from one sequence's step or prompt chunk.
 pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    matmul_many(&[w], x, &mut [out]);
+    let m = x.len() / w.cols.max(1);
+    matmul_many(&[w], x, &mut [out], &[m]);
 }
 
 /// Several matrices against the same activations in one parallel dispatch (e.g. Q, K and V, or
-/// gate and up): per-call scheduling overhead is what dominates small decode steps.
-pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+/// gate and up): per-call scheduling overhead is what dominates small decode steps. `groups`
+/// are the row counts of the batch's chunks, in order (one per sequence; they add up to the
+/// rows): llama.cpp sums `Q4_K` rows in a different order in a prompt than in a decode step.
+pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: &[usize]) {
     assert_eq!(ws.len(), outs.len());
     let k = ws[0].cols;
     let m = x.len() / k;
     assert_eq!(x.len(), m * k, "activation length is not a multiple of {k}");
+    assert_eq!(groups.iter().sum::<usize>(), m, "groups must add up to the rows");
     for (w, o) in ws.iter().zip(outs.iter()) {
         assert_eq!(w.cols, k, "all matrices take the same input");
         assert_eq!(o.len(), m * w.rows, "output length must be m × rows");
     }
-    // Quantize once per distinct weight type.
-    let mut acts: Vec<std::sync::Arc<Acts<'_>>> = Vec::with_capacity(ws.len());
+    let orders = row_orders(groups, m);
+    // Quantize once per distinct activation format.
+    let mut acts: Vec<Arc<Acts<'_>>> = Vec::with_capacity(ws.len());
     for (wi, w) in ws.iter().enumerate() {
-        match ws[..wi].iter().position(|p| p.qtype() == w.qtype()) {
+        match ws[..wi].iter().position(|p| p.qtype.acts() == w.qtype.acts()) {
             Some(prev) => {
                 let again = acts[prev].clone();
                 acts.push(again);
             }
-            None => acts.push(std::sync::Arc::new(quantize(w, x))),
+            None => acts.push(Arc::new(quantize(w.qtype.acts(), k, x, &orders))),
         }
     }
     let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
@@ -180,7 +371,8 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
         .collect();
     let run = |&(wi, t): &(usize, usize)| {
         let (w, acts, ptr) = (ws[wi], &*acts[wi], &ptrs[wi]);
-        let (n, bpr) = (w.rows, k / QK);
+        let n = w.rows;
+        let bpr = k / w.qtype.block();
         let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
         let blocks = |i: usize| i * bpr..(i + 1) * bpr;
         for j in rows {
@@ -188,14 +380,14 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
             let mut i = 0;
             // Four activation rows per pass over the weight row (bit-identical per row).
             while i + 4 <= m {
-                let vals = match (&w.data, acts) {
-                    (Data::Q4_1(wd), Acts::Q8_1(a, sc)) => dot::q4_1_q8_1_x4(
-                        &wd[wr.clone()],
+                let vals = match (w.qtype, acts) {
+                    (QType::Q4_1, Acts::Q8_1(a, sc)) => dot::q4_1_q8_1_x4(
+                        &w.blocks()[wr.clone()],
                         std::array::from_fn(|r| &a[blocks(i + r)]),
                         std::array::from_fn(|r| sc.row(blocks(i + r))),
                     ),
-                    (Data::Q8_0(wd), Acts::Q8_0(a, sc)) => dot::q8_0_q8_0_x4(
-                        &wd[wr.clone()],
+                    (QType::Q8_0, Acts::Q8_0(a, sc)) => dot::q8_0_q8_0_x4(
+                        &w.blocks()[wr.clone()],
                         std::array::from_fn(|r| &a[blocks(i + r)]),
                         std::array::from_fn(|r| sc.row(blocks(i + r))),
                     ),
@@ -208,10 +400,15 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
                 i += 4;
             }
             for i in i..m {
-                let v = match (&w.data, acts) {
-                    (Data::Q4_1(wd), Acts::Q8_1(a, sc)) => dot::q4_1_q8_1(&wd[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
-                    (Data::Q8_0(wd), Acts::Q8_0(a, sc)) => dot::q8_0_q8_0(&wd[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
-                    (Data::F32(wd), Acts::F32(a)) => dot::f32_dot(&wd[j * k..(j + 1) * k], &a[i * k..(i + 1) * k]),
+                let v = match (w.qtype, acts) {
+                    (QType::F32, Acts::F32(a)) => dot::f32_dot(&w.blocks::<f32>()[j * k..(j + 1) * k], &a[i * k..(i + 1) * k]),
+                    (QType::Q4_1, Acts::Q8_1(a, sc)) => dot::q4_1_q8_1(&w.blocks()[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
+                    (QType::Q8_0, Acts::Q8_0(a, sc)) => dot::q8_0_q8_0(&w.blocks()[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
+                    (QType::Q4_0, Acts::Q8_0(a, _)) => dot_k::q4_0_q8_0(&w.blocks()[wr.clone()], &a[blocks(i)]),
+                    (QType::Q5_0, Acts::Q8_0(a, _)) => dot_k::q5_0_q8_0(&w.blocks()[wr.clone()], &a[blocks(i)]),
+                    (QType::Q4K, Acts::Q8K(a)) => dot_k::q4_k_q8_k(&w.blocks()[wr.clone()], &a[blocks(i)], orders[i].q4k),
+                    (QType::Q5K, Acts::Q8K(a)) => dot_k::q5_k_q8_k(&w.blocks()[wr.clone()], &a[blocks(i)], orders[i].k),
+                    (QType::Q6K, Acts::Q8K(a)) => dot_k::q6_k_q8_k(&w.blocks()[wr.clone()], &a[blocks(i)], orders[i].k),
                     _ => unreachable!("activations are quantized for the weight type"),
                 };
                 // SAFETY: i < m and j < n of matrix wi, and each (wi, j) belongs to one task.
@@ -281,5 +478,85 @@ mod tests {
             }
         }
         assert!(QMatrix::from_bytes(QType::Q4_1, n, k, &q41[..40]).is_none());
+    }
+
+    /// The types read as stored: each output cell is the block dot product of its rows, a
+    /// prompt chunk's first `len − len % 4` rows take llama.cpp's four-row `Q4_K` order and the
+    /// rest its one-row order, a chunk of 8 rows or more takes the tiled `Q5_K`/`Q6_K` order, and
+    /// a mapped matrix gives what a copied one gives.
+    #[test]
+    fn stored_types_follow_the_row_dots_and_the_q4_k_grouping() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(9);
+        let (n, k) = (70, 512);
+        const M: usize = 9;
+        let x: Vec<f32> = (0..M * k).map(|_| r.gen_range(-1.0f32..1.0)).collect();
+        let act = |i: usize| &x[i * k..(i + 1) * k];
+        for t in [QType::Q4_0, QType::Q5_0, QType::Q4K, QType::Q5K, QType::Q6K] {
+            let mut bytes: Vec<u8> = (0..n * k / t.block() * t.block_bytes()).map(|_| r.gen()).collect();
+            // Small f16 scales at each block's d (and dmin) so values stay finite.
+            let (bb, at): (usize, &[usize]) = match t {
+                QType::Q4_0 | QType::Q5_0 => (t.block_bytes(), &[0]),
+                QType::Q4K | QType::Q5K => (t.block_bytes(), &[0, 2]),
+                _ => (t.block_bytes(), &[208]),
+            };
+            for b in bytes.chunks_mut(bb) {
+                for &o in at {
+                    b[o..o + 2].copy_from_slice(&f16::from_f32(r.gen_range(0.0001f32..0.01)).to_le_bytes());
+                }
+            }
+            let w = QMatrix::from_bytes(t, n, k, &bytes).expect("sizes");
+            let map: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes.clone());
+            let mapped = QMatrix::from_mapped(t, n, k, map, 0..bytes.len()).expect("sizes");
+            assert!(mapped.is_mapped());
+            // One chunk of 9 rows: rows 0..8 in groups of four, row 8 alone; tiled for Q5_K/Q6_K.
+            let mut out = vec![0f32; M * n];
+            matmul_many(&[&mapped], &x, &mut [&mut out], &[M]);
+            let mut copy = vec![0f32; M * n];
+            matmul(&w, &x, &mut copy);
+            assert_eq!(out, copy, "{t:?}: mapped and copied");
+            for j in 0..n {
+                let wb = &bytes[j * k / t.block() * t.block_bytes()..(j + 1) * k / t.block() * t.block_bytes()];
+                for i in 0..M {
+                    let want = match t {
+                        QType::Q4_0 | QType::Q5_0 => {
+                            let mut a = vec![BlockQ8_0::default(); k / QK];
+                            quantize_q8_0(act(i), &mut a);
+                            if t == QType::Q4_0 {
+                                dot_k::q4_0_q8_0(&cast_blocks(wb).unwrap(), &a)
+                            } else {
+                                dot_k::q5_0_q8_0(&cast_blocks(wb).unwrap(), &a)
+                            }
+                        }
+                        _ => {
+                            let four = t == QType::Q4K && i < 8;
+                            let sign = if four { Q8KSign::AnyPositiveMax } else { Q8KSign::FirstMax };
+                            let mut a = vec![BlockQ8K::default(); k / QK_K];
+                            quantize_q8_k(act(i), &mut a, sign);
+                            match t {
+                                QType::Q4K => {
+                                    let order = if four { Q4KOrder::PerPair } else { Q4KOrder::PerBlock };
+                                    dot_k::q4_k_q8_k(&cast_blocks(wb).unwrap(), &a, order)
+                                }
+                                QType::Q5K => dot_k::q5_k_q8_k(&cast_blocks(wb).unwrap(), &a, KOrder::Tiled),
+                                _ => dot_k::q6_k_q8_k(&cast_blocks(wb).unwrap(), &a, KOrder::Tiled),
+                            }
+                        }
+                    };
+                    assert_eq!(out[i * n + j].to_bits(), want.to_bits(), "{t:?} ({i},{j})");
+                }
+            }
+            // One-row chunks (a decode batch): every row as a lone row.
+            let mut steps = vec![0f32; M * n];
+            matmul_many(&[&w], &x, &mut [&mut steps], &[1; M]);
+            for i in 0..M {
+                let mut one = vec![0f32; n];
+                matmul(&w, act(i), &mut one);
+                assert_eq!(&steps[i * n..(i + 1) * n], &one[..], "{t:?} row {i}");
+            }
+            let sliced = mapped.slice_rows(10..20).expect("in range");
+            let mut part = vec![0f32; 10];
+            matmul(&sliced, act(5), &mut part);
+            assert_eq!(&part[..], &steps[5 * n + 10..5 * n + 20]);
+        }
     }
 }

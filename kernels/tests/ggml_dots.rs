@@ -33,6 +33,7 @@ fn dot_products_equal_llama_cpps_to_the_bit() {
     let doc: Value = serde_json::from_str(include_str!("data/ggml_dots.json")).expect("json");
     let n = doc["n"].as_u64().expect("n") as usize;
     let rows = doc["rows"].as_u64().expect("rows") as usize;
+    let gemm_rows = doc["gemm_rows"].as_u64().expect("gemm_rows") as usize;
     let acts = f32s(&doc["acts"]);
     let m = acts.len() / n;
     let act = |i: usize| &acts[i * n..(i + 1) * n];
@@ -65,8 +66,8 @@ fn dot_products_equal_llama_cpps_to_the_bit() {
                     "Q4_0" => dot_k::q4_0_q8_0(&cast_blocks(row(j)).unwrap(), &q8_0[i]),
                     "Q5_0" => dot_k::q5_0_q8_0(&cast_blocks(row(j)).unwrap(), &q8_0[i]),
                     "Q8_0" => dot::q8_0_q8_0(&cast_blocks(row(j)).unwrap(), &q8_0[i], dot::ActScales::q8_0(&q8_0[i]).all()),
-                    "Q5_K" => dot_k::q5_k_q8_k(&cast_blocks(row(j)).unwrap(), &q8_k[i]),
-                    "Q6_K" => dot_k::q6_k_q8_k(&cast_blocks(row(j)).unwrap(), &q8_k[i]),
+                    "Q5_K" => dot_k::q5_k_q8_k(&cast_blocks(row(j)).unwrap(), &q8_k[i], dot_k::KOrder::Lanes),
+                    "Q6_K" => dot_k::q6_k_q8_k(&cast_blocks(row(j)).unwrap(), &q8_k[i], dot_k::KOrder::Lanes),
                     // llama.cpp never runs vec_dot for Q4_K on AVX2 (it repacks): see below.
                     "Q4_K" => continue,
                     other => panic!("unexpected type {other}"),
@@ -89,7 +90,7 @@ fn dot_products_equal_llama_cpps_to_the_bit() {
                     let wb: Vec<BlockQ4K> = cast_blocks(row(j)).unwrap();
                     let got = dot_k::q4_k_q8_k(&wb, &q8_k[i], Q4KOrder::PerBlock);
                     assert_eq!(got.to_bits(), gemv[i * rows + j].to_bits(), "Q4_K gemv act {i} row {j}");
-                    if i < 4 {
+                    if i < gemm_rows {
                         quantize_q8_k(act(i), &mut four, Q8KSign::AnyPositiveMax);
                         let got = dot_k::q4_k_q8_k(&wb, &four, Q4KOrder::PerPair);
                         assert_eq!(got.to_bits(), gemm[i * rows + j].to_bits(), "Q4_K gemm act {i} row {j}");
@@ -99,5 +100,5 @@ fn dot_products_equal_llama_cpps_to_the_bit() {
             }
         }
     }
-    assert_eq!(checked, 5 * 8 * 5 + 5 * 8 * 2);
+    assert_eq!(checked, 5 * rows * m + 2 * rows * m);
 }

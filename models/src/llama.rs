@@ -1,16 +1,19 @@
 //! The llama family on our own CPU kernels (`kernels/`): llama (and mistral, which GGUFs label
-//! llama), qwen2, qwen3, phi3 and gemma3 GGUFs. Matrices stored as `Q4_1`, `Q8_0` or `F32` run as stored;
-//! other types are dequantized by candle and requantized to `Q8_0` at load. Unlike
+//! llama), qwen2, qwen3, phi3 and gemma3 GGUFs. Matrices stored as `F32`, `Q4_0`, `Q4_1`,
+//! `Q5_0`, `Q8_0`, `Q4_K`, `Q5_K` or `Q6_K` are used as stored, straight from the memory-mapped
+//! file; other types are dequantized by candle and requantized to `Q8_0` at load. Unlike
 //! candle-transformers' quantized models it runs a *batch* of rows from different sequences
 //! through one forward pass (continuous batching: the weights are read once per step for all
 //! sequences), keeps each sequence's KV cache in a growable buffer (no per-token
-//! re-concatenation), and computes what llama.cpp computes to the bit: `Q8_1` activation blocks,
+//! re-concatenation), and computes what llama.cpp computes to the bit: its activation
+//! quantization and block sums (which depend on how many rows a step has: see `kernels/dot_k.rs`),
 //! an f64 RMSNorm sum, K, V and Q rounded through f16 as llama.cpp's default F16 KV cache does,
-//! and its summation orders and exp in attention, softmax, SiLU and the rotary
-//! (`abstractgateway_kernels::ggml_order`).
+//! the last layer's MLP on the rows whose logits are wanted only, and its summation orders and
+//! exp in attention, softmax, SiLU and the rotary (`abstractgateway_kernels::ggml_order`).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 
 use abstractgateway_kernels::matmul::{matmul, matmul_many, QMatrix, QType};
 use abstractgateway_kernels::{attn, ggml_order};
@@ -188,12 +191,17 @@ pub struct Chunk<'a> {
 }
 
 fn qtype(t: GgmlDType) -> Option<QType> {
-    match t {
-        GgmlDType::F32 => Some(QType::F32),
-        GgmlDType::Q4_1 => Some(QType::Q4_1),
-        GgmlDType::Q8_0 => Some(QType::Q8_0),
-        _ => None,
-    }
+    Some(match t {
+        GgmlDType::F32 => QType::F32,
+        GgmlDType::Q4_0 => QType::Q4_0,
+        GgmlDType::Q4_1 => QType::Q4_1,
+        GgmlDType::Q5_0 => QType::Q5_0,
+        GgmlDType::Q8_0 => QType::Q8_0,
+        GgmlDType::Q4K => QType::Q4K,
+        GgmlDType::Q5K => QType::Q5K,
+        GgmlDType::Q6K => QType::Q6K,
+        _ => return None,
+    })
 }
 
 fn type_bytes(t: GgmlDType, elems: usize) -> usize {
@@ -214,58 +222,23 @@ pub fn unsupported_types(content: &Content) -> Vec<String> {
     v
 }
 
-/// A matrix's rows as stored (a kernel type), or as f32 to be requantized: fused matrices are
-/// split on these before they become `QMatrix`es.
-struct Rows {
-    t: QType,
-    rows: usize,
-    cols: usize,
-    bytes: Vec<u8>,
-    requant: bool,
-}
-
-impl Rows {
-    fn row_bytes(&self) -> usize {
-        self.bytes.len() / self.rows.max(1)
-    }
-
-    /// Consecutive row ranges of the given counts (they must add up to all rows).
-    fn split(self, name: &str, counts: &[usize]) -> Result<Vec<Rows>, ModelError> {
-        if counts.iter().sum::<usize>() != self.rows {
-            return Err(ModelError::Tensor {
-                name: name.into(),
-                reason: format!("{} rows cannot be split as {counts:?}", self.rows),
-            });
-        }
-        let n = self.row_bytes();
-        let mut at = 0;
-        Ok(counts
-            .iter()
-            .map(|&c| {
-                let part = Rows {
-                    t: self.t,
-                    rows: c,
-                    cols: self.cols,
-                    bytes: self.bytes[at * n..(at + c) * n].to_vec(),
-                    requant: self.requant,
-                };
-                at += c;
-                part
-            })
-            .collect())
-    }
-
-    fn matrix(self, name: &str) -> Result<QMatrix, ModelError> {
-        let m = if self.requant {
-            QMatrix::quantize_q8_0(self.rows, self.cols, &f32s(&self.bytes))
-        } else {
-            QMatrix::from_bytes(self.t, self.rows, self.cols, &self.bytes)
-        };
-        m.ok_or_else(|| ModelError::Tensor {
+/// Splits a fused matrix (phi3's QKV and gate|up) into consecutive row ranges of the given
+/// counts, sharing its bytes.
+fn split_rows(m: &QMatrix, name: &str, counts: &[usize]) -> Result<Vec<QMatrix>, ModelError> {
+    if counts.iter().sum::<usize>() != m.rows {
+        return Err(ModelError::Tensor {
             name: name.into(),
-            reason: "size does not match its shape".into(),
-        })
+            reason: format!("{} rows cannot be split as {counts:?}", m.rows),
+        });
     }
+    let mut at = 0;
+    counts
+        .iter()
+        .map(|&c| {
+            at += c;
+            m.slice_rows(at - c..at).ok_or_else(|| ModelError::Metadata(name.into()))
+        })
+        .collect()
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {
@@ -274,6 +247,8 @@ fn f32s(b: &[u8]) -> Vec<f32> {
 
 struct Reader<'a, R> {
     r: &'a mut R,
+    /// The whole file, memory-mapped: matrices of the kernel types are used in place.
+    map: Arc<dyn AsRef<[u8]> + Send + Sync>,
     content: &'a Content,
     progress: &'a mut dyn FnMut(u64, u64),
     done: u64,
@@ -329,39 +304,30 @@ impl<R: Read + Seek> Reader<'_, R> {
             .map_err(err)
     }
 
-    fn rows(&mut self, name: &str) -> Result<Rows, ModelError> {
+    fn matrix(&mut self, name: &str) -> Result<QMatrix, ModelError> {
         let (t, dims) = self.info(name)?;
         // GGUF lists dims innermost first; candle reverses them: [rows, cols].
         let (rows, cols) = match dims.as_slice() {
             [r, c] => (*r, *c),
             _ => return Err(ModelError::Metadata(format!("tensor {name} is not a matrix"))),
         };
-        let out = match qtype(t) {
-            Some(q) => Rows {
-                t: q,
-                rows,
-                cols,
-                bytes: self.raw(name)?,
-                requant: false,
-            },
+        let bad = || ModelError::Tensor {
+            name: name.into(),
+            reason: "size does not match its shape".into(),
+        };
+        let m = match qtype(t) {
+            Some(q) => {
+                let at = (self.content.tensor_data_offset + self.content.tensor_infos[name].offset) as usize;
+                let len = type_bytes(t, rows * cols);
+                QMatrix::from_mapped(q, rows, cols, self.map.clone(), at..at + len).ok_or_else(bad)?
+            }
             None => {
                 self.requantized.push(format!("{t:?}"));
-                let bytes = self.dequantized(name)?.iter().flat_map(|v| v.to_le_bytes()).collect();
-                Rows {
-                    t: QType::F32,
-                    rows,
-                    cols,
-                    bytes,
-                    requant: true,
-                }
+                QMatrix::quantize_q8_0(rows, cols, &self.dequantized(name)?).ok_or_else(bad)?
             }
         };
         self.advance(t, &dims);
-        Ok(out)
-    }
-
-    fn matrix(&mut self, name: &str) -> Result<QMatrix, ModelError> {
-        self.rows(name)?.matrix(name)
+        Ok(m)
     }
 
     fn vector(&mut self, name: &str) -> Result<Vec<f32>, ModelError> {
@@ -425,10 +391,16 @@ impl Llama {
                 _ => None,
             },
         };
-        let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io {
+        let io = |e: std::io::Error| ModelError::Io {
             path: path.display().to_string(),
             source: e,
-        })?;
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the file is mapped read-only. Like llama.cpp, we rely on it not being
+        // truncated while the model is loaded (that would fault on access).
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::WillNeed);
         let total: u64 = content
             .tensor_infos
             .values()
@@ -436,6 +408,7 @@ impl Llama {
             .sum();
         let mut r = Reader {
             r: &mut f,
+            map: Arc::new(map),
             content,
             progress,
             done: 0,
@@ -455,15 +428,15 @@ impl Llama {
             let p = |s: &str| format!("blk.{i}.{s}");
             // Tensor presence decides the variant: fused QKV / gate|up (phi3), biases (qwen2),
             // Q/K norms (qwen3).
-            let [wq, wk, wv]: [Rows; 3] = if r.has(&p("attn_qkv.weight")) {
+            let [wq, wk, wv]: [QMatrix; 3] = if r.has(&p("attn_qkv.weight")) {
                 let name = p("attn_qkv.weight");
-                let parts = r.rows(&name)?.split(&name, &[qd, kvd, kvd])?;
+                let parts = split_rows(&r.matrix(&name)?, &name, &[qd, kvd, kvd])?;
                 parts.try_into().map_err(|_| ModelError::Metadata(name))?
             } else {
                 [
-                    r.rows(&p("attn_q.weight"))?,
-                    r.rows(&p("attn_k.weight"))?,
-                    r.rows(&p("attn_v.weight"))?,
+                    r.matrix(&p("attn_q.weight"))?,
+                    r.matrix(&p("attn_k.weight"))?,
+                    r.matrix(&p("attn_v.weight"))?,
                 ]
             };
             let bias = if r.has(&p("attn_q.bias")) {
@@ -498,9 +471,9 @@ impl Llama {
             } else {
                 // Fused: the first half of the rows is the gate, as llama.cpp's SwiGLU split.
                 let name = p("ffn_up.weight");
-                let mut parts = r.rows(&name)?.split(&name, &[cfg.n_ff, cfg.n_ff])?.into_iter();
+                let mut parts = split_rows(&r.matrix(&name)?, &name, &[cfg.n_ff, cfg.n_ff])?.into_iter();
                 match (parts.next(), parts.next()) {
-                    (Some(g), Some(u)) => (g.matrix(&name)?, u.matrix(&name)?),
+                    (Some(g), Some(u)) => (g, u),
                     _ => return Err(ModelError::Metadata(name)),
                 }
             };
@@ -514,9 +487,9 @@ impl Llama {
                 // llama.cpp's gemma3 pattern: every sixth layer attends globally.
                 sliding: cfg.swa.is_some() && (i + 1) % 6 != 0,
                 attn_norm: r.vector(&p("attn_norm.weight"))?,
-                wq: wq.matrix(&p("attn_q"))?,
-                wk: wk.matrix(&p("attn_k"))?,
-                wv: wv.matrix(&p("attn_v"))?,
+                wq,
+                wk,
+                wv,
                 bias,
                 qk_norm,
                 wo: r.matrix(&p("attn_output.weight"))?,
@@ -629,6 +602,18 @@ impl Llama {
                 r += 1;
             }
         }
+        // Each chunk's rows in order: the matmuls sum `Q4_K` rows as llama.cpp does for a step or
+        // a prompt of that length.
+        let mut groups: Vec<usize> = chunks.iter().map(|ch| ch.tokens.len()).collect();
+        // Rows whose logits are wanted: the last of each chunk that asked.
+        let mut want: Vec<usize> = Vec::new();
+        let mut end = 0;
+        for ch in chunks.iter() {
+            end += ch.tokens.len();
+            if ch.logits && !ch.tokens.is_empty() {
+                want.push(end - 1);
+            }
+        }
         let mut h = vec![0f32; n * e];
         let mut q = vec![0f32; n * qd];
         let mut k = vec![0f32; n * kvd];
@@ -639,7 +624,7 @@ impl Llama {
         let mut u = vec![0f32; n * c.n_ff];
         for (li, layer) in self.layers.iter().enumerate() {
             self.rms_norm(&x, &layer.attn_norm, &mut h);
-            matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &h, &mut [&mut q, &mut k, &mut v]);
+            matmul_many(&[&layer.wq, &layer.wk, &layer.wv], &h, &mut [&mut q, &mut k, &mut v], &groups);
             if let Some([bq, bk, bv]) = &layer.bias {
                 add_bias(&mut q, bq);
                 add_bias(&mut k, bk);
@@ -738,10 +723,25 @@ impl Llama {
             } else {
                 att.par_chunks_mut(group * hd).enumerate().for_each(group_task);
             }
-            matmul(&layer.wo, &att, &mut o);
+            matmul_many(&[&layer.wo], &att, &mut [&mut o], &groups);
+            if li + 1 == self.layers.len() {
+                // The last layer's MLP runs only on the rows whose logits are wanted, as in
+                // llama.cpp (which also makes them lone rows for the matmuls' summation order).
+                for (i, &ri) in want.iter().enumerate() {
+                    x.copy_within(ri * e..(ri + 1) * e, i * e);
+                    o.copy_within(ri * e..(ri + 1) * e, i * e);
+                }
+                let m = want.len();
+                x.truncate(m * e);
+                o.truncate(m * e);
+                h.truncate(m * e);
+                g.truncate(m * c.n_ff);
+                u.truncate(m * c.n_ff);
+                groups = vec![1; m];
+            }
             self.residual_add(&mut x, &mut o, layer.post_attn_norm.as_deref());
             self.rms_norm(&x, &layer.ffn_norm, &mut h);
-            matmul_many(&[&layer.w_gate, &layer.w_up], &h, &mut [&mut g, &mut u]);
+            matmul_many(&[&layer.w_gate, &layer.w_up], &h, &mut [&mut g, &mut u], &groups);
             if c.arch == Arch::Gemma3 {
                 g.iter_mut().zip(&u).for_each(|(a, b)| *a = gelu_f16(*a) * b);
             } else {
@@ -749,25 +749,15 @@ impl Llama {
                     ggml_order::swiglu_row(gr, ur);
                 }
             }
-            matmul(&layer.w_down, &g, &mut o);
+            matmul_many(&[&layer.w_down], &g, &mut [&mut o], &groups);
             self.residual_add(&mut x, &mut o, layer.post_ffn_norm.as_deref());
         }
-        // Logits only where asked: the last row of each such chunk.
-        let mut want: Vec<usize> = Vec::new();
-        let mut r = 0;
         for ch in chunks.iter_mut() {
-            r += ch.tokens.len();
             ch.cache.len += ch.tokens.len();
-            if ch.logits && !ch.tokens.is_empty() {
-                want.push(r - 1);
-            }
         }
-        let mut sel = vec![0f32; want.len() * e];
-        for (i, &ri) in want.iter().enumerate() {
-            sel[i * e..(i + 1) * e].copy_from_slice(&x[ri * e..(ri + 1) * e]);
-        }
-        let mut normed = vec![0f32; sel.len()];
-        self.rms_norm(&sel, &self.out_norm, &mut normed);
+        // `x` now holds just the wanted rows (the last layer kept only those).
+        let mut normed = vec![0f32; x.len()];
+        self.rms_norm(&x, &self.out_norm, &mut normed);
         let out_w = self.output.as_ref().unwrap_or(&self.tok_embd);
         let mut logits = vec![0f32; want.len() * c.vocab];
         matmul(out_w, &normed, &mut logits);

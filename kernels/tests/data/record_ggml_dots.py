@@ -36,7 +36,8 @@ base.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
 
 TYPES = {"Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 Q8_K = 15
-N, ROWS, M = 512, 8, 5
+GEMM_ROWS = 16
+N, ROWS, M = 512, 16, 17
 rng = np.random.default_rng(7)
 
 
@@ -63,30 +64,28 @@ def q4_k_repacked(w, wrow):
     """gemv (each row quantized alone) and gemm (rows 0..4 quantized as one group of four)."""
     nb = N // 256
     blocks = w.reshape(ROWS, nb, 144)
-    # make_block_q4_Kx8: d[8], dmin[8], scales[96], qs[1024] per super-block of 8 rows.
-    packed = np.zeros((nb, 16 * 2 + 96 + 1024), dtype=np.uint8)
-    for b in range(nb):
-        src = blocks[:, b]
-        d = src[:, 0:2].copy()
-        dmin = src[:, 2:4].copy()
-        sc = src[:, 4:16].astype(np.int32)
-        qs = src[:, 16:144]
-        out = packed[b]
-        out[0:16] = d.reshape(-1)
-        out[16:32] = dmin.reshape(-1)
-        osc = out[32:128]
-        oqs = out[128:]
-        for i in range(128):  # QK_K*4/8 interleaved 8-byte chunks
-            sid, soff = i % 8, (i // 8) * 8
-            oqs[i * 8:(i + 1) * 8] = qs[sid, soff:soff + 8]
-        for i in range(4):
-            s = [sc[j, i] & 63 for j in range(8)]
-            m = [sc[j, i + 4] & 63 for j in range(8)]
-            put(osc, i * 12, s, m)
-        for i in range(4):
-            s = [((sc[j, i] & 192) >> 2) | (sc[j, i + 8] & 15) for j in range(8)]
-            m = [((sc[j, i + 4] & 192) >> 2) | ((sc[j, i + 8] & 240) >> 4) for j in range(8)]
-            put(osc, i * 12 + 48, s, m)
+    # make_block_q4_Kx8: per group of 8 weight rows and super-block, d[8], dmin[8], scales[96]
+    # and qs[1024]; groups one after another, each with its super-blocks in order.
+    packed = np.zeros((ROWS // 8, nb, 16 * 2 + 96 + 1024), dtype=np.uint8)
+    for grp in range(ROWS // 8):
+        for b in range(nb):
+            src = blocks[8 * grp:8 * grp + 8, b]
+            sc = src[:, 4:16].astype(np.int32)
+            qs = src[:, 16:144]
+            out = packed[grp, b]
+            out[0:16] = src[:, 0:2].reshape(-1)
+            out[16:32] = src[:, 2:4].reshape(-1)
+            osc = out[32:128]
+            oqs = out[128:]
+            for i in range(128):  # QK_K*4/8 interleaved 8-byte chunks
+                sid, soff = i % 8, (i // 8) * 8
+                oqs[i * 8:(i + 1) * 8] = qs[sid, soff:soff + 8]
+            for i in range(4):
+                put(osc, i * 12, [sc[j, i] & 63 for j in range(8)], [sc[j, i + 4] & 63 for j in range(8)])
+            for i in range(4):
+                s = [((sc[j, i] & 192) >> 2) | (sc[j, i + 8] & 15) for j in range(8)]
+                m = [((sc[j, i + 4] & 192) >> 2) | ((sc[j, i + 8] & 240) >> 4) for j in range(8)]
+                put(osc, i * 12 + 48, s, m)
     sig = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     gemv = getattr(cpu, "_ZN4ggml3cpu6repack4gemvI10block_q4_KLl8ELl8EL9ggml_type15EEEviPfmPKvS7_ii")
     gemm = getattr(cpu, "_ZN4ggml3cpu6repack4gemmI10block_q4_KLl8ELl8EL9ggml_type15EEEviPfmPKvS7_ii")
@@ -102,10 +101,13 @@ def q4_k_repacked(w, wrow):
         out = np.zeros(ROWS, dtype=np.float32)
         gemv(N, ptr(out), ROWS, ptr(packed), ptr(aq), 1, ROWS)
         gv[i] = out
-    a4 = np.zeros(arow * 4, dtype=np.uint8)
-    qmat(ptr(np.ascontiguousarray(acts[:4])), ptr(a4), 4, N)
-    gm = np.zeros((4, ROWS), dtype=np.float32)
-    gemm(N, ptr(gm), ROWS, ptr(packed), ptr(a4), 4, ROWS)
+    # 16 rows (four groups of four, as forward_mul_mat quantizes them) and 16 weight rows: the
+    # AVX-512 path of the gemm.
+    a4 = np.zeros(arow * GEMM_ROWS, dtype=np.uint8)
+    for g in range(0, GEMM_ROWS, 4):
+        qmat(ptr(np.ascontiguousarray(acts[g:g + 4])), a4[g * arow:].ctypes.data_as(ctypes.c_void_p), 4, N)
+    gm = np.zeros((GEMM_ROWS, ROWS), dtype=np.float32)
+    gemm(N, ptr(gm), ROWS, ptr(packed), ptr(a4), GEMM_ROWS, ROWS)
     return {"gemv": b64(gv), "gemm": b64(gm)}
 
 
@@ -142,7 +144,7 @@ def main():
             case.update(q4_k_repacked(w, wrow))
         cases.append(case)
     json.dump({"reference": f"ggml CPU backend of llama-cpp-python {llama_cpp.__version__} (x86-64, built from source on this machine by pip)",
-               "n": N, "rows": ROWS, "acts": b64(acts), "cases": cases}, sys.stdout, indent=1)
+               "n": N, "rows": ROWS, "gemm_rows": GEMM_ROWS, "acts": b64(acts), "cases": cases}, sys.stdout, indent=1)
 
 
 if __name__ == "__main__":

