@@ -276,7 +276,8 @@ pub struct Scales<'a> {
     pub s: &'a [f32],
 }
 
-/// Whether this CPU has AVX-512 VNNI (checked once; `ABSTRACTGATEWAY_NO_VNNI` turns it off).
+/// Whether this CPU has AVX-512 VNNI, VL and BW (checked once; `ABSTRACTGATEWAY_NO_VNNI` turns it
+/// off).
 pub fn has_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -286,6 +287,7 @@ pub fn has_vnni() -> bool {
             std::env::var_os("ABSTRACTGATEWAY_NO_VNNI").is_none()
                 && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bw")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]

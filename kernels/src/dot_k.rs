@@ -262,32 +262,149 @@ mod avx2 {
         _mm256_loadu_si256(p as *const __m256i)
     }
 
-    pub fn q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-        // SAFETY: AVX2/FMA/F16C are compiled in; loads stay inside each block.
-        unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for (x, y) in x.iter().zip(y) {
-                let q = _mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8));
-                let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
-                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, load32(y.qs.as_ptr()))), acc);
-            }
-            hsum(acc)
+    /// A 32-value block whose dot product with `Q8_0` activations is eight lanes of four
+    /// signed-byte products: `Q4_0`, `Q5_0`, `Q8_0`.
+    pub trait Q0Block {
+        /// log2 of the offset that makes the values unsigned (`unsigned` = values + 2^SHIFT).
+        const SHIFT: i32;
+        /// The 32 values as signed bytes.
+        unsafe fn values(&self) -> __m256i;
+        /// The 32 values plus 2^SHIFT, as unsigned bytes (AVX-512 BW/VL available).
+        unsafe fn unsigned(&self) -> __m256i;
+        /// The block scale as f32.
+        unsafe fn scale(&self) -> f32;
+    }
+
+    #[inline(always)]
+    unsafe fn f16_bits(h: half::f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    }
+
+    impl Q0Block for BlockQ4_0 {
+        const SHIFT: i32 = 3;
+        #[inline(always)]
+        unsafe fn values(&self) -> __m256i {
+            _mm256_sub_epi8(nibbles(&self.qs), _mm256_set1_epi8(8))
+        }
+        #[inline(always)]
+        unsafe fn unsigned(&self) -> __m256i {
+            nibbles(&self.qs)
+        }
+        #[inline(always)]
+        unsafe fn scale(&self) -> f32 {
+            f16_bits(self.d)
         }
     }
 
-    pub fn q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-        // SAFETY: as above.
-        unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for (x, y) in x.iter().zip(y) {
-                // A clear fifth bit means value − 16: set the high nibble to 0xF0.
-                let high = _mm256_andnot_si256(bit_bytes(u32::from_le_bytes(x.qh)), _mm256_set1_epi8(0xF0u8 as i8));
-                let q = _mm256_or_si256(nibbles(&x.qs), high);
-                let d = _mm256_set1_ps(x.d.to_f32() * y.d.to_f32());
-                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, load32(y.qs.as_ptr()))), acc);
-            }
-            hsum(acc)
+    impl Q0Block for BlockQ5_0 {
+        const SHIFT: i32 = 4;
+        #[inline(always)]
+        unsafe fn unsigned(&self) -> __m256i {
+            // The fifth bits straight from a mask register.
+            let high = _mm256_maskz_mov_epi8(u32::from_le_bytes(self.qh), _mm256_set1_epi8(0x10));
+            _mm256_or_si256(nibbles(&self.qs), high)
         }
+        #[inline(always)]
+        unsafe fn values(&self) -> __m256i {
+            // A clear fifth bit means value − 16: set the high nibble to 0xF0.
+            let high = _mm256_andnot_si256(bit_bytes(u32::from_le_bytes(self.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+            _mm256_or_si256(nibbles(&self.qs), high)
+        }
+        #[inline(always)]
+        unsafe fn scale(&self) -> f32 {
+            f16_bits(self.d)
+        }
+    }
+
+    impl Q0Block for BlockQ8_0 {
+        const SHIFT: i32 = 7;
+        #[inline(always)]
+        unsafe fn unsigned(&self) -> __m256i {
+            _mm256_xor_si256(load32(self.qs.as_ptr()), _mm256_set1_epi8(0x80u8 as i8))
+        }
+        #[inline(always)]
+        unsafe fn values(&self) -> __m256i {
+            load32(self.qs.as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn scale(&self) -> f32 {
+            f16_bits(self.d)
+        }
+    }
+
+    /// One weight row against `R` activation rows (each row's result bit-identical to `R = 1`):
+    /// the weight block is unpacked once per block for all rows. `VNNI` sums the byte products
+    /// with `vpdpbusd` (the same integers).
+    #[inline(always)]
+    pub unsafe fn q0_rows<B: Q0Block, const R: usize, const VNNI: bool>(x: &[B], y: [&[BlockQ8_0]; R], yd: [&[f32]; R]) -> [f32; R] {
+        let nb = x.len();
+        for r in 0..R {
+            assert!(y[r].len() >= nb && yd[r].len() >= nb);
+        }
+        let mut acc = [_mm256_setzero_ps(); R];
+        let (yp, dp) = (y.map(|v| v.as_ptr()), yd.map(|v| v.as_ptr()));
+        for (b, xb) in x.iter().enumerate() {
+            let q = xb.values();
+            let ax = _mm256_sign_epi8(q, q);
+            let xd = xb.scale();
+            for r in 0..R {
+                let sy = _mm256_sign_epi8(load32((*yp[r].add(b)).qs.as_ptr()), q);
+                let lanes = if VNNI {
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+                } else {
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+                };
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * *dp[r].add(b)), _mm256_cvtepi32_ps(lanes), acc[r]);
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
+
+    /// Two weight rows against `R` activation rows with AVX-512 VNNI: `vpdpbusd` takes the
+    /// weights made unsigned (value + 2^SHIFT) and starts from −2^SHIFT · (the activation lane
+    /// sums, `yneg`), so each lane is the same integer Σ x·y as `q0_rows` computes, in fewer
+    /// instructions; two weight rows give the FMA chains room to overlap.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
+    pub unsafe fn q0_pair_vnni<B: Q0Block, const R: usize>(
+        x: [&[B]; 2],
+        y: [&[BlockQ8_0]; R],
+        yd: [&[f32]; R],
+        yneg: [&[[i32; 8]]; R],
+    ) -> [[f32; R]; 2] {
+        let nb = x[0].len();
+        assert!(x[1].len() == nb);
+        for r in 0..R {
+            assert!(y[r].len() >= nb && yd[r].len() >= nb && yneg[r].len() >= nb);
+        }
+        let mut acc = [[_mm256_setzero_ps(); R]; 2];
+        let (yp, dp, np) = (y.map(|v| v.as_ptr()), yd.map(|v| v.as_ptr()), yneg.map(|v| v.as_ptr()));
+        let (x0, x1) = (x[0].as_ptr(), x[1].as_ptr());
+        let shift = _mm_cvtsi32_si128(B::SHIFT);
+        for b in 0..nb {
+            let (b0, b1) = (&*x0.add(b), &*x1.add(b));
+            // Two interleaved weight streams: fetch ahead, or DRAM-bound matrices run slower
+            // than one row at a time.
+            _mm_prefetch::<_MM_HINT_T0>(x0.wrapping_add(b + 6) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(x1.wrapping_add(b + 6) as *const i8);
+            let (u0, u1) = (b0.unsigned(), b1.unsigned());
+            let (d0, d1) = (b0.scale(), b1.scale());
+            for r in 0..R {
+                let q8 = load32((*yp[r].add(b)).qs.as_ptr());
+                let init = _mm256_sll_epi32(_mm256_loadu_si256(np[r].add(b) as *const __m256i), shift);
+                let yd = *dp[r].add(b);
+                let l0 = _mm256_dpbusd_epi32(init, u0, q8);
+                let l1 = _mm256_dpbusd_epi32(init, u1, q8);
+                acc[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * yd), _mm256_cvtepi32_ps(l0), acc[0][r]);
+                acc[1][r] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * yd), _mm256_cvtepi32_ps(l1), acc[1][r]);
+            }
+        }
+        acc.map(|row| row.map(|a| hsum(a)))
+    }
+
+    /// `q0_rows` with AVX-512 VNNI enabled.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn q0_rows_vnni<B: Q0Block, const R: usize>(x: &[B], y: [&[BlockQ8_0]; R], yd: [&[f32]; R]) -> [f32; R] {
+        q0_rows::<B, R, true>(x, y, yd)
     }
 
     /// Two sub-block scales as 16-bit lanes: `lo` for bytes 0..16 of a 32-byte group, `hi` for
@@ -449,8 +566,93 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) => q4_0_q8_0_scalar);
-dispatch!(q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) => q5_0_q8_0_scalar);
+/// A `Q4_0`, `Q5_0` or `Q8_0` weight row against `R` activation rows with their block scales as
+/// f32 (`yd`); each row's result is the same as alone.
+#[inline]
+pub fn q0_rows<B: Q0, const R: usize>(x: &[B], y: [&[BlockQ8_0]; R], yd: [&[f32]; R]) -> [f32; R] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        if crate::dot::has_vnni() {
+            // SAFETY: the CPU reported avx512vnni and avx512vl.
+            return unsafe { avx2::q0_rows_vnni::<B, R>(x, y, yd) };
+        }
+        // SAFETY: AVX2/FMA/F16C are compiled in; loads stay inside the blocks.
+        return unsafe { avx2::q0_rows::<B, R, false>(x, y, yd) };
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = yd;
+        y.map(|y| B::scalar(x, y))
+    }
+}
+
+/// The 32-value block types `q0_rows` takes.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+pub trait Q0: avx2::Q0Block + Sized {
+    fn scalar(x: &[Self], y: &[BlockQ8_0]) -> f32;
+}
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+pub trait Q0: Sized {
+    fn scalar(x: &[Self], y: &[BlockQ8_0]) -> f32;
+}
+
+impl Q0 for BlockQ4_0 {
+    fn scalar(x: &[Self], y: &[BlockQ8_0]) -> f32 {
+        q4_0_q8_0_scalar(x, y)
+    }
+}
+impl Q0 for BlockQ5_0 {
+    fn scalar(x: &[Self], y: &[BlockQ8_0]) -> f32 {
+        q5_0_q8_0_scalar(x, y)
+    }
+}
+impl Q0 for BlockQ8_0 {
+    fn scalar(x: &[Self], y: &[BlockQ8_0]) -> f32 {
+        q8_0_q8_0_lanes(x, y)
+    }
+}
+
+/// `Q8_0` in ggml's lane order (the scalar definition behind `q0_rows::<BlockQ8_0, _>`).
+pub fn q8_0_q8_0_lanes(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in x.iter().zip(y) {
+        fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &lanes32(&x.qs, &y.qs));
+    }
+    hsum8(&acc)
+}
+
+/// Two weight rows against `R` activation rows, for CPUs with AVX-512 VNNI (`dot::has_vnni`):
+/// the same results as `q0_rows` row by row. `yneg` is `neg_lane_sums` of each activation row.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline]
+pub fn q0_pair<B: Q0, const R: usize>(x: [&[B]; 2], y: [&[BlockQ8_0]; R], yd: [&[f32]; R], yneg: [&[[i32; 8]]; R]) -> [[f32; R]; 2] {
+    assert!(crate::dot::has_vnni(), "q0_pair needs AVX-512 VNNI");
+    // SAFETY: the CPU reported avx512vnni, avx512vl and avx512bw.
+    unsafe { avx2::q0_pair_vnni::<B, R>(x, y, yd, yneg) }
+}
+
+/// Per block, the negated sums of each four consecutive activation quants (the lanes of
+/// `q0_pair`'s offset correction).
+pub fn neg_lane_sums(y: &[BlockQ8_0]) -> Vec<[i32; 8]> {
+    y.iter()
+        .map(|b| std::array::from_fn(|l| -(b.qs[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>())))
+        .collect()
+}
+
+/// Block scales as f32 (what `q0_rows` takes for its activations).
+pub fn scales_f32(y: &[BlockQ8_0]) -> Vec<f32> {
+    y.iter().map(|b| b.d.to_f32()).collect()
+}
+
+/// `Q4_0` weights against one `Q8_0` activation row.
+pub fn q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    q0_rows(x, [y], [&scales_f32(y)])[0]
+}
+
+/// `Q5_0` weights against one `Q8_0` activation row.
+pub fn q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    q0_rows(x, [y], [&scales_f32(y)])[0]
+}
 dispatch!(q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K], order: KOrder) => q6_k_q8_k_scalar);
 dispatch!(q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K], order: KOrder) => q5_k_q8_k_scalar);
 dispatch!(q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K], order: Q4KOrder) => q4_k_q8_k_scalar);
@@ -508,6 +710,31 @@ mod tests {
             assert_eq!(a.to_bits(), s.to_bits(), "Q4_0 n={n}");
             assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q4_0 {a} vs {}", exact(&wf, &x));
 
+            let yd = scales_f32(&y0);
+            let four = q0_rows(&w, [&y0; 4], [&yd[..]; 4]);
+            assert!(four.iter().all(|v| v.to_bits() == a.to_bits()), "Q4_0 four rows");
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            {
+                let plain = unsafe { avx2::q0_rows::<_, 1, false>(&w, [&y0], [&yd]) }[0];
+                assert_eq!(plain.to_bits(), a.to_bits(), "Q4_0 without VNNI");
+            }
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            if crate::dot::has_vnni() {
+                let neg = neg_lane_sums(&y0);
+                let w2 = blocks::<BlockQ4_0>(n / QK, 11, |b, r| b.d = h(r, 0.001, 0.05));
+                let p = q0_pair([&w, &w2], [&y0, &y0], [&yd, &yd], [&neg, &neg]);
+                assert_eq!(p[0].map(f32::to_bits), [a.to_bits(); 2], "Q4_0 pair");
+                assert_eq!(p[1][1].to_bits(), q4_0_q8_0(&w2, &y0).to_bits(), "Q4_0 pair, second row");
+                let w5 = blocks::<BlockQ5_0>(n / QK, 12, |b, r| b.d = h(r, 0.001, 0.05));
+                let p = q0_pair([&w5, &w5], [&y0], [&yd], [&neg]);
+                assert_eq!(p[1][0].to_bits(), q5_0_q8_0(&w5, &y0).to_bits(), "Q5_0 pair");
+                let w8 = blocks::<BlockQ8_0>(n / QK, 13, |b, r| b.d = h(r, 0.001, 0.05));
+                let p = q0_pair([&w8, &w8], [&y0], [&yd], [&neg]);
+                assert_eq!(p[0][0].to_bits(), q8_0_q8_0_lanes(&w8, &y0).to_bits(), "Q8_0 pair");
+            }
+            let w8 = blocks::<BlockQ8_0>(n / QK, 9, |b, r| b.d = h(r, 0.001, 0.05));
+            let (a8, s8) = (q0_rows(&w8, [&y0], [&yd])[0], q8_0_q8_0_lanes(&w8, &y0));
+            assert_eq!(a8.to_bits(), s8.to_bits(), "Q8_0 n={n}");
             let w = blocks::<BlockQ5_0>(n / QK, 2, |b, r| b.d = h(r, 0.001, 0.05));
             dequantize_q5_0(&w, &mut wf);
             let (a, s) = (q5_0_q8_0(&w, &y0), q5_0_q8_0_scalar(&w, &y0));

@@ -243,7 +243,8 @@ enum ActKind {
 enum Acts<'a> {
     F32(&'a [f32]),
     Q8_1(Vec<BlockQ8_1>, ActScales),
-    Q8_0(Vec<BlockQ8_0>, ActScales),
+    /// With each block's negated four-quant lane sums where the VNNI kernels run.
+    Q8_0(Vec<BlockQ8_0>, ActScales, Vec<[i32; 8]>),
     Q8K(Vec<BlockQ8K>),
 }
 
@@ -304,7 +305,8 @@ fn quantize<'a>(kind: ActKind, cols: usize, x: &'a [f32], orders: &[RowOrder]) -
             let mut q = vec![BlockQ8_0::default(); x.len() / QK];
             rows(x, cols, &mut q, cols / QK, |_, r, o| quantize_q8_0(r, o));
             let sc = ActScales::q8_0(&q);
-            Acts::Q8_0(q, sc)
+            let neg = if dot::has_vnni() { dot_k::neg_lane_sums(&q) } else { Vec::new() };
+            Acts::Q8_0(q, sc, neg)
         }
         ActKind::Q8K | ActKind::Q8KRepacked => {
             let mut q = vec![BlockQ8K::default(); m * (cols / QK_K)];
@@ -316,6 +318,73 @@ fn quantize<'a>(kind: ActKind, cols: usize, x: &'a [f32], orders: &[RowOrder]) -
                 quantize_q8_k(r, o, sign)
             });
             Acts::Q8K(q)
+        }
+    }
+}
+
+/// Weight row `wr` of a 32-value block type against activation rows `i..i + R`.
+#[inline(always)]
+fn q0<B: dot_k::Q0, const R: usize>(
+    w: &QMatrix,
+    wr: std::ops::Range<usize>,
+    a: &[BlockQ8_0],
+    sc: &ActScales,
+    i: usize,
+    blocks: &impl Fn(usize) -> std::ops::Range<usize>,
+) -> [f32; R] {
+    dot_k::q0_rows::<B, R>(
+        &w.blocks()[wr],
+        std::array::from_fn(|r| &a[blocks(i + r)]),
+        std::array::from_fn(|r| &sc.d[blocks(i + r)]),
+    )
+}
+
+/// Weight rows `rows` of a 32-value block type against all `m` activation rows, two weight rows
+/// and up to four activation rows per pass (the VNNI kernel; results as `q0_rows`).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn q0_pairs<B: dot_k::Q0>(
+    w: &QMatrix,
+    rows: std::ops::Range<usize>,
+    m: usize,
+    a: &[BlockQ8_0],
+    sc: &ActScales,
+    neg: &[[i32; 8]],
+    out: &OutPtr,
+) {
+    let (n, bpr) = (w.rows, w.cols / QK);
+    let blocks = |i: usize| i * bpr..(i + 1) * bpr;
+    let wb = w.blocks::<B>();
+    let put = |i: usize, j: usize, v: f32| {
+        // SAFETY: i < m, j < n, and each weight row j belongs to one task.
+        unsafe { *out.0.add(i * n + j) = v };
+    };
+    let mut j = rows.start;
+    while j + 2 <= rows.end {
+        let x = [&wb[blocks(j)], &wb[blocks(j + 1)]];
+        let mut i = 0;
+        while i + 4 <= m {
+            let v = dot_k::q0_pair::<B, 4>(
+                x,
+                std::array::from_fn(|r| &a[blocks(i + r)]),
+                std::array::from_fn(|r| &sc.d[blocks(i + r)]),
+                std::array::from_fn(|r| &neg[blocks(i + r)]),
+            );
+            for r in 0..4 {
+                put(i + r, j, v[0][r]);
+                put(i + r, j + 1, v[1][r]);
+            }
+            i += 4;
+        }
+        for i in i..m {
+            let v = dot_k::q0_pair::<B, 1>(x, [&a[blocks(i)]], [&sc.d[blocks(i)]], [&neg[blocks(i)]]);
+            put(i, j, v[0][0]);
+            put(i, j + 1, v[1][0]);
+        }
+        j += 2;
+    }
+    if j < rows.end {
+        for i in 0..m {
+            put(i, j, dot_k::q0_rows::<B, 1>(&wb[blocks(j)], [&a[blocks(i)]], [&sc.d[blocks(i)]])[0]);
         }
     }
 }
@@ -375,6 +444,18 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
         let bpr = k / w.qtype.block();
         let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
         let blocks = |i: usize| i * bpr..(i + 1) * bpr;
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        // Q4_0 and Q5_0 are compute-bound (unpacking): the paired VNNI kernel pays. Q8_0 is
+        // bandwidth-bound, and measured slower paired on a matrix streamed from memory.
+        if let Acts::Q8_0(a, sc, neg) = acts {
+            if !neg.is_empty() {
+                match w.qtype {
+                    QType::Q4_0 => return q0_pairs::<BlockQ4_0>(w, rows, m, a, sc, neg, ptr),
+                    QType::Q5_0 => return q0_pairs::<BlockQ5_0>(w, rows, m, a, sc, neg, ptr),
+                    _ => {}
+                }
+            }
+        }
         for j in rows {
             let wr = blocks(j);
             let mut i = 0;
@@ -386,11 +467,9 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
                         std::array::from_fn(|r| &a[blocks(i + r)]),
                         std::array::from_fn(|r| sc.row(blocks(i + r))),
                     ),
-                    (QType::Q8_0, Acts::Q8_0(a, sc)) => dot::q8_0_q8_0_x4(
-                        &w.blocks()[wr.clone()],
-                        std::array::from_fn(|r| &a[blocks(i + r)]),
-                        std::array::from_fn(|r| sc.row(blocks(i + r))),
-                    ),
+                    (QType::Q8_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ8_0, 4>(w, wr.clone(), a, sc, i, &blocks),
+                    (QType::Q5_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ5_0, 4>(w, wr.clone(), a, sc, i, &blocks),
+                    (QType::Q4_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ4_0, 4>(w, wr.clone(), a, sc, i, &blocks),
                     _ => break,
                 };
                 for (r, v) in vals.into_iter().enumerate() {
@@ -403,9 +482,9 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
                 let v = match (w.qtype, acts) {
                     (QType::F32, Acts::F32(a)) => dot::f32_dot(&w.blocks::<f32>()[j * k..(j + 1) * k], &a[i * k..(i + 1) * k]),
                     (QType::Q4_1, Acts::Q8_1(a, sc)) => dot::q4_1_q8_1(&w.blocks()[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
-                    (QType::Q8_0, Acts::Q8_0(a, sc)) => dot::q8_0_q8_0(&w.blocks()[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
-                    (QType::Q4_0, Acts::Q8_0(a, _)) => dot_k::q4_0_q8_0(&w.blocks()[wr.clone()], &a[blocks(i)]),
-                    (QType::Q5_0, Acts::Q8_0(a, _)) => dot_k::q5_0_q8_0(&w.blocks()[wr.clone()], &a[blocks(i)]),
+                    (QType::Q8_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ8_0, 1>(w, wr.clone(), a, sc, i, &blocks)[0],
+                    (QType::Q4_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ4_0, 1>(w, wr.clone(), a, sc, i, &blocks)[0],
+                    (QType::Q5_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ5_0, 1>(w, wr.clone(), a, sc, i, &blocks)[0],
                     (QType::Q4K, Acts::Q8K(a)) => dot_k::q4_k_q8_k(&w.blocks()[wr.clone()], &a[blocks(i)], orders[i].q4k),
                     (QType::Q5K, Acts::Q8K(a)) => dot_k::q5_k_q8_k(&w.blocks()[wr.clone()], &a[blocks(i)], orders[i].k),
                     (QType::Q6K, Acts::Q8K(a)) => dot_k::q6_k_q8_k(&w.blocks()[wr.clone()], &a[blocks(i)], orders[i].k),
