@@ -1,4 +1,5 @@
-# Light CPU image: the gateway, the embedded basic-agent bundle and the bundled SmolLM2.
+# Light CPU image: the gateway, the embedded basic-agent bundle and the default chat model
+# (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, Apache-2.0: its licence is copied next to it).
 #   docker build -t abstractgateway .
 #   docker run -p 8080:8080 -e ABSTRACTGATEWAY_AUTH_TOKEN=$(openssl rand -hex 32) -v agw-data:/data abstractgateway
 # Not built here (no Docker engine on the development machine); kept simple to be checkable by reading.
@@ -10,7 +11,7 @@ COPY . .
 # AVX2/FMA/F16C are enabled by .cargo/config.toml (x86-64-v3 hosts).
 RUN cargo build --release --bin abstractgateway \
  && strip target/release/abstractgateway \
- && scripts/fetch-models.sh --dest /opt/abstractgateway/models smollm2
+ && scripts/fetch-models.sh --dest /opt/abstractgateway/models qwen-coder-0.5b
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
