@@ -1,7 +1,8 @@
-//! Block dot products. The scalar versions define the result; the AVX2 ones compute the same
+//! Block dot products for Q4_1 (and f32). The scalar versions define the result; the AVX2 ones compute the same
 //! integer sums per block (exactly) and differ only in f32 summation order.
 
 use crate::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
+// Q8_0 weights: `dot_k::q0_rows` (with Q4_0 and Q5_0, in ggml's lane order).
 
 pub fn q4_1_q8_1_scalar(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut sum = 0f32;
@@ -11,15 +12,6 @@ pub fn q4_1_q8_1_scalar(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
             sumi += (x.qs[j] & 0x0F) as i32 * y.qs[j] as i32 + (x.qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
         }
         sum += sumi as f32 * x.d.to_f32() * y.d.to_f32() + x.m.to_f32() * y.s.to_f32();
-    }
-    sum
-}
-
-pub fn q8_0_q8_0_scalar(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0f32;
-    for (x, y) in x.iter().zip(y) {
-        let sumi: i32 = x.qs.iter().zip(&y.qs).map(|(a, b)| *a as i32 * *b as i32).sum();
-        sum += sumi as f32 * x.d.to_f32() * y.d.to_f32();
     }
     sum
 }
@@ -78,25 +70,6 @@ mod avx2 {
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_us8(q4, q8), acc);
             }
             hsum(acc) + summs
-        }
-    }
-
-    pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0], ys: Scales<'_>) -> f32 {
-        // SAFETY: as above; 32-byte unaligned loads within each block.
-        unsafe {
-            let mut acc = _mm256_setzero_ps();
-            assert!(ys.d.len() >= x.len().min(y.len()));
-            let dp = ys.d.as_ptr();
-            for (b, (x, y)) in x.iter().zip(y).enumerate() {
-                let d = x.d.to_f32() * *dp.add(b);
-                let qx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-                let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-                // |x| as u8 times y carrying x's sign: maddubs needs one unsigned operand.
-                let ax = _mm256_sign_epi8(qx, qx);
-                let sy = _mm256_sign_epi8(qy, qx);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_us8(ax, sy), acc);
-            }
-            hsum(acc)
         }
     }
 
@@ -176,31 +149,6 @@ mod avx2 {
                 hsum(acc[2]) + summs[2],
                 hsum(acc[3]) + summs[3],
             ]
-        }
-    }
-
-    /// One weight row against four activation rows (bit-identical per row to `q8_0_q8_0`).
-    pub fn q8_0_q8_0_x4(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
-        // SAFETY: as in `q8_0_q8_0`.
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let nb = x.len();
-            for r in 0..4 {
-                assert!(y[r].len() >= nb && ys[r].d.len() >= nb);
-            }
-            let yp = y.map(|r| r.as_ptr());
-            let dp = ys.map(|r| r.d.as_ptr());
-            for (b, xb) in x.iter().enumerate() {
-                let qx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                let ax = _mm256_sign_epi8(qx, qx);
-                let xd = xb.d.to_f32();
-                for r in 0..4 {
-                    let qy = _mm256_loadu_si256((*yp[r].add(b)).qs.as_ptr() as *const __m256i);
-                    let sy = _mm256_sign_epi8(qy, qx);
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xd * *dp[r].add(b)), mul_sum_us8(ax, sy), acc[r]);
-                }
-            }
-            [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
         }
     }
 
@@ -305,17 +253,6 @@ pub fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1], ys: Scales<'_>) -> f32 {
     }
 }
 
-#[inline]
-pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0], ys: Scales<'_>) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    return avx2::q8_0_q8_0(x, y, ys);
-    #[allow(unreachable_code)]
-    {
-        let _ = ys;
-        q8_0_q8_0_scalar(x, y)
-    }
-}
-
 /// Four activation rows against one weight row (falls back to four single dots).
 #[inline]
 pub fn q4_1_q8_1_x4(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
@@ -331,17 +268,6 @@ pub fn q4_1_q8_1_x4(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4], ys: [Scales<'_>; 4]) 
     {
         let _ = ys;
         y.map(|y| q4_1_q8_1_scalar(x, y))
-    }
-}
-
-#[inline]
-pub fn q8_0_q8_0_x4(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4], ys: [Scales<'_>; 4]) -> [f32; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    return avx2::q8_0_q8_0_x4(x, y, ys);
-    #[allow(unreachable_code)]
-    {
-        let _ = ys;
-        y.map(|y| q8_0_q8_0_scalar(x, y))
     }
 }
 
@@ -403,7 +329,12 @@ mod tests {
             quantize_q8_0(&rand_vec(n, 99), &mut w8);
             let mut y0 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; n / QK];
             quantize_q8_0(&x, &mut y0);
-            let (a, b) = (q8_0_q8_0(&w8, &y0, ActScales::q8_0(&y0).all()), q8_0_q8_0_scalar(&w8, &y0));
+            // Q8_0 runs on dot_k's 32-value block kernels (the one Q8_0 dot product).
+            let (a, b) = (
+                crate::dot_k::q0_rows(&w8, [&y0], [&ActScales::q8_0(&y0).d])[0],
+                crate::dot_k::q8_0_q8_0_lanes(&w8, &y0),
+            );
+            assert_eq!(a.to_bits(), b.to_bits(), "{n}: Q8_0 {a} vs {b}");
             let s1 = ActScales::q8_1(&y1);
             let four = q4_1_q8_1_x4(&w, [&y1, &y1, &y1, &y1], [s1.all(); 4]);
             assert_eq!(

@@ -369,9 +369,9 @@ fn q0_pairs<B: dot_k::Q0>(
                 std::array::from_fn(|r| &sc.d[blocks(i + r)]),
                 std::array::from_fn(|r| &neg[blocks(i + r)]),
             );
-            for r in 0..4 {
-                put(i + r, j, v[0][r]);
-                put(i + r, j + 1, v[1][r]);
+            for (r, (&a0, &a1)) in v[0].iter().zip(&v[1]).enumerate() {
+                put(i + r, j, a0);
+                put(i + r, j + 1, a1);
             }
             i += 4;
         }

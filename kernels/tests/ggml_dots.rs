@@ -4,7 +4,6 @@
 //! AVX2 CPUs), recorded by `data/record_ggml_dots.py`.
 
 use abstractgateway_kernels::blocks::{cast_blocks, quantize_q8_0, BlockQ8_0};
-use abstractgateway_kernels::dot;
 use abstractgateway_kernels::dot_k::{self, Q4KOrder};
 use abstractgateway_kernels::kquants::*;
 use base64::Engine;
@@ -65,7 +64,7 @@ fn dot_products_equal_llama_cpps_to_the_bit() {
                 let got = match t {
                     "Q4_0" => dot_k::q4_0_q8_0(&cast_blocks(row(j)).unwrap(), &q8_0[i]),
                     "Q5_0" => dot_k::q5_0_q8_0(&cast_blocks(row(j)).unwrap(), &q8_0[i]),
-                    "Q8_0" => dot::q8_0_q8_0(&cast_blocks(row(j)).unwrap(), &q8_0[i], dot::ActScales::q8_0(&q8_0[i]).all()),
+                    "Q8_0" => dot_k::q0_rows::<BlockQ8_0, 1>(&cast_blocks(row(j)).unwrap(), [&q8_0[i]], [&dot_k::scales_f32(&q8_0[i])])[0],
                     "Q5_K" => dot_k::q5_k_q8_k(&cast_blocks(row(j)).unwrap(), &q8_k[i], dot_k::KOrder::Lanes),
                     "Q6_K" => dot_k::q6_k_q8_k(&cast_blocks(row(j)).unwrap(), &q8_k[i], dot_k::KOrder::Lanes),
                     // llama.cpp never runs vec_dot for Q4_K on AVX2 (it repacks): see below.
