@@ -1,7 +1,8 @@
-//! Agent and LLM nodes over real HTTP: the built-in `basic-agent` bundle on the real SmolLM2
-//! (streamed deltas on SSE, then through a remote provider after the local engine is gone), and
-//! the loop mechanics (tools, approval waits, at-most-once across crashes) with a scripted remote
-//! provider, as the issue allows where a 135M model cannot plan tool calls.
+//! Agent and LLM nodes over real HTTP: the built-in `basic-agent` bundle on the real default model
+//! (Qwen2.5-Coder-0.5B planning its own tool calls), on the real SmolLM2 (streamed deltas on SSE,
+//! then through a remote provider after the local engine is gone), and the loop mechanics (tools,
+//! approval waits, at-most-once across crashes, a repeated call) with a scripted remote provider
+//! for the edge cases.
 
 mod common;
 #[path = "../models/tests/common/mod.rs"]
@@ -269,6 +270,41 @@ fn a_tool_call_written_as_text_is_parsed_and_run() {
 }
 
 #[test]
+fn a_repeated_tool_call_is_not_run_again_and_a_closing_turn_answers_from_the_results() {
+    let llm = ScriptedLlm::start();
+    let g = scripted_gateway(&llm, &[]);
+    std::fs::write(workspace(&g, "repeat").join("notes.txt"), "The launch code is 7-4-1.\n").unwrap();
+    let id = start_agent(&g, "repeat", "SCRIPT:repeat read notes.txt");
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    let out = &r["output"];
+    assert_eq!(out["success"], true, "{out}");
+    assert_eq!(out["meta"]["tool_calls"], 1, "the repeat was not run: {out}");
+    assert_eq!(out["meta"]["final_turn"], "repeated_call", "{out}");
+    assert_eq!(out["meta"]["iterations"], 3, "{out}");
+    let reqs = llm.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 3);
+    // The closing turn offers no tools and restates the task and the result in one user message.
+    let last = &reqs[2];
+    assert!(last["tools"].as_array().map(|t| t.is_empty()).unwrap_or(true), "{last}");
+    let msgs = last["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{last}");
+    let user = msgs[1]["content"].as_str().unwrap();
+    assert!(user.contains("SCRIPT:repeat read notes.txt"), "{user}");
+    assert!(user.contains("read_file {\"path\":\"notes.txt\"} returned:"), "{user}");
+    assert!(user.contains("The launch code is 7-4-1."), "{user}");
+    assert_eq!(out["response"], "FINAL after 0 tool result(s). Last observation: ", "{out}");
+    let ledger = g.ledger(&id);
+    let count = |ty: &str| {
+        ledger
+            .iter()
+            .filter(|x| x["effect"]["type"] == ty && x["status"] == "started")
+            .count()
+    };
+    assert_eq!((count("llm_call"), count("tool_calls")), (3, 1));
+}
+
+#[test]
 fn ask_user_inside_the_agent_waits_for_the_answer() {
     let llm = ScriptedLlm::start();
     let g = scripted_gateway(&llm, &[]);
@@ -520,4 +556,36 @@ fn a_crash_during_an_llm_call_is_recovered() {
         .filter_map(|x| x["status"].as_str().map(str::to_string))
         .collect();
     assert_eq!(llm_records, ["started", "completed"]);
+}
+
+/// The issue's real task, on the default model: basic-agent running greedy on the local
+/// Qwen2.5-Coder-0.5B lists the workspace, reads notes.txt, and answers with what the file says.
+/// The tool calls are the model's own (no script): the ledger's tool_calls records show them.
+#[test]
+fn basic_agent_on_the_real_qwen_model_lists_reads_and_quotes_the_file() {
+    let model = model_files::qwen_coder();
+    let spec = format!("qwen2.5-coder-0.5b={}", model.display());
+    let g = Gateway::start_with(&[], &["--model", &spec]);
+    let ws = workspace(&g, "qwen-notes");
+    std::fs::write(ws.join("notes.txt"), "The launch code is 7-4-1.\n").unwrap();
+    std::fs::write(ws.join("other.md"), "unrelated\n").unwrap();
+    let id = start_agent(&g, "qwen-notes", "List the files in your workspace and read notes.txt");
+    let r = wait_for(&g, &id, "terminal", terminal);
+    assert_eq!(r["status"], "completed", "{r}");
+    let out = &r["output"];
+    assert_eq!(out["success"], true, "{out}");
+    assert_eq!(out["meta"]["provider"], "local", "{out}");
+    let response = out["response"].as_str().unwrap();
+    assert!(response.contains("7-4-1"), "the answer quotes the file: {response}");
+    // The calls, in order, as the ledger recorded them before they ran.
+    let calls: Vec<(String, Value)> = g
+        .ledger(&id)
+        .iter()
+        .filter(|x| x["effect"]["type"] == "tool_calls" && x["status"] == "started")
+        .flat_map(|x| x["effect"]["payload"]["tool_calls"].as_array().cloned().unwrap_or_default())
+        .map(|c| (c["name"].as_str().unwrap_or_default().to_string(), c["arguments"].clone()))
+        .collect();
+    let names: Vec<&str> = calls.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["list_files", "read_file"], "{calls:?}");
+    assert_eq!(calls[1].1["path"], "notes.txt", "{calls:?}");
 }

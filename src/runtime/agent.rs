@@ -24,6 +24,9 @@ use super::tools;
 const DEFAULT_MAX_ITERATIONS: u64 = 20;
 const APPROVAL: &str = "approval";
 const ASK: &str = "ask";
+/// Set in the loop's state once the closing turn (no tools) has been asked for.
+const FINAL: &str = "final_turn";
+const FINAL_SYSTEM: &str = "You are a helpful assistant. Answer the user's task from the tool results given. Do not call tools.";
 
 pub const SYSTEM_PROMPT: &str = "You are an autonomous agent working in a workspace directory.\n\
 Loop: think briefly; if you need to act, call one or more tools; when you are done, answer with the final answer and no tool calls.\n\
@@ -197,6 +200,17 @@ fn on_llm(run: &mut RunState, flow: &Flow, host: &mut dyn Host, nid: &str, answe
     effect_wait::finish(run, host, nid, pending, Ok(answer.clone()));
     effect_wait::count_usage(run, answer.get("usage").unwrap_or(&Value::Null));
     let content = answer.get("content").and_then(Value::as_str).unwrap_or_default().to_string();
+    if state_of(run, nid).contains_key(FINAL) {
+        // The closing turn offered no tools: whatever it wrote is the answer.
+        push_message(run, nid, json!({"role": "assistant", "content": content}));
+        let ok = !content.trim().is_empty();
+        let text = if ok {
+            content
+        } else {
+            "The agent repeated a tool call and then gave no answer.".to_string()
+        };
+        return Ok(end(run, flow, nid, text, ok));
+    }
     let mut raw_calls = answer.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
     if raw_calls.is_empty() && !content.trim().is_empty() {
         // A provider that passes a small model's text through unparsed: the call may be JSON in
@@ -225,8 +239,11 @@ fn on_llm(run: &mut RunState, flow: &Flow, host: &mut dyn Host, nid: &str, answe
     if raw_calls.is_empty() {
         return Ok(end(run, flow, nid, content, true));
     }
-    bump(state_of(run, nid), "tool_calls", raw_calls.len() as u64);
     let calls: Vec<Value> = raw_calls.iter().map(normalize_call).collect();
+    if all_seen_before(state_of(run, nid), &calls) {
+        return Ok(start_final(run, host, nid));
+    }
+    bump(state_of(run, nid), "tool_calls", raw_calls.len() as u64);
     let name = |c: &Value| c.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
     if calls.iter().any(|c| name(c) == "ask_user") {
         // A question ends the batch: the other calls wait for the next turn.
@@ -286,6 +303,85 @@ fn on_llm(run: &mut RunState, flow: &Flow, host: &mut dyn Host, nid: &str, answe
     )))
 }
 
+/// The key of one call (name and canonical arguments), for spotting a call the model repeats.
+fn call_key(c: &Value) -> String {
+    format!("{}|{}", c.get("name").and_then(Value::as_str).unwrap_or_default(), c["arguments"])
+}
+
+/// Whether every call of this turn was already made (and answered) earlier in the loop; records
+/// the new ones otherwise. Small models (Qwen2.5-Coder-0.5B, and llama.cpp with it on the same
+/// history) keep re-issuing the last call instead of answering once its result is in.
+fn all_seen_before(st: &mut Map<String, Value>, calls: &[Value]) -> bool {
+    let keys: Vec<String> = calls.iter().map(call_key).collect();
+    let seen = st.entry("seen_calls").or_insert_with(|| json!([]));
+    let Value::Array(seen) = seen else { return false };
+    let known = |seen: &[Value], k: &str| seen.iter().any(|s| s.as_str() == Some(k));
+    if !keys.is_empty() && keys.iter().all(|k| known(seen, k)) {
+        return true;
+    }
+    for k in keys {
+        if !known(seen, &k) {
+            seen.push(json!(k));
+        }
+    }
+    false
+}
+
+/// The closing turn after a repeated call: the task and every tool result so far, restated in
+/// one user message, and no tools offered, so the model can only answer. Its payload is on the
+/// ledger like any other llm_call; the transcript keeps the repeated call for the record.
+fn start_final(run: &mut RunState, host: &mut dyn Host, nid: &str) -> Step {
+    let st = state_of(run, nid);
+    st.insert(FINAL.into(), json!("repeated_call"));
+    bump(st, "iterations", 1);
+    let messages = st.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+    let task = st.get("task").and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut calls: Vec<(Value, String)> = Vec::new();
+    let mut results = String::new();
+    for m in &messages {
+        for c in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            let c = normalize_call(c);
+            let label = format!("{} {}", c["name"].as_str().unwrap_or_default(), c["arguments"]);
+            calls.push((c["id"].clone(), label));
+        }
+        if m["role"] == "tool" {
+            let label = calls
+                .iter()
+                .find(|(id, _)| *id == m["tool_call_id"])
+                .map(|(_, l)| l.clone())
+                .unwrap_or_else(|| m["name"].as_str().unwrap_or("tool").to_string());
+            // A successful result shows its output alone: the wrapper only distracts a small model.
+            let text = m["content"].as_str().unwrap_or_default();
+            let shown = match serde_json::from_str::<Value>(text) {
+                Ok(v) if v["success"] == true && v.get("output").is_some() => v["output"].to_string(),
+                _ => text.to_string(),
+            };
+            let line = format!("{label} returned:\n{shown}\n\n");
+            if !results.contains(&line) {
+                results.push_str(&line);
+            }
+        }
+    }
+    // Worded from probes on Qwen2.5-Coder-0.5B: asking for each result "in plain words" is what
+    // made it quote a file it read rather than only list the directory.
+    let user =
+        format!("Request: {task}\n\nTool results:\n\n{results}Write the answer to the request, stating each tool's result in plain words.");
+    let mut payload = st.get("target").and_then(Value::as_object).cloned().unwrap_or_default();
+    payload.insert("prompt".into(), json!(""));
+    payload.insert("system_prompt".into(), json!(""));
+    payload.insert(
+        "messages".into(),
+        json!([{"role": "system", "content": FINAL_SYSTEM}, {"role": "user", "content": user}]),
+    );
+    payload.insert("tools".into(), json!([]));
+    Step::Wait(effect_wait::begin(
+        run,
+        host,
+        nid,
+        Effect::new(LLM, "llm_call", Value::Object(payload)),
+    ))
+}
+
 /// Ends the loop: the node's outputs, then on along `exec-out`.
 fn end(run: &mut RunState, flow: &Flow, nid: &str, response: String, success: bool) -> Step {
     let st = std::mem::take(state_of(run, nid));
@@ -297,7 +393,8 @@ fn end(run: &mut RunState, flow: &Flow, nid: &str, response: String, success: bo
         "meta".into(),
         json!({"schema": "abstractcode.agent.v1.meta", "version": 1, "provider": g("provider"), "model": g("model"),
                "iterations": g("iterations"), "tool_calls": st.get("tool_calls").cloned().unwrap_or(json!(0)),
-               "tool_results": st.get("tool_results").cloned().unwrap_or(json!(0)), "output_mode": "unstructured"}),
+               "tool_results": st.get("tool_results").cloned().unwrap_or(json!(0)), "output_mode": "unstructured",
+               "final_turn": g(FINAL)}),
     );
     out.insert(
         "scratchpad".into(),

@@ -145,6 +145,8 @@ fn reply(req: &Value) -> String {
         ("ask", 0) => tool_call("ask_user", json!({"question": "Which colour?"}), 1),
         // A small model behind a server that does not parse tool calls: JSON in a fenced block.
         ("textcall", 0) => answer("```json\n{\"name\": \"list_files\", \"arguments\": {}}\n```"),
+        // A small model that re-issues its last call instead of answering.
+        ("repeat", _) => tool_call("read_file", json!({"path": "notes.txt"}), results.len() + 1),
         // Held until the test releases it (see `ScriptedLlm::release`).
         ("held", _) => answer("held answer"),
         _ => answer(&format!("FINAL after {} tool result(s). Last observation: {last}", results.len())),
