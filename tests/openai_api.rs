@@ -230,6 +230,69 @@ fn chat_completions_stream_json_mode_tools_and_errors() {
         assert!(args.is_object(), "{args}");
     }
 
+    // `tool_choice: required` with two tools: the call is to one of them, with arguments valid
+    // against that tool's schema (grammar-constrained: types, ranges, no extra keys).
+    let alarm = json!({"type": "function", "function": {"name": "set_alarm", "description": "Set an alarm",
+        "parameters": {"type": "object", "additionalProperties": false, "required": ["hour", "minute"],
+            "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                           "minute": {"type": "integer", "minimum": 0, "maximum": 59}, "label": {"type": "string", "maxLength": 16}}}}});
+    let strict_weather = json!({"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+        "parameters": {"type": "object", "additionalProperties": false, "required": ["city"],
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}}}});
+    for prompt in ["Wake me up at half past six.", "Is it raining in Oslo?"] {
+        let (s, v, _) = post_v1(
+            &g,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": prompt}], "tools": [alarm, strict_weather],
+                    "tool_choice": "required", "temperature": 0, "max_tokens": 80}),
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+        let call = &v["choices"][0]["message"]["tool_calls"][0]["function"];
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        match call["name"].as_str().unwrap() {
+            "set_alarm" => {
+                assert!((0..=23).contains(&args["hour"].as_i64().unwrap()), "{args}");
+                assert!((0..=59).contains(&args["minute"].as_i64().unwrap()), "{args}");
+                assert!(
+                    args.as_object()
+                        .unwrap()
+                        .keys()
+                        .all(|k| ["hour", "minute", "label"].contains(&k.as_str())),
+                    "{args}"
+                );
+                assert!(args["label"].as_str().map(|l| l.chars().count() <= 16).unwrap_or(true), "{args}");
+            }
+            "get_weather" => {
+                assert!(args["city"].is_string(), "{args}");
+                assert!(
+                    args.as_object().unwrap().keys().all(|k| ["city", "unit"].contains(&k.as_str())),
+                    "{args}"
+                );
+            }
+            other => panic!("a call to a tool not offered: {other}"),
+        }
+    }
+
+    // Structured outputs: `response_format: json_schema` is enforced while decoding.
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["city", "country", "population_millions"],
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}, "population_millions": {"type": "number"}}});
+    let (s, v, _) = post_v1(
+        &g,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Describe Paris."}], "temperature": 0, "max_tokens": 80,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "city", "strict": true, "schema": schema}}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let obj: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert!(
+        obj["city"].is_string() && obj["country"].is_string() && obj["population_millions"].is_number(),
+        "{obj}"
+    );
+    assert_eq!(obj.as_object().unwrap().len(), 3, "{obj}");
+
     // Errors, in OpenAI's shape, naming the parameter.
     let bad = |body: Value, status: u16, param: Option<&str>, code: Option<&str>| {
         let (s, v, _) = post_v1(&g, "/v1/chat/completions", &body);
@@ -248,6 +311,18 @@ fn chat_completions_stream_json_mode_tools_and_errors() {
     );
     bad(json!({"messages": msgs, "temperature": 5}), 400, Some("temperature"), None);
     bad(json!({"messages": msgs, "n": 2}), 400, Some("n"), None);
+    bad(
+        json!({"messages": msgs, "response_format": {"type": "json_schema"}}),
+        400,
+        Some("response_format"),
+        None,
+    );
+    bad(
+        json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wizard"}}}}),
+        400,
+        None,
+        None,
+    );
     bad(
         json!({"messages": msgs, "model": "gpt-9"}),
         404,

@@ -2,12 +2,13 @@
 //! This side renders chat templates and tokenizes (cheap, no tensors); the engine does the rest.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use abstractgateway_engines::device::{self, DeviceSpec};
 use abstractgateway_engines::text::engine::{kv_budgets_by_device, EngineConfig, GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
+use abstractgateway_engines::text::grammar::{bounded_whitespace, Grammar, GrammarFactory, GrammarSpec};
 use abstractgateway_engines::text::sampling::SamplingParams;
 use abstractgateway_engines::{EngineError, GenError};
 use abstractgateway_models::chat_template::ChatTemplate;
@@ -32,6 +33,8 @@ pub struct LocalModel {
     /// Tokens that end an assistant turn (eos and the template's end-of-turn markers).
     stop_ids: Vec<u32>,
     pub loaded_at: i64,
+    /// llguidance's view of the vocabulary, built on the first constrained request.
+    grammars: OnceLock<Result<Arc<GrammarFactory>, String>>,
 }
 
 #[derive(Default)]
@@ -212,6 +215,7 @@ impl Loaded {
             candle_device,
             stop_ids,
             loaded_at: chrono::Utc::now().timestamp(),
+            grammars: OnceLock::new(),
         }
     }
 }
@@ -232,6 +236,40 @@ fn forced_tool_call(tools: &[Value], choice: &ToolChoice) -> Option<String> {
         ToolChoice::Required => Some("<tool_call>\n{\"name\": \"".into()),
         ToolChoice::Named(n) => Some(format!("<tool_call>\n{{\"name\": {}, \"arguments\": ", Value::String(n.clone()))),
     }
+}
+
+/// The grammar of what follows a forced call's start (`forced_tool_call`): for each tool that
+/// may be called, its name (when not already written) and arguments valid against its
+/// `parameters` schema, then the closing brace. Lark, with the schemas as `%json` rules.
+fn tool_call_grammar(tools: &[Value], choice: &ToolChoice) -> String {
+    let schema = |t: &Value| {
+        let s = t
+            .pointer("/function/parameters")
+            .filter(|p| p.is_object())
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object"}));
+        bounded_whitespace(s)
+    };
+    let name_of = |t: &Value| t.pointer("/function/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let named = match choice {
+        ToolChoice::Named(n) => Some(n.clone()),
+        ToolChoice::Required if tools.len() == 1 => Some(name_of(&tools[0])),
+        _ => None,
+    };
+    let mut g = String::new();
+    if let Some(n) = named {
+        let t = tools.iter().find(|t| name_of(t) == n).cloned().unwrap_or(json!({}));
+        g.push_str(&format!("start: args \"}}\"\nargs: %json {}\n", schema(&t)));
+        return g;
+    }
+    let alts: Vec<String> = (0..tools.len()).map(|i| format!("c{i}")).collect();
+    g.push_str(&format!("start: {}\n", alts.join(" | ")));
+    for (i, t) in tools.iter().enumerate() {
+        // JSON string syntax is Lark's: the literal is the name, its closing quote and the key.
+        let lit = Value::String(format!("{}\", \"arguments\": ", name_of(t))).to_string();
+        g.push_str(&format!("c{i}: {lit} a{i} \"}}\"\na{i}: %json {}\n", schema(t)));
+    }
+    g
 }
 
 /// An assistant turn's earlier tool calls with `arguments` as a JSON object, as tool-aware
@@ -340,6 +378,46 @@ impl LocalModel {
             .map_err(|e| ProviderError::Invalid(format!("cannot render the chat template: {e}")))
     }
 
+    /// The model's grammar factory (llguidance), built once, on first use.
+    fn grammar_factory(&self) -> Result<Arc<GrammarFactory>, ProviderError> {
+        self.grammars
+            .get_or_init(|| {
+                let t0 = std::time::Instant::now();
+                let tok = &self.tokenizer;
+                let eos = tok.eos_id.or(self.stop_ids.first().copied()).unwrap_or(0);
+                let f = GrammarFactory::new(&tok.token_bytes, |i| tok.id_to_token(i), eos).map(Arc::new);
+                tracing::info!(model = %self.info.id, ms = t0.elapsed().as_millis() as u64, "grammar support ready");
+                f
+            })
+            .clone()
+            .map_err(ProviderError::Invalid)
+    }
+
+    /// The constraint for this request: the tool call's arguments against the tool's schema
+    /// when a call is forced, else the response schema (`response_format: json_schema`).
+    fn grammar(&self, req: &TextRequest, forced: bool) -> Result<Option<Grammar>, ProviderError> {
+        let spec = match (&req.prompt, forced) {
+            (Prompt::Chat { tools, tool_choice, .. }, true) => GrammarSpec::Lark(tool_call_grammar(tools, tool_choice)),
+            _ => match &req.params.json_schema {
+                Some(s) => GrammarSpec::JsonSchema(s.clone()),
+                None => return Ok(None),
+            },
+        };
+        let factory = self.grammar_factory()?;
+        match factory.compile(&spec) {
+            Ok(g) => Ok(Some(g)),
+            // A tool schema llguidance cannot take still gets a JSON object (the older,
+            // weaker constraint) rather than a refused request.
+            Err(e) if forced => {
+                tracing::warn!(model = %self.info.id, error = %e, "tool schema not enforceable; constraining the call to a JSON object");
+                Ok(None)
+            }
+            Err(e) => Err(ProviderError::Invalid(format!(
+                "response_format.json_schema cannot be enforced: {e}"
+            ))),
+        }
+    }
+
     /// The prompt's token ids, and the start of the answer when a tool call is forced.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<(Vec<u32>, Option<String>), ProviderError> {
         let (mut text, forced) = match prompt {
@@ -403,12 +481,13 @@ impl LocalModel {
         sampling.validate().map_err(ProviderError::Invalid)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut stop_strings = p.stop.clone();
-        let mut json_object = p.json_object;
+        let grammar = self.grammar(req, forced.is_some())?;
+        let mut json_object = p.json_object && grammar.is_none();
         let mut json_prefix = None;
         if let Some(f) = forced {
             // The forced start of the call is part of the answer: the client (and the tool-call
             // parser) see it first. The model must complete it as valid JSON, and ends there.
-            json_object = true;
+            json_object = grammar.is_none();
             json_prefix = f.find('{').map(|i| f[i..].to_string());
             let _ = tx.send(Ok(TextEvent::Delta(f)));
             stop_strings.push("</tool_call>".into());
@@ -421,6 +500,7 @@ impl LocalModel {
             sampling,
             json_object,
             json_prefix,
+            grammar,
         };
         let model = self.info.id.clone();
         self.engine.submit_reserved(

@@ -39,6 +39,9 @@ pub struct GenParams {
     pub repetition_penalty: Option<f32>,
     pub stop: Vec<String>,
     pub json_object: bool,
+    /// `response_format: json_schema`: the output must be valid against this schema (the local
+    /// engine enforces it while decoding; remote providers get it passed on).
+    pub json_schema: Option<Value>,
 }
 
 /// OpenAI's `tool_choice` (`none` arrives as no tools at all).

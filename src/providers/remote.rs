@@ -172,7 +172,11 @@ fn request_body(target: &Target, req: &TextRequest) -> (&'static str, Value) {
     put("frequency_penalty", p.frequency_penalty.map(|v| json!(v)));
     put("repetition_penalty", p.repetition_penalty.map(|v| json!(v)));
     put("stop", (!p.stop.is_empty()).then(|| json!(p.stop)));
-    put("response_format", p.json_object.then(|| json!({"type": "json_object"})));
+    let format = match &p.json_schema {
+        Some(s) => Some(json!({"type": "json_schema", "json_schema": {"name": "response", "schema": s}})),
+        None => p.json_object.then(|| json!({"type": "json_object"})),
+    };
+    put("response_format", format);
     (path, Value::Object(b))
 }
 

@@ -398,6 +398,7 @@ fn text_request(r: &Value) -> Result<TextRequest, String> {
         ..GenParams::default()
     };
     params.json_object = r.get("response_schema").map(Value::is_object).unwrap_or(false);
+    params.json_schema = r.get("response_schema").filter(|s| s.is_object()).cloned();
     let tools = r.get("tools").and_then(Value::as_array).cloned().unwrap_or_default();
     Ok(TextRequest {
         prompt: Prompt::Chat {

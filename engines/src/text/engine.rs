@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::gguf_llama::{LlamaGguf, Sequence, StepOut};
+use super::grammar::Grammar;
 use super::json_constraint::JsonConstraint;
 use super::prefix_cache::{common_prefix, Hit, PrefixCache};
 use super::sampling::{Sampler, SamplingParams};
@@ -36,6 +37,9 @@ pub struct GenerateRequest {
     /// With `json_object`: JSON text already written for the model (e.g. the start of a forced
     /// tool call); the output must complete it.
     pub json_prefix: Option<String>,
+    /// A grammar the output must match (JSON Schema or Lark), compiled by the caller and already
+    /// advanced over any text written for the model; the output ends when it is complete.
+    pub grammar: Option<Grammar>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,6 +331,7 @@ struct Active {
     detok: StreamDecoder,
     stops: StopMatcher,
     json: Option<JsonConstraint>,
+    grammar: Option<Grammar>,
     /// End-of-sequence ids (JSON mode may only end with one once the object is complete).
     eos: Vec<u32>,
     /// Prompt plus the tokens fed so far (what the penalties see).
@@ -440,7 +445,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
         // slice still returns logits, which the prefix cache keeps with the prompt.
         let mut argmax: Vec<bool> = active
             .iter()
-            .map(|a| a.pending.is_empty() && a.json.is_none() && a.req.sampling.is_plain_greedy())
+            .map(|a| a.pending.is_empty() && a.json.is_none() && a.grammar.is_none() && a.req.sampling.is_plain_greedy())
             .collect();
         // What each sequence feeds this step: its sampled token, or the next slice of its prompt.
         let mut feeds: Vec<Vec<u32>> = active
@@ -741,6 +746,7 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
             }
             c
         }),
+        grammar: req.grammar.clone(),
         eos,
         context: prompt.clone(),
         usage: Usage {
@@ -769,15 +775,26 @@ fn sample_step(model: &LlamaGguf, vocab: &[Option<Vec<u8>>], a: &mut Active) -> 
             if let Some(c) = &a.json {
                 c.mask(&mut a.logits, vocab, &a.eos);
             }
+            if let Some(g) = &mut a.grammar {
+                if let Err(e) = g.mask(&mut a.logits, &a.eos) {
+                    return Some(Outcome::Failed(GenError::Internal(format!("grammar: {e}"))));
+                }
+            }
             a.sampler.sample(&mut a.logits, &a.context)
         }
     };
     a.usage.completion_tokens += 1;
-    if a.req.stop_ids.contains(&next) || (a.json.is_some() && a.eos.contains(&next)) {
+    let constrained = a.json.is_some() || a.grammar.is_some();
+    if a.req.stop_ids.contains(&next) || (constrained && a.eos.contains(&next)) {
         return Some(flush(a, FinishReason::Stop));
     }
     if let (Some(c), Some(Some(b))) = (a.json.as_mut(), vocab.get(next as usize)) {
         c.advance(b);
+    }
+    if let Some(g) = &mut a.grammar {
+        if let Err(e) = g.advance(next) {
+            return Some(Outcome::Failed(GenError::Internal(format!("grammar: {e}"))));
+        }
     }
     let piece = a.detok.push(&model.tokenizer, next);
     let (text, stop) = match a.stops.push(&piece) {

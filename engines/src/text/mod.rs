@@ -4,6 +4,7 @@ pub mod device_check;
 pub mod engine;
 pub mod gguf_full_precision;
 pub mod gguf_llama;
+pub mod grammar;
 pub mod json_constraint;
 pub mod prefix_cache;
 pub mod sampling;

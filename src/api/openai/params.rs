@@ -89,12 +89,32 @@ pub fn gen_params(b: &Map<String, Value>, default_max: Option<usize>) -> Result<
             ))
         }
     };
+    let mut json_schema = None;
     let json_object = match b.get("response_format") {
         None | Some(Value::Null) => false,
         Some(rf) => match rf.get("type").and_then(Value::as_str) {
             Some("text") => false,
-            // A schema is not enforced beyond "one JSON object" yet.
-            Some("json_object") | Some("json_schema") => true,
+            Some("json_object") => true,
+            Some("json_schema") => {
+                // OpenAI's structured outputs: {"json_schema": {"name", "schema", "strict"}}.
+                let Some(js) = rf.get("json_schema").filter(|j| j.is_object()) else {
+                    return Err(OpenAiError::invalid(
+                        "'response_format.json_schema' is required when 'response_format.type' is 'json_schema'",
+                        Some("response_format"),
+                    ));
+                };
+                match js.get("schema") {
+                    None | Some(Value::Null) => {}
+                    Some(s) if s.is_object() || s.is_boolean() => json_schema = Some(s.clone()),
+                    Some(_) => {
+                        return Err(OpenAiError::invalid(
+                            "'response_format.json_schema.schema' must be a JSON Schema object",
+                            Some("response_format"),
+                        ))
+                    }
+                }
+                true
+            }
             _ => {
                 return Err(OpenAiError::invalid(
                     "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
@@ -115,5 +135,6 @@ pub fn gen_params(b: &Map<String, Value>, default_max: Option<usize>) -> Result<
         repetition_penalty: number(b, "repetition_penalty", 0.0, 10.0)?,
         stop,
         json_object,
+        json_schema,
     })
 }
