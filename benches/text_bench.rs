@@ -13,6 +13,9 @@
 //!    question (the prefix cached), median of 3.
 //! 3. Concurrency: aggregate decode tok/s over HTTP (`/v1/completions`, streamed) with 1, 4 and
 //!    8 concurrent clients against the real binary.
+//! 4. As a client sees it: one streamed chat (`/v1/chat/completions`, greedy, 128 tokens) against
+//!    llama-cpp-python's streamed `create_chat_completion` (in its process: no HTTP on its side),
+//!    median of 3; and load time (ours: `LlamaGguf::load`; theirs: `Llama()`), median of 3.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -77,6 +80,16 @@ fn main() {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let path = model_path();
     let load = || LlamaGguf::load(&path, &candle_core::Device::Cpu).expect("load");
+    let _ = load(); // the file into the page cache, for both sides
+    let load_ms = median(
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                drop(load());
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "text_bench: {}, {threads} thread(s), loadavg at start {}",
@@ -138,6 +151,7 @@ fn main() {
             .arg(N_DECODE.to_string())
             .arg(REPS.to_string())
             .arg(serde_json::to_string(&long_prompt).unwrap())
+            .arg(chat_messages().to_string())
             .output()
             .expect("run llama_cpp_peer.py");
         assert!(
@@ -239,29 +253,16 @@ fn main() {
                 std::thread::spawn(move || {
                     let body = json!({"prompt": format!("Story {i}. Once upon a time, in a small village,"), "max_tokens": 64,
                                       "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
-                    let t = Instant::now();
-                    let r = http
-                        .post(format!("{url}/v1/completions"))
-                        .bearer_auth(TOKEN)
-                        .json(&body)
-                        .send()
-                        .unwrap();
                     let mut ttft = None;
                     let mut tokens = 0u64;
-                    for line in BufReader::new(r).lines() {
-                        let line = line.unwrap();
-                        let Some(d) = line.strip_prefix("data: ") else { continue };
-                        if d == "[DONE]" {
-                            break;
-                        }
-                        let v: Value = serde_json::from_str(d).unwrap();
+                    sse(&http, &format!("{url}/v1/completions"), &body, |v, at| {
                         if v["choices"][0]["text"].as_str().map(|s| !s.is_empty()).unwrap_or(false) {
-                            ttft.get_or_insert(t.elapsed());
+                            ttft.get_or_insert(at);
                         }
                         if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                             tokens = n;
                         }
-                    }
+                    });
                     (tokens, ttft.unwrap_or_default())
                 })
             })
@@ -276,7 +277,66 @@ fn main() {
         let ttft = median(results.iter().map(|r| r.1.as_secs_f64() * 1e3).collect());
         println!("| {c} | {agg:.1} | {:.2}x | {ttft:.0} |", agg / single);
     }
+
+    // 4. One streamed chat as a client sees it, and load time.
+    let chats: Vec<(f64, f64, usize)> = (0..3).map(|_| streamed_chat(&http, &url)).collect();
+    // The first request's: later ones find the whole prompt (and its logits) in the prefix cache.
+    let chat_ttft = chats[0].0;
+    let chat_tps = median(chats.iter().map(|c| c.1).collect());
+    println!();
+    println!("| as a client sees it | ours | llama.cpp | ours vs llama.cpp |");
+    println!("|---|---|---|---|");
+    println!(
+        "| streamed chat decode, {N_DECODE} tokens (tok/s; ours over HTTP, {} content chunks) | {chat_tps:.1} | {:.1} | {} |",
+        chats[0].2,
+        p("chat_decode_tps"),
+        ratio(chat_tps, p("chat_decode_tps"), true)
+    );
+    println!(
+        "| streamed chat, first content chunk, prompt not cached (ms) | {chat_ttft:.1} | {:.1} | {} |",
+        p("chat_ttft_ms"),
+        ratio(chat_ttft, p("chat_ttft_ms"), false)
+    );
+    println!(
+        "| load time, warm page cache (ms) | {load_ms:.0} | {:.0} | {} |",
+        p("load_ms"),
+        ratio(load_ms, p("load_ms"), false)
+    );
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The chat both sides stream in part 4.
+fn chat_messages() -> Value {
+    json!([{"role": "user", "content": "Write a short story about a robot who learns to paint."}])
+}
+
+/// One streamed greedy chat over HTTP: (ms to the first content chunk, decode tok/s between the
+/// first and last content chunks, content chunks).
+fn streamed_chat(http: &reqwest::blocking::Client, url: &str) -> (f64, f64, usize) {
+    let body = json!({"messages": chat_messages(), "max_tokens": N_DECODE, "temperature": 0, "stream": true});
+    let mut stamps = Vec::new();
+    sse(http, &format!("{url}/v1/chat/completions"), &body, |v, at| {
+        if v["choices"][0]["delta"]["content"].as_str().map(|s| !s.is_empty()).unwrap_or(false) {
+            stamps.push(at.as_secs_f64());
+        }
+    });
+    let n = stamps.len();
+    (stamps[0] * 1e3, (n - 1) as f64 / (stamps[n - 1] - stamps[0]), n)
+}
+
+/// POSTs a streamed request and hands each SSE data chunk to `each`, with the time since the
+/// request was sent, until `[DONE]`.
+fn sse(http: &reqwest::blocking::Client, url: &str, body: &Value, mut each: impl FnMut(&Value, Duration)) {
+    let t = Instant::now();
+    let r = http.post(url).bearer_auth(TOKEN).json(body).send().unwrap();
+    for line in BufReader::new(r).lines() {
+        let line = line.unwrap();
+        let Some(d) = line.strip_prefix("data: ") else { continue };
+        if d == "[DONE]" {
+            break;
+        }
+        each(&serde_json::from_str(d).unwrap(), t.elapsed());
+    }
 }
