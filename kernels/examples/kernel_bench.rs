@@ -1,4 +1,4 @@
-//! One-row matmul speed per weight type at Qwen2.5-Coder-0.5B's shapes (random blocks), as
+//! One-row matmul speed per weight type at Qwen2.5-Coder-0.5B's and 1.5B's shapes (random blocks), as
 //! weight bytes read per second: what a single-stream decode step costs, kernel by kernel.
 //!
 //!   cargo run --release -p abstractgateway-kernels --example kernel_bench [rows_per_call...]
@@ -36,6 +36,10 @@ fn main() {
         ("ffn_gate  4864x896", 4864, 896),
         ("ffn_down  896x4864", 896, 4864),
         ("output    151936x896", 151936, 896),
+        // Qwen2.5-Coder-1.5B (Q4_K and Q6_K there).
+        ("ffn_gate  8960x1536", 8960, 1536),
+        ("ffn_down  1536x8960", 1536, 8960),
+        ("output    151936x1536", 151936, 1536),
     ];
     println!("{m} activation row(s) per call, {} threads", rayon::current_num_threads());
     for (name, rows, cols) in shapes {

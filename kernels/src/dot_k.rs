@@ -402,11 +402,6 @@ mod avx2 {
 
     /// Two sub-block scales as 16-bit lanes: `lo` for bytes 0..16 of a 32-byte group, `hi` for
     /// bytes 16..32 (the halves of `maddubs`' output).
-    #[inline(always)]
-    unsafe fn scale_pair(lo: i16, hi: i16) -> __m256i {
-        _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
-    }
-
     pub fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K], order: KOrder) -> f32 {
         q6_k_rows(x, [y], order)[0]
     }
@@ -441,12 +436,20 @@ mod avx2 {
                     v[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), hb(2));
                     v[4 * half + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hb(4));
                     v[4 * half + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hb(6));
-                    for t in 0..4 {
-                        let s = 8 * half + 2 * t;
-                        sc[4 * half + t] = scale_pair(x.scales[s] as i16, x.scales[s + 1] as i16);
-                    }
                 }
+                // Scales s (low 128 bits) and s + 1 (high) in every i16 lane of sc[k], s = 2k:
+                // one byte shuffle of the widened scales each (per-lane controls differ).
                 let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr() as *const __m128i));
+                let halves = [
+                    _mm256_permute2x128_si256::<0x00>(sc16, sc16),
+                    _mm256_permute2x128_si256::<0x11>(sc16, sc16),
+                ];
+                for (k, slot) in sc.iter_mut().enumerate() {
+                    let s = (2 * k % 8) as u8;
+                    let ctl = |j: u8| i16::from_le_bytes([2 * j, 2 * j + 1]);
+                    let idx = _mm256_set_m128i(_mm_set1_epi16(ctl(s + 1)), _mm_set1_epi16(ctl(s)));
+                    *slot = _mm256_shuffle_epi8(halves[k / 4], idx);
+                }
                 let xd = x.d.to_f32();
                 for r in 0..R {
                     let yb = &*y[r].as_ptr().add(b);
@@ -522,19 +525,54 @@ mod avx2 {
         q4_k_rows(x, [y], order)[0]
     }
 
+    /// The eight 6-bit scales and eight 6-bit mins of a `Q4_K`/`Q5_K` super-block as bytes
+    /// (`scale_min_k4` for all sub-blocks at once, ggml's `utmp` shuffle).
+    #[inline(always)]
+    fn scales_mins_k4(q: &[u8; 12]) -> (u64, u64) {
+        const M1: u32 = 0x3f3f3f3f;
+        const M2: u32 = 0x0f0f0f0f;
+        const M3: u32 = 0x03030303;
+        let u = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+        let (u0, u1, u2) = (u(0), u(1), u(2));
+        let sc = (u0 & M1) as u64 | (((u2 & M2) | (((u0 >> 6) & M3) << 4)) as u64) << 32;
+        let mn = (u1 & M1) as u64 | ((((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4)) as u64) << 32;
+        (sc, mn)
+    }
+
+    /// The four 32-bit lane sums of `v` (in order 0..4), each of four lanes' i32 sums of the
+    /// eight-lane vectors `a`..`d`: their integer totals (exact, so any grouping gives ggml's).
+    #[inline(always)]
+    unsafe fn hsum4_i32(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
+        let ab = _mm256_hadd_epi32(a, b);
+        let cd = _mm256_hadd_epi32(c, d);
+        let abcd = _mm256_hadd_epi32(ab, cd);
+        _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1))
+    }
+
     /// One `Q4_K` weight row against `R` activation rows (each row's result as alone): the
-    /// nibbles are unpacked once per block for all rows.
+    /// nibbles, scales and mins are unpacked once per block for all rows; the integer sums are
+    /// formed in vector registers (they are exact), and only the per-block FMAs are scalar, in
+    /// llama.cpp's order.
     pub fn q4_k_rows<const R: usize>(x: &[BlockQ4K], y: [&[BlockQ8K]; R], order: Q4KOrder) -> [f32; R] {
         let nb = x.len();
         for yr in &y {
             assert!(yr.len() >= nb);
         }
-        // SAFETY: as above.
+        // SAFETY: as above; bsums are 16 i16 (32 bytes) and qs 256 bytes per Q8_K block.
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let (mut acc, mut accm) = ([0f32; R], [0f32; R]);
             for (b, x) in x.iter().enumerate() {
-                let sc: [u8; 8] = std::array::from_fn(|s| scale_min_k4(s, &x.scales).0);
+                let (sc_bytes, mn_bytes) = scales_mins_k4(&x.scales);
+                let sc128 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc_bytes as i64));
+                let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn_bytes as i64));
+                let sc256 = _mm256_broadcastsi128_si256(sc128);
+                // Sub-block s's scale in every i16 lane.
+                let scale = |s: usize| {
+                    let lo = (2 * s) as i8;
+                    _mm256_shuffle_epi8(sc256, _mm256_set1_epi16(i16::from_le_bytes([lo as u8, lo as u8 + 1])))
+                };
+                let sc: [__m256i; 8] = std::array::from_fn(scale);
                 let mut lo = [_mm256_setzero_si256(); 4];
                 let mut hi = [_mm256_setzero_si256(); 4];
                 for p in 0..4 {
@@ -549,21 +587,29 @@ mod avx2 {
                     let pair = |p: usize| {
                         let l = _mm256_maddubs_epi16(lo[p], load32(yb.qs.as_ptr().add(64 * p)));
                         let h = _mm256_maddubs_epi16(hi[p], load32(yb.qs.as_ptr().add(64 * p + 32)));
-                        _mm256_add_epi32(
-                            _mm256_madd_epi16(l, _mm256_set1_epi16(sc[2 * p] as i16)),
-                            _mm256_madd_epi16(h, _mm256_set1_epi16(sc[2 * p + 1] as i16)),
-                        )
+                        _mm256_add_epi32(_mm256_madd_epi16(l, sc[2 * p]), _mm256_madd_epi16(h, sc[2 * p + 1]))
                     };
+                    // Σ over each pair of sub-blocks of min · (its two 16-value activation sums).
+                    let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
+                    let bpairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+                    let mins_pairs = _mm_madd_epi16(mins, bpairs);
+                    let sums = hsum4_i32(pair(0), pair(1), pair(2), pair(3));
                     match order {
                         Q4KOrder::PerBlock => {
-                            let sum = _mm256_add_epi32(_mm256_add_epi32(pair(0), pair(1)), _mm256_add_epi32(pair(2), pair(3)));
-                            acc[r] = (hsum_i32(sum) as f32).mul_add(dd, acc[r]);
-                            accm[r] = (mins_dot(&x.scales, &yb.bsums, 0..8) as f32).mul_add(dm, accm[r]);
+                            let total = |v: __m128i| {
+                                let t = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+                                _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01)))
+                            };
+                            acc[r] = (total(sums) as f32).mul_add(dd, acc[r]);
+                            accm[r] = (total(mins_pairs) as f32).mul_add(dm, accm[r]);
                         }
                         Q4KOrder::PerPair => {
+                            let (mut si, mut mi) = ([0i32; 4], [0i32; 4]);
+                            _mm_storeu_si128(si.as_mut_ptr() as *mut __m128i, sums);
+                            _mm_storeu_si128(mi.as_mut_ptr() as *mut __m128i, mins_pairs);
                             for p in 0..4 {
-                                acc[r] = (hsum_i32(pair(p)) as f32).mul_add(dd, acc[r]);
-                                accm[r] = (mins_dot(&x.scales, &yb.bsums, 2 * p..2 * p + 2) as f32).mul_add(dm, accm[r]);
+                                acc[r] = (si[p] as f32).mul_add(dd, acc[r]);
+                                accm[r] = (mi[p] as f32).mul_add(dm, accm[r]);
                             }
                         }
                     }
