@@ -446,12 +446,14 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
         let blocks = |i: usize| i * bpr..(i + 1) * bpr;
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         // Q4_0 and Q5_0 are compute-bound (unpacking): the paired VNNI kernel pays. Q8_0 is
-        // bandwidth-bound, and measured slower paired on a matrix streamed from memory.
+        // bandwidth-bound for one activation row, and measured slower paired on a matrix streamed
+        // from memory; with four rows or more (batched decode, prompts) it is compute-bound too.
         if let Acts::Q8_0(a, sc, neg) = acts {
             if !neg.is_empty() {
                 match w.qtype {
                     QType::Q4_0 => return q0_pairs::<BlockQ4_0>(w, rows, m, a, sc, neg, ptr),
                     QType::Q5_0 => return q0_pairs::<BlockQ5_0>(w, rows, m, a, sc, neg, ptr),
+                    QType::Q8_0 if m >= 4 => return q0_pairs::<BlockQ8_0>(w, rows, m, a, sc, neg, ptr),
                     _ => {}
                 }
             }
@@ -577,11 +579,11 @@ mod tests {
         const M: usize = 9;
         let x: Vec<f32> = (0..M * k).map(|_| r.gen_range(-1.0f32..1.0)).collect();
         let act = |i: usize| &x[i * k..(i + 1) * k];
-        for t in [QType::Q4_0, QType::Q5_0, QType::Q4K, QType::Q5K, QType::Q6K] {
+        for t in [QType::Q4_0, QType::Q5_0, QType::Q8_0, QType::Q4K, QType::Q5K, QType::Q6K] {
             let mut bytes: Vec<u8> = (0..n * k / t.block() * t.block_bytes()).map(|_| r.gen()).collect();
             // Small f16 scales at each block's d (and dmin) so values stay finite.
             let (bb, at): (usize, &[usize]) = match t {
-                QType::Q4_0 | QType::Q5_0 => (t.block_bytes(), &[0]),
+                QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => (t.block_bytes(), &[0]),
                 QType::Q4K | QType::Q5K => (t.block_bytes(), &[0, 2]),
                 _ => (t.block_bytes(), &[208]),
             };
@@ -604,13 +606,13 @@ mod tests {
                 let wb = &bytes[j * k / t.block() * t.block_bytes()..(j + 1) * k / t.block() * t.block_bytes()];
                 for i in 0..M {
                     let want = match t {
-                        QType::Q4_0 | QType::Q5_0 => {
+                        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => {
                             let mut a = vec![BlockQ8_0::default(); k / QK];
                             quantize_q8_0(act(i), &mut a);
-                            if t == QType::Q4_0 {
-                                dot_k::q4_0_q8_0(&cast_blocks(wb).unwrap(), &a)
-                            } else {
-                                dot_k::q5_0_q8_0(&cast_blocks(wb).unwrap(), &a)
+                            match t {
+                                QType::Q4_0 => dot_k::q4_0_q8_0(&cast_blocks(wb).unwrap(), &a),
+                                QType::Q5_0 => dot_k::q5_0_q8_0(&cast_blocks(wb).unwrap(), &a),
+                                _ => dot_k::q8_0_q8_0_lanes(&cast_blocks(wb).unwrap(), &a),
                             }
                         }
                         _ => {
