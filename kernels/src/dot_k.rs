@@ -562,6 +562,7 @@ mod avx2 {
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let (mut acc, mut accm) = ([0f32; R], [0f32; R]);
+            let (mut acc4, mut accm4) = (_mm_setzero_ps(), _mm_setzero_ps());
             for (b, x) in x.iter().enumerate() {
                 let (sc_bytes, mn_bytes) = scales_mins_k4(&x.scales);
                 let sc128 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc_bytes as i64));
@@ -581,9 +582,10 @@ mod avx2 {
                     hi[p] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                 }
                 let (xd, xm) = (x.d.to_f32(), x.dmin.to_f32());
+                let mut all_sums = [_mm_setzero_si128(); R];
+                let mut all_mins = [_mm_setzero_si128(); R];
                 for r in 0..R {
                     let yb = &*y[r].as_ptr().add(b);
-                    let (dd, dm) = (xd * yb.d, xm * yb.d);
                     let pair = |p: usize| {
                         let l = _mm256_maddubs_epi16(lo[p], load32(yb.qs.as_ptr().add(64 * p)));
                         let h = _mm256_maddubs_epi16(hi[p], load32(yb.qs.as_ptr().add(64 * p + 32)));
@@ -592,8 +594,53 @@ mod avx2 {
                     // Σ over each pair of sub-blocks of min · (its two 16-value activation sums).
                     let bs = _mm256_loadu_si256(yb.bsums.as_ptr() as *const __m256i);
                     let bpairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-                    let mins_pairs = _mm_madd_epi16(mins, bpairs);
-                    let sums = hsum4_i32(pair(0), pair(1), pair(2), pair(3));
+                    all_mins[r] = _mm_madd_epi16(mins, bpairs);
+                    all_sums[r] = hsum4_i32(pair(0), pair(1), pair(2), pair(3));
+                }
+                if R == 4 {
+                    // The four rows' FMAs side by side in one vector: lane r does row r's scalar
+                    // steps exactly (the products xd·yd and the FMAs round the same per lane),
+                    // and the four chains no longer wait on each other's latency.
+                    let yd = _mm_setr_ps(
+                        (*y[0].as_ptr().add(b)).d,
+                        (*y[1 % R].as_ptr().add(b)).d,
+                        (*y[2 % R].as_ptr().add(b)).d,
+                        (*y[3 % R].as_ptr().add(b)).d,
+                    );
+                    let (dd, dm) = (_mm_mul_ps(_mm_set1_ps(xd), yd), _mm_mul_ps(_mm_set1_ps(xm), yd));
+                    let (s, mn) = (&all_sums, &all_mins);
+                    match order {
+                        Q4KOrder::PerBlock => {
+                            let tot = |v: &[__m128i; R]| _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1 % R]), _mm_hadd_epi32(v[2 % R], v[3 % R]));
+                            acc4 = _mm_fmadd_ps(_mm_cvtepi32_ps(tot(s)), dd, acc4);
+                            accm4 = _mm_fmadd_ps(_mm_cvtepi32_ps(tot(mn)), dm, accm4);
+                        }
+                        Q4KOrder::PerPair => {
+                            let cols = |v: &[__m128i; R]| {
+                                let t0 = _mm_unpacklo_epi32(v[0], v[1 % R]);
+                                let t1 = _mm_unpacklo_epi32(v[2 % R], v[3 % R]);
+                                let t2 = _mm_unpackhi_epi32(v[0], v[1 % R]);
+                                let t3 = _mm_unpackhi_epi32(v[2 % R], v[3 % R]);
+                                [
+                                    _mm_unpacklo_epi64(t0, t1),
+                                    _mm_unpackhi_epi64(t0, t1),
+                                    _mm_unpacklo_epi64(t2, t3),
+                                    _mm_unpackhi_epi64(t2, t3),
+                                ]
+                            };
+                            let (sp, mp) = (cols(s), cols(mn));
+                            for p in 0..4 {
+                                acc4 = _mm_fmadd_ps(_mm_cvtepi32_ps(sp[p]), dd, acc4);
+                                accm4 = _mm_fmadd_ps(_mm_cvtepi32_ps(mp[p]), dm, accm4);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                for r in 0..R {
+                    let yb = &*y[r].as_ptr().add(b);
+                    let (dd, dm) = (xd * yb.d, xm * yb.d);
+                    let (sums, mins_pairs) = (all_sums[r], all_mins[r]);
                     match order {
                         Q4KOrder::PerBlock => {
                             let total = |v: __m128i| {
@@ -613,6 +660,14 @@ mod avx2 {
                             }
                         }
                     }
+                }
+            }
+            if R == 4 {
+                let (mut a4, mut m4) = ([0f32; 4], [0f32; 4]);
+                _mm_storeu_ps(a4.as_mut_ptr(), acc4);
+                _mm_storeu_ps(m4.as_mut_ptr(), accm4);
+                for r in 0..R.min(4) {
+                    (acc[r], accm[r]) = (a4[r], m4[r]);
                 }
             }
             std::array::from_fn(|r| acc[r] - accm[r])
