@@ -240,7 +240,7 @@ fn on_llm(run: &mut RunState, flow: &Flow, host: &mut dyn Host, nid: &str, answe
         return Ok(end(run, flow, nid, content, true));
     }
     let calls: Vec<Value> = raw_calls.iter().map(normalize_call).collect();
-    if all_seen_before(state_of(run, nid), &calls) {
+    if repeats_last_turn(state_of(run, nid), &calls) {
         return Ok(start_final(run, host, nid));
     }
     bump(state_of(run, nid), "tool_calls", raw_calls.len() as u64);
@@ -308,23 +308,19 @@ fn call_key(c: &Value) -> String {
     format!("{}|{}", c.get("name").and_then(Value::as_str).unwrap_or_default(), c["arguments"])
 }
 
-/// Whether every call of this turn was already made (and answered) earlier in the loop; records
-/// the new ones otherwise. Small models (Qwen2.5-Coder-0.5B, and llama.cpp with it on the same
-/// history) keep re-issuing the last call instead of answering once its result is in.
-fn all_seen_before(st: &mut Map<String, Value>, calls: &[Value]) -> bool {
+/// Whether this turn only repeats the previous turn's calls, all of them read-only, after their
+/// results came in: small models (Qwen2.5-Coder-0.5B, and llama.cpp with it on the same history)
+/// keep re-issuing the last call instead of answering. Side-effect tools and `ask_user` are never
+/// held back (running a command again can be the point), nor is a call repeated later in the
+/// loop, when something may have changed in between.
+fn repeats_last_turn(st: &mut Map<String, Value>, calls: &[Value]) -> bool {
     let keys: Vec<String> = calls.iter().map(call_key).collect();
-    let seen = st.entry("seen_calls").or_insert_with(|| json!([]));
-    let Value::Array(seen) = seen else { return false };
-    let known = |seen: &[Value], k: &str| seen.iter().any(|s| s.as_str() == Some(k));
-    if !keys.is_empty() && keys.iter().all(|k| known(seen, k)) {
-        return true;
-    }
-    for k in keys {
-        if !known(seen, &k) {
-            seen.push(json!(k));
-        }
-    }
-    false
+    let read_only = calls.iter().all(|c| {
+        let n = c.get("name").and_then(Value::as_str).unwrap_or_default();
+        tools::spec(n).map(|s| !s.side_effects).unwrap_or(false)
+    });
+    let last = st.insert("last_calls".into(), json!(keys));
+    !keys.is_empty() && read_only && last == Some(json!(keys))
 }
 
 /// The closing turn after a repeated call: the task and every tool result so far, restated in
