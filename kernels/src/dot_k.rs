@@ -400,8 +400,6 @@ mod avx2 {
         q0_rows::<B, R, true>(x, y, yd)
     }
 
-    /// Two sub-block scales as 16-bit lanes: `lo` for bytes 0..16 of a 32-byte group, `hi` for
-    /// bytes 16..32 (the halves of `maddubs`' output).
     pub fn q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K], order: KOrder) -> f32 {
         q6_k_rows(x, [y], order)[0]
     }
@@ -446,8 +444,7 @@ mod avx2 {
                 ];
                 for (k, slot) in sc.iter_mut().enumerate() {
                     let s = (2 * k % 8) as u8;
-                    let ctl = |j: u8| i16::from_le_bytes([2 * j, 2 * j + 1]);
-                    let idx = _mm256_set_m128i(_mm_set1_epi16(ctl(s + 1)), _mm_set1_epi16(ctl(s)));
+                    let idx = _mm256_set_m128i(_mm_set1_epi16(word_ctl(s + 1)), _mm_set1_epi16(word_ctl(s)));
                     *slot = _mm256_shuffle_epi8(halves[k / 4], idx);
                 }
                 let xd = x.d.to_f32();
@@ -525,6 +522,12 @@ mod avx2 {
         q4_k_rows(x, [y], order)[0]
     }
 
+    /// The `shuffle_epi8` control that puts 16-bit word `j` of a 128-bit lane in each word.
+    #[inline(always)]
+    fn word_ctl(j: u8) -> i16 {
+        i16::from_le_bytes([2 * j, 2 * j + 1])
+    }
+
     /// The eight 6-bit scales and eight 6-bit mins of a `Q4_K`/`Q5_K` super-block as bytes
     /// (`scale_min_k4` for all sub-blocks at once, ggml's `utmp` shuffle).
     #[inline(always)]
@@ -569,10 +572,7 @@ mod avx2 {
                 let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn_bytes as i64));
                 let sc256 = _mm256_broadcastsi128_si256(sc128);
                 // Sub-block s's scale in every i16 lane.
-                let scale = |s: usize| {
-                    let lo = (2 * s) as i8;
-                    _mm256_shuffle_epi8(sc256, _mm256_set1_epi16(i16::from_le_bytes([lo as u8, lo as u8 + 1])))
-                };
+                let scale = |s: usize| _mm256_shuffle_epi8(sc256, _mm256_set1_epi16(word_ctl(s as u8)));
                 let sc: [__m256i; 8] = std::array::from_fn(scale);
                 let mut lo = [_mm256_setzero_si256(); 4];
                 let mut hi = [_mm256_setzero_si256(); 4];

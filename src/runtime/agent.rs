@@ -144,12 +144,21 @@ fn init(run: &mut RunState, flow: &Flow, node: &Node) -> Result<(), String> {
 
 fn start_llm(run: &mut RunState, host: &mut dyn Host, nid: &str) -> Step {
     let st = state_of(run, nid);
+    let messages = st.get("messages").cloned().unwrap_or(json!([]));
+    let tools = st.get("tools").cloned().unwrap_or(json!([]));
+    ask_llm(run, host, nid, messages, tools)
+}
+
+/// One LLM turn of the loop (counted as an iteration) on the node's target, with these
+/// messages and tools.
+fn ask_llm(run: &mut RunState, host: &mut dyn Host, nid: &str, messages: Value, tools: Value) -> Step {
+    let st = state_of(run, nid);
     bump(st, "iterations", 1);
     let mut payload = st.get("target").and_then(Value::as_object).cloned().unwrap_or_default();
     payload.insert("prompt".into(), json!(""));
     payload.insert("system_prompt".into(), json!(""));
-    payload.insert("messages".into(), st.get("messages").cloned().unwrap_or(json!([])));
-    payload.insert("tools".into(), st.get("tools").cloned().unwrap_or(json!([])));
+    payload.insert("messages".into(), messages);
+    payload.insert("tools".into(), tools);
     Step::Wait(effect_wait::begin(
         run,
         host,
@@ -329,7 +338,6 @@ fn repeats_last_turn(st: &mut Map<String, Value>, calls: &[Value]) -> bool {
 fn start_final(run: &mut RunState, host: &mut dyn Host, nid: &str) -> Step {
     let st = state_of(run, nid);
     st.insert(FINAL.into(), json!("repeated_call"));
-    bump(st, "iterations", 1);
     let messages = st.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
     let task = st.get("task").and_then(Value::as_str).unwrap_or_default().to_string();
     let mut calls: Vec<(Value, String)> = Vec::new();
@@ -362,20 +370,8 @@ fn start_final(run: &mut RunState, host: &mut dyn Host, nid: &str) -> Step {
     // made it quote a file it read rather than only list the directory.
     let user =
         format!("Request: {task}\n\nTool results:\n\n{results}Write the answer to the request, stating each tool's result in plain words.");
-    let mut payload = st.get("target").and_then(Value::as_object).cloned().unwrap_or_default();
-    payload.insert("prompt".into(), json!(""));
-    payload.insert("system_prompt".into(), json!(""));
-    payload.insert(
-        "messages".into(),
-        json!([{"role": "system", "content": FINAL_SYSTEM}, {"role": "user", "content": user}]),
-    );
-    payload.insert("tools".into(), json!([]));
-    Step::Wait(effect_wait::begin(
-        run,
-        host,
-        nid,
-        Effect::new(LLM, "llm_call", Value::Object(payload)),
-    ))
+    let messages = json!([{"role": "system", "content": FINAL_SYSTEM}, {"role": "user", "content": user}]);
+    ask_llm(run, host, nid, messages, json!([]))
 }
 
 /// Ends the loop: the node's outputs, then on along `exec-out`.

@@ -37,8 +37,8 @@ pub struct GenerateRequest {
     /// With `json_object`: JSON text already written for the model (e.g. the start of a forced
     /// tool call); the output must complete it.
     pub json_prefix: Option<String>,
-    /// A grammar the output must match (JSON Schema or Lark), compiled by the caller and already
-    /// advanced over any text written for the model; the output ends when it is complete.
+    /// A grammar the output must match (JSON Schema or Lark), compiled by the caller; it describes
+    /// what follows any text already written for the model. The output ends when it is complete.
     pub grammar: Option<Grammar>,
 }
 
@@ -701,7 +701,9 @@ fn share_prefix(model: &LlamaGguf, cache: &mut PrefixCache, jobs: &[Job]) {
 
 /// Validates a request and prefills its prompt (reusing the longest cached prefix).
 fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active, (EventSink, GenError)> {
-    let Job { req, sink } = job;
+    let Job { mut req, sink } = job;
+    // Moved, not cloned: a matcher's deep copy is work the request never needs twice.
+    let grammar = req.grammar.take();
     if let Err(e) = req.sampling.validate() {
         return Err((sink, GenError::InvalidRequest(e)));
     }
@@ -746,7 +748,7 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
             }
             c
         }),
-        grammar: req.grammar.clone(),
+        grammar,
         eos,
         context: prompt.clone(),
         usage: Usage {

@@ -101,7 +101,7 @@ pub struct Grammar {
 
 impl fmt::Debug for Grammar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Grammar").field("accepting", &self.m.is_stopped()).finish()
+        f.debug_struct("Grammar").field("stopped", &self.m.is_stopped()).finish()
     }
 }
 
@@ -115,11 +115,6 @@ impl Clone for Grammar {
 }
 
 impl Grammar {
-    /// Advances over text already written for the model (the start of a forced tool call).
-    pub fn advance_text(&mut self, tokens: &[u32]) -> Result<(), String> {
-        self.m.consume_tokens(tokens).map_err(|e| e.to_string())
-    }
-
     /// Sets every logit the grammar forbids to -inf; `eos`: the model's end ids, allowed exactly
     /// when the grammar may end.
     pub fn mask(&mut self, logits: &mut [f32], eos: &[u32]) -> Result<(), String> {
