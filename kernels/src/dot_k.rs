@@ -258,14 +258,15 @@ mod avx2 {
     /// A 32-value block whose dot product with `Q8_0` activations is eight lanes of four
     /// signed-byte products: `Q4_0`, `Q5_0`, `Q8_0`.
     pub trait Q0Block {
-        /// log2 of the offset that makes the values unsigned (`unsigned` = values + 2^SHIFT).
-        const SHIFT: i32;
         /// The 32 values as signed bytes.
         unsafe fn values(&self) -> __m256i;
-        /// The 32 values plus 2^SHIFT, as unsigned bytes (AVX-512 BW/VL available).
+        /// The 32 values plus 128, as unsigned bytes (AVX-512 BW/VL available). One offset for
+        /// every type, so that the activations' correction (−128 · lane sums) is made once.
         unsafe fn unsigned(&self) -> __m256i;
         /// The block scale as f32.
         unsafe fn scale(&self) -> f32;
+        /// The block scale's f16 bits.
+        fn scale_bits(&self) -> u16;
     }
 
     #[inline(always)]
@@ -274,28 +275,32 @@ mod avx2 {
     }
 
     impl Q0Block for BlockQ4_0 {
-        const SHIFT: i32 = 3;
         #[inline(always)]
         unsafe fn values(&self) -> __m256i {
             _mm256_sub_epi8(nibbles(&self.qs), _mm256_set1_epi8(8))
         }
         #[inline(always)]
         unsafe fn unsigned(&self) -> __m256i {
-            nibbles(&self.qs)
+            // nibble = value + 8
+            _mm256_add_epi8(nibbles(&self.qs), _mm256_set1_epi8(120))
         }
         #[inline(always)]
         unsafe fn scale(&self) -> f32 {
             f16_bits(self.d)
         }
+        #[inline(always)]
+        fn scale_bits(&self) -> u16 {
+            self.d.to_bits()
+        }
     }
 
     impl Q0Block for BlockQ5_0 {
-        const SHIFT: i32 = 4;
         #[inline(always)]
         unsafe fn unsigned(&self) -> __m256i {
             // The fifth bits straight from a mask register.
+            // nibble | fifth bit = value + 16
             let high = _mm256_maskz_mov_epi8(u32::from_le_bytes(self.qh), _mm256_set1_epi8(0x10));
-            _mm256_or_si256(nibbles(&self.qs), high)
+            _mm256_add_epi8(_mm256_or_si256(nibbles(&self.qs), high), _mm256_set1_epi8(112))
         }
         #[inline(always)]
         unsafe fn values(&self) -> __m256i {
@@ -307,10 +312,13 @@ mod avx2 {
         unsafe fn scale(&self) -> f32 {
             f16_bits(self.d)
         }
+        #[inline(always)]
+        fn scale_bits(&self) -> u16 {
+            self.d.to_bits()
+        }
     }
 
     impl Q0Block for BlockQ8_0 {
-        const SHIFT: i32 = 7;
         #[inline(always)]
         unsafe fn unsigned(&self) -> __m256i {
             _mm256_xor_si256(load32(self.qs.as_ptr()), _mm256_set1_epi8(0x80u8 as i8))
@@ -322,6 +330,10 @@ mod avx2 {
         #[inline(always)]
         unsafe fn scale(&self) -> f32 {
             f16_bits(self.d)
+        }
+        #[inline(always)]
+        fn scale_bits(&self) -> u16 {
+            self.d.to_bits()
         }
     }
 
@@ -353,45 +365,93 @@ mod avx2 {
         acc.map(|a| hsum(a))
     }
 
-    /// Two weight rows against `R` activation rows with AVX-512 VNNI: `vpdpbusd` takes the
-    /// weights made unsigned (value + 2^SHIFT) and starts from −2^SHIFT · (the activation lane
-    /// sums, `yneg`), so each lane is the same integer Σ x·y as `q0_rows` computes, in fewer
-    /// instructions; two weight rows give the FMA chains room to overlap.
+    /// `W` weight rows against `R` activation rows with AVX-512 VNNI: `vpdpbusd` takes the
+    /// weights made unsigned (value + 128) and starts from −128 · (the activation lane sums,
+    /// `VnniBlock::start`), so each lane is the same integer Σ x·y as `q0_rows` computes, in fewer
+    /// instructions. Each (weight row, activation row) keeps its own FMA chain in `q0_rows`'
+    /// order; a W × R tile shares every load and unpack across the tile (`W · R` ≤ 16 keeps the
+    /// accumulators in the 32 vector registers AVX-512 VL gives).
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
-    pub unsafe fn q0_pair_vnni<B: Q0Block, const R: usize>(
-        x: [&[B]; 2],
-        y: [&[BlockQ8_0]; R],
+    pub unsafe fn q0_tile_vnni<B: Q0Block, const W: usize, const R: usize>(
+        x: [&[B]; W],
+        y: [&[super::VnniBlock]; R],
         yd: [&[f32]; R],
-        yneg: [&[[i32; 8]]; R],
-    ) -> [[f32; R]; 2] {
+    ) -> [[f32; R]; W] {
         let nb = x[0].len();
-        assert!(x[1].len() == nb);
-        for r in 0..R {
-            assert!(y[r].len() >= nb && yd[r].len() >= nb && yneg[r].len() >= nb);
+        for xw in &x {
+            assert!(xw.len() == nb);
         }
-        let mut acc = [[_mm256_setzero_ps(); R]; 2];
-        let (yp, dp, np) = (y.map(|v| v.as_ptr()), yd.map(|v| v.as_ptr()), yneg.map(|v| v.as_ptr()));
-        let (x0, x1) = (x[0].as_ptr(), x[1].as_ptr());
-        let shift = _mm_cvtsi32_si128(B::SHIFT);
-        for b in 0..nb {
-            let (b0, b1) = (&*x0.add(b), &*x1.add(b));
-            // Two interleaved weight streams: fetch ahead, or DRAM-bound matrices run slower
-            // than one row at a time.
-            _mm_prefetch::<_MM_HINT_T0>(x0.wrapping_add(b + 6) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(x1.wrapping_add(b + 6) as *const i8);
-            let (u0, u1) = (b0.unsigned(), b1.unsigned());
-            let (d0, d1) = (b0.scale(), b1.scale());
-            for r in 0..R {
-                let q8 = load32((*yp[r].add(b)).qs.as_ptr());
-                let init = _mm256_sll_epi32(_mm256_loadu_si256(np[r].add(b) as *const __m256i), shift);
-                let yd = *dp[r].add(b);
-                let l0 = _mm256_dpbusd_epi32(init, u0, q8);
-                let l1 = _mm256_dpbusd_epi32(init, u1, q8);
-                acc[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * yd), _mm256_cvtepi32_ps(l0), acc[0][r]);
-                acc[1][r] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * yd), _mm256_cvtepi32_ps(l1), acc[1][r]);
+        for r in 0..R {
+            assert!(y[r].len() >= nb && yd[r].len() >= nb);
+        }
+        let mut acc = [[_mm256_setzero_ps(); R]; W];
+        let (yp, dp) = (y.map(|v| v.as_ptr()), yd.map(|v| v.as_ptr()));
+        let xp = x.map(|v| v.as_ptr());
+        // Each cell's scale, d_w · yd_r (the f32 product q0_rows forms), for a run of blocks at
+        // a time, by vector multiplies ahead of the FMAs: forming it per cell (a scalar multiply
+        // and a broadcast beside each vpdpbusd and FMA) cost as much as the dot itself, and a
+        // product stored just before its broadcast load stalls on store forwarding.
+        const RUN: usize = 32;
+        // Uninitialised (zeroing it per call cost more than a small tile's dots); only the cells
+        // written below are read.
+        let mut scale = std::mem::MaybeUninit::<[[[f32; 4]; 4]; RUN]>::uninit();
+        let scale_w = scale.as_mut_ptr() as *mut [[f32; 4]; 4];
+        let mut b0 = 0;
+        while b0 < nb {
+            let b1 = (b0 + RUN).min(nb);
+            for b in b0..b1 {
+                let mut dw = [0u16; 8];
+                for w in 0..W {
+                    dw[w] = (*xp[w].add(b)).scale_bits();
+                }
+                let dw = _mm_cvtph_ps(_mm_loadu_si128(dw.as_ptr() as *const __m128i));
+                for r in 0..R {
+                    let p = _mm_mul_ps(_mm_broadcast_ss(&*dp[r].add(b)), dw);
+                    _mm_storeu_ps((*scale_w.add(b - b0))[r].as_mut_ptr(), p);
+                }
             }
+            let sp = std::hint::black_box(scale_w as *const [[f32; 4]; 4]);
+            for b in b0..b1 {
+                // Interleaved weight streams: fetch ahead, or DRAM-bound matrices run slower
+                // than one row at a time.
+                for w in 0..W {
+                    _mm_prefetch::<_MM_HINT_T0>(xp[w].wrapping_add(b + 6) as *const i8);
+                }
+                let u: [__m256i; W] = std::array::from_fn(|w| (*xp[w].add(b)).unsigned());
+                let s = &*sp.add(b - b0);
+                for r in 0..R {
+                    let yb = &*yp[r].add(b);
+                    let q8 = _mm256_load_si256(yb.qs.as_ptr() as *const __m256i);
+                    let start = &*(yb.start.as_ptr() as *const __m256i);
+                    for w in 0..W {
+                        cell_vnni(&mut acc[w][r], start, u[w], q8, &s[r][w]);
+                    }
+                }
+            }
+            b0 = b1;
         }
         acc.map(|row| row.map(|a| hsum(a)))
+    }
+
+    /// One cell of `q0_tile_vnni`: `acc += scale · f32(start + Σ u·q8 per lane)`. In assembly so
+    /// that the starting lanes are loaded into a fresh register for each cell (the compiler
+    /// otherwise loads them once and copies them per cell) and the temporary stays in ymm0–15.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    unsafe fn cell_vnni(acc: &mut __m256, start: &__m256i, u: __m256i, q8: __m256i, scale: &f32) {
+        std::arch::asm!(
+            "vmovdqu {t}, ymmword ptr [{start}]",
+            "vpdpbusd {t}, {u:y}, {q:y}",
+            "vcvtdq2ps {t}, {t}",
+            "vfmadd231ps {acc:y}, {t}, dword ptr [{scale}]{{1to8}}",
+            start = in(reg) start as *const __m256i,
+            scale = in(reg) scale as *const f32,
+            u = in(zmm_reg) u,
+            q = in(zmm_reg) q8,
+            t = out(ymm_reg) _,
+            acc = inout(zmm_reg) *acc,
+            options(pure, readonly, nostack, preserves_flags)
+        );
     }
 
     /// `q0_rows` with AVX-512 VNNI enabled.
@@ -761,21 +821,34 @@ pub fn q4_k_rows<const R: usize>(x: &[BlockQ4K], y: [&[BlockQ8K]; R], order: Q4K
     y.map(|y| q4_k_q8_k_scalar(x, y, order))
 }
 
-/// Two weight rows against `R` activation rows, for CPUs with AVX-512 VNNI (`dot::has_vnni`):
-/// the same results as `q0_rows` row by row. `yneg` is `neg_lane_sums` of each activation row.
+/// `W` weight rows against `R` activation rows, for CPUs with AVX-512 VNNI (`dot::has_vnni`):
+/// the same results as `q0_rows` row by row. `y` is each activation row's `vnni_blocks`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline]
-pub fn q0_pair<B: Q0, const R: usize>(x: [&[B]; 2], y: [&[BlockQ8_0]; R], yd: [&[f32]; R], yneg: [&[[i32; 8]]; R]) -> [[f32; R]; 2] {
-    assert!(crate::dot::has_vnni(), "q0_pair needs AVX-512 VNNI");
+pub fn q0_tile<B: Q0, const W: usize, const R: usize>(x: [&[B]; W], y: [&[VnniBlock]; R], yd: [&[f32]; R]) -> [[f32; R]; W] {
+    assert!(crate::dot::has_vnni(), "q0_tile needs AVX-512 VNNI");
     // SAFETY: the CPU reported avx512vnni, avx512vl and avx512bw.
-    unsafe { avx2::q0_pair_vnni::<B, R>(x, y, yd, yneg) }
+    unsafe { avx2::q0_tile_vnni::<B, W, R>(x, y, yd) }
 }
 
-/// Per block, the negated sums of each four consecutive activation quants (the lanes of
-/// `q0_pair`'s offset correction).
-pub fn neg_lane_sums(y: &[BlockQ8_0]) -> Vec<[i32; 8]> {
+/// One `Q8_0` activation block as `q0_tile` reads it, in one cache line: the quants, and the
+/// lanes it starts from (−128 times the sums of each four consecutive quants, correcting for
+/// its weights' +128 offset). Stored `Q8_0` blocks are 34 bytes, so half their 32-byte loads
+/// straddle two cache lines; these never do.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub struct VnniBlock {
+    pub qs: [i8; 32],
+    pub start: [i32; 8],
+}
+
+/// The activation row `y` as `q0_tile` reads it.
+pub fn vnni_blocks(y: &[BlockQ8_0]) -> Vec<VnniBlock> {
     y.iter()
-        .map(|b| std::array::from_fn(|l| -(b.qs[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>())))
+        .map(|b| VnniBlock {
+            qs: b.qs,
+            start: std::array::from_fn(|l| -128 * b.qs[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>()),
+        })
         .collect()
 }
 
@@ -860,17 +933,40 @@ mod tests {
             }
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
             if crate::dot::has_vnni() {
-                let neg = neg_lane_sums(&y0);
+                let v0 = vnni_blocks(&y0);
                 let w2 = blocks::<BlockQ4_0>(n / QK, 11, |b, r| b.d = h(r, 0.001, 0.05));
-                let p = q0_pair([&w, &w2], [&y0, &y0], [&yd, &yd], [&neg, &neg]);
+                let p = q0_tile([&w, &w2], [&v0, &v0], [&yd, &yd]);
                 assert_eq!(p[0].map(f32::to_bits), [a.to_bits(); 2], "Q4_0 pair");
                 assert_eq!(p[1][1].to_bits(), q4_0_q8_0(&w2, &y0).to_bits(), "Q4_0 pair, second row");
                 let w5 = blocks::<BlockQ5_0>(n / QK, 12, |b, r| b.d = h(r, 0.001, 0.05));
-                let p = q0_pair([&w5, &w5], [&y0], [&yd], [&neg]);
+                let p = q0_tile([&w5, &w5], [&v0], [&yd]);
                 assert_eq!(p[1][0].to_bits(), q5_0_q8_0(&w5, &y0).to_bits(), "Q5_0 pair");
                 let w8 = blocks::<BlockQ8_0>(n / QK, 13, |b, r| b.d = h(r, 0.001, 0.05));
-                let p = q0_pair([&w8, &w8], [&y0], [&yd], [&neg]);
+                let p = q0_tile([&w8, &w8], [&v0], [&yd]);
                 assert_eq!(p[0][0].to_bits(), q8_0_q8_0_lanes(&w8, &y0).to_bits(), "Q8_0 pair");
+                // A full 4 × 4 tile: every cell is its row alone.
+                let ws: Vec<_> = (0..4)
+                    .map(|k| blocks::<BlockQ5_0>(n / QK, 20 + k, |b, r| b.d = h(r, 0.001, 0.05)))
+                    .collect();
+                let ys: Vec<_> = (0..4)
+                    .map(|k| {
+                        let xr: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * (1.0 + 0.1 * ((i + k) % 7) as f32)).collect();
+                        let mut q = vec![BlockQ8_0::default(); n / QK];
+                        quantize_q8_0(&xr, &mut q);
+                        q
+                    })
+                    .collect();
+                let (yds, vs): (Vec<_>, Vec<_>) = ys.iter().map(|q| (scales_f32(q), vnni_blocks(q))).unzip();
+                let t = q0_tile::<_, 4, 4>(
+                    std::array::from_fn(|k| &ws[k][..]),
+                    std::array::from_fn(|k| &vs[k][..]),
+                    std::array::from_fn(|k| &yds[k][..]),
+                );
+                for (wk, row) in t.iter().enumerate() {
+                    for (yk, v) in row.iter().enumerate() {
+                        assert_eq!(v.to_bits(), q5_0_q8_0(&ws[wk], &ys[yk]).to_bits(), "Q5_0 tile ({wk}, {yk})");
+                    }
+                }
             }
             let w8 = blocks::<BlockQ8_0>(n / QK, 9, |b, r| b.d = h(r, 0.001, 0.05));
             let (a8, s8) = (q0_rows(&w8, [&y0], [&yd])[0], q8_0_q8_0_lanes(&w8, &y0));

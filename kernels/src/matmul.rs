@@ -243,8 +243,8 @@ enum ActKind {
 enum Acts<'a> {
     F32(&'a [f32]),
     Q8_1(Vec<BlockQ8_1>, ActScales),
-    /// With each block's negated four-quant lane sums where the VNNI kernels run.
-    Q8_0(Vec<BlockQ8_0>, ActScales, Vec<[i32; 8]>),
+    /// With the blocks as the VNNI tile kernel reads them, where it runs.
+    Q8_0(Vec<BlockQ8_0>, ActScales, Vec<dot_k::VnniBlock>),
     Q8K(Vec<BlockQ8K>),
 }
 
@@ -305,8 +305,8 @@ fn quantize<'a>(kind: ActKind, cols: usize, x: &'a [f32], orders: &[RowOrder]) -
             let mut q = vec![BlockQ8_0::default(); x.len() / QK];
             rows(x, cols, &mut q, cols / QK, |_, r, o| quantize_q8_0(r, o));
             let sc = ActScales::q8_0(&q);
-            let neg = if dot::has_vnni() { dot_k::neg_lane_sums(&q) } else { Vec::new() };
-            Acts::Q8_0(q, sc, neg)
+            let vnni = if dot::has_vnni() { dot_k::vnni_blocks(&q) } else { Vec::new() };
+            Acts::Q8_0(q, sc, vnni)
         }
         ActKind::Q8K | ActKind::Q8KRepacked => {
             let mut q = vec![BlockQ8K::default(); m * (cols / QK_K)];
@@ -339,18 +339,13 @@ fn q0<B: dot_k::Q0, const R: usize>(
     )
 }
 
-/// Weight rows `rows` of a 32-value block type against all `m` activation rows, two weight rows
-/// and up to four activation rows per pass (the VNNI kernel; results as `q0_rows`).
+/// Weight rows `rows` of a 32-value block type against all `m` activation rows with the VNNI
+/// tile kernel (results as `q0_rows`). One activation row (a decode step): two weight rows per
+/// pass. More: 4 × 4 tiles, the activation rows taken in chunks that stay in cache while the
+/// task's weight rows pass over them (each weight row re-reading every prompt row from memory
+/// was what bounded prompts).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn q0_pairs<B: dot_k::Q0>(
-    w: &QMatrix,
-    rows: std::ops::Range<usize>,
-    m: usize,
-    a: &[BlockQ8_0],
-    sc: &ActScales,
-    neg: &[[i32; 8]],
-    out: &OutPtr,
-) {
+fn q0_tiles<B: dot_k::Q0>(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a: &[dot_k::VnniBlock], sc: &ActScales, out: &OutPtr) {
     let (n, bpr) = (w.rows, w.cols / QK);
     let blocks = |i: usize| i * bpr..(i + 1) * bpr;
     let wb = w.blocks::<B>();
@@ -358,34 +353,77 @@ fn q0_pairs<B: dot_k::Q0>(
         // SAFETY: i < m, j < n, and each weight row j belongs to one task.
         unsafe { *out.0.add(i * n + j) = v };
     };
-    let mut j = rows.start;
-    while j + 2 <= rows.end {
-        let x = [&wb[blocks(j)], &wb[blocks(j + 1)]];
-        let mut i = 0;
-        while i + 4 <= m {
-            let v = dot_k::q0_pair::<B, 4>(
-                x,
-                std::array::from_fn(|r| &a[blocks(i + r)]),
-                std::array::from_fn(|r| &sc.d[blocks(i + r)]),
-                std::array::from_fn(|r| &neg[blocks(i + r)]),
-            );
-            for (r, (&a0, &a1)) in v[0].iter().zip(&v[1]).enumerate() {
-                put(i + r, j, a0);
-                put(i + r, j + 1, a1);
+    // W weight rows from `j` against R activation rows from `i`.
+    fn tile<B: dot_k::Q0, const W: usize, const R: usize>(
+        wb: &[B],
+        a: &[dot_k::VnniBlock],
+        sc: &ActScales,
+        blocks: &impl Fn(usize) -> std::ops::Range<usize>,
+        (j, i): (usize, usize),
+        put: &impl Fn(usize, usize, f32),
+    ) {
+        let v = dot_k::q0_tile::<B, W, R>(
+            std::array::from_fn(|k| &wb[blocks(j + k)]),
+            std::array::from_fn(|r| &a[blocks(i + r)]),
+            std::array::from_fn(|r| &sc.d[blocks(i + r)]),
+        );
+        for (k, row) in v.iter().enumerate() {
+            for (r, &x) in row.iter().enumerate() {
+                put(i + r, j + k, x);
             }
+        }
+    }
+    // Activation rows against weight rows `j..j + W`, from `i0` to `i1`.
+    fn run<B: dot_k::Q0, const W: usize>(
+        wb: &[B],
+        a: &[dot_k::VnniBlock],
+        sc: &ActScales,
+        blocks: &impl Fn(usize) -> std::ops::Range<usize>,
+        j: usize,
+        (i0, i1): (usize, usize),
+        put: &impl Fn(usize, usize, f32),
+    ) {
+        let mut i = i0;
+        while i + 4 <= i1 {
+            tile::<B, W, 4>(wb, a, sc, blocks, (j, i), put);
             i += 4;
         }
-        for i in i..m {
-            let v = dot_k::q0_pair::<B, 1>(x, [&a[blocks(i)]], [&sc.d[blocks(i)]], [&neg[blocks(i)]]);
-            put(i, j, v[0][0]);
-            put(i, j + 1, v[1][0]);
+        match i1 - i {
+            3 => tile::<B, W, 3>(wb, a, sc, blocks, (j, i), put),
+            2 => tile::<B, W, 2>(wb, a, sc, blocks, (j, i), put),
+            1 => tile::<B, W, 1>(wb, a, sc, blocks, (j, i), put),
+            _ => {}
         }
-        j += 2;
     }
-    if j < rows.end {
-        for i in 0..m {
-            put(i, j, dot_k::q0_rows::<B, 1>(&wb[blocks(j)], [&a[blocks(i)]], [&sc.d[blocks(i)]])[0]);
+    if m < 4 {
+        let mut j = rows.start;
+        while j + 2 <= rows.end {
+            run::<B, 2>(wb, a, sc, &blocks, j, (0, m), &put);
+            j += 2;
         }
+        if j < rows.end {
+            run::<B, 1>(wb, a, sc, &blocks, j, (0, m), &put);
+        }
+        return;
+    }
+    // Activation chunks of about 24 KiB (64 bytes a block), so they stay in L1 while four
+    // weight rows at a time stream over them.
+    let chunk = ((24 << 10) / (bpr * 64)).clamp(4, 64) / 4 * 4;
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = (i0 + chunk).min(m);
+        let mut j = rows.start;
+        while j + 4 <= rows.end {
+            run::<B, 4>(wb, a, sc, &blocks, j, (i0, i1), &put);
+            j += 4;
+        }
+        match rows.end - j {
+            3 => run::<B, 3>(wb, a, sc, &blocks, j, (i0, i1), &put),
+            2 => run::<B, 2>(wb, a, sc, &blocks, j, (i0, i1), &put),
+            1 => run::<B, 1>(wb, a, sc, &blocks, j, (i0, i1), &put),
+            _ => {}
+        }
+        i0 = i1;
     }
 }
 
@@ -448,12 +486,12 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
         // Q4_0 and Q5_0 are compute-bound (unpacking): the paired VNNI kernel pays. Q8_0 is
         // bandwidth-bound for one activation row, and measured slower paired on a matrix streamed
         // from memory; with four rows or more (batched decode, prompts) it is compute-bound too.
-        if let Acts::Q8_0(a, sc, neg) = acts {
-            if !neg.is_empty() {
+        if let Acts::Q8_0(_, sc, vnni) = acts {
+            if !vnni.is_empty() {
                 match w.qtype {
-                    QType::Q4_0 => return q0_pairs::<BlockQ4_0>(w, rows, m, a, sc, neg, ptr),
-                    QType::Q5_0 => return q0_pairs::<BlockQ5_0>(w, rows, m, a, sc, neg, ptr),
-                    QType::Q8_0 if m >= 4 => return q0_pairs::<BlockQ8_0>(w, rows, m, a, sc, neg, ptr),
+                    QType::Q4_0 => return q0_tiles::<BlockQ4_0>(w, rows, m, vnni, sc, ptr),
+                    QType::Q5_0 => return q0_tiles::<BlockQ5_0>(w, rows, m, vnni, sc, ptr),
+                    QType::Q8_0 if m >= 4 => return q0_tiles::<BlockQ8_0>(w, rows, m, vnni, sc, ptr),
                     _ => {}
                 }
             }
