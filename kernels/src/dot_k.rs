@@ -401,12 +401,12 @@ mod avx2 {
             let b1 = (b0 + RUN).min(nb);
             for b in b0..b1 {
                 let mut dw = [0u16; 8];
-                for w in 0..W {
-                    dw[w] = (*xp[w].add(b)).scale_bits();
+                for (d, x) in dw.iter_mut().zip(&xp) {
+                    *d = (*x.add(b)).scale_bits();
                 }
                 let dw = _mm_cvtph_ps(_mm_loadu_si128(dw.as_ptr() as *const __m128i));
-                for r in 0..R {
-                    let p = _mm_mul_ps(_mm_broadcast_ss(&*dp[r].add(b)), dw);
+                for (r, y) in dp.iter().enumerate() {
+                    let p = _mm_mul_ps(_mm_broadcast_ss(&*y.add(b)), dw);
                     _mm_storeu_ps((*scale_w.add(b - b0))[r].as_mut_ptr(), p);
                 }
             }
@@ -414,8 +414,8 @@ mod avx2 {
             for b in b0..b1 {
                 // Interleaved weight streams: fetch ahead, or DRAM-bound matrices run slower
                 // than one row at a time.
-                for w in 0..W {
-                    _mm_prefetch::<_MM_HINT_T0>(xp[w].wrapping_add(b + 6) as *const i8);
+                for x in &xp {
+                    _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(b + 6) as *const i8);
                 }
                 let u: [__m256i; W] = std::array::from_fn(|w| (*xp[w].add(b)).unsigned());
                 let s = &*sp.add(b - b0);
