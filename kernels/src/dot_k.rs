@@ -602,6 +602,125 @@ mod avx2 {
         (sc, mn)
     }
 
+    /// Eight `Q4_K` weight rows against `R` activation rows in llama.cpp's per-pair order (its
+    /// repacked gemm), with AVX-512 VNNI: lane `w` of every vector is weight row `w`, as in
+    /// llama.cpp's `q4_K_8x8` layout, so each cell's FMA chain runs in its own lane and no sum
+    /// is reduced across lanes. The rows are interleaved on the fly (an 8 × 8 transpose of
+    /// 4-byte groups per 64 values), paid once for all `R` activation rows, rather than
+    /// repacked at load: the weights stay as stored, memory-mapped.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl,avx512bw")]
+    #[allow(clippy::needless_range_loop)] // indices name sub-blocks and rows, as in the scalar form
+    pub unsafe fn q4_k_tile_vnni<const R: usize>(x: [&[BlockQ4K]; 8], y: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+        let nb = x[0].len();
+        for xw in &x {
+            assert!(xw.len() == nb);
+        }
+        for yr in &y {
+            assert!(yr.len() >= nb);
+        }
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut accm = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let xb: [&BlockQ4K; 8] = std::array::from_fn(|w| &x[w][b]);
+            // Scales and mins, transposed: sc[s] lane w = row w's scale of sub-block s; mins
+            // as i16 pairs (sub-blocks 2p, 2p + 1) for one vpmaddwd with the bsums per pair.
+            let mut sc = [[0i32; 8]; 8];
+            let mut mn = [[0i32; 8]; 4];
+            let mut dh = [0u16; 8];
+            let mut mh = [0u16; 8];
+            for (w, xw) in xb.iter().enumerate() {
+                let (scb, mnb) = scales_mins_k4(&xw.scales);
+                let (scb, mnb) = (scb.to_le_bytes(), mnb.to_le_bytes());
+                for s in 0..8 {
+                    sc[s][w] = scb[s] as i32;
+                }
+                for p in 0..4 {
+                    mn[p][w] = mnb[2 * p] as i32 | (mnb[2 * p + 1] as i32) << 16;
+                }
+                dh[w] = xw.d.to_bits();
+                mh[w] = xw.dmin.to_bits();
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(dh.as_ptr() as *const __m128i));
+            let dmw = _mm256_cvtph_ps(_mm_loadu_si128(mh.as_ptr() as *const __m128i));
+            let yb: [&BlockQ8K; R] = std::array::from_fn(|r| &y[r][b]);
+            let dd: [__m256; R] = std::array::from_fn(|r| _mm256_mul_ps(dw, _mm256_set1_ps(yb[r].d)));
+            let dm: [__m256; R] = std::array::from_fn(|r| _mm256_mul_ps(dmw, _mm256_set1_ps(yb[r].d)));
+            for p in 0..4 {
+                // 32 bytes of each row: the low nibbles are sub-block 2p, the high 2p + 1.
+                let v: [__m256i; 8] = std::array::from_fn(|w| _mm256_loadu_si256(xb[w].qs.as_ptr().add(32 * p) as *const __m256i));
+                // 8 × 8 transpose of 4-byte groups: t[k] lane w = row w's bytes 4k..4k + 4.
+                let a0 = _mm256_unpacklo_epi32(v[0], v[1]);
+                let a1 = _mm256_unpackhi_epi32(v[0], v[1]);
+                let a2 = _mm256_unpacklo_epi32(v[2], v[3]);
+                let a3 = _mm256_unpackhi_epi32(v[2], v[3]);
+                let a4 = _mm256_unpacklo_epi32(v[4], v[5]);
+                let a5 = _mm256_unpackhi_epi32(v[4], v[5]);
+                let a6 = _mm256_unpacklo_epi32(v[6], v[7]);
+                let a7 = _mm256_unpackhi_epi32(v[6], v[7]);
+                let b0 = _mm256_unpacklo_epi64(a0, a2);
+                let b1 = _mm256_unpackhi_epi64(a0, a2);
+                let b2 = _mm256_unpacklo_epi64(a1, a3);
+                let b3 = _mm256_unpackhi_epi64(a1, a3);
+                let b4 = _mm256_unpacklo_epi64(a4, a6);
+                let b5 = _mm256_unpackhi_epi64(a4, a6);
+                let b6 = _mm256_unpacklo_epi64(a5, a7);
+                let b7 = _mm256_unpackhi_epi64(a5, a7);
+                let t = [
+                    _mm256_permute2x128_si256::<0x20>(b0, b4),
+                    _mm256_permute2x128_si256::<0x20>(b1, b5),
+                    _mm256_permute2x128_si256::<0x20>(b2, b6),
+                    _mm256_permute2x128_si256::<0x20>(b3, b7),
+                    _mm256_permute2x128_si256::<0x31>(b0, b4),
+                    _mm256_permute2x128_si256::<0x31>(b1, b5),
+                    _mm256_permute2x128_si256::<0x31>(b2, b6),
+                    _mm256_permute2x128_si256::<0x31>(b3, b7),
+                ];
+                let mut dots = [[_mm256_setzero_si256(); 2]; R];
+                for half in 0..2 {
+                    let q: [__m256i; 8] = std::array::from_fn(|k| {
+                        if half == 0 {
+                            _mm256_and_si256(t[k], m4)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(t[k], 4), m4)
+                        }
+                    });
+                    let sub = 2 * p + half;
+                    for r in 0..R {
+                        let ys = yb[r].qs.as_ptr().add(32 * sub) as *const i32;
+                        let mut d = _mm256_setzero_si256();
+                        for (k, qk) in q.iter().enumerate() {
+                            d = _mm256_dpbusd_epi32(d, *qk, _mm256_set1_epi32(*ys.add(k)));
+                        }
+                        dots[r][half] = d;
+                    }
+                }
+                let (sc0, sc1) = (
+                    _mm256_loadu_si256(sc[2 * p].as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(sc[2 * p + 1].as_ptr() as *const __m256i),
+                );
+                let mnp = _mm256_loadu_si256(mn[p].as_ptr() as *const __m256i);
+                for r in 0..R {
+                    let isum = _mm256_add_epi32(_mm256_mullo_epi32(dots[r][0], sc0), _mm256_mullo_epi32(dots[r][1], sc1));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd[r], acc[r]);
+                    // bsums of sub-blocks 2p and 2p + 1 (each the sum of two 16-value sums), as
+                    // one i16 pair.
+                    let bs = &yb[r].bsums;
+                    let s0 = bs[4 * p] as i32 + bs[4 * p + 1] as i32;
+                    let s1 = bs[4 * p + 2] as i32 + bs[4 * p + 3] as i32;
+                    let pair = _mm256_set1_epi32((s0 & 0xFFFF) | (s1 << 16));
+                    let msum = _mm256_madd_epi16(mnp, pair);
+                    accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), dm[r], accm[r]);
+                }
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_sub_ps(acc[r], accm[r]));
+        }
+        out
+    }
+
     /// The four 32-bit lane sums of `v` (in order 0..4), each of four lanes' i32 sums of the
     /// eight-lane vectors `a`..`d`: their integer totals (exact, so any grouping gives ggml's).
     #[inline(always)]
@@ -821,6 +940,17 @@ pub fn q4_k_rows<const R: usize>(x: &[BlockQ4K], y: [&[BlockQ8K]; R], order: Q4K
     y.map(|y| q4_k_q8_k_scalar(x, y, order))
 }
 
+/// Eight `Q4_K` weight rows against `R` activation rows in the per-pair order (each cell as
+/// `q4_k_q8_k(.., Q4KOrder::PerPair)`), for CPUs with AVX-512 VNNI (`dot::has_vnni`).
+/// Returns `[act row][weight row]`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline]
+pub fn q4_k_tile<const R: usize>(x: [&[BlockQ4K]; 8], y: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+    assert!(crate::dot::has_vnni(), "q4_k_tile needs AVX-512 VNNI");
+    // SAFETY: the CPU reported avx512vnni, avx512vl and avx512bw (has_vnni checks all three).
+    unsafe { avx2::q4_k_tile_vnni::<R>(x, y) }
+}
+
 /// `W` weight rows against `R` activation rows, for CPUs with AVX-512 VNNI (`dot::has_vnni`):
 /// the same results as `q0_rows` row by row. `y` is each activation row's `vnni_blocks`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
@@ -1008,6 +1138,34 @@ mod tests {
                 let (a, s) = (q4_k_q8_k(&w, &yk, order), q4_k_q8_k_scalar(&w, &yk, order));
                 assert_eq!(a.to_bits(), s.to_bits(), "Q4_K {order:?} n={n}");
                 assert!((a - exact(&wf, &x)).abs() < tol(exact(&wf, &x)), "Q4_K {a} vs {}", exact(&wf, &x));
+            }
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            if crate::dot::has_vnni() {
+                // Eight different weight rows (every scale and min bit random) against three
+                // different activation rows: each cell is its pair alone.
+                let ws: Vec<_> = (0..8)
+                    .map(|k| {
+                        blocks::<BlockQ4K>(n / QK_K, 30 + k, |b, r| {
+                            b.d = h(r, 0.0005, 0.003);
+                            b.dmin = h(r, 0.0005, 0.003);
+                        })
+                    })
+                    .collect();
+                let ys: Vec<_> = (0..3)
+                    .map(|k| {
+                        let xr: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * (1.0 - 0.2 * ((i + k) % 5) as f32)).collect();
+                        let mut q = vec![BlockQ8K::default(); n / QK_K];
+                        quantize_q8_k(&xr, &mut q, Q8KSign::FirstMax);
+                        q
+                    })
+                    .collect();
+                let t = q4_k_tile::<3>(std::array::from_fn(|k| &ws[k][..]), std::array::from_fn(|k| &ys[k][..]));
+                for (yk, row) in t.iter().enumerate() {
+                    for (wk, v) in row.iter().enumerate() {
+                        let s = q4_k_q8_k_scalar(&ws[wk], &ys[yk], Q4KOrder::PerPair);
+                        assert_eq!(v.to_bits(), s.to_bits(), "Q4_K tile ({wk}, {yk}) n={n}");
+                    }
+                }
             }
         }
     }

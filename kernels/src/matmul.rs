@@ -427,6 +427,50 @@ fn q0_tiles<B: dot_k::Q0>(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a
     }
 }
 
+/// `Q4_K` weight rows `rows` against all `m` activation rows (a prompt, or several sequences'
+/// steps): eight weight rows × four activation rows per pass where the four share llama.cpp's
+/// per-pair order (`dot_k::q4_k_tile`), other cells one at a time; activation rows in chunks
+/// that stay in L2. Each cell's result is its pair's alone.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+fn q4k_tiles(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a: &[BlockQ8K], orders: &[RowOrder], out: &OutPtr) {
+    let (n, bpr) = (w.rows, w.cols / QK_K);
+    let blocks = |i: usize| i * bpr..(i + 1) * bpr;
+    let wb = w.blocks::<BlockQ4K>();
+    let put = |i: usize, j: usize, v: f32| {
+        // SAFETY: i < m, j < n, and each weight row j belongs to one task.
+        unsafe { *out.0.add(i * n + j) = v };
+    };
+    let chunk = ((128 << 10) / (bpr * std::mem::size_of::<BlockQ8K>())).max(8) / 4 * 4;
+    for i0 in (0..m).step_by(chunk) {
+        let i1 = (i0 + chunk).min(m);
+        let mut j = rows.start;
+        while j < rows.end {
+            let wn = (rows.end - j).min(8);
+            let mut i = i0;
+            while i < i1 {
+                if wn == 8 && i + 4 <= i1 && orders[i..i + 4].iter().all(|o| o.q4k == Q4KOrder::PerPair) {
+                    let v = dot_k::q4_k_tile::<4>(
+                        std::array::from_fn(|k| &wb[blocks(j + k)]),
+                        std::array::from_fn(|r| &a[blocks(i + r)]),
+                    );
+                    for (r, row) in v.iter().enumerate() {
+                        for (k, &x) in row.iter().enumerate() {
+                            put(i + r, j + k, x);
+                        }
+                    }
+                    i += 4;
+                } else {
+                    for k in j..j + wn {
+                        put(i, k, dot_k::q4_k_q8_k(&wb[blocks(k)], &a[blocks(i)], orders[i].q4k));
+                    }
+                    i += 1;
+                }
+            }
+            j += wn;
+        }
+    }
+}
+
 /// Output rows per parallel task: big enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
 /// Below this many activation rows, quantizing them is cheaper than a parallel dispatch.
@@ -486,6 +530,11 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
         // Q4_0 and Q5_0 are compute-bound (unpacking): the paired VNNI kernel pays. Q8_0 is
         // bandwidth-bound for one activation row, and measured slower paired on a matrix streamed
         // from memory; with four rows or more (batched decode, prompts) it is compute-bound too.
+        if let (QType::Q4K, Acts::Q8K(a)) = (w.qtype, acts) {
+            if m >= 4 && dot::has_vnni() {
+                return q4k_tiles(w, rows, m, a, &orders, ptr);
+            }
+        }
         if let Acts::Q8_0(_, sc, vnni) = acts {
             if !vnni.is_empty() {
                 match w.qtype {
