@@ -210,31 +210,94 @@ pub fn weighted_sums_f16<'a>(ps: &[&[f32]], first: usize, v: impl Fn(usize) -> &
     )
 }
 
-/// `fill(t, row)` writes position `t`'s value row.
+thread_local! {
+    static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `fill(t, row)` writes position `t`'s value row. The rows are widened once into a buffer,
+/// then each (head, slot) runs its positions with its sums held in registers: per dimension
+/// the same FMAs in the same order as position by position, without loading and storing every
+/// slot row for every position.
 fn weighted_sums(ps: &[&[f32]], first: usize, fill: impl Fn(usize, &mut [f32]), out: &mut [f32], slots: usize) {
     let heads = ps.len().max(1);
     let hd = out.len() / heads;
     let n = ps.iter().map(|p| p.len()).max().unwrap_or(0);
-    SLOTS.with(|cell| {
-        let mut all = cell.borrow_mut();
-        all.clear();
-        all.resize(heads * slots * hd + hd, 0.0);
-        let (acc, row) = all.split_at_mut(heads * slots * hd);
-        for i in 0..n {
-            let t = first + i;
-            fill(t, row);
+    ROWS.with(|rows| {
+        let mut rows = rows.borrow_mut();
+        rows.clear();
+        rows.resize(n * hd, 0.0);
+        for (i, row) in rows.chunks_exact_mut(hd).enumerate() {
+            fill(first + i, row);
+        }
+        SLOTS.with(|cell| {
+            let mut all = cell.borrow_mut();
+            all.clear();
+            all.resize(heads * slots * hd, 0.0);
             for (h, p) in ps.iter().enumerate() {
-                let Some(&w) = p.get(i) else { continue };
-                let base = (h * slots + t % slots) * hd;
-                for (a, x) in acc[base..base + hd].iter_mut().zip(row.iter()) {
-                    *a = w.mul_add(*x, *a);
+                for s in 0..slots {
+                    // Positions t ≡ s (mod slots), in order; index i = t − first.
+                    let i0 = (s + slots - first % slots) % slots;
+                    let acc = &mut all[(h * slots + s) * hd..(h * slots + s + 1) * hd];
+                    slot_sum(p, &rows, hd, i0, slots, acc);
                 }
             }
-        }
-        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
-            reduce_slots(&mut acc[h * slots * hd..(h + 1) * slots * hd], hd, slots, o);
-        }
+            for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+                reduce_slots(&mut all[h * slots * hd..(h + 1) * slots * hd], hd, slots, o);
+            }
+        });
     });
+}
+
+/// `acc[d] = p[i]·rows[i][d] + acc[d]` (one rounding) for i = i0, i0 + step, … below `p.len()`.
+fn slot_sum(p: &[f32], rows: &[f32], hd: usize, i0: usize, step: usize, acc: &mut [f32]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    if hd % 64 == 0 {
+        return avx2::slot_sum(p, rows, hd, i0, step, acc);
+    }
+    let mut i = i0;
+    while i < p.len() {
+        for (a, x) in acc.iter_mut().zip(&rows[i * hd..(i + 1) * hd]) {
+            *a = p[i].mul_add(*x, *a);
+        }
+        i += step;
+    }
+}
+
+/// One KV head's key rows, in blocks of eight positions transposed for `dot_f16_block8`:
+/// block `b` is `hd × 8` floats, element `(d, j)` being position `8b + j`'s dimension `d`
+/// (widened from f16, exact; zero past the `n` rows). `k` holds rows of `stride` values, the
+/// head's `hd` starting at `off`.
+pub fn transpose_k8(k: &[half::f16], n: usize, stride: usize, off: usize, hd: usize, out: &mut Vec<f32>) {
+    let blocks = n.div_ceil(8);
+    out.clear();
+    out.resize(blocks * hd * 8, 0.0);
+    for t in 0..n {
+        let (b, j) = (t / 8, t % 8);
+        let row = &k[t * stride + off..t * stride + off + hd];
+        let blk = &mut out[b * hd * 8..(b + 1) * hd * 8];
+        for (d, v) in row.iter().enumerate() {
+            blk[d * 8 + j] = v.to_f32();
+        }
+    }
+}
+
+/// `dot_f16(q, k_j)` for the eight positions of one block from `transpose_k8`, to the bit: the
+/// same per-lane FMA chains, and `reduce_add16`'s tree applied across the eight positions.
+#[inline]
+pub fn dot_f16_block8(q: &[f32], kt: &[f32]) -> [f32; 8] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    return avx2::dot_f16_block8(q, kt);
+    #[allow(unreachable_code)]
+    std::array::from_fn(|j| {
+        let mut lanes = [0f32; 16];
+        for c in 0..q.len() / 16 {
+            for l in 0..16 {
+                let d = 16 * c + l;
+                lanes[l] = q[d].mul_add(kt[d * 8 + j], lanes[l]);
+            }
+        }
+        reduce_add16(&lanes)
+    })
 }
 
 /// The slot rows reduced to one output row, in the emulated order.
@@ -279,6 +342,56 @@ mod avx2 {
         let mut v = [0f32; 4];
         _mm_storeu_ps(v.as_mut_ptr(), t6);
         (v[0] + v[2]) + (v[1] + v[3])
+    }
+
+    pub fn dot_f16_block8(q: &[f32], kt: &[f32]) -> [f32; 8] {
+        let hd = q.len() / 16 * 16;
+        assert!(kt.len() >= hd * 8);
+        // SAFETY: q reads below hd; kt reads below hd · 8 (checked).
+        unsafe {
+            let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+            // reduce_add16 lane-wise: t3[i] = S[i + 8] + S[i], built pair by pair.
+            let mut t3 = [_mm256_setzero_ps(); 8];
+            for (i, t) in t3.iter_mut().enumerate() {
+                let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut c = 0;
+                while c < hd {
+                    lo = _mm256_fmadd_ps(_mm256_set1_ps(*qp.add(c + i)), _mm256_loadu_ps(kp.add((c + i) * 8)), lo);
+                    hi = _mm256_fmadd_ps(_mm256_set1_ps(*qp.add(c + i + 8)), _mm256_loadu_ps(kp.add((c + i + 8) * 8)), hi);
+                    c += 16;
+                }
+                *t = _mm256_add_ps(hi, lo);
+            }
+            let t6: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(t3[i + 4], t3[i]));
+            let r = _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3]));
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), r);
+            out
+        }
+    }
+
+    /// `super::slot_sum` for `hd` a multiple of 64: 64 dimensions at a time in eight registers.
+    pub fn slot_sum(p: &[f32], rows: &[f32], hd: usize, i0: usize, step: usize, acc: &mut [f32]) {
+        assert!(rows.len() >= p.len() * hd && acc.len() >= hd && hd % 64 == 0);
+        // SAFETY: rows are read below p.len() · hd, acc below hd (checked).
+        unsafe {
+            for d0 in (0..hd).step_by(64) {
+                let ap = acc.as_mut_ptr().add(d0);
+                let mut a: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(ap.add(8 * k)));
+                let mut i = i0;
+                while i < p.len() {
+                    let w = _mm256_set1_ps(*p.get_unchecked(i));
+                    let rp = rows.as_ptr().add(i * hd + d0);
+                    for (k, ak) in a.iter_mut().enumerate() {
+                        *ak = _mm256_fmadd_ps(w, _mm256_loadu_ps(rp.add(8 * k)), *ak);
+                    }
+                    i += step;
+                }
+                for (k, ak) in a.iter().enumerate() {
+                    _mm256_storeu_ps(ap.add(8 * k), *ak);
+                }
+            }
+        }
     }
 
     pub fn dot_f16(a: &[f32], b: &[f32]) -> f32 {
@@ -406,6 +519,58 @@ mod tests {
         assert_eq!(expf_v(-200.0), 0.0);
         assert_eq!(expf_v(200.0), f32::INFINITY);
         assert_eq!(expf_v(0.0), 1.0);
+    }
+
+    /// Blocked scores equal `dot_f16` per position, and the slot-major weighted sums equal
+    /// the position-by-position definition, to the bit.
+    #[test]
+    fn blocked_attention_equals_the_per_position_forms() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for hd in [64usize, 128] {
+            let (n, stride, off) = (29usize, 2 * hd, hd);
+            let k: Vec<half::f16> = (0..n * stride).map(|_| half::f16::from_f32(rng.gen_range(-2.0f32..2.0))).collect();
+            let q: Vec<f32> = (0..hd).map(|_| half::f16::from_f32(rng.gen_range(-2.0f32..2.0)).to_f32()).collect();
+            let mut kt = Vec::new();
+            transpose_k8(&k, n, stride, off, hd, &mut kt);
+            for b in 0..n.div_ceil(8) {
+                let got = dot_f16_block8(&q, &kt[b * hd * 8..(b + 1) * hd * 8]);
+                for (j, g) in got.iter().enumerate().take(n.saturating_sub(8 * b).min(8)) {
+                    let t = 8 * b + j;
+                    let row: Vec<f32> = k[t * stride + off..t * stride + off + hd].iter().map(|v| v.to_f32()).collect();
+                    assert_eq!(g.to_bits(), dot_f16(&q, &row).to_bits(), "hd {hd} t {t}");
+                }
+            }
+            // P·V: three heads, windows starting at 5, against the position-major form.
+            let v: Vec<half::f16> = (0..n * hd).map(|_| half::f16::from_f32(rng.gen_range(-2.0f32..2.0))).collect();
+            let first = 5;
+            let ps: Vec<Vec<f32>> = (0..3)
+                .map(|h| (0..n - first - h).map(|_| rng.gen_range(0.0f32..1.0)).collect())
+                .collect();
+            let refs: Vec<&[f32]> = ps.iter().map(Vec::as_slice).collect();
+            for single in [false, true] {
+                let slots = if single { 64 } else { 16 };
+                let mut out = vec![0f32; 3 * hd];
+                weighted_sums_f16(&refs, first, |t| &v[t * hd..(t + 1) * hd], &mut out, single);
+                let mut want = vec![0f32; 3 * hd];
+                for (h, p) in refs.iter().enumerate() {
+                    let mut acc = vec![0f32; slots * hd];
+                    for (i, &w) in p.iter().enumerate() {
+                        let t = first + i;
+                        for d in 0..hd {
+                            let a = &mut acc[(t % slots) * hd + d];
+                            *a = w.mul_add(v[t * hd + d].to_f32(), *a);
+                        }
+                    }
+                    reduce_slots(&mut acc, hd, slots, &mut want[h * hd..(h + 1) * hd]);
+                }
+                assert_eq!(
+                    out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "hd {hd} single {single}"
+                );
+            }
+        }
     }
 
     /// The vector paths must give the scalar definitions' bits on any input.
