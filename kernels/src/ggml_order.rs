@@ -251,7 +251,7 @@ fn weighted_sums(ps: &[&[f32]], first: usize, fill: impl Fn(usize, &mut [f32]), 
 /// `acc[d] = p[i]·rows[i][d] + acc[d]` (one rounding) for i = i0, i0 + step, … below `p.len()`.
 fn slot_sum(p: &[f32], rows: &[f32], hd: usize, i0: usize, step: usize, acc: &mut [f32]) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    if hd % 64 == 0 {
+    if hd.is_multiple_of(64) {
         return avx2::slot_sum(p, rows, hd, i0, step, acc);
     }
     let mut i = i0;
@@ -291,9 +291,9 @@ pub fn dot_f16_block8(q: &[f32], kt: &[f32]) -> [f32; 8] {
     std::array::from_fn(|j| {
         let mut lanes = [0f32; 16];
         for c in 0..q.len() / 16 {
-            for l in 0..16 {
+            for (l, lane) in lanes.iter_mut().enumerate() {
                 let d = 16 * c + l;
-                lanes[l] = q[d].mul_add(kt[d * 8 + j], lanes[l]);
+                *lane = q[d].mul_add(kt[d * 8 + j], *lane);
             }
         }
         reduce_add16(&lanes)
@@ -372,7 +372,7 @@ mod avx2 {
 
     /// `super::slot_sum` for `hd` a multiple of 64: 64 dimensions at a time in eight registers.
     pub fn slot_sum(p: &[f32], rows: &[f32], hd: usize, i0: usize, step: usize, acc: &mut [f32]) {
-        assert!(rows.len() >= p.len() * hd && acc.len() >= hd && hd % 64 == 0);
+        assert!(rows.len() >= p.len() * hd && acc.len() >= hd && hd.is_multiple_of(64));
         // SAFETY: rows are read below p.len() · hd, acc below hd (checked).
         unsafe {
             for d0 in (0..hd).step_by(64) {
