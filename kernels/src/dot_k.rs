@@ -602,6 +602,150 @@ mod avx2 {
         (sc, mn)
     }
 
+    /// 8 × 8 transpose of 4-byte groups: lane `w` of output `k` is bytes `4k..4k + 4` of `v[w]`.
+    #[inline(always)]
+    unsafe fn transpose8x4(v: [__m256i; 8]) -> [__m256i; 8] {
+        let a0 = _mm256_unpacklo_epi32(v[0], v[1]);
+        let a1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        let a2 = _mm256_unpacklo_epi32(v[2], v[3]);
+        let a3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        let a4 = _mm256_unpacklo_epi32(v[4], v[5]);
+        let a5 = _mm256_unpackhi_epi32(v[4], v[5]);
+        let a6 = _mm256_unpacklo_epi32(v[6], v[7]);
+        let a7 = _mm256_unpackhi_epi32(v[6], v[7]);
+        let b0 = _mm256_unpacklo_epi64(a0, a2);
+        let b1 = _mm256_unpackhi_epi64(a0, a2);
+        let b2 = _mm256_unpacklo_epi64(a1, a3);
+        let b3 = _mm256_unpackhi_epi64(a1, a3);
+        let b4 = _mm256_unpacklo_epi64(a4, a6);
+        let b5 = _mm256_unpackhi_epi64(a4, a6);
+        let b6 = _mm256_unpacklo_epi64(a5, a7);
+        let b7 = _mm256_unpackhi_epi64(a5, a7);
+        [
+            _mm256_permute2x128_si256::<0x20>(b0, b4),
+            _mm256_permute2x128_si256::<0x20>(b1, b5),
+            _mm256_permute2x128_si256::<0x20>(b2, b6),
+            _mm256_permute2x128_si256::<0x20>(b3, b7),
+            _mm256_permute2x128_si256::<0x31>(b0, b4),
+            _mm256_permute2x128_si256::<0x31>(b1, b5),
+            _mm256_permute2x128_si256::<0x31>(b2, b6),
+            _mm256_permute2x128_si256::<0x31>(b3, b7),
+        ]
+    }
+
+    /// Eight `Q6_K` weight rows against `R` activation rows in the tiled order (prompts of
+    /// eight rows or more), lane `w` = weight row `w` as in `q4_k_tile_vnni`: each cell's
+    /// super-block integer is formed in its lane (6-bit values by `vpdpbusd`, the −32 offset from
+    /// the activation's 16-value sums), then `r = isum·d_w`, `acc = r·d_y + acc` lane-wise.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl,avx512bw")]
+    #[allow(clippy::needless_range_loop)] // indices name groups and rows, as in the scalar form
+    pub unsafe fn q6_k_tile_vnni<const R: usize>(x: [&[BlockQ6K]; 8], y: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+        let nb = x[0].len();
+        for xw in &x {
+            assert!(xw.len() == nb);
+        }
+        for yr in &y {
+            assert!(yr.len() >= nb);
+        }
+        let (m33, mcc, m0f) = (_mm256_set1_epi8(0x33), _mm256_set1_epi8(0xCCu8 as i8), _mm256_set1_epi8(0x0F));
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let xb: [&BlockQ6K; 8] = std::array::from_fn(|w| &x[w][b]);
+            // sc[g] lane w = row w's scale of 16-value group g; scp[j] = groups 2j, 2j + 1 as
+            // an i16 pair (for one vpmaddwd with the activation's sums).
+            let mut sc = [[0i32; 8]; 16];
+            let mut scp = [[0i32; 8]; 8];
+            let mut dh = [0u16; 8];
+            for (w, xw) in xb.iter().enumerate() {
+                for g in 0..16 {
+                    sc[g][w] = xw.scales[g] as i32;
+                }
+                for j in 0..8 {
+                    scp[j][w] = (xw.scales[2 * j] as i16 as u16 as i32) | ((xw.scales[2 * j + 1] as i32) << 16);
+                }
+                dh[w] = xw.d.to_bits();
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(dh.as_ptr() as *const __m128i));
+            let yb: [&BlockQ8K; R] = std::array::from_fn(|r| &y[r][b]);
+            let mut isum = [_mm256_setzero_si256(); R];
+            for h in 0..2 {
+                let ta = transpose8x4(std::array::from_fn(|w| {
+                    _mm256_loadu_si256(xb[w].ql.as_ptr().add(64 * h) as *const __m256i)
+                }));
+                let tb = transpose8x4(std::array::from_fn(|w| {
+                    _mm256_loadu_si256(xb[w].ql.as_ptr().add(64 * h + 32) as *const __m256i)
+                }));
+                let tq = transpose8x4(std::array::from_fn(|w| {
+                    _mm256_loadu_si256(xb[w].qh.as_ptr().add(32 * h) as *const __m256i)
+                }));
+                for t in 0..4 {
+                    // Position 128h + 32t + 4k + (0..4) of each row: the low or high nibble of
+                    // ql (A for t = 0, 2; B for t = 1, 3) and bits 2t, 2t + 1 of qh as bits 4, 5,
+                    // merged by one bit select (0xCA: mask ? nibble : high bits).
+                    // (Explicit loops: a closure here was not inlined into this function.)
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    match t {
+                        0 => {
+                            for k in 0..8 {
+                                let hi = _mm256_slli_epi16(_mm256_and_si256(tq[k], m33), 4);
+                                q[k] = _mm256_ternarylogic_epi32::<0xCA>(m0f, ta[k], hi);
+                            }
+                        }
+                        1 => {
+                            for k in 0..8 {
+                                let hi = _mm256_slli_epi16(_mm256_and_si256(tq[k], mcc), 2);
+                                q[k] = _mm256_ternarylogic_epi32::<0xCA>(m0f, tb[k], hi);
+                            }
+                        }
+                        2 => {
+                            for k in 0..8 {
+                                let hi = _mm256_and_si256(tq[k], m33);
+                                q[k] = _mm256_ternarylogic_epi32::<0xCA>(m0f, _mm256_srli_epi16(ta[k], 4), hi);
+                            }
+                        }
+                        _ => {
+                            for k in 0..8 {
+                                let hi = _mm256_srli_epi16(_mm256_and_si256(tq[k], mcc), 2);
+                                q[k] = _mm256_ternarylogic_epi32::<0xCA>(m0f, _mm256_srli_epi16(tb[k], 4), hi);
+                            }
+                        }
+                    }
+                    let g0 = 8 * h + 2 * t;
+                    let (s0, s1) = (
+                        _mm256_loadu_si256(sc[g0].as_ptr() as *const __m256i),
+                        _mm256_loadu_si256(sc[g0 + 1].as_ptr() as *const __m256i),
+                    );
+                    for r in 0..R {
+                        let ys = yb[r].qs.as_ptr().add(128 * h + 32 * t) as *const i32;
+                        let (mut d0, mut d1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                        for k in 0..4 {
+                            d0 = _mm256_dpbusd_epi32(d0, q[k], _mm256_set1_epi32(*ys.add(k)));
+                            d1 = _mm256_dpbusd_epi32(d1, q[k + 4], _mm256_set1_epi32(*ys.add(k + 4)));
+                        }
+                        isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(_mm256_mullo_epi32(d0, s0), _mm256_mullo_epi32(d1, s1)));
+                    }
+                }
+            }
+            for r in 0..R {
+                // −32 · Σ_g scale_g · (the activation's sum over group g).
+                let bs = &yb[r].bsums;
+                let mut off = _mm256_setzero_si256();
+                for j in 0..8 {
+                    let pair = _mm256_set1_epi32((bs[2 * j] as u16 as i32) | ((bs[2 * j + 1] as i32) << 16));
+                    off = _mm256_add_epi32(off, _mm256_madd_epi16(_mm256_loadu_si256(scp[j].as_ptr() as *const __m256i), pair));
+                }
+                let total = _mm256_sub_epi32(isum[r], _mm256_slli_epi32(off, 5));
+                let rr = _mm256_mul_ps(_mm256_cvtepi32_ps(total), dw);
+                acc[r] = _mm256_fmadd_ps(rr, _mm256_set1_ps(yb[r].d), acc[r]);
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+        out
+    }
+
     /// Eight `Q4_K` weight rows against `R` activation rows in llama.cpp's per-pair order (its
     /// repacked gemm), with AVX-512 VNNI: lane `w` of every vector is weight row `w`, as in
     /// llama.cpp's `q4_K_8x8` layout, so each cell's FMA chain runs in its own lane and no sum
@@ -649,33 +793,8 @@ mod avx2 {
             for p in 0..4 {
                 // 32 bytes of each row: the low nibbles are sub-block 2p, the high 2p + 1.
                 let v: [__m256i; 8] = std::array::from_fn(|w| _mm256_loadu_si256(xb[w].qs.as_ptr().add(32 * p) as *const __m256i));
-                // 8 × 8 transpose of 4-byte groups: t[k] lane w = row w's bytes 4k..4k + 4.
-                let a0 = _mm256_unpacklo_epi32(v[0], v[1]);
-                let a1 = _mm256_unpackhi_epi32(v[0], v[1]);
-                let a2 = _mm256_unpacklo_epi32(v[2], v[3]);
-                let a3 = _mm256_unpackhi_epi32(v[2], v[3]);
-                let a4 = _mm256_unpacklo_epi32(v[4], v[5]);
-                let a5 = _mm256_unpackhi_epi32(v[4], v[5]);
-                let a6 = _mm256_unpacklo_epi32(v[6], v[7]);
-                let a7 = _mm256_unpackhi_epi32(v[6], v[7]);
-                let b0 = _mm256_unpacklo_epi64(a0, a2);
-                let b1 = _mm256_unpackhi_epi64(a0, a2);
-                let b2 = _mm256_unpacklo_epi64(a1, a3);
-                let b3 = _mm256_unpackhi_epi64(a1, a3);
-                let b4 = _mm256_unpacklo_epi64(a4, a6);
-                let b5 = _mm256_unpackhi_epi64(a4, a6);
-                let b6 = _mm256_unpacklo_epi64(a5, a7);
-                let b7 = _mm256_unpackhi_epi64(a5, a7);
-                let t = [
-                    _mm256_permute2x128_si256::<0x20>(b0, b4),
-                    _mm256_permute2x128_si256::<0x20>(b1, b5),
-                    _mm256_permute2x128_si256::<0x20>(b2, b6),
-                    _mm256_permute2x128_si256::<0x20>(b3, b7),
-                    _mm256_permute2x128_si256::<0x31>(b0, b4),
-                    _mm256_permute2x128_si256::<0x31>(b1, b5),
-                    _mm256_permute2x128_si256::<0x31>(b2, b6),
-                    _mm256_permute2x128_si256::<0x31>(b3, b7),
-                ];
+                // t[k] lane w = row w's bytes 4k..4k + 4.
+                let t = transpose8x4(v);
                 let mut dots = [[_mm256_setzero_si256(); 2]; R];
                 for half in 0..2 {
                     let q: [__m256i; 8] = std::array::from_fn(|k| {
@@ -951,6 +1070,17 @@ pub fn q4_k_tile<const R: usize>(x: [&[BlockQ4K]; 8], y: [&[BlockQ8K]; R]) -> [[
     unsafe { avx2::q4_k_tile_vnni::<R>(x, y) }
 }
 
+/// Eight `Q6_K` weight rows against `R` activation rows in the tiled order (each cell as
+/// `q6_k_q8_k(.., KOrder::Tiled)`), for CPUs with AVX-512 VNNI (`dot::has_vnni`).
+/// Returns `[act row][weight row]`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline]
+pub fn q6_k_tile<const R: usize>(x: [&[BlockQ6K]; 8], y: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+    assert!(crate::dot::has_vnni(), "q6_k_tile needs AVX-512 VNNI");
+    // SAFETY: the CPU reported avx512vnni, avx512vl and avx512bw (has_vnni checks all three).
+    unsafe { avx2::q6_k_tile_vnni::<R>(x, y) }
+}
+
 /// `W` weight rows against `R` activation rows, for CPUs with AVX-512 VNNI (`dot::has_vnni`):
 /// the same results as `q0_rows` row by row. `y` is each activation row's `vnni_blocks`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
@@ -1164,6 +1294,16 @@ mod tests {
                     for (wk, v) in row.iter().enumerate() {
                         let s = q4_k_q8_k_scalar(&ws[wk], &ys[yk], Q4KOrder::PerPair);
                         assert_eq!(v.to_bits(), s.to_bits(), "Q4_K tile ({wk}, {yk}) n={n}");
+                    }
+                }
+                let ws6: Vec<_> = (0..8)
+                    .map(|k| blocks::<BlockQ6K>(n / QK_K, 40 + k, |b, r| b.d = h(r, 0.0005, 0.003)))
+                    .collect();
+                let t = q6_k_tile::<3>(std::array::from_fn(|k| &ws6[k][..]), std::array::from_fn(|k| &ys[k][..]));
+                for (yk, row) in t.iter().enumerate() {
+                    for (wk, v) in row.iter().enumerate() {
+                        let s = q6_k_q8_k_scalar(&ws6[wk], &ys[yk], KOrder::Tiled);
+                        assert_eq!(v.to_bits(), s.to_bits(), "Q6_K tile ({wk}, {yk}) n={n}");
                     }
                 }
             }

@@ -427,15 +427,28 @@ fn q0_tiles<B: dot_k::Q0>(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a
     }
 }
 
-/// `Q4_K` weight rows `rows` against all `m` activation rows (a prompt, or several sequences'
-/// steps): eight weight rows × four activation rows per pass where the four share llama.cpp's
-/// per-pair order (`dot_k::q4_k_tile`), other cells one at a time; activation rows in chunks
-/// that stay in L2. Each cell's result is its pair's alone.
+/// Eight k-quant weight rows against four activation rows: `[act row][weight row]`.
+type KTile<B> = fn([&[B]; 8], [&[BlockQ8K]; 4]) -> [[f32; 8]; 4];
+
+/// k-quant weight rows `rows` against all `m` activation rows (a prompt, or several sequences'
+/// steps): eight weight rows × four activation rows per pass (`tile`) where `tiled(i)` holds
+/// for all four (they share llama.cpp's order for it), other cells one at a time (`single`);
+/// activation rows in chunks that stay in L2. Each cell's result is its pair's alone.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn q4k_tiles(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a: &[BlockQ8K], orders: &[RowOrder], out: &OutPtr) {
+#[allow(clippy::too_many_arguments)] // the matmul's operands plus the type's three kernels
+fn k_tiles<B>(
+    w: &QMatrix,
+    rows: std::ops::Range<usize>,
+    m: usize,
+    a: &[BlockQ8K],
+    tiled: impl Fn(usize) -> bool,
+    tile: KTile<B>,
+    single: impl Fn(&[B], &[BlockQ8K], usize) -> f32,
+    out: &OutPtr,
+) {
     let (n, bpr) = (w.rows, w.cols / QK_K);
     let blocks = |i: usize| i * bpr..(i + 1) * bpr;
-    let wb = w.blocks::<BlockQ4K>();
+    let wb = w.blocks::<B>();
     let put = |i: usize, j: usize, v: f32| {
         // SAFETY: i < m, j < n, and each weight row j belongs to one task.
         unsafe { *out.0.add(i * n + j) = v };
@@ -448,8 +461,8 @@ fn q4k_tiles(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a: &[BlockQ8K]
             let wn = (rows.end - j).min(8);
             let mut i = i0;
             while i < i1 {
-                if wn == 8 && i + 4 <= i1 && orders[i..i + 4].iter().all(|o| o.q4k == Q4KOrder::PerPair) {
-                    let v = dot_k::q4_k_tile::<4>(
+                if wn == 8 && i + 4 <= i1 && (i..i + 4).all(&tiled) {
+                    let v = tile(
                         std::array::from_fn(|k| &wb[blocks(j + k)]),
                         std::array::from_fn(|r| &a[blocks(i + r)]),
                     );
@@ -461,7 +474,7 @@ fn q4k_tiles(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a: &[BlockQ8K]
                     i += 4;
                 } else {
                     for k in j..j + wn {
-                        put(i, k, dot_k::q4_k_q8_k(&wb[blocks(k)], &a[blocks(i)], orders[i].q4k));
+                        put(i, k, single(&wb[blocks(k)], &a[blocks(i)], i));
                     }
                     i += 1;
                 }
@@ -530,9 +543,31 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
         // Q4_0 and Q5_0 are compute-bound (unpacking): the paired VNNI kernel pays. Q8_0 is
         // bandwidth-bound for one activation row, and measured slower paired on a matrix streamed
         // from memory; with four rows or more (batched decode, prompts) it is compute-bound too.
-        if let (QType::Q4K, Acts::Q8K(a)) = (w.qtype, acts) {
+        if let (QType::Q4K | QType::Q6K, Acts::Q8K(a)) = (w.qtype, acts) {
             if m >= 4 && dot::has_vnni() {
-                return q4k_tiles(w, rows, m, a, &orders, ptr);
+                return if w.qtype == QType::Q4K {
+                    k_tiles::<BlockQ4K>(
+                        w,
+                        rows,
+                        m,
+                        a,
+                        |i| orders[i].q4k == Q4KOrder::PerPair,
+                        dot_k::q4_k_tile::<4>,
+                        |x, y, i| dot_k::q4_k_q8_k(x, y, orders[i].q4k),
+                        ptr,
+                    )
+                } else {
+                    k_tiles::<BlockQ6K>(
+                        w,
+                        rows,
+                        m,
+                        a,
+                        |i| orders[i].k == KOrder::Tiled,
+                        dot_k::q6_k_tile::<4>,
+                        |x, y, i| dot_k::q6_k_q8_k(x, y, orders[i].k),
+                        ptr,
+                    )
+                };
             }
         }
         if let Acts::Q8_0(_, sc, vnni) = acts {
