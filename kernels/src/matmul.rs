@@ -428,6 +428,7 @@ fn q0_tiles<B: dot_k::Q0>(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a
 }
 
 /// Eight k-quant weight rows against four activation rows: `[act row][weight row]`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 type KTile<B> = fn([&[B]; 8], [&[BlockQ8K]; 4]) -> [[f32; 8]; 4];
 
 /// k-quant weight rows `rows` against all `m` activation rows (a prompt, or several sequences'
