@@ -754,7 +754,7 @@ mod avx2 {
     /// repacked at load: the weights stay as stored, memory-mapped.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl,avx512bw")]
     #[allow(clippy::needless_range_loop)] // indices name sub-blocks and rows, as in the scalar form
-    pub unsafe fn q4_k_tile_vnni<const R: usize>(x: [&[BlockQ4K]; 8], y: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+    pub unsafe fn q4_k_tile_vnni<const R: usize, const PER_BLOCK: bool>(x: [&[BlockQ4K]; 8], y: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
         let nb = x[0].len();
         for xw in &x {
             assert!(xw.len() == nb);
@@ -790,6 +790,10 @@ mod avx2 {
             let yb: [&BlockQ8K; R] = std::array::from_fn(|r| &y[r][b]);
             let dd: [__m256; R] = std::array::from_fn(|r| _mm256_mul_ps(dw, _mm256_set1_ps(yb[r].d)));
             let dm: [__m256; R] = std::array::from_fn(|r| _mm256_mul_ps(dmw, _mm256_set1_ps(yb[r].d)));
+            // PerBlock (one activation row's order): the pairs' integers summed over the block,
+            // then one FMA each.
+            let mut bsum = [_mm256_setzero_si256(); R];
+            let mut bmin = [_mm256_setzero_si256(); R];
             for p in 0..4 {
                 // 32 bytes of each row: the low nibbles are sub-block 2p, the high 2p + 1.
                 let v: [__m256i; 8] = std::array::from_fn(|w| _mm256_loadu_si256(xb[w].qs.as_ptr().add(32 * p) as *const __m256i));
@@ -821,7 +825,6 @@ mod avx2 {
                 let mnp = _mm256_loadu_si256(mn[p].as_ptr() as *const __m256i);
                 for r in 0..R {
                     let isum = _mm256_add_epi32(_mm256_mullo_epi32(dots[r][0], sc0), _mm256_mullo_epi32(dots[r][1], sc1));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd[r], acc[r]);
                     // bsums of sub-blocks 2p and 2p + 1 (each the sum of two 16-value sums), as
                     // one i16 pair.
                     let bs = &yb[r].bsums;
@@ -829,7 +832,19 @@ mod avx2 {
                     let s1 = bs[4 * p + 2] as i32 + bs[4 * p + 3] as i32;
                     let pair = _mm256_set1_epi32((s0 & 0xFFFF) | (s1 << 16));
                     let msum = _mm256_madd_epi16(mnp, pair);
-                    accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), dm[r], accm[r]);
+                    if PER_BLOCK {
+                        bsum[r] = _mm256_add_epi32(bsum[r], isum);
+                        bmin[r] = _mm256_add_epi32(bmin[r], msum);
+                    } else {
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd[r], acc[r]);
+                        accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), dm[r], accm[r]);
+                    }
+                }
+            }
+            if PER_BLOCK {
+                for r in 0..R {
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bsum[r]), dd[r], acc[r]);
+                    accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bmin[r]), dm[r], accm[r]);
                 }
             }
         }
@@ -1059,15 +1074,20 @@ pub fn q4_k_rows<const R: usize>(x: &[BlockQ4K], y: [&[BlockQ8K]; R], order: Q4K
     y.map(|y| q4_k_q8_k_scalar(x, y, order))
 }
 
-/// Eight `Q4_K` weight rows against `R` activation rows in the per-pair order (each cell as
-/// `q4_k_q8_k(.., Q4KOrder::PerPair)`), for CPUs with AVX-512 VNNI (`dot::has_vnni`).
+/// Eight `Q4_K` weight rows against `R` activation rows that all take `order` (each cell as
+/// `q4_k_q8_k(.., order)`), for CPUs with AVX-512 VNNI (`dot::has_vnni`).
 /// Returns `[act row][weight row]`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline]
-pub fn q4_k_tile<const R: usize>(x: [&[BlockQ4K]; 8], y: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+pub fn q4_k_tile<const R: usize>(x: [&[BlockQ4K]; 8], y: [&[BlockQ8K]; R], order: Q4KOrder) -> [[f32; 8]; R] {
     assert!(crate::dot::has_vnni(), "q4_k_tile needs AVX-512 VNNI");
     // SAFETY: the CPU reported avx512vnni, avx512vl and avx512bw (has_vnni checks all three).
-    unsafe { avx2::q4_k_tile_vnni::<R>(x, y) }
+    unsafe {
+        match order {
+            Q4KOrder::PerPair => avx2::q4_k_tile_vnni::<R, false>(x, y),
+            Q4KOrder::PerBlock => avx2::q4_k_tile_vnni::<R, true>(x, y),
+        }
+    }
 }
 
 /// Eight `Q6_K` weight rows against `R` activation rows in the tiled order (each cell as
@@ -1289,11 +1309,13 @@ mod tests {
                         q
                     })
                     .collect();
-                let t = q4_k_tile::<3>(std::array::from_fn(|k| &ws[k][..]), std::array::from_fn(|k| &ys[k][..]));
-                for (yk, row) in t.iter().enumerate() {
-                    for (wk, v) in row.iter().enumerate() {
-                        let s = q4_k_q8_k_scalar(&ws[wk], &ys[yk], Q4KOrder::PerPair);
-                        assert_eq!(v.to_bits(), s.to_bits(), "Q4_K tile ({wk}, {yk}) n={n}");
+                for order in [Q4KOrder::PerPair, Q4KOrder::PerBlock] {
+                    let t = q4_k_tile::<3>(std::array::from_fn(|k| &ws[k][..]), std::array::from_fn(|k| &ys[k][..]), order);
+                    for (yk, row) in t.iter().enumerate() {
+                        for (wk, v) in row.iter().enumerate() {
+                            let s = q4_k_q8_k_scalar(&ws[wk], &ys[yk], order);
+                            assert_eq!(v.to_bits(), s.to_bits(), "Q4_K tile {order:?} ({wk}, {yk}) n={n}");
+                        }
                     }
                 }
                 let ws6: Vec<_> = (0..8)

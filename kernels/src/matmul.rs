@@ -429,11 +429,11 @@ fn q0_tiles<B: dot_k::Q0>(w: &QMatrix, rows: std::ops::Range<usize>, m: usize, a
 
 /// Eight k-quant weight rows against four activation rows: `[act row][weight row]`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-type KTile<B> = fn([&[B]; 8], [&[BlockQ8K]; 4]) -> [[f32; 8]; 4];
+type KTile<'a, B> = &'a dyn Fn([&[B]; 8], [&[BlockQ8K]; 4], usize) -> [[f32; 8]; 4];
 
 /// k-quant weight rows `rows` against all `m` activation rows (a prompt, or several sequences'
 /// steps): eight weight rows × four activation rows per pass (`tile`) where `tiled(i)` holds
-/// for all four (they share llama.cpp's order for it), other cells one at a time (`single`);
+/// for the four from `i` (they share an order the tile computes), other cells one at a time (`single`);
 /// activation rows in chunks that stay in L2. Each cell's result is its pair's alone.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[allow(clippy::too_many_arguments)] // the matmul's operands plus the type's three kernels
@@ -443,7 +443,8 @@ fn k_tiles<B>(
     m: usize,
     a: &[BlockQ8K],
     tiled: impl Fn(usize) -> bool,
-    tile: KTile<B>,
+    tile: KTile<'_, B>,
+    four: impl Fn(&[B], [&[BlockQ8K]; 4], usize) -> Option<[f32; 4]>,
     single: impl Fn(&[B], &[BlockQ8K], usize) -> f32,
     out: &OutPtr,
 ) {
@@ -462,10 +463,11 @@ fn k_tiles<B>(
             let wn = (rows.end - j).min(8);
             let mut i = i0;
             while i < i1 {
-                if wn == 8 && i + 4 <= i1 && (i..i + 4).all(&tiled) {
+                if wn == 8 && i + 4 <= i1 && tiled(i) {
                     let v = tile(
                         std::array::from_fn(|k| &wb[blocks(j + k)]),
                         std::array::from_fn(|r| &a[blocks(i + r)]),
+                        i,
                     );
                     for (r, row) in v.iter().enumerate() {
                         for (k, &x) in row.iter().enumerate() {
@@ -473,12 +475,28 @@ fn k_tiles<B>(
                         }
                     }
                     i += 4;
-                } else {
-                    for k in j..j + wn {
-                        put(i, k, single(&wb[blocks(k)], &a[blocks(i)], i));
-                    }
-                    i += 1;
+                    continue;
                 }
+                // Four rows that share an order the tile does not take (a batch of decode
+                // steps): one weight row against the four, as before the tiles.
+                if i + 4 <= i1 {
+                    let ys: [&[BlockQ8K]; 4] = std::array::from_fn(|r| &a[blocks(i + r)]);
+                    if four(&wb[blocks(j)], ys, i).is_some() {
+                        for k in j..j + wn {
+                            if let Some(v) = four(&wb[blocks(k)], ys, i) {
+                                for (r, x) in v.into_iter().enumerate() {
+                                    put(i + r, k, x);
+                                }
+                            }
+                        }
+                        i += 4;
+                        continue;
+                    }
+                }
+                for k in j..j + wn {
+                    put(i, k, single(&wb[blocks(k)], &a[blocks(i)], i));
+                }
+                i += 1;
             }
             j += wn;
         }
@@ -540,10 +558,11 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
         let bpr = k / w.qtype.block();
         let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
         let blocks = |i: usize| i * bpr..(i + 1) * bpr;
+        // The VNNI tile kernels. Q4_0 and Q5_0 are compute-bound (unpacking): they pay even for
+        // one activation row. Q8_0 is bandwidth-bound for one row, and measured slower paired on
+        // a matrix streamed from memory; with four rows or more (batched decode, prompts) it is
+        // compute-bound too. Q4_K and Q6_K tile eight weight rows × four activation rows.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-        // Q4_0 and Q5_0 are compute-bound (unpacking): the paired VNNI kernel pays. Q8_0 is
-        // bandwidth-bound for one activation row, and measured slower paired on a matrix streamed
-        // from memory; with four rows or more (batched decode, prompts) it is compute-bound too.
         if let (QType::Q4K | QType::Q6K, Acts::Q8K(a)) = (w.qtype, acts) {
             if m >= 4 && dot::has_vnni() {
                 return if w.qtype == QType::Q4K {
@@ -552,8 +571,13 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
                         rows,
                         m,
                         a,
-                        |i| orders[i].q4k == Q4KOrder::PerPair,
-                        dot_k::q4_k_tile::<4>,
+                        // Any four rows that share an order (a prompt's, or four decode steps').
+                        |i| orders[i..i + 4].iter().all(|r| r.q4k == orders[i].q4k),
+                        &|x, y, i| dot_k::q4_k_tile::<4>(x, y, orders[i].q4k),
+                        |x, y, i| {
+                            let o = orders[i].q4k;
+                            (orders[i..i + 4].iter().all(|r| r.q4k == o)).then(|| dot_k::q4_k_rows(x, y, o))
+                        },
                         |x, y, i| dot_k::q4_k_q8_k(x, y, orders[i].q4k),
                         ptr,
                     )
@@ -563,14 +587,19 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
                         rows,
                         m,
                         a,
-                        |i| orders[i].k == KOrder::Tiled,
-                        dot_k::q6_k_tile::<4>,
+                        |i| orders[i..i + 4].iter().all(|r| r.k == KOrder::Tiled),
+                        &|x, y, _| dot_k::q6_k_tile::<4>(x, y),
+                        |x, y, i| {
+                            let o = orders[i].k;
+                            (orders[i..i + 4].iter().all(|r| r.k == o)).then(|| dot_k::q6_k_rows(x, y, o))
+                        },
                         |x, y, i| dot_k::q6_k_q8_k(x, y, orders[i].k),
                         ptr,
                     )
                 };
             }
         }
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         if let Acts::Q8_0(_, sc, vnni) = acts {
             if !vnni.is_empty() {
                 match w.qtype {
