@@ -455,7 +455,7 @@ fn k_tiles<B>(
         // SAFETY: i < m, j < n, and each weight row j belongs to one task.
         unsafe { *out.0.add(i * n + j) = v };
     };
-    let chunk = ((128 << 10) / (bpr * std::mem::size_of::<BlockQ8K>())).max(8) / 4 * 4;
+    let chunk = l2_rows(bpr * std::mem::size_of::<BlockQ8K>());
     for i0 in (0..m).step_by(chunk) {
         let i1 = (i0 + chunk).min(m);
         let mut j = rows.start;
@@ -501,6 +501,12 @@ fn k_tiles<B>(
             j += wn;
         }
     }
+}
+
+/// How many activation rows of `row_bytes` each to take per chunk so that they stay in L2
+/// (~128 KiB) while a task's weight rows pass over them: a multiple of four, at least eight.
+fn l2_rows(row_bytes: usize) -> usize {
+    ((128 << 10) / row_bytes.max(1)).max(8) / 4 * 4
 }
 
 /// Output rows per parallel task: big enough to amortise scheduling, small enough to balance.
@@ -619,7 +625,7 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
             Acts::Q8_0(..) => bpr * std::mem::size_of::<BlockQ8_0>(),
             Acts::Q8K(..) => bpr * std::mem::size_of::<BlockQ8K>(),
         };
-        let chunk = ((128 << 10) / row_bytes.max(1)).max(8) / 4 * 4;
+        let chunk = l2_rows(row_bytes);
         for i0 in (0..m).step_by(chunk) {
             let i1 = (i0 + chunk).min(m);
             for j in rows.clone() {
