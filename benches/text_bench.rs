@@ -100,6 +100,10 @@ fn main() {
     // 1. Single stream (prefix cache off so every repetition prefills).
     let m = load();
     let tok = m.tokenizer.clone();
+    let step_bytes = m.step_weight_bytes().unwrap_or(0) as f64;
+    // The machine's read bandwidth bounds both sides' decode; on a shared host it moves, so it
+    // is measured before our single-stream runs and again after llama.cpp's.
+    let bw_before = abstractgateway::bench::read_bandwidth(threads);
     let prompt = tok
         .encode("<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n")
         .unwrap();
@@ -162,6 +166,7 @@ fn main() {
         serde_json::from_slice(out.stdout.trim_ascii()).expect("peer JSON")
     });
     let p = |k: &str| peer.as_ref().and_then(|v| v[k].as_f64()).unwrap_or(0.0);
+    let bw_after = abstractgateway::bench::read_bandwidth(threads);
 
     println!();
     println!("| metric | ours | llama.cpp | ours vs llama.cpp |");
@@ -170,6 +175,12 @@ fn main() {
         "| single stream decode, {N_DECODE} tokens (tok/s) | {tps:.1} | {:.1} | {} |",
         p("decode_tps"),
         ratio(tps, p("decode_tps"), true)
+    );
+    println!(
+        "| weights read per decode step, {:.0} MB, at that rate (GB/s; the machine read {bw_before:.1} before ours, {bw_after:.1} after theirs) | {:.1} | {:.1} | |",
+        step_bytes / 1e6,
+        tps * step_bytes / 1e9,
+        p("decode_tps") * step_bytes / 1e9
     );
     println!(
         "| TTFT, {}-token prompt (ms) | {ttft:.1} | {:.1} | {} |",

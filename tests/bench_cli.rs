@@ -46,6 +46,18 @@ fn decode_reports_ttft_and_tokens_per_second_on_a_real_model() {
     assert!(out.contains("(native)"), "{out}");
     assert!(figure(&out, "TTFT") > 0.0);
     assert!(figure(&out, "decode") > 1.0, "{out}");
+    // The bytes a step reads (SmolLM2's Q4_1 layer matrices and its tied 49,152 × 576 Q8_0 output,
+    // ~97 MB) and the machine's ceiling measured in the same run.
+    assert!(figure(&out, "weights read") > 0.0, "{out}");
+    let mb: f64 = out
+        .lines()
+        .find(|l| l.starts_with("weights read"))
+        .and_then(|l| l.split('(').nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!((80.0..100.0).contains(&mb), "{out}");
+    assert!(figure(&out, "memory") > 0.0, "{out}");
 }
 
 #[test]

@@ -189,6 +189,11 @@ impl QMatrix {
         })
     }
 
+    /// Bytes of the matrix as stored (what one pass over all its rows reads).
+    pub fn byte_len(&self) -> usize {
+        self.rows * self.row_bytes()
+    }
+
     fn row_bytes(&self) -> usize {
         self.cols / self.qtype.block() * self.qtype.block_bytes()
     }
@@ -686,6 +691,16 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn byte_len_is_the_stored_size_for_each_block_type() {
+        for t in [QType::Q4_0, QType::Q5_0, QType::Q8_0, QType::Q4K, QType::Q6K] {
+            let (rows, cols) = (3, 512);
+            let len = rows * cols / t.block() * t.block_bytes();
+            let m = QMatrix::from_bytes(t, rows, cols, &vec![0u8; len]).expect("sizes fit");
+            assert_eq!(m.byte_len(), len, "{t:?}");
+        }
+    }
 
     #[test]
     fn matmul_matches_row_by_row_dots_for_every_type_and_batch() {

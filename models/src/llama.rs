@@ -522,6 +522,23 @@ impl Llama {
         })
     }
 
+    /// Weight bytes one decode step reads: every layer's matrices and the output matrix (the
+    /// embedding table gives one row per token). At a decode rate r, r times this over the
+    /// machine's read bandwidth is how close a step is to the memory-bound floor.
+    pub fn step_weight_bytes(&self) -> u64 {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|w| w.byte_len())
+                    .sum::<usize>()
+            })
+            .sum();
+        (layers + self.output.as_ref().unwrap_or(&self.tok_embd).byte_len()) as u64
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache {
             k: vec![Vec::new(); self.cfg.n_layer],

@@ -283,6 +283,14 @@ impl LlamaGguf {
         }
     }
 
+    /// Weight bytes a decode step reads (native backend; None on the others).
+    pub fn step_weight_bytes(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Native(m) => Some(m.step_weight_bytes()),
+            _ => None,
+        }
+    }
+
     /// Tensor types requantized to `Q8_0` at load (native backend; empty: none).
     pub fn requantized(&self) -> &[String] {
         match &self.backend {
