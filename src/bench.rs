@@ -176,7 +176,7 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
             step_bytes = m.step_weight_bytes();
             (label, None, None, vocab, Box::new(move || m.sequence()))
         };
-    eprintln!("model ready in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!("model ready in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| rng.gen_range(0..vocab as u32)).collect();
     if a.streams > 1 {

@@ -15,10 +15,14 @@ pub struct GgufFile {
 impl GgufFile {
     /// Reads the header, metadata and tensor index (not the tensor data).
     pub fn open(path: &Path) -> Result<GgufFile, ModelError> {
-        let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io {
+        let f = std::fs::File::open(path).map_err(|e| ModelError::Io {
             path: path.display().to_string(),
             source: e,
         })?;
+        // Buffered: the header is hundreds of thousands of small fields (a 151,936-token vocabulary
+        // and its merges, each string a length then its bytes), one `read` system call each
+        // unbuffered, which was half of a 0.5B model's load time.
+        let mut f = std::io::BufReader::with_capacity(1 << 20, f);
         let content = Content::read(&mut f).map_err(|e| ModelError::BadGguf {
             path: path.display().to_string(),
             reason: e.to_string(),

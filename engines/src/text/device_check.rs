@@ -34,10 +34,12 @@ fn compare(op: String, on_cpu: &Tensor, on_dev: &Tensor, exact: Option<&Tensor>)
 
 pub fn op_report(path: &Path, device: &Device) -> Result<Vec<OpCheck>, EngineError> {
     let cpu = Device::Cpu;
-    let mut f = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
+    let f = std::fs::File::open(path).map_err(|e| abstractgateway_models::ModelError::Io {
         path: path.display().to_string(),
         source: e,
     })?;
+    // Buffered: the header's many small fields are one system call each otherwise.
+    let mut f = std::io::BufReader::with_capacity(1 << 20, f);
     let content = gguf_file::Content::read(&mut f).map_err(candle_core::Error::from)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut randn = |dims: &[usize]| -> Result<Tensor, EngineError> {
