@@ -40,7 +40,7 @@ pub fn op_report(path: &Path, device: &Device) -> Result<Vec<OpCheck>, EngineErr
     })?;
     // Buffered: the header's many small fields are one system call each otherwise.
     let mut f = std::io::BufReader::with_capacity(1 << 20, f);
-    let content = gguf_file::Content::read(&mut f).map_err(candle_core::Error::from)?;
+    let content = gguf_file::Content::read(&mut f)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut randn = |dims: &[usize]| -> Result<Tensor, EngineError> {
         let n: usize = dims.iter().product();
