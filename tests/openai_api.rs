@@ -430,6 +430,30 @@ fn a_client_that_disconnects_cancels_its_generation() {
     assert_eq!(engine_stats(&g, "smollm2")["completed"], 1);
 }
 
+#[test]
+fn the_weights_move_into_huge_pages_after_load_and_answers_stay_the_same() {
+    let g = model_gateway();
+    // Served at once from the file's pages, whatever the move's progress.
+    let ask = || post_v1(&g, "/v1/completions", &json!({"prompt": FRANCE, "max_tokens": 4, "temperature": 0}));
+    let (s, v, _) = ask();
+    assert_eq!((s, v["choices"][0]["text"].as_str()), (200, Some("The capital of France")), "{v}");
+    let huge = cfg!(target_os = "linux")
+        && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").is_ok_and(|t| !t.contains("[never]"));
+    let e = wait_engine(&g, "settled its weights", |e| {
+        matches!(e["weights_pages"].as_str(), Some("huge" | "file" | "failed"))
+    });
+    assert_eq!(e["weights_pages"], if huge { "huge" } else { "file" }, "{e}");
+    let (s, v, _) = ask();
+    assert_eq!((s, v["choices"][0]["text"].as_str()), (200, Some("The capital of France")), "{v}");
+    // And with the move turned off, the file's pages stay.
+    let path = model_files::smollm2();
+    let off = Gateway::start_with(
+        &[("ABSTRACTGATEWAY_HUGE_PAGES", "0")],
+        &["--model", &format!("smollm2={}", path.display())],
+    );
+    assert_eq!(engine_stats(&off, "smollm2")["weights_pages"], "file");
+}
+
 /// SmolLM2 with one place: one sequence decoding, none queued.
 fn one_place_gateway() -> Gateway {
     let path = model_files::smollm2();

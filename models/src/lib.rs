@@ -12,5 +12,6 @@ pub mod paged_kv;
 pub mod source;
 pub mod spm;
 pub mod tokenizer;
+pub mod weight_map;
 
 pub use error::ModelError;

@@ -24,6 +24,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::gguf::{meta_str, meta_u32};
+use crate::weight_map::{huge_pages_wanted, Pages, WeightMap};
 use crate::ModelError;
 
 /// The GGUF architectures this implementation runs: llama (and mistral, which GGUFs label
@@ -134,6 +135,9 @@ pub struct Llama {
     /// cos/sin per position and rotary pair: `[context × n_rot/2]`; the second pair of tables is
     /// for sliding-window layers (empty without them).
     rope: [(Vec<f32>, Vec<f32>); 2],
+    /// The file the matrices point into; a forward pass holds it for reading (the move into
+    /// huge pages waits for a moment with no pass running).
+    weights: Arc<WeightMap>,
 }
 
 /// One sequence's KV cache: per layer, `len × n_kv_head × head_dim` keys and values.
@@ -396,11 +400,7 @@ impl Llama {
             source: e,
         };
         let mut f = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the file is mapped read-only. Like llama.cpp, we rely on it not being
-        // truncated while the model is loaded (that would fault on access).
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
-        #[cfg(unix)]
-        let _ = map.advise(memmap2::Advice::WillNeed);
+        let weights = WeightMap::open(&f, huge_pages_wanted()).map_err(io)?;
         let total: u64 = content
             .tensor_infos
             .values()
@@ -408,7 +408,7 @@ impl Llama {
             .sum();
         let mut r = Reader {
             r: &mut f,
-            map: Arc::new(map),
+            map: weights.clone(),
             content,
             progress,
             done: 0,
@@ -519,7 +519,25 @@ impl Llama {
             out_norm,
             output,
             rope,
+            weights,
         })
+    }
+
+    /// Where the weights are: the file's page-cache pages, or (after load, on Linux) the copy
+    /// in 2 MiB pages (`weight_map`).
+    pub fn weight_pages(&self) -> Pages {
+        self.weights.pages()
+    }
+
+    /// The map the matrices point into (to report where the weights are).
+    pub fn weight_map(&self) -> Arc<WeightMap> {
+        self.weights.clone()
+    }
+
+    /// Waits up to `limit` for the weights to reach their final pages (benchmarks time steady
+    /// state).
+    pub fn settle_weights(&self, limit: std::time::Duration) -> Pages {
+        self.weights.settle(limit)
     }
 
     /// Weight bytes one decode step reads: every layer's matrices and the output matrix (the
@@ -582,6 +600,7 @@ impl Llama {
     /// Runs a batch: each chunk's tokens are appended to its cache. Returns, for each chunk that
     /// asked for them, the logits after its last token (in chunk order).
     pub fn forward(&self, chunks: &mut [Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let _reading = self.weights.reading();
         let c = &self.cfg;
         let (e, hd) = (c.n_embd, c.head_dim);
         let (qd, kvd) = (c.n_head * hd, c.n_kv_head * hd);

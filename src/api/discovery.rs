@@ -271,6 +271,7 @@ async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
                     "kv_pool_bytes": s.kv_pool_bytes.load(Relaxed), "kv_limit_bytes": s.kv_limit_bytes.load(Relaxed),
                     "kv_budget_used_bytes": budget.map_or(0, |b| b.used_bytes()), "kv_limit_shared_with": shared_with,
                     "mean_batch": if steps > 0 { rows as f64 / steps as f64 } else { 0.0 },
+                    "weights_pages": s.weights.get().map(|w| w.pages().name()),
                 })
             })
             .collect();

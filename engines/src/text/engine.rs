@@ -126,6 +126,8 @@ pub struct EngineStats {
     pub kv_limit_bytes: AtomicUsize,
     /// The budget the pool draws on, set once the engine has started (none without a pool).
     pub kv_budget: OnceLock<Arc<KvBudget>>,
+    /// A native GGUF's weight map: whether the weights are in 2 MiB pages yet.
+    pub weights: OnceLock<Arc<abstractgateway_models::weight_map::WeightMap>>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +193,9 @@ impl TextEngine {
         let stats = Arc::new(EngineStats::default());
         stats.capacity.store(capacity, Ordering::Relaxed);
         attach_kv_budget(&model, &cfg, &stats);
+        if let Some(w) = model.weight_map() {
+            let _ = stats.weights.set(w);
+        }
         let member = stats.kv_budget.get().map(|budget| {
             let wake: Weak<SyncSender<Msg>> = Arc::downgrade(&tx);
             // A full channel means a busy engine, which could not shrink anyway: the dropped

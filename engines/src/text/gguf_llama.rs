@@ -291,6 +291,23 @@ impl LlamaGguf {
         }
     }
 
+    /// The weight file's map (native backend): where the weights are, for discovery.
+    pub fn weight_map(&self) -> Option<Arc<abstractgateway_models::weight_map::WeightMap>> {
+        match &self.backend {
+            Backend::Native(m) => Some(m.weight_map()),
+            _ => None,
+        }
+    }
+
+    /// Waits up to `limit` for the weights' move into huge pages after load (native backend,
+    /// `abstractgateway_models::weight_map`); where they are then. None on the other backends.
+    pub fn settle_weights(&self, limit: std::time::Duration) -> Option<abstractgateway_models::weight_map::Pages> {
+        match &self.backend {
+            Backend::Native(m) => Some(m.settle_weights(limit)),
+            _ => None,
+        }
+    }
+
     /// Tensor types requantized to `Q8_0` at load (native backend; empty: none).
     pub fn requantized(&self) -> &[String] {
         match &self.backend {
