@@ -102,7 +102,10 @@ fn main() {
     // Timed in steady state: after the weights' move into 2 MiB pages (`weight_map`), which
     // runs in the background for a second or two after load.
     let pages = m.settle_weights(Duration::from_secs(60));
-    println!("our weights: {pages:?} pages (Huge: moved into 2 MiB pages after load; File: the file's page cache)");
+    println!(
+        "our weights: {} pages (huge: moved into 2 MiB pages after load; file: the file's page cache)",
+        pages.map_or("candle's", |p| p.name())
+    );
     let tok = m.tokenizer.clone();
     let step_bytes = m.step_weight_bytes().unwrap_or(0) as f64;
     // The machine's read bandwidth bounds both sides' decode; on a shared host it moves, so it

@@ -13,6 +13,7 @@ use abstractgateway_engines::device::{self, DeviceSpec};
 use abstractgateway_engines::text::gguf_llama::{LlamaGguf, Sequence, StepOut};
 use abstractgateway_engines::text::sampling::argmax;
 use abstractgateway_engines::text::synthetic::{Implementation, SyntheticModel};
+use abstractgateway_models::weight_map::Pages;
 use candle_core::DType;
 use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng};
@@ -138,7 +139,7 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
     // Weight bytes per decode step, where the model can tell (a GGUF on the native backend).
     let mut step_bytes = None;
     // Where a native GGUF's weights are (page-cache pages, or the copy in 2 MiB pages).
-    let mut pages: Option<String> = None;
+    let mut pages: Option<Pages> = None;
     // One factory for fresh sequences, whichever kind of model.
     // `dtype`: the synthetic weights' (a model file keeps its own types).
     let (label, dtype, params, vocab, make): (String, Option<DType>, Option<usize>, usize, Box<dyn Fn() -> Sequence>) =
@@ -182,8 +183,8 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
             // 2 MiB pages (a second or two; the model serves meanwhile).
             let t = Instant::now();
             if let Some(p) = m.settle_weights(std::time::Duration::from_secs(60)) {
-                pages = Some(format!("{p:?}"));
-                eprintln!("weights in {p:?} pages {:.0} ms later", t.elapsed().as_secs_f64() * 1e3);
+                pages = Some(p);
+                eprintln!("weights in {} pages {:.0} ms later", p.name(), t.elapsed().as_secs_f64() * 1e3);
             }
             (label, None, None, vocab, Box::new(move || m.sequence()))
         };
@@ -222,11 +223,11 @@ fn decode(a: DecodeArgs) -> Result<(), String> {
     println!("model        {label}");
     let dtype_name = dtype.map(|d| format!("{d:?}").to_lowercase()).unwrap_or_else(|| "file".into());
     println!("device       {}  dtype {dtype_name}", sel.name);
-    if let Some(p) = &pages {
-        let where_ = match p.as_str() {
-            "Huge" => "in 2 MiB pages (moved after load; ABSTRACTGATEWAY_HUGE_PAGES=0 keeps the file's)",
-            "File" => "in the file's page-cache pages",
-            _ => "in the file's page-cache pages (the move into 2 MiB pages failed)",
+    if let Some(p) = pages {
+        let where_ = match p {
+            Pages::Huge => "in 2 MiB pages (moved after load; ABSTRACTGATEWAY_HUGE_PAGES=0 keeps the file's)",
+            Pages::File => "in the file's page-cache pages",
+            _ => "in the file's page-cache pages (the move into 2 MiB pages failed or was not finished)",
         };
         println!("weights      {where_}");
     }

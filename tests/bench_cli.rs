@@ -58,6 +58,15 @@ fn decode_reports_ttft_and_tokens_per_second_on_a_real_model() {
         .unwrap_or(0.0);
     assert!((80.0..100.0).contains(&mb), "{out}");
     assert!(figure(&out, "memory") > 0.0, "{out}");
+    // Timed after the weights' move into 2 MiB pages, where the host has transparent huge pages.
+    let huge = cfg!(target_os = "linux")
+        && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").is_ok_and(|t| !t.contains("[never]"));
+    let pages = if huge {
+        "weights      in 2 MiB pages"
+    } else {
+        "weights      in the file's page-cache pages"
+    };
+    assert!(out.lines().any(|l| l.starts_with(pages)), "{out}");
 }
 
 #[test]

@@ -523,12 +523,6 @@ impl Llama {
         })
     }
 
-    /// Where the weights are: the file's page-cache pages, or (after load, on Linux) the copy
-    /// in 2 MiB pages (`weight_map`).
-    pub fn weight_pages(&self) -> Pages {
-        self.weights.pages()
-    }
-
     /// The map the matrices point into (to report where the weights are).
     pub fn weight_map(&self) -> Arc<WeightMap> {
         self.weights.clone()
