@@ -7,6 +7,7 @@
 //! - a `RunnerBatch` (run states + ledger appends + command outcomes + cursor) commits atomically,
 //!   so a run's state and its ledger never disagree, even after `kill -9`.
 
+pub mod blobs;
 pub mod health;
 pub mod migrate;
 pub mod sqlite;
