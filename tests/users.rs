@@ -285,16 +285,28 @@ fn users_are_isolated_from_each_other() {
     let g = hosted();
     let alice = create_user(&g, TOKEN, "alice", &["user"]);
     let bob = create_user(&g, TOKEN, "bob", &["user"]);
-    upload_as(&g, &alice, "test-wait@0.1.0.flow");
-    // Bob has his own bundle registry: only the built-in bundles, none of Alice's uploads.
-    let (_, b) = req(&g, "GET", "/api/gateway/bundles", &bob, None);
-    let ids: Vec<&str> = b["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i["bundle_id"].as_str())
-        .collect();
-    assert_eq!(ids, ["basic-agent"]);
+    let noop = std::fs::read_to_string(format!("{BUNDLES}/src/noop.json")).unwrap();
+    let (s, v) = upload_with(
+        &g,
+        &alice,
+        make_flow(&manifest("alice-only", "1.0.0", "noop"), &[("flows/noop.json", noop.into_bytes())]),
+        false,
+    );
+    assert_eq!(s, 200, "{v}");
+    // Bob has his own bundle registry: the deployment's and the built-in bundles, none of
+    // Alice's uploads; Alice sees hers besides them.
+    let ids = |tok: &str| -> Vec<String> {
+        let (_, b) = req(&g, "GET", "/api/gateway/bundles", tok, None);
+        b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["bundle_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(!ids(&bob).contains(&"alice-only".to_string()), "{:?}", ids(&bob));
+    assert!(ids(&bob).contains(&"test-wait".to_string()) && ids(&bob).contains(&"basic-agent".to_string()));
+    assert!(ids(&alice).contains(&"alice-only".to_string()));
     let (s, v) = req(
         &g,
         "POST",
@@ -378,7 +390,7 @@ fn users_are_isolated_from_each_other() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert!(g.dir.join("users/default/alice/runtime/gateway.sqlite3").exists());
-    assert!(g.dir.join("users/default/alice/flows/test-wait@0.1.0.flow").exists());
+    assert!(g.dir.join("users/default/alice/flows/alice-only@1.0.0.flow").exists());
     // The bootstrap admin works in the base plane (which has the test bundles).
     let admin = std::fs::read_to_string(g.dir.join("auth/bootstrap-admin-token"))
         .unwrap()
@@ -448,4 +460,67 @@ fn standalone_runner_advances_user_planes() {
     let _ = runner.kill();
     let _ = runner.wait();
     api.kill9();
+}
+
+#[test]
+fn admin_only_families_fail_closed_for_users_even_where_not_served() {
+    let g = hosted();
+    let alice = create_user(&g, TOKEN, "alice", &["user"]);
+    for (method, path, resource) in [
+        ("GET", "/api/gateway/files/list", "workspace"),
+        ("GET", "/api/gateway/audit/tail", "audit"),
+        ("GET", "/api/gateway/processes", "processes"),
+        ("POST", "/api/gateway/models/load", "models"),
+        ("POST", "/api/gateway/prompt_cache/set", "prompt_cache"),
+        ("POST", "/api/gateway/blocs/upsert_text", "blocs"),
+        ("POST", "/api/gateway/artifacts/import", "workspace"),
+        ("POST", "/api/gateway/attachments/ingest", "workspace"),
+        ("POST", "/api/gateway/runs/r1/artifacts/a1/export", "workspace"),
+        ("GET", "/api/gateway/admin/users", "admin"),
+    ] {
+        let body = (method == "POST").then(|| json!({}));
+        let (s, v) = req(&g, method, path, &alice, body);
+        assert_eq!(s, 403, "{method} {path}: {v}");
+        assert_eq!(v["reason_code"], "admin_required", "{path}");
+        assert_eq!(v["resource_class"], resource, "{path}");
+        assert_eq!(v["action"], if method == "POST" { "write" } else { "read" }, "{path}");
+    }
+    // Reads of the write-guarded families are not refused for being admin-only.
+    let (s, v) = req(&g, "GET", "/api/gateway/prompt_cache/stats", &alice, None);
+    assert_ne!(s, 403, "{v}");
+    // An admin passes the family check (a family not served is then a plain 404).
+    let (s, _) = req(&g, "GET", "/api/gateway/files/list", TOKEN, None);
+    assert_eq!(s, 404);
+}
+
+#[test]
+fn users_run_the_deployments_bundles_read_only_beside_their_own() {
+    let g = hosted();
+    let alice = create_user(&g, TOKEN, "alice", &["user"]);
+    // A bundle of the deployment's flows dir, started by a fresh user: it runs, in her plane.
+    let (s, v) = req(
+        &g,
+        "POST",
+        "/api/gateway/runs/start",
+        &alice,
+        Some(json!({"bundle_id": "test-noop", "session_id": "s"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while req(&g, "GET", &format!("/api/gateway/runs/{run}"), &alice, None).1["status"] != "completed" {
+        assert!(std::time::Instant::now() < deadline, "the deployment bundle's run did not complete");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        req(&g, "GET", &format!("/api/gateway/runs/{run}"), TOKEN, None).0,
+        404,
+        "the run is Alice's alone"
+    );
+    // She cannot remove it (it is the deployment's), and it stays.
+    let (s, v) = req(&g, "DELETE", "/api/gateway/bundles/test-noop", &alice, None);
+    assert_eq!(s, 403, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("read-only"), "{v}");
+    assert!(g.dir.join("flows/test-noop@0.1.0.flow").exists());
+    assert_eq!(req(&g, "GET", "/api/gateway/bundles/test-noop", &alice, None).0, 200);
 }

@@ -360,6 +360,7 @@ async fn upload(Extension(st): Extension<AppState>, mut mp: Multipart) -> ApiRes
         Err(InstallError::Exists(n)) => return Err(ApiError::bad_request(format!("Bundle already installed: {n}"))),
         Err(InstallError::Invalid(e)) => return Err(ApiError::bad_request(format!("Failed installing bundle: {e}"))),
         Err(InstallError::Full(e)) => return Err(ApiError::Store(crate::store::StoreError::Full(e))),
+        Err(e @ InstallError::ReadOnly(_)) => return Err(ApiError::Status(axum::http::StatusCode::FORBIDDEN, e.to_string())),
         Err(InstallError::Io(e)) => {
             return Err(ApiError::Status(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -399,7 +400,10 @@ async fn remove(Extension(st): Extension<AppState>, Path(bundle_id): Path<String
     let removed = tokio::task::spawn_blocking(move || reg.remove(&id2, v2.as_deref()))
         .await
         .map_err(|e| ApiError::Status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::Status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| match e {
+            InstallError::ReadOnly(_) => ApiError::Status(axum::http::StatusCode::FORBIDDEN, e.to_string()),
+            e => ApiError::Status(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })?;
     let bref = match &v {
         Some(v) => format!("{id}@{v}"),
         None => id.clone(),

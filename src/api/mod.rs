@@ -1,6 +1,8 @@
 //! HTTP surface, one router per area. Handlers validate and authorize, hand durable work to the
 //! store, and wake the runner; they never execute flows themselves.
 
+pub mod artifact_inputs;
+pub mod artifacts;
 pub mod auth;
 pub mod basics;
 pub mod bundles;
@@ -16,6 +18,7 @@ pub mod planes;
 pub mod runs;
 pub mod summary;
 pub mod validate;
+pub mod workspace;
 
 use std::sync::Arc;
 
@@ -35,6 +38,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub registry: Arc<BundleRegistry>,
     pub notifier: Arc<Notifier>,
+    /// The plane's artifact bytes (metadata rows are in `store`).
+    pub blobs: Arc<crate::store::blobs::BlobStore>,
 }
 
 impl AppState {
@@ -142,6 +147,8 @@ pub fn routes() -> Vec<Route> {
     all.extend(console::routes());
     all.extend(openai::routes());
     all.extend(discovery::routes());
+    all.extend(artifacts::routes());
+    all.extend(workspace::routes());
     all
 }
 

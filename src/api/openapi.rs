@@ -72,10 +72,19 @@ pub fn safe_id_schema() -> Value {
 }
 
 /// Query parameters by name, as the handlers parse them (`validate::query_int`, `query_bool`).
-fn query_param(name: &str) -> Value {
+fn query_param(path: &str, name: &str) -> Value {
     let boolean = json!({"type": "string", "enum": ["true", "false", "True", "False"]});
     let schema = match name {
+        // Artifact listings take upstream's -1..10000, where <= 0 means the default page (500).
+        "limit" if path.contains("/artifacts") => json!({"type": "integer", "minimum": -1, "maximum": 10000}),
         "limit" => json!({"type": "integer", "minimum": 1, "maximum": 10000}),
+        // Plain `boolean` here: with the string enum, schemathesis 4.32's coverage phase takes
+        // `2` for a valid value of these (and only these) parameters.
+        "include_voice" | "include_stats" | "debug_unlimited" => json!({"type": "boolean"}),
+        "order" => json!({"type": "string", "enum": ["asc", "desc", ""]}),
+        "order_by" => json!({"type": "string", "enum": ["created_at", ""]}),
+        "scope" if path.contains("/artifacts") => json!({"type": "string", "enum": ["all", "session", "run", ""]}),
+        "access_action" | "access" => json!({"type": "string", "enum": ["content", "preview", "download", ""]}),
         "offset" | "after" => json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}),
         "heartbeat_s" => json!({"type": "number", "exclusiveMinimum": 0.1, "maximum": 60}),
         // Empty means no filter.
@@ -123,7 +132,7 @@ fn operation(r: &Route) -> Value {
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|p| path_param(p.trim_start_matches('*')))
         .collect();
-    params.extend(r.query.iter().map(|q| query_param(q)));
+    params.extend(r.query.iter().map(|q| query_param(path, q)));
     let mut codes: Vec<u16> = guard_codes(method, path);
     codes.extend(r.errors);
     // Query values and JSON bodies that do not parse are 422 under /api/gateway (/v1 says 400,

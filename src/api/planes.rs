@@ -15,6 +15,7 @@ use crate::runtime::notify::Notifier;
 use crate::runtime::runner::Runner;
 use crate::runtime::worker::EffectWorker;
 use crate::security::principal::Principal;
+use crate::store::blobs::{BlobError, BlobStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -36,15 +37,30 @@ pub fn open_plane(cfg: Config) -> Result<(AppState, Arc<SqliteStore>), String> {
     crate::util::ensure_private_dir(&cfg.data_dir).map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
     let store =
         Arc::new(SqliteStore::open_capped(&cfg.db_path, cfg.db_max_mb).map_err(|e| format!("cannot open {}: {e}", cfg.db_path.display()))?);
-    let registry = Arc::new(BundleRegistry::new(cfg.flows_dir.clone()));
+    let registry = Arc::new(BundleRegistry::with_shared(cfg.flows_dir.clone(), cfg.shared_flows_dir.clone()));
     let n = registry.reload().map_err(|e| e.to_string())?;
     tracing::info!(flows_dir = %cfg.flows_dir.display(), bundles = n, "bundles loaded");
     let notifier = Notifier::with_peers(&cfg.data_dir).map_err(|e| format!("cannot create notify socket: {e}"))?;
+    let blob_root = cfg.data_dir.join("artifacts").join("blobs");
+    let rows = store.clone();
+    let (blobs, collected) = BlobStore::open_and_collect(&blob_root, move || {
+        rows.artifact_blob_ids()
+            .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))
+    })
+    .map_err(|e| format!("cannot open the artifact store {}: {e}", blob_root.display()))?;
+    if collected.files > 0 {
+        tracing::info!(
+            files = collected.files,
+            bytes = collected.bytes,
+            "artifact store: removed temp files and unreferenced blobs"
+        );
+    }
     let st = AppState {
         cfg: Arc::new(cfg),
         store: store.clone() as Arc<dyn Store>,
         registry,
         notifier,
+        blobs: Arc::new(blobs),
     };
     Ok((st, store))
 }
@@ -78,6 +94,10 @@ impl Planes {
                 notifier: st.notifier.clone(),
                 max_steps: st.cfg.tick_max_steps,
                 tools_need_approval: st.cfg.tools_need_approval(),
+                offload: Some(crate::runtime::offload::Offload {
+                    blobs: st.blobs.clone(),
+                    max_inline: st.cfg.max_inline_bytes,
+                }),
                 lease_ttl: std::time::Duration::from_secs_f64(st.cfg.runner_lease_s),
             });
             if let Ok(mut h) = self.handles.lock() {

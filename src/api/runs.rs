@@ -299,6 +299,7 @@ async fn start(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Jso
     let lifecycle = lifecycle.map(|l| sanitize_lifecycle(&l));
     let draft = lifecycle.as_ref().and_then(|l| l.get("purpose")).and_then(Value::as_str) == Some("draft_test");
     let r = resolve_target(&st, bundle_id, bundle_version, flow_id, interface, draft)?;
+    super::artifact_inputs::resolve(&st, &r.flow, &mut input).await?;
 
     // Clients never set runtime policy; they may ask for thinking.
     if let Some(Value::Object(rt)) = input.get_mut("_runtime") {
@@ -406,6 +407,8 @@ async fn schedule_run(Extension(st): Extension<AppState>, body: Bytes) -> ApiRes
         count = Some(1);
     }
     let r = resolve_target(&st, bundle_id, bundle_version, flow_id, interface, false)?;
+    let mut input = input;
+    super::artifact_inputs::resolve(&st, &r.flow, &mut input).await?;
     let ts = now_iso();
     let sched = json!({
         "kind": "scheduled_run", "target_workflow_id": r.flow.workflow_id, "target_bundle_id": r.bundle.id,

@@ -20,6 +20,15 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: u64,
     pub max_bundle_bytes: u64,
+    /// One attachment's file part at most (`POST /attachments/upload`).
+    pub max_attachment_bytes: u64,
+    /// Named server directories that artifact import/export may use besides the run's own
+    /// workspace (`ABSTRACTGATEWAY_WORKSPACE_MOUNTS`: `name=/abs/path`, one per line or comma).
+    pub workspace_mounts: Vec<(String, PathBuf)>,
+    /// Ledger values whose JSON is larger are stored as artifacts, the record keeping the ref.
+    pub max_inline_bytes: usize,
+    /// A hosted user's plane: the deployment's flows dir, shown read-only.
+    pub shared_flows_dir: Option<PathBuf>,
     pub max_upload_body_bytes: u64,
     pub max_concurrency: usize,
     pub max_sse: usize,
@@ -110,6 +119,32 @@ fn var(names: &[&str]) -> Option<String> {
         .filter_map(|n| std::env::var(n).ok())
         .map(|v| v.trim().to_string())
         .find(|v| !v.is_empty())
+}
+
+/// `name=/abs/path` entries, one per line or comma-separated. Names are plain ids; paths absolute.
+fn mounts(v: Option<&str>) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for entry in v.unwrap_or("").split(['\n', ',']).map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = |why: &str| ConfigError::Invalid(format!("ABSTRACTGATEWAY_WORKSPACE_MOUNTS entry {entry:?}: {why}"));
+        let (name, path) = entry.split_once('=').ok_or_else(|| bad("expected name=/abs/path"))?;
+        let (name, path) = (name.trim(), PathBuf::from(path.trim()));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            || name.starts_with('.')
+        {
+            return Err(bad("the name must be letters, digits, '_', '-' or '.'"));
+        }
+        if !path.is_absolute() {
+            return Err(bad("the path must be absolute"));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(bad("the name is used twice"));
+        }
+        out.push((name.to_string(), path));
+    }
+    Ok(out)
 }
 
 fn flag(names: &[&str], default: bool) -> Result<bool, ConfigError> {
@@ -253,6 +288,13 @@ impl Config {
             // The live upstream (0.15.x) uses 10 MiB; the older spec used 256000.
             max_body_bytes: number(&["ABSTRACTGATEWAY_MAX_BODY_BYTES"], 10_485_760u64)?,
             max_bundle_bytes,
+            max_attachment_bytes: number(&["ABSTRACTGATEWAY_MAX_ATTACHMENT_BYTES"], 26_214_400u64)?,
+            workspace_mounts: mounts(var(&["ABSTRACTGATEWAY_WORKSPACE_MOUNTS"]).as_deref())?,
+            shared_flows_dir: None,
+            max_inline_bytes: number(
+                &["ABSTRACTRUNTIME_MAX_INLINE_BYTES", "ABSTRACTGATEWAY_MAX_INLINE_BYTES"],
+                262_144usize,
+            )?,
             max_upload_body_bytes: number(&["ABSTRACTGATEWAY_MAX_UPLOAD_BODY_BYTES"], 0u64)?,
             max_concurrency: number(&["ABSTRACTGATEWAY_MAX_CONCURRENCY"], 64usize)?,
             max_sse: number(&["ABSTRACTGATEWAY_MAX_SSE"], 32usize)?,
@@ -343,7 +385,16 @@ impl Config {
 
     /// Upload routes get the endpoint cap plus 2 MiB of multipart overhead, as upstream.
     pub fn upload_body_limit(&self) -> u64 {
-        let auto = self.max_bundle_bytes + 2 * 1024 * 1024;
+        self.upload_limit(self.max_bundle_bytes)
+    }
+
+    /// The whole multipart body of `POST /attachments/upload`.
+    pub fn attachment_body_limit(&self) -> u64 {
+        self.upload_limit(self.max_attachment_bytes)
+    }
+
+    fn upload_limit(&self, cap: u64) -> u64 {
+        let auto = cap.saturating_add(2 * 1024 * 1024);
         if self.max_upload_body_bytes > 0 {
             auto.min(self.max_upload_body_bytes)
         } else {
@@ -362,6 +413,8 @@ impl Config {
         c.data_dir = root.join("runtime");
         c.flows_dir = root.join("flows");
         c.db_path = c.data_dir.join("gateway.sqlite3");
+        // The deployment's bundles stay runnable (read-only) in every user's plane, as upstream.
+        c.shared_flows_dir = Some(self.flows_dir.clone());
         c
     }
 

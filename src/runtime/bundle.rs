@@ -54,6 +54,8 @@ pub struct Bundle {
     pub metadata: Value,
     pub sha256: String,
     pub path: Option<PathBuf>,
+    /// A deployment bundle seen from a hosted user's plane: runnable, not removable there.
+    pub read_only: bool,
 }
 
 impl Bundle {
@@ -276,6 +278,7 @@ pub fn load_bundle(bytes: &[u8], path: Option<PathBuf>) -> Result<Bundle, Bundle
         default_entrypoint,
         flows,
         path,
+        read_only: false,
     })
 }
 
@@ -303,6 +306,9 @@ fn semver_key(v: &str) -> Option<(u64, u64, u64, bool, String)> {
 #[derive(Default)]
 pub struct BundleRegistry {
     dir: PathBuf,
+    /// The deployment's flows dir, shown read-only under this registry's own bundles (hosted
+    /// users' planes; None on the base plane).
+    shared: Option<PathBuf>,
     bundles: RwLock<BTreeMap<String, BTreeMap<String, Arc<Bundle>>>>,
     load_errors: RwLock<Vec<String>>,
 }
@@ -310,6 +316,35 @@ pub struct BundleRegistry {
 impl BundleRegistry {
     pub fn new(dir: PathBuf) -> BundleRegistry {
         BundleRegistry { dir, ..Default::default() }
+    }
+
+    /// A registry that also shows `shared`'s bundles, read-only (an own bundle of the same
+    /// `id@version` takes precedence).
+    pub fn with_shared(dir: PathBuf, shared: Option<PathBuf>) -> BundleRegistry {
+        BundleRegistry {
+            dir,
+            shared,
+            ..Default::default()
+        }
+    }
+
+    /// `*.flow` files of a flows dir (or the file itself, when it is one).
+    fn flow_files(dir: &Path, create: bool) -> Result<Vec<PathBuf>, BundleError> {
+        if dir.is_file() {
+            return Ok(vec![dir.to_path_buf()]);
+        }
+        if create {
+            std::fs::create_dir_all(dir).map_err(|e| BundleError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        } else if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| BundleError::Io(format!("cannot read {}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().map(|x| x == "flow").unwrap_or(false))
+            .collect();
+        v.sort();
+        Ok(v)
     }
 
     pub fn dir(&self) -> &Path {
@@ -330,23 +365,19 @@ impl BundleRegistry {
     pub fn reload(&self) -> Result<usize, BundleError> {
         let mut map: BTreeMap<String, BTreeMap<String, Arc<Bundle>>> = BTreeMap::new();
         let mut errors = Vec::new();
-        let mut entries: Vec<PathBuf> = if self.dir.is_file() {
-            vec![self.dir.clone()]
-        } else {
-            std::fs::create_dir_all(&self.dir).map_err(|e| BundleError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
-            std::fs::read_dir(&self.dir)
-                .map_err(|e| BundleError::Io(format!("cannot read {}: {e}", self.dir.display())))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().map(|x| x == "flow").unwrap_or(false))
-                .collect()
-        };
-        entries.sort();
-        for p in entries {
+        // The deployment's bundles first, so that an own bundle of the same id@version replaces it.
+        let mut entries: Vec<(PathBuf, bool)> = Vec::new();
+        if let Some(shared) = &self.shared {
+            entries.extend(BundleRegistry::flow_files(shared, false)?.into_iter().map(|p| (p, true)));
+        }
+        entries.extend(BundleRegistry::flow_files(&self.dir, true)?.into_iter().map(|p| (p, false)));
+        for (p, read_only) in entries {
             let res = std::fs::read(&p)
                 .map_err(|e| BundleError::Io(e.to_string()))
                 .and_then(|b| load_bundle(&b, Some(p.clone())));
             match res {
                 Ok(b) => {
+                    let b = Bundle { read_only, ..b };
                     map.entry(b.id.clone()).or_default().insert(b.version.clone(), Arc::new(b));
                 }
                 Err(e) => {
@@ -455,6 +486,9 @@ impl BundleRegistry {
             None => self.versions(id),
         };
         let mut removed = 0;
+        if let Some(b) = targets.iter().find(|b| b.read_only) {
+            return Err(InstallError::ReadOnly(b.bundle_ref()));
+        }
         for b in targets {
             if let Some(p) = &b.path {
                 match std::fs::remove_file(p) {
@@ -488,6 +522,8 @@ pub enum InstallError {
     /// No space left on the flows dir's disk: nothing was installed.
     #[error("{0}")]
     Full(String),
+    #[error("Bundle '{0}' belongs to the deployment and is read-only here")]
+    ReadOnly(String),
 }
 
 #[cfg(test)]

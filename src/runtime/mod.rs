@@ -11,6 +11,7 @@ pub mod interpreter;
 pub mod llm_call;
 pub mod model;
 pub mod notify;
+pub mod offload;
 pub mod pure;
 pub mod runner;
 pub mod schedule;

@@ -38,6 +38,8 @@ pub struct Pass<'a> {
     cursor: Option<(String, u64)>,
     max_steps: usize,
     approval: bool,
+    offload: Option<super::offload::Offload>,
+    artifacts: Vec<crate::store::ArtifactRow>,
 }
 
 impl<'a> Pass<'a> {
@@ -55,7 +57,15 @@ impl<'a> Pass<'a> {
             cursor: None,
             max_steps,
             approval: true,
+            offload: None,
+            artifacts: Vec::new(),
         }
+    }
+
+    /// Stores record values over the inline limit as artifacts of their run.
+    pub fn with_offload(mut self, offload: Option<super::offload::Offload>) -> Pass<'a> {
+        self.offload = offload;
+        self
     }
 
     /// Side-effect tools run without approval (`ABSTRACTGATEWAY_TOOL_MODE=local`).
@@ -294,6 +304,7 @@ impl<'a> Pass<'a> {
             ledger: std::mem::take(&mut self.records),
             command_outcomes: std::mem::take(&mut self.outcomes),
             cursor: self.cursor.take(),
+            artifacts: std::mem::take(&mut self.artifacts),
         };
         if !batch.is_empty() {
             self.store.commit(batch)?;
@@ -344,8 +355,12 @@ impl Host for Pass<'_> {
         self.approval
     }
 
-    fn record(&mut self, rec: Value) {
+    fn record(&mut self, mut rec: Value) {
         let run_id = rec.get("run_id").and_then(Value::as_str).unwrap_or("").to_string();
+        if let Some(o) = &self.offload {
+            let session = self.runs.get(&run_id).and_then(|r| r.session_id.clone());
+            self.artifacts.extend(o.apply(&mut rec, session.as_deref()));
+        }
         self.records.push((run_id, rec.to_string()));
     }
 }
@@ -356,6 +371,8 @@ pub struct Runner {
     pub notifier: Arc<Notifier>,
     pub max_steps: usize,
     pub tools_need_approval: bool,
+    /// Where large ledger values go (None: every value stays inline).
+    pub offload: Option<super::offload::Offload>,
     /// How long the runner lease lasts unrenewed (`ABSTRACTGATEWAY_RUNNER_LEASE_S`, 10 s): how
     /// long a standby on another host waits for a runner that died. It is renewed every third
     /// of it (a standby on the same host takes over at once from a dead process).
@@ -408,7 +425,7 @@ impl Runner {
                         tracing::warn!(error = %e, "cannot reload bundles");
                     }
                 }
-                let pass = Pass::new(me.store.as_ref(), &me.registry, me.max_steps);
+                let pass = Pass::new(me.store.as_ref(), &me.registry, me.max_steps).with_offload(me.offload.clone());
                 if me.tools_need_approval {
                     pass
                 } else {

@@ -2,6 +2,7 @@
 //! concurrency slot: a client that trickles its body (or stalls halfway) ties up only its own
 //! connection, never a slot that other requests need.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -63,6 +64,66 @@ pub async fn read_body(body: Body, limit: u64, pace: BodyPace) -> Result<Bytes, 
     }
 }
 
+/// Why a streamed body stopped early, for the handler that reads it (the stream itself can only
+/// say "error").
+#[derive(Debug, Clone, Default)]
+pub struct BodyCut {
+    pub limit: u64,
+    why: Arc<Mutex<Option<BodyError>>>,
+}
+
+impl BodyCut {
+    pub fn take(&self) -> Option<BodyError> {
+        self.why.lock().ok().and_then(|mut w| w.take())
+    }
+
+    fn set(&self, e: BodyError) {
+        if let Ok(mut w) = self.why.lock() {
+            *w = Some(e);
+        }
+    }
+}
+
+/// The body as a stream that keeps `limit` and `pace` as `read_body` does, for routes that store
+/// what they receive as it arrives (attachments) instead of holding it in memory. Past the limit
+/// or the pace the stream ends in an error, and `BodyCut` says which.
+pub fn paced(body: Body, limit: u64, pace: BodyPace) -> (Body, BodyCut) {
+    let cut = BodyCut {
+        limit,
+        why: Arc::default(),
+    };
+    let start = Instant::now();
+    let c = cut.clone();
+    let stream = futures_util::stream::unfold(Some((body.into_data_stream(), 0u64)), move |state| {
+        let c = c.clone();
+        async move {
+            let (mut s, n) = state?;
+            let fail = |e: BodyError| {
+                let msg = format!("{e:?}");
+                c.set(e);
+                Some((Err(std::io::Error::other(msg)), None))
+            };
+            match tokio::time::timeout_at(pace.due(start, n), s.next()).await {
+                Err(_) => fail(BodyError::TimedOut {
+                    received: n,
+                    waited_s: start.elapsed().as_secs_f64(),
+                }),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => fail(BodyError::Broken(e.to_string())),
+                Ok(Some(Ok(chunk))) => {
+                    let m = n + chunk.len() as u64;
+                    if m > limit {
+                        fail(BodyError::TooLarge(m))
+                    } else {
+                        Some((Ok(chunk), Some((s, m))))
+                    }
+                }
+            }
+        }
+    });
+    (Body::from_stream(stream), cut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +139,16 @@ mod tests {
     async fn a_whole_body_is_read() {
         let b = read_body(Body::from("hello"), 10, pace(1000, 1)).await.unwrap();
         assert_eq!(&b[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_paced_stream_passes_bytes_through_and_says_why_it_stopped() {
+        let (b, cut) = paced(Body::from("hello"), 10, pace(1000, 1));
+        assert_eq!(&read_body(b, 100, pace(1000, 1)).await.unwrap()[..], b"hello");
+        assert!(cut.take().is_none());
+        let (b, cut) = paced(Body::from("hello world"), 5, pace(1000, 1));
+        assert!(matches!(read_body(b, 100, pace(1000, 1)).await, Err(BodyError::Broken(_))));
+        assert_eq!(cut.take(), Some(BodyError::TooLarge(11)));
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod families;
 pub mod glob;
 pub mod listener;
 pub mod principal;
@@ -259,7 +260,14 @@ async fn json_error(resp: Response, openai: bool) -> Response {
     } else {
         detail(status, &message)
     };
-    for k in [header::WWW_AUTHENTICATE, header::RETRY_AFTER, header::ALLOW, header::CONNECTION] {
+    // Content-Range on a 416 tells a media player the size to ask within.
+    for k in [
+        header::WWW_AUTHENTICATE,
+        header::RETRY_AFTER,
+        header::ALLOW,
+        header::CONNECTION,
+        header::CONTENT_RANGE,
+    ] {
         if let Some(v) = parts.headers.get(&k) {
             out.headers_mut().insert(k, v.clone());
         }
@@ -415,12 +423,13 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
                 }
             }
         }
-        if path.starts_with("/api/gateway/admin") && !principal.is_admin() {
+        let admin_only = families::admin_resource(&path, write);
+        if let (Some(resource), false) = (admin_only, principal.is_admin()) {
             break 'resp (
                 StatusCode::FORBIDDEN,
                 axum::Json(
                     serde_json::json!({"detail": "Admin principal required", "reason_code": "admin_required", "required_role": "admin",
-                    "resource_class": "admin", "action": if write { "write" } else { "read" }}),
+                    "resource_class": resource, "action": if write { "write" } else { "read" }}),
                 ),
             )
                 .into_response();
@@ -438,7 +447,29 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         req.extensions_mut().insert(sec.clone());
         // The body is read before the request takes a slot: a client that trickles it holds
         // only its own connection (see `body.rs`).
-        let req = if write {
+        let req = if write && path.ends_with("/attachments/upload") {
+            // Attachments stream to the blob store as they arrive (never whole in memory), under
+            // the same limit and pace as a buffered body; the handler learns why a cut body stopped.
+            let limit = sec.cfg.attachment_body_limit();
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(n) = declared {
+                if n > limit {
+                    break 'resp detail(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("Payload Too Large ({n} bytes > {limit} bytes)"),
+                    );
+                }
+            }
+            bytes_in = declared;
+            let (mut parts, b) = req.into_parts();
+            let (b, cut) = body::paced(b, limit, sec.body_pace());
+            parts.extensions.insert(cut);
+            Request::from_parts(parts, b)
+        } else if write {
             let limit = if path.ends_with("/bundles/upload") {
                 sec.cfg.upload_body_limit()
             } else {

@@ -7,10 +7,14 @@
 //! 3. only then does the caller commit the metadata row.
 //!
 //! A crash before 3 leaves a blob (or a temp file) no row names: `collect` removes those at start.
+//! Several processes may serve one data dir (a gateway and a runner); each holds a shared lock on
+//! `.lock` while it has the store open, and collection runs only under the exclusive lock, so it
+//! never removes a blob another live process has just written and not yet committed.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -36,6 +40,17 @@ pub struct BlobRef {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// Holds the shared lock on `.lock` for as long as any clone lives.
+    _lock: Arc<File>,
+}
+
+/// What start-up collection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Collected {
+    /// False when another live process holds the store (collection skipped).
+    pub ran: bool,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -52,11 +67,52 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl BlobStore {
-    /// Opens (creating) `root`, with its `tmp/` directory.
+    /// Opens (creating) `root`, with its `tmp/` directory, under a shared lock.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<BlobStore> {
-        let root = root.into();
+        let (store, _) = BlobStore::open_inner(root.into(), None::<fn() -> Result<std::collections::HashSet<String>, BlobError>>)?;
+        Ok(store)
+    }
+
+    /// Opens `root` and, when no other process has it open, removes temp files and the blobs
+    /// `keep` (the ids metadata rows name) does not list.
+    pub fn open_and_collect(
+        root: impl Into<PathBuf>,
+        keep: impl FnOnce() -> Result<std::collections::HashSet<String>, BlobError>,
+    ) -> Result<(BlobStore, Collected), BlobError> {
+        Ok(BlobStore::open_inner(root.into(), Some(keep))?)
+    }
+
+    fn open_inner(
+        root: PathBuf,
+        keep: Option<impl FnOnce() -> Result<std::collections::HashSet<String>, BlobError>>,
+    ) -> io::Result<(BlobStore, Collected)> {
         fs::create_dir_all(root.join("tmp"))?;
-        Ok(BlobStore { root })
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(".lock"))?;
+        let mut done = Collected::default();
+        let exclusive = keep.is_some() && lock.try_lock().is_ok();
+        let store = BlobStore {
+            root,
+            _lock: Arc::new(lock),
+        };
+        if let (true, Some(keep)) = (exclusive, keep) {
+            let res = keep().and_then(|ids| store.collect(|id| ids.contains(id)));
+            match res {
+                Ok((files, bytes)) => done = Collected { ran: true, files, bytes },
+                Err(e) => tracing::warn!(error = %e, "blob collection skipped"),
+            }
+        }
+        // From exclusive (or nothing) to shared: other processes may open the store now.
+        store._lock.lock_shared()?;
+        Ok((store, done))
+    }
+
+    /// The directory the blobs live in.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Where blob `sha256` lives (two-character fan-out, as git's objects).
@@ -88,7 +144,7 @@ impl BlobStore {
 
     /// Removes every temp file and every blob `keep` does not name. Run at start, before any
     /// write, with `keep` answering from the metadata rows. Returns (files removed, bytes freed).
-    pub fn collect(&self, keep: impl Fn(&str) -> bool) -> Result<(u64, u64), BlobError> {
+    fn collect(&self, keep: impl Fn(&str) -> bool) -> Result<(u64, u64), BlobError> {
         let (mut files, mut bytes) = (0u64, 0u64);
         let mut remove = |p: &Path| -> io::Result<()> {
             let len = p.metadata().map(|m| m.len()).unwrap_or(0);
@@ -258,6 +314,32 @@ mod tests {
         assert_eq!((files, bytes), (3, 4 + 6 + 1));
         assert_eq!(read_all(&s, &kept.sha256), b"kept");
         assert!(matches!(s.open_blob(&orphan.sha256), Err(BlobError::Io(e)) if e.kind() == io::ErrorKind::NotFound));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn collection_runs_only_when_no_other_holder_has_the_store_open() {
+        let (dir, s) = temp_store("held");
+        let mut w = s.writer(100).expect("writer");
+        w.write(b"written, row not yet committed").expect("write");
+        let blob = w.finish().expect("finish");
+        // Another holder (here: `s`, as a live second process would) has the store open: a new
+        // opener must not collect the blob it has just written.
+        let (_s2, done) = BlobStore::open_and_collect(&dir, || Ok(Default::default())).expect("open");
+        assert!(!done.ran);
+        assert_eq!(read_all(&s, &blob.sha256), b"written, row not yet committed");
+        drop((_s2, s));
+        // Alone, the opener collects it (no row names it).
+        let (s3, done) = BlobStore::open_and_collect(&dir, || Ok(Default::default())).expect("open");
+        assert_eq!(
+            done,
+            Collected {
+                ran: true,
+                files: 1,
+                bytes: 30
+            }
+        );
+        assert!(s3.open_blob(&blob.sha256).is_err());
         let _ = fs::remove_dir_all(dir);
     }
 

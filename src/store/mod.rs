@@ -7,6 +7,7 @@
 //! - a `RunnerBatch` (run states + ledger appends + command outcomes + cursor) commits atomically,
 //!   so a run's state and its ledger never disagree, even after `kill -9`.
 
+pub mod artifacts;
 pub mod blobs;
 pub mod health;
 pub mod migrate;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::runtime::model::{RunState, RunStatus};
+pub use artifacts::{ArtifactPage, ArtifactQuery, ArtifactRow, ArtifactStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -134,11 +136,17 @@ pub struct RunnerBatch {
     pub ledger: Vec<(String, String)>,
     pub command_outcomes: Vec<(u64, CommandOutcome)>,
     pub cursor: Option<(String, u64)>,
+    /// Rows of values offloaded from this batch's records (their blobs already durable).
+    pub artifacts: Vec<ArtifactRow>,
 }
 
 impl RunnerBatch {
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.ledger.is_empty() && self.command_outcomes.is_empty() && self.cursor.is_none()
+        self.runs.is_empty()
+            && self.ledger.is_empty()
+            && self.command_outcomes.is_empty()
+            && self.cursor.is_none()
+            && self.artifacts.is_empty()
     }
 }
 
@@ -194,4 +202,18 @@ pub trait Store: Send + Sync + 'static {
     /// The current lease holder, if any.
     fn lease_holder(&self) -> StoreResult<Option<String>>;
     fn release_lease(&self, holder: &str) -> StoreResult<()>;
+
+    /// Creates `run` unless its id exists (session memory owner runs); true when created.
+    fn ensure_run(&self, run: &RunState) -> StoreResult<bool>;
+    /// Commits an artifact's metadata row. Its blob must already be durable. `owner` (the
+    /// `session_memory_<sid>` run of an upload) is created in the same transaction when absent.
+    fn put_artifact(&self, row: &ArtifactRow, owner: Option<&RunState>) -> StoreResult<()>;
+    fn get_artifact(&self, artifact_id: &str) -> StoreResult<Option<ArtifactRow>>;
+    /// Rows matching `q`, newest first unless `q.ascending`, with the total before paging.
+    fn search_artifacts(&self, q: &ArtifactQuery) -> StoreResult<ArtifactPage>;
+    fn artifact_stats(&self, q: &ArtifactQuery) -> StoreResult<ArtifactStats>;
+    /// Every blob a row names: what start-up collection keeps.
+    fn artifact_blob_ids(&self) -> StoreResult<std::collections::HashSet<String>>;
+    /// Counts one read of an artifact's content.
+    fn record_artifact_access(&self, artifact_id: &str, action: &str) -> StoreResult<()>;
 }

@@ -99,6 +99,13 @@ enum Op {
         state: String,
         result: Option<String>,
     },
+    /// An artifact's row, with its owner run created first when absent.
+    PutArtifact(Box<ArtifactRow>, Option<RunState>),
+    EnsureRun(RunState),
+    ArtifactAccess {
+        artifact_id: String,
+        action: String,
+    },
 }
 
 enum OpOut {
@@ -173,6 +180,7 @@ impl SqliteStore {
         create_private(path).map_err(|e| StoreError::Other(format!("cannot create {}: {e}", path.display())))?;
         let conn = open(path, false)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(artifacts::SCHEMA)?;
         if let Some(mb) = max_mb {
             // A size cap for the store: past it a write fails as on a full disk (507).
             let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
@@ -377,6 +385,18 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
             write_run(conn, &run, false)?;
             Ok(OpOut::Unit)
         }
+        Op::EnsureRun(run) => Ok(OpOut::Bool(ensure_run(conn, &run)?)),
+        Op::PutArtifact(row, owner) => {
+            if let Some(owner) = owner {
+                ensure_run(conn, &owner)?;
+            }
+            artifacts::insert(conn, &row)?;
+            Ok(OpOut::Unit)
+        }
+        Op::ArtifactAccess { artifact_id, action } => {
+            artifacts::record_access(conn, &artifact_id, &action, &now_iso())?;
+            Ok(OpOut::Unit)
+        }
         Op::Journal {
             key,
             run_id,
@@ -420,6 +440,9 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
         Op::Commit(batch) => {
             for run in &batch.runs {
                 write_run(conn, run, true)?;
+            }
+            for a in &batch.artifacts {
+                artifacts::insert(conn, a)?;
             }
             let mut heads: Vec<(String, u64)> = Vec::new();
             for (run_id, record) in &batch.ledger {
@@ -474,6 +497,19 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
             Ok(OpOut::Unit)
         }
     }
+}
+
+/// Creates `run` unless a run with its id exists; true when it was created.
+fn ensure_run(conn: &Connection, run: &RunState) -> StoreResult<bool> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")?
+        .query_row([&run.run_id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !exists {
+        write_run(conn, run, false)?;
+    }
+    Ok(!exists)
 }
 
 fn epoch_s() -> f64 {
@@ -813,6 +849,41 @@ impl Store for SqliteStore {
             OpOut::Bool(b) => Ok(b),
             _ => Err(StoreError::Other("unexpected writer reply".into())),
         }
+    }
+
+    fn ensure_run(&self, run: &RunState) -> StoreResult<bool> {
+        match self.submit(Op::EnsureRun(run.clone()))? {
+            OpOut::Bool(b) => Ok(b),
+            _ => Err(StoreError::Other("unexpected writer reply".into())),
+        }
+    }
+
+    fn put_artifact(&self, row: &ArtifactRow, owner: Option<&RunState>) -> StoreResult<()> {
+        self.submit(Op::PutArtifact(Box::new(row.clone()), owner.cloned())).map(|_| ())
+    }
+
+    fn get_artifact(&self, artifact_id: &str) -> StoreResult<Option<ArtifactRow>> {
+        self.read(|c| artifacts::get(c, artifact_id))
+    }
+
+    fn search_artifacts(&self, q: &ArtifactQuery) -> StoreResult<ArtifactPage> {
+        self.read(|c| artifacts::search(c, q))
+    }
+
+    fn artifact_stats(&self, q: &ArtifactQuery) -> StoreResult<ArtifactStats> {
+        self.read(|c| artifacts::stats(c, q))
+    }
+
+    fn artifact_blob_ids(&self) -> StoreResult<std::collections::HashSet<String>> {
+        self.read(artifacts::blob_ids)
+    }
+
+    fn record_artifact_access(&self, artifact_id: &str, action: &str) -> StoreResult<()> {
+        self.submit(Op::ArtifactAccess {
+            artifact_id: artifact_id.to_string(),
+            action: action.to_string(),
+        })
+        .map(|_| ())
     }
 
     fn release_lease(&self, holder: &str) -> StoreResult<()> {
