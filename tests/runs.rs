@@ -774,3 +774,20 @@ fn large_and_precise_numbers_are_kept_exactly() {
     // Straight from the SQLite file too: what is stored is what was sent.
     assert!(g.ledger_from_db(&id).iter().any(|r| r.contains(&compact)));
 }
+
+#[test]
+fn a_draft_version_without_the_draft_purpose_is_a_400_even_when_absent() {
+    let g = Gateway::start();
+    let (s, v) = g.post(
+        "/api/gateway/runs/start",
+        &json!({"bundle_id": "test-noop", "bundle_version": "draft.999"}),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("draft_test"), "{v}");
+    // With the purpose, the lookup happens (and this version is not installed).
+    let (s, v) = g.post(
+        "/api/gateway/runs/start",
+        &json!({"bundle_id": "test-noop@draft.999", "run_lifecycle": {"purpose": "draft_test"}}),
+    );
+    assert_eq!(s, 404, "{v}");
+}

@@ -524,3 +524,25 @@ fn users_run_the_deployments_bundles_read_only_beside_their_own() {
     assert!(g.dir.join("flows/test-noop@0.1.0.flow").exists());
     assert_eq!(req(&g, "GET", "/api/gateway/bundles/test-noop", &alice, None).0, 200);
 }
+
+#[test]
+fn the_audit_tail_shows_the_newest_writes_to_admins_only() {
+    let g = hosted();
+    let alice = create_user(&g, TOKEN, "alice", &["user"]);
+    let (s, v) = req(&g, "GET", "/api/gateway/audit/tail?limit=2", TOKEN, None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["enabled"], true);
+    let items = v["items"].as_array().unwrap();
+    assert!(!items.is_empty() && items.len() <= 2, "{v}");
+    let last = items.last().unwrap();
+    assert_eq!(
+        (last["method"].as_str(), last["path"].as_str()),
+        (Some("POST"), Some("/api/gateway/admin/users"))
+    );
+    assert!(
+        !v.to_string().contains(&alice) && !v.to_string().contains(TOKEN),
+        "no raw token in the audit log"
+    );
+    assert_eq!(req(&g, "GET", "/api/gateway/audit/tail", &alice, None).0, 403);
+    assert_eq!(req(&g, "GET", "/api/gateway/audit/tail?limit=0", TOKEN, None).0, 422);
+}

@@ -3,6 +3,7 @@
 
 pub mod artifact_inputs;
 pub mod artifacts;
+pub mod audit;
 pub mod auth;
 pub mod basics;
 pub mod bundles;
@@ -149,6 +150,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(discovery::routes());
     all.extend(artifacts::routes());
     all.extend(workspace::routes());
+    all.extend(audit::routes());
     all
 }
 

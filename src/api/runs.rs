@@ -200,6 +200,13 @@ pub fn resolve_target(
         }
     };
     safe_id("bundle_id", &bid)?;
+    // Upstream checks the purpose before it looks the version up: a draft version asked for
+    // without it is a 400 whether or not it exists.
+    if ver.as_deref().is_some_and(|v| v.starts_with("draft.") || v == "draft") && !lifecycle_draft {
+        return Err(ApiError::bad_request(
+            "draft bundle versions require run_lifecycle.purpose='draft_test'",
+        ));
+    }
     let bundle = match &ver {
         Some(v) => st
             .registry
