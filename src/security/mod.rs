@@ -447,47 +447,36 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         req.extensions_mut().insert(sec.clone());
         // The body is read before the request takes a slot: a client that trickles it holds
         // only its own connection (see `body.rs`).
-        let req = if write && path.ends_with("/attachments/upload") {
-            // Attachments stream to the blob store as they arrive (never whole in memory), under
-            // the same limit and pace as a buffered body; the handler learns why a cut body stopped.
-            let limit = sec.cfg.attachment_body_limit();
+        let streamed = path.ends_with("/attachments/upload");
+        let limit = if streamed {
+            sec.cfg.attachment_body_limit()
+        } else if path.ends_with("/bundles/upload") {
+            sec.cfg.upload_body_limit()
+        } else {
+            sec.cfg.max_body_bytes
+        };
+        if write {
             let declared = req
                 .headers()
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if let Some(n) = declared {
-                if n > limit {
-                    break 'resp detail(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("Payload Too Large ({n} bytes > {limit} bytes)"),
-                    );
-                }
+            if let Some(n) = declared.filter(|n| *n > limit) {
+                break 'resp detail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("Payload Too Large ({n} bytes > {limit} bytes)"),
+                );
             }
             bytes_in = declared;
+        }
+        let req = if write && streamed {
+            // Attachments stream to the blob store as they arrive (never whole in memory), under
+            // the same limit and pace as a buffered body; the handler learns why a cut body stopped.
             let (mut parts, b) = req.into_parts();
             let (b, cut) = body::paced(b, limit, sec.body_pace());
             parts.extensions.insert(cut);
             Request::from_parts(parts, b)
         } else if write {
-            let limit = if path.ends_with("/bundles/upload") {
-                sec.cfg.upload_body_limit()
-            } else {
-                sec.cfg.max_body_bytes
-            };
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if let Some(n) = declared {
-                if n > limit {
-                    break 'resp detail(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("Payload Too Large ({n} bytes > {limit} bytes)"),
-                    );
-                }
-            }
             let (parts, body) = req.into_parts();
             match body::read_body(body, limit, sec.body_pace()).await {
                 Ok(b) => {
