@@ -38,9 +38,9 @@ pub fn routes() -> Vec<Route> {
         .body(json!({"multipart/form-data": {"schema": {"type": "object", "required": ["session_id", "file"], "properties": {
             "session_id": {"type": "string", "description": "session that owns the attachment (stored under run session_memory_<session_id>)"},
             "file": {"type": "string", "format": "binary"},
-            "filename": {"type": "string", "description": "overrides the uploaded file's name"},
-            "content_type": {"type": "string", "description": "overrides the uploaded part's content type"},
-            "source_path": {"type": "string", "description": "client-relative path (docs/report.txt); no '..', not absolute"}}}}}))
+            "filename": {"type": ["string", "null"], "description": "overrides the uploaded file's name"},
+            "content_type": {"type": ["string", "null"], "description": "overrides the uploaded part's content type"},
+            "source_path": {"type": ["string", "null"], "description": "client-relative path (docs/report.txt); no '..', not absolute"}}}}}))
         .errors(&[400, 408, 413, 422, 507]),
         route("get", "/api/gateway/runs/{run_id}/artifacts", "List a run's artifacts", page, get(list_run)).errors(&[400, 404, 422]),
         route(
