@@ -529,8 +529,21 @@ fn users_run_the_deployments_bundles_read_only_beside_their_own() {
 fn the_audit_tail_shows_the_newest_writes_to_admins_only() {
     let g = hosted();
     let alice = create_user(&g, TOKEN, "alice", &["user"]);
-    let (s, v) = req(&g, "GET", "/api/gateway/audit/tail?limit=2", TOKEN, None);
-    assert_eq!(s, 200, "{v}");
+    // The audit log is written by its own thread: wait for the user's creation to reach it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let v = loop {
+        let (s, v) = req(&g, "GET", "/api/gateway/audit/tail?limit=2", TOKEN, None);
+        assert_eq!(s, 200, "{v}");
+        if v["items"]
+            .as_array()
+            .and_then(|a| a.last())
+            .is_some_and(|l| l["path"] == "/api/gateway/admin/users")
+        {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "the audit line never came: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(v["enabled"], true);
     let items = v["items"].as_array().unwrap();
     assert!(!items.is_empty() && items.len() <= 2, "{v}");
