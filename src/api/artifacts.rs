@@ -587,9 +587,9 @@ async fn list_session(Extension(st): Extension<AppState>, Path(session_id): Path
     list_by(st, aq, &q).await
 }
 
-/// The artifact, when `run` may show it: its own, its session's memory run's, or tagged with
-/// its session. Anything else (another run's, another plane's) is "not found".
-pub(crate) async fn visible_artifact(st: &AppState, run_id: &str, artifact_id: &str) -> ApiResult<ArtifactRow> {
+/// The run and the artifact, when the run may show it: its own, its session's memory run's, or
+/// tagged with its session. Anything else (another run's, another plane's) is "not found".
+pub(crate) async fn visible_artifact(st: &AppState, run_id: &str, artifact_id: &str) -> ApiResult<(RunState, ArtifactRow)> {
     let run = owner_run(st, run_id).await?;
     safe_id("artifact_id", artifact_id)?;
     let id = artifact_id.to_string();
@@ -607,11 +607,11 @@ pub(crate) async fn visible_artifact(st: &AppState, run_id: &str, artifact_id: &
     if !visible {
         return Err(ApiError::not_found("artifact not found"));
     }
-    Ok(a)
+    Ok((run, a))
 }
 
 async fn metadata(Extension(st): Extension<AppState>, Path((run_id, artifact_id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
-    let a = visible_artifact(&st, &run_id, &artifact_id).await?;
+    let (_, a) = visible_artifact(&st, &run_id, &artifact_id).await?;
     let mut m = metadata_json(&a);
     if let Some(o) = m.as_object_mut() {
         o.insert("artifact_envelope_v1".into(), envelope(&a));
@@ -638,7 +638,7 @@ async fn content(
             "Invalid access_action {action:?} (expected content, preview or download)"
         )));
     }
-    let a = visible_artifact(&st, &run_id, &artifact_id).await?;
+    let (_, a) = visible_artifact(&st, &run_id, &artifact_id).await?;
     let path = st.blobs.path(&a.blob_id).map_err(storage_error)?;
     // A blob removed underneath (by hand, or a disk restored from an older backup) is a clear
     // 404, not an empty 200.
@@ -763,10 +763,6 @@ fn query_filters(q: &HashMap<String, String>) -> ApiResult<(String, ArtifactQuer
     ))
 }
 
-fn facets_json(f: &BTreeMap<String, BTreeMap<String, u64>>) -> Value {
-    json!(f)
-}
-
 async fn search(Extension(st): Extension<AppState>, RawQuery(rq): RawQuery) -> ApiResult<Json<Value>> {
     let q = query_map(rq.as_deref());
     let (scope, mut aq) = query_filters(&q)?;
@@ -796,7 +792,7 @@ async fn search(Extension(st): Extension<AppState>, RawQuery(rq): RawQuery) -> A
         .await?;
     let mut m = list_response(&page.items, page.total, limit, offset, q.get("cursor"));
     if let Some(s) = &stats {
-        m.insert("facets".into(), facets_json(&s.facets));
+        m.insert("facets".into(), json!(s.facets));
         m.insert("stats".into(), json!({"total": s.total, "total_bytes": s.total_bytes}));
     }
     m.insert("scope".into(), json!(scope));
@@ -827,7 +823,7 @@ async fn stats(Extension(st): Extension<AppState>, RawQuery(rq): RawQuery) -> Ap
         .collect();
     Ok(Json(
         json!({"ok": true, "scope": scope, "total": s.total, "total_bytes": s.total_bytes, "filters": filters,
-        "facets": facets_json(&s.facets), "supported_filters": STATS_QUERY.iter().filter(|k| **k != "scope").collect::<Vec<_>>(),
+        "facets": s.facets, "supported_filters": STATS_QUERY.iter().filter(|k| **k != "scope").collect::<Vec<_>>(),
         "default_page_size": DEFAULT_PAGE}),
     ))
 }

@@ -204,12 +204,9 @@ async fn export(
         .or(destination)
         .filter(|p| !p.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("path (or destination) is required"))?;
-    let a = visible_artifact(&st, &run_id, &artifact_id).await?;
-    let run = st.blocking({
-        let id = run_id.clone();
-        move |s| s.get_run(&id)
-    });
-    let scope = run.await?.and_then(|r| r.session_id).unwrap_or_else(|| run_id.clone());
+    // The run is read once, by the visibility check; its session names the workspace.
+    let (run, a) = visible_artifact(&st, &run_id, &artifact_id).await?;
+    let scope = run.session_id.unwrap_or_else(|| run_id.clone());
     let (real, public) = resolve(&st, &scope, &dest)?;
     let src = st.blobs.path(&a.blob_id).map_err(storage_error)?;
     let shown = public.clone();

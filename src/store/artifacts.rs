@@ -303,7 +303,7 @@ pub(crate) fn get(conn: &Connection, artifact_id: &str) -> StoreResult<Option<Ar
     raw.map(finish_row).transpose()
 }
 
-/// Whether any row names blob `sha256` (start-up collection keeps those).
+/// Every blob id a row names (what start-up collection keeps).
 pub(crate) fn blob_ids(conn: &Connection) -> StoreResult<std::collections::HashSet<String>> {
     let mut stmt = conn.prepare("SELECT DISTINCT blob_id FROM artifacts")?;
     let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
