@@ -10,7 +10,7 @@ mod hf_dir;
 mod model_files;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn assert_catalog(v: &Value, kind: &str) {
     let c = &v["catalog"];
@@ -56,6 +56,11 @@ fn capabilities_and_catalogs_report_what_really_works() {
     );
     assert_eq!(common["ledger"]["stream"]["transport"], "sse");
     assert_eq!(common["readiness"]["contract"], "gateway_surface_readiness_v1");
+    let surfaces = &common["readiness"]["surfaces"];
+    assert_eq!(surfaces["runs"]["history_bundle"], true);
+    assert_eq!(surfaces["artifacts"]["search"], true);
+    assert_eq!(surfaces["attachments"], json!({"upload": true, "max_upload_bytes": 26214400}));
+    assert_eq!(surfaces["workspace"]["policy"], true);
     // Every endpoint advertised as available answers (not 404/405) here.
     for (section, key, method) in [
         ("runs", "list", "get"),

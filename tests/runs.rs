@@ -413,6 +413,111 @@ fn subflow_and_loop() {
 }
 
 #[test]
+fn history_bundle_tails_ledgers_walks_subruns_and_lists_session_turns() {
+    let mut g = Gateway::start();
+    let sid = "hist-session";
+    let before = g.start_run(json!({"bundle_id": "test-noop", "session_id": sid, "input_data": {"prompt": "first question"}}));
+    g.wait_status(&before, "completed");
+    let id = g.start_run(json!({"bundle_id": "test-subflow", "session_id": sid, "input_data": {"x": "hi"}}));
+    g.wait_status(&id, "completed");
+    let after = g.start_run(json!({"bundle_id": "test-noop", "session_id": sid, "input_data": {"x": "later"}}));
+    g.wait_status(&after, "completed");
+    let kid = g.get(&format!("/api/gateway/runs?parent_run_id={id}")).1["items"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let path = format!("/api/gateway/runs/{id}/history_bundle?include_session=true&ledger_mode=full");
+    let (s, b) = g.get(&path);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["version"].as_u64(), b["root_run_id"].as_str(), b["detail"].as_str()),
+        (Some(1), Some(id.as_str()), Some("full"))
+    );
+    assert_eq!(b["run"]["status"], "completed");
+    assert_eq!(b["input_data"], json!({"x": "hi"}));
+    // The root and its subrun, each ledger exactly what /ledger replays, with 1-based cursors.
+    for rid in [&id, &kid] {
+        let l = &b["ledgers"][rid.as_str()];
+        let replay = g.ledger(rid);
+        assert_eq!(l["total"].as_u64(), Some(replay.len() as u64), "{rid}");
+        assert_eq!(
+            (l["cursor_start"].as_u64(), l["cursor_end"].as_u64()),
+            (Some(1), Some(replay.len() as u64))
+        );
+        let recs: Vec<Value> = l["items"].as_array().unwrap().iter().map(|i| i["record"].clone()).collect();
+        assert_eq!(recs, replay);
+    }
+    let timeline = b["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), g.ledger(&id).len() + g.ledger(&kid).len());
+    assert!(timeline
+        .iter()
+        .any(|t| t["effect_type"] == "start_subworkflow" && t["run_id"] == id.as_str()));
+    // Session turns: the turns up to this run, oldest first; the later run is not history yet.
+    let turns: Vec<&str> = b["session"]["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(turns, [before.as_str(), id.as_str()]);
+    assert_eq!(b["session"]["turns"][0]["prompt"], "first question");
+    assert_eq!(b["session"]["session_id"], sid);
+    assert!(b["warnings"].as_array().unwrap().is_empty(), "{b}");
+
+    // Without subruns, one ledger; the replay detail has no timeline.
+    let (_, b2) = g.get(&format!(
+        "/api/gateway/runs/{id}/history_bundle?include_subruns=false&detail=replay"
+    ));
+    assert_eq!(b2["ledgers"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        (b2["detail"].as_str(), b2["timeline"].as_array().map(Vec::len)),
+        (Some("replay"), Some(0))
+    );
+    assert!(b2["session"].is_null());
+
+    // A tail window keeps absolute cursors and says what it left out.
+    let loop_id = g.start_run(json!({"bundle_id": "test-loop", "input_data": {"items": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}));
+    g.wait_status(&loop_id, "completed");
+    let full = g.ledger(&loop_id);
+    let n = full.len() as u64;
+    let (_, t) = g.get(&format!("/api/gateway/runs/{loop_id}/history_bundle?ledger_max_items=5"));
+    let l = &t["ledgers"][loop_id.as_str()];
+    assert_eq!(
+        (l["total"].as_u64(), l["cursor_start"].as_u64(), l["cursor_end"].as_u64()),
+        (Some(n), Some(n - 4), Some(n))
+    );
+    assert_eq!(l["items"][0]["cursor"].as_u64(), Some(n - 4));
+    assert_eq!(l["items"][4]["record"], full[n as usize - 1]);
+    assert_eq!(t["warnings"][0]["code"], "ledger_tail_window");
+    // ledger_max_items=0 means the whole ledger.
+    let (_, t0) = g.get(&format!("/api/gateway/runs/{loop_id}/history_bundle?ledger_max_items=0"));
+    assert_eq!(t0["ledgers"][loop_id.as_str()]["items"].as_array().map(Vec::len), Some(n as usize));
+
+    // Bad input: a clear 400 or 404, or a 422 for a value that does not parse.
+    for (q, code) in [
+        ("ledger_mode=newest", 400),
+        ("detail=short", 400),
+        ("session_turn_limit=0", 422),
+        ("ledger_max_items=-1", 422),
+    ] {
+        let (s, v) = g.get(&format!("/api/gateway/runs/{id}/history_bundle?{q}"));
+        assert_eq!(s, code, "{q}: {v}");
+    }
+    let (s, v) = g.get("/api/gateway/runs/nope/history_bundle");
+    assert_eq!((s, v["detail"].as_str()), (404, Some("Run 'nope' not found")));
+
+    // The same history after a restart (only the export time differs).
+    g.restart();
+    let (_, again) = g.get(&path);
+    let strip = |mut v: Value| {
+        v["generated_at"] = Value::Null;
+        v
+    };
+    assert_eq!(strip(again), strip(b));
+}
+
+#[test]
 fn schedules_with_repeat_count_and_updates() {
     let g = Gateway::start();
     let (s, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 2, "start_at": "now", "input_data": {"x": "tick"}}));

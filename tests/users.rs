@@ -326,6 +326,7 @@ fn users_are_isolated_from_each_other() {
         format!("/api/gateway/runs/{run}/ledger"),
         format!("/api/gateway/runs/{run}/ledger/stream"),
         format!("/api/gateway/runs/{run}/input_data"),
+        format!("/api/gateway/runs/{run}/history_bundle"),
     ] {
         let (s, v) = req(&g, "GET", &p, &bob, None);
         assert_eq!(

@@ -88,7 +88,7 @@ fn local_items(p: &Providers) -> Vec<Value> {
         .collect()
 }
 
-async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
+async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Extension<super::AppState>) -> Json<Value> {
     use crate::runtime::commands::TYPES;
     let local = local_items(&p);
     let local_up = local.iter().any(|m| m["available"] == true);
@@ -120,8 +120,18 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
         "summary": d("get", "/api/gateway/runs/{run_id}"),
         "list": d("get", "/api/gateway/runs"),
         "input_data": d("get", "/api/gateway/runs/{run_id}/input_data"),
+        "history_bundle": d("get", "/api/gateway/runs/{run_id}/history_bundle"),
         "commands": commands,
     });
+    let artifacts = json!({
+        "run_list": d("get", "/api/gateway/runs/{run_id}/artifacts"),
+        "session_list": d("get", "/api/gateway/sessions/{session_id}/artifacts"),
+        "metadata": d("get", "/api/gateway/runs/{run_id}/artifacts/{artifact_id}"),
+        "content": d("get", "/api/gateway/runs/{run_id}/artifacts/{artifact_id}/content"),
+        "search": d("get", "/api/gateway/artifacts/search"),
+        "stats": d("get", "/api/gateway/artifacts/stats"),
+    });
+    let upload = d("post", "/api/gateway/attachments/upload");
     let ledger = json!({
         "replay": d("get", "/api/gateway/runs/{run_id}/ledger"),
         "batch": d("post", "/api/gateway/runs/ledger/batch"),
@@ -140,11 +150,15 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
         "limitations": [
             "of the LLM-facing nodes only llm_call and agent are served; other LLM/media node types fail with a clear error",
             "llm.delta frames reach SSE readers of the process that executes the LLM call (serve), for the run itself, not its subtree",
-            "artifacts, attachments, memory, media, voice and vision surfaces are not served",
+            "memory, media, voice and vision surfaces are not served",
         ],
         "surfaces": {
             "runs": {"start": flag(&runs["start"]), "schedule": flag(&runs["schedule"]), "summary": flag(&runs["summary"]),
-                     "list": flag(&runs["list"]), "input_data": flag(&runs["input_data"]), "commands": flag(&runs["commands"])},
+                     "list": flag(&runs["list"]), "input_data": flag(&runs["input_data"]),
+                     "history_bundle": flag(&runs["history_bundle"]), "commands": flag(&runs["commands"])},
+            "artifacts": artifacts.as_object().map(|a| a.iter().map(|(k, v)| (k.clone(), json!(flag(v)))).collect::<serde_json::Map<_, _>>()),
+            "attachments": {"upload": flag(&upload), "max_upload_bytes": st.cfg.max_attachment_bytes},
+            "workspace": {"policy": flag(&d("get", "/api/gateway/workspace/policy"))},
             "ledger": {"replay": flag(&ledger["replay"]), "batch": flag(&ledger["batch"]), "stream": flag(&ledger["stream"]), "stream_transport": "sse"},
             "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": true},
             "text": {"available": local_up || remote_up, "local": local_up, "remote": remote_up},
@@ -158,7 +172,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
         "text": {"available": local_up || remote_up, "route": "input.text", "default": route.primary.as_ref().map(|t| t.label()),
                  "local_models": local, "remote": remotes,
                  "openai_compatible": d("post", "/v1/chat/completions")},
-        "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "discovery": discovery, "readiness": readiness}},
+        "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "artifacts": artifacts,
+            "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness}},
     }}))
 }
 

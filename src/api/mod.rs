@@ -12,6 +12,7 @@ pub mod console;
 pub mod discovery;
 pub mod docs;
 pub mod error;
+pub mod history;
 pub mod ledger;
 pub mod openai;
 pub mod openapi;
@@ -140,6 +141,7 @@ pub fn route(
 pub fn routes() -> Vec<Route> {
     let mut all = basics::routes();
     all.extend(runs::routes());
+    all.extend(history::routes());
     all.extend(ledger::routes());
     all.extend(commands::routes());
     all.extend(bundles::routes());

@@ -80,7 +80,13 @@ fn query_param(path: &str, name: &str) -> Value {
         "limit" => json!({"type": "integer", "minimum": 1, "maximum": 10000}),
         // Plain `boolean` here: with the string enum, schemathesis 4.32's coverage phase takes
         // `2` for a valid value of these (and only these) parameters.
-        "include_voice" | "include_stats" | "debug_unlimited" => json!({"type": "boolean"}),
+        "include_voice" | "include_stats" | "debug_unlimited" | "include_subruns" | "include_session" => {
+            json!({"type": "boolean"})
+        }
+        "session_turn_limit" => json!({"type": "integer", "minimum": 1, "maximum": i64::MAX}),
+        "ledger_max_items" => json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}),
+        "ledger_mode" => json!({"type": "string", "enum": ["tail", "full"]}),
+        "detail" => json!({"type": "string", "enum": ["full", "replay"]}),
         "order" => json!({"type": "string", "enum": ["asc", "desc", ""]}),
         "order_by" => json!({"type": "string", "enum": ["created_at", ""]}),
         "scope" if path.contains("/artifacts") => json!({"type": "string", "enum": ["all", "session", "run", ""]}),

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod commands;
 pub mod effect_wait;
 pub mod flow;
+pub mod history;
 pub mod interpreter;
 pub mod llm_call;
 pub mod model;
