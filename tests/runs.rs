@@ -518,6 +518,108 @@ fn history_bundle_tails_ledgers_walks_subruns_and_lists_session_turns() {
 }
 
 #[test]
+fn deprecated_entrypoints_are_hidden_and_refused_until_undeprecated() {
+    let mut g = Gateway::start();
+    let listed = |g: &Gateway, q: &str| -> Vec<String> {
+        g.get(&format!("/api/gateway/bundles{q}")).1["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["bundle_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(listed(&g, "").contains(&"test-noop".to_string()));
+    let (s, v) = g.post(
+        "/api/gateway/bundles/test-noop/deprecate",
+        &json!({"flow_id": "noop", "reason": "use test-subflow"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["bundle_id"].as_str(), v["flow_id"].as_str()),
+        (Some(true), Some("test-noop"), Some("noop"))
+    );
+    assert!(v["deprecated_at"].as_str().is_some_and(|t| t.starts_with("20")), "{v}");
+    // Hidden from /bundles (its only entrypoint is deprecated) unless asked for.
+    assert!(!listed(&g, "").contains(&"test-noop".to_string()));
+    let (_, all) = g.get("/api/gateway/bundles?include_deprecated=true");
+    let row = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bundle_id"] == "test-noop")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (
+            row["entrypoints"][0]["deprecated"].as_bool(),
+            row["entrypoints"][0]["deprecated_reason"].as_str()
+        ),
+        (Some(true), Some("use test-subflow"))
+    );
+    assert_eq!(row["actions"]["can_deprecate"], true);
+    assert_eq!(g.get("/api/gateway/bundles/test-noop").1["entrypoints"][0]["deprecated"], true);
+    // Start and schedule refuse it with upstream's 409 text; nothing is created.
+    let runs_before = g.get("/api/gateway/runs?limit=500").1["count"].clone();
+    let (s, v) = g.post("/api/gateway/runs/start", &json!({"bundle_id": "test-noop"}));
+    assert_eq!(
+        (s, v["detail"].as_str()),
+        (409, Some("Workflow 'test-noop:noop' is deprecated: use test-subflow"))
+    );
+    let (s, _) = g.post(
+        "/api/gateway/runs/schedule",
+        &json!({"bundle_id": "test-noop", "flow_id": "noop", "start_at": "now"}),
+    );
+    assert_eq!(s, 409);
+    assert_eq!(g.get("/api/gateway/runs?limit=500").1["count"], runs_before);
+    // Durable across a restart.
+    g.restart();
+    assert_eq!(g.post("/api/gateway/runs/start", &json!({"bundle_id": "test-noop"})).0, 409);
+    let (s, v) = g.post("/api/gateway/bundles/test-noop/undeprecate", &json!({"flow_id": "noop"}));
+    assert_eq!(
+        (s, v),
+        (
+            200,
+            json!({"ok": true, "bundle_id": "test-noop", "flow_id": "noop", "removed": true})
+        )
+    );
+    assert_eq!(g.post("/api/gateway/runs/start", &json!({"bundle_id": "test-noop"})).0, 200);
+    assert!(listed(&g, "").contains(&"test-noop".to_string()));
+
+    // A whole bundle (no body at all): only the bundle-wide undeprecate lifts it.
+    let r = g
+        .http
+        .post(g.url("/api/gateway/bundles/test-wait/deprecate"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    let (s, v) = (r.status().as_u16(), r.json::<Value>().unwrap());
+    assert_eq!((s, v["flow_id"].as_str()), (200, Some("*")), "{v}");
+    assert_eq!(g.post("/api/gateway/runs/start", &json!({"bundle_id": "test-wait"})).0, 409);
+    assert_eq!(
+        g.post("/api/gateway/bundles/test-wait/undeprecate", &json!({"flow_id": "wait"})).1["removed"],
+        false
+    );
+    assert_eq!(g.post("/api/gateway/bundles/test-wait/undeprecate", &json!({})).1["removed"], true);
+
+    // Bad input writes nothing.
+    for (path, body, code) in [
+        ("/api/gateway/bundles/nope/deprecate", json!({}), 404),
+        ("/api/gateway/bundles/test-noop/deprecate", json!({"flow_id": "nope"}), 404),
+        ("/api/gateway/bundles/test-noop/deprecate", json!({"flow_id": 5}), 422),
+        ("/api/gateway/bundles/test-noop/deprecate", json!({"reason": ["x"]}), 422),
+    ] {
+        let (s, v) = g.post(path, &body);
+        assert_eq!(s, code, "{path} {body}: {v}");
+    }
+    assert_eq!(
+        g.post("/api/gateway/bundles/test-noop/deprecate", &json!({"flow_id": "nope"})).1["detail"],
+        "Entrypoint 'test-noop:nope' not found"
+    );
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(g.dir.join("workflow_deprecations.json")).unwrap()).unwrap();
+    assert_eq!(file, json!({"version": 1, "bundles": {}}));
+}
+
+#[test]
 fn schedules_with_repeat_count_and_updates() {
     let g = Gateway::start();
     let (s, v) = g.post("/api/gateway/runs/schedule", &json!({"bundle_id": "test-noop", "flow_id": "noop", "interval": "1s", "repeat_count": 2, "start_at": "now", "input_data": {"x": "tick"}}));

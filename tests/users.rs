@@ -524,6 +524,39 @@ fn users_run_the_deployments_bundles_read_only_beside_their_own() {
     assert!(v["detail"].as_str().unwrap().contains("read-only"), "{v}");
     assert!(g.dir.join("flows/test-noop@0.1.0.flow").exists());
     assert_eq!(req(&g, "GET", "/api/gateway/bundles/test-noop", &alice, None).0, 200);
+    // The deployment's deprecation covers its bundles in every plane; hers covers only hers.
+    let start = json!({"bundle_id": "test-noop", "session_id": "s"});
+    let (s, v) = req(
+        &g,
+        "POST",
+        "/api/gateway/bundles/test-noop/deprecate",
+        TOKEN,
+        Some(json!({"reason": "retired"})),
+    );
+    assert_eq!((s, v["flow_id"].as_str()), (200, Some("*")), "{v}");
+    let (s, v) = req(&g, "POST", "/api/gateway/runs/start", &alice, Some(start.clone()));
+    assert_eq!(
+        (s, v["detail"].as_str()),
+        (409, Some("Workflow 'test-noop:noop' is deprecated: retired"))
+    );
+    let (s, v) = req(&g, "POST", "/api/gateway/bundles/test-noop/undeprecate", &alice, None);
+    assert_eq!(
+        (s, v["removed"].as_bool()),
+        (200, Some(false)),
+        "she cannot lift the deployment's: {v}"
+    );
+    assert_eq!(
+        req(&g, "POST", "/api/gateway/bundles/test-noop/undeprecate", TOKEN, None).1["removed"],
+        true
+    );
+    assert_eq!(req(&g, "POST", "/api/gateway/runs/start", &alice, Some(start.clone())).0, 200);
+    assert_eq!(req(&g, "POST", "/api/gateway/bundles/test-noop/deprecate", &alice, None).0, 200);
+    assert_eq!(req(&g, "POST", "/api/gateway/runs/start", &alice, Some(start.clone())).0, 409);
+    assert_eq!(
+        req(&g, "POST", "/api/gateway/runs/start", TOKEN, Some(start)).0,
+        200,
+        "her deprecation is hers alone"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub fn routes() -> Vec<Route> {
             "get",
             "/api/gateway/bundles",
             "List bundles (latest versions)",
-            &["all_versions", "include_drafts"],
+            &["all_versions", "include_drafts", "include_deprecated"],
             get(list),
         ),
         route(
@@ -114,31 +114,61 @@ fn find(st: &AppState, id: &str, version: Option<&str>) -> ApiResult<Arc<Bundle>
     }
 }
 
-fn entrypoints_brief(b: &Bundle) -> Value {
-    Value::Array(
-        b.entrypoints
-            .iter()
-            .map(|e| json!({"flow_id": e.flow_id, "name": e.name, "description": e.description, "interfaces": e.interfaces,
-                             "workflow_id": b.workflow_id(&e.flow_id), "deprecated": false, "deprecated_at": null, "deprecated_reason": null}))
-            .collect(),
-    )
+/// `deprecated`, `deprecated_at` and `deprecated_reason` of one entrypoint.
+fn deprecation_fields(st: &AppState, b: &Bundle, flow_id: &str) -> Map<String, Value> {
+    let rec = st.deprecations.of(b, flow_id);
+    let field = |k: &str| rec.as_ref().and_then(|r| r.get(k)).cloned().unwrap_or(Value::Null);
+    let mut m = Map::new();
+    m.insert("deprecated".into(), json!(rec.is_some()));
+    m.insert("deprecated_at".into(), field("deprecated_at"));
+    m.insert("deprecated_reason".into(), field("reason"));
+    m
 }
 
-fn item(b: &Bundle, latest_published: Option<String>, latest_any: Option<String>) -> Value {
-    json!({
+/// The listed entrypoints: deprecated ones only when asked for.
+fn entrypoints_brief(st: &AppState, b: &Bundle, include_deprecated: bool) -> Vec<Value> {
+    b.entrypoints
+        .iter()
+        .filter_map(|e| {
+            let mut v = json!({"flow_id": e.flow_id, "name": e.name, "description": e.description, "interfaces": e.interfaces,
+                               "workflow_id": b.workflow_id(&e.flow_id)});
+            let dep = deprecation_fields(st, b, &e.flow_id);
+            if dep["deprecated"] == true && !include_deprecated {
+                return None;
+            }
+            v.as_object_mut()?.extend(dep);
+            Some(v)
+        })
+        .collect()
+}
+
+/// One `/bundles` row; None when every entrypoint is deprecated and those are not asked for.
+fn item(
+    st: &AppState,
+    b: &Bundle,
+    latest_published: Option<String>,
+    latest_any: Option<String>,
+    include_deprecated: bool,
+) -> Option<Value> {
+    let eps = entrypoints_brief(st, b, include_deprecated);
+    if eps.is_empty() && !b.entrypoints.is_empty() {
+        return None;
+    }
+    Some(json!({
         "bundle_id": b.id, "bundle_version": b.version, "bundle_ref": b.bundle_ref(), "registry_scope": "private",
         "version_channel": if b.is_draft() { "draft" } else { "published" }, "is_draft": b.is_draft(), "is_published": !b.is_draft(),
         "latest_published_version": latest_published, "latest_any_version": latest_any, "created_at": b.created_at,
         "metadata": b.metadata, "default_entrypoint": b.default_entrypoint.clone().or_else(|| (b.entrypoints.len() == 1).then(|| b.entrypoints[0].flow_id.clone())),
-        "entrypoints": entrypoints_brief(b),
-        "actions": {"can_run": true, "can_upload": true, "can_remove": true, "can_deprecate": false},
-    })
+        "entrypoints": eps,
+        "actions": {"can_run": true, "can_upload": true, "can_remove": !b.read_only, "can_deprecate": true},
+    }))
 }
 
 async fn list(Extension(st): Extension<AppState>, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let q = query_map(q.as_deref());
     let all = query_bool(&q, "all_versions", false)?;
     let drafts = query_bool(&q, "include_drafts", false)?;
+    let deprecated = query_bool(&q, "include_deprecated", false)?;
     let mut items = Vec::new();
     let ids = st.registry.ids();
     for id in &ids {
@@ -152,13 +182,18 @@ async fn list(Extension(st): Extension<AppState>, RawQuery(q): RawQuery) -> ApiR
         let latest_any = latest.as_ref().map(|b| b.version.clone());
         if all {
             for b in versions.iter().filter(|b| drafts || !b.is_draft()) {
-                items.push(item(b, latest_pub.clone(), latest_any.clone()));
+                items.extend(item(&st, b, latest_pub.clone(), latest_any.clone(), deprecated));
             }
         } else if let Some(b) = latest.filter(|b| drafts || !b.is_draft()) {
-            items.push(item(&b, latest_pub, latest_any));
+            items.extend(item(&st, &b, latest_pub, latest_any, deprecated));
         }
     }
-    let default = if ids.len() == 1 { Some(ids[0].clone()) } else { None };
+    // The default bundle is only named while it is listed.
+    let default = if ids.len() == 1 && items.iter().any(|i| i["bundle_id"] == ids[0].as_str()) {
+        Some(ids[0].clone())
+    } else {
+        None
+    };
     Ok(Json(
         json!({"items": items, "default_bundle_id": default, "load_errors": st.registry.load_errors()}),
     ))
@@ -188,9 +223,12 @@ async fn inspect(Extension(st): Extension<AppState>, Path(bundle_id): Path<Strin
         .iter()
         .map(|e| {
             let f = &b.flows[&e.flow_id];
-            json!({"flow_id": e.flow_id, "workflow_id": b.workflow_id(&e.flow_id), "name": e.name, "description": e.description,
-                   "interfaces": e.interfaces, "inputs": schema_inputs(f), "node_index": node_index(f),
-                   "deprecated": false, "deprecated_at": null, "deprecated_reason": null})
+            let mut v = json!({"flow_id": e.flow_id, "workflow_id": b.workflow_id(&e.flow_id), "name": e.name, "description": e.description,
+                   "interfaces": e.interfaces, "inputs": schema_inputs(f), "node_index": node_index(f)});
+            if let Some(o) = v.as_object_mut() {
+                o.extend(deprecation_fields(&st, &b, &e.flow_id));
+            }
+            v
         })
         .collect();
     Ok(Json(

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod basics;
+pub mod bundle_deprecation;
 pub mod bundles;
 pub mod commands;
 pub mod console;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub notifier: Arc<Notifier>,
     /// The plane's artifact bytes (metadata rows are in `store`).
     pub blobs: Arc<crate::store::blobs::BlobStore>,
+    /// Entrypoints that may no longer be started or scheduled.
+    pub deprecations: Arc<crate::runtime::deprecations::Deprecations>,
 }
 
 impl AppState {
@@ -145,6 +148,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(ledger::routes());
     all.extend(commands::routes());
     all.extend(bundles::routes());
+    all.extend(bundle_deprecation::routes());
     all.extend(docs::routes());
     all.extend(auth::routes());
     all.extend(console::routes());

@@ -96,6 +96,7 @@ fn query_param(path: &str, name: &str) -> Value {
         // Empty means no filter.
         "status" => json!({"type": "string", "enum": ["running", "waiting", "completed", "failed", "cancelled", ""]}),
         "root_only" | "include_drafts" | "include_ledger_len" | "include_metrics" | "all_versions" => boolean,
+        "include_deprecated" => json!({"type": "boolean"}),
         // Any other string, `bundle_version` and `tenant_id` included (empty means the default:
         // the latest version, the default tenant).
         _ => json!({"type": "string"}),

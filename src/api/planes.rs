@@ -11,6 +11,7 @@ use super::AppState;
 use crate::config::Config;
 use crate::providers::Providers;
 use crate::runtime::bundle::BundleRegistry;
+use crate::runtime::deprecations::Deprecations;
 use crate::runtime::notify::Notifier;
 use crate::runtime::runner::Runner;
 use crate::runtime::worker::EffectWorker;
@@ -55,7 +56,9 @@ pub fn open_plane(cfg: Config) -> Result<(AppState, Arc<SqliteStore>), String> {
             "artifact store: removed temp files and unreferenced blobs"
         );
     }
+    let deprecations = Arc::new(Deprecations::open(&cfg.data_dir, cfg.shared_data_dir.as_deref()));
     let st = AppState {
+        deprecations,
         cfg: Arc::new(cfg),
         store: store.clone() as Arc<dyn Store>,
         registry,

@@ -39,7 +39,7 @@ pub fn routes() -> Vec<Route> {
             "session_id": {"type": "string"},
             "thinking": {"type": ["boolean", "string"]},
             "run_lifecycle": {"type": "object"}}}}}))
-        .errors(&[400, 404, 507])
+        .errors(&[400, 404, 409, 507])
         .ok_json(json!({"type": "object", "required": ["run_id"], "properties": {
             "run_id": {"type": "string"}, "runner_warning": {"type": ["string", "null"]}, "resolved_workflow": {"type": "object"}}})),
         route(
@@ -57,7 +57,7 @@ pub fn routes() -> Vec<Route> {
             "repeat_count": {"type": "integer", "minimum": 1, "maximum": schedule::MAX_DERIVED_COUNT}, "repeat_until": {"type": "string"},
             "share_context": {"type": "boolean", "default": true}, "session_id": {"type": "string"}}}}}),
         )
-        .errors(&[400, 404, 507])
+        .errors(&[400, 404, 409, 507])
         .ok_json(json!({"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}}})),
         route(
             "get",
@@ -146,7 +146,7 @@ pub fn resolve_target(
             .find_map(|b| {
                 b.entrypoints
                     .iter()
-                    .find(|e| e.interfaces.contains(&iface))
+                    .find(|e| e.interfaces.contains(&iface) && st.deprecations.of(&b, &e.flow_id).is_none())
                     .map(|e| (b.id.clone(), e.flow_id.clone()))
             });
         let (b, f) = hit.ok_or_else(|| ApiError::not_found(format!("No workflow implements interface '{iface}'")))?;
@@ -240,6 +240,12 @@ pub fn resolve_target(
         .get(&fid)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("Workflow '{}' not found", bundle.workflow_id(&fid))))?;
+    if let Some(rec) = st.deprecations.of(&bundle, &fid) {
+        return Err(ApiError::Status(
+            axum::http::StatusCode::CONFLICT,
+            crate::runtime::deprecations::refusal(&bundle.id, &fid, &rec),
+        ));
+    }
     Ok(Resolved {
         bundle,
         flow,

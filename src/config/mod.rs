@@ -29,6 +29,8 @@ pub struct Config {
     pub max_inline_bytes: usize,
     /// A hosted user's plane: the deployment's flows dir, shown read-only.
     pub shared_flows_dir: Option<PathBuf>,
+    /// The deployment's data dir (hosted users' planes): its deprecations cover its bundles.
+    pub shared_data_dir: Option<PathBuf>,
     pub max_upload_body_bytes: u64,
     pub max_concurrency: usize,
     pub max_sse: usize,
@@ -291,6 +293,7 @@ impl Config {
             max_attachment_bytes: number(&["ABSTRACTGATEWAY_MAX_ATTACHMENT_BYTES"], 26_214_400u64)?,
             workspace_mounts: mounts(var(&["ABSTRACTGATEWAY_WORKSPACE_MOUNTS"]).as_deref())?,
             shared_flows_dir: None,
+            shared_data_dir: None,
             max_inline_bytes: number(
                 &["ABSTRACTRUNTIME_MAX_INLINE_BYTES", "ABSTRACTGATEWAY_MAX_INLINE_BYTES"],
                 262_144usize,
@@ -415,6 +418,7 @@ impl Config {
         c.db_path = c.data_dir.join("gateway.sqlite3");
         // The deployment's bundles stay runnable (read-only) in every user's plane, as upstream.
         c.shared_flows_dir = Some(self.flows_dir.clone());
+        c.shared_data_dir = Some(self.data_dir.clone());
         c
     }
 

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod builtin;
 pub mod bundle;
 pub mod commands;
+pub mod deprecations;
 pub mod effect_wait;
 pub mod flow;
 pub mod history;
