@@ -497,11 +497,22 @@ fn config(c: ConfigCmd) -> Result<(), String> {
             load_env(&env)?;
             let cfg = Config::from_env().map_err(|e| format!("abstractgateway: invalid configuration: {e}"))?;
             let path = defaults::defaults_path(&cfg.data_dir);
+            // Fields this command does not set (reasoning, options) keep their stored values, as
+            // upstream's merge does, so the CLI and `PUT /config/capability-defaults` never undo
+            // each other.
+            let stored = match fallback {
+                true => None,
+                false => defaults::canonical_route(&route)
+                    .ok()
+                    .and_then(|name| defaults::route(&defaults::load(&path).ok()?, name).ok()?.primary),
+            };
             let target = Target {
                 provider: provider.trim().to_string(),
                 model: model.trim().to_string(),
                 base_url: base_url.map(|u| u.trim().trim_end_matches('/').to_string()),
                 api_key_env,
+                reasoning: stored.as_ref().and_then(|t| t.reasoning.clone()),
+                options: stored.and_then(|t| t.options),
             };
             let r = defaults::set(&path, &route, target, fallback).map_err(|e| format!("abstractgateway: {e}"))?;
             let chain: Vec<String> = r.chain().iter().map(|t| t.key()).collect();

@@ -593,3 +593,207 @@ fn the_audit_tail_shows_the_newest_writes_to_admins_only() {
     assert_eq!(req(&g, "GET", "/api/gateway/audit/tail", &alice, None).0, 403);
     assert_eq!(req(&g, "GET", "/api/gateway/audit/tail?limit=0", TOKEN, None).0, 422);
 }
+
+#[test]
+fn capability_defaults_over_http_merge_like_the_cli_and_validate() {
+    let g = Gateway::start_with(&[], &["--model", "none"]);
+    let (s, v) = g.get("/api/gateway/config/capability-defaults");
+    assert_eq!(
+        (s, v["ok"].as_bool(), v["scope"].as_str()),
+        (200, Some(true), Some("gateway")),
+        "{v}"
+    );
+    let row = |v: &Value, k: &str| v["routes"].as_array().unwrap().iter().find(|r| r["key"] == k).cloned().unwrap();
+    assert_eq!(
+        (
+            row(&v, "input.text")["configured"].as_bool(),
+            row(&v, "input.text")["source"].as_str()
+        ),
+        (Some(false), Some("not_configured"))
+    );
+    let put = |path: &str, body: Value| req(&g, "PUT", path, TOKEN, Some(body));
+    // `output/text` is the LLM route, stored as input.text, as `config set-default output.text` does.
+    let (s, v) = put(
+        "/api/gateway/config/capability-defaults/output/text",
+        json!({"provider": "openai-compatible", "model": "m1", "base_url": "http://127.0.0.1:9/v1/", "reasoning": "low"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let r = row(&v, "input.text");
+    assert_eq!(
+        (
+            r["provider"].as_str(),
+            r["model"].as_str(),
+            r["base_url"].as_str(),
+            r["reasoning"].as_str()
+        ),
+        (Some("openai-compatible"), Some("m1"), Some("http://127.0.0.1:9/v1"), Some("low"))
+    );
+    assert_eq!(
+        (
+            row(&v, "output.text")["derived_from"].as_str(),
+            row(&v, "output.text")["model"].as_str()
+        ),
+        (Some("input.text"), Some("m1"))
+    );
+    // The CLI reads what HTTP wrote, and its set-default keeps the reasoning HTTP set.
+    let cli: Value = serde_json::from_str(&g.config(&["defaults", "--json"])).unwrap();
+    assert_eq!(cli["input.text"]["model"], "m1");
+    g.config(&[
+        "set-default",
+        "input.text",
+        "--provider",
+        "openai-compatible",
+        "--model",
+        "m2",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+    ]);
+    let (_, v) = g.get("/api/gateway/config/capability-defaults");
+    assert_eq!(
+        (row(&v, "input.text")["model"].as_str(), row(&v, "input.text")["reasoning"].as_str()),
+        (Some("m2"), Some("low"))
+    );
+    // A partial update keeps what it does not name; "" clears a field.
+    let (_, v) = put(
+        "/api/gateway/config/capability-defaults/input/text",
+        json!({"reasoning": "", "options": {"temperature": 0}}),
+    );
+    let r = row(&v, "input.text");
+    assert_eq!(
+        (r["model"].as_str(), r.get("reasoning"), r["options"]["temperature"].as_i64()),
+        (Some("m2"), None, Some(0)),
+        "{r}"
+    );
+    // Task routes and other modalities are stored too.
+    let (s, v) = put(
+        "/api/gateway/config/capability-defaults/output/image/text_to_image",
+        json!({"provider": "local", "model": "sd-tiny"}),
+    );
+    assert_eq!(
+        (s, row(&v, "output.image.text_to_image")["route_task"].as_str()),
+        (200, Some("text_to_image")),
+        "{v}"
+    );
+    // Bad input writes nothing.
+    let before = std::fs::read(g.dir.join("config/abstractcore.json")).unwrap();
+    for (path, body, code) in [
+        (
+            "/api/gateway/config/capability-defaults/sideways/text",
+            json!({"provider": "local", "model": "x"}),
+            400,
+        ),
+        ("/api/gateway/config/capability-defaults/embedding/text", json!({"model": "x"}), 400),
+        (
+            "/api/gateway/config/capability-defaults/output/voice",
+            json!({"provider": "custom", "model": "v"}),
+            400,
+        ),
+        (
+            "/api/gateway/config/capability-defaults/input/text",
+            json!({"base_url": "ftp://x"}),
+            400,
+        ),
+        ("/api/gateway/config/capability-defaults/input/text", json!({"model": 5}), 422),
+        (
+            "/api/gateway/config/capability-defaults/input/text",
+            json!({"reasoning": "x".repeat(41)}),
+            422,
+        ),
+    ] {
+        let (s, v) = put(path, body.clone());
+        assert_eq!(s, code, "{path} {body}: {v}");
+    }
+    assert_eq!(std::fs::read(g.dir.join("config/abstractcore.json")).unwrap(), before);
+    let (s, v) = req(&g, "DELETE", "/api/gateway/config/capability-defaults/input/text", TOKEN, None);
+    assert_eq!(
+        (s, v["cleared"].as_bool(), row(&v, "input.text")["configured"].as_bool()),
+        (200, Some(true), Some(false))
+    );
+    let (_, v) = req(
+        &g,
+        "DELETE",
+        "/api/gateway/config/capability-defaults/output/image/text_to_image",
+        TOKEN,
+        None,
+    );
+    assert_eq!(v["cleared"], true);
+}
+
+#[test]
+fn a_users_capability_defaults_are_an_overlay_their_runs_follow() {
+    let llm = common::scripted_llm::ScriptedLlm::start();
+    let g = Gateway::start_with(&[("ABSTRACTGATEWAY_USER_AUTH", "1")], &["--model", "none"]);
+    let alice = create_user(&g, TOKEN, "alice", &["user"]);
+    let bob = create_user(&g, TOKEN, "bob", &["user"]);
+    let text_row = |token: &str| {
+        let (s, v) = req(&g, "GET", "/api/gateway/config/capability-defaults", token, None);
+        assert_eq!(s, 200, "{v}");
+        v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "input.text")
+            .cloned()
+            .unwrap()
+    };
+    // The deployment's default, then Alice's own: hers wins for her, nobody else sees it.
+    let (s, v) = req(
+        &g,
+        "PUT",
+        "/api/gateway/config/capability-defaults/input/text",
+        TOKEN,
+        Some(json!({"provider": "openai-compatible", "model": "gateway-model", "base_url": "http://127.0.0.1:9/v1"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = req(
+        &g,
+        "PUT",
+        "/api/gateway/config/capability-defaults/input/text",
+        &alice,
+        Some(json!({"provider": "openai-compatible", "model": "scripted", "base_url": llm.base_url()})),
+    );
+    assert_eq!(
+        (s, v["scope"].as_str()),
+        (200, Some("user")),
+        "a user may write her own defaults: {v}"
+    );
+    assert_eq!(
+        (text_row(&alice)["model"].as_str(), text_row(&alice)["source"].as_str()),
+        (Some("scripted"), Some("user"))
+    );
+    assert_eq!(
+        (text_row(&bob)["model"].as_str(), text_row(&bob)["source"].as_str()),
+        (Some("gateway-model"), Some("gateway"))
+    );
+    assert_eq!(text_row(TOKEN)["model"], "gateway-model");
+    // Her agent run is served by her route.
+    let (s, v) = req(
+        &g,
+        "POST",
+        "/api/gateway/runs/start",
+        &alice,
+        Some(json!({"bundle_id": "basic-agent", "session_id": "a", "input_data": {"prompt": "SCRIPT:plain hello", "max_iterations": 2}})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let r = loop {
+        let r = req(&g, "GET", &format!("/api/gateway/runs/{run}"), &alice, None).1;
+        if matches!(r["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(r["status"], "completed", "{r}");
+    assert!(llm.requests.lock().unwrap().iter().any(|q| q["model"] == "scripted"));
+    // Clearing hers falls back to the deployment's; she cannot clear the deployment's.
+    let (s, v) = req(&g, "DELETE", "/api/gateway/config/capability-defaults/input/text", &alice, None);
+    assert_eq!((s, v["cleared"].as_bool()), (200, Some(true)));
+    assert_eq!(text_row(&alice)["source"], "gateway");
+    assert_eq!(
+        req(&g, "DELETE", "/api/gateway/config/capability-defaults/input/text", &alice, None).1["cleared"],
+        false
+    );
+    assert_eq!(text_row(TOKEN)["model"], "gateway-model");
+}

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod basics;
 pub mod bundle_deprecation;
 pub mod bundles;
+pub mod capability_defaults;
 pub mod commands;
 pub mod console;
 pub mod discovery;
@@ -157,6 +158,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(artifacts::routes());
     all.extend(workspace::routes());
     all.extend(audit::routes());
+    all.extend(capability_defaults::routes());
     all
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 /// One provider + model to send a request to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub provider: String,
     pub model: String,
@@ -20,6 +20,12 @@ pub struct Target {
     pub base_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// Default reasoning effort (upstream's route field; kept, shown, and written back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// Provider/plugin parameters (voice, language, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Map<String, Value>>,
 }
 
 impl Target {
@@ -96,19 +102,46 @@ pub enum DefaultsError {
 
 pub const TEXT_ROUTE: &str = "input.text";
 
-/// Route names as the upstream CLI accepts them; `output.text` is an alias of `input.text`.
+/// Upstream's capability routes (AbstractCore's `iter_capability_default_specs`): key, label
+/// and the task each serves. Keys are `kind.modality[.task]`.
+pub const ROUTE_SPECS: [(&str, &str, &str); 24] = [
+    ("input.text", "Text Input", "text_understanding"),
+    ("input.image", "Image Input", "image_understanding"),
+    ("input.video", "Video Input", "video_understanding"),
+    ("input.voice", "Voice Input", "speech_to_text"),
+    ("input.sound", "Sound Input", "audio_understanding"),
+    ("input.music", "Music Input", "music_understanding"),
+    ("input.scene3d", "3D Scene Input", "scene3d_understanding"),
+    ("output.text", "Text Output", "text_generation"),
+    ("output.image", "Image Output", "image_generation"),
+    ("output.image.text_to_image", "Image Generation", "text_to_image"),
+    ("output.image.image_to_image", "Image Edit", "image_to_image"),
+    ("output.image.image_upscale", "Image Restore / Upscale", "image_upscale"),
+    ("output.video", "Video Output", "video_generation"),
+    ("output.video.text_to_video", "Video Generation", "text_to_video"),
+    ("output.video.image_to_video", "Image To Video", "image_to_video"),
+    ("output.voice", "Voice Output", "text_to_speech"),
+    ("output.sound", "Sound Effects Output", "sound_generation"),
+    ("output.music", "Music Output", "music_generation"),
+    ("output.scene3d", "3D Scene Output", "scene3d_generation"),
+    ("output.scene3d.text_to_scene3d", "Text To 3D", "text_to_scene3d"),
+    ("output.scene3d.image_to_scene3d", "Image To 3D", "image_to_scene3d"),
+    ("embedding.text", "Text Embeddings", "text_embedding"),
+    ("embedding.image", "Image Embeddings", "image_embedding"),
+    ("rerank.text", "Text Rerank", "text_rerank"),
+];
+
+/// Route names as upstream accepts them; `output.text` is an alias of `input.text` (one route:
+/// the LLM's), so writes to either land on `input.text`.
 pub fn canonical_route(name: &str) -> Result<&'static str, DefaultsError> {
-    Ok(match name {
-        "input.text" | "output.text" => TEXT_ROUTE,
-        "embedding.text" => "embedding.text",
-        "input.voice" => "input.voice",
-        "output.voice" => "output.voice",
-        "output.image" => "output.image",
-        other => {
-            return Err(DefaultsError::Invalid(format!(
-            "unknown capability route '{other}' (known: input.text, output.text, embedding.text, input.voice, output.voice, output.image)"
-        )))
-        }
+    if name == "output.text" {
+        return Ok(TEXT_ROUTE);
+    }
+    ROUTE_SPECS.iter().map(|s| s.0).find(|k| *k == name).ok_or_else(|| {
+        DefaultsError::Invalid(format!(
+            "unknown capability route '{name}' (known: {})",
+            ROUTE_SPECS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+        ))
     })
 }
 
@@ -143,11 +176,49 @@ fn save(path: &Path, routes: Map<String, Value>) -> Result<(), DefaultsError> {
     crate::util::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| DefaultsError::Write(path.display().to_string(), e))
 }
 
+/// One field of a partial update: `None` keeps the stored value, `""` clears it.
+fn merged(stored: Option<String>, given: Option<&str>) -> Option<String> {
+    match given.map(str::trim) {
+        None => stored,
+        Some("") => None,
+        Some(s) => Some(s.to_string()),
+    }
+}
+
+/// A partial update of a route's primary target (upstream's `PUT /config/capability-defaults`).
+#[derive(Debug, Default)]
+pub struct TargetPatch<'a> {
+    pub provider: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub base_url: Option<&'a str>,
+    pub reasoning: Option<&'a str>,
+    pub options: Option<Map<String, Value>>,
+}
+
+/// Merges `patch` over the stored primary target and saves it (fallbacks are kept).
+pub fn put(path: &Path, route_name: &str, patch: TargetPatch) -> Result<Route, DefaultsError> {
+    let name = canonical_route(route_name)?;
+    let stored = route(&load(path)?, name)?.primary.unwrap_or_default();
+    let target = Target {
+        provider: merged(Some(stored.provider), patch.provider).unwrap_or_default(),
+        model: merged(Some(stored.model), patch.model).unwrap_or_default(),
+        base_url: merged(stored.base_url, patch.base_url),
+        api_key_env: stored.api_key_env,
+        reasoning: merged(stored.reasoning, patch.reasoning),
+        options: match patch.options {
+            Some(o) if o.is_empty() => None,
+            Some(o) => Some(o),
+            None => stored.options,
+        },
+    };
+    set(path, name, target, false)
+}
+
 /// `set-default`: replaces the primary target, or with `fallback` appends to the chain.
 pub fn set(path: &Path, route_name: &str, target: Target, fallback: bool) -> Result<Route, DefaultsError> {
     let name = canonical_route(route_name)?;
     if target.provider.trim().is_empty() || target.model.trim().is_empty() {
-        return Err(DefaultsError::Invalid("--provider and --model must not be empty".into()));
+        return Err(DefaultsError::Invalid("provider and model must not be empty".into()));
     }
     if !target.is_local() && target.resolved_base_url().is_none() {
         return Err(DefaultsError::Invalid(format!(
@@ -226,7 +297,7 @@ mod tests {
             provider: p.into(),
             model: m.into(),
             base_url: u.map(str::to_string),
-            api_key_env: None,
+            ..Default::default()
         }
     }
 

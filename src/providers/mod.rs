@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use breaker::Breakers;
-use defaults::{Target, WatchedRoute};
+use defaults::{Route, Target, WatchedRoute};
 use local::LocalModels;
 use remote::RemoteClient;
 
@@ -172,12 +172,19 @@ impl Providers {
 
     /// The chain of targets for a requested model name.
     pub fn chain_for(&self, model: Option<&str>) -> Result<Vec<Target>, ProviderError> {
-        let chain = self.route.text().chain();
+        self.chain_in(None, model)
+    }
+
+    /// `chain_for` under `overlay` (a hosted user's own text route) when it names a target.
+    fn chain_in(&self, overlay: Option<&Route>, model: Option<&str>) -> Result<Vec<Target>, ProviderError> {
+        let chain = match overlay.filter(|r| r.primary.is_some()) {
+            Some(r) => r.chain(),
+            None => self.route.text().chain(),
+        };
         let local_target = |id: &str| Target {
             provider: "local".into(),
             model: id.into(),
-            base_url: None,
-            api_key_env: None,
+            ..Default::default()
         };
         let m = model.map(str::trim).filter(|m| !m.is_empty() && *m != "default");
         match m {
@@ -215,7 +222,12 @@ impl Providers {
 
     /// Routes a request: tries the chain until a target produces its first event.
     pub async fn stream(&self, model: Option<&str>, req: &TextRequest) -> Result<Routed, ProviderError> {
-        let chain = self.chain_for(model)?;
+        self.stream_in(None, model, req).await
+    }
+
+    /// `stream` under a plane's own text route (see `chain_in`).
+    pub async fn stream_in(&self, overlay: Option<&Route>, model: Option<&str>, req: &TextRequest) -> Result<Routed, ProviderError> {
+        let chain = self.chain_in(overlay, model)?;
         let mut failures: Vec<String> = Vec::new();
         let mut overloaded: Option<ProviderError> = None;
         for target in chain {

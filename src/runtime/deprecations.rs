@@ -9,7 +9,6 @@
 //! also honours the deployment's file for the deployment's bundles.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -126,20 +125,7 @@ impl File {
 
     fn write(&self, c: &mut Cached, bundles: BTreeMap<String, Flows>) -> std::io::Result<()> {
         let doc = json!({"version": 1, "bundles": bundles});
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        let res = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(serde_json::to_string_pretty(&doc).unwrap_or_default().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            std::fs::File::open(dir)?.sync_all()
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-            return res;
-        }
+        crate::util::write_atomic(&self.path, serde_json::to_string_pretty(&doc).unwrap_or_default().as_bytes(), 0o644)?;
         c.bundles = bundles;
         c.stamp = stamp(&self.path);
         Ok(())

@@ -41,6 +41,8 @@ pub struct EffectWorker {
     pub notifier: Arc<Notifier>,
     pub providers: Arc<Providers>,
     pub data_dir: PathBuf,
+    /// This plane's capability defaults: a hosted user's overlay wins over the deployment's.
+    overlay: crate::providers::defaults::WatchedRoute,
     in_flight: Mutex<HashSet<String>>,
 }
 
@@ -60,6 +62,7 @@ impl EffectWorker {
             store,
             notifier,
             providers,
+            overlay: crate::providers::defaults::WatchedRoute::new(crate::providers::defaults::defaults_path(&data_dir)),
             data_dir,
             in_flight: Mutex::new(HashSet::new()),
         })
@@ -222,7 +225,7 @@ impl EffectWorker {
         // wait ends if the run does (cancelled meanwhile).
         let mut backoff = BUSY_BACKOFF_MIN;
         let mut routed = loop {
-            match self.providers.stream(model.as_deref(), &req).await {
+            match self.providers.stream_in(Some(&self.overlay.text()), model.as_deref(), &req).await {
                 Ok(x) => break x,
                 Err(e @ ProviderError::Overloaded { .. }) => {
                     if !self.still_waiting(&job.run_id).await {
