@@ -524,6 +524,69 @@ fn admin_import_and_export_stay_inside_the_workspace_and_its_mounts() {
 }
 
 #[test]
+fn ingest_makes_a_workspace_file_a_session_attachment_within_the_limit() {
+    let g = Gateway::start_with(&[("ABSTRACTGATEWAY_MAX_ATTACHMENT_BYTES", "1000")], &[]);
+    let ws = g.dir.join("workspaces/s2");
+    std::fs::create_dir_all(&ws).unwrap();
+    let data = bytes(700, 3);
+    std::fs::write(ws.join("clip.wav"), &data).unwrap();
+    std::fs::write(ws.join("big.bin"), bytes(1001, 4)).unwrap();
+    let (s, v) = g.post(
+        "/api/gateway/attachments/ingest",
+        &json!({"session_id": "s2", "path": "clip.wav", "workspace_root": "/elsewhere"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["attachment"], v["artifact"]);
+    let a = &v["artifact"];
+    assert_eq!(
+        (a["content_type"].as_str(), a["run_id"].as_str()),
+        (Some("audio/wav"), Some("session_memory_s2")),
+        "{v}"
+    );
+    let tags = &v["metadata"]["tags"];
+    assert_eq!(
+        (
+            tags["target"].as_str(),
+            tags["source"].as_str(),
+            tags["kind"].as_str(),
+            tags["sha256"].as_str()
+        ),
+        (Some("server"), Some("workspace"), Some("attachment"), Some(sha(&data).as_str()))
+    );
+    let id = a["artifact_id"].as_str().unwrap();
+    let (s, _, got) = get_bytes(&g, &format!("/api/gateway/runs/session_memory_s2/artifacts/{id}/content"), None);
+    assert_eq!((s, got == data), (200, true));
+    // Overrides, then refusals that store nothing.
+    let (_, v) = g.post(
+        "/api/gateway/attachments/ingest",
+        &json!({"session_id": "s2", "path": "clip.wav", "filename": "voice.ogg", "content_type": "Audio/Ogg"}),
+    );
+    assert_eq!(
+        (v["artifact"]["filename"].as_str(), v["artifact"]["content_type"].as_str()),
+        (Some("voice.ogg"), Some("audio/ogg")),
+        "{v}"
+    );
+    for (body, code, detail) in [
+        (
+            json!({"session_id": "s2", "path": "big.bin"}),
+            413,
+            Some("Attachment too large (1001 bytes > 1000 bytes)"),
+        ),
+        (json!({"session_id": "s2", "path": "nope.wav"}), 404, None),
+        (json!({"session_id": "s2", "path": "../s1/x"}), 400, None),
+        (json!({"session_id": " ", "path": "clip.wav"}), 400, Some("session_id is required")),
+        (json!({"session_id": "s2"}), 422, None),
+    ] {
+        let (s, v) = g.post("/api/gateway/attachments/ingest", &body);
+        assert_eq!(s, code, "{body}: {v}");
+        if let Some(d) = detail {
+            assert_eq!(v["detail"], d);
+        }
+    }
+    assert_eq!(search(&g, "")["total"], 2, "refused ingests stored nothing");
+}
+
+#[test]
 fn artifact_inputs_take_refs_that_resolve_in_the_plane() {
     let g = Gateway::start();
     // A flow whose start node has an `artifact` and an `artifacts_image` input.

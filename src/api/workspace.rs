@@ -46,6 +46,19 @@ pub fn routes() -> Vec<Route> {
         .errors(&[400, 404, 422, 507]),
         route(
             "post",
+            "/api/gateway/attachments/ingest",
+            "Ingest a workspace file as a session attachment (admin)",
+            &[],
+            post(ingest),
+        )
+        .body(json!({"application/json": {"schema": {"type": "object", "required": ["session_id", "path"], "properties": {
+            "session_id": {"type": "string"}, "path": {"type": "string"},
+            "filename": {"type": ["string", "null"]}, "content_type": {"type": ["string", "null"]},
+            "workspace_root": {"type": ["string", "null"]}, "workspace_access_mode": {"type": ["string", "null"]},
+            "workspace_allowed_paths": {"type": ["string", "null"]}, "workspace_ignored_paths": {"type": ["string", "null"]}}}}}))
+        .errors(&[400, 404, 413, 422, 507]),
+        route(
+            "post",
             "/api/gateway/runs/{run_id}/artifacts/{artifact_id}/export",
             "Write an artifact into the run's workspace (admin)",
             &[],
@@ -138,22 +151,65 @@ async fn import(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Js
             other => return Err(ApiError::bad_request(format!("tags.{k} must be a string, got {other}"))),
         }
     }
-    let (real, public) = resolve(&st, &sid, &path)?;
+    let purpose = purpose.unwrap_or_else(|| "run_input".into());
+    let mut tags = vec![
+        ("target", "workspace".to_string()),
+        ("source", "import".into()),
+        ("purpose", purpose),
+    ];
+    if let Some(p) = pin_id {
+        tags.push(("pin_id", p));
+    }
+    tags.extend(extra_tags.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let row = store_workspace_file(&st, &sid, &path, filename, content_type.as_deref(), None, tags).await?;
+    tracing::info!(artifact_id = %row.artifact_id, bytes = row.size_bytes, "artifact imported");
+    Ok(Json(attachment_answer(&row)))
+}
+
+/// Streams a workspace (or mount) file into the blob store and records it as an artifact of the
+/// session's memory run, tagged with its workspace path. Over `max_bytes` is upstream's 413.
+async fn store_workspace_file(
+    st: &AppState,
+    sid: &str,
+    path: &str,
+    filename: Option<String>,
+    content_type: Option<&str>,
+    max_bytes: Option<u64>,
+    mut tags: Vec<(&str, String)>,
+) -> ApiResult<crate::store::ArtifactRow> {
+    let (real, public) = resolve(st, sid, path)?;
     let blobs = st.blobs.clone();
     let shown = public.clone();
     let blob = tokio::task::spawn_blocking(move || -> Result<BlobRef, ApiError> {
         let mut file = std::fs::File::open(&real).map_err(|e| io_error(&format!("workspace file '{shown}'"), e))?;
-        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        let meta = file.metadata().map_err(|e| io_error(&format!("workspace file '{shown}'"), e))?;
+        if !meta.is_file() {
             return Err(ApiError::bad_request(format!("'{shown}' is not a regular file")));
         }
-        let mut w = blobs.writer(u64::MAX).map_err(storage_error)?;
+        let limit = max_bytes.unwrap_or(u64::MAX);
+        let too_large = |size: u64| {
+            ApiError::Status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Attachment too large ({size} bytes > {limit} bytes)"),
+            )
+        };
+        if meta.len() > limit {
+            return Err(too_large(meta.len()));
+        }
+        let mut w = blobs.writer(limit).map_err(storage_error)?;
         let mut buf = vec![0u8; 1 << 20];
+        let mut seen = 0u64;
         loop {
             let n = file.read(&mut buf).map_err(|e| io_error(&format!("reading '{shown}'"), e))?;
             if n == 0 {
                 break;
             }
-            w.write(&buf[..n]).map_err(storage_error)?;
+            seen += n as u64;
+            // The file grew while it was read: still refused, nothing kept.
+            w.write(&buf[..n]).map_err(|e| match e {
+                BlobError::TooLarge { .. } => too_large(seen),
+                e => storage_error(e),
+            })?;
         }
         w.finish().map_err(storage_error)
     })
@@ -164,28 +220,48 @@ async fn import(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Js
         .transpose()?
         .unwrap_or_else(|| public.clone());
     let name = name.rsplit('/').next().unwrap_or(&name).to_string();
-    let ct = pick_content_type(content_type.as_deref(), None, &name);
+    let ct = pick_content_type(content_type, None, &name);
     if ct.parse::<mime::Mime>().is_err() {
         return Err(ApiError::bad_request(format!("Invalid content_type: {ct:?}")));
     }
-    let mut tags = vec![
-        ("target", "workspace".to_string()),
-        ("source", "import".into()),
-        ("path", format!("workspace:{public}")),
-        ("purpose", purpose.unwrap_or_else(|| "run_input".into())),
-    ];
-    if let Some(p) = pin_id {
-        tags.push(("pin_id", p));
-    }
-    let extra: Vec<(&str, String)> = tags
-        .into_iter()
-        .chain(extra_tags.iter().map(|(k, v)| (k.as_str(), v.clone())))
-        .collect();
+    tags.push(("path", format!("workspace:{public}")));
     let mut meta = Map::new();
     meta.insert("source_path".into(), json!(public));
-    let row = store_session_artifact(&st, &sid, blob, &name, ct, &extra, meta).await?;
-    tracing::info!(artifact_id = %row.artifact_id, path = %public, bytes = row.size_bytes, "artifact imported");
-    Ok(Json(attachment_answer(&row)))
+    store_session_artifact(st, sid, blob, &name, ct, &tags, meta).await
+}
+
+/// `POST /attachments/ingest` (admin): a workspace file as a session attachment, as upstream.
+/// Client workspace knobs are accepted and ignored: the workspace is the session's (see the policy).
+async fn ingest(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let m = parse_body(&body)?;
+    let mut f = Fields::new(&m);
+    let sid = f.req_str("session_id");
+    let path = f.req_str("path");
+    let filename = f.opt_str("filename").filter(|n| !n.trim().is_empty());
+    let content_type = f.opt_str("content_type").filter(|c| !c.trim().is_empty());
+    for knob in [
+        "workspace_root",
+        "workspace_access_mode",
+        "workspace_allowed_paths",
+        "workspace_ignored_paths",
+    ] {
+        f.opt_str(knob);
+    }
+    f.finish()?;
+    let sid = sid.trim().to_string();
+    if sid.is_empty() {
+        return Err(ApiError::bad_request("session_id is required"));
+    }
+    if path.trim().is_empty() {
+        return Err(ApiError::bad_request("path is required"));
+    }
+    let tags = vec![("target", "server".to_string()), ("source", "workspace".into())];
+    let ct = content_type.map(|c| c.trim().to_ascii_lowercase());
+    let row = store_workspace_file(&st, &sid, &path, filename, ct.as_deref(), Some(st.cfg.max_attachment_bytes), tags).await?;
+    tracing::info!(artifact_id = %row.artifact_id, bytes = row.size_bytes, "attachment ingested");
+    let mut out = attachment_answer(&row);
+    out["attachment"] = out["artifact"].clone();
+    Ok(Json(out))
 }
 
 async fn export(
