@@ -87,6 +87,133 @@ fn download(t: &Target, http: &reqwest::blocking::Client, sid: &str, id: &str) -
     (n, t0.elapsed().as_secs_f64())
 }
 
+/// One HTTP/1.1 exchange on a fresh loopback connection, written and read in 1 MiB slices with no
+/// client library in between: reqwest's blocking client moves bodies through a channel in small
+/// pieces and capped both servers near 140 MB/s, so it measured itself. Returns the status line's
+/// code, the body and the seconds from connect to the last byte.
+fn raw_exchange(t: &Target, head: &str, body: &[&[u8]]) -> (u16, Vec<u8>, f64) {
+    use std::io::Write;
+    let t0 = Instant::now();
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+    sock.write_all(head.as_bytes()).unwrap();
+    for part in body {
+        for chunk in part.chunks(MIB) {
+            sock.write_all(chunk).unwrap();
+        }
+    }
+    let mut out = Vec::with_capacity(21 * MIB);
+    let mut buf = vec![0u8; MIB];
+    loop {
+        let k = sock.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..k]);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
+    let code = std::str::from_utf8(&out[9..12]).ok().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let chunked = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = out.split_off(end);
+    (code, if chunked { dechunk(&body) } else { body }, secs)
+}
+
+/// A `Transfer-Encoding: chunked` body's bytes (upstream streams content that way).
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+/// `upload` without a client library (see `raw_exchange`).
+fn raw_upload(t: &Target, sid: &str, name: &str, blob: &[u8]) -> (String, f64) {
+    let b = "agwbenchboundary7";
+    let pre = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"session_id\"\r\n\r\n{sid}\r\n--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    );
+    let post = format!("\r\n--{b}--\r\n");
+    let head = format!(
+        "POST /api/gateway/attachments/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: multipart/form-data; boundary={b}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        pre.len() + blob.len() + post.len()
+    );
+    let (code, body, secs) = raw_exchange(t, &head, &[pre.as_bytes(), blob, post.as_bytes()]);
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{}: raw upload: {text}", t.name);
+    // The first artifact id of the answer (both servers answer with a Content-Length body).
+    let id = text
+        .split("\"artifact_id\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .unwrap_or_default()
+        .to_string();
+    (id, secs)
+}
+
+/// `download` without a client library (see `raw_exchange`).
+fn raw_download(t: &Target, sid: &str, id: &str) -> (u64, f64) {
+    let head = format!(
+        "GET /api/gateway/runs/session_memory_{sid}/artifacts/{id}/content HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let (code, body, secs) = raw_exchange(t, &head, &[]);
+    assert_eq!(code, 200, "{}: raw download", t.name);
+    (body.len() as u64, secs)
+}
+
+/// The loopback floor: the same bytes through one TCP connection between two threads of this
+/// process, 1 MiB at a time (what any HTTP server's download is bounded by here).
+fn loopback_mbs(blob: &[u8]) -> f64 {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let (mut c, _) = l.accept().unwrap();
+                for chunk in blob.chunks(MIB) {
+                    c.write_all(chunk).unwrap();
+                }
+            });
+            let t0 = Instant::now();
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut buf = vec![0u8; MIB];
+            let mut n = 0;
+            while n < blob.len() {
+                n += c.read(&mut buf).unwrap();
+            }
+            runs.push(n as f64 / 1e6 / t0.elapsed().as_secs_f64());
+        });
+    }
+    median(runs)
+}
+
+/// The upload floor: hashing, writing, fsyncing and renaming the bytes through the gateway's own
+/// blob store, with no HTTP at all (what a durable upload cannot beat on this disk).
+fn durable_store_mbs(dir: &Path, blob: &[u8]) -> f64 {
+    let store = abstractgateway::store::blobs::BlobStore::open(&dir.join("floor-blobs")).unwrap();
+    let mut runs = Vec::new();
+    for i in 0..5u8 {
+        let mut b = blob.to_vec();
+        b[0] = i; // a new blob each time (an existing one is not rewritten)
+        let t0 = Instant::now();
+        let mut w = store.writer(u64::MAX).unwrap();
+        for chunk in b.chunks(MIB) {
+            w.write(chunk).unwrap();
+        }
+        w.finish().unwrap();
+        runs.push(b.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
+    }
+    median(runs)
+}
+
 struct Figures {
     upload_mbs: f64,
     download_mbs: f64,
@@ -132,12 +259,24 @@ fn measure(t: &Target, n_small: usize, big_mib: usize) -> Figures {
         assert!(ok);
         cats.push(blob.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
     }
-    let f_up = median(ups);
-    let f_down = median(downs);
+    let (mut raw_ups, mut raw_downs) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        let (a, s) = raw_upload(t, "bench", &format!("raw{i}.bin"), &blob);
+        raw_ups.push(blob.len() as f64 / 1e6 / s);
+        let (n, s) = raw_download(t, "bench", &a);
+        assert_eq!(n as usize, blob.len(), "{}: short raw download", t.name);
+        raw_downs.push(n as f64 / 1e6 / s);
+    }
+    let f_up = median(raw_ups);
+    let f_down = median(raw_downs);
     let f_cat = median(cats);
     eprintln!(
-        "[{}] 20 MiB upload {f_up:.0} MB/s, download {f_down:.0} MB/s (cat {f_cat:.0} MB/s)",
-        t.name
+        "[{}] 20 MiB upload {f_up:.0} MB/s, download {f_down:.0} MB/s (raw socket client; reqwest: {:.0} / {:.0}); cat {f_cat:.0} MB/s, loopback TCP {:.0} MB/s, durable store {:.0} MB/s",
+        t.name,
+        median(ups),
+        median(downs),
+        loopback_mbs(&blob),
+        durable_store_mbs(&t.dir, &blob)
     );
 
     // Many small attachments, uploaded by 8 clients.
