@@ -113,7 +113,9 @@ fn raw_exchange(t: &Target, head: &str, body: &[&[u8]]) -> (u16, Vec<u8>, f64) {
     let secs = t0.elapsed().as_secs_f64();
     let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
     let code = std::str::from_utf8(&out[9..12]).ok().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let chunked = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let chunked = String::from_utf8_lossy(&out[..end])
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
     let body = out.split_off(end);
     (code, if chunked { dechunk(&body) } else { body }, secs)
 }

@@ -11,8 +11,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::interpreter::Host;
 use super::model::{obj_entry, RunState, StepRecord, WaitState};
+use super::nodes::Host;
 use crate::util::sha256_hex;
 use crate::util::time::now_iso;
 

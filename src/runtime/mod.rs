@@ -1,7 +1,6 @@
 //! The run model and everything that advances runs: bundles, flows, the interpreter, commands,
 //! the scheduler and the event-driven runner.
 
-pub mod agent;
 pub mod builtin;
 pub mod bundle;
 pub mod commands;
@@ -10,12 +9,13 @@ pub mod effect_wait;
 pub mod flow;
 pub mod history;
 pub mod interpreter;
-pub mod llm_call;
 pub mod model;
+pub mod nodes;
 pub mod notify;
 pub mod offload;
 pub mod pure;
 pub mod runner;
 pub mod schedule;
+pub mod start;
 pub mod tools;
 pub mod worker;

@@ -118,7 +118,7 @@ pub fn eval(kind: &str, i: &Map<String, Value>, vars: &Map<String, Value>) -> Re
     Ok(match kind {
         "literal_string" => Value::String(text(g("_literalValue"))),
         "literal_number" => number(num(g("_literalValue"), 0.0).unwrap_or(0.0)),
-        "literal_boolean" => Value::Bool(crate::runtime::interpreter::truthy(g("_literalValue").unwrap_or(&Value::Null))),
+        "literal_boolean" => Value::Bool(truthy(g("_literalValue").unwrap_or(&Value::Null))),
         "literal_json" => match g("_literalValue") {
             Some(v @ (Value::Object(_) | Value::Array(_))) => v.clone(),
             _ => json!({}),
@@ -262,15 +262,9 @@ pub fn eval(kind: &str, i: &Map<String, Value>, vars: &Map<String, Value>) -> Re
                 other => return Err(format!("Unknown comparison operator: {other}")),
             })
         }
-        "not" => Value::Bool(!crate::runtime::interpreter::truthy(g("value").unwrap_or(&Value::Null))),
-        "and" => Value::Bool(
-            g("a").map(crate::runtime::interpreter::truthy).unwrap_or(false)
-                && g("b").map(crate::runtime::interpreter::truthy).unwrap_or(false),
-        ),
-        "or" => Value::Bool(
-            g("a").map(crate::runtime::interpreter::truthy).unwrap_or(false)
-                || g("b").map(crate::runtime::interpreter::truthy).unwrap_or(false),
-        ),
+        "not" => Value::Bool(!truthy(g("value").unwrap_or(&Value::Null))),
+        "and" => Value::Bool(g("a").map(truthy).unwrap_or(false) && g("b").map(truthy).unwrap_or(false)),
+        "or" => Value::Bool(g("a").map(truthy).unwrap_or(false) || g("b").map(truthy).unwrap_or(false)),
         "coalesce" => {
             let order: Vec<String> = g("_pin_order")
                 .and_then(Value::as_array)
@@ -393,5 +387,17 @@ mod tests {
             json!("hi Ann!")
         );
         assert!(eval("compare", &m(json!({"a": 1, "b": 2, "op": "~"})), &none).is_err());
+    }
+}
+
+/// JSON truthiness as upstream's flows see it (empty string, list, object, 0 and null are false).
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0).unwrap_or(true),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
     }
 }

@@ -8,10 +8,10 @@
 
 use serde_json::{json, Map, Value};
 
-use super::effect_wait::{self, Effect, LLM};
-use super::flow::{Flow, Node};
-use super::interpreter::{after, as_string, input, set_outputs, Host, Step};
-use super::model::RunState;
+use super::{after, as_string, input, set_outputs, Host, Step};
+use crate::runtime::effect_wait::{self, Effect, LLM};
+use crate::runtime::flow::{Flow, Node};
+use crate::runtime::model::RunState;
 
 /// Provider/model/params shared by `llm_call` and `agent`: pin, else `effectConfig`/`agentConfig`.
 pub fn target_and_params(run: &RunState, flow: &Flow, node: &Node, config: &str) -> Result<Map<String, Value>, String> {
@@ -62,7 +62,7 @@ pub fn wants_stream(run: &RunState) -> bool {
     run.vars
         .get("_runtime")
         .and_then(|r| r.get("stream"))
-        .map(super::interpreter::truthy)
+        .map(super::truthy)
         .unwrap_or(false)
 }
 
@@ -76,7 +76,7 @@ pub fn tool_specs(v: &Value) -> Vec<Value> {
     items
         .into_iter()
         .filter_map(|t| match t {
-            Value::String(name) => super::tools::spec(&name).map(|s| s.openai()),
+            Value::String(name) => crate::runtime::tools::spec(&name).map(|s| s.openai()),
             Value::Object(o) if o.contains_key("function") => Some(Value::Object(o)),
             Value::Object(o) if o.contains_key("name") => Some(json!({"type": "function", "function": o})),
             _ => None,

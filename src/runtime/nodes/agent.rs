@@ -14,12 +14,12 @@
 
 use serde_json::{json, Map, Value};
 
-use super::effect_wait::{self, Effect, Pending, LLM, TOOL};
-use super::flow::{Flow, Node};
-use super::interpreter::{after, as_string, input, set_outputs, truthy, Host, Step};
 use super::llm_call::{target_and_params, tool_specs};
-use super::model::{obj_entry, RunState, WaitState};
-use super::tools;
+use super::{after, as_string, input, set_outputs, truthy, Host, Step};
+use crate::runtime::effect_wait::{self, Effect, Pending, LLM, TOOL};
+use crate::runtime::flow::{Flow, Node};
+use crate::runtime::model::{obj_entry, RunState, WaitState};
+use crate::runtime::tools;
 
 const DEFAULT_MAX_ITERATIONS: u64 = 20;
 const APPROVAL: &str = "approval";
