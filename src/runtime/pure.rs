@@ -351,6 +351,18 @@ pub fn pick(kind: &str, v: Value, pin: &str) -> Value {
     }
 }
 
+/// JSON truthiness as upstream's flows see it (empty string, list, object, 0 and null are false).
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0).unwrap_or(true),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,17 +399,5 @@ mod tests {
             json!("hi Ann!")
         );
         assert!(eval("compare", &m(json!({"a": 1, "b": 2, "op": "~"})), &none).is_err());
-    }
-}
-
-/// JSON truthiness as upstream's flows see it (empty string, list, object, 0 and null are false).
-pub fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().map(|f| f != 0.0).unwrap_or(true),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
     }
 }
