@@ -200,7 +200,7 @@ fn loopback_mbs(blob: &[u8]) -> f64 {
 /// The upload floor: hashing, writing, fsyncing and renaming the bytes through the gateway's own
 /// blob store, with no HTTP at all (what a durable upload cannot beat on this disk).
 fn durable_store_mbs(dir: &Path, blob: &[u8]) -> f64 {
-    let store = abstractgateway::store::blobs::BlobStore::open(&dir.join("floor-blobs")).unwrap();
+    let store = abstractgateway::store::blobs::BlobStore::open(dir.join("floor-blobs")).unwrap();
     let mut runs = Vec::new();
     for i in 0..5u8 {
         let mut b = blob.to_vec();

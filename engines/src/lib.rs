@@ -2,6 +2,7 @@
 //! through typed requests and never touches tensors.
 
 pub mod device;
+pub mod embedding;
 pub mod error;
 pub mod text;
 

@@ -14,6 +14,9 @@ pub enum ModelError {
     Tensor { name: String, reason: String },
     #[error("unsupported model: {0}")]
     Unsupported(String),
+    /// A model directory whose files are missing or say something unusable.
+    #[error("{0}")]
+    Invalid(String),
     #[error("KV cache full: this step needs room for {needed} positions, the limit is {limit}")]
     KvCacheFull { needed: usize, limit: usize },
     #[error("tensor computation: {0}")]

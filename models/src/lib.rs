@@ -3,6 +3,7 @@
 
 pub mod chat_template;
 pub mod dense;
+pub mod embedding_dir;
 pub mod error;
 pub mod gguf;
 pub mod kv_budget;

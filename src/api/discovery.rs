@@ -103,6 +103,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         })
         .collect();
     let remote_up = remotes.iter().any(|r| r["available"] == true);
+    let embedding = embedding_capability(&p);
+    let embedding_up = embedding["available"].as_bool().unwrap_or(false);
     let d = |m, path| endpoint(m, path);
     let commands = {
         let mut c = d("post", "/api/gateway/commands");
@@ -142,6 +144,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         "providers": "/api/gateway/discovery/providers",
         "provider_models": "/api/gateway/discovery/providers/{provider}/models",
         "tools": "/api/gateway/discovery/tools",
+        "embedding_models": "/api/gateway/embeddings/models",
         "catalog_contract": "gateway_catalog_v1",
     });
     let flag = |v: &Value| v["available"].as_bool().unwrap_or(false);
@@ -150,7 +153,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         "limitations": [
             "of the LLM-facing nodes only llm_call and agent are served; other LLM/media node types fail with a clear error",
             "llm.delta frames reach SSE readers of the process that executes the LLM call (serve), for the run itself, not its subtree",
-            "memory, media, voice and vision surfaces are not served",
+            "memory, media, voice and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings",
         ],
         "surfaces": {
             "runs": {"start": flag(&runs["start"]), "schedule": flag(&runs["schedule"]), "summary": flag(&runs["summary"]),
@@ -162,6 +165,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
             "ledger": {"replay": flag(&ledger["replay"]), "batch": flag(&ledger["batch"]), "stream": flag(&ledger["stream"]), "stream_transport": "sse"},
             "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": true},
             "text": {"available": local_up || remote_up, "local": local_up, "remote": remote_up},
+            "embedding": {"available": embedding_up},
         },
     });
     Json(json!({"capabilities": {
@@ -172,9 +176,36 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         "text": {"available": local_up || remote_up, "route": "input.text", "default": route.primary.as_ref().map(|t| t.label()),
                  "local_models": local, "remote": remotes,
                  "openai_compatible": d("post", "/v1/chat/completions")},
+        "embedding": embedding,
         "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "artifacts": artifacts,
             "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness}},
     }}))
+}
+
+/// Embeddings: available only with a model loaded and running here, or a remote target on the
+/// `embedding.text` route whose breaker is not open.
+fn embedding_capability(p: &Providers) -> Value {
+    use crate::providers::embeddings::EMBEDDING_ROUTE;
+    let local: Vec<Value> = p
+        .local
+        .embedders
+        .iter()
+        .map(|e| json!({"id": e.info.id, "provider": "local", "available": e.engine.is_running(), "dimension": e.dimension, "max_tokens": e.max_tokens, "device": e.device}))
+        .collect();
+    let route = p.route.named(EMBEDDING_ROUTE);
+    let remote: Vec<Value> = route
+        .chain()
+        .into_iter()
+        .filter(|t| !t.is_local())
+        .map(|t| {
+            let health = p.breakers.view(&t.key());
+            json!({"provider": t.provider, "model": t.model, "available": health.state != "open", "health": health})
+        })
+        .collect();
+    let up = local.iter().chain(&remote).any(|m| m["available"] == true);
+    json!({"available": up, "route": EMBEDDING_ROUTE, "default": p.embedding_chain(None, None).ok().and_then(|c| c.first().map(|t| t.label())),
+           "local_models": local, "remote": remote,
+           "endpoint": endpoint("post", "/api/gateway/embeddings"), "openai_compatible": endpoint("post", "/v1/embeddings")})
 }
 
 /// The tools `agent` nodes can call: executed by this process's effect worker inside the run's

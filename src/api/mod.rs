@@ -13,6 +13,7 @@ pub mod commands;
 pub mod console;
 pub mod discovery;
 pub mod docs;
+pub mod embeddings;
 pub mod error;
 pub mod history;
 pub mod ledger;
@@ -159,6 +160,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(workspace::routes());
     all.extend(audit::routes());
     all.extend(capability_defaults::routes());
+    all.extend(embeddings::routes());
     all
 }
 

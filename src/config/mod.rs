@@ -46,6 +46,10 @@ pub struct Config {
     /// Requests one local model holds queued beyond what it decodes at once (`max_batch`);
     /// one more is refused with 429 before any work is done for it.
     pub model_queue: usize,
+    /// An embedding forward pass holds at most this many padded tokens (sequences × longest).
+    pub embedding_batch_tokens: usize,
+    /// How long an embedding batch waits for more requests once one has arrived (ms).
+    pub embedding_batch_wait_ms: u64,
     /// A cap on each data plane's SQLite database (`ABSTRACTGATEWAY_DB_MAX_MB`): past it writes
     /// are refused (507) as on a full disk. Unset: no cap but the disk.
     pub db_max_mb: Option<u64>,
@@ -306,6 +310,8 @@ impl Config {
             body_timeout_s: number(&["ABSTRACTGATEWAY_BODY_TIMEOUT_S"], 10.0f64)?,
             min_body_rate: number(&["ABSTRACTGATEWAY_MIN_BODY_RATE"], 16_384u64)?,
             model_queue: number(&["ABSTRACTGATEWAY_MODEL_QUEUE"], 64usize)?,
+            embedding_batch_tokens: number(&["ABSTRACTGATEWAY_EMBEDDING_BATCH_TOKENS"], 16_384usize)?.max(1),
+            embedding_batch_wait_ms: number(&["ABSTRACTGATEWAY_EMBEDDING_BATCH_WAIT_MS"], 2u64)?,
             db_max_mb: match var(&["ABSTRACTGATEWAY_DB_MAX_MB"]) {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_DB_MAX_MB"], 0u64)?.max(1)),

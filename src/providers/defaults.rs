@@ -263,28 +263,35 @@ pub fn clear(path: &Path, route_name: &str) -> Result<bool, DefaultsError> {
 /// server without a restart).
 pub struct WatchedRoute {
     path: PathBuf,
-    cached: std::sync::Mutex<(Option<SystemTime>, Route)>,
+    cached: std::sync::Mutex<(Option<SystemTime>, Map<String, Value>)>,
 }
 
 impl WatchedRoute {
     pub fn new(path: PathBuf) -> WatchedRoute {
         WatchedRoute {
             path,
-            cached: std::sync::Mutex::new((None, Route::default())),
+            cached: std::sync::Mutex::new((None, Map::new())),
         }
     }
 
     pub fn text(&self) -> Route {
+        self.named(TEXT_ROUTE)
+    }
+
+    /// A capability route by its canonical key (`input.text`, `embedding.text`, ...).
+    pub fn named(&self, name: &str) -> Route {
         let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         let Ok(mut c) = self.cached.lock() else { return Route::default() };
         if c.0 != mtime || mtime.is_none() {
-            let r = load(&self.path).and_then(|routes| route(&routes, TEXT_ROUTE));
-            match r {
-                Ok(r) => *c = (mtime, r),
+            match load(&self.path) {
+                Ok(routes) => *c = (mtime, routes),
                 Err(e) => tracing::warn!(error = %e, "ignoring unreadable capability defaults"),
             }
         }
-        c.1.clone()
+        route(&c.1, name).unwrap_or_else(|e| {
+            tracing::warn!(route = name, error = %e, "ignoring an unreadable capability route");
+            Route::default()
+        })
     }
 }
 

@@ -6,16 +6,19 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use abstractgateway_engines::device::{self, DeviceSpec};
+use abstractgateway_engines::embedding::EmbeddingConfig;
 use abstractgateway_engines::text::engine::{kv_budgets_by_device, EngineConfig, GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::grammar::{bounded_whitespace, Grammar, GrammarFactory, GrammarSpec};
 use abstractgateway_engines::text::sampling::SamplingParams;
 use abstractgateway_engines::{EngineError, GenError};
 use abstractgateway_models::chat_template::ChatTemplate;
+use abstractgateway_models::embedding_dir::is_embedding_dir;
 use abstractgateway_models::source::{self, ModelInfo};
 use abstractgateway_models::tokenizer::GgufTokenizer;
 use serde_json::{json, Map, Value};
 
+use super::embeddings::LocalEmbedder;
 use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, ToolChoice, Usage};
 
 pub struct LocalModel {
@@ -40,6 +43,8 @@ pub struct LocalModel {
 #[derive(Default)]
 pub struct LocalModels {
     pub models: Vec<LocalModel>,
+    /// Text-embedding models (directories `embedding_dir::is_embedding_dir` recognises).
+    pub embedders: Vec<LocalEmbedder>,
 }
 
 /// End-of-turn markers of common chat templates, used as stop tokens when the vocabulary has them.
@@ -52,14 +57,16 @@ impl LocalModels {
         specs: &[String],
         store: &Path,
         engine: &EngineConfig,
+        embedding: &EmbeddingConfig,
         device_for: &dyn Fn(&str) -> Result<DeviceSpec, String>,
     ) -> Result<LocalModels, String> {
         let mut loaded: Vec<Loaded> = Vec::new();
+        let mut embedders: Vec<LocalEmbedder> = Vec::new();
         // One selection per distinct device spec (selecting a GPU initialises it).
         let mut selections: Vec<(DeviceSpec, device::Selected)> = Vec::new();
         for spec in specs {
             let src = source::resolve(spec, store).map_err(|e| e.to_string())?;
-            if loaded.iter().any(|m| m.info.id == src.id) {
+            if loaded.iter().any(|m| m.info.id == src.id) || embedders.iter().any(|m| m.info.id == src.id) {
                 return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
             }
             let want = device_for(&src.id)?;
@@ -72,7 +79,13 @@ impl LocalModels {
                     selections.len() - 1
                 }
             };
-            loaded.push(load_one(&src, &selections[at].1, want == DeviceSpec::Auto)?);
+            let sel = &selections[at].1;
+            if is_embedding_dir(&src.path) {
+                let info = source::describe(&src).map_err(|e| e.to_string())?;
+                embedders.push(LocalEmbedder::load(info, &sel.device, &sel.name, embedding.clone())?);
+                continue;
+            }
+            loaded.push(load_one(&src, sel, want == DeviceSpec::Auto)?);
         }
         // The engines start once every model's weights are in memory: the dense models on one
         // device share a KV budget sized from what is free then.
@@ -94,11 +107,15 @@ impl LocalModels {
                 })
             })
             .collect();
-        Ok(LocalModels { models })
+        Ok(LocalModels { models, embedders })
     }
 
     pub fn get(&self, id: &str) -> Option<&LocalModel> {
         self.models.iter().find(|m| m.info.id == id)
+    }
+
+    pub fn embedder(&self, id: &str) -> Option<&LocalEmbedder> {
+        self.embedders.iter().find(|m| m.info.id == id)
     }
 
     /// The model a request without a model name gets: the first one loaded.

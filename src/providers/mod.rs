@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod defaults;
+pub mod embeddings;
 pub mod local;
 pub mod remote;
 pub mod tool_calls;

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
 use super::defaults::Target;
+use super::embeddings::{EmbedInput, EmbedRequest};
 use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, ToolChoice, Usage};
 
 pub struct RemoteClient {
@@ -52,6 +53,81 @@ impl RemoteClient {
         Ok(body["data"].as_array().cloned().unwrap_or_default())
     }
 
+    /// `POST {base}/embeddings` (OpenAI shape): vectors in input order and the prompt tokens.
+    pub async fn embed(&self, target: &Target, req: &EmbedRequest) -> Result<(Vec<Vec<f32>>, usize), ProviderError> {
+        let base = target
+            .resolved_base_url()
+            .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))?;
+        let texts: Option<Vec<&str>> = req
+            .inputs
+            .iter()
+            .map(|x| match x {
+                EmbedInput::Text(t) => Some(t.as_str()),
+                EmbedInput::Ids(_) => None,
+            })
+            .collect();
+        let ids: Option<Vec<&Vec<u32>>> = req
+            .inputs
+            .iter()
+            .map(|x| match x {
+                EmbedInput::Ids(i) => Some(i),
+                EmbedInput::Text(_) => None,
+            })
+            .collect();
+        let input = match (texts, ids) {
+            (Some(t), _) => json!(t),
+            (_, Some(i)) => json!(i),
+            _ => return Err(ProviderError::Invalid("input mixes text and token arrays".into())),
+        };
+        let mut body = json!({"model": target.model, "input": input, "encoding_format": "float"});
+        if let Some(d) = req.dimensions {
+            body["dimensions"] = json!(d);
+        }
+        if req.truncate {
+            body["truncate"] = json!(true);
+        }
+        let mut rb = self.http.post(format!("{base}/embeddings")).json(&body);
+        if let Some(k) = target.api_key() {
+            rb = rb.bearer_auth(k);
+        }
+        let resp = rb.send().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = upstream_message(&v, &text);
+            // The provider judged the request itself (too long, bad input): so would any other.
+            if status.as_u16() == 400 {
+                return Err(ProviderError::Invalid(format!("{}: {message}", target.label())));
+            }
+            return Err(ProviderError::Upstream {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let bad = |why: &str| ProviderError::Unavailable(format!("{} answered /embeddings with {why}", target.label()));
+        let data = v.get("data").and_then(Value::as_array).ok_or_else(|| bad("no data array"))?;
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; req.inputs.len()];
+        for (pos, item) in data.iter().enumerate() {
+            let i = item.get("index").and_then(Value::as_u64).map(|i| i as usize).unwrap_or(pos);
+            let vec: Vec<f32> = item
+                .get("embedding")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad("an item without a float embedding"))?
+                .iter()
+                .map(|x| x.as_f64().map(|f| f as f32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("a non-numeric component"))?;
+            *out.get_mut(i).ok_or_else(|| bad("an index out of range"))? = Some(vec);
+        }
+        let vectors = out
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("fewer vectors than inputs"))?;
+        let tokens = v.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(0) as usize;
+        Ok((vectors, tokens))
+    }
+
     pub async fn start(&self, target: &Target, req: &TextRequest) -> Result<EventRx, ProviderError> {
         let base = target
             .resolved_base_url()
@@ -65,15 +141,7 @@ impl RemoteClient {
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/message")
-                        .or_else(|| v.get("detail"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| text.chars().take(300).collect());
+            let message = upstream_message(&serde_json::from_str::<Value>(&text).unwrap_or(Value::Null), &text);
             return Err(ProviderError::Upstream {
                 status: status.as_u16(),
                 message,
@@ -112,6 +180,15 @@ impl RemoteClient {
         });
         Ok(rx)
     }
+}
+
+/// An error body's message: OpenAI's `error.message`, FastAPI's `detail`, else the text's start.
+fn upstream_message(v: &Value, text: &str) -> String {
+    v.pointer("/error/message")
+        .or_else(|| v.get("detail"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| text.chars().take(300).collect())
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {

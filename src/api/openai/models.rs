@@ -1,5 +1,5 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`: the models loaded here, plus the remote targets
-//! of the `input.text` route (as `provider/model`, which requests may name).
+//! `GET /v1/models` and `GET /v1/models/{id}`: the models loaded here (chat and embedding), plus
+//! the remote targets of the `input.text` route (as `provider/model`, which requests may name).
 
 use std::sync::Arc;
 
@@ -33,6 +33,11 @@ fn all(p: &Providers) -> Vec<Value> {
                    "context_length": m.context, "size_bytes": m.info.size_bytes, "name": m.info.name, "backend": m.backend})
         })
         .collect();
+    out.extend(p.local.embedders.iter().map(|e| {
+        json!({"id": e.info.id, "object": "model", "created": e.loaded_at, "owned_by": "local", "task": "embedding",
+               "format": e.info.format, "architecture": e.info.architecture, "dimension": e.dimension,
+               "context_length": e.max_tokens, "size_bytes": e.info.size_bytes})
+    }));
     for t in p.route.text().chain().into_iter().filter(|t| !t.is_local()) {
         let id = format!("{}/{}", t.provider, t.model);
         if !out.iter().any(|m| m["id"] == id.as_str()) {

@@ -1,0 +1,139 @@
+//! An embedding model on candle: an encoder from candle-transformers, then the pooling and
+//! normalisation its directory declares (`embedding_dir`). One forward pass embeds a batch of
+//! token-id sequences padded to the longest; padded positions are masked out of attention and
+//! out of pooling, so a sequence's vector does not depend on what it was batched with.
+
+use std::path::Path;
+
+use abstractgateway_models::embedding_dir::{EmbeddingDir, EmbeddingTokenizer, Pooling};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use candle_transformers::models::{bert, xlm_roberta};
+
+use crate::EngineError;
+
+enum Encoder {
+    Bert(bert::BertModel),
+    XlmRoberta(xlm_roberta::XLMRobertaModel),
+}
+
+pub struct EmbeddingModel {
+    encoder: Encoder,
+    pub dir: EmbeddingDir,
+    device: Device,
+    /// What padded positions hold (XLM-RoBERTa derives position ids from it).
+    pad_id: u32,
+}
+
+fn config<T: serde::de::DeserializeOwned>(dir: &EmbeddingDir) -> Result<T, EngineError> {
+    serde_json::from_value(dir.config.clone()).map_err(|e| EngineError::Unsupported(format!("{}: config.json: {e}", dir.path.display())))
+}
+
+impl EmbeddingModel {
+    /// Loads the directory's weights (F32) onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<(EmbeddingModel, EmbeddingTokenizer), EngineError> {
+        let dir = EmbeddingDir::open(path)?;
+        let tokenizer = dir.tokenizer()?;
+        let weights = dir.weights()?;
+        // SAFETY: the file is mapped read-only and not modified while the model lives (the model
+        // store is ours; a file replaced underneath is replaced by rename, not rewritten).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device)? };
+        let pad_id = dir.config.get("pad_token_id").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let encoder = match dir.model_type.as_str() {
+            "bert" => Encoder::Bert(bert::BertModel::load(vb, &config(&dir)?)?),
+            "xlm-roberta" | "roberta" => {
+                let vb = if vb.contains_tensor("roberta.embeddings.word_embeddings.weight") {
+                    vb.pp("roberta")
+                } else {
+                    vb
+                };
+                Encoder::XlmRoberta(xlm_roberta::XLMRobertaModel::new(&config(&dir)?, vb)?)
+            }
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "{}: embedding model type '{other}' (this engine runs bert, xlm-roberta and roberta)",
+                    path.display()
+                )))
+            }
+        };
+        Ok((
+            EmbeddingModel {
+                encoder,
+                dir,
+                device: device.clone(),
+                pad_id,
+            },
+            tokenizer,
+        ))
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dir.dimension
+    }
+
+    /// One forward pass: a vector per sequence, in order.
+    pub fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let longest = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(batch.len() * longest);
+        let mut mask = Vec::with_capacity(batch.len() * longest);
+        for s in batch {
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat_n(self.pad_id, longest - s.len()));
+            mask.extend(std::iter::repeat_n(1u32, s.len()));
+            mask.extend(std::iter::repeat_n(0u32, longest - s.len()));
+        }
+        let shape = (batch.len(), longest);
+        let ids = Tensor::from_vec(ids, shape, &self.device)?;
+        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        let types = ids.zeros_like()?;
+        let states = match &self.encoder {
+            Encoder::Bert(m) => m.forward(&ids, &types, Some(&mask))?,
+            Encoder::XlmRoberta(m) => m.forward(&ids, &mask, &types, None, None, None)?,
+        };
+        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        let pooled = pool(&states, &mask, &lens, self.dir.pooling)?;
+        let pooled = if self.dir.normalize { l2_normalize(&pooled)? } else { pooled };
+        Ok(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+}
+
+/// `states` (batch, seq, hidden) to (batch, hidden), over each row's real tokens only.
+fn pool(states: &Tensor, mask: &Tensor, lens: &[usize], how: Pooling) -> candle_core::Result<Tensor> {
+    let maskf = mask.to_dtype(states.dtype())?.unsqueeze(2)?;
+    match how {
+        Pooling::Cls => states.narrow(1, 0, 1)?.squeeze(1),
+        Pooling::LastToken => {
+            let rows = lens
+                .iter()
+                .enumerate()
+                .map(|(b, &n)| states.get(b)?.get(n.saturating_sub(1)))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::stack(&rows, 0)
+        }
+        Pooling::Mean | Pooling::MeanSqrtLen => {
+            let sum = states.broadcast_mul(&maskf)?.sum(1)?;
+            let count = maskf.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+            let mean = sum.broadcast_div(&count)?;
+            if how == Pooling::MeanSqrtLen {
+                // sentence-transformers: sum / sqrt(count), i.e. mean * sqrt(count).
+                mean.broadcast_mul(&count.sqrt()?)
+            } else {
+                Ok(mean)
+            }
+        }
+        Pooling::Max => {
+            // Padded positions must never win: push them far below any real activation.
+            let neg = ((maskf.ones_like()? - &maskf)? * -1e9)?;
+            states.broadcast_add(&neg)?.max(1)
+        }
+    }
+}
+
+fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    // sentence-transformers' Normalize is torch's F.normalize: x / max(||x||, 1e-12).
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    x.broadcast_div(&norm)
+}
