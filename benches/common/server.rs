@@ -31,6 +31,11 @@ pub fn client() -> reqwest::blocking::Client {
 }
 
 pub fn launch(name: &'static str, exe: &Path, upstream: bool) -> Target {
+    launch_with(name, exe, upstream, &[], &[])
+}
+
+/// `launch` with more `serve` arguments (e.g. `--model`) and environment.
+pub fn launch_with(name: &'static str, exe: &Path, upstream: bool, args: &[&str], env: &[(&str, &str)]) -> Target {
     let dir = std::env::temp_dir().join(format!("agw-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("flows")).unwrap();
@@ -44,6 +49,8 @@ pub fn launch(name: &'static str, exe: &Path, upstream: bool) -> Target {
         .env("ABSTRACTGATEWAY_ALLOWED_ORIGINS", "http://localhost:*,http://127.0.0.1:*")
         .env("ABSTRACTGATEWAY_LOG_LEVEL", "warn")
         .env("HOME", dir.join("home"))
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if upstream {

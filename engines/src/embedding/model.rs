@@ -25,8 +25,27 @@ pub struct EmbeddingModel {
     pad_id: u32,
 }
 
+/// The directory's config as candle's type, with transformers' defaults for the fields newer
+/// transformers versions no longer write (5.x dropped `position_embedding_type`) or older ones
+/// never did; candle's config types require them.
 fn config<T: serde::de::DeserializeOwned>(dir: &EmbeddingDir) -> Result<T, EngineError> {
-    serde_json::from_value(dir.config.clone()).map_err(|e| EngineError::Unsupported(format!("{}: config.json: {e}", dir.path.display())))
+    let mut c = dir.config.clone();
+    if let Some(o) = c.as_object_mut() {
+        let defaults = [
+            ("position_embedding_type", serde_json::json!("absolute")),
+            ("hidden_dropout_prob", serde_json::json!(0.1)),
+            ("attention_probs_dropout_prob", serde_json::json!(0.1)),
+            ("initializer_range", serde_json::json!(0.02)),
+            ("hidden_act", serde_json::json!("gelu")),
+            ("layer_norm_eps", serde_json::json!(1e-12)),
+            ("type_vocab_size", serde_json::json!(2)),
+            ("pad_token_id", serde_json::json!(0)),
+        ];
+        for (k, v) in defaults {
+            o.entry(k).or_insert(v);
+        }
+    }
+    serde_json::from_value(c).map_err(|e| EngineError::Unsupported(format!("{}: config.json: {e}", dir.path.display())))
 }
 
 impl EmbeddingModel {
