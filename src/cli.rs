@@ -358,8 +358,11 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
             tracing::warn!(model = %id, "ABSTRACTGATEWAY_MODEL_DEVICES names a model that was not loaded");
         }
     }
-    if local.models.is_empty() && !cli_models.iter().any(|m| m == "none") {
-        // An embedding model alone does not answer chats.
+    if local.models.is_empty() && !local.embedders.is_empty() {
+        let msg = "no chat model loaded (only embedding models): runs and /v1 chat need a remote provider on the input.text route";
+        eprintln!("{msg}");
+        tracing::warn!("{msg}");
+    } else if local.models.is_empty() && !cli_models.iter().any(|m| m == "none") {
         // Runs and /v1 then need a remote provider; say so rather than fail on first use.
         let msg = format!(
             "no local model loaded: the model store {} is empty and no --model was given. Fetch the \

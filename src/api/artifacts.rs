@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, ApiResult};
 use super::validate::{query_bool, query_int, query_map, safe_id};
@@ -127,15 +126,9 @@ const STATS_QUERY: &[&str] = &[
     "created_before",
 ];
 
-/// Upstream's owner run for a session's attachments: `session_memory_<sid>` when the id is plain,
-/// else a digest of it.
+/// Upstream's owner run for a session's attachments (and memory).
 pub fn session_memory_run_id(sid: &str) -> String {
-    if !sid.is_empty() && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        format!("session_memory_{sid}")
-    } else {
-        let h = hex::encode(Sha256::digest(sid.as_bytes()));
-        format!("session_memory_sha_{}", &h[..32])
-    }
+    crate::runtime::memory::session_owner_id(sid)
 }
 
 fn session_memory_run(sid: &str) -> RunState {

@@ -153,7 +153,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         "limitations": [
             "of the LLM-facing nodes only llm_call and agent are served; other LLM/media node types fail with a clear error",
             "llm.delta frames reach SSE readers of the process that executes the LLM call (serve), for the run itself, not its subtree",
-            "memory, media, voice and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings",
+            "memory: the knowledge graph (memory_kg_assert, memory_kg_query, POST /kg/query) is served; memory_note, memory_query and memory_kg_resolve are not",
+            "media, voice and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings",
         ],
         "surfaces": {
             "runs": {"start": flag(&runs["start"]), "schedule": flag(&runs["schedule"]), "summary": flag(&runs["summary"]),
@@ -166,6 +167,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
             "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": true},
             "text": {"available": local_up || remote_up, "local": local_up, "remote": remote_up},
             "embedding": {"available": embedding_up},
+            "memory": {"kg_query": flag(&d("post", "/api/gateway/kg/query")), "kg_assert_node": true, "kg_query_node": true, "semantic": embedding_up},
         },
     });
     Json(json!({"capabilities": {
@@ -178,7 +180,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
                  "openai_compatible": d("post", "/v1/chat/completions")},
         "embedding": embedding,
         "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "artifacts": artifacts,
-            "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness}},
+            "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness,
+            "memory": {"kg_query": d("post", "/api/gateway/kg/query"), "backend": "sqlite", "semantic_query": embedding_up}}},
     }}))
 }
 

@@ -16,6 +16,7 @@ pub mod docs;
 pub mod embeddings;
 pub mod error;
 pub mod history;
+pub mod kg;
 pub mod ledger;
 pub mod openai;
 pub mod openapi;
@@ -161,6 +162,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(audit::routes());
     all.extend(capability_defaults::routes());
     all.extend(embeddings::routes());
+    all.extend(kg::routes());
     all
 }
 

@@ -1,4 +1,4 @@
-//! Effects executed outside the runner: LLM calls and tool batches.
+//! Effects executed outside the runner: LLM calls, tool batches and knowledge-graph operations.
 //!
 //! The runner never blocks on a model or a shell. A node that needs one writes the effect's
 //! `started` record, remembers it under `vars._temp.pending_effects.<node>`, and puts the run in
@@ -18,10 +18,12 @@ use crate::util::time::now_iso;
 
 pub const LLM: &str = "llm";
 pub const TOOL: &str = "tool";
+/// Knowledge-graph writes and queries (they embed, so a model may be needed).
+pub const MEMORY: &str = "memory";
 
 /// Waits the effect worker answers.
 pub fn is_effect_reason(reason: &str) -> bool {
-    reason == LLM || reason == TOOL
+    reason == LLM || reason == TOOL || reason == MEMORY
 }
 
 /// Waits that return control to the node that made them (instead of moving past it).

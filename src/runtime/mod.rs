@@ -9,6 +9,7 @@ pub mod effect_wait;
 pub mod flow;
 pub mod history;
 pub mod interpreter;
+pub mod memory;
 pub mod model;
 pub mod nodes;
 pub mod notify;

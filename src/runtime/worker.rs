@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use super::effect_wait::{self, LLM, TOOL};
+use super::effect_wait::{self, LLM, MEMORY, TOOL};
 use super::model::RunStatus;
 use super::notify::Notifier;
 use super::tools::{self, Workspace};
@@ -164,6 +164,7 @@ impl EffectWorker {
         let answer = match job.reason.as_str() {
             LLM => self.llm(&job).await,
             TOOL => self.tools(&job).await,
+            MEMORY => self.memory(&job).await,
             other => json!({"error": format!("no executor for '{other}' waits")}),
         };
         let cmd = NewCommand {
@@ -179,6 +180,43 @@ impl EffectWorker {
             Ok(Ok(_)) => self.notifier.wake_runner(),
             Ok(Err(e)) => tracing::error!(run_id = %job.run_id, error = %e, "cannot record an effect's answer; it will be retried"),
             Err(e) => tracing::error!(run_id = %job.run_id, error = %e, "effect answer task failed"),
+        }
+    }
+
+    /// Knowledge-graph effects: writes are idempotent by the wait key (no journal needed);
+    /// queries only read.
+    async fn memory(&self, job: &Job) -> Value {
+        let r = &job.request;
+        let overlay = self.overlay.named(crate::providers::embeddings::EMBEDDING_ROUTE);
+        let overlay = Some(&overlay);
+        match r.get("op").and_then(Value::as_str) {
+            Some("assert") => crate::runtime::memory::assert(self.store.clone(), &self.providers, overlay, &job.wait_key, r).await,
+            Some("query") => {
+                let owners: Vec<(Option<String>, Option<String>)> = r
+                    .get("owners")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| {
+                                (
+                                    p.get(0).and_then(Value::as_str).map(str::to_string),
+                                    p.get(1).and_then(Value::as_str).map(str::to_string),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let q = crate::runtime::memory::query_of(r);
+                let text = r.get("query_text").and_then(Value::as_str).map(str::to_string);
+                match crate::runtime::memory::query(self.store.clone(), &self.providers, overlay, q, text, owners).await {
+                    Ok(items) => {
+                        let items: Vec<Value> = items.iter().map(|a| a.to_json()).collect();
+                        json!({"ok": true, "count": items.len(), "items": items})
+                    }
+                    Err(e) => json!({"error": e}),
+                }
+            }
+            other => json!({"error": format!("unknown memory operation {other:?}")}),
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod artifacts;
 pub mod blobs;
 pub mod health;
+pub mod kg;
 pub mod migrate;
 pub mod sqlite;
 
@@ -214,6 +215,11 @@ pub trait Store: Send + Sync + 'static {
     fn artifact_stats(&self, q: &ArtifactQuery) -> StoreResult<ArtifactStats>;
     /// Every blob a row names: what start-up collection keeps.
     fn artifact_blob_ids(&self) -> StoreResult<std::collections::HashSet<String>>;
+    /// Knowledge-graph writes, durable before this returns (`kg::add`: ids already present are
+    /// left as they are; `dedupe` skips triples the owner already holds).
+    fn kg_add(&self, rows: Vec<kg::KgRow>, space: Option<String>, dedupe: bool) -> StoreResult<kg::KgAdded>;
+    fn kg_query(&self, q: &kg::KgQuery) -> StoreResult<Vec<kg::KgAssertion>>;
+    fn kg_count(&self) -> StoreResult<u64>;
     /// Counts one read of an artifact's content.
     fn record_artifact_access(&self, artifact_id: &str, action: &str) -> StoreResult<()>;
 }

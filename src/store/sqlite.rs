@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS command_cursors (
     cursor      INTEGER NOT NULL,
     updated_at  TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS runs_effect_waits ON runs(updated_at) WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool');
+DROP INDEX IF EXISTS runs_effect_waits;
+CREATE INDEX IF NOT EXISTS runs_effect_waits_v2 ON runs(updated_at) WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool', 'memory');
 -- Outcomes of effects executed outside the runner (LLM calls, tools), by idempotency key, so a
 -- restart reuses a finished result and never repeats a side effect that may have happened.
 CREATE TABLE IF NOT EXISTS effect_journal (
@@ -106,6 +107,11 @@ enum Op {
         artifact_id: String,
         action: String,
     },
+    KgAdd {
+        rows: Vec<kg::KgRow>,
+        space: Option<String>,
+        dedupe: bool,
+    },
 }
 
 enum OpOut {
@@ -113,6 +119,7 @@ enum OpOut {
     Ack(CommandAck),
     Heads(Vec<(String, u64)>),
     Bool(bool),
+    KgAdded(kg::KgAdded),
 }
 
 struct Job {
@@ -147,6 +154,8 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 }
 
 fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    // Vector search (`vec_distance_cosine`) on every connection, readers included.
+    kg::register_vector_extension();
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
     } else {
@@ -181,6 +190,7 @@ impl SqliteStore {
         let conn = open(path, false)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(artifacts::SCHEMA)?;
+        conn.execute_batch(kg::SCHEMA)?;
         if let Some(mb) = max_mb {
             // A size cap for the store: past it a write fails as on a full disk (507).
             let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
@@ -397,6 +407,7 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
             artifacts::record_access(conn, &artifact_id, &action, &now_iso())?;
             Ok(OpOut::Unit)
         }
+        Op::KgAdd { rows, space, dedupe } => Ok(OpOut::KgAdded(kg::add(conn, &rows, space.as_deref(), dedupe)?)),
         Op::Journal {
             key,
             run_id,
@@ -777,7 +788,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             ids(
                 c,
-                "SELECT run_id FROM runs WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool') AND paused = 0 \
+                "SELECT run_id FROM runs WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool', 'memory') AND paused = 0 \
                  ORDER BY updated_at LIMIT ?1",
                 &[&(limit as i64)],
             )
@@ -884,6 +895,21 @@ impl Store for SqliteStore {
             action: action.to_string(),
         })
         .map(|_| ())
+    }
+
+    fn kg_add(&self, rows: Vec<kg::KgRow>, space: Option<String>, dedupe: bool) -> StoreResult<kg::KgAdded> {
+        match self.submit(Op::KgAdd { rows, space, dedupe })? {
+            OpOut::KgAdded(a) => Ok(a),
+            _ => Err(StoreError::Other("unexpected writer answer".into())),
+        }
+    }
+
+    fn kg_query(&self, q: &kg::KgQuery) -> StoreResult<Vec<kg::KgAssertion>> {
+        self.read(|c| kg::query(c, q))
+    }
+
+    fn kg_count(&self) -> StoreResult<u64> {
+        self.read(kg::count)
     }
 
     fn release_lease(&self, holder: &str) -> StoreResult<()> {

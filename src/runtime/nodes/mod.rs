@@ -20,6 +20,7 @@ mod control;
 mod entry;
 mod events;
 pub mod llm_call;
+mod memory;
 mod subflow;
 mod user;
 mod vars;
@@ -72,6 +73,8 @@ const NODES: &[(&[&str], Exec)] = &[
     (&["set_var", "set_variable"], vars::set_var),
     (&["llm_call"], llm_call::exec),
     (&["agent"], agent::exec),
+    (&["memory_kg_assert"], memory::kg_assert),
+    (&["memory_kg_query"], memory::kg_query),
 ];
 
 /// Executes the node under the run's cursor.
