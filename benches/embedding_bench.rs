@@ -159,7 +159,53 @@ fn ours_batches(url: &str, texts: &[String], batch: usize) -> f64 {
     texts.len() as f64 / t0.elapsed().as_secs_f64()
 }
 
-fn sentence_transformers(python: &str, dir: &Path, texts: &[String]) -> Option<f64> {
+/// p50 latency (ms) of one short sentence per request over HTTP, one client.
+fn ours_latency(url: &str, text: &str, n: usize) -> f64 {
+    let http = client();
+    let ts: Vec<f64> = (0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            let r = http.post(url).bearer_auth(TOKEN).json(&json!({"input": text})).send().unwrap();
+            assert!(r.status().is_success());
+            let _ = r.bytes().unwrap();
+            t0.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    p50(ts)
+}
+
+fn p50(mut ts: Vec<f64>) -> f64 {
+    ts.sort_by(|a, b| a.total_cmp(b));
+    ts[ts.len() / 2]
+}
+
+/// The short sentence the latency figures embed (7 tokens with [CLS] and [SEP]).
+const SHORT: &str = "This is an example sentence";
+
+/// p50 ms of one forward of one short sentence, plain candle BertModel (tokenizing included).
+fn plain_candle_latency(dir: &Path, n: usize) -> f64 {
+    let dev = Device::Cpu;
+    let cfg: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev).unwrap() };
+    let model = BertModel::load(vb, &cfg).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    p50((0..n)
+        .map(|_| {
+            let t0 = Instant::now();
+            let ids = tok.encode(SHORT, true).unwrap().get_ids().to_vec();
+            let len = ids.len();
+            let ids = Tensor::from_vec(ids, (1, len), &dev).unwrap();
+            let h = model.forward(&ids, &ids.zeros_like().unwrap(), None).unwrap();
+            let pooled = h.mean(1).unwrap();
+            let norm = pooled.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+            let _ = pooled.broadcast_div(&norm).unwrap().to_vec2::<f32>().unwrap();
+            t0.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect())
+}
+
+/// (embeddings/s at batch 32, p50 ms of one short sentence), sentence-transformers in-process.
+fn sentence_transformers(python: &str, dir: &Path, texts: &[String]) -> Option<(f64, f64)> {
     let script = r#"
 import json, sys, time
 from sentence_transformers import SentenceTransformer
@@ -168,17 +214,30 @@ m = SentenceTransformer(sys.argv[1], device="cpu")
 m.encode(texts[:32], batch_size=32)
 t0 = time.perf_counter()
 m.encode(texts, batch_size=32)
-print(len(texts) / (time.perf_counter() - t0))
+tput = len(texts) / (time.perf_counter() - t0)
+ts = []
+for _ in range(200):
+    t = time.perf_counter(); m.encode(sys.argv[3]); ts.append((time.perf_counter() - t) * 1000)
+ts.sort()
+print(tput, ts[len(ts) // 2])
 "#;
     let corpus_file = std::env::temp_dir().join(format!("embed-bench-{}.json", std::process::id()));
     std::fs::write(&corpus_file, serde_json::to_string(texts).unwrap()).unwrap();
-    let out = Command::new(python).args(["-c", script]).arg(dir).arg(&corpus_file).output().ok()?;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(dir)
+        .arg(&corpus_file)
+        .arg(SHORT)
+        .output()
+        .ok()?;
     let _ = std::fs::remove_file(&corpus_file);
     if !out.status.success() {
         eprintln!("sentence-transformers failed: {}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut it = text.split_whitespace().filter_map(|x| x.parse::<f64>().ok());
+    Some((it.next()?, it.next()?))
 }
 
 fn main() {
@@ -191,6 +250,8 @@ fn main() {
     let url = ours.url("/v1/embeddings");
     // Warm up (first forward passes allocate).
     ours_batches(&url, &texts[..64], 32);
+    let lat = ours_latency(&url, SHORT, 200);
+    let c1 = ours_concurrent(&url, &texts[..n.min(256)], 1);
     let c64 = ours_concurrent(&url, &texts, 64);
     let b32 = ours_batches(&url, &texts, 32);
     let stats: Value = client()
@@ -200,48 +261,40 @@ fn main() {
         .unwrap()
         .json()
         .unwrap();
+    drop(ours);
     let candle1 = plain_candle(&dir, &texts[..n.min(256)], 1);
     let candle32 = plain_candle(&dir, &texts, 32);
+    let candle_lat = plain_candle_latency(&dir, 200);
     let st = std::env::var("EMBED_BENCH_PYTHON")
         .ok()
         .and_then(|py| sentence_transformers(&py, &dir, &texts));
-    println!(
-        "embeddings/s, all-MiniLM-L6-v2, {n} sentences of 4-60 words, CPU ({} threads)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
-    println!(
-        "{:<58} {:>10}",
-        "ours over HTTP, 64 clients x 1 sentence per request",
-        format!("{c64:.0}")
-    );
-    println!(
-        "{:<58} {:>10}",
-        "ours over HTTP, 1 client x 32 sentences per request",
-        format!("{b32:.0}")
-    );
-    println!(
-        "{:<58} {:>10}",
-        "plain candle BertModel in-process, one forward per input",
-        format!("{candle1:.0}")
-    );
-    println!(
-        "{:<58} {:>10}",
-        "plain candle BertModel in-process, batches of 32",
-        format!("{candle32:.0}")
-    );
-    match st {
-        Some(s) => {
-            println!(
-                "{:<58} {:>10}",
-                "sentence-transformers encode(batch_size=32), in-process",
-                format!("{s:.0}")
-            );
-            println!("ratio ours (64 clients) / sentence-transformers: {:.2}x", c64 / s);
-            println!("ratio ours (batches of 32) / sentence-transformers: {:.2}x", b32 / s);
-        }
-        None => println!("sentence-transformers: not run (set EMBED_BENCH_PYTHON to a python with sentence-transformers)"),
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("all-MiniLM-L6-v2 on the CPU ({threads} threads), {n} sentences of 4-60 words");
+    let line = |what: &str, v: f64| println!("{what:<62} {v:>9.0}");
+    println!("embeddings/s:");
+    line("  ours over HTTP, 1 client x 1 sentence per request", c1);
+    line("  ours over HTTP, 64 clients x 1 sentence per request", c64);
+    line("  ours over HTTP, 1 client x 32 sentences per request", b32);
+    line("  plain candle BertModel in-process, one forward per input", candle1);
+    line("  plain candle BertModel in-process, batches of 32", candle32);
+    if let Some((s, _)) = st {
+        line("  sentence-transformers encode(batch_size=32), in-process", s);
     }
-    println!("ratio ours (64 clients) / plain candle one-per-request: {:.2}x", c64 / candle1);
-    println!("ratio ours (batches of 32) / plain candle batches of 32: {:.2}x", b32 / candle32);
+    println!("p50 ms, one short sentence (7 tokens):");
+    println!(
+        "  ours over HTTP {lat:.2} | plain candle in-process {candle_lat:.2} | sentence-transformers in-process {}",
+        st.map(|(_, l)| format!("{l:.2}")).unwrap_or_else(|| "not run".into())
+    );
+    let faster_peer = st.map(|(s, _)| s.max(candle32)).unwrap_or(candle32);
+    println!("ratios:");
+    println!(
+        "  ours batches of 32 / faster peer at batch 32: {:.2}x (goal 1.5x)",
+        b32 / faster_peer
+    );
+    println!("  ours 64 clients / faster peer at batch 32: {:.2}x", c64 / faster_peer);
+    println!("  ours 64 clients / ours 1 client (dynamic batching): {:.2}x", c64 / c1);
+    if st.is_none() {
+        println!("sentence-transformers: not run (set EMBED_BENCH_PYTHON to a python with sentence-transformers)");
+    }
     println!("engine: {}", stats["items"][0]["stats"]);
 }

@@ -10,6 +10,7 @@ pub mod attn;
 pub mod blocks;
 pub mod dot;
 pub mod dot_k;
+pub mod gelu;
 pub mod ggml_order;
 pub mod kquants;
 pub mod matmul;

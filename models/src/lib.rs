@@ -1,6 +1,7 @@
 //! Model loaders for abstractgateway (`models/`): GGUF metadata and tokenizers built from it.
 //! Engines (`engines/`) load weights through this crate; the gateway never touches tensors.
 
+pub mod bert;
 pub mod chat_template;
 pub mod dense;
 pub mod embedding_dir;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::openai::embeddings::inputs;
-use super::validate::{parse_body, query_bool, query_map};
+use super::validate::{parse_body, query_bool, query_map, Fields};
 use super::{route, Route};
 use crate::providers::defaults::Target;
 use crate::providers::embeddings::{no_embedder, EmbedRequest, EMBEDDING_ROUTE};
@@ -66,19 +66,40 @@ fn configured(p: &Providers) -> Option<Target> {
 }
 
 async fn embed(Extension(p): Extension<Arc<Providers>>, body: Bytes) -> ApiResult<Response> {
-    let b = Value::Object(parse_body(&body)?);
+    let m = parse_body(&body)?;
+    // Shapes as upstream's pydantic model: 422 for a wrong type.
+    let mut f = Fields::new(&m);
+    let req_provider = f
+        .opt_str("provider")
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty());
+    let req_model = f.opt_str("model").map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let input = match m.get("input") {
+        Some(v @ Value::String(_)) => v.clone(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Value::Array(a.clone()),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "string_type",
+                json!(["body", "input"]),
+                "Input should be a valid string or a list of strings",
+                other.clone(),
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "missing",
+                json!(["body", "input"]),
+                "Field required",
+                Value::Object(m.clone()),
+            ))
+        }
+    };
+    f.finish()?;
     let Some(space) = configured(&p) else {
         return Err(detail(StatusCode::SERVICE_UNAVAILABLE, no_embedder()));
     };
-    let field = |k: &str| {
-        b.get(k)
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
     // One embedding space per host: naming another provider or model is refused (upstream).
-    if let Some(req_p) = field("provider").map(|s| s.to_ascii_lowercase()) {
+    if let Some(req_p) = req_provider {
         if req_p != space.provider.to_ascii_lowercase() {
             return Err(detail(
                 StatusCode::BAD_REQUEST,
@@ -89,7 +110,7 @@ async fn embed(Extension(p): Extension<Arc<Providers>>, body: Bytes) -> ApiResul
             ));
         }
     }
-    if let Some(req_m) = field("model") {
+    if let Some(req_m) = req_model {
         if req_m != space.model {
             return Err(detail(
                 StatusCode::BAD_REQUEST,
@@ -100,27 +121,11 @@ async fn embed(Extension(p): Extension<Arc<Providers>>, body: Bytes) -> ApiResul
             ));
         }
     }
-    let input = match b.get("input") {
-        Some(Value::Array(a)) if a.is_empty() => {
-            return Ok(
-                Json(json!({"object": "list", "provider": space.provider, "model": space.model, "dimension": 0, "data": []}))
-                    .into_response(),
-            )
-        }
-        // Upstream stringifies what it is given (`str(x or "")`).
-        Some(Value::Array(a)) => Value::Array(
-            a.iter()
-                .map(|x| match x {
-                    Value::String(_) => x.clone(),
-                    Value::Null => json!(""),
-                    other => json!(other.to_string()),
-                })
-                .collect(),
-        ),
-        Some(Value::Null) | None => json!(""),
-        Some(Value::String(s)) => json!(s),
-        Some(other) => json!(other.to_string()),
-    };
+    if input.as_array().is_some_and(Vec::is_empty) {
+        return Ok(
+            Json(json!({"object": "list", "provider": space.provider, "model": space.model, "dimension": 0, "data": []})).into_response(),
+        );
+    }
     let inputs = match inputs(Some(&input), true) {
         Ok(i) => i,
         Err(m) => return Err(detail(StatusCode::BAD_REQUEST, m)),

@@ -61,7 +61,11 @@ async fn kg_query(Extension(st): Extension<AppState>, Extension(p): Extension<Ar
     .map(|k| f.opt_str(k).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
     .collect();
     let all_owners = f.opt_bool("all_owners").unwrap_or(false);
-    let limit = f.opt_int("limit", -1).unwrap_or(500);
+    // No upper bound (upstream): an integer past i64 asks for everything.
+    let limit = match m.get("limit") {
+        Some(v @ Value::Number(_)) if crate::util::json_int(v).is_none() && v.as_f64().is_some_and(|x| x > 0.0 && x.fract() == 0.0) => 0,
+        _ => f.opt_int("limit", -1).unwrap_or(500),
+    };
     let min_score = match m.get("min_score") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_f64() {

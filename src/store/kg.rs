@@ -286,9 +286,15 @@ pub(crate) fn query(conn: &Connection, q: &KgQuery) -> StoreResult<Vec<KgAsserti
         parts.push("scope = ?");
         args.push(V::Text(s.clone()));
     }
-    if let Some(o) = &q.owner_id {
-        parts.push("COALESCE(owner_id, '') = ?");
-        args.push(V::Text(o.clone()));
+    match q.owner_id.as_deref() {
+        // A plain equality, so the (scope, owner_id) index serves it; upstream's
+        // `COALESCE(owner_id, '') = ?` scans the table.
+        Some("") => parts.push("(owner_id IS NULL OR owner_id = '')"),
+        Some(o) => {
+            parts.push("owner_id = ?");
+            args.push(V::Text(o.to_string()));
+        }
+        None => {}
     }
     if let Some(s) = &q.since {
         parts.push("observed_at >= ?");

@@ -1,19 +1,22 @@
-//! An embedding model on candle: an encoder from candle-transformers, then the pooling and
-//! normalisation its directory declares (`embedding_dir`). One forward pass embeds a batch of
-//! token-id sequences padded to the longest; padded positions are masked out of attention and
-//! out of pooling, so a sequence's vector does not depend on what it was batched with.
+//! An embedding model on candle: an encoder (BERT packed, `abstractgateway_models::bert`;
+//! XLM-RoBERTa from candle-transformers), then the pooling and normalisation its directory
+//! declares (`embedding_dir`). One forward pass embeds a batch of token-id sequences; padding
+//! (all of XLM-RoBERTa's, BERT's only inside attention) is masked out of attention and pooling, so
+//! a sequence's vector does not depend on what it was batched with.
 
 use std::path::Path;
 
+use abstractgateway_models::bert::{self, BertShape, PackedBert};
 use abstractgateway_models::embedding_dir::{EmbeddingDir, EmbeddingTokenizer, Pooling};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{bert, xlm_roberta};
+use candle_transformers::models::xlm_roberta;
 
 use crate::EngineError;
 
 enum Encoder {
-    Bert(bert::BertModel),
+    /// BERT, packed (no padding outside attention): `abstractgateway_models::bert`.
+    Bert(PackedBert),
     XlmRoberta(xlm_roberta::XLMRobertaModel),
 }
 
@@ -59,7 +62,10 @@ impl EmbeddingModel {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device)? };
         let pad_id = dir.config.get("pad_token_id").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
         let encoder = match dir.model_type.as_str() {
-            "bert" => Encoder::Bert(bert::BertModel::load(vb, &config(&dir)?)?),
+            "bert" => Encoder::Bert(PackedBert::load(
+                vb,
+                BertShape::from_config(&dir.config).map_err(|e| EngineError::Unsupported(format!("{}: {e}", path.display())))?,
+            )?),
             "xlm-roberta" | "roberta" => {
                 let vb = if vb.contains_tensor("roberta.embeddings.word_embeddings.weight") {
                     vb.pp("roberta")
@@ -95,6 +101,19 @@ impl EmbeddingModel {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if let Encoder::Bert(m) = &self.encoder {
+            let (x, p) = m.forward(batch)?;
+            let pooled = match self.dir.pooling {
+                Pooling::Mean => bert::mean_rows(&x, &p, false)?,
+                // sum / sqrt(n) = mean · sqrt(n)
+                Pooling::MeanSqrtLen => bert::mean_rows(&x, &p, true)?,
+                Pooling::Cls => bert::pick_rows(&x, &p, |_| 0)?,
+                Pooling::LastToken => bert::pick_rows(&x, &p, |n| n - 1)?,
+                Pooling::Max => bert::max_rows(&x, &p)?,
+            };
+            let pooled = if self.dir.normalize { bert::l2_normalize(&pooled)? } else { pooled };
+            return Ok(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+        }
         let longest = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(batch.len() * longest);
         let mut mask = Vec::with_capacity(batch.len() * longest);
@@ -109,8 +128,8 @@ impl EmbeddingModel {
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         let types = ids.zeros_like()?;
         let states = match &self.encoder {
-            Encoder::Bert(m) => m.forward(&ids, &types, Some(&mask))?,
             Encoder::XlmRoberta(m) => m.forward(&ids, &mask, &types, None, None, None)?,
+            Encoder::Bert(_) => unreachable!("BERT is embedded packed, above"),
         };
         let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         let pooled = pool(&states, &mask, &lens, self.dir.pooling)?;
