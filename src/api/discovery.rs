@@ -93,15 +93,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
     let local = local_items(&p);
     let local_up = local.iter().any(|m| m["available"] == true);
     let route = p.route.text();
-    let remotes: Vec<Value> = route
-        .chain()
-        .into_iter()
-        .filter(|t| !t.is_local())
-        .map(|t| {
-            let health = p.breakers.view(&t.key());
-            json!({"provider": t.provider, "model": t.model, "available": health.state != "open", "health": health})
-        })
-        .collect();
+    let remotes = remote_targets(&p, &route);
     let remote_up = remotes.iter().any(|r| r["available"] == true);
     let embedding = embedding_capability(&p);
     let embedding_up = embedding["available"].as_bool().unwrap_or(false);
@@ -185,6 +177,19 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
     }}))
 }
 
+/// A route's remote targets with their breaker state (available unless the circuit is open).
+fn remote_targets(p: &Providers, route: &crate::providers::defaults::Route) -> Vec<Value> {
+    route
+        .chain()
+        .into_iter()
+        .filter(|t| !t.is_local())
+        .map(|t| {
+            let health = p.breakers.view(&t.key());
+            json!({"provider": t.provider, "model": t.model, "available": health.state != "open", "health": health})
+        })
+        .collect()
+}
+
 /// Embeddings: available only with a model loaded and running here, or a remote target on the
 /// `embedding.text` route whose breaker is not open.
 fn embedding_capability(p: &Providers) -> Value {
@@ -195,16 +200,7 @@ fn embedding_capability(p: &Providers) -> Value {
         .iter()
         .map(|e| json!({"id": e.info.id, "provider": "local", "available": e.engine.is_running(), "dimension": e.dimension, "max_tokens": e.max_tokens, "device": e.device}))
         .collect();
-    let route = p.route.named(EMBEDDING_ROUTE);
-    let remote: Vec<Value> = route
-        .chain()
-        .into_iter()
-        .filter(|t| !t.is_local())
-        .map(|t| {
-            let health = p.breakers.view(&t.key());
-            json!({"provider": t.provider, "model": t.model, "available": health.state != "open", "health": health})
-        })
-        .collect();
+    let remote = remote_targets(p, &p.route.named(EMBEDDING_ROUTE));
     let up = local.iter().chain(&remote).any(|m| m["available"] == true);
     json!({"available": up, "route": EMBEDDING_ROUTE, "default": p.embedding_chain(None, None).ok().and_then(|c| c.first().map(|t| t.label())),
            "local_models": local, "remote": remote,

@@ -11,7 +11,7 @@ use abstractgateway_models::embedding_dir::{EmbeddingTokenizer, InputError};
 use abstractgateway_models::source::ModelInfo;
 
 use super::defaults::{Route, Target};
-use super::{ProviderError, Providers};
+use super::{select_chain, ProviderError, Providers};
 
 /// The capability route embeddings follow.
 pub const EMBEDDING_ROUTE: &str = "embedding.text";
@@ -144,52 +144,27 @@ pub fn shorten(v: &mut Vec<f32>, d: usize) {
 impl Providers {
     /// The chain of targets for an embedding request naming `model` (or none).
     pub fn embedding_chain(&self, overlay: Option<&Route>, model: Option<&str>) -> Result<Vec<Target>, ProviderError> {
-        let chain = match overlay.filter(|r| r.primary.is_some()) {
-            Some(r) => r.chain(),
-            None => self.route.named(EMBEDDING_ROUTE).chain(),
-        };
-        let local_target = |id: &str| Target {
-            provider: "local".into(),
-            model: id.into(),
-            ..Default::default()
-        };
-        match model.map(str::trim).filter(|m| !m.is_empty() && *m != "default") {
-            None if !chain.is_empty() => Ok(chain),
-            None => self
-                .local
-                .embedders
-                .first()
-                .map(|e| vec![local_target(&e.info.id)])
-                .ok_or_else(|| ProviderError::Unavailable(no_embedder())),
-            Some(m) if chain.first().map(|t| t.model == m).unwrap_or(false) => Ok(chain),
-            Some(m) if self.local.embedder(m).is_some() => Ok(vec![local_target(m)]),
-            Some(m) => {
-                if let Some((p, rest)) = m.split_once('/') {
-                    if let Some(t) = chain.iter().find(|t| t.provider == p && !t.is_local()) {
-                        return Ok(vec![Target {
-                            model: rest.to_string(),
-                            ..t.clone()
-                        }]);
-                    }
-                }
-                Err(ProviderError::ModelNotFound(m.to_string()))
-            }
-        }
+        let route = overlay
+            .filter(|r| r.primary.is_some())
+            .cloned()
+            .unwrap_or_else(|| self.route.named(EMBEDDING_ROUTE));
+        select_chain(
+            route.chain(),
+            model,
+            self.local.embedders.first().map(|e| e.info.id.as_str()),
+            |m| self.local.embedder(m).is_some(),
+            || ProviderError::Unavailable(no_embedder()),
+        )
     }
 
-    /// Embeds through the chain: the first target that answers wins; the request's own faults
-    /// (too long, bad ids) end it at once, as no other target would do better.
+    /// Embeds through the chain (`walk`: fallback and breakers as for text).
     pub async fn embed(&self, overlay: Option<&Route>, model: Option<&str>, req: &EmbedRequest) -> Result<Embedded, ProviderError> {
         let chain = self.embedding_chain(overlay, model)?;
-        let mut failures: Vec<String> = Vec::new();
-        let mut overloaded: Option<ProviderError> = None;
-        for target in chain {
-            let key = target.key();
-            if !self.breakers.allow(&key) {
-                failures.push(format!("{} skipped (circuit open)", target.label()));
-                continue;
-            }
-            let attempt = if target.is_local() {
+        let (target, (mut vectors, prompt_tokens), fell_back) = self
+            .walk(chain, "embedding provider failed", |target| async move {
+                if !target.is_local() {
+                    return self.remote.embed(&target, req).await;
+                }
                 match self.local.embedder(&target.model) {
                     Some(e) => e.embed(req).await,
                     None => Err(ProviderError::Unavailable(format!(
@@ -197,51 +172,23 @@ impl Providers {
                         target.model
                     ))),
                 }
-            } else {
-                self.remote.embed(&target, req).await
-            };
-            match attempt {
-                Ok((mut vectors, prompt_tokens)) => {
-                    self.breakers.success(&key);
-                    if let Some(d) = req.dimensions {
-                        // A remote provider was asked for `dimensions` too; one that ignores it
-                        // still answers the size asked for.
-                        for v in &mut vectors {
-                            if v.len() > d {
-                                shorten(v, d);
-                            }
-                        }
-                    }
-                    if !failures.is_empty() {
-                        tracing::info!(provider = %target.label(), fell_back = ?failures, "embeddings served by a fallback provider");
-                    }
-                    return Ok(Embedded {
-                        vectors,
-                        prompt_tokens,
-                        target,
-                        fell_back: failures,
-                    });
-                }
-                Err(e) if e.is_client_error() => {
-                    self.breakers.release(&key);
-                    return Err(e);
-                }
-                Err(e @ ProviderError::Overloaded { .. }) => {
-                    self.breakers.release(&key);
-                    failures.push(format!("{}: {e}", target.label()));
-                    overloaded.get_or_insert(e);
-                }
-                Err(e) => {
-                    tracing::warn!(provider = %target.label(), error = %e, "embedding provider failed");
-                    self.breakers.failure(&key, &e.to_string());
-                    failures.push(format!("{}: {e}", target.label()));
+            })
+            .await?;
+        if let Some(d) = req.dimensions {
+            // A remote provider was asked for `dimensions` too; one that ignores it still
+            // answers the size asked for.
+            for v in &mut vectors {
+                if v.len() > d {
+                    shorten(v, d);
                 }
             }
         }
-        match overloaded {
-            Some(e) if failures.len() == 1 => Err(e),
-            _ => Err(ProviderError::Exhausted(failures)),
-        }
+        Ok(Embedded {
+            vectors,
+            prompt_tokens,
+            target,
+            fell_back,
+        })
     }
 }
 

@@ -178,38 +178,17 @@ impl Providers {
 
     /// `chain_for` under `overlay` (a hosted user's own text route) when it names a target.
     fn chain_in(&self, overlay: Option<&Route>, model: Option<&str>) -> Result<Vec<Target>, ProviderError> {
-        let chain = match overlay.filter(|r| r.primary.is_some()) {
-            Some(r) => r.chain(),
-            None => self.route.text().chain(),
-        };
-        let local_target = |id: &str| Target {
-            provider: "local".into(),
-            model: id.into(),
-            ..Default::default()
-        };
-        let m = model.map(str::trim).filter(|m| !m.is_empty() && *m != "default");
-        match m {
-            None if !chain.is_empty() => Ok(chain),
-            None => self
-                .local
-                .default_id()
-                .map(|id| vec![local_target(id)])
-                .ok_or_else(|| ProviderError::ModelNotFound("default".into())),
-            Some(m) if chain.first().map(|t| t.model == m).unwrap_or(false) => Ok(chain),
-            Some(m) if self.local.get(m).is_some() => Ok(vec![local_target(m)]),
-            Some(m) => {
-                // `provider/model` names a configured remote provider explicitly.
-                if let Some((p, rest)) = m.split_once('/') {
-                    if let Some(t) = chain.iter().find(|t| t.provider == p && !t.is_local()) {
-                        return Ok(vec![Target {
-                            model: rest.to_string(),
-                            ..t.clone()
-                        }]);
-                    }
-                }
-                Err(ProviderError::ModelNotFound(m.to_string()))
-            }
-        }
+        let route = overlay
+            .filter(|r| r.primary.is_some())
+            .cloned()
+            .unwrap_or_else(|| self.route.text());
+        select_chain(
+            route.chain(),
+            model,
+            self.local.default_id(),
+            |m| self.local.get(m).is_some(),
+            || ProviderError::ModelNotFound("default".into()),
+        )
     }
 
     /// Starts one target (no fallback).
@@ -229,6 +208,39 @@ impl Providers {
     /// `stream` under a plane's own text route (see `chain_in`).
     pub async fn stream_in(&self, overlay: Option<&Route>, model: Option<&str>, req: &TextRequest) -> Result<Routed, ProviderError> {
         let chain = self.chain_in(overlay, model)?;
+        let (target, (first, rest), fell_back) = self
+            .walk(chain, "provider failed before its first token", |target| async move {
+                let mut rx = self.start(&target, req).await?;
+                match rx.recv().await {
+                    Some(Ok(first)) => Ok((first, rx)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(ProviderError::Unavailable("closed the stream before any output".into())),
+                }
+            })
+            .await?;
+        Ok(Routed {
+            target,
+            first,
+            rest,
+            fell_back,
+            breakers: self.breakers.clone(),
+        })
+    }
+
+    /// Tries `chain` in order until `attempt` succeeds, skipping targets whose breaker is open.
+    /// The request's own faults end the walk at once (no other target would do better); a busy
+    /// target is not counted against its health; any other failure is, and the next one is
+    /// tried. Returns the target that served, its answer, and what failed before it.
+    pub(crate) async fn walk<T, F, Fut>(
+        &self,
+        chain: Vec<Target>,
+        failed: &str,
+        mut attempt: F,
+    ) -> Result<(Target, T, Vec<String>), ProviderError>
+    where
+        F: FnMut(Target) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
         let mut failures: Vec<String> = Vec::new();
         let mut overloaded: Option<ProviderError> = None;
         for target in chain {
@@ -237,27 +249,13 @@ impl Providers {
                 failures.push(format!("{} skipped (circuit open)", target.label()));
                 continue;
             }
-            let attempt = match self.start(&target, req).await {
-                Ok(mut rx) => match rx.recv().await {
-                    Some(Ok(first)) => Ok((first, rx)),
-                    Some(Err(e)) => Err(e),
-                    None => Err(ProviderError::Unavailable("closed the stream before any output".into())),
-                },
-                Err(e) => Err(e),
-            };
-            match attempt {
-                Ok((first, rest)) => {
+            match attempt(target.clone()).await {
+                Ok(answer) => {
                     self.breakers.success(&key);
                     if !failures.is_empty() {
                         tracing::info!(provider = %target.label(), fell_back = ?failures, "served by a fallback provider");
                     }
-                    return Ok(Routed {
-                        target,
-                        first,
-                        rest,
-                        fell_back: failures,
-                        breakers: self.breakers.clone(),
-                    });
+                    return Ok((target, answer, failures));
                 }
                 Err(e) if e.is_client_error() => {
                     self.breakers.release(&key);
@@ -270,7 +268,7 @@ impl Providers {
                     overloaded.get_or_insert(e);
                 }
                 Err(e) => {
-                    tracing::warn!(provider = %target.label(), error = %e, "provider failed before its first token");
+                    tracing::warn!(provider = %target.label(), error = %e, "{failed}");
                     self.breakers.failure(&key, &e.to_string());
                     failures.push(format!("{}: {e}", target.label()));
                 }
@@ -280,6 +278,41 @@ impl Providers {
         match overloaded {
             Some(e) if failures.len() == 1 => Err(e),
             _ => Err(ProviderError::Exhausted(failures)),
+        }
+    }
+}
+
+/// The targets for a request naming `model` (or none) on a route's `chain`: the whole chain for
+/// no model or its primary's model, a loaded local model alone, `provider/model` on one of the
+/// chain's remote providers, else `local_default` when nothing is routed.
+pub(crate) fn select_chain(
+    chain: Vec<Target>,
+    model: Option<&str>,
+    local_default: Option<&str>,
+    is_local: impl Fn(&str) -> bool,
+    nothing: impl FnOnce() -> ProviderError,
+) -> Result<Vec<Target>, ProviderError> {
+    let local_target = |id: &str| Target {
+        provider: "local".into(),
+        model: id.into(),
+        ..Default::default()
+    };
+    match model.map(str::trim).filter(|m| !m.is_empty() && *m != "default") {
+        None if !chain.is_empty() => Ok(chain),
+        None => local_default.map(|id| vec![local_target(id)]).ok_or_else(nothing),
+        Some(m) if chain.first().map(|t| t.model == m).unwrap_or(false) => Ok(chain),
+        Some(m) if is_local(m) => Ok(vec![local_target(m)]),
+        Some(m) => {
+            // `provider/model` names a configured remote provider explicitly.
+            if let Some((p, rest)) = m.split_once('/') {
+                if let Some(t) = chain.iter().find(|t| t.provider == p && !t.is_local()) {
+                    return Ok(vec![Target {
+                        model: rest.to_string(),
+                        ..t.clone()
+                    }]);
+                }
+            }
+            Err(ProviderError::ModelNotFound(m.to_string()))
         }
     }
 }

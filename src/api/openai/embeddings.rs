@@ -164,6 +164,20 @@ struct Item<'a, E: Serialize> {
     embedding: &'a E,
 }
 
+/// `data`: one `{"object": "embedding", index, embedding}` per vector, in order.
+fn data_json<E: Serialize>(embeddings: &[E]) -> serde_json::Result<String> {
+    let items: Vec<Item<E>> = embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, embedding)| Item {
+            object: "embedding",
+            index,
+            embedding,
+        })
+        .collect();
+    serde_json::to_string(&items)
+}
+
 async fn inner(providers: Arc<Providers>, body: Bytes) -> Result<Response, OpenAiError> {
     let b = parse_body(&body)?;
     let (req, base64) = request(&b)?;
@@ -184,30 +198,9 @@ async fn inner(providers: Arc<Providers>, body: Bytes) -> Result<Response, OpenA
             .iter()
             .map(|v| base64::engine::general_purpose::STANDARD.encode(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))
             .collect();
-        serde_json::to_string(
-            &items
-                .iter()
-                .enumerate()
-                .map(|(index, e)| Item {
-                    object: "embedding",
-                    index,
-                    embedding: e,
-                })
-                .collect::<Vec<_>>(),
-        )
+        data_json(&items)
     } else {
-        serde_json::to_string(
-            &done
-                .vectors
-                .iter()
-                .enumerate()
-                .map(|(index, e)| Item {
-                    object: "embedding",
-                    index,
-                    embedding: e,
-                })
-                .collect::<Vec<_>>(),
-        )
+        data_json(&done.vectors)
     }
     .map_err(|e| OpenAiError::from(ProviderError::Unavailable(format!("encoding the response: {e}"))))?;
     let tail =
