@@ -10,25 +10,6 @@ mod model_files;
 use common::*;
 use serde_json::{json, Value};
 
-fn exec(id: &str) -> Value {
-    json!({"id": id, "label": "", "type": "execution"})
-}
-fn pin(id: &str, ty: &str) -> Value {
-    json!({"id": id, "label": id, "type": ty})
-}
-fn node(id: &str, ty: &str, inputs: Vec<Value>, outputs: Vec<Value>, extra: Value) -> Value {
-    let mut data = json!({"nodeType": ty, "inputs": inputs, "outputs": outputs});
-    if let Value::Object(e) = extra {
-        for (k, v) in e {
-            data[k] = v;
-        }
-    }
-    json!({"id": id, "type": ty, "position": {"x": 0, "y": 0}, "data": data})
-}
-fn edge(s: &str, sh: &str, t: &str, th: &str) -> Value {
-    json!({"id": format!("{s}.{sh}->{t}.{th}"), "source": s, "sourceHandle": sh, "target": t, "targetHandle": th})
-}
-
 /// start(facts, question) → memory_kg_assert(facts, scope session) → memory_kg_query(question,
 /// scope session, limit 2) → end(ids, added, skipped, items).
 fn memory_flow() -> Value {

@@ -416,3 +416,24 @@ pub fn openai_python() -> PathBuf {
     }
     py
 }
+
+// VisualFlow building blocks for flows written in tests: an execution pin, a data pin, a
+// node (extra `data` fields merged in), an edge.
+pub fn exec(id: &str) -> Value {
+    json!({"id": id, "label": "", "type": "execution"})
+}
+pub fn pin(id: &str, ty: &str) -> Value {
+    json!({"id": id, "label": id, "type": ty})
+}
+pub fn node(id: &str, ty: &str, inputs: Vec<Value>, outputs: Vec<Value>, extra: Value) -> Value {
+    let mut data = json!({"nodeType": ty, "inputs": inputs, "outputs": outputs});
+    if let Value::Object(e) = extra {
+        for (k, v) in e {
+            data[k] = v;
+        }
+    }
+    json!({"id": id, "type": ty, "position": {"x": 0, "y": 0}, "data": data})
+}
+pub fn edge(s: &str, sh: &str, t: &str, th: &str) -> Value {
+    json!({"id": format!("{s}.{sh}->{t}.{th}"), "source": s, "sourceHandle": sh, "target": t, "targetHandle": th})
+}
