@@ -4,9 +4,11 @@
 
 use serde_json::{json, Value};
 
+use super::compaction;
 use super::effect_wait;
 use super::interpreter;
 use super::model::{RunState, RunStatus, WaitState};
+use super::nodes::Host;
 use super::runner::Pass;
 use super::schedule;
 use crate::store::{CommandOutcome, CommandRow};
@@ -47,6 +49,7 @@ impl Pass<'_> {
             "emit_event" => self.cmd_emit(c),
             "update_schedule" => self.cmd_update_schedule(c),
             "compact_memory" => self.cmd_compact(c),
+            compaction::ANSWER_KIND => self.cmd_compacted(c),
             other => Ok(outcome("rejected", format!("unknown command type '{other}'"), vec![])),
         };
         r.unwrap_or_else(|e| outcome("rejected", format!("store error while applying: {e}"), vec![]))
@@ -374,7 +377,6 @@ impl Pass<'_> {
         if !scheduled {
             return Ok(outcome("rejected", "compact_memory applies to scheduled run trees only", vec![]));
         }
-        let preserve = c.payload.get("preserve_recent").and_then(Value::as_u64).unwrap_or(6) as usize;
         let target = match s(&c.payload, "target_run_id") {
             Some(t) => t,
             None => {
@@ -404,40 +406,42 @@ impl Pass<'_> {
         let Some(run) = self.runs.get_mut(&target) else {
             return Ok(outcome("rejected", "run vanished", vec![]));
         };
-        let Some(Value::Array(msgs)) = run.vars.get_mut("context").and_then(|x| x.get_mut("messages")) else {
-            return Ok(outcome("ignored", format!("run '{target}' has no context.messages"), vec![]));
+        match compaction::start(run, &c.command_id, &c.payload) {
+            compaction::Started::Ignored(why) => Ok(outcome("ignored", why, vec![])),
+            compaction::Started::Started(rec, older) => {
+                run.touch();
+                self.mark(&target);
+                self.record(rec);
+                // The effect worker summarises and answers (see `compaction`).
+                Ok(outcome(
+                    "applied",
+                    format!("compaction started: {older} older message(s) go to the text route for a summary"),
+                    vec![target],
+                ))
+            }
+        }
+    }
+
+    /// The effect worker's summary for a compaction this runner started.
+    fn cmd_compacted(&mut self, c: &CommandRow) -> crate::store::StoreResult<CommandOutcome> {
+        if let Err(o) = self.target(c)? {
+            return Ok(o);
+        }
+        let Some(run) = self.runs.get_mut(&c.run_id) else {
+            return Ok(outcome("rejected", "run vanished", vec![]));
         };
-        if msgs.len() <= preserve {
+        let Some((rec, result)) = compaction::finish(run, &c.payload) else {
             return Ok(outcome(
                 "ignored",
-                format!("{} message(s), nothing older than the {preserve} to preserve", msgs.len()),
+                "no compaction of this run is in progress for that command",
                 vec![],
             ));
-        }
-        // Without a model to summarise, compaction keeps system messages and the recent tail.
-        let cut = msgs.len() - preserve;
-        let (old, recent) = msgs.split_at(cut);
-        let removed = old
-            .iter()
-            .filter(|m| m.get("role").and_then(Value::as_str) != Some("system"))
-            .count();
-        let mut kept: Vec<Value> = old
-            .iter()
-            .filter(|m| m.get("role").and_then(Value::as_str) == Some("system"))
-            .cloned()
-            .collect();
-        kept.extend_from_slice(recent);
-        *msgs = kept;
-        crate::runtime::model::obj_entry(&mut run.vars, "_runtime").insert(
-            "last_compact_memory".into(),
-            json!({"command_id": c.command_id, "removed_messages": removed, "preserve_recent": preserve, "mode": "truncate", "at": now_iso()}),
-        );
-        run.touch();
-        self.mark(&target);
-        Ok(outcome(
-            "applied",
-            format!("removed {removed} older message(s), kept the last {preserve}"),
-            vec![target],
-        ))
+        };
+        self.mark(&c.run_id);
+        self.record(rec);
+        Ok(match result {
+            Ok(detail) => outcome("applied", detail, vec![c.run_id.clone()]),
+            Err(e) => outcome("rejected", format!("compaction failed, messages kept: {e}"), vec![c.run_id.clone()]),
+        })
     }
 }

@@ -59,7 +59,7 @@ fn space(label: &str, dim: usize) -> String {
 }
 
 /// Embeds `texts` through the `embedding.text` route; None (with why) when no embedder answers.
-async fn embed(providers: &Providers, overlay: Option<&Route>, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, String), String> {
+pub(crate) async fn embed(providers: &Providers, overlay: Option<&Route>, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, String), String> {
     let req = EmbedRequest {
         inputs: texts.into_iter().map(EmbedInput::Text).collect(),
         truncate: true,
@@ -235,4 +235,196 @@ pub async fn query(
         items.truncate(l);
     }
     Ok(items)
+}
+
+/// Predicates that name an entity (upstream's `label_predicates`).
+const LABEL_PREDICATES: &[&str] = &[
+    "schema:name",
+    "skos:preflabel",
+    "skos:altlabel",
+    "dcterms:title",
+    "dcterms:identifier",
+];
+
+/// `memory_kg_resolve`: candidate entity ids (`ex:` subjects) for a label, as upstream does:
+/// exact label matches over the label predicates, semantic matches when there are none (or
+/// always, or never: `semantic` is `fallback`, `always` or `none`), best score first, each with
+/// its `rdf:type`s, filtered by `expected_type`.
+pub async fn resolve(store: std::sync::Arc<dyn Store>, providers: &Providers, overlay: Option<&Route>, r: &Value) -> Value {
+    let label = ["label", "query", "query_text"]
+        .iter()
+        .find_map(|k| r.get(*k).and_then(Value::as_str).filter(|s| !s.trim().is_empty()))
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase());
+    let Some(label) = label else {
+        return json!({"ok": false, "count": 0, "candidates": [], "error": "label is required"});
+    };
+    let expected = r
+        .get("expected_type")
+        .and_then(Value::as_str)
+        .map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty());
+    let max = r
+        .get("max_candidates")
+        .and_then(Value::as_f64)
+        .map(|m| m as i64)
+        .unwrap_or(5)
+        .clamp(1, 50) as usize;
+    let semantic = r.get("semantic").and_then(Value::as_str).unwrap_or("fallback").to_string();
+    let min_score = r.get("min_score").and_then(Value::as_f64);
+    let owners = owner_pairs(r);
+    let mut warnings: Vec<String> = Vec::new();
+    let per_query = (max * 10).clamp(10, 200);
+    let lookup = |vector: Option<(Vec<f32>, String)>| {
+        let store = store.clone();
+        let owners = owners.clone();
+        let label = label.clone();
+        async move {
+            tokio::task::spawn_blocking(move || -> Result<Vec<KgAssertion>, String> {
+                let mut hits = Vec::new();
+                for (scope, owner) in &owners {
+                    for p in LABEL_PREDICATES {
+                        let q = KgQuery {
+                            predicate: Some(p.to_string()),
+                            object: vector.is_none().then(|| label.clone()),
+                            scope: scope.clone(),
+                            owner_id: owner.clone(),
+                            vector: vector.clone(),
+                            min_score,
+                            limit: Some(per_query),
+                            ..Default::default()
+                        };
+                        hits.extend(store.kg_query(&q).map_err(|e| e.to_string())?);
+                    }
+                }
+                Ok(hits)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+    };
+    let exact = match lookup(None).await {
+        Ok(h) => h,
+        Err(e) => return json!({"ok": false, "count": 0, "candidates": [], "error": e}),
+    };
+    let mut similar = Vec::new();
+    if semantic == "always" || (semantic == "fallback" && exact.is_empty()) {
+        match embed(providers, overlay, vec![label.clone()]).await {
+            Ok((mut v, space)) => match lookup(Some((v.remove(0), space))).await {
+                Ok(h) => similar = h,
+                Err(e) => warnings.push(format!("semantic: {e}")),
+            },
+            Err(e) => warnings.push(format!("semantic matching needs an embedding model: {e}")),
+        }
+    }
+    // One candidate per (scope, owner, subject): its best score, latest observation, 3 evidences.
+    struct Cand {
+        id: String,
+        label: String,
+        scope: String,
+        owner: Option<String>,
+        score: f64,
+        observed: String,
+        evidence: Vec<Value>,
+    }
+    let mut cands: Vec<Cand> = Vec::new();
+    for (a, is_exact) in exact.iter().map(|a| (a, true)).chain(similar.iter().map(|a| (a, false))) {
+        if !a.subject.starts_with("ex:") {
+            continue;
+        }
+        let score = a
+            .attributes
+            .get("_retrieval")
+            .and_then(|x| x.get("score"))
+            .and_then(Value::as_f64)
+            .unwrap_or(if is_exact { 1.0 } else { 0.0 });
+        match cands
+            .iter_mut()
+            .find(|c| c.id == a.subject && c.scope == a.scope && c.owner == a.owner_id)
+        {
+            Some(c) => {
+                c.score = c.score.max(score);
+                if a.observed_at > c.observed {
+                    c.observed = a.observed_at.clone();
+                }
+                if c.evidence.len() < 3 {
+                    c.evidence.push(a.to_json());
+                }
+            }
+            None => cands.push(Cand {
+                id: a.subject.clone(),
+                label: a.object.clone(),
+                scope: a.scope.clone(),
+                owner: a.owner_id.clone(),
+                score,
+                observed: a.observed_at.clone(),
+                evidence: vec![a.to_json()],
+            }),
+        }
+    }
+    cands.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| b.observed.cmp(&a.observed)));
+    cands.truncate(max * 2);
+    let types_of = {
+        let store = store.clone();
+        let keys: Vec<(String, String, Option<String>)> = cands.iter().map(|c| (c.id.clone(), c.scope.clone(), c.owner.clone())).collect();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<String>>, String> {
+            keys.into_iter()
+                .map(|(id, scope, owner)| {
+                    let q = KgQuery {
+                        subject: Some(id),
+                        predicate: Some("rdf:type".into()),
+                        scope: Some(scope),
+                        owner_id: Some(owner.unwrap_or_default()),
+                        limit: Some(50),
+                        ..Default::default()
+                    };
+                    let mut types: Vec<String> = Vec::new();
+                    for a in store.kg_query(&q).map_err(|e| e.to_string())? {
+                        let t = a.object.trim().to_lowercase();
+                        if !types.contains(&t) {
+                            types.push(t);
+                        }
+                    }
+                    Ok(types)
+                })
+                .collect()
+        })
+        .await
+    };
+    let types_of = match types_of {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return json!({"ok": false, "count": 0, "candidates": [], "error": e}),
+        Err(e) => return json!({"ok": false, "count": 0, "candidates": [], "error": e.to_string()}),
+    };
+    let out: Vec<Value> = cands
+        .into_iter()
+        .zip(types_of)
+        .filter(|(_, types)| expected.as_ref().map(|t| types.contains(t)).unwrap_or(true))
+        .take(max)
+        .map(|(c, types)| {
+            json!({"id": c.id, "label": c.label, "types": types, "scope": c.scope, "owner_id": c.owner,
+                   "score": c.score, "evidence": c.evidence})
+        })
+        .collect();
+    let mut result = json!({"ok": true, "count": out.len(), "candidates": out, "raw": {"label": label, "expected_type": expected}});
+    if !warnings.is_empty() {
+        result["warnings"] = json!(warnings);
+    }
+    result
+}
+
+/// The `[scope, owner]` pairs an effect names (resolved by its node when it started).
+pub fn owner_pairs(r: &Value) -> Vec<(Option<String>, Option<String>)> {
+    r.get("owners")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p.get(0).and_then(Value::as_str).map(str::to_string),
+                        p.get(1).and_then(Value::as_str).map(str::to_string),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

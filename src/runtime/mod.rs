@@ -4,6 +4,7 @@
 pub mod builtin;
 pub mod bundle;
 pub mod commands;
+pub mod compaction;
 pub mod deprecations;
 pub mod effect_wait;
 pub mod flow;
@@ -12,6 +13,7 @@ pub mod interpreter;
 pub mod memory;
 pub mod model;
 pub mod nodes;
+pub mod notes;
 pub mod notify;
 pub mod offload;
 pub mod pure;

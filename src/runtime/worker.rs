@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
+use super::compaction;
 use super::effect_wait::{self, LLM, MEMORY, TOOL};
 use super::model::RunStatus;
 use super::notify::Notifier;
@@ -96,6 +97,29 @@ impl EffectWorker {
         let jobs = tokio::task::spawn_blocking(move || me.find_jobs())
             .await
             .map_err(|e| e.to_string())??;
+        let me = self.clone();
+        let compactions = tokio::task::spawn_blocking(move || me.store.pending_compactions(16))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for (command_id, target) in compactions {
+            let key = compaction::answer_id(&command_id);
+            let fresh = self.in_flight.lock().map(|mut s| s.insert(key.clone())).unwrap_or(false);
+            if !fresh {
+                continue;
+            }
+            let me = self.clone();
+            let span = tracing::info_span!("compact_memory", run_id = %target, command_id = %command_id);
+            tokio::spawn(
+                async move {
+                    me.compact(&command_id, &target).await;
+                    if let Ok(mut s) = me.in_flight.lock() {
+                        s.remove(&key);
+                    }
+                }
+                .instrument(span),
+            );
+        }
         for job in jobs {
             let me = self.clone();
             let span = tracing::info_span!("effect", run_id = %job.run_id, wait_key = %job.wait_key);
@@ -192,20 +216,7 @@ impl EffectWorker {
         match r.get("op").and_then(Value::as_str) {
             Some("assert") => crate::runtime::memory::assert(self.store.clone(), &self.providers, overlay, &job.wait_key, r).await,
             Some("query") => {
-                let owners: Vec<(Option<String>, Option<String>)> = r
-                    .get("owners")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| {
-                                (
-                                    p.get(0).and_then(Value::as_str).map(str::to_string),
-                                    p.get(1).and_then(Value::as_str).map(str::to_string),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let owners = crate::runtime::memory::owner_pairs(r);
                 let q = crate::runtime::memory::query_of(r);
                 let text = r.get("query_text").and_then(Value::as_str).map(str::to_string);
                 match crate::runtime::memory::query(self.store.clone(), &self.providers, overlay, q, text, owners).await {
@@ -216,8 +227,112 @@ impl EffectWorker {
                     Err(e) => json!({"error": e}),
                 }
             }
+            Some("resolve") => crate::runtime::memory::resolve(self.store.clone(), &self.providers, overlay, r).await,
+            Some("note") => crate::runtime::notes::note(self.store.clone(), &self.providers, overlay, &job.wait_key, r).await,
+            Some("recall") => crate::runtime::notes::recall(self.store.clone(), &self.providers, overlay, r).await,
             other => json!({"error": format!("unknown memory operation {other:?}")}),
         }
+    }
+
+    /// Summarises what a `compact_memory` command pinned, keeps the summary as a note, and
+    /// answers the runner (see `compaction`). A summary made before a crash is reused.
+    async fn compact(&self, command_id: &str, run_id: &str) {
+        let key = compaction::answer_id(command_id);
+        let answer = match self.journal_get(&key).await.and_then(|j| j.result) {
+            Some(done) => done,
+            None => {
+                let mut a = self.summarise(command_id, run_id).await.unwrap_or_else(|e| json!({"error": e}));
+                a["command_id"] = json!(command_id);
+                if a.get("error").is_none() {
+                    if let Err(e) = self.journal_put(&key, run_id, "done", Some(a.clone())).await {
+                        tracing::warn!(error = %e, "cannot journal a summary (it would be redone after a crash)");
+                    }
+                }
+                a
+            }
+        };
+        let cmd = NewCommand {
+            command_id: key,
+            run_id: run_id.to_string(),
+            kind: compaction::ANSWER_KIND.into(),
+            payload: answer,
+            ts: now_iso(),
+            client_id: Some("effect-worker".into()),
+        };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.append_command(cmd)).await {
+            Ok(Ok(_)) => self.notifier.wake_runner(),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot record a compaction's answer; it will be retried"),
+            Err(e) => tracing::error!(error = %e, "compaction answer task failed"),
+        }
+    }
+
+    async fn summarise(&self, command_id: &str, run_id: &str) -> Result<Value, String> {
+        let (store, id) = (self.store.clone(), run_id.to_string());
+        let run = tokio::task::spawn_blocking(move || store.get_run(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or("the run is gone")?;
+        let plan = compaction::plan(&run, command_id).ok_or("no compaction of this run is in progress for that command")?;
+        let old = compaction::to_summarise(&run, &plan)?;
+        let mode = plan.get("mode").and_then(Value::as_str).unwrap_or("standard");
+        let req = TextRequest {
+            prompt: Prompt::Chat {
+                messages: compaction::prompt(&old, mode, plan.get("focus").and_then(Value::as_str)),
+                tools: Vec::new(),
+                tool_choice: ToolChoice::Auto,
+            },
+            params: GenParams {
+                max_tokens: Some(if mode == "light" { 768 } else { 384 }),
+                temperature: Some(0.0),
+                ..GenParams::default()
+            },
+        };
+        let mut backoff = BUSY_BACKOFF_MIN;
+        let mut routed = loop {
+            match self.providers.stream_in(Some(&self.overlay.text()), None, &req).await {
+                Ok(x) => break x,
+                Err(ProviderError::Overloaded { .. }) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BUSY_BACKOFF_MAX);
+                }
+                Err(e) => return Err(format!("the text route cannot summarise: {e}")),
+            }
+        };
+        let (mut summary, mut usage) = (String::new(), Value::Null);
+        let mut ev = Some(Ok(routed.first.clone()));
+        while let Some(e) = ev.take() {
+            match e {
+                Ok(TextEvent::Delta(t)) => summary.push_str(&t),
+                Ok(TextEvent::ToolCalls(_)) => {}
+                Ok(TextEvent::Done { usage: u, .. }) => {
+                    usage = json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens});
+                    break;
+                }
+                Err(e) => {
+                    routed.note_failure(&e);
+                    return Err(format!("{} failed mid-summary: {e}", routed.target.label()));
+                }
+            }
+            ev = routed.rest.recv().await;
+        }
+        let summary = summary.trim().to_string();
+        if summary.is_empty() {
+            return Err("the text route answered with an empty summary".into());
+        }
+        // The summary is also a note of the run, so memory_query recalls it after compaction.
+        let overlay = self.overlay.named(crate::providers::embeddings::EMBEDDING_ROUTE);
+        let note = json!({
+            "note": summary, "kind": "memory_summary", "scope": "run", "owner_id": run.run_id,
+            "writer_run_id": run.run_id, "session_id": run.session_id, "created_by": run.actor_id,
+            "tags": {"source": "compact_memory"}, "created_at": now_iso(),
+        });
+        let stored = crate::runtime::notes::note(self.store.clone(), &self.providers, Some(&overlay), &key_of(command_id), &note).await;
+        Ok(json!({
+            "summary": summary, "note_id": stored.get("note_id"), "note_warnings": stored.get("warnings").or(stored.get("error")),
+            "usage": usage, "provider": routed.target.provider, "model": routed.target.model,
+        }))
     }
 
     async fn still_waiting(&self, run_id: &str) -> bool {
@@ -398,6 +513,11 @@ fn fault_point(at: &str) {
         eprintln!("fault injection: aborting {at}");
         std::process::abort();
     }
+}
+
+/// The note key of a compaction's summary (one note per command).
+fn key_of(command_id: &str) -> String {
+    format!("compact:{command_id}")
 }
 
 /// The provider request for an `llm_call` payload.

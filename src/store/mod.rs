@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod health;
 pub mod kg;
 pub mod migrate;
+pub mod notes;
 pub mod sqlite;
 
 use serde::Serialize;
@@ -180,6 +181,9 @@ pub trait Store: Send + Sync + 'static {
     fn append_command(&self, cmd: NewCommand) -> StoreResult<CommandAck>;
     fn commands_after(&self, seq: u64, limit: u64) -> StoreResult<Vec<CommandRow>>;
     fn get_command(&self, command_id: &str) -> StoreResult<Option<CommandRow>>;
+    /// Applied `compact_memory` commands not yet answered (`effect:compact:<id>`): (command id,
+    /// target run).
+    fn pending_compactions(&self, limit: u64) -> StoreResult<Vec<(String, String)>>;
     fn cursor(&self, consumer: &str) -> StoreResult<u64>;
     /// Runs the runner must advance: `running` and not paused.
     fn runnable_run_ids(&self, limit: u64) -> StoreResult<Vec<String>>;
@@ -220,6 +224,10 @@ pub trait Store: Send + Sync + 'static {
     fn kg_add(&self, rows: Vec<kg::KgRow>, space: Option<String>, dedupe: bool) -> StoreResult<kg::KgAdded>;
     fn kg_query(&self, q: &kg::KgQuery) -> StoreResult<Vec<kg::KgAssertion>>;
     fn kg_count(&self) -> StoreResult<u64>;
+    /// A memory note (with its vector and the vector's space), durable before this returns;
+    /// false when its id was already there.
+    fn note_add(&self, note: notes::Note, vector: Option<(Vec<f32>, String)>) -> StoreResult<bool>;
+    fn note_query(&self, q: &notes::NoteQuery) -> StoreResult<Vec<notes::Note>>;
     /// Counts one read of an artifact's content.
     fn record_artifact_access(&self, artifact_id: &str, action: &str) -> StoreResult<()>;
 }

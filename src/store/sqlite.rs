@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS command_cursors (
     updated_at  TEXT NOT NULL
 );
 DROP INDEX IF EXISTS runs_effect_waits;
+-- compact_memory commands, which the effect worker completes after the runner applied them.
+CREATE INDEX IF NOT EXISTS commands_compact ON commands(seq) WHERE type = 'compact_memory';
 CREATE INDEX IF NOT EXISTS runs_effect_waits_v2 ON runs(updated_at) WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool', 'memory');
 -- Outcomes of effects executed outside the runner (LLM calls, tools), by idempotency key, so a
 -- restart reuses a finished result and never repeats a side effect that may have happened.
@@ -112,6 +114,7 @@ enum Op {
         space: Option<String>,
         dedupe: bool,
     },
+    NoteAdd(Box<notes::Note>, Option<(Vec<f32>, String)>),
 }
 
 enum OpOut {
@@ -191,6 +194,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(artifacts::SCHEMA)?;
         conn.execute_batch(kg::SCHEMA)?;
+        conn.execute_batch(notes::SCHEMA)?;
         if let Some(mb) = max_mb {
             // A size cap for the store: past it a write fails as on a full disk (507).
             let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
@@ -408,6 +412,11 @@ fn apply(conn: &Connection, op: Op) -> StoreResult<OpOut> {
             Ok(OpOut::Unit)
         }
         Op::KgAdd { rows, space, dedupe } => Ok(OpOut::KgAdded(kg::add(conn, &rows, space.as_deref(), dedupe)?)),
+        Op::NoteAdd(n, v) => Ok(OpOut::Bool(notes::add(
+            conn,
+            &n,
+            v.as_ref().map(|(v, s)| (v.as_slice(), s.as_str())),
+        )?)),
         Op::Journal {
             key,
             run_id,
@@ -710,6 +719,28 @@ impl Store for SqliteStore {
         })
     }
 
+    fn pending_compactions(&self, limit: u64) -> StoreResult<Vec<(String, String)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT c.command_id, c.affected FROM commands c WHERE c.type = 'compact_memory' AND c.state = 'applied' \
+                 AND NOT EXISTS (SELECT 1 FROM commands a WHERE a.command_id = 'effect:compact:' || c.command_id) \
+                 ORDER BY c.seq LIMIT ?1",
+            )?;
+            let rows = st.query_map([limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (id, affected) = r?;
+                let target = affected
+                    .and_then(|a| serde_json::from_str::<Vec<String>>(&a).ok())
+                    .and_then(|a| a.into_iter().next());
+                if let Some(t) = target {
+                    out.push((id, t));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn cursor(&self, consumer: &str) -> StoreResult<u64> {
         self.read(|c| {
             let v: Option<i64> = c
@@ -910,6 +941,17 @@ impl Store for SqliteStore {
 
     fn kg_count(&self) -> StoreResult<u64> {
         self.read(kg::count)
+    }
+
+    fn note_add(&self, note: notes::Note, vector: Option<(Vec<f32>, String)>) -> StoreResult<bool> {
+        match self.submit(Op::NoteAdd(Box::new(note), vector))? {
+            OpOut::Bool(b) => Ok(b),
+            _ => Err(StoreError::Other("unexpected writer answer".into())),
+        }
+    }
+
+    fn note_query(&self, q: &notes::NoteQuery) -> StoreResult<Vec<notes::Note>> {
+        self.read(|c| notes::query(c, q))
     }
 
     fn release_lease(&self, holder: &str) -> StoreResult<()> {

@@ -75,6 +75,9 @@ const NODES: &[(&[&str], Exec)] = &[
     (&["agent"], agent::exec),
     (&["memory_kg_assert"], memory::kg_assert),
     (&["memory_kg_query"], memory::kg_query),
+    (&["memory_kg_resolve"], memory::kg_resolve),
+    (&["memory_note"], memory::note),
+    (&["memory_query"], memory::query),
 ];
 
 /// Executes the node under the run's cursor.
