@@ -287,7 +287,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let stop_rx_effects = stop_rx.clone();
     let runs_here = !args.no_runner && cfg.runner_enabled;
     let planes = Planes::new(core.base.clone(), core.base_store.clone(), runs_here.then_some(stop_rx));
-    let security = Security::new(cfg.clone(), core.users.clone(), core.sessions.clone(), planes.clone());
+    let security = Security::new(
+        cfg.clone(),
+        core.users.clone(),
+        core.sessions.clone(),
+        planes.clone(),
+        crate::api::openai::reshape_guard_error,
+    );
     let providers = open_providers(&cfg, &args.models).await?;
     planes.enable_effects(providers.clone(), stop_rx_effects);
     let app = api::router(core.base.clone(), security, providers);

@@ -200,3 +200,15 @@ impl Planes {
         }
     }
 }
+
+impl crate::security::PlaneDirectory for Planes {
+    fn attach_base(&self, req: &mut axum::extract::Request) {
+        req.extensions_mut().insert(self.base.clone());
+    }
+
+    fn attach_for(&self, principal: &Principal, req: &mut axum::extract::Request) -> Result<(), String> {
+        let plane = self.for_principal(principal)?;
+        req.extensions_mut().insert(plane);
+        Ok(())
+    }
+}

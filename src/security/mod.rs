@@ -31,11 +31,25 @@ use users::UserRegistry;
 use crate::config::Config;
 use crate::util::{new_hex_id, time::now_iso, token_fingerprint};
 
+/// Where an authenticated request goes: the API layer's data planes. Security decides who calls
+/// and what they may do; the directory attaches the caller's plane to the request (as a request
+/// extension the handlers read). A trait, so that `security/` does not depend on `api/`.
+pub trait PlaneDirectory: Send + Sync {
+    /// The deployment's own plane (security off, or a principal without a hosted plane).
+    fn attach_base(&self, req: &mut Request);
+    /// The principal's plane; an error when it cannot be opened.
+    fn attach_for(&self, principal: &Principal, req: &mut Request) -> Result<(), String>;
+}
+
+/// Builds an error response in OpenAI's shape for `/v1` paths (the API layer's `OpenAiError`).
+pub type OpenAiErrorShape = fn(StatusCode, &str) -> Response;
+
 pub struct Security {
     pub cfg: Arc<Config>,
     pub users: Option<Arc<UserRegistry>>,
     pub sessions: Option<Arc<SessionStore>>,
-    pub planes: Arc<crate::api::planes::Planes>,
+    planes: Arc<dyn PlaneDirectory>,
+    openai_error: OpenAiErrorShape,
     token_digests: Vec<[u8; 32]>,
     lockout: Mutex<HashMap<IpAddr, (u32, Option<Instant>)>>,
     requests: Arc<Semaphore>,
@@ -70,7 +84,8 @@ impl Security {
         cfg: Arc<Config>,
         users: Option<Arc<UserRegistry>>,
         sessions: Option<Arc<SessionStore>>,
-        planes: Arc<crate::api::planes::Planes>,
+        planes: Arc<dyn PlaneDirectory>,
+        openai_error: OpenAiErrorShape,
     ) -> Arc<Security> {
         let audit = (cfg.security_enabled && cfg.audit_log)
             .then(|| audit::AuditLog::start(cfg.audit_log_path(), cfg.audit_log_max_bytes, cfg.audit_log_rotations));
@@ -84,6 +99,7 @@ impl Security {
             users,
             sessions,
             planes,
+            openai_error,
             cfg,
         })
     }
@@ -233,19 +249,19 @@ pub fn percent_decode(s: &str) -> String {
 /// this layer, or the framework: an unknown method, a path id that is not UTF-8, a multipart
 /// body without a boundary): `{"detail": …}`, and under `/v1` OpenAI's `{"error": {…}}`. A body
 /// already in the right shape passes unchanged.
-async fn json_error(resp: Response, openai: bool) -> Response {
+async fn json_error(resp: Response, openai: Option<OpenAiErrorShape>) -> Response {
     let json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if json && !openai {
+    if json && openai.is_none() {
         return resp;
     }
     let (parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
     let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).ok().filter(|_| json);
-    if openai && parsed.as_ref().is_some_and(|v| v["error"].is_object()) {
+    if openai.is_some() && parsed.as_ref().is_some_and(|v| v["error"].is_object()) {
         return Response::from_parts(parts, Body::from(bytes));
     }
     let status = parts.status;
@@ -255,10 +271,9 @@ async fn json_error(resp: Response, openai: bool) -> Response {
         None if !text.is_empty() => text,
         None => status.canonical_reason().unwrap_or("Error").to_string(),
     };
-    let mut out = if openai {
-        crate::api::openai::reshape_guard_error(status, &message)
-    } else {
-        detail(status, &message)
+    let mut out = match openai {
+        Some(shape) => shape(status, &message),
+        None => detail(status, &message),
     };
     // Content-Range on a 416 tells a media player the size to ask within.
     for k in [
@@ -355,7 +370,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
         if !sec.cfg.security_enabled {
             // Security off (ABSTRACTGATEWAY_SECURITY=0): everyone is the local admin on the base plane.
             let mut req = req;
-            req.extensions_mut().insert(sec.planes.base().clone());
+            sec.planes.attach_base(&mut req);
             req.extensions_mut().insert(Principal::legacy(None));
             req.extensions_mut().insert(sec.clone());
             break 'resp tracing::Instrument::instrument(next.run(req), span).await;
@@ -434,15 +449,11 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             )
                 .into_response();
         }
-        let plane = match sec.planes.for_principal(&principal) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open the caller's data plane");
-                break 'resp detail(StatusCode::SERVICE_UNAVAILABLE, "Gateway data plane unavailable");
-            }
-        };
         let mut req = req;
-        req.extensions_mut().insert(plane);
+        if let Err(e) = sec.planes.attach_for(&principal, &mut req) {
+            tracing::error!(error = %e, "cannot open the caller's data plane");
+            break 'resp detail(StatusCode::SERVICE_UNAVAILABLE, "Gateway data plane unavailable");
+        }
         req.extensions_mut().insert(principal);
         req.extensions_mut().insert(sec.clone());
         // The body is read before the request takes a slot: a client that trickles it holds
@@ -540,7 +551,7 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
     };
 
     if gateway && resp.status().as_u16() >= 400 {
-        resp = json_error(resp, path.starts_with("/v1/")).await;
+        resp = json_error(resp, path.starts_with("/v1/").then_some(sec.openai_error)).await;
     }
     let h = resp.headers_mut();
     if !h.contains_key("x-request-id") {
