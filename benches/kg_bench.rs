@@ -15,9 +15,8 @@
 use std::process::Command;
 use std::time::Instant;
 
-use abstractgateway::store::kg::{KgAssertion, KgQuery, KgRow};
+use abstractgateway::store::kg::{KgAssertion, KgBackend, KgQuery, KgRow};
 use abstractgateway::store::sqlite::SqliteStore;
-use abstractgateway::store::Store;
 use serde_json::json;
 
 const DIM: usize = 384;
@@ -96,7 +95,13 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("agw-kg-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let store = SqliteStore::open(&dir.join("gateway.sqlite3")).unwrap();
+    // KG_BENCH_BACKEND=lancedb measures the LanceDB backend (a `--features lancedb` build).
+    let backend = std::env::var("KG_BENCH_BACKEND").unwrap_or_else(|_| "sqlite".into());
+    let store: Box<dyn KgBackend> = match backend.as_str() {
+        #[cfg(feature = "lancedb")]
+        "lancedb" => Box::new(abstractgateway::store::kg_lance::LanceKg::open(&dir.join("kg.lancedb")).unwrap()),
+        _ => Box::new(SqliteStore::open(&dir.join("gateway.sqlite3")).unwrap()),
+    };
     let space = "bench/vectors:384".to_string();
     let t0 = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
@@ -118,7 +123,7 @@ fn main() {
                 }
             })
             .collect();
-        store.kg_add(rows, Some(space.clone()), false).unwrap();
+        store.add(rows, Some(space.clone()), false).unwrap();
     }
     let ours_insert = n as f64 / t0.elapsed().as_secs_f64();
     let qv = vector(n as u64 + 1);
@@ -126,7 +131,7 @@ fn main() {
         p50((0..k)
             .map(|_| {
                 let t = Instant::now();
-                let r = store.kg_query(q).unwrap();
+                let r = store.query(q).unwrap();
                 assert!(!r.is_empty());
                 t.elapsed().as_secs_f64() * 1000.0
             })
@@ -168,7 +173,10 @@ fn main() {
         }
         serde_json::from_slice::<serde_json::Value>(out.stdout.trim_ascii()).ok()
     });
-    println!("knowledge graph, {n} triples, {DIM}-wide vectors, 100 owners, CPU");
+    println!(
+        "knowledge graph ({}), {n} triples, {DIM}-wide vectors, 100 owners, CPU",
+        store.name()
+    );
     println!("{:<44} {:>12} {:>12} {:>8}", "metric", "ours", "upstream", "ratio");
     let row = |name: &str, ours: f64, up: Option<f64>, lower_is_better: bool| {
         let (u, r) = match up {

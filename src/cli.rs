@@ -91,10 +91,14 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug)]
 pub struct MigrateArgs {
-    /// Source backend (only `file`).
+    /// Copy the knowledge graph between its backends (`--from sqlite --to lancedb` or back)
+    /// instead of importing an upstream file-backend data dir.
+    #[arg(long)]
+    pub kg: bool,
+    /// Source backend (`file`; with --kg: `sqlite` or `lancedb`).
     #[arg(long, default_value = "file")]
     pub from: String,
-    /// Destination backend (only `sqlite`).
+    /// Destination backend (`sqlite`; with --kg: `lancedb` or `sqlite`).
     #[arg(long, default_value = "sqlite")]
     pub to: String,
     /// The upstream data dir to import (defaults to ABSTRACTGATEWAY_DATA_DIR).
@@ -432,7 +436,63 @@ async fn runner_only(args: EnvArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `migrate --kg`: copies every assertion (vector and space included) from one backend of the
+/// data dir's knowledge graph to the other, a page at a time; assertions already there (same
+/// id) are left as they are, so it can be rerun after an interruption.
+fn migrate_kg(a: MigrateArgs) -> Result<(), String> {
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => Config::from_env().map_err(|e| e.to_string())?.data_dir,
+    };
+    let from = if a.from == "file" { "sqlite".to_string() } else { a.from };
+    if from == a.to {
+        return Err(format!("abstractgateway migrate --kg: --from and --to are both {from}"));
+    }
+    let db = a.db_path.unwrap_or_else(|| data_dir.join("gateway.sqlite3"));
+    if from == "sqlite" && !db.is_file() {
+        return Err(format!("abstractgateway migrate --kg: no store at {}", db.display()));
+    }
+    let sqlite: Arc<dyn crate::store::kg::KgBackend> =
+        Arc::new(crate::store::sqlite::SqliteStore::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?);
+    let open = |name: &str| crate::store::kg::open_backend(name, &data_dir, sqlite.clone());
+    let (src, dst) = (open(&from)?, open(&a.to)?);
+    let total = src.count().map_err(|e| e.to_string())?;
+    eprintln!("copying {total} assertion(s) from {from} to {} in {} ...", a.to, data_dir.display());
+    let (mut offset, mut written, mut kept) = (0usize, 0usize, 0usize);
+    const PAGE: usize = 1000;
+    let started = std::time::Instant::now();
+    loop {
+        let page = src.export(offset, PAGE).map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len();
+        // One write per run of rows in the same embedding space.
+        let mut rows = page.into_iter().peekable();
+        while let Some((first, space)) = rows.next() {
+            let mut group = vec![first];
+            while let Some((r, _)) = rows.next_if(|(_, s)| *s == space) {
+                group.push(r);
+            }
+            let before = dst.count().map_err(|e| e.to_string())?;
+            let n = group.len();
+            dst.add(group, space, false).map_err(|e| e.to_string())?;
+            let added = (dst.count().map_err(|e| e.to_string())? - before) as usize;
+            written += added;
+            kept += n - added;
+        }
+        eprintln!("  {offset}/{total} ({:.1} s)", started.elapsed().as_secs_f64());
+    }
+    let report = serde_json::json!({"from": from, "to": a.to, "data_dir": data_dir, "assertions": offset,
+        "written": written, "already_there": kept, "seconds": started.elapsed().as_secs_f64()});
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    Ok(())
+}
+
 fn migrate(a: MigrateArgs) -> Result<(), String> {
+    if a.kg {
+        return migrate_kg(a);
+    }
     if a.from != "file" || a.to != "sqlite" {
         return Err(format!(
             "abstractgateway migrate: only --from file --to sqlite is supported (got --from {} --to {})",

@@ -60,12 +60,60 @@ impl BertShape {
     }
 }
 
+/// Inputs of at most this many tokens go through the row-dot kernel on the CPU.
+const SMALL_TOKENS: usize = 32;
+
+/// A linear layer. On the CPU, few rows (a short sentence, a small batch) go through
+/// `kernels::matmul`, which reads each weight row once and dots it with every input row:
+/// candle's `gemm` repacks the whole weight matrix on every call, which is most of a short
+/// input's time. Larger inputs keep `gemm`'s register-blocked kernel.
+struct Dense {
+    lin: Linear,
+    rows: Option<(abstractgateway_kernels::matmul::QMatrix, Vec<f32>)>,
+}
+
+impl Dense {
+    fn new(lin: Linear) -> Result<Dense> {
+        let rows = match lin.weight().device() {
+            Device::Cpu => {
+                let (n, k) = lin.weight().dims2()?;
+                let w: Vec<f32> = lin.weight().flatten_all()?.to_vec1()?;
+                let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let bias = match lin.bias() {
+                    Some(b) => b.to_vec1()?,
+                    None => vec![0.0; n],
+                };
+                abstractgateway_kernels::matmul::QMatrix::from_bytes(abstractgateway_kernels::matmul::QType::F32, n, k, &bytes)
+                    .map(|q| (q, bias))
+            }
+            _ => None,
+        };
+        Ok(Dense { lin, rows })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.rows {
+            Some((w, bias)) if x.dim(0)? <= SMALL_TOKENS => {
+                let m = x.dim(0)?;
+                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let mut out = vec![0f32; m * w.rows];
+                abstractgateway_kernels::matmul::matmul(w, &xs, &mut out);
+                for row in out.chunks_exact_mut(w.rows) {
+                    row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+                }
+                Tensor::from_vec(out, (m, w.rows), x.device())
+            }
+            _ => self.lin.forward(x),
+        }
+    }
+}
+
 struct Layer {
-    qkv: Linear,
-    out: Linear,
+    qkv: Dense,
+    out: Dense,
     ln1: LayerNorm,
-    up: Linear,
-    down: Linear,
+    up: Dense,
+    down: Dense,
     ln2: LayerNorm,
 }
 
@@ -177,11 +225,11 @@ impl PackedBert {
             let (q, k, v) = (part("query")?, part("key")?, part("value")?);
             let qkv = Linear::new(Tensor::cat(&[&q.0, &k.0, &v.0], 0)?, Some(Tensor::cat(&[&q.1, &k.1, &v.1], 0)?));
             layers.push(Layer {
-                qkv,
-                out: linear(h, h, l.pp("attention.output.dense"))?,
+                qkv: Dense::new(qkv)?,
+                out: Dense::new(linear(h, h, l.pp("attention.output.dense"))?)?,
                 ln1: layer_norm(h, shape.eps, l.pp("attention.output.LayerNorm"))?,
-                up: linear(h, shape.intermediate, l.pp("intermediate.dense"))?,
-                down: linear(shape.intermediate, h, l.pp("output.dense"))?,
+                up: Dense::new(linear(h, shape.intermediate, l.pp("intermediate.dense"))?)?,
+                down: Dense::new(linear(shape.intermediate, h, l.pp("output.dense"))?)?,
                 ln2: layer_norm(h, shape.eps, l.pp("output.LayerNorm"))?,
             });
         }

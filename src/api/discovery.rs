@@ -145,7 +145,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         "limitations": [
             "of the LLM-facing nodes only llm_call and agent are served; other LLM/media node types fail with a clear error",
             "llm.delta frames reach SSE readers of the process that executes the LLM call (serve), for the run itself, not its subtree",
-            "memory: the knowledge graph (memory_kg_assert, memory_kg_query, POST /kg/query) is served; memory_note, memory_query and memory_kg_resolve are not",
+            "memory: the knowledge graph (memory_kg_assert, memory_kg_query, memory_kg_resolve, POST /kg/query) and notes (memory_note, memory_query) are served; memory_tag and memory_rehydrate are not",
             "media, voice and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings",
         ],
         "surfaces": {
@@ -159,7 +159,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
             "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": true},
             "text": {"available": local_up || remote_up, "local": local_up, "remote": remote_up},
             "embedding": {"available": embedding_up},
-            "memory": {"kg_query": flag(&d("post", "/api/gateway/kg/query")), "kg_assert_node": true, "kg_query_node": true, "semantic": embedding_up},
+            "memory": {"kg_query": flag(&d("post", "/api/gateway/kg/query")), "kg_assert_node": true, "kg_query_node": true,
+                       "kg_resolve_node": true, "note_node": true, "query_node": true, "semantic": embedding_up, "backend": st.kg.name()},
         },
     });
     Json(json!({"capabilities": {
@@ -173,7 +174,7 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         "embedding": embedding,
         "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "artifacts": artifacts,
             "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness,
-            "memory": {"kg_query": d("post", "/api/gateway/kg/query"), "backend": "sqlite", "semantic_query": embedding_up}}},
+            "memory": {"kg_query": d("post", "/api/gateway/kg/query"), "backend": st.kg.name(), "semantic_query": embedding_up}}},
     }}))
 }
 

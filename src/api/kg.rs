@@ -35,9 +35,16 @@ pub fn routes() -> Vec<Route> {
     .ok_json(json!({"type": "object", "required": ["ok", "scope", "count", "items"]}))]
 }
 
-fn store_info(count: u64) -> Value {
-    json!({"backend": "sqlite", "path": null, "in_gateway_store": true, "assertions": count,
-           "capabilities": {"semantic_query": true, "vector_search": "sqlite-vec (cosine)"}})
+fn store_info(st: &AppState, count: u64) -> Value {
+    let (path, search) = match st.kg.name() {
+        "sqlite" => (Value::Null, "sqlite-vec (cosine)"),
+        _ => (
+            json!(crate::store::kg::lance_dir(&st.cfg.data_dir).display().to_string()),
+            "lancedb (cosine)",
+        ),
+    };
+    json!({"backend": st.kg.name(), "path": path, "in_gateway_store": st.kg.name() == "sqlite", "assertions": count,
+           "capabilities": {"semantic_query": true, "vector_search": search}})
 }
 
 async fn kg_query(Extension(st): Extension<AppState>, Extension(p): Extension<Arc<Providers>>, body: Bytes) -> ApiResult<Json<Value>> {
@@ -159,7 +166,10 @@ async fn kg_query(Extension(st): Extension<AppState>, Extension(p): Extension<Ar
         }
         pairs.push((Some(scope.clone()), resolved.clone()));
     }
-    let count = st.blocking(|s| s.kg_count()).await?;
+    let kg = st.kg.clone();
+    let count = tokio::task::spawn_blocking(move || kg.count())
+        .await
+        .map_err(|e| ApiError::Store(crate::store::StoreError::Other(e.to_string())))??;
     if count == 0 {
         warnings.push("KG store holds no assertions yet (nothing has been asserted in this data plane).".into());
     }
@@ -172,7 +182,7 @@ async fn kg_query(Extension(st): Extension<AppState>, Extension(p): Extension<Ar
     let items = if count == 0 {
         Vec::new()
     } else {
-        query(st.store.clone(), &p, None, q, strs[10].clone(), pairs).await.map_err(|e| {
+        query(st.kg.clone(), &p, None, q, strs[10].clone(), pairs).await.map_err(|e| {
             if e.starts_with("query_text") {
                 ApiError::bad_request(e)
             } else {
@@ -184,6 +194,6 @@ async fn kg_query(Extension(st): Extension<AppState>, Extension(p): Extension<Ar
     Ok(Json(json!({
         "ok": true, "scope": scope, "owner_id": if scope != "all" && !all_owners { resolved } else { None },
         "count": items.len(), "items": items, "warnings": if warnings.is_empty() { Value::Null } else { json!(warnings) },
-        "store": store_info(count),
+        "store": store_info(&st, count),
     })))
 }

@@ -42,6 +42,8 @@ use error::ApiResult;
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// The plane's knowledge graph (in `store`'s database, or LanceDB).
+    pub kg: Arc<dyn crate::store::kg::KgBackend>,
     pub registry: Arc<BundleRegistry>,
     pub notifier: Arc<Notifier>,
     /// The plane's artifact bytes (metadata rows are in `store`).

@@ -57,7 +57,9 @@ pub fn open_plane(cfg: Config) -> Result<(AppState, Arc<SqliteStore>), String> {
         );
     }
     let deprecations = Arc::new(Deprecations::open(&cfg.data_dir, cfg.shared_data_dir.as_deref()));
+    let kg = crate::store::kg::open_backend(&cfg.kg_backend, &cfg.data_dir, store.clone())?;
     let st = AppState {
+        kg,
         deprecations,
         cfg: Arc::new(cfg),
         store: store.clone() as Arc<dyn Store>,
@@ -127,7 +129,13 @@ impl Planes {
         let Some((providers, rx)) = self.effects.lock().ok().and_then(|e| e.clone()) else {
             return;
         };
-        let worker = EffectWorker::new(st.store.clone(), st.notifier.clone(), providers, st.cfg.data_dir.clone());
+        let worker = EffectWorker::new(
+            st.store.clone(),
+            st.kg.clone(),
+            st.notifier.clone(),
+            providers,
+            st.cfg.data_dir.clone(),
+        );
         if let Ok(mut h) = self.handles.lock() {
             h.push(tokio::spawn(worker.run_forever(rx)));
         }

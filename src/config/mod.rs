@@ -50,6 +50,9 @@ pub struct Config {
     pub embedding_batch_tokens: usize,
     /// How long an embedding batch waits for more requests once one has arrived (ms).
     pub embedding_batch_wait_ms: u64,
+    /// Where the knowledge graph lives: `sqlite` (the plane's database) or `lancedb`
+    /// (`<data dir>/kg.lancedb`; builds with the `lancedb` feature only).
+    pub kg_backend: String,
     /// A cap on each data plane's SQLite database (`ABSTRACTGATEWAY_DB_MAX_MB`): past it writes
     /// are refused (507) as on a full disk. Unset: no cap but the disk.
     pub db_max_mb: Option<u64>,
@@ -201,6 +204,22 @@ fn model_device(id: &str, dev: &str) -> Result<abstractgateway_engines::device::
         .map_err(|e: abstractgateway_engines::EngineError| ConfigError::Invalid(format!("ABSTRACTGATEWAY_MODEL_DEVICES: {id}: {e}")))
 }
 
+fn kg_backend() -> Result<String, ConfigError> {
+    let v = var(&["ABSTRACTGATEWAY_KG_BACKEND"])
+        .unwrap_or_else(|| "sqlite".into())
+        .to_ascii_lowercase();
+    match v.as_str() {
+        "sqlite" => Ok(v),
+        "lancedb" if cfg!(feature = "lancedb") => Ok(v),
+        "lancedb" => Err(ConfigError::Invalid(
+            "ABSTRACTGATEWAY_KG_BACKEND=lancedb needs a build with the lancedb feature (cargo build --release --features lancedb)".into(),
+        )),
+        other => Err(ConfigError::Invalid(format!(
+            "ABSTRACTGATEWAY_KG_BACKEND={other:?} is not supported (supported: sqlite, lancedb)"
+        ))),
+    }
+}
+
 fn tool_mode() -> Result<String, ConfigError> {
     let v = var(&["ABSTRACTGATEWAY_TOOL_MODE"])
         .unwrap_or_else(|| "approval".into())
@@ -311,7 +330,7 @@ impl Config {
             min_body_rate: number(&["ABSTRACTGATEWAY_MIN_BODY_RATE"], 16_384u64)?,
             model_queue: number(&["ABSTRACTGATEWAY_MODEL_QUEUE"], 64usize)?,
             embedding_batch_tokens: number(&["ABSTRACTGATEWAY_EMBEDDING_BATCH_TOKENS"], 16_384usize)?.max(1),
-            embedding_batch_wait_ms: number(&["ABSTRACTGATEWAY_EMBEDDING_BATCH_WAIT_MS"], 2u64)?,
+            embedding_batch_wait_ms: number(&["ABSTRACTGATEWAY_EMBEDDING_BATCH_WAIT_MS"], 0u64)?,
             db_max_mb: match var(&["ABSTRACTGATEWAY_DB_MAX_MB"]) {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_DB_MAX_MB"], 0u64)?.max(1)),
@@ -326,6 +345,7 @@ impl Config {
             runner_enabled: flag(&["ABSTRACTGATEWAY_RUNNER"], true)?,
             runner_lease_s: number(&["ABSTRACTGATEWAY_RUNNER_LEASE_S"], 10.0f64)?,
             tool_mode: tool_mode()?,
+            kg_backend: kg_backend()?,
             tick_max_steps: number(&["ABSTRACTGATEWAY_TICK_MAX_STEPS"], 10_000usize)?,
             user_auth,
             users_file,

@@ -12,8 +12,7 @@ use super::model::RunState;
 use crate::providers::defaults::Route;
 use crate::providers::embeddings::{EmbedInput, EmbedRequest};
 use crate::providers::Providers;
-use crate::store::kg::{KgAssertion, KgQuery, KgRow};
-use crate::store::Store;
+use crate::store::kg::{KgAssertion, KgBackend, KgQuery, KgRow};
 
 /// The global memory's owner: `ABSTRACTRUNTIME_GLOBAL_MEMORY_RUN_ID` when it is a plain id.
 pub fn global_owner_id() -> String {
@@ -73,7 +72,7 @@ pub(crate) async fn embed(providers: &Providers, overlay: Option<&Route>, texts:
 /// `memory_kg_assert`: validates, embeds (a failing embedder leaves the triples vectorless, with
 /// a warning, rather than losing them), and writes durably. Ids derive from `key`, so executing
 /// the same effect again writes nothing twice.
-pub async fn assert(store: std::sync::Arc<dyn Store>, providers: &Providers, overlay: Option<&Route>, key: &str, r: &Value) -> Value {
+pub async fn assert(kg: std::sync::Arc<dyn KgBackend>, providers: &Providers, overlay: Option<&Route>, key: &str, r: &Value) -> Value {
     let raw = r.get("assertions").cloned().unwrap_or(Value::Null);
     let items: Vec<Value> = match raw {
         Value::Array(a) => a,
@@ -141,7 +140,7 @@ pub async fn assert(store: std::sync::Arc<dyn Store>, providers: &Providers, ove
         .zip(vectors)
         .map(|(assertion, vector)| KgRow { assertion, vector })
         .collect();
-    match tokio::task::spawn_blocking(move || store.kg_add(rows, space, dedupe)).await {
+    match tokio::task::spawn_blocking(move || kg.add(rows, space, dedupe)).await {
         Ok(Ok(added)) => {
             let mut out = json!({"ok": true, "count": added.assertion_ids.len(), "assertion_ids": added.assertion_ids,
                                  "count_attempted": attempted, "skipped_duplicates": added.skipped_duplicates});
@@ -186,7 +185,7 @@ pub fn query_of(r: &Value) -> KgQuery {
 /// Runs `q` over each (scope, owner) pair; with `query_text`, embeds it first (an error if no
 /// embedder answers: there is no keyword fallback, as upstream).
 pub async fn query(
-    store: std::sync::Arc<dyn Store>,
+    kg: std::sync::Arc<dyn KgBackend>,
     providers: &Providers,
     overlay: Option<&Route>,
     mut q: KgQuery,
@@ -210,7 +209,7 @@ pub async fn query(
                 owner_id: owner,
                 ..q.clone()
             };
-            all.extend(store.kg_query(&q).map_err(|e| e.to_string())?);
+            all.extend(kg.query(&q).map_err(|e| e.to_string())?);
         }
         Ok(all)
     })
@@ -250,7 +249,7 @@ const LABEL_PREDICATES: &[&str] = &[
 /// exact label matches over the label predicates, semantic matches when there are none (or
 /// always, or never: `semantic` is `fallback`, `always` or `none`), best score first, each with
 /// its `rdf:type`s, filtered by `expected_type`.
-pub async fn resolve(store: std::sync::Arc<dyn Store>, providers: &Providers, overlay: Option<&Route>, r: &Value) -> Value {
+pub async fn resolve(kg: std::sync::Arc<dyn KgBackend>, providers: &Providers, overlay: Option<&Route>, r: &Value) -> Value {
     let label = ["label", "query", "query_text"]
         .iter()
         .find_map(|k| r.get(*k).and_then(Value::as_str).filter(|s| !s.trim().is_empty()))
@@ -275,7 +274,7 @@ pub async fn resolve(store: std::sync::Arc<dyn Store>, providers: &Providers, ov
     let mut warnings: Vec<String> = Vec::new();
     let per_query = (max * 10).clamp(10, 200);
     let lookup = |vector: Option<(Vec<f32>, String)>| {
-        let store = store.clone();
+        let kg = kg.clone();
         let owners = owners.clone();
         let label = label.clone();
         async move {
@@ -293,7 +292,7 @@ pub async fn resolve(store: std::sync::Arc<dyn Store>, providers: &Providers, ov
                             limit: Some(per_query),
                             ..Default::default()
                         };
-                        hits.extend(store.kg_query(&q).map_err(|e| e.to_string())?);
+                        hits.extend(kg.query(&q).map_err(|e| e.to_string())?);
                     }
                 }
                 Ok(hits)
@@ -364,7 +363,7 @@ pub async fn resolve(store: std::sync::Arc<dyn Store>, providers: &Providers, ov
     cands.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| b.observed.cmp(&a.observed)));
     cands.truncate(max * 2);
     let types_of = {
-        let store = store.clone();
+        let kg = kg.clone();
         let keys: Vec<(String, String, Option<String>)> = cands.iter().map(|c| (c.id.clone(), c.scope.clone(), c.owner.clone())).collect();
         tokio::task::spawn_blocking(move || -> Result<Vec<Vec<String>>, String> {
             keys.into_iter()
@@ -378,7 +377,7 @@ pub async fn resolve(store: std::sync::Arc<dyn Store>, providers: &Providers, ov
                         ..Default::default()
                     };
                     let mut types: Vec<String> = Vec::new();
-                    for a in store.kg_query(&q).map_err(|e| e.to_string())? {
+                    for a in kg.query(&q).map_err(|e| e.to_string())? {
                         let t = a.object.trim().to_lowercase();
                         if !types.contains(&t) {
                             types.push(t);

@@ -41,6 +41,15 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// `r[k]` trimmed, if it is a non-empty string.
+fn text(r: &Value, k: &str) -> Option<String> {
+    r.get(k)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+}
+
 /// String tags only; `kind` is reserved for the note's own kind (as upstream).
 pub fn clean_tags(v: Option<&Value>) -> Map<String, Value> {
     v.and_then(Value::as_object)
@@ -57,13 +66,7 @@ pub fn clean_tags(v: Option<&Value>) -> Map<String, Value> {
 /// effect again stores nothing twice. A failing embedder leaves the note without a vector (found
 /// by keywords, not by meaning), with a warning, rather than losing it.
 pub async fn note(store: Arc<dyn Store>, providers: &Providers, overlay: Option<&Route>, key: &str, r: &Value) -> Value {
-    let s = |k: &str| {
-        r.get(k)
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(str::to_string)
-    };
+    let s = |k: &str| text(r, k);
     let Some(text) = s("note") else {
         return json!({"error": "memory_note requires note (non-empty text)"});
     };
@@ -116,13 +119,7 @@ pub async fn note(store: Arc<dyn Store>, providers: &Providers, overlay: Option<
 /// Recalls notes for the owners `r` names; `query_text` ranks by meaning (an error when no
 /// embedder answers: there is no silent fallback), `query` filters by keywords.
 pub async fn recall(store: Arc<dyn Store>, providers: &Providers, overlay: Option<&Route>, r: &Value) -> Value {
-    let s = |k: &str| {
-        r.get(k)
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(str::to_string)
-    };
+    let s = |k: &str| text(r, k);
     let tags: Vec<(String, Vec<String>)> = r
         .get("tags")
         .and_then(Value::as_object)

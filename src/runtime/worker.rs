@@ -39,6 +39,7 @@ const ALIVE_CHECK: Duration = Duration::from_millis(300);
 
 pub struct EffectWorker {
     pub store: Arc<dyn Store>,
+    pub kg: Arc<dyn crate::store::kg::KgBackend>,
     pub notifier: Arc<Notifier>,
     pub providers: Arc<Providers>,
     pub data_dir: PathBuf,
@@ -58,9 +59,16 @@ struct Job {
 }
 
 impl EffectWorker {
-    pub fn new(store: Arc<dyn Store>, notifier: Arc<Notifier>, providers: Arc<Providers>, data_dir: PathBuf) -> Arc<EffectWorker> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        kg: Arc<dyn crate::store::kg::KgBackend>,
+        notifier: Arc<Notifier>,
+        providers: Arc<Providers>,
+        data_dir: PathBuf,
+    ) -> Arc<EffectWorker> {
         Arc::new(EffectWorker {
             store,
+            kg,
             notifier,
             providers,
             overlay: crate::providers::defaults::WatchedRoute::new(crate::providers::defaults::defaults_path(&data_dir)),
@@ -214,12 +222,12 @@ impl EffectWorker {
         let overlay = self.overlay.named(crate::providers::embeddings::EMBEDDING_ROUTE);
         let overlay = Some(&overlay);
         match r.get("op").and_then(Value::as_str) {
-            Some("assert") => crate::runtime::memory::assert(self.store.clone(), &self.providers, overlay, &job.wait_key, r).await,
+            Some("assert") => crate::runtime::memory::assert(self.kg.clone(), &self.providers, overlay, &job.wait_key, r).await,
             Some("query") => {
                 let owners = crate::runtime::memory::owner_pairs(r);
                 let q = crate::runtime::memory::query_of(r);
                 let text = r.get("query_text").and_then(Value::as_str).map(str::to_string);
-                match crate::runtime::memory::query(self.store.clone(), &self.providers, overlay, q, text, owners).await {
+                match crate::runtime::memory::query(self.kg.clone(), &self.providers, overlay, q, text, owners).await {
                     Ok(items) => {
                         let items: Vec<Value> = items.iter().map(|a| a.to_json()).collect();
                         json!({"ok": true, "count": items.len(), "items": items})
@@ -227,7 +235,7 @@ impl EffectWorker {
                     Err(e) => json!({"error": e}),
                 }
             }
-            Some("resolve") => crate::runtime::memory::resolve(self.store.clone(), &self.providers, overlay, r).await,
+            Some("resolve") => crate::runtime::memory::resolve(self.kg.clone(), &self.providers, overlay, r).await,
             Some("note") => crate::runtime::notes::note(self.store.clone(), &self.providers, overlay, &job.wait_key, r).await,
             Some("recall") => crate::runtime::notes::recall(self.store.clone(), &self.providers, overlay, r).await,
             other => json!({"error": format!("unknown memory operation {other:?}")}),

@@ -35,6 +35,45 @@ CREATE INDEX IF NOT EXISTS kg_object ON kg_assertions(object, predicate);
 CREATE INDEX IF NOT EXISTS kg_observed ON kg_assertions(observed_at);
 "#;
 
+/// A knowledge-graph store: SQLite (the data plane's own store, the default) or LanceDB (feature
+/// `lancedb`). Every backend passes the same conformance suite (`conformance` below). Calls block:
+/// async callers use `spawn_blocking`.
+pub trait KgBackend: Send + Sync {
+    /// `sqlite` or `lancedb`.
+    fn name(&self) -> &'static str;
+    /// Writes durably; ids already present are kept as they are (a re-executed effect writes
+    /// nothing twice, and they are still listed as written); with `dedupe`, a triple the owner
+    /// already holds under another id is skipped.
+    fn add(&self, rows: Vec<KgRow>, space: Option<String>, dedupe: bool) -> StoreResult<KgAdded>;
+    fn query(&self, q: &KgQuery) -> StoreResult<Vec<KgAssertion>>;
+    fn count(&self) -> StoreResult<u64>;
+    /// Every assertion with its vector and space, in insertion order, a page at a time (what
+    /// `migrate --kg` copies).
+    fn export(&self, offset: usize, limit: usize) -> StoreResult<Vec<(KgRow, Option<String>)>>;
+}
+
+/// Where a plane's LanceDB knowledge graph lives.
+pub fn lance_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("kg.lancedb")
+}
+
+/// The plane's knowledge graph as configured: `sqlite` (its own database) or `lancedb`.
+pub fn open_backend(
+    backend: &str,
+    data_dir: &std::path::Path,
+    sqlite: std::sync::Arc<dyn KgBackend>,
+) -> Result<std::sync::Arc<dyn KgBackend>, String> {
+    match backend {
+        #[cfg(feature = "lancedb")]
+        "lancedb" => Ok(std::sync::Arc::new(super::kg_lance::LanceKg::open(&lance_dir(data_dir))?)),
+        "sqlite" => Ok(sqlite),
+        other => Err(format!(
+            "knowledge-graph backend '{other}' is not in this build (data dir {})",
+            data_dir.display()
+        )),
+    }
+}
+
 /// Registers sqlite-vec with every SQLite connection this process opens (once).
 pub fn register_vector_extension() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -124,6 +163,19 @@ impl KgAssertion {
         })
     }
 
+    /// Marks a semantic match: `attributes._retrieval.score` (cosine similarity), as upstream's.
+    pub fn set_score(&mut self, score: f64) {
+        let mut retrieval = self
+            .attributes
+            .get("_retrieval")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        retrieval.insert("score".into(), json!(score));
+        retrieval.entry("metric").or_insert(json!("cosine"));
+        self.attributes.insert("_retrieval".into(), Value::Object(retrieval));
+    }
+
     /// The text embedded for semantic search (upstream's v1 surface form).
     pub fn text(&self) -> String {
         format!("{} {} {}", self.subject, self.predicate, self.object).trim().to_string()
@@ -188,7 +240,8 @@ pub struct KgAdded {
     pub skipped_duplicates: usize,
 }
 
-fn blob(v: &[f32]) -> Vec<u8> {
+/// A vector as sqlite-vec reads it: little-endian f32s.
+pub(crate) fn blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -343,22 +396,205 @@ pub(crate) fn query(conn: &Connection, q: &KgQuery) -> StoreResult<Vec<KgAsserti
     let rows = st.query_map(params_from_iter(args.iter()), |r| {
         let mut a = row_to_assertion(r)?;
         if with_score {
-            let score: f64 = r.get(12)?;
-            let mut retrieval = a
-                .attributes
-                .get("_retrieval")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            retrieval.insert("score".into(), json!(score));
-            retrieval.entry("metric").or_insert(json!("cosine"));
-            a.attributes.insert("_retrieval".into(), Value::Object(retrieval));
+            a.set_score(r.get(12)?);
         }
         Ok(a)
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+pub(crate) fn export(conn: &Connection, offset: usize, limit: usize) -> StoreResult<Vec<(KgRow, Option<String>)>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS}, embedding, embedding_space FROM kg_assertions ORDER BY seq LIMIT ?1 OFFSET ?2"
+    ))?;
+    let rows = st.query_map(rusqlite::params![limit as i64, offset as i64], |r| {
+        let assertion = row_to_assertion(r)?;
+        let vector: Option<Vec<u8>> = r.get(12)?;
+        let space: Option<String> = r.get(13)?;
+        let vector = vector.map(|b| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        Ok((KgRow { assertion, vector }, space))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 pub(crate) fn count(conn: &Connection) -> StoreResult<u64> {
     Ok(conn.query_row("SELECT COUNT(*) FROM kg_assertions", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// What every backend must do alike: the SQLite backend runs it always, LanceDB with its feature.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    /// A fresh directory under the system's temp dir.
+    pub fn temp_dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("agw-kg-{name}-{}-{}", std::process::id(), crate::util::new_hex_id()));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    fn row(id: &str, s: &str, p: &str, o: &str, owner: &str, at: &str, vector: Option<Vec<f32>>) -> KgRow {
+        let mut a = KgAssertion::from_json(
+            &json!({"subject": s, "predicate": p, "object": o}),
+            id.into(),
+            "session",
+            Some(owner),
+            at,
+        )
+        .expect("assertion");
+        if id == "a2" {
+            a.valid_from = Some("2020-01-01T00:00:00Z".into());
+            a.confidence = Some(0.5);
+            a.provenance.insert("writer_run_id".into(), json!("r1"));
+        }
+        KgRow { assertion: a, vector }
+    }
+
+    fn ids(v: &[KgAssertion]) -> Vec<&str> {
+        v.iter().map(|a| a.assertion_id.as_str()).collect()
+    }
+
+    pub fn run(b: &dyn KgBackend) {
+        assert_eq!(b.count().expect("count"), 0);
+        // Writes: vectors in two spaces and one without; ids kept on a rewrite; dedupe.
+        let rows = vec![
+            row(
+                "a1",
+                "Alice",
+                "lives_in",
+                "Paris",
+                "o1",
+                "2026-01-01T00:00:00Z",
+                Some(vec![1.0, 0.0, 0.0]),
+            ),
+            row(
+                "a2",
+                "Bob",
+                "works_at",
+                "ACME",
+                "o1",
+                "2026-01-02T00:00:00Z",
+                Some(vec![0.0, 1.0, 0.0]),
+            ),
+            row(
+                "a3",
+                "Alice",
+                "likes",
+                "tea",
+                "o2",
+                "2026-01-03T00:00:00Z",
+                Some(vec![0.6, 0.8, 0.0]),
+            ),
+        ];
+        let added = b.add(rows.clone(), Some("m:3".into()), true).expect("add");
+        assert_eq!((added.assertion_ids.len(), added.skipped_duplicates), (3, 0));
+        let again = b.add(rows.clone(), Some("m:3".into()), true).expect("re-add");
+        assert_eq!(
+            (again.assertion_ids.len(), again.skipped_duplicates),
+            (3, 0),
+            "same ids: kept, listed"
+        );
+        let dup = b
+            .add(
+                vec![row("a9", "alice", "LIVES_IN", "paris", "o1", "2026-02-01T00:00:00Z", None)],
+                None,
+                true,
+            )
+            .expect("dup");
+        assert_eq!((dup.assertion_ids.len(), dup.skipped_duplicates), (0, 1));
+        let plain = b
+            .add(
+                vec![
+                    row("a4", "Carol", "knows", "Alice", "o1", "2026-01-04T00:00:00Z", None),
+                    row(
+                        "a5",
+                        "Dan",
+                        "knows",
+                        "Alice",
+                        "o1",
+                        "2026-01-05T00:00:00Z",
+                        Some(vec![1.0, 0.0, 0.0, 0.0]),
+                    ),
+                ],
+                Some("other:4".into()),
+                false,
+            )
+            .expect("plain");
+        assert_eq!(plain.assertion_ids, ["a4", "a5"]);
+        assert_eq!(b.count().expect("count"), 5);
+        // Filters and order.
+        let q = |f: &dyn Fn(&mut KgQuery)| {
+            let mut q = KgQuery::default();
+            f(&mut q);
+            b.query(&q).expect("query")
+        };
+        assert_eq!(ids(&q(&|_| {})), ["a5", "a4", "a3", "a2", "a1"], "newest first");
+        assert_eq!(ids(&q(&|q| q.ascending = true)), ["a1", "a2", "a3", "a4", "a5"]);
+        assert_eq!(ids(&q(&|q| q.subject = Some(" ALICE ".into()))), ["a3", "a1"]);
+        assert_eq!(ids(&q(&|q| q.object = Some("alice".into()))), ["a5", "a4"]);
+        assert_eq!(ids(&q(&|q| q.owner_id = Some("o2".into()))), ["a3"]);
+        assert_eq!(ids(&q(&|q| q.scope = Some("run".into()))).len(), 0);
+        assert_eq!(ids(&q(&|q| q.since = Some("2026-01-03T00:00:00Z".into()))), ["a5", "a4", "a3"]);
+        assert_eq!(ids(&q(&|q| q.until = Some("2026-01-01T12:00:00Z".into()))), ["a1"]);
+        assert_eq!(
+            ids(&q(&|q| q.active_at = Some("2019-01-01T00:00:00Z".into()))),
+            ["a5", "a4", "a3", "a1"]
+        );
+        assert_eq!(ids(&q(&|q| q.limit = Some(2))), ["a5", "a4"]);
+        // Every field comes back as written.
+        let a2 = q(&|q| q.predicate = Some("works_at".into()));
+        assert_eq!(a2[0], rows[1].assertion);
+        // By meaning: cosine within the query's space only, best first, with a score floor.
+        let sem = q(&|q| q.vector = Some((vec![1.0, 0.1, 0.0], "m:3".into())));
+        assert_eq!(ids(&sem), ["a1", "a3", "a2"]);
+        let score = |a: &KgAssertion| a.attributes["_retrieval"]["score"].as_f64().expect("score");
+        assert!((score(&sem[0]) - 1.0 / (1.01f64).sqrt()).abs() < 1e-5, "{}", score(&sem[0]));
+        assert_eq!(sem[0].attributes["_retrieval"]["metric"], "cosine");
+        let top = q(&|q| {
+            q.vector = Some((vec![1.0, 0.1, 0.0], "m:3".into()));
+            q.min_score = Some(0.7);
+            q.owner_id = Some("o1".into());
+        });
+        assert_eq!(ids(&top), ["a1"]);
+        assert!(q(&|q| q.vector = Some((vec![1.0, 0.0, 0.0], "other:3".into()))).is_empty());
+        assert_eq!(ids(&q(&|q| q.vector = Some((vec![1.0, 0.0, 0.0, 0.0], "other:4".into())))), ["a5"]);
+        // Export: everything, in insertion order, with vectors and spaces.
+        let all = b.export(0, 100).expect("export");
+        let order: Vec<&str> = all.iter().map(|(r, _)| r.assertion.assertion_id.as_str()).collect();
+        assert_eq!(order, ["a1", "a2", "a3", "a4", "a5"]);
+        assert_eq!(all[0].0.vector.as_deref(), Some(&[1.0f32, 0.0, 0.0][..]));
+        assert_eq!(all[0].1.as_deref(), Some("m:3"));
+        assert_eq!((all[3].0.vector.is_none(), all[3].1.is_none()), (true, true));
+        assert_eq!(b.export(3, 1).expect("page").len(), 1);
+        // Quotes in terms are data, not syntax.
+        b.add(
+            vec![row("q1", "O'Brien", "said", "it's 'fine'", "o'3", "2026-03-01T00:00:00Z", None)],
+            None,
+            true,
+        )
+        .expect("quotes");
+        assert_eq!(ids(&q(&|q| q.subject = Some("o'brien".into()))), ["q1"]);
+        assert_eq!(ids(&q(&|q| q.owner_id = Some("o'3".into()))), ["q1"]);
+    }
+
+    #[test]
+    fn sqlite_backend_conforms() {
+        let dir = temp_dir("sqlite");
+        let s = crate::store::sqlite::SqliteStore::open(&dir.join("gateway.sqlite3")).expect("open");
+        run(&s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(feature = "lancedb")]
+    #[test]
+    fn lancedb_backend_conforms() {
+        let dir = temp_dir("lance");
+        let b = crate::store::kg_lance::LanceKg::open(&dir.join("kg.lancedb")).expect("open");
+        run(&b);
+        drop(b);
+        // Reopened, the data is there.
+        let b = crate::store::kg_lance::LanceKg::open(&dir.join("kg.lancedb")).expect("reopen");
+        assert_eq!(b.count().expect("count"), 6);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -11,6 +11,8 @@ pub mod artifacts;
 pub mod blobs;
 pub mod health;
 pub mod kg;
+#[cfg(feature = "lancedb")]
+pub mod kg_lance;
 pub mod migrate;
 pub mod notes;
 pub mod sqlite;
@@ -219,11 +221,6 @@ pub trait Store: Send + Sync + 'static {
     fn artifact_stats(&self, q: &ArtifactQuery) -> StoreResult<ArtifactStats>;
     /// Every blob a row names: what start-up collection keeps.
     fn artifact_blob_ids(&self) -> StoreResult<std::collections::HashSet<String>>;
-    /// Knowledge-graph writes, durable before this returns (`kg::add`: ids already present are
-    /// left as they are; `dedupe` skips triples the owner already holds).
-    fn kg_add(&self, rows: Vec<kg::KgRow>, space: Option<String>, dedupe: bool) -> StoreResult<kg::KgAdded>;
-    fn kg_query(&self, q: &kg::KgQuery) -> StoreResult<Vec<kg::KgAssertion>>;
-    fn kg_count(&self) -> StoreResult<u64>;
     /// A memory note (with its vector and the vector's space), durable before this returns;
     /// false when its id was already there.
     fn note_add(&self, note: notes::Note, vector: Option<(Vec<f32>, String)>) -> StoreResult<bool>;

@@ -7,6 +7,7 @@
 use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Map, Value};
 
+use super::kg::blob;
 use super::StoreResult;
 
 pub const SCHEMA: &str = r#"
@@ -90,10 +91,6 @@ pub struct NoteQuery {
     pub vector: Option<(Vec<f32>, String)>,
     pub min_score: Option<f64>,
     pub limit: usize,
-}
-
-fn blob(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// Writes in the caller's transaction; an id already present is left as it is (a re-executed

@@ -928,21 +928,6 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
-    fn kg_add(&self, rows: Vec<kg::KgRow>, space: Option<String>, dedupe: bool) -> StoreResult<kg::KgAdded> {
-        match self.submit(Op::KgAdd { rows, space, dedupe })? {
-            OpOut::KgAdded(a) => Ok(a),
-            _ => Err(StoreError::Other("unexpected writer answer".into())),
-        }
-    }
-
-    fn kg_query(&self, q: &kg::KgQuery) -> StoreResult<Vec<kg::KgAssertion>> {
-        self.read(|c| kg::query(c, q))
-    }
-
-    fn kg_count(&self) -> StoreResult<u64> {
-        self.read(kg::count)
-    }
-
     fn note_add(&self, note: notes::Note, vector: Option<(Vec<f32>, String)>) -> StoreResult<bool> {
         match self.submit(Op::NoteAdd(Box::new(note), vector))? {
             OpOut::Bool(b) => Ok(b),
@@ -956,6 +941,33 @@ impl Store for SqliteStore {
 
     fn release_lease(&self, holder: &str) -> StoreResult<()> {
         self.submit(Op::Release(holder.into())).map(|_| ())
+    }
+}
+
+/// The knowledge graph in the plane's own database: writes through the writer thread, reads on
+/// the read pool.
+impl kg::KgBackend for SqliteStore {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn add(&self, rows: Vec<kg::KgRow>, space: Option<String>, dedupe: bool) -> StoreResult<kg::KgAdded> {
+        match self.submit(Op::KgAdd { rows, space, dedupe })? {
+            OpOut::KgAdded(a) => Ok(a),
+            _ => Err(StoreError::Other("unexpected writer answer".into())),
+        }
+    }
+
+    fn query(&self, q: &kg::KgQuery) -> StoreResult<Vec<kg::KgAssertion>> {
+        self.read(|c| kg::query(c, q))
+    }
+
+    fn count(&self) -> StoreResult<u64> {
+        self.read(kg::count)
+    }
+
+    fn export(&self, offset: usize, limit: usize) -> StoreResult<Vec<(kg::KgRow, Option<String>)>> {
+        self.read(|c| kg::export(c, offset, limit))
     }
 }
 

@@ -3,8 +3,9 @@
 //! into forward passes under a token budget, as text-embeddings-inference does:
 //!
 //! - the first request opens a batch, which takes every request already queued and any that
-//!   arrive within `batch_wait` (bounded: a request never waits longer for company), up to
-//!   `max_batch_tokens`;
+//!   arrive within `batch_wait` (bounded: a request never waits longer for company; by default
+//!   0, as text-embeddings-inference: requests that arrive while a pass runs form the next one,
+//!   so a lone request never waits and a busy engine still batches), up to `max_batch_tokens`;
 //! - the batch's sequences are sorted by length and cut into forward passes whose padded size
 //!   (count × longest) stays under the budget, so short inputs are not padded to long ones;
 //! - each request is answered once all its sequences are done.
@@ -41,7 +42,7 @@ impl Default for EmbeddingConfig {
     fn default() -> Self {
         EmbeddingConfig {
             max_batch_tokens: 16384,
-            batch_wait: Duration::from_millis(2),
+            batch_wait: Duration::ZERO,
             queue: 256,
         }
     }
