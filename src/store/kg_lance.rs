@@ -74,6 +74,11 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("lancedb: {e}"))
 }
 
+/// Every batch a query yields.
+async fn batches(q: impl ExecutableQuery) -> StoreResult<Vec<RecordBatch>> {
+    q.execute().await.map_err(err)?.try_collect().await.map_err(err)
+}
+
 fn table_name(dim: usize) -> String {
     if dim == 0 {
         PLAIN.to_string()
@@ -191,16 +196,7 @@ impl LanceKg {
         }
         let filter = format!("assertion_id IN ({})", ids.iter().map(|i| lit(i)).collect::<Vec<_>>().join(","));
         for (_, t) in self.tables()? {
-            let batches: Vec<RecordBatch> = t
-                .query()
-                .only_if(&filter)
-                .select(Select::columns(&["assertion_id"]))
-                .execute()
-                .await
-                .map_err(err)?
-                .try_collect()
-                .await
-                .map_err(err)?;
+            let batches = batches(t.query().only_if(&filter).select(Select::columns(&["assertion_id"]))).await?;
             for b in &batches {
                 let col = b.column(0).as_string::<i32>();
                 out.extend((0..col.len()).map(|i| col.value(i).to_string()));
@@ -280,19 +276,15 @@ impl LanceKg {
                 Some(l) => l,
                 None => t.count_rows(None).await.map_err(err)?.max(1),
             };
-            let batches: Vec<RecordBatch> = t
-                .query()
-                .nearest_to(v.as_slice())
-                .map_err(err)?
-                .distance_type(DistanceType::Cosine)
-                .only_if(filter.join(" AND "))
-                .limit(limit)
-                .execute()
-                .await
-                .map_err(err)?
-                .try_collect()
-                .await
-                .map_err(err)?;
+            let batches = batches(
+                t.query()
+                    .nearest_to(v.as_slice())
+                    .map_err(err)?
+                    .distance_type(DistanceType::Cosine)
+                    .only_if(filter.join(" AND "))
+                    .limit(limit),
+            )
+            .await?;
             for b in &batches {
                 let dist = b
                     .column_by_name("_distance")
@@ -316,7 +308,7 @@ impl LanceKg {
                 if !filter.is_empty() {
                     query = query.only_if(filter.join(" AND "));
                 }
-                let batches: Vec<RecordBatch> = query.execute().await.map_err(err)?.try_collect().await.map_err(err)?;
+                let batches = batches(query).await?;
                 for b in &batches {
                     items.extend(rows_of(b)?);
                 }
@@ -343,7 +335,7 @@ impl LanceKg {
         // Insertion order across tables: by `seq`.
         let mut all: Vec<(i64, KgRow, Option<String>)> = Vec::new();
         for (dim, t) in self.tables()? {
-            let batches: Vec<RecordBatch> = t.query().execute().await.map_err(err)?.try_collect().await.map_err(err)?;
+            let batches = batches(t.query()).await?;
             for b in &batches {
                 let spaces = b.column_by_name("embedding_space").map(|c| c.as_string::<i32>().clone());
                 let vectors = (dim > 0)
