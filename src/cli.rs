@@ -347,6 +347,14 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         paged_attention: cfg.paged_attention,
         kv_idle_release: (cfg.kv_idle_release_s > 0).then(|| std::time::Duration::from_secs(cfg.kv_idle_release_s)),
         queue: cfg.model_queue,
+        // Each model's fingerprint is filled in once its weights are hashed (LocalModels::load).
+        kv_tiers: Some(abstractgateway_engines::text::kv_tiers::TierConfig {
+            fingerprint: Default::default(),
+            host_bytes: cfg.kv_host_cache_mb << 20,
+            disk_dir: (cfg.kv_disk_cache_mb > 0).then(|| cfg.data_dir.join("kv_cache")),
+            disk_bytes: cfg.kv_disk_cache_mb << 20,
+            min_tokens: cfg.kv_disk_min_tokens,
+        }),
     };
     let embedding = abstractgateway_engines::embedding::EmbeddingConfig {
         max_batch_tokens: cfg.embedding_batch_tokens,

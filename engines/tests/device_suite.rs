@@ -471,15 +471,15 @@ fn prefix_cache_counts_shared_blocks_once(dev: &Device) {
     let mut sc = model.sequence();
     sc.prefill(&c).unwrap();
     let mut cache = PrefixCache::new(5 * block, model.kv_bytes_per_token);
-    cache.insert(&a, &sa, None);
+    cache.insert(&a, &sa, None, "");
     assert_eq!(cache.used_bytes(), 3 * block, "a: three blocks");
-    cache.insert(&b, &sb, None);
+    cache.insert(&b, &sb, None, "");
     assert_eq!(cache.used_bytes(), 4 * block, "b adds only its copy of the partial block");
     // c's two blocks do not fit beside four: a, the least recent, goes, and frees only the
     // block b does not hold.
-    cache.insert(&c, &sc, None);
+    cache.insert(&c, &sc, None, "");
     assert_eq!((cache.len(), cache.used_bytes()), (2, 5 * block));
-    let hit = cache.lookup(&a).expect("b still serves a's tokens");
+    let hit = cache.lookup(&a, "").expect("b still serves a's tokens");
     assert_eq!(hit.cached, 69, "all of a but the token left to prefill");
 }
 

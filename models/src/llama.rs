@@ -94,6 +94,12 @@ pub struct LlamaConfig {
     pub swa: Option<(usize, f32)>,
 }
 
+/// The version of what the native kernels put in the KV cache for a given input. Bump it with
+/// any change to the arithmetic up to K and V (rope, norms, matmul order, rounding): KV
+/// snapshots carry it, and one written under another version is refused rather than mixed
+/// with freshly computed positions.
+pub const KV_NUMERICS: &str = "native-f16/1";
+
 impl LlamaConfig {
     /// KV cache bytes per token (f16 K and V; the prefix cache's budget unit).
     pub fn kv_bytes_per_token(&self) -> usize {
@@ -173,6 +179,21 @@ impl KvCache {
             }
         }
         self.len = n;
+    }
+
+    /// Per layer, the keys and the values: `len × n_kv_head × head_dim` f16 values each,
+    /// position-major (what a KV snapshot writes).
+    pub fn layers(&self) -> impl Iterator<Item = (&[f16], &[f16])> {
+        self.k.iter().zip(&self.v).map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// A cache of `len` positions from per-layer keys and values laid out as `layers` gives
+    /// them (a KV snapshot being loaded). None when the layer count or a layer's length does
+    /// not fit `cfg`: a cache of the wrong shape must never reach a forward pass.
+    pub fn from_layers(cfg: &LlamaConfig, k: Vec<Vec<f16>>, v: Vec<Vec<f16>>, len: usize) -> Option<KvCache> {
+        let row = cfg.n_kv_head * cfg.head_dim;
+        let fits = |x: &Vec<Vec<f16>>| x.len() == cfg.n_layer && x.iter().all(|l| l.len() == len * row);
+        (fits(&k) && fits(&v) && len <= cfg.context).then_some(KvCache { k, v, len })
     }
 }
 

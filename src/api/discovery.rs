@@ -318,6 +318,13 @@ async fn providers(Extension(p): Extension<Arc<Providers>>) -> Json<Value> {
                     "kv_budget_used_bytes": budget.map_or(0, |b| b.used_bytes()), "kv_limit_shared_with": shared_with,
                     "mean_batch": if steps > 0 { rows as f64 / steps as f64 } else { 0.0 },
                     "weights_pages": s.weights.get().map(|w| w.pages().name()),
+                    "kv_tiers": s.tiers.get().map(|t| json!({
+                        "host_entries": t.host_entries.load(Relaxed), "host_bytes": t.host_bytes.load(Relaxed),
+                        "disk_entries": t.disk_entries.load(Relaxed), "disk_bytes": t.disk_bytes.load(Relaxed),
+                        "host_hits": t.host_hits.load(Relaxed), "disk_hits": t.disk_hits.load(Relaxed),
+                        "disk_writes": t.disk_writes.load(Relaxed), "disk_write_failures": t.disk_write_failures.load(Relaxed),
+                        "disk_rejected": t.disk_rejected.load(Relaxed),
+                    })),
                 })
             })
             .collect();

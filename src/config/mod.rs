@@ -92,6 +92,12 @@ pub struct Config {
     pub provider_timeout_s: f64,
     /// KV memory each local model may keep for its prefix cache (0 disables it).
     pub prefix_cache_mb: usize,
+    /// The prefix cache's lower tiers, per local model: host RAM (MiB) for what the first tier
+    /// evicts, disk (MiB, under `<data_dir>/kv_cache`, kept across restarts), and the shortest
+    /// prompt (tokens) written to disk. 0 MiB turns a tier off.
+    pub kv_host_cache_mb: usize,
+    pub kv_disk_cache_mb: u64,
+    pub kv_disk_min_tokens: usize,
     /// The most KV memory (MiB) one local model's KV pool may hold, dense backend; unset: 90%
     /// of the GPU memory free after loading (at least 1 GiB left), or half the available RAM.
     pub kv_cache_mb: Option<usize>,
@@ -365,6 +371,9 @@ impl Config {
             breaker_cooldown_s: number(&["ABSTRACTGATEWAY_BREAKER_COOLDOWN_S"], 30.0f64)?,
             provider_timeout_s: number(&["ABSTRACTGATEWAY_PROVIDER_TIMEOUT_S"], 120.0f64)?,
             prefix_cache_mb: number(&["ABSTRACTGATEWAY_PREFIX_CACHE_MB"], 512usize)?,
+            kv_host_cache_mb: number(&["ABSTRACTGATEWAY_KV_HOST_CACHE_MB"], 1024usize)?,
+            kv_disk_cache_mb: number(&["ABSTRACTGATEWAY_KV_DISK_CACHE_MB"], 4096u64)?,
+            kv_disk_min_tokens: number(&["ABSTRACTGATEWAY_KV_DISK_MIN_TOKENS"], 256usize)?,
             kv_cache_mb: match var(&["ABSTRACTGATEWAY_KV_CACHE_MB"]) {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_KV_CACHE_MB"], 0usize)?),

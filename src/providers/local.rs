@@ -101,8 +101,10 @@ impl LocalModels {
             .into_iter()
             .zip(budgets)
             .map(|(l, kv_budget)| {
+                let kv_tiers = tiers_for(&l, engine);
                 l.start(EngineConfig {
                     kv_budget,
+                    kv_tiers,
                     ..engine.clone()
                 })
             })
@@ -130,6 +132,26 @@ impl LocalModels {
         }
         m.start(req)
     }
+}
+
+/// The prefix cache's lower tiers for a loaded model: `engine`'s settings with the model's
+/// fingerprint (its weights hashed, or remembered from an earlier start). None where the
+/// backend cannot export KV or the weights cannot be read.
+fn tiers_for(l: &Loaded, engine: &EngineConfig) -> Option<abstractgateway_engines::text::kv_tiers::TierConfig> {
+    let t = engine.kv_tiers.clone()?;
+    l.model.kv_fingerprint("")?;
+    let memo = t.disk_dir.as_ref().map(|d| d.join("weights-sha256.json"));
+    let sha = match super::weights_hash::weights_sha256(&l.info.path, memo.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(model = %l.info.id, error = %e, "cannot hash the weights: this model's KV stays in its first tier");
+            return None;
+        }
+    };
+    Some(abstractgateway_engines::text::kv_tiers::TierConfig {
+        fingerprint: l.model.kv_fingerprint(&sha)?,
+        ..t
+    })
 }
 
 /// A model whose weights are loaded and whose engine has not started yet.
@@ -518,6 +540,7 @@ impl LocalModel {
             json_object,
             json_prefix,
             grammar,
+            cache_scope: req.cache_scope.clone(),
         };
         let model = self.info.id.clone();
         self.engine.submit_reserved(

@@ -14,6 +14,7 @@ pub mod embeddings;
 pub mod local;
 pub mod remote;
 pub mod tool_calls;
+pub mod weights_hash;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +73,17 @@ pub enum Prompt {
 pub struct TextRequest {
     pub prompt: Prompt,
     pub params: GenParams,
+    /// The principal scope the local engine's prefix cache is salted with (`cache_scope`);
+    /// empty for the gateway's own requests.
+    pub cache_scope: String,
+    /// A prompt-cache key (`prompt_cache_key`): the keyed prefix to start from.
+    pub cache_key: Option<String>,
+}
+
+/// The prefix-cache scope of an authenticated principal: its tenant and user, hashed (no name
+/// reaches a snapshot file). Taken from the auth layer only, never from a request field.
+pub fn cache_scope(p: &crate::security::principal::Principal) -> String {
+    abstractgateway_engines::text::kv_tiers::scope_of(&format!("{}\u{1f}{}", p.tenant_id, p.user_id))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

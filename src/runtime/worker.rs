@@ -296,6 +296,8 @@ impl EffectWorker {
                 temperature: Some(0.0),
                 ..GenParams::default()
             },
+            cache_scope: String::new(),
+            cache_key: None,
         };
         let mut backoff = BUSY_BACKOFF_MIN;
         let mut routed = loop {
@@ -576,5 +578,7 @@ fn text_request(r: &Value) -> Result<TextRequest, String> {
             tool_choice: ToolChoice::Auto,
         },
         params,
+        cache_scope: String::new(),
+        cache_key: None,
     })
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::gguf_llama::{LlamaGguf, Sequence, StepOut};
 use super::grammar::Grammar;
 use super::json_constraint::JsonConstraint;
+use super::kv_tiers::{KvTiers, TierConfig, TierStats};
 use super::prefix_cache::{common_prefix, Hit, PrefixCache};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStep};
@@ -40,6 +41,10 @@ pub struct GenerateRequest {
     /// A grammar the output must match (JSON Schema or Lark), compiled by the caller; it describes
     /// what follows any text already written for the model. The output ends when it is complete.
     pub grammar: Option<Grammar>,
+    /// The principal scope the prefix cache is salted with (`kv_tiers::scope_of`, from the
+    /// auth layer, never from a client field): a request reuses only its own scope's cached
+    /// prefixes and those an admin shared.
+    pub cache_scope: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +131,8 @@ pub struct EngineStats {
     pub kv_limit_bytes: AtomicUsize,
     /// The budget the pool draws on, set once the engine has started (none without a pool).
     pub kv_budget: OnceLock<Arc<KvBudget>>,
+    /// The prefix cache's host and disk tiers (set once the engine has started, where on).
+    pub tiers: OnceLock<Arc<TierStats>>,
     /// A native GGUF's weight map: whether the weights are in 2 MiB pages yet.
     pub weights: OnceLock<Arc<abstractgateway_models::weight_map::WeightMap>>,
 }
@@ -156,6 +163,8 @@ pub struct EngineConfig {
     /// past it is refused at once (`GenError::Overloaded`) rather than left waiting behind an
     /// unbounded line, with memory and latency growing for everyone.
     pub queue: usize,
+    /// The prefix cache's host-RAM and disk tiers (None: the first tier only).
+    pub kv_tiers: Option<TierConfig>,
 }
 
 impl Default for EngineConfig {
@@ -168,6 +177,7 @@ impl Default for EngineConfig {
             paged_attention: false,
             kv_idle_release: Some(Duration::from_secs(30)),
             queue: 64,
+            kv_tiers: None,
         }
     }
 }
@@ -377,6 +387,19 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
     let vocab = &tokenizer.token_bytes;
     let budget = if model.snapshots() { cfg.prefix_cache_bytes } else { 0 };
     let mut cache = PrefixCache::new(budget, model.kv_bytes_per_token);
+    // The lower tiers hold exported KV, which only some backends give.
+    let mut tiers = match cfg.kv_tiers.clone() {
+        Some(t) if budget > 0 && model.kv_fingerprint("").is_some() => Some(KvTiers::open(t)),
+        Some(_) => {
+            tracing::warn!("the KV cache's host and disk tiers need the native backend; this model keeps the first tier only");
+            None
+        }
+        None => None,
+    };
+    if let Some(t) = &tiers {
+        cache.keep_evicted = true;
+        let _ = stats.tiers.set(t.stats.clone());
+    }
     let max_batch = max_batch(&model, cfg.max_batch);
     let chunk = if model.on_gpu() { PREFILL_CHUNK_GPU } else { PREFILL_CHUNK };
     if cfg.paged_attention {
@@ -417,7 +440,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
             share_prefix(&model, &mut cache, &incoming);
         }
         for job in incoming {
-            match admit(&model, &mut cache, job) {
+            match admit(&model, &mut cache, tiers.as_mut(), job) {
                 Ok(a) => active.push(a),
                 Err((mut sink, e)) => finish(&stats, &mut sink, Outcome::Failed(e)),
             }
@@ -435,7 +458,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
                     let mut a = active.swap_remove(i);
                     if matches!(outcome, Outcome::Done(..)) && a.context.len() == a.seq.len() {
                         // The whole exchange is a likely prefix of the next turn.
-                        cache.insert(&a.context, &a.seq, None);
+                        cache.insert(&a.context, &a.seq, None, &a.req.cache_scope);
                     }
                     finish(&stats, &mut a.sink, outcome);
                 }
@@ -507,7 +530,14 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
                     // A prompt just finished prefilling: remember it for the prefix cache.
                     if a.pending.is_empty() && a.seq.len() == a.req.prompt_ids.len() && a.usage.completion_tokens == 0 {
                         let logits = (a.next.is_none()).then_some(a.logits.as_slice());
-                        cache.insert(&a.req.prompt_ids, &a.seq, logits);
+                        cache.insert(&a.req.prompt_ids, &a.seq, logits, &a.req.cache_scope);
+                        if let Some(t) = tiers.as_mut() {
+                            t.write_through(&a.req.cache_scope, &a.req.prompt_ids, || {
+                                let mut s = a.seq.export_kv(&a.req.prompt_ids)?;
+                                s.logits = logits.map(<[f32]>::to_vec);
+                                Some(s)
+                            });
+                        }
                     }
                 }
             }
@@ -519,6 +549,19 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
             }
         }
         stats.kv_pool_bytes.store(model.kv_pool_bytes(), Ordering::Relaxed);
+        if let Some(t) = tiers.as_mut() {
+            demote(&mut cache, t);
+        }
+    }
+}
+
+/// Hands what the first tier evicted to the host tier (its KV copied out of the sequence).
+fn demote(cache: &mut PrefixCache, tiers: &mut KvTiers) {
+    for e in cache.take_evicted() {
+        if let Some(mut s) = e.seq.export_kv(&e.tokens) {
+            s.logits = e.logits;
+            tiers.demote(&e.scope, s);
+        }
     }
 }
 
@@ -683,29 +726,34 @@ fn finish(stats: &EngineStats, sink: &mut EventSink, outcome: Outcome) {
 /// concurrent agent runs do) have it prefilled once, into the prefix cache, before they are
 /// admitted; otherwise each would prefill it, since none is in the cache yet.
 fn share_prefix(model: &LlamaGguf, cache: &mut PrefixCache, jobs: &[Job]) {
-    let mut prompts: Vec<&[u32]> = jobs.iter().map(|j| j.req.prompt_ids.as_slice()).collect();
+    // Only prompts of one scope share: another's prefix must not be computed for it.
+    let mut prompts: Vec<(&str, &[u32])> = jobs
+        .iter()
+        .map(|j| (j.req.cache_scope.as_str(), j.req.prompt_ids.as_slice()))
+        .collect();
     prompts.sort_unstable();
-    let Some((n, p)) = prompts
+    let Some((n, scope, p)) = prompts
         .windows(2)
-        .map(|w| (common_prefix(w[0], w[1]).min(w[0].len().saturating_sub(1)), w[0]))
-        .max_by_key(|(n, _)| *n)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| (common_prefix(w[0].1, w[1].1).min(w[0].1.len().saturating_sub(1)), w[0].0, w[0].1))
+        .max_by_key(|(n, _, _)| *n)
     else {
         return;
     };
-    if n < MIN_SHARED_PREFILL || cache.reusable(p) >= n {
+    if n < MIN_SHARED_PREFILL || cache.reusable(p, scope) >= n {
         return;
     }
-    let (mut seq, cached) = match cache.lookup(&p[..n]) {
+    let (mut seq, cached) = match cache.lookup(&p[..n], scope) {
         Some(h) if h.cached < n => (h.seq, h.cached),
         _ => (model.sequence(), 0),
     };
     if seq.prefill(&p[cached..n]).is_ok() {
-        cache.insert(&p[..n], &seq, None);
+        cache.insert(&p[..n], &seq, None, scope);
     }
 }
 
 /// Validates a request and prefills its prompt (reusing the longest cached prefix).
-fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active, (EventSink, GenError)> {
+fn admit(model: &LlamaGguf, cache: &mut PrefixCache, tiers: Option<&mut KvTiers>, job: Job) -> Result<Active, (EventSink, GenError)> {
     let Job { mut req, sink } = job;
     // Moved, not cloned: a matcher's deep copy is work the request never needs twice.
     let grammar = req.grammar.take();
@@ -716,10 +764,22 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
         return Err((sink, GenError::from(&e)));
     }
     let prompt = &req.prompt_ids;
-    let (mut seq, cached, logits) = match cache.lookup(prompt) {
+    let scope = req.cache_scope.as_str();
+    let (mut seq, mut cached, mut logits) = match cache.lookup(prompt, scope) {
         Some(Hit { seq, cached, logits }) => (seq, cached, logits),
         None => (model.sequence(), 0, None),
     };
+    // A longer prefix in host RAM or on disk (evicted, or from before a restart) beats the
+    // first tier's: its KV is loaded into a sequence, and kept in the first tier again.
+    if let Some((state, tier)) = tiers.and_then(|t| t.lookup(prompt, scope, cached)) {
+        if let Some(s) = model.sequence_from(&state) {
+            tracing::debug!(?tier, tokens = state.tokens.len(), "prefix served from a lower KV tier");
+            cache.insert(&state.tokens, &s, state.logits.as_deref(), scope);
+            cached = state.tokens.len();
+            logits = state.logits.filter(|_| cached == prompt.len());
+            seq = s;
+        }
+    }
     // The native backend prefills in chunks inside the batched steps; candle prefills here.
     let mut pending: Vec<u32> = Vec::new();
     let logits = match logits {
@@ -730,7 +790,7 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, job: Job) -> Result<Active,
         }
         None => match seq.prefill(&prompt[cached..]) {
             Ok(l) => {
-                cache.insert(prompt, &seq, Some(&l));
+                cache.insert(prompt, &seq, Some(&l), scope);
                 l
             }
             Err(e) => return Err((sink, GenError::from(&e))),

@@ -27,8 +27,10 @@ use candle_transformers::models as hf;
 use candle_transformers::models::llama::{Cache as HfCache, Llama as HfLlama};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
+use super::kv_snapshot::{Fingerprint, KvState};
 use super::sampling::{Sampler, SamplingParams};
 use crate::EngineError;
+use sha2::{Digest, Sha256};
 
 /// `candle_transformers::models::quantized_llama::MAX_SEQ_LEN`.
 pub const CANDLE_MAX_POSITIONS: usize = 4096;
@@ -322,6 +324,54 @@ impl LlamaGguf {
         !matches!(self.backend, Backend::Hf(HfModel::Gemma3(_)))
     }
 
+    /// What a KV snapshot of this model must match (`kv_snapshot::Fingerprint`), with the weights'
+    /// sha256 given by the caller, who knows the file. None: this backend's KV cannot be
+    /// exported (only the native backend's can yet).
+    pub fn kv_fingerprint(&self, weights_sha256: &str) -> Option<Fingerprint> {
+        let Backend::Native(m) = &self.backend else {
+            return None;
+        };
+        let c = &m.cfg;
+        let mut tok = Sha256::new();
+        for t in &self.tokenizer.token_bytes {
+            match t {
+                Some(b) => {
+                    tok.update((b.len() as u32).to_le_bytes());
+                    tok.update(b);
+                }
+                None => tok.update(u32::MAX.to_le_bytes()),
+            }
+        }
+        for id in [self.tokenizer.bos_id, self.tokenizer.eos_id] {
+            tok.update(id.map_or(u32::MAX, |i| i).to_le_bytes());
+        }
+        tok.update([self.tokenizer.add_bos as u8]);
+        let template = Sha256::digest(self.tokenizer.chat_template.as_deref().unwrap_or("").as_bytes());
+        Some(Fingerprint {
+            weights_sha256: weights_sha256.to_string(),
+            tokenizer_sha256: hex::encode(tok.finalize()),
+            chat_template_sha256: hex::encode(template),
+            arch: c.arch.name().to_string(),
+            kv_dtype: "f16".into(),
+            n_layer: c.n_layer,
+            n_kv_head: c.n_kv_head,
+            head_dim: c.head_dim,
+            rope: format!("base={} n_rot={} swa={:?} context={}", c.rope_base, c.n_rot, c.swa, c.context),
+            block_size: 1,
+            numerics: abstractgateway_models::llama::KV_NUMERICS.to_string(),
+        })
+    }
+
+    /// A sequence holding `state`'s KV, positioned after its tokens. None where the backend
+    /// cannot take a snapshot or the state's shape is not this model's.
+    pub fn sequence_from(&self, state: &KvState) -> Option<Sequence> {
+        let Backend::Native(m) = &self.backend else {
+            return None;
+        };
+        let cache = KvCache::from_layers(&m.cfg, state.k.clone(), state.v.clone(), state.tokens.len())?;
+        Some(Sequence::Native { model: m.clone(), cache })
+    }
+
     /// Bytes of the dense backend's KV pool (0 for the others, whose KV lives per sequence).
     pub fn kv_pool_bytes(&self) -> usize {
         match &self.backend {
@@ -579,6 +629,23 @@ impl Sequence {
     pub fn kv_blocks(&self) -> Option<Vec<usize>> {
         match self {
             Sequence::Dense { seq, .. } => Some(seq.block_keys()),
+            _ => None,
+        }
+    }
+
+    /// This sequence's KV on the host, for a snapshot; `tokens` are what it has consumed. None
+    /// where the backend cannot export it or the lengths disagree.
+    pub fn export_kv(&self, tokens: &[u32]) -> Option<KvState> {
+        match self {
+            Sequence::Native { cache, .. } if cache.len() == tokens.len() => {
+                let (k, v) = cache.layers().map(|(k, v)| (k.to_vec(), v.to_vec())).unzip();
+                Some(KvState {
+                    tokens: tokens.to_vec(),
+                    k,
+                    v,
+                    logits: None,
+                })
+            }
             _ => None,
         }
     }

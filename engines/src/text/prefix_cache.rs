@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use super::gguf_llama::Sequence;
 
 struct Entry {
+    /// The principal scope whose request made it (`kv_tiers::scope_of`); only that scope's
+    /// lookups see it, unless it is `kv_tiers::SHARED`.
+    scope: String,
     tokens: Vec<u32>,
     seq: Sequence,
     /// Logits after the last token (kept for prompt ends only).
@@ -36,7 +39,10 @@ impl Entry {
     /// How many leading tokens of `prompt` this entry can serve: all of it when it starts the
     /// prompt (the whole prompt only with its logits), or — where the backend can cut a
     /// sequence — the part they share, keeping at least one prompt token to prefill.
-    fn usable_for(&self, prompt: &[u32]) -> usize {
+    fn usable_for(&self, prompt: &[u32], scope: &str) -> usize {
+        if self.scope != scope && self.scope != super::kv_tiers::SHARED {
+            return 0;
+        }
         let shared = common_prefix(&self.tokens, prompt);
         if shared == self.tokens.len() && (shared < prompt.len() || self.logits.is_some()) {
             shared
@@ -59,6 +65,17 @@ pub struct PrefixCache {
     clock: u64,
     pub hits: u64,
     pub misses: u64,
+    /// Whether evicted entries are kept for the next tier (`take_evicted`) instead of dropped.
+    pub keep_evicted: bool,
+    evicted: Vec<Evicted>,
+}
+
+/// An entry evicted by LRU, for the tier below.
+pub struct Evicted {
+    pub scope: String,
+    pub tokens: Vec<u32>,
+    pub seq: Sequence,
+    pub logits: Option<Vec<f32>>,
 }
 
 /// What a lookup found: a sequence positioned after `cached` tokens, and logits if the whole
@@ -80,6 +97,8 @@ impl PrefixCache {
             clock: 0,
             hits: 0,
             misses: 0,
+            keep_evicted: false,
+            evicted: Vec::new(),
         }
     }
 
@@ -111,9 +130,22 @@ impl PrefixCache {
         blocks.iter().filter(|b| !self.block_refs.contains_key(b)).count() * self.block_bytes()
     }
 
+    /// What LRU eviction took out since the last call (with `keep_evicted`).
+    pub fn take_evicted(&mut self) -> Vec<Evicted> {
+        std::mem::take(&mut self.evicted)
+    }
+
     fn evict(&mut self, i: usize) {
         let e = self.entries.swap_remove(i);
         self.used_bytes -= e.own_bytes;
+        if self.keep_evicted {
+            self.evicted.push(Evicted {
+                scope: e.scope.clone(),
+                tokens: e.tokens.clone(),
+                seq: e.seq.clone(),
+                logits: e.logits.clone(),
+            });
+        }
         for b in e.blocks {
             if let Some(n) = self.block_refs.get_mut(&b) {
                 *n -= 1;
@@ -128,12 +160,12 @@ impl PrefixCache {
     /// The longest usable cached prefix of `prompt`: a whole entry that starts the prompt, or —
     /// where the backend can cut a sequence — the part an entry shares with it (another turn
     /// or another user message after the same system prompt and tools).
-    pub fn lookup(&mut self, prompt: &[u32]) -> Option<Hit> {
+    pub fn lookup(&mut self, prompt: &[u32], scope: &str) -> Option<Hit> {
         self.clock += 1;
         let best = self
             .entries
             .iter_mut()
-            .map(|e| (e.usable_for(prompt), e))
+            .map(|e| (e.usable_for(prompt, scope), e))
             .filter(|(n, _)| *n > 0)
             .max_by_key(|(n, _)| *n);
         match best {
@@ -158,12 +190,12 @@ impl PrefixCache {
     }
 
     /// How many leading tokens of `prompt` a lookup would reuse (no clone, no LRU update).
-    pub fn reusable(&self, prompt: &[u32]) -> usize {
-        self.entries.iter().map(|e| e.usable_for(prompt)).max().unwrap_or(0)
+    pub fn reusable(&self, prompt: &[u32], scope: &str) -> usize {
+        self.entries.iter().map(|e| e.usable_for(prompt, scope)).max().unwrap_or(0)
     }
 
-    /// Remembers `seq`, which has consumed exactly `tokens`.
-    pub fn insert(&mut self, tokens: &[u32], seq: &Sequence, logits: Option<&[f32]>) {
+    /// Remembers `seq`, which has consumed exactly `tokens`, for `scope`'s lookups.
+    pub fn insert(&mut self, tokens: &[u32], seq: &Sequence, logits: Option<&[f32]>, scope: &str) {
         if tokens.is_empty() || seq.len() != tokens.len() || self.budget_bytes == 0 {
             return;
         }
@@ -179,7 +211,7 @@ impl PrefixCache {
             return;
         }
         self.clock += 1;
-        if let Some(e) = self.entries.iter_mut().find(|e| e.tokens == tokens) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.tokens == tokens && e.scope == scope) {
             e.last_used = self.clock;
             if e.logits.is_none() {
                 if let Some(l) = logits {
@@ -201,6 +233,7 @@ impl PrefixCache {
             *self.block_refs.entry(b).or_insert(0) += 1;
         }
         self.entries.push(Entry {
+            scope: scope.to_string(),
             tokens: tokens.to_vec(),
             seq: seq.clone(),
             logits: logits.map(<[f32]>::to_vec),

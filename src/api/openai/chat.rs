@@ -8,11 +8,13 @@ use axum::{Extension, Json};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::params::prompt_cache_key;
 use super::params::{gen_params, model, parse_body, stream};
 use super::stream::{collect, sse_body, sse_response, Piece};
 use super::{now_unix, provider_headers, OpenAiError};
 use crate::api::{route, Route};
 use crate::providers::{Prompt, Providers, TextRequest, ToolChoice, Usage};
+use crate::security::principal::Principal;
 
 pub fn routes() -> Vec<Route> {
     vec![route(
@@ -139,14 +141,14 @@ pub fn usage_json(u: &Usage) -> Value {
            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
 }
 
-pub async fn chat(Extension(providers): Extension<Arc<Providers>>, body: Bytes) -> Response {
-    match chat_inner(providers, body).await {
+pub async fn chat(Extension(providers): Extension<Arc<Providers>>, principal: Option<Extension<Principal>>, body: Bytes) -> Response {
+    match chat_inner(providers, principal.map(|p| p.0), body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn chat_inner(providers: Arc<Providers>, body: Bytes) -> Result<Response, OpenAiError> {
+async fn chat_inner(providers: Arc<Providers>, principal: Option<Principal>, body: Bytes) -> Result<Response, OpenAiError> {
     let b = parse_body(&body)?;
     let messages = messages(&b)?;
     let (tools, tool_choice) = tools(&b)?;
@@ -160,6 +162,8 @@ async fn chat_inner(providers: Arc<Providers>, body: Bytes) -> Result<Response, 
             tool_choice,
         },
         params,
+        cache_scope: principal.as_ref().map(crate::providers::cache_scope).unwrap_or_default(),
+        cache_key: prompt_cache_key(&b)?,
     };
     let routed = providers.stream(requested.as_deref(), &req).await?;
     let label = routed.target.label();

@@ -9,11 +9,13 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::chat::usage_json;
+use super::params::prompt_cache_key;
 use super::params::{gen_params, model, parse_body, stream};
 use super::stream::{collect, sse_body, sse_response, Piece};
 use super::{now_unix, provider_headers, OpenAiError};
 use crate::api::{route, Route};
 use crate::providers::{Prompt, Providers, TextRequest};
+use crate::security::principal::Principal;
 
 pub fn routes() -> Vec<Route> {
     vec![route(
@@ -36,14 +38,14 @@ pub fn routes() -> Vec<Route> {
 /// OpenAI's default for this endpoint.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
-pub async fn complete(Extension(providers): Extension<Arc<Providers>>, body: Bytes) -> Response {
-    match inner(providers, body).await {
+pub async fn complete(Extension(providers): Extension<Arc<Providers>>, principal: Option<Extension<Principal>>, body: Bytes) -> Response {
+    match inner(providers, principal.map(|p| p.0), body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn inner(providers: Arc<Providers>, body: Bytes) -> Result<Response, OpenAiError> {
+async fn inner(providers: Arc<Providers>, principal: Option<Principal>, body: Bytes) -> Result<Response, OpenAiError> {
     let b = parse_body(&body)?;
     let prompt = match b.get("prompt") {
         Some(Value::String(s)) => s.clone(),
@@ -66,6 +68,8 @@ async fn inner(providers: Arc<Providers>, body: Bytes) -> Result<Response, OpenA
     let req = TextRequest {
         prompt: Prompt::Text(prompt.clone()),
         params,
+        cache_scope: principal.as_ref().map(crate::providers::cache_scope).unwrap_or_default(),
+        cache_key: prompt_cache_key(&b)?,
     };
     let routed = providers.stream(requested.as_deref(), &req).await?;
     let label = routed.target.label();

@@ -47,6 +47,19 @@ pub fn model(b: &Map<String, Value>) -> Result<Option<String>, OpenAiError> {
     }
 }
 
+/// `prompt_cache_key`: a key of the prompt-cache control plane whose prefix the request
+/// starts from (its owner's keys only; an unknown key is a cache miss, as OpenAI's is).
+pub fn prompt_cache_key(b: &Map<String, Value>) -> Result<Option<String>, OpenAiError> {
+    match b.get("prompt_cache_key") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 512 => Ok(Some(s.clone())),
+        Some(v) => Err(OpenAiError::invalid(
+            format!("'prompt_cache_key' must be a string of 1 to 512 bytes, got {v}"),
+            Some("prompt_cache_key"),
+        )),
+    }
+}
+
 pub fn stream(b: &Map<String, Value>) -> Result<(bool, bool), OpenAiError> {
     let s = match b.get("stream") {
         None | Some(Value::Null) => false,
