@@ -21,7 +21,9 @@ pub mod ledger;
 pub mod openai;
 pub mod openapi;
 pub mod planes;
+pub mod prompt_cache;
 pub mod runs;
+pub mod session_prompt_cache;
 pub mod summary;
 pub mod validate;
 pub mod workspace;
@@ -165,6 +167,8 @@ pub fn routes() -> Vec<Route> {
     all.extend(capability_defaults::routes());
     all.extend(embeddings::routes());
     all.extend(kg::routes());
+    all.extend(prompt_cache::routes());
+    all.extend(session_prompt_cache::routes());
     all
 }
 

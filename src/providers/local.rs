@@ -38,6 +38,8 @@ pub struct LocalModel {
     pub loaded_at: i64,
     /// llguidance's view of the vocabulary, built on the first constrained request.
     grammars: OnceLock<Result<Arc<GrammarFactory>, String>>,
+    /// Whether its KV can be saved and loaded (snapshots; native backend, weights hashed).
+    pub kv_snapshots: bool,
 }
 
 #[derive(Default)]
@@ -233,6 +235,7 @@ impl Loaded {
         let backend = model.backend();
         let dtype = model.compute_dtype();
         let requantized = model.requantized().to_vec();
+        let kv_snapshots = engine_cfg.kv_tiers.is_some();
         let engine = TextEngine::spawn_with(model, engine_cfg);
         tracing::info!(model = %info.id, ms = load_ms, context, backend, device, arch = ?info.architecture, quant = ?info.quantization, "model loaded");
         if !requantized.is_empty() {
@@ -255,6 +258,7 @@ impl Loaded {
             stop_ids,
             loaded_at: chrono::Utc::now().timestamp(),
             grammars: OnceLock::new(),
+            kv_snapshots,
         }
     }
 }
@@ -367,6 +371,25 @@ impl LocalModel {
 
     /// The prompt text for a chat, via the model's own template.
     pub fn render_chat(&self, messages: &[Value], tools: &[Value]) -> Result<String, ProviderError> {
+        self.render_chat_with(messages, tools, true)
+    }
+
+    /// The token ids of a chat rendered by the model's template, with or without the
+    /// assistant turn's opening (a prompt-cache fragment has none unless asked for).
+    pub fn chat_tokens(&self, messages: &[Value], tools: &[Value], add_generation_prompt: bool) -> Result<Vec<u32>, ProviderError> {
+        let text = self.render_chat_with(messages, tools, add_generation_prompt)?;
+        self.tokenizer.encode(&text).map_err(|e| ProviderError::Invalid(e.to_string()))
+    }
+
+    /// Runs a prompt-cache control operation on the model's engine (blocking).
+    pub fn prompt_cache(
+        &self,
+        op: abstractgateway_engines::text::prompt_keys::KeyOp,
+    ) -> Result<Value, abstractgateway_engines::text::prompt_keys::KeyError> {
+        self.engine.control(op)
+    }
+
+    fn render_chat_with(&self, messages: &[Value], tools: &[Value], add_generation_prompt: bool) -> Result<String, ProviderError> {
         let mut msgs: Vec<Value> = Vec::with_capacity(messages.len() + 1);
         let native_tools = self.template.handles_tools;
         for m in messages {
@@ -413,7 +436,7 @@ impl LocalModel {
             extra.insert("tools".into(), Value::Array(tools.to_vec()));
         }
         self.template
-            .render(&Value::Array(msgs), true, &extra)
+            .render(&Value::Array(msgs), add_generation_prompt, &extra)
             .map_err(|e| ProviderError::Invalid(format!("cannot render the chat template: {e}")))
     }
 
@@ -541,6 +564,7 @@ impl LocalModel {
             json_prefix,
             grammar,
             cache_scope: req.cache_scope.clone(),
+            cache_key: req.cache_key.clone(),
         };
         let model = self.info.id.clone();
         self.engine.submit_reserved(

@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod defaults;
 pub mod embeddings;
 pub mod local;
+pub mod prompt_cache;
 pub mod remote;
 pub mod tool_calls;
 pub mod weights_hash;

@@ -16,6 +16,7 @@ use super::grammar::Grammar;
 use super::json_constraint::JsonConstraint;
 use super::kv_tiers::{KvTiers, TierConfig, TierStats};
 use super::prefix_cache::{common_prefix, Hit, PrefixCache};
+use super::prompt_keys::{KeyError, KeyOp, PromptKeys};
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStep};
 use abstractgateway_models::paged_kv::{BudgetMember, KvBudget, Reclaim};
@@ -45,6 +46,8 @@ pub struct GenerateRequest {
     /// auth layer, never from a client field): a request reuses only its own scope's cached
     /// prefixes and those an admin shared.
     pub cache_scope: String,
+    /// A prompt-cache key (`prompt_keys`) to start from; None: the scope's default key, if any.
+    pub cache_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +105,8 @@ struct Job {
 enum Msg {
     Job(Job),
     Release(Reclaim),
+    /// A prompt-cache control operation and where its answer goes.
+    Control(KeyOp, std::sync::mpsc::Sender<Result<serde_json::Value, KeyError>>),
 }
 
 #[derive(Default)]
@@ -295,6 +300,23 @@ impl TextEngine {
         rx
     }
 
+    /// Runs a prompt-cache control operation on the engine thread (between steps) and waits
+    /// for its answer. Blocking: call it off the async runtime.
+    pub fn control(&self, op: KeyOp) -> Result<serde_json::Value, KeyError> {
+        let busy = |m: &str| KeyError {
+            code: "prompt_cache_error",
+            message: m.to_string(),
+        };
+        let tx = self.tx.as_ref().ok_or_else(|| busy("the engine has stopped"))?;
+        let (reply, rx) = channel();
+        match tx.try_send(Msg::Control(op, reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(busy("the engine's queue is full; retry shortly")),
+            Err(TrySendError::Disconnected(_)) => return Err(busy("the engine has stopped")),
+        }
+        rx.recv().map_err(|_| busy("the engine stopped before answering"))?
+    }
+
     /// Whether the engine thread is alive.
     pub fn is_running(&self) -> bool {
         self.handle.as_ref().map(|h| !h.is_finished()).unwrap_or(false)
@@ -400,6 +422,13 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
         cache.keep_evicted = true;
         let _ = stats.tiers.set(t.stats.clone());
     }
+    let mut keys = PromptKeys::default();
+    // Snapshots need the weights' hash, which the caller puts in the tiers' fingerprint.
+    let fingerprint = cfg
+        .kv_tiers
+        .as_ref()
+        .map(|t| t.fingerprint.clone())
+        .filter(|f| !f.weights_sha256.is_empty() && model.kv_fingerprint("").is_some());
     let max_batch = max_batch(&model, cfg.max_batch);
     let chunk = if model.on_gpu() { PREFILL_CHUNK_GPU } else { PREFILL_CHUNK };
     if cfg.paged_attention {
@@ -415,13 +444,24 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
         let mut incoming = Vec::new();
         if active.is_empty() {
             match wait_idle(&model, &rx, &stats, cfg.kv_idle_release, member) {
-                Some(job) => incoming.push(job),
+                Some(Msg::Job(job)) => incoming.push(job),
+                Some(Msg::Control(op, reply)) => {
+                    let _ = reply.send(keys.run(&model, &mut cache, fingerprint.as_ref(), op));
+                    if let Some(t) = tiers.as_mut() {
+                        demote(&mut cache, t);
+                    }
+                    continue;
+                }
+                Some(Msg::Release(_)) => continue,
                 None => break,
             }
         }
         while active.len() + incoming.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Job(job)) => incoming.push(job),
+                Ok(Msg::Control(op, reply)) => {
+                    let _ = reply.send(keys.run(&model, &mut cache, fingerprint.as_ref(), op));
+                }
                 // Asked just as this engine went busy: its sequences hold the blocks, so the
                 // shrink waits until it is idle (dropping the request answers the asker).
                 Ok(Msg::Release(_)) => {
@@ -440,7 +480,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
             share_prefix(&model, &mut cache, &incoming);
         }
         for job in incoming {
-            match admit(&model, &mut cache, tiers.as_mut(), job) {
+            match admit(&model, &mut cache, tiers.as_mut(), &mut keys, job) {
                 Ok(a) => active.push(a),
                 Err((mut sink, e)) => finish(&stats, &mut sink, Outcome::Failed(e)),
             }
@@ -606,7 +646,7 @@ fn wait_idle(
     stats: &EngineStats,
     release: Option<Duration>,
     member: Option<&BudgetMember>,
-) -> Option<Job> {
+) -> Option<Msg> {
     if member.is_some_and(BudgetMember::go_idle) {
         give_back(
             model,
@@ -632,7 +672,7 @@ fn wait_idle(
             },
         };
         match msg {
-            Msg::Job(job) => break Some(job),
+            Msg::Job(_) | Msg::Control(..) => break Some(msg),
             Msg::Release(asked) => {
                 give_back(model, stats, "another model on this device asked for KV memory");
                 drop(asked);
@@ -753,7 +793,13 @@ fn share_prefix(model: &LlamaGguf, cache: &mut PrefixCache, jobs: &[Job]) {
 }
 
 /// Validates a request and prefills its prompt (reusing the longest cached prefix).
-fn admit(model: &LlamaGguf, cache: &mut PrefixCache, tiers: Option<&mut KvTiers>, job: Job) -> Result<Active, (EventSink, GenError)> {
+fn admit(
+    model: &LlamaGguf,
+    cache: &mut PrefixCache,
+    tiers: Option<&mut KvTiers>,
+    keys: &mut PromptKeys,
+    job: Job,
+) -> Result<Active, (EventSink, GenError)> {
     let Job { mut req, sink } = job;
     // Moved, not cloned: a matcher's deep copy is work the request never needs twice.
     let grammar = req.grammar.take();
@@ -769,6 +815,12 @@ fn admit(model: &LlamaGguf, cache: &mut PrefixCache, tiers: Option<&mut KvTiers>
         Some(Hit { seq, cached, logits }) => (seq, cached, logits),
         None => (model.sequence(), 0, None),
     };
+    // The prompt-cache key the request names (or its scope's default key).
+    if let Some((s, n, l)) = keys.lookup(scope, req.cache_key.as_deref(), prompt, cached) {
+        seq = s;
+        cached = n;
+        logits = l;
+    }
     // A longer prefix in host RAM or on disk (evicted, or from before a restart) beats the
     // first tier's: its KV is loaded into a sequence, and kept in the first tier again.
     if let Some((state, tier)) = tiers.and_then(|t| t.lookup(prompt, scope, cached)) {

@@ -9,6 +9,7 @@ pub mod json_constraint;
 pub mod kv_snapshot;
 pub mod kv_tiers;
 pub mod prefix_cache;
+pub mod prompt_keys;
 pub mod sampling;
 pub mod stop;
 pub mod synthetic;
