@@ -368,3 +368,55 @@ fn session_routes_prepare_a_users_own_key_and_shared_prefixes_need_an_admin() {
     let (_, v) = req(&g, "POST", "/api/gateway/prompt_cache/prepare_modules", TOKEN, Some(pm));
     assert_eq!(v["warm"], true, "{v}");
 }
+
+/// The prompt-cache keys and usage of a run's LLM calls, from its ledger.
+fn llm_calls(g: &Gateway, run: &str) -> Vec<(Option<String>, u64)> {
+    let mut keys: Vec<Option<String>> = Vec::new();
+    let mut cached: Vec<u64> = Vec::new();
+    for r in g.ledger(run) {
+        let e = &r["effect"];
+        if e["type"] != "llm_call" {
+            continue;
+        }
+        match r["status"].as_str() {
+            Some("started") => keys.push(e["payload"]["prompt_cache_key"].as_str().map(String::from)),
+            Some("completed") => cached.push(r["result"]["usage"]["cached_tokens"].as_u64().unwrap_or(0)),
+            _ => {}
+        }
+    }
+    keys.into_iter().zip(cached).collect()
+}
+
+#[test]
+fn runs_in_a_session_share_a_derived_key_that_serves_their_prefix() {
+    let g = local();
+    let run = |session: Option<&str>, runtime: Value| {
+        let mut body = json!({"bundle_id": "basic-agent", "input_data": {"prompt": "Say hello.", "temperature": 0, "max_iterations": 1,
+                                                                        "_runtime": runtime}});
+        if let Some(s) = session {
+            body["session_id"] = json!(s);
+        }
+        let id = g.start_run(body);
+        g.wait_run(&id, "finished", |r| r["status"] == "completed" || r["status"] == "failed");
+        llm_calls(&g, &id)
+    };
+    let first = run(Some("s1"), json!({}));
+    let key = first[0].0.clone().expect("a run with a session gets a derived key");
+    assert!(key.starts_with("session:") && key.len() == "session:".len() + 24, "{key}");
+    let second = run(Some("s1"), json!({}));
+    assert_eq!(
+        second[0].0.as_deref(),
+        Some(key.as_str()),
+        "the same session, workflow and node: the same key"
+    );
+    assert!(second[0].1 > 0, "the session's prefix is served from its key: {second:?}");
+    assert_ne!(run(Some("s2"), json!({}))[0].0.as_deref(), Some(key.as_str()));
+    // A run without a session is its own session (its id): a key of its own.
+    let (a, b) = (run(None, json!({}))[0].0.clone(), run(None, json!({}))[0].0.clone());
+    assert!(a.is_some() && a != b && a.as_deref() != Some(key.as_str()), "{a:?} {b:?}");
+    assert_eq!(run(Some("s1"), json!({"prompt_cache": false}))[0].0, None);
+    let named = run(Some("s1"), json!({"prompt_cache": {"key": "mine"}}));
+    assert_eq!(named[0].0.as_deref(), Some("mine"));
+    let ns = run(Some("s1"), json!({"prompt_cache": {"namespace": "agent"}}));
+    assert!(ns[0].0.as_deref().is_some_and(|k| k.starts_with("agent:")), "{ns:?}");
+}

@@ -40,6 +40,19 @@ pub fn launch_with(name: &'static str, exe: &Path, upstream: bool, args: &[&str]
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("flows")).unwrap();
     std::fs::create_dir_all(dir.join("home")).unwrap();
+    launch_in(name, exe, upstream, args, env, dir)
+}
+
+/// Kills the server (SIGKILL, as a crash would) and starts it again on the same data dir.
+pub fn relaunch(t: Target, exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Target {
+    let mut t = std::mem::ManuallyDrop::new(t);
+    let _ = t.child.kill();
+    let _ = t.child.wait();
+    let dir = std::mem::take(&mut t.dir);
+    launch_in(t.name, exe, false, args, env, dir)
+}
+
+fn launch_in(name: &'static str, exe: &Path, upstream: bool, args: &[&str], env: &[(&str, &str)], dir: PathBuf) -> Target {
     let port = free_port();
     let mut c = Command::new(exe);
     c.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])

@@ -321,6 +321,12 @@ async fn start(Extension(st): Extension<AppState>, body: Bytes) -> ApiResult<Jso
     if let Some(t) = thinking.filter(|t| !t.is_null()) {
         crate::runtime::model::obj_entry(&mut input, "_runtime").insert("thinking".into(), t);
     }
+    // The deployment's prompt-cache preference, unless the run names its own.
+    if let Some(on) = st.cfg.prompt_cache {
+        crate::runtime::model::obj_entry(&mut input, "_runtime")
+            .entry("prompt_cache")
+            .or_insert_with(|| json!({"enabled": on}));
+    }
     if let Some(l) = lifecycle {
         input.insert("_run_lifecycle".into(), l);
     }

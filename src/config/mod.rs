@@ -108,6 +108,9 @@ pub struct Config {
     /// paged-attention op per layer (a CUDA kernel on GPUs) instead of gathering their KV
     /// blocks; off by default until its GPU speed-up is measured.
     pub paged_attention: bool,
+    /// `ABSTRACTGATEWAY_PROMPT_CACHE`: seeds a run's `_runtime.prompt_cache.enabled` (unset:
+    /// the runtime's default, on for runs with a session).
+    pub prompt_cache: Option<bool>,
     /// Most concurrent requests one local model decodes together per step; unset: 16 on the
     /// CPU (where a step's cost grows with the batch), 64 on GPUs.
     pub max_batch: Option<usize>,
@@ -380,6 +383,10 @@ impl Config {
             },
             kv_idle_release_s: number(&["ABSTRACTGATEWAY_KV_IDLE_RELEASE_S"], 30u64)?,
             paged_attention: flag(&["ABSTRACTGATEWAY_PAGED_ATTENTION"], false)?,
+            prompt_cache: match var(&["ABSTRACTGATEWAY_PROMPT_CACHE"]) {
+                None => None,
+                Some(_) => Some(flag(&["ABSTRACTGATEWAY_PROMPT_CACHE"], true)?),
+            },
             max_batch: match var(&["ABSTRACTGATEWAY_MAX_BATCH"]) {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_MAX_BATCH"], 16usize)?.max(1)),

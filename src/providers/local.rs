@@ -565,6 +565,7 @@ impl LocalModel {
             grammar,
             cache_scope: req.cache_scope.clone(),
             cache_key: req.cache_key.clone(),
+            cache_key_auto: req.cache_key_auto,
         };
         let model = self.info.id.clone();
         self.engine.submit_reserved(

@@ -79,6 +79,8 @@ pub struct TextRequest {
     pub cache_scope: String,
     /// A prompt-cache key (`prompt_cache_key`): the keyed prefix to start from.
     pub cache_key: Option<String>,
+    /// Whether the engine creates `cache_key` on first use (a run's derived session key).
+    pub cache_key_auto: bool,
 }
 
 /// The prefix-cache scope of an authenticated principal: its tenant and user, hashed (no name

@@ -46,6 +46,9 @@ pub struct EffectWorker {
     /// This plane's capability defaults: a hosted user's overlay wins over the deployment's.
     overlay: crate::providers::defaults::WatchedRoute,
     in_flight: Mutex<HashSet<String>>,
+    /// The local engine's prefix-cache scope of this plane's runs: each hosted user's plane
+    /// has its own, so no run's cached prefix serves (or times) another user's.
+    cache_scope: String,
 }
 
 /// What one wait asks for, read from the run's wait state.
@@ -72,6 +75,7 @@ impl EffectWorker {
             notifier,
             providers,
             overlay: crate::providers::defaults::WatchedRoute::new(crate::providers::defaults::defaults_path(&data_dir)),
+            cache_scope: abstractgateway_engines::text::kv_tiers::scope_of(&format!("plane\u{1f}{}", data_dir.display())),
             data_dir,
             in_flight: Mutex::new(HashSet::new()),
         })
@@ -298,6 +302,7 @@ impl EffectWorker {
             },
             cache_scope: String::new(),
             cache_key: None,
+            cache_key_auto: false,
         };
         let mut backoff = BUSY_BACKOFF_MIN;
         let mut routed = loop {
@@ -380,7 +385,10 @@ impl EffectWorker {
             (p, m) => Some(format!("{p}/{m}")),
         };
         let req = match text_request(r) {
-            Ok(req) => req,
+            Ok(mut req) => {
+                req.cache_scope = self.cache_scope.clone();
+                req
+            }
             Err(e) => return json!({"error": e}),
         };
         let stream = r.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -578,7 +586,9 @@ fn text_request(r: &Value) -> Result<TextRequest, String> {
             tool_choice: ToolChoice::Auto,
         },
         params,
+        // Set by the worker: its plane's scope.
         cache_scope: String::new(),
-        cache_key: None,
+        cache_key: r.get("prompt_cache_key").and_then(Value::as_str).map(String::from),
+        cache_key_auto: r.get("prompt_cache_key").is_some(),
     })
 }

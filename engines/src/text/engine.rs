@@ -48,6 +48,9 @@ pub struct GenerateRequest {
     pub cache_scope: String,
     /// A prompt-cache key (`prompt_keys`) to start from; None: the scope's default key, if any.
     pub cache_key: Option<String>,
+    /// Whether `cache_key` is created (and extended) by the requests that name it, as a run's
+    /// derived session key is; otherwise a missing key is a miss.
+    pub cache_key_auto: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,7 +425,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
         cache.keep_evicted = true;
         let _ = stats.tiers.set(t.stats.clone());
     }
-    let mut keys = PromptKeys::default();
+    let mut keys = PromptKeys::new(budget, model.kv_bytes_per_token);
     // Snapshots need the weights' hash, which the caller puts in the tiers' fingerprint.
     let fingerprint = cfg
         .kv_tiers
@@ -571,6 +574,9 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
                     if a.pending.is_empty() && a.seq.len() == a.req.prompt_ids.len() && a.usage.completion_tokens == 0 {
                         let logits = (a.next.is_none()).then_some(a.logits.as_slice());
                         cache.insert(&a.req.prompt_ids, &a.seq, logits, &a.req.cache_scope);
+                        if let (true, Some(k)) = (a.req.cache_key_auto, &a.req.cache_key) {
+                            keys.remember(&a.req.cache_scope, k, &a.req.prompt_ids, &a.seq, logits);
+                        }
                         if let Some(t) = tiers.as_mut() {
                             t.write_through(&a.req.cache_scope, &a.req.prompt_ids, || {
                                 let mut s = a.seq.export_kv(&a.req.prompt_ids)?;
@@ -843,6 +849,9 @@ fn admit(
         None => match seq.prefill(&prompt[cached..]) {
             Ok(l) => {
                 cache.insert(prompt, &seq, Some(&l), scope);
+                if let (true, Some(k)) = (req.cache_key_auto, &req.cache_key) {
+                    keys.remember(scope, k, prompt, &seq, Some(&l));
+                }
                 l
             }
             Err(e) => return Err((sink, GenError::from(&e))),

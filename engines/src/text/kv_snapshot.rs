@@ -112,6 +112,28 @@ impl KvState {
         self.k.iter().chain(&self.v).map(|l| l.len() * 2).sum()
     }
 
+    /// A state of `n` positions in `fp`'s shape with pseudo-random values (benchmarks of the
+    /// snapshot format on shapes whose weights are not here, e.g. Llama-3-8B's).
+    pub fn synthetic(n: usize, fp: &Fingerprint, seed: u64) -> KvState {
+        let layer = |l: usize| -> Vec<f16> {
+            let mut x = seed ^ (l as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..n * fp.row())
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    f16::from_f32((x % 2001) as f32 / 1000.0 - 1.0)
+                })
+                .collect()
+        };
+        KvState {
+            tokens: (0..n as u32).collect(),
+            k: (0..fp.n_layer).into_par_iter().map(layer).collect(),
+            v: (0..fp.n_layer).into_par_iter().map(|l| layer(l + 1000)).collect(),
+            logits: None,
+        }
+    }
+
     /// Keeps the first `n` positions.
     pub fn truncate(&mut self, n: usize) {
         if n >= self.tokens.len() {

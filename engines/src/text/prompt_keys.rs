@@ -117,13 +117,56 @@ fn err(code: &'static str, message: impl Into<String>) -> KeyError {
     }
 }
 
-#[derive(Default)]
 pub struct PromptKeys {
     entries: HashMap<(String, String), KeyEntry>,
     defaults: HashMap<String, String>,
+    /// Keys hold their own KV: bounded like the prefix cache, least recently used first.
+    budget_bytes: usize,
+    bytes_per_token: usize,
 }
 
 impl PromptKeys {
+    pub fn new(budget_bytes: usize, bytes_per_token: usize) -> PromptKeys {
+        PromptKeys {
+            entries: HashMap::new(),
+            defaults: HashMap::new(),
+            budget_bytes,
+            bytes_per_token: bytes_per_token.max(1),
+        }
+    }
+
+    fn used_bytes(&self) -> usize {
+        self.entries.values().map(|e| e.tokens.len() * self.bytes_per_token).sum()
+    }
+
+    /// A run's derived key (`cache_key_auto`): created with the first prompt that names it,
+    /// and moved forward when a later prompt extends it (the next turn of the conversation).
+    pub fn remember(&mut self, scope: &str, key: &str, tokens: &[u32], seq: &Sequence, logits: Option<&[f32]>) {
+        let id = (scope.to_string(), key.to_string());
+        if let Some(e) = self.entries.get(&id) {
+            if tokens.len() <= e.tokens.len() || !tokens.starts_with(&e.tokens) {
+                return;
+            }
+        }
+        if tokens.len() * self.bytes_per_token > self.budget_bytes || seq.len() != tokens.len() {
+            return;
+        }
+        let mut meta = Map::new();
+        meta.insert("derived".into(), json!(true));
+        self.insert(
+            id,
+            KeyEntry {
+                tokens: tokens.to_vec(),
+                seq: seq.clone(),
+                logits: logits.map(<[f32]>::to_vec),
+                meta,
+                ttl: None,
+                last_used: Instant::now(),
+                created: chrono_free::now(),
+            },
+        );
+    }
+
     fn expire(&mut self) {
         let now = Instant::now();
         self.entries
@@ -177,9 +220,16 @@ impl PromptKeys {
     }
 
     fn insert(&mut self, id: (String, String), entry: KeyEntry) {
+        let keep = id.clone();
         self.entries.insert(id, entry);
-        while self.entries.len() > MAX_KEYS {
-            let Some(lru) = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else {
+        while self.entries.len() > MAX_KEYS || (self.used_bytes() > self.budget_bytes && self.entries.len() > 1) {
+            let Some(lru) = self
+                .entries
+                .iter()
+                .filter(|(k, _)| **k != keep)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+            else {
                 break;
             };
             self.entries.remove(&lru);

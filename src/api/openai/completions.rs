@@ -70,6 +70,7 @@ async fn inner(providers: Arc<Providers>, principal: Option<Principal>, body: By
         params,
         cache_scope: principal.as_ref().map(crate::providers::cache_scope).unwrap_or_default(),
         cache_key: prompt_cache_key(&b)?,
+        cache_key_auto: false,
     };
     let routed = providers.stream(requested.as_deref(), &req).await?;
     let label = routed.target.label();

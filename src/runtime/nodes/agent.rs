@@ -159,6 +159,10 @@ fn ask_llm(run: &mut RunState, host: &mut dyn Host, nid: &str, messages: Value, 
     payload.insert("system_prompt".into(), json!(""));
     payload.insert("messages".into(), messages);
     payload.insert("tools".into(), tools);
+    // The agent's session key: its system prompt and tools are prefilled once per session.
+    if let Ok(Some(k)) = super::llm_call::prompt_cache_key(run, nid, &payload) {
+        payload.insert("prompt_cache_key".into(), json!(k));
+    }
     Step::Wait(effect_wait::begin(
         run,
         host,

@@ -46,6 +46,12 @@ pub fn target_and_params(run: &RunState, flow: &Flow, node: &Node, config: &str)
     if let Some(m) = number(&pick("max_tokens", "max_out_tokens")?).filter(|m| *m > 0.0) {
         params.insert("max_tokens".into(), json!(m as u64));
     }
+    for k in ["prompt_cache_key", "prompt_cache_binding"] {
+        let v = pick(k, k)?;
+        if !v.is_null() {
+            params.insert(k.into(), v);
+        }
+    }
     out.insert("params".into(), Value::Object(params));
     let schema = pick("response_schema", "resp_schema")?;
     out.insert("response_schema".into(), if schema.is_object() { schema } else { Value::Null });
@@ -55,6 +61,69 @@ pub fn target_and_params(run: &RunState, flow: &Flow, node: &Node, config: &str)
 
 fn number(v: &Value) -> Option<f64> {
     v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+/// The prompt-cache key of an LLM request, as upstream's runtime picks it: an explicit
+/// `params.prompt_cache_key`, else a `prompt_cache_binding`'s key (the two must agree), else
+/// `_runtime.prompt_cache` (a bool, or `{enabled, namespace, key}`; on by default), which
+/// derives a key per session, provider, model, workflow and node — only where the run has a
+/// session, so reuse never crosses sessions. The engine creates a derived key on its first use
+/// and extends it as the conversation grows, so an agent's system prompt and tools are
+/// prefilled once per session.
+pub fn prompt_cache_key(run: &RunState, node: &str, payload: &Map<String, Value>) -> Result<Option<String>, String> {
+    let params = payload.get("params").and_then(Value::as_object);
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(String::from);
+    let explicit = params.and_then(|p| p.get("prompt_cache_key"));
+    let binding = params.and_then(|p| p.get("prompt_cache_binding"));
+    let bound = match binding {
+        Some(Value::String(s)) => text(Some(&json!(s))),
+        Some(Value::Object(b)) => text(b.get("key")),
+        _ => None,
+    };
+    if let (Some(b), Some(e)) = (&bound, text(explicit)) {
+        if *b != e {
+            return Err("prompt_cache_key and prompt_cache_binding.key must match.".into());
+        }
+    }
+    if bound.is_some() {
+        return Ok(bound);
+    }
+    if binding.is_some_and(|b| !b.is_null()) || explicit.is_some() {
+        // An explicit key, or explicitly none (null or empty: caching off for this call).
+        return Ok(text(explicit));
+    }
+    let cfg = run.vars.get("_runtime").and_then(|r| r.get("prompt_cache"));
+    let mut namespace = "session".to_string();
+    let enabled = match cfg {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Object(o)) => {
+            if let Some(ns) = text(o.get("namespace")) {
+                namespace = ns;
+            }
+            if let Some(k) = text(o.get("key")) {
+                return Ok(Some(k));
+            }
+            o.get("enabled").map(super::truthy).unwrap_or(true)
+        }
+        _ => true,
+    };
+    let Some(sid) = run.session_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let s = |k: &str| payload.get(k).and_then(Value::as_str).map(str::trim).unwrap_or("");
+    let provider = match s("provider") {
+        "" => "local".to_string(),
+        p => p.to_lowercase(),
+    };
+    let model = match s("model") {
+        "" => "default",
+        m => m,
+    };
+    let raw = format!("v1|{sid}|{provider}|{model}|{}|{node}", run.workflow_id);
+    Ok(Some(format!("{namespace}:{}", &crate::util::sha256_hex(raw.as_bytes())[..24])))
 }
 
 /// `_runtime.stream` (set through `input_data`): token deltas go to the run's SSE stream.
@@ -121,6 +190,9 @@ pub(crate) fn exec(run: &mut RunState, flow: &Flow, node: &Node, host: &mut dyn 
     payload.insert("system_prompt".into(), json!(system));
     payload.insert("messages".into(), Value::Array(messages));
     payload.insert("tools".into(), Value::Array(tool_specs(&input(run, flow, node, "tools")?)));
+    if let Some(k) = prompt_cache_key(run, nid, &payload).map_err(|e| format!("llm_call node '{nid}': {e}"))? {
+        payload.insert("prompt_cache_key".into(), json!(k));
+    }
     let w = effect_wait::begin(run, host, nid, Effect::new(LLM, "llm_call", Value::Object(payload)));
     Ok(Step::Wait(w))
 }
