@@ -289,7 +289,7 @@ fn keys_snapshots_and_refusals_over_the_upstream_routes() {
 
 #[test]
 fn session_routes_prepare_a_users_own_key_and_shared_prefixes_need_an_admin() {
-    let g = hosted(temp_dir("pcs"));
+    let mut g = hosted(temp_dir("pcs"));
     let alice = create_user(&g, "alice");
     let bob = create_user(&g, "bob");
     let s = "/api/gateway/sessions/s-1/prompt_cache";
@@ -350,8 +350,28 @@ fn session_routes_prepare_a_users_own_key_and_shared_prefixes_need_an_admin() {
         None,
     );
     assert_eq!(va["prepared"], false);
-    let (_, v) = req(&g, "POST", &format!("{s}/rebuild"), &alice, Some(body));
+    let (_, v) = req(&g, "POST", &format!("{s}/rebuild"), &alice, Some(body.clone()));
     assert_eq!((v["operation"].as_str(), v["ok"].as_bool()), (Some("rebuild"), Some(true)), "{v}");
+    // Each prepared prefix is kept as an artifact of the session, with its sha256.
+    let art = v["snapshot_artifact"].clone();
+    assert!(art["artifact_id"].is_string(), "{v}");
+    let (_, listed) = req(&g, "GET", "/api/gateway/sessions/s-1/artifacts", &alice, None);
+    assert!(listed.to_string().contains("kv_snapshot"), "{listed}");
+    // After a crash the engine holds no key; preparing again loads the snapshot artifact.
+    g.restart();
+    let (_, va) = req(
+        &g,
+        "GET",
+        &format!("{s}/status?provider=local&model=smollm2&bundle_id=basic-agent"),
+        &alice,
+        None,
+    );
+    assert_eq!(va["prepared"], false);
+    let (_, v) = req(&g, "POST", &format!("{s}/prepare"), &alice, Some(body));
+    assert_eq!((v["ok"].as_bool(), v["prepared"].as_bool()), (Some(true), Some(true)), "{v}");
+    assert_eq!(v["restored_from"]["artifact_id"], art["artifact_id"], "{v}");
+    let (_, _, cached) = ask_key(&g, &alice, Some(&key), "Where is volume 9?");
+    assert!(cached > 300, "the restored key serves: {cached}");
 
     // Provider-control writes are admin-only; a module an admin marks shared serves everyone.
     let pm = json!({"model": "smollm2", "namespace": "team", "modules": [

@@ -88,7 +88,11 @@ fn local_items(p: &Providers) -> Vec<Value> {
         .collect()
 }
 
-async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Extension<super::AppState>) -> Json<Value> {
+async fn capabilities(
+    Extension(p): Extension<Arc<Providers>>,
+    Extension(st): Extension<super::AppState>,
+    principal: Option<Extension<crate::security::principal::Principal>>,
+) -> Json<Value> {
     use crate::runtime::commands::TYPES;
     let local = local_items(&p);
     let local_up = local.iter().any(|m| m["available"] == true);
@@ -140,6 +144,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         "catalog_contract": "gateway_catalog_v1",
     });
     let flag = |v: &Value| v["available"].as_bool().unwrap_or(false);
+    let admin = principal.as_ref().is_some_and(|p| p.is_admin());
+    let prompt_cache = prompt_cache_descriptor(&p, admin);
     let readiness = json!({
         "contract": "gateway_surface_readiness_v1", "version": 1, "truth_scope": "gateway_contract_surface",
         "limitations": [
@@ -161,6 +167,8 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
             "embedding": {"available": embedding_up},
             "memory": {"kg_query": flag(&d("post", "/api/gateway/kg/query")), "kg_assert_node": true, "kg_query_node": true,
                        "kg_resolve_node": true, "note_node": true, "query_node": true, "semantic": embedding_up, "backend": st.kg.name()},
+            "prompt_cache": {"provider_controls": prompt_cache["provider_controls_available"], "session_lifecycle": prompt_cache["session_lifecycle_available"],
+                             "durable_blocs": false},
         },
     });
     Json(json!({"capabilities": {
@@ -174,8 +182,49 @@ async fn capabilities(Extension(p): Extension<Arc<Providers>>, Extension(st): Ex
         "embedding": embedding,
         "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "artifacts": artifacts,
             "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness,
-            "memory": {"kg_query": d("post", "/api/gateway/kg/query"), "backend": st.kg.name(), "semantic_query": embedding_up}}},
+            "memory": {"kg_query": d("post", "/api/gateway/kg/query"), "backend": st.kg.name(), "semantic_query": embedding_up},
+            "prompt_cache": prompt_cache}},
     }}))
+}
+
+/// Upstream's `common.prompt_cache` descriptor: the local engine's control plane (writes for
+/// admins only), the session lifecycle routes, and no durable blocs.
+fn prompt_cache_descriptor(p: &Providers, admin: bool) -> Value {
+    let base = "/api/gateway/prompt_cache";
+    let endpoints: serde_json::Map<String, Value> = [
+        "capabilities",
+        "stats",
+        "set",
+        "update",
+        "fork",
+        "clear",
+        "prepare_modules",
+        "saved",
+        "save",
+        "load",
+    ]
+    .iter()
+    .map(|op| (op.to_string(), json!(format!("{base}/{op}"))))
+    .collect();
+    let sessions: serde_json::Map<String, Value> = ["status", "prepare", "clear", "rebuild"]
+        .iter()
+        .map(|op| {
+            (
+                op.to_string(),
+                json!(format!("/api/gateway/sessions/{{session_id}}/prompt_cache/{op}")),
+            )
+        })
+        .collect();
+    let local = p.local.models.iter().any(|m| m.engine.is_running());
+    let mut d = json!({"provider_controls": true, "provider_controls_available": local && admin, "session_lifecycle": true,
+        "session_lifecycle_available": local, "durable_blocs": false, "endpoints": endpoints, "session_endpoints": sessions,
+        "mode": if local { "local_control_plane" } else { "none" }});
+    if !admin {
+        d["provider_controls_denied_reason"] = json!("admin_required");
+        d["provider_controls_required_role"] = json!("admin");
+        d["provider_controls_resource_class"] = json!("prompt_cache");
+    }
+    d
 }
 
 /// A route's remote targets with their breaker state (available unless the circuit is open).

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::error::{ApiError, ApiResult};
 use super::prompt_cache::ttl_field;
 use super::validate::{optional_object, query_map};
-use super::{route, Route};
+use super::{route, AppState, Route};
 use crate::providers::prompt_cache::{self as pc, Module, Target};
 use crate::providers::{cache_scope, Providers};
 use crate::security::principal::Principal;
@@ -392,7 +392,110 @@ fn parse_prepare(p: &Providers, principal: &Principal, sid: &str, body: &Bytes) 
     })
 }
 
-async fn do_prepare(p: &Arc<Providers>, r: &Prepare) -> Value {
+/// The content type of a KV snapshot stored as a session artifact.
+const SNAPSHOT_TYPE: &str = "application/vnd.abstractgateway.kv-snapshot+safetensors";
+
+/// Stores the session key's KV as an artifact of the session (its blob is the snapshot file,
+/// its sha256 the blob id), tagged with the key and the modules' final key it holds. Returns
+/// the artifact's ref.
+async fn store_snapshot(st: &AppState, p: &Arc<Providers>, s: &Session, model: &str, prefix: &str) -> Result<Value, String> {
+    let dir = st.cfg.data_dir.join("kv_cache").join("tmp");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!("{}.safetensors", crate::util::new_hex_id()));
+    let extra = [
+        ("session_id".to_string(), s.id.session_id.clone()),
+        ("namespace".to_string(), s.namespace.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let op = KeyOp::Save {
+        scope: s.scope.clone(),
+        key: s.key.clone(),
+        path: tmp.clone(),
+        quant: abstractgateway_engines::text::kv_snapshot::Quant::None,
+        extra,
+    };
+    let saved = pc::run(p, model, op).await.map_err(|e| e.message)?;
+    let (blobs, t2) = (st.blobs.clone(), tmp.clone());
+    let blob = tokio::task::spawn_blocking(move || -> Result<crate::store::blobs::BlobRef, String> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&t2).map_err(|e| e.to_string())?;
+        let mut w = blobs.writer(u64::MAX).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n]).map_err(|e| e.to_string())?;
+        }
+        w.finish().map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&tmp);
+    let blob = blob?;
+    let tags = [
+        ("kind", "kv_snapshot".to_string()),
+        ("prompt_cache_key", s.key.clone()),
+        ("prefix_cache_key", prefix.to_string()),
+        ("model", model.to_string()),
+    ];
+    let mut meta = Map::new();
+    meta.insert("token_count".into(), saved["token_count"].clone());
+    meta.insert("content_sha256".into(), saved["content_sha256"].clone());
+    meta.insert("format".into(), json!(abstractgateway_engines::text::kv_snapshot::FORMAT));
+    let row = super::artifacts::store_session_artifact(
+        st,
+        &s.id.session_id,
+        blob,
+        "prompt_cache.safetensors",
+        SNAPSHOT_TYPE.into(),
+        &tags,
+        meta,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(super::artifacts::artifact_ref(&row))
+}
+
+/// After a restart the engine holds no session key: the session's newest snapshot artifact of
+/// the same modules (its `prefix_cache_key` tag) is loaded instead of prefilling them again.
+/// The load checks the snapshot's fingerprint and sha256 like any other. Some(ref) on success.
+async fn restore_snapshot(st: &AppState, p: &Arc<Providers>, s: &Session, model: &str, prefix: &str, make_default: bool) -> Option<Value> {
+    let q = crate::store::artifacts::ArtifactQuery {
+        session_id: Some(s.id.session_id.clone()),
+        tags: vec![
+            ("kind".into(), "kv_snapshot".into()),
+            ("prompt_cache_key".into(), s.key.clone()),
+            ("prefix_cache_key".into(), prefix.to_string()),
+        ],
+        limit: 1,
+        ..Default::default()
+    };
+    let page = st.blocking(move |store| store.search_artifacts(&q)).await.ok()?;
+    let row = page.items.into_iter().next()?;
+    let path = st.blobs.path(&row.blob_id).ok()?;
+    let op = KeyOp::Load {
+        scope: s.scope.clone(),
+        key: s.key.clone(),
+        path,
+        probe: false,
+        make_default,
+        meta: Map::new(),
+    };
+    match pc::run(p, model, op).await {
+        Ok(_) => Some(super::artifacts::artifact_ref(&row)),
+        Err(e) => {
+            tracing::warn!(session_id = %s.id.session_id, code = e.code, error = %e.message, "a session's KV snapshot was refused; preparing its modules again");
+            None
+        }
+    }
+}
+
+/// Prepares the session's key; `restore`: from its snapshot artifact where the engine does not
+/// hold it (a rebuild recomputes instead).
+async fn do_prepare(st: &AppState, p: &Arc<Providers>, r: &Prepare, restore: bool) -> Value {
     let s = &r.s;
     let mut out = base(p, s, "prepare");
     let Target::Local(model) = &s.target else {
@@ -400,6 +503,34 @@ async fn do_prepare(p: &Arc<Providers>, r: &Prepare) -> Value {
         return out;
     };
     let mut responses = Map::new();
+    let snapshots = p.local.get(model).is_some_and(|m| m.kv_snapshots);
+    let fps: Vec<String> = r.modules.iter().map(|m| m.fingerprint(s.id.version)).collect();
+    let final_key = pc::chain_keys(&s.namespace, &fps, s.id.version).pop();
+    let mut same = false;
+    if let (true, Some(prefix)) = (snapshots, &final_key) {
+        let held = pc::run(
+            p,
+            model,
+            KeyOp::Info {
+                scope: s.scope.clone(),
+                key: s.key.clone(),
+            },
+        )
+        .await;
+        // The session key is a fork of the modules' final key (or loaded from a snapshot of one).
+        same = held
+            .as_ref()
+            .is_ok_and(|h| h["found"] == true && h["meta"]["forked_from"] == json!(prefix));
+        if !same && restore {
+            if let Some(a) = restore_snapshot(st, p, s, model, prefix, r.make_default).await {
+                out["prepared"] = json!(true);
+                out["prefix_cache_key"] = json!(prefix);
+                out["restored_from"] = a;
+                out["provider_responses"] = Value::Object(responses);
+                return out;
+            }
+        }
+    }
     if r.modules.is_empty() {
         let op = KeyOp::Set {
             scope: s.scope.clone(),
@@ -455,6 +586,13 @@ async fn do_prepare(p: &Arc<Providers>, r: &Prepare) -> Value {
         Ok(v) => {
             responses.insert("fork".into(), pc::bounded(v));
             out["prepared"] = json!(true);
+            if snapshots && !same {
+                // Durable: the session's prefix survives a restart as an artifact of it.
+                match store_snapshot(st, p, s, model, &prefix).await {
+                    Ok(a) => out["snapshot_artifact"] = a,
+                    Err(e) => out["warnings"] = json!([format!("the session's KV snapshot was not stored: {e}")]),
+                }
+            }
         }
         Err(e) => {
             out["ok"] = json!(false);
@@ -500,13 +638,14 @@ async fn do_clear(p: &Arc<Providers>, s: &Session) -> Value {
 }
 
 async fn prepare(
+    Extension(st): Extension<AppState>,
     Extension(p): Extension<Arc<Providers>>,
     Extension(principal): Extension<Principal>,
     Path(sid): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let r = parse_prepare(&p, &principal, &sid, &body)?;
-    Ok(Json(do_prepare(&p, &r).await))
+    Ok(Json(do_prepare(&st, &p, &r, true).await))
 }
 
 async fn clear(
@@ -520,6 +659,7 @@ async fn clear(
 }
 
 async fn rebuild(
+    Extension(st): Extension<AppState>,
     Extension(p): Extension<Arc<Providers>>,
     Extension(principal): Extension<Principal>,
     Path(sid): Path<String>,
@@ -527,7 +667,7 @@ async fn rebuild(
 ) -> ApiResult<Json<Value>> {
     let r = parse_prepare(&p, &principal, &sid, &body)?;
     let cleared = do_clear(&p, &r.s).await;
-    let prepared = do_prepare(&p, &r).await;
+    let prepared = do_prepare(&st, &p, &r, false).await;
     let mut out = prepared.clone();
     out["operation"] = json!("rebuild");
     out["clear_result"] = pc::bounded(cleared.clone());

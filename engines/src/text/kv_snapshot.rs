@@ -230,23 +230,39 @@ fn q8_decode(q: &[u8], scales: &[f16]) -> Vec<f16> {
 /// The sha256 over the tensors in name order (name, then bytes): independent of where the
 /// container places them. Tensors are hashed in parallel, then their digests together.
 fn content_sha256(tensors: &[(String, Dtype, Vec<usize>, &[u8])]) -> String {
-    let mut sorted: Vec<&(String, Dtype, Vec<usize>, &[u8])> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let digests: Vec<[u8; 32]> = sorted
+    let digests: Vec<(&str, [u8; 32])> = tensors
         .par_iter()
-        .map(|(name, _, _, bytes)| {
-            let mut h = Sha256::new();
-            h.update(name.as_bytes());
-            h.update([0]);
-            h.update(bytes);
-            h.finalize().into()
-        })
+        .map(|(name, _, _, bytes)| (name.as_str(), hash_and_decode(name, bytes, false).0))
         .collect();
+    combine(digests)
+}
+
+/// The tensors' digests, in name order, hashed together.
+fn combine(mut digests: Vec<(&str, [u8; 32])>) -> String {
+    digests.sort_by(|a, b| a.0.cmp(b.0));
     let mut h = Sha256::new();
-    for d in digests {
+    for (_, d) in digests {
         h.update(d);
     }
     hex::encode(h.finalize())
+}
+
+/// One tensor's digest (its name, then its bytes) and, where `f16`, its values decoded in the
+/// same pass: each slice is hashed and copied while it is in cache, so a load reads the bytes
+/// from memory once, not twice.
+fn hash_and_decode(name: &str, bytes: &[u8], f16: bool) -> ([u8; 32], Option<Vec<f16>>) {
+    const SLICE: usize = 64 << 10;
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0]);
+    let mut out = f16.then(|| Vec::with_capacity(bytes.len() / 2));
+    for part in bytes.chunks(SLICE) {
+        h.update(part);
+        if let Some(o) = out.as_mut() {
+            o.extend(part.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])));
+        }
+    }
+    (h.finalize().into(), out)
 }
 
 /// Writes `state` as a snapshot at `path` atomically: a temporary file beside it, fsynced, then
@@ -497,24 +513,44 @@ pub fn read(path: &Path, fp: &Fingerprint) -> Result<(KvState, HashMap<String, S
     if st.len() != names.len() {
         return Err(SnapshotError::Corrupt(format!("{} tensors, expected {}", st.len(), names.len())));
     }
-    if md.get("content_sha256") != Some(&content_sha256(&all)) {
+    // Hashed and (f16 K/V) decoded in one pass per tensor; nothing is used unless the sha256
+    // of them all matches.
+    let is_kv = |n: &str| quant == Quant::None && (n.starts_with("k.") || n.starts_with("v."));
+    let done: Vec<(&str, [u8; 32], Option<Vec<f16>>)> = all
+        .par_iter()
+        .map(|(name, _, _, bytes)| {
+            let (d, values) = hash_and_decode(name, bytes, is_kv(name));
+            (name.as_str(), d, values)
+        })
+        .collect();
+    if md.get("content_sha256") != Some(&combine(done.iter().map(|(n, d, _)| (*n, *d)).collect())) {
         return Err(SnapshotError::Checksum);
     }
     let tokens = bytemuck::pod_collect_to_vec::<u8, u32>(all[0].3);
-    let decode = |name: String| -> Vec<f16> {
-        let data = st.tensor(&name).map(|t| t.data()).unwrap_or(&[]);
-        match quant {
-            Quant::None => bytemuck::pod_collect_to_vec::<u8, f16>(data),
-            Quant::Q8 => {
-                let scales = st.tensor(&format!("{name}.scale")).map(|t| t.data()).unwrap_or(&[]);
-                q8_decode(data, &bytemuck::pod_collect_to_vec::<u8, f16>(scales))
-            }
+    let mut decoded: HashMap<&str, Vec<f16>> = done.into_iter().filter_map(|(n, _, v)| Some((n, v?))).collect();
+    let decode = |name: String, decoded: &mut HashMap<&str, Vec<f16>>| -> Vec<f16> {
+        if let Some(v) = decoded.remove(name.as_str()) {
+            return v;
         }
+        let data = st.tensor(&name).map(|t| t.data()).unwrap_or(&[]);
+        let scales = st.tensor(&format!("{name}.scale")).map(|t| t.data()).unwrap_or(&[]);
+        q8_decode(data, &bytemuck::pod_collect_to_vec::<u8, f16>(scales))
     };
-    let (k, v): (Vec<Vec<f16>>, Vec<Vec<f16>>) = (0..fp.n_layer)
-        .into_par_iter()
-        .map(|l| (decode(format!("k.{l}")), decode(format!("v.{l}"))))
-        .unzip();
+    let (k, v): (Vec<Vec<f16>>, Vec<Vec<f16>>) = if quant == Quant::None {
+        (0..fp.n_layer)
+            .map(|l| (decode(format!("k.{l}"), &mut decoded), decode(format!("v.{l}"), &mut decoded)))
+            .unzip()
+    } else {
+        (0..fp.n_layer)
+            .into_par_iter()
+            .map(|l| {
+                (
+                    decode(format!("k.{l}"), &mut HashMap::new()),
+                    decode(format!("v.{l}"), &mut HashMap::new()),
+                )
+            })
+            .unzip()
+    };
     Ok((KvState { tokens, k, v, logits }, md))
 }
 
