@@ -232,7 +232,7 @@ fn q8_decode(q: &[u8], scales: &[f16]) -> Vec<f16> {
 fn content_sha256(tensors: &[(String, Dtype, Vec<usize>, &[u8])]) -> String {
     let digests: Vec<(&str, [u8; 32])> = tensors
         .par_iter()
-        .map(|(name, _, _, bytes)| (name.as_str(), hash_and_decode(name, bytes, false).0))
+        .map(|(name, _, _, bytes)| (name.as_str(), tensor_digest(name, bytes)))
         .collect();
     combine(digests)
 }
@@ -247,22 +247,13 @@ fn combine(mut digests: Vec<(&str, [u8; 32])>) -> String {
     hex::encode(h.finalize())
 }
 
-/// One tensor's digest (its name, then its bytes) and, where `f16`, its values decoded in the
-/// same pass: each slice is hashed and copied while it is in cache, so a load reads the bytes
-/// from memory once, not twice.
-fn hash_and_decode(name: &str, bytes: &[u8], f16: bool) -> ([u8; 32], Option<Vec<f16>>) {
-    const SLICE: usize = 64 << 10;
+/// One tensor's digest: its name, then its bytes.
+fn tensor_digest(name: &str, bytes: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update([0]);
-    let mut out = f16.then(|| Vec::with_capacity(bytes.len() / 2));
-    for part in bytes.chunks(SLICE) {
-        h.update(part);
-        if let Some(o) = out.as_mut() {
-            o.extend(part.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])));
-        }
-    }
-    (h.finalize().into(), out)
+    h.update(bytes);
+    h.finalize().into()
 }
 
 /// Writes `state` as a snapshot at `path` atomically: a temporary file beside it, fsynced, then
@@ -451,15 +442,32 @@ fn checked_metadata(meta: &safetensors::tensor::Metadata, fp: &Fingerprint) -> R
     Ok(md)
 }
 
-/// Reads and checks a snapshot written for `fp`: header size, fingerprint, each tensor's dtype
-/// and shape, the sha256; only then is the KV decoded. Returns it with the metadata.
+/// A tensor's bytes read into a buffer of its own type (so that f16 K/V need no second copy).
+enum Buf {
+    Bytes(Vec<u8>),
+    F16(Vec<f16>),
+}
+
+impl Buf {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buf::Bytes(b) => b,
+            Buf::F16(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+/// Reads and checks a snapshot written for `fp`: header size, fingerprint, each tensor's dtype,
+/// shape and extent, the sha256; only then is the KV used. Returns it with the metadata.
+///
+/// Each tensor is read straight into its final buffer (`pread`, in parallel) and hashed there
+/// while in cache: one copy out of the page cache, one first touch of the memory, one pass of
+/// sha256 — a whole-file read first would fault in and copy every byte twice.
 pub fn read(path: &Path, fp: &Fingerprint) -> Result<(KvState, HashMap<String, String>), SnapshotError> {
+    use std::os::unix::fs::FileExt;
     let (mut f, file_len) = open(path)?;
-    let (meta, _) = read_header(&mut f, file_len)?;
+    let (meta, data_at) = read_header(&mut f, file_len)?;
     let md = checked_metadata(&meta, fp)?;
-    drop(f);
-    let buf = std::fs::read(path)?;
-    let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
     let n: usize = md
         .get("token_count")
         .and_then(|v| v.parse().ok())
@@ -470,87 +478,97 @@ pub fn read(path: &Path, fp: &Fingerprint) -> Result<(KvState, HashMap<String, S
         Some(q) => return Err(SnapshotError::Corrupt(format!("unknown quant '{q}'"))),
     };
     let row = fp.row();
-    let get = |name: &str, dt: Dtype, shape: &[usize]| -> Result<&[u8], SnapshotError> {
-        let t = st.tensor(name).map_err(|_| SnapshotError::Corrupt(format!("no tensor {name}")))?;
-        if t.dtype() != dt || t.shape() != shape {
-            return Err(SnapshotError::Corrupt(format!(
-                "{name} is {:?} {:?}, expected {dt:?} {shape:?}",
-                t.dtype(),
-                t.shape()
-            )));
-        }
-        Ok(t.data())
-    };
-    let kv_shape = [n, fp.n_kv_head, fp.head_dim];
-    let mut names = vec!["token_ids".to_string()];
-    let mut all: Vec<(String, Dtype, Vec<usize>, &[u8])> =
-        vec![("token_ids".into(), Dtype::U32, vec![n], get("token_ids", Dtype::U32, &[n])?)];
+    let kv_shape = vec![n, fp.n_kv_head, fp.head_dim];
+    let mut expect: Vec<(String, Dtype, Vec<usize>)> = vec![("token_ids".into(), Dtype::U32, vec![n])];
     for l in 0..fp.n_layer {
         for kv in ["k", "v"] {
-            let name = format!("{kv}.{l}");
             match quant {
-                Quant::None => all.push((name.clone(), Dtype::F16, kv_shape.to_vec(), get(&name, Dtype::F16, &kv_shape)?)),
+                Quant::None => expect.push((format!("{kv}.{l}"), Dtype::F16, kv_shape.clone())),
                 Quant::Q8 => {
-                    all.push((name.clone(), Dtype::I8, kv_shape.to_vec(), get(&name, Dtype::I8, &kv_shape)?));
-                    let s = format!("{name}.scale");
-                    let shape = [n, row / Q8_RUN];
-                    all.push((s.clone(), Dtype::F16, shape.to_vec(), get(&s, Dtype::F16, &shape)?));
-                    names.push(s);
+                    expect.push((format!("{kv}.{l}"), Dtype::I8, kv_shape.clone()));
+                    expect.push((format!("{kv}.{l}.scale"), Dtype::F16, vec![n, row / Q8_RUN]));
                 }
             }
-            names.push(name);
         }
     }
-    let logits = match st.tensor("logits") {
-        Ok(t) if t.dtype() == Dtype::F32 && t.shape().len() == 1 => {
-            all.push(("logits".into(), Dtype::F32, t.shape().to_vec(), t.data()));
-            names.push("logits".into());
-            Some(bytemuck::pod_collect_to_vec::<u8, f32>(t.data()))
+    let infos = meta.tensors();
+    if let Some(l) = infos.get("logits") {
+        if l.dtype != Dtype::F32 || l.shape.len() != 1 {
+            return Err(SnapshotError::Corrupt("logits is not a vector of F32".into()));
         }
-        Ok(_) => return Err(SnapshotError::Corrupt("logits is not a vector of F32".into())),
-        Err(_) => None,
-    };
-    if st.len() != names.len() {
-        return Err(SnapshotError::Corrupt(format!("{} tensors, expected {}", st.len(), names.len())));
+        expect.push(("logits".into(), Dtype::F32, l.shape.clone()));
     }
-    // Hashed and (f16 K/V) decoded in one pass per tensor; nothing is used unless the sha256
-    // of them all matches.
-    let is_kv = |n: &str| quant == Quant::None && (n.starts_with("k.") || n.starts_with("v."));
-    let done: Vec<(&str, [u8; 32], Option<Vec<f16>>)> = all
+    if infos.len() != expect.len() {
+        return Err(SnapshotError::Corrupt(format!(
+            "{} tensors, expected {}",
+            infos.len(),
+            expect.len()
+        )));
+    }
+    let data_len = file_len - data_at;
+    let mut plan: Vec<(&str, u64, usize, bool)> = Vec::with_capacity(expect.len());
+    for (name, dt, shape) in &expect {
+        let t = infos.get(name).ok_or_else(|| SnapshotError::Corrupt(format!("no tensor {name}")))?;
+        if t.dtype != *dt || t.shape != *shape {
+            return Err(SnapshotError::Corrupt(format!(
+                "{name} is {:?} {:?}, expected {dt:?} {shape:?}",
+                t.dtype, t.shape
+            )));
+        }
+        let (a, b) = t.data_offsets;
+        let want = shape.iter().product::<usize>() * dt.bitsize() / 8;
+        if b < a || b - a != want || b as u64 > data_len {
+            return Err(SnapshotError::Truncated(format!(
+                "{name} lies outside the file's {data_len} bytes of tensors"
+            )));
+        }
+        let f16 = *dt == Dtype::F16 && quant == Quant::None && name != "logits";
+        plan.push((name.as_str(), data_at + a as u64, want, f16));
+    }
+    let done = plan
         .par_iter()
-        .map(|(name, _, _, bytes)| {
-            let (d, values) = hash_and_decode(name, bytes, is_kv(name));
-            (name.as_str(), d, values)
+        .map(|&(name, at, len, f16)| {
+            let mut buf = if f16 {
+                Buf::F16(vec![f16::ZERO; len / 2])
+            } else {
+                Buf::Bytes(vec![0u8; len])
+            };
+            let bytes: &mut [u8] = match &mut buf {
+                Buf::Bytes(b) => b,
+                Buf::F16(v) => bytemuck::cast_slice_mut(v),
+            };
+            f.read_exact_at(bytes, at).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => SnapshotError::Truncated(format!("{name} ends past the end of the file")),
+                _ => SnapshotError::Io(e),
+            })?;
+            let digest = tensor_digest(name, buf.bytes());
+            Ok((name, digest, buf))
         })
-        .collect();
+        .collect::<Result<Vec<_>, SnapshotError>>()?;
     if md.get("content_sha256") != Some(&combine(done.iter().map(|(n, d, _)| (*n, *d)).collect())) {
         return Err(SnapshotError::Checksum);
     }
-    let tokens = bytemuck::pod_collect_to_vec::<u8, u32>(all[0].3);
-    let mut decoded: HashMap<&str, Vec<f16>> = done.into_iter().filter_map(|(n, _, v)| Some((n, v?))).collect();
-    let decode = |name: String, decoded: &mut HashMap<&str, Vec<f16>>| -> Vec<f16> {
-        if let Some(v) = decoded.remove(name.as_str()) {
-            return v;
+    let mut bufs: HashMap<&str, Buf> = done.into_iter().map(|(n, _, b)| (n, b)).collect();
+    let mut take = |name: &str| -> Buf { bufs.remove(name).unwrap_or(Buf::Bytes(Vec::new())) };
+    let tokens = bytemuck::pod_collect_to_vec::<u8, u32>(take("token_ids").bytes());
+    let logits = infos
+        .contains_key("logits")
+        .then(|| bytemuck::pod_collect_to_vec::<u8, f32>(take("logits").bytes()));
+    let mut layer = |name: String| -> Vec<f16> {
+        match take(&name) {
+            Buf::F16(v) => v,
+            Buf::Bytes(q) => {
+                let scales = take(&format!("{name}.scale"));
+                q8_decode(&q, &bytemuck::pod_collect_to_vec::<u8, f16>(scales.bytes()))
+            }
         }
-        let data = st.tensor(&name).map(|t| t.data()).unwrap_or(&[]);
-        let scales = st.tensor(&format!("{name}.scale")).map(|t| t.data()).unwrap_or(&[]);
-        q8_decode(data, &bytemuck::pod_collect_to_vec::<u8, f16>(scales))
     };
-    let (k, v): (Vec<Vec<f16>>, Vec<Vec<f16>>) = if quant == Quant::None {
-        (0..fp.n_layer)
-            .map(|l| (decode(format!("k.{l}"), &mut decoded), decode(format!("v.{l}"), &mut decoded)))
-            .unzip()
-    } else {
-        (0..fp.n_layer)
-            .into_par_iter()
-            .map(|l| {
-                (
-                    decode(format!("k.{l}"), &mut HashMap::new()),
-                    decode(format!("v.{l}"), &mut HashMap::new()),
-                )
-            })
-            .unzip()
-    };
+    let mut k = Vec::with_capacity(fp.n_layer);
+    let mut v = Vec::with_capacity(fp.n_layer);
+    for l in 0..fp.n_layer {
+        k.push(layer(format!("k.{l}")));
+        v.push(layer(format!("v.{l}")));
+    }
     Ok((KvState { tokens, k, v, logits }, md))
 }
 
