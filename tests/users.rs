@@ -10,13 +10,7 @@ fn hosted() -> Gateway {
 }
 
 fn req(g: &Gateway, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let mut r = g.http.request(method.parse().unwrap(), g.url(path)).bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().unwrap_or(Value::Null))
+    g.call(method, path, token, body)
 }
 
 fn create_user(g: &Gateway, admin: &str, user: &str, roles: &[&str]) -> String {

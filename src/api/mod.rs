@@ -103,6 +103,12 @@ impl Route {
         self
     }
 
+    /// The documented body may be left out altogether.
+    pub fn body_may_be_empty(mut self) -> Route {
+        self.body_optional = true;
+        self
+    }
+
     pub fn redirects(mut self) -> Route {
         self.redirect = true;
         self

@@ -97,6 +97,7 @@ fn query_param(path: &str, name: &str) -> Value {
         "status" => json!({"type": "string", "enum": ["running", "waiting", "completed", "failed", "cancelled", ""]}),
         "root_only" | "include_drafts" | "include_ledger_len" | "include_metrics" | "all_versions" => boolean,
         "include_deprecated" => json!({"type": "boolean"}),
+        "version" if path.contains("/prompt_cache") => json!({"type": "integer", "minimum": 1, "maximum": 10}),
         // Any other string, `bundle_version` and `tenant_id` included (empty means the default:
         // the latest version, the default tenant).
         _ => json!({"type": "string"}),

@@ -19,17 +19,20 @@ use crate::providers::{cache_scope, Providers};
 use crate::security::principal::Principal;
 use abstractgateway_engines::text::prompt_keys::KeyOp;
 
-fn body_schema(props: Value) -> Value {
-    json!({"application/json": {"schema": {"type": "object", "properties": props}}})
+fn body_schema(props: Value, required: &[&str]) -> Value {
+    json!({"application/json": {"schema": {"type": "object", "properties": props, "required": required}}})
 }
 
 pub fn routes() -> Vec<Route> {
     let target = json!({"provider": {"type": "string"}, "model": {"type": "string"}});
-    let with = |extra: Value| {
+    let with_required = |extra: Value, required: &[&str]| {
         let mut p = target.as_object().cloned().unwrap_or_default();
         p.extend(extra.as_object().cloned().unwrap_or_default());
-        body_schema(Value::Object(p))
+        body_schema(Value::Object(p), required)
     };
+    let with = |extra: Value| with_required(extra, &[]);
+    let objects = json!({"type": "array", "items": {"type": "object"}});
+    let ttl = json!({"type": "number", "minimum": 0});
     let envelope = json!({"type": "object", "required": ["supported", "operation"]});
     vec![
         route("get", "/api/gateway/prompt_cache/capabilities", "Prompt-cache capabilities of a provider/model", &["provider", "model"], get(capabilities))
@@ -37,35 +40,36 @@ pub fn routes() -> Vec<Route> {
         route("get", "/api/gateway/prompt_cache/stats", "Prompt-cache keys held for the caller", &["provider", "model"], get(stats))
             .ok_json(envelope.clone()),
         route("post", "/api/gateway/prompt_cache/set", "Allocate a prompt-cache key (and make it the default)", &[], post(set))
-            .body(with(json!({"key": {"type": "string"}, "make_default": {"type": "boolean"}, "ttl_s": {"type": "number"}})))
+            .body(with(json!({"key": {"type": "string"}, "make_default": {"type": "boolean"}, "ttl_s": ttl})))
             .errors(&[422])
             .ok_json(envelope.clone()),
         route("post", "/api/gateway/prompt_cache/update", "Append a rendered fragment to a key's KV (prefilled now)", &[], post(update))
-            .body(with(json!({"key": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"},
-                "system_prompt": {"type": "string"}, "tools": {"type": "array"}, "add_generation_prompt": {"type": "boolean"}, "ttl_s": {"type": "number"}})))
+            .body(with(json!({"key": {"type": "string"}, "prompt": {"type": "string"}, "messages": objects,
+                "system_prompt": {"type": "string"}, "tools": objects, "add_generation_prompt": {"type": "boolean"}, "ttl_s": ttl})))
             .errors(&[422])
             .ok_json(envelope.clone()),
         route("post", "/api/gateway/prompt_cache/fork", "Clone a key's KV under another key", &[], post(fork))
-            .body(with(json!({"from_key": {"type": "string"}, "to_key": {"type": "string"}, "make_default": {"type": "boolean"}, "ttl_s": {"type": "number"}})))
+            .body(with(json!({"from_key": {"type": "string"}, "to_key": {"type": "string"}, "make_default": {"type": "boolean"}, "ttl_s": ttl})))
             .errors(&[422])
             .ok_json(envelope.clone()),
         route("post", "/api/gateway/prompt_cache/clear", "Forget one key, or all of the caller's", &[], post(clear))
             .body(with(json!({"key": {"type": "string"}})))
+            .body_may_be_empty()
             .errors(&[422])
             .ok_json(envelope.clone()),
         route("post", "/api/gateway/prompt_cache/prepare_modules", "Prepare chained module prefixes (one key per boundary)", &[], post(prepare_modules))
-            .body(with(json!({"namespace": {"type": "string"}, "modules": {"type": "array"}, "make_default": {"type": "boolean"},
-                "ttl_s": {"type": "number"}, "version": {"type": "integer"}})))
+            .body(with(json!({"namespace": {"type": "string"}, "modules": objects, "make_default": {"type": "boolean"},
+                "ttl_s": ttl, "version": {"type": "integer", "minimum": 1, "maximum": 1000}})))
             .errors(&[422])
             .ok_json(envelope.clone()),
         route("get", "/api/gateway/prompt_cache/saved", "KV snapshots exported on this host", &["provider", "model"], get(saved))
             .ok_json(envelope.clone()),
         route("post", "/api/gateway/prompt_cache/save", "Export a key's KV as a snapshot file", &[], post(save))
-            .body(with(json!({"name": {"type": "string"}, "key": {"type": "string"}, "q8": {"type": "boolean"}})))
+            .body(with_required(json!({"name": {"type": "string"}, "key": {"type": "string"}, "q8": {"type": "boolean"}}), &["name", "key"]))
             .errors(&[422])
             .ok_json(envelope.clone()),
         route("post", "/api/gateway/prompt_cache/load", "Import an exported snapshot under a key", &[], post(load))
-            .body(with(json!({"name": {"type": "string"}, "key": {"type": "string"}, "make_default": {"type": "boolean"}, "clear_existing": {"type": "boolean"}})))
+            .body(with_required(json!({"name": {"type": "string"}, "key": {"type": "string"}, "make_default": {"type": "boolean"}, "clear_existing": {"type": "boolean"}}), &["name"]))
             .errors(&[422])
             .ok_json(envelope),
     ]
@@ -97,6 +101,26 @@ fn call(p: &Providers, principal: &Principal, provider: Option<&str>, model: Opt
     Call {
         target: pc::resolve(p, provider, model),
         scope: cache_scope(principal),
+    }
+}
+
+/// A refusal in upstream's envelope (the operation ran on a control plane that said no).
+fn refused(operation: &str, code: &str, error: &str, caps: &Value) -> Json<Value> {
+    Json(json!({"supported": true, "ok": false, "operation": operation, "code": code, "error": error, "capabilities": caps}))
+}
+
+/// An engine operation's answer: `fields` of its result on success, else its refusal.
+async fn answer(
+    p: &Arc<Providers>,
+    id: &str,
+    operation: &str,
+    caps: &Value,
+    op: KeyOp,
+    fields: impl FnOnce(Value) -> Value,
+) -> Json<Value> {
+    match pc::run(p, id, op).await {
+        Ok(r) => ok(operation, caps, fields(r)),
+        Err(e) => Json(pc::failed(operation, caps, &e)),
     }
 }
 
@@ -165,10 +189,7 @@ async fn set(Extension(p): Extension<Arc<Providers>>, Extension(principal): Exte
     };
     let caps = pc::capabilities(&p, &c.target);
     if key.trim().is_empty() {
-        return Ok(Json(
-            json!({"supported": true, "ok": false, "operation": "set", "code": "prompt_cache_invalid_key",
-                              "error": "key must be a non-empty string", "capabilities": caps}),
-        ));
+        return Ok(refused("set", "prompt_cache_invalid_key", "key must be a non-empty string", &caps));
     }
     let op = KeyOp::Set {
         scope: c.scope,
@@ -176,14 +197,15 @@ async fn set(Extension(p): Extension<Arc<Providers>>, Extension(principal): Exte
         make_default,
         ttl: pc::ttl(ttl),
     };
-    Ok(match pc::run(&p, id, op).await {
-        Ok(r) => ok(
-            "set",
-            &caps,
-            json!({"key": key, "make_default": make_default, "provider_response": r}),
-        ),
-        Err(e) => Json(pc::failed("set", &caps, &e)),
-    })
+    Ok(answer(
+        &p,
+        id,
+        "set",
+        &caps,
+        op,
+        |r| json!({"key": key, "make_default": make_default, "provider_response": r}),
+    )
+    .await)
 }
 
 /// A list field of objects (`messages`, `tools`), or 422.
@@ -221,9 +243,11 @@ async fn update(
     };
     let caps = pc::capabilities(&p, &c.target);
     if key.trim().is_empty() {
-        return Ok(Json(
-            json!({"supported": true, "ok": false, "operation": "update", "code": "prompt_cache_invalid_key",
-                              "error": "key must be a non-empty string", "capabilities": caps}),
+        return Ok(refused(
+            "update",
+            "prompt_cache_invalid_key",
+            "key must be a non-empty string",
+            &caps,
         ));
     }
     // The key's turns so far plus these, rendered together: a template may render a turn
@@ -278,10 +302,7 @@ async fn update(
         ttl: pc::ttl(ttl),
         shared: false,
     };
-    Ok(match pc::run(&p, id, op).await {
-        Ok(r) => ok("update", &caps, json!({"key": key, "provider_response": r})),
-        Err(e) => Json(pc::failed("update", &caps, &e)),
-    })
+    Ok(answer(&p, id, "update", &caps, op, |r| json!({"key": key, "provider_response": r})).await)
 }
 
 async fn fork(Extension(p): Extension<Arc<Providers>>, Extension(principal): Extension<Principal>, body: Bytes) -> ApiResult<Json<Value>> {
@@ -298,9 +319,11 @@ async fn fork(Extension(p): Extension<Arc<Providers>>, Extension(principal): Ext
     };
     let caps = pc::capabilities(&p, &c.target);
     if from.trim().is_empty() || to.trim().is_empty() {
-        return Ok(Json(
-            json!({"supported": true, "ok": false, "operation": "fork", "code": "prompt_cache_invalid_key",
-                              "error": "from_key and to_key must be non-empty strings", "capabilities": caps}),
+        return Ok(refused(
+            "fork",
+            "prompt_cache_invalid_key",
+            "from_key and to_key must be non-empty strings",
+            &caps,
         ));
     }
     let op = KeyOp::Fork {
@@ -310,14 +333,15 @@ async fn fork(Extension(p): Extension<Arc<Providers>>, Extension(principal): Ext
         make_default,
         ttl: pc::ttl(ttl),
     };
-    Ok(match pc::run(&p, id, op).await {
-        Ok(r) => ok(
-            "fork",
-            &caps,
-            json!({"from_key": from, "to_key": to, "make_default": make_default, "provider_response": r}),
-        ),
-        Err(e) => Json(pc::failed("fork", &caps, &e)),
-    })
+    Ok(answer(
+        &p,
+        id,
+        "fork",
+        &caps,
+        op,
+        |r| json!({"from_key": from, "to_key": to, "make_default": make_default, "provider_response": r}),
+    )
+    .await)
 }
 
 async fn clear(Extension(p): Extension<Arc<Providers>>, Extension(principal): Extension<Principal>, body: Bytes) -> ApiResult<Json<Value>> {
@@ -362,23 +386,30 @@ async fn prepare_modules(
     let c = body_call(&p, &principal, &mut f);
     let namespace = f.opt_str("namespace").unwrap_or_default();
     let make_default = f.opt_bool("make_default").unwrap_or(false);
-    let version = f.opt_int("version", 1).unwrap_or(1).min(1000) as u32;
+    let version = f.opt_int("version", 1).unwrap_or(1);
     let ttl = ttl_field(&m)?;
     f.finish()?;
+    if version > 1000 {
+        return Err(ApiError::invalid(
+            "less_than_equal",
+            json!(["body", "version"]),
+            "Input should be less than or equal to 1000",
+            json!(version),
+        ));
+    }
+    let version = version as u32;
+    let raw = object_list(&m, "modules")?;
     let Target::Local(id) = &c.target else {
         return Ok(Json(pc::unavailable("prepare_modules", &c.target, "prompt_cache_unavailable")));
     };
     let caps = pc::capabilities(&p, &c.target);
-    let fail = |code: &str, error: String| {
-        Json(json!({"supported": true, "ok": false, "operation": "prepare_modules", "code": code, "error": error, "capabilities": caps}))
-    };
+    let fail = |code: &str, error: String| refused("prepare_modules", code, &error, &caps);
     if namespace.trim().is_empty() {
         return Ok(fail(
             "prompt_cache_invalid_namespace",
             "namespace must be a non-empty string".into(),
         ));
     }
-    let raw = object_list(&m, "modules")?;
     let mut modules = Vec::new();
     for (i, v) in raw.iter().enumerate() {
         match pc::Module::parse(v) {
@@ -413,12 +444,7 @@ async fn saved(Extension(p): Extension<Arc<Providers>>, Extension(st): Extension
     let q = query_map(q.as_deref());
     let t = pc::resolve(&p, q.get("provider").map(String::as_str), q.get("model").map(String::as_str));
     let Target::Local(id) = &t else {
-        let code = if matches!(t, Target::Remote { .. }) {
-            "prompt_cache_local_only"
-        } else {
-            ""
-        };
-        return Json(with_host(pc::unavailable("list_exports", &t, code)));
+        return local_only("list_exports", &t);
     };
     let dir = exports_of(&st, id);
     let items = tokio::task::spawn_blocking(move || pc::saved(&dir)).await.unwrap_or_default();
@@ -426,6 +452,16 @@ async fn saved(Extension(p): Extension<Arc<Providers>>, Extension(st): Extension
         json!({"supported": true, "ok": true, "operation": "list_exports", "local_only": true, "provider": "local",
         "model": id, "root_dir": exports_of(&st, id).display().to_string(), "items": items}),
     ))
+}
+
+/// Exports live on this host: a remote target answers `prompt_cache_local_only`.
+fn local_only(operation: &str, t: &Target) -> Json<Value> {
+    let code = if matches!(t, Target::Remote { .. }) {
+        "prompt_cache_local_only"
+    } else {
+        ""
+    };
+    Json(with_host(pc::unavailable(operation, t, code)))
 }
 
 /// Upstream marks export operations as served by the host facade.
@@ -451,19 +487,10 @@ async fn save(
     let q8 = f.opt_bool("q8").unwrap_or(false);
     f.finish()?;
     let Target::Local(id) = &c.target else {
-        let code = if matches!(c.target, Target::Remote { .. }) {
-            "prompt_cache_local_only"
-        } else {
-            ""
-        };
-        return Ok(Json(with_host(pc::unavailable("export", &c.target, code))));
+        return Ok(local_only("export", &c.target));
     };
     let caps = pc::capabilities(&p, &c.target);
-    let fail = |code: &str, error: String| {
-        Json(with_host(
-            json!({"supported": true, "ok": false, "operation": "export", "code": code, "error": error, "capabilities": caps}),
-        ))
-    };
+    let fail = |code: &str, error: String| Json(with_host(refused("export", code, &error, &caps).0));
     let slug = match pc::export_name(&name) {
         Ok(s) => s,
         Err(e) => return Ok(fail("invalid_name", e)),
@@ -533,19 +560,10 @@ async fn load(
     let clear_existing = f.opt_bool("clear_existing").unwrap_or(false);
     f.finish()?;
     let Target::Local(id) = &c.target else {
-        let code = if matches!(c.target, Target::Remote { .. }) {
-            "prompt_cache_local_only"
-        } else {
-            ""
-        };
-        return Ok(Json(with_host(pc::unavailable("import", &c.target, code))));
+        return Ok(local_only("import", &c.target));
     };
     let caps = pc::capabilities(&p, &c.target);
-    let fail = |code: &str, error: String| {
-        Json(with_host(
-            json!({"supported": true, "ok": false, "operation": "import", "code": code, "error": error, "capabilities": caps}),
-        ))
-    };
+    let fail = |code: &str, error: String| Json(with_host(refused("import", code, &error, &caps).0));
     let Ok(slug) = pc::export_name(&name) else {
         return Ok(fail("not_found", format!("no export named '{name}'")));
     };

@@ -30,8 +30,9 @@ pub fn routes() -> Vec<Route> {
     let body = json!({"application/json": {"schema": {"type": "object", "required": ["provider", "model"], "properties": {
         "provider": {"type": "string"}, "model": {"type": "string"}, "bundle_id": {"type": "string"}, "bundle_version": {"type": "string"},
         "flow_id": {"type": "string"}, "template_id": {"type": "string"}, "version": {"type": "integer", "minimum": 1, "maximum": 10},
-        "modules": {"type": "array"}, "system_prompt": {"type": "string"}, "workflow_instructions": {"type": "string"},
-        "tools": {"type": "array"}, "pinned_attachments": {"type": "array"}, "make_default": {"type": "boolean"}, "ttl_s": {"type": "number"}}}}});
+        "modules": {"type": "array", "maxItems": MAX_MODULES, "items": {"type": "object"}}, "system_prompt": {"type": "string"},
+        "workflow_instructions": {"type": "string"}, "tools": {"type": "array", "items": {"type": "object"}}, "pinned_attachments": {"type": "array"},
+        "make_default": {"type": "boolean"}, "ttl_s": {"type": "number", "minimum": 0}}}}});
     let ok = json!({"type": "object", "required": ["supported", "operation", "mode", "namespace", "prompt_cache_key"]});
     let post_route = |path: &'static str, summary: &'static str, h| {
         route("post", path, summary, &[], h)
@@ -216,6 +217,13 @@ fn runtime_hint(key: &str, namespace: &str, mode: &str) -> Value {
     json!({"prompt_cache_key": key, "_runtime": {"prompt_cache": {"key": key, "namespace": namespace, "mode": mode, "version": 1}}})
 }
 
+/// Marks `out` failed with `code` and `error`.
+fn fail(out: &mut Value, code: &str, error: &str) {
+    out["ok"] = json!(false);
+    out["code"] = json!(code);
+    out["error"] = json!(error);
+}
+
 /// Upstream's base payload; `ok` and the rest are added by each operation.
 fn base(p: &Providers, s: &Session, operation: &str) -> Value {
     let caps = pc::capabilities(p, &s.target);
@@ -253,9 +261,7 @@ async fn status(
                 out["stats"] = pc::bounded(st);
             }
             Err(e) => {
-                out["ok"] = json!(false);
-                out["code"] = json!(e.code);
-                out["error"] = json!(e.message);
+                fail(&mut out, e.code, &e.message);
             }
         }
     }
@@ -360,7 +366,7 @@ fn parse_prepare(p: &Providers, principal: &Principal, sid: &str, body: &Bytes) 
         ("bundle_version", Value::is_string, "string"),
         ("flow_id", Value::is_string, "string"),
         ("template_id", Value::is_string, "string"),
-        ("version", Value::is_i64, "integer"),
+        ("version", |v| v.as_f64().is_some_and(|x| x.fract() == 0.0), "integer"),
         ("modules", Value::is_array, "list"),
         ("system_prompt", Value::is_string, "string"),
         ("workflow_instructions", Value::is_string, "string"),
@@ -378,9 +384,20 @@ fn parse_prepare(p: &Providers, principal: &Principal, sid: &str, body: &Bytes) 
             ));
         }
     }
+    for k in ["modules", "tools"] {
+        if let Some(bad) = m.get(k).and_then(Value::as_array).and_then(|a| a.iter().find(|x| !x.is_object())) {
+            return Err(ApiError::invalid(
+                "dict_type",
+                json!(["body", k]),
+                "Input should be a list of objects",
+                bad.clone(),
+            ));
+        }
+    }
     let get = |k: &str| match m.get(k) {
         Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
+        // An integer written as 10.0 is still one.
+        Some(Value::Number(n)) => n.as_f64().map(|x| format!("{x:.0}")),
         _ => None,
     };
     let id = Identity::parse(sid, &get)?;
@@ -544,10 +561,8 @@ async fn do_prepare(st: &AppState, p: &Arc<Providers>, r: &Prepare, restore: boo
                 out["prepared"] = json!(true);
             }
             Err(e) => {
-                out["ok"] = json!(false);
                 out["prepared"] = json!(false);
-                out["code"] = json!(e.code);
-                out["error"] = json!(e.message);
+                fail(&mut out, e.code, &e.message);
             }
         }
         out["provider_responses"] = Value::Object(responses);
@@ -568,9 +583,7 @@ async fn do_prepare(st: &AppState, p: &Arc<Providers>, r: &Prepare, restore: boo
             k
         }
         Err(e) => {
-            out["ok"] = json!(false);
-            out["code"] = json!(e.code);
-            out["error"] = json!(e.message);
+            fail(&mut out, e.code, &e.message);
             out["provider_responses"] = Value::Object(responses);
             return out;
         }
@@ -595,10 +608,8 @@ async fn do_prepare(st: &AppState, p: &Arc<Providers>, r: &Prepare, restore: boo
             }
         }
         Err(e) => {
-            out["ok"] = json!(false);
             out["prepared"] = json!(false);
-            out["code"] = json!(e.code);
-            out["error"] = json!(e.message);
+            fail(&mut out, e.code, &e.message);
         }
     }
     out["prefix_cache_key"] = json!(prefix);

@@ -132,8 +132,10 @@ pub fn failed(operation: &str, caps: &Value, e: &KeyError) -> Value {
     json!({"supported": true, "ok": false, "operation": operation, "code": e.code, "error": e.message, "capabilities": caps})
 }
 
+/// A TTL in seconds; past ten years it is no TTL at all (and never a `Duration` overflow).
 pub fn ttl(v: Option<f64>) -> Option<Duration> {
-    v.filter(|t| *t > 0.0 && t.is_finite()).map(Duration::from_secs_f64)
+    const MAX_S: f64 = 10.0 * 365.0 * 86_400.0;
+    v.filter(|t| *t > 0.0 && *t <= MAX_S).map(Duration::from_secs_f64)
 }
 
 /// The messages and tools one module adds (upstream's `PromptCacheModule`, normalised: a system

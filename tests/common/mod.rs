@@ -135,6 +135,17 @@ impl Gateway {
         self.spawn();
     }
 
+    /// A request with `token` as the bearer: (status, JSON body or null).
+    pub fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http.request(method.parse().unwrap(), self.url(path)).bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().unwrap_or(Value::Null))
+    }
+
     pub fn url(&self, p: &str) -> String {
         format!("http://127.0.0.1:{}{p}", self.port)
     }

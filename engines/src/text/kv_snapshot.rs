@@ -203,14 +203,19 @@ fn f16_bytes(x: &[f16]) -> &[u8] {
 
 /// Quantizes rows of `row` values into (I8 values, one f16 scale per `Q8_RUN`).
 fn q8_encode(x: &[f16]) -> (Vec<u8>, Vec<f16>) {
+    use half::slice::HalfFloatSliceExt;
     let mut q = vec![0u8; x.len()];
     let mut scales = Vec::with_capacity(x.len() / Q8_RUN);
+    // Runs are converted in bulk (F16C where the CPU has it), not value by value.
+    let mut f = [0f32; Q8_RUN];
     for (run, out) in x.chunks(Q8_RUN).zip(q.chunks_mut(Q8_RUN)) {
-        let amax = run.iter().map(|v| v.to_f32().abs()).fold(0.0f32, f32::max);
+        let f = &mut f[..run.len()];
+        run.convert_to_f32_slice(f);
+        let amax = f.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        for (v, o) in run.iter().zip(out.iter_mut()) {
-            *o = ((v.to_f32() * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+        for (v, o) in f.iter().zip(out.iter_mut()) {
+            *o = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
         }
         scales.push(f16::from_f32(d));
     }
@@ -218,13 +223,18 @@ fn q8_encode(x: &[f16]) -> (Vec<u8>, Vec<f16>) {
 }
 
 fn q8_decode(q: &[u8], scales: &[f16]) -> Vec<f16> {
-    q.chunks(Q8_RUN)
-        .zip(scales)
-        .flat_map(|(run, d)| {
-            let d = d.to_f32();
-            run.iter().map(move |&b| f16::from_f32((b as i8) as f32 * d))
-        })
-        .collect()
+    use half::slice::HalfFloatSliceExt;
+    let mut out = vec![f16::ZERO; q.len()];
+    let mut f = [0f32; Q8_RUN];
+    for ((run, d), o) in q.chunks(Q8_RUN).zip(scales).zip(out.chunks_mut(Q8_RUN)) {
+        let d = d.to_f32();
+        let f = &mut f[..run.len()];
+        for (x, &b) in f.iter_mut().zip(run) {
+            *x = (b as i8) as f32 * d;
+        }
+        o.convert_from_f32_slice(f);
+    }
+    out
 }
 
 /// The sha256 over the tensors in name order (name, then bytes): independent of where the
@@ -554,20 +564,30 @@ pub fn read(path: &Path, fp: &Fingerprint) -> Result<(KvState, HashMap<String, S
     let logits = infos
         .contains_key("logits")
         .then(|| bytemuck::pod_collect_to_vec::<u8, f32>(take("logits").bytes()));
-    let mut layer = |name: String| -> Vec<f16> {
-        match take(&name) {
-            Buf::F16(v) => v,
-            Buf::Bytes(q) => {
-                let scales = take(&format!("{name}.scale"));
-                q8_decode(&q, &bytemuck::pod_collect_to_vec::<u8, f16>(scales.bytes()))
-            }
-        }
-    };
+    // Per layer, K then V: f16 as read, q8 with its scales (dequantized in parallel).
+    let parts: Vec<(Buf, Option<Buf>)> = (0..fp.n_layer)
+        .flat_map(|l| [format!("k.{l}"), format!("v.{l}")])
+        .map(|name| {
+            let values = take(&name);
+            let scales = matches!(values, Buf::Bytes(_)).then(|| take(&format!("{name}.scale")));
+            (values, scales)
+        })
+        .collect();
+    let mut layers: Vec<Vec<f16>> = parts
+        .into_par_iter()
+        .map(|(values, scales)| match (values, scales) {
+            (Buf::F16(v), _) => v,
+            (q, s) => q8_decode(
+                q.bytes(),
+                &bytemuck::pod_collect_to_vec::<u8, f16>(s.as_ref().map(Buf::bytes).unwrap_or(&[])),
+            ),
+        })
+        .collect();
     let mut k = Vec::with_capacity(fp.n_layer);
     let mut v = Vec::with_capacity(fp.n_layer);
-    for l in 0..fp.n_layer {
-        k.push(layer(format!("k.{l}")));
-        v.push(layer(format!("v.{l}")));
+    for pair in layers.chunks_mut(2) {
+        k.push(std::mem::take(&mut pair[0]));
+        v.push(std::mem::take(&mut pair[1]));
     }
     Ok((KvState { tokens, k, v, logits }, md))
 }
