@@ -141,7 +141,9 @@ impl LocalModels {
 /// backend cannot export KV or the weights cannot be read.
 fn tiers_for(l: &Loaded, engine: &EngineConfig) -> Option<abstractgateway_engines::text::kv_tiers::TierConfig> {
     let t = engine.kv_tiers.clone()?;
-    l.model.kv_fingerprint("")?;
+    if !l.model.exports_kv() {
+        return None;
+    }
     let memo = t.disk_dir.as_ref().map(|d| d.join("weights-sha256.json"));
     let sha = match super::weights_hash::weights_sha256(&l.info.path, memo.as_deref()) {
         Ok(s) => s,

@@ -414,7 +414,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
     let mut cache = PrefixCache::new(budget, model.kv_bytes_per_token);
     // The lower tiers hold exported KV, which only some backends give.
     let mut tiers = match cfg.kv_tiers.clone() {
-        Some(t) if budget > 0 && model.kv_fingerprint("").is_some() => Some(KvTiers::open(t)),
+        Some(t) if budget > 0 && model.exports_kv() => Some(KvTiers::open(t)),
         Some(_) => {
             tracing::warn!("the KV cache's host and disk tiers need the native backend; this model keeps the first tier only");
             None
@@ -431,7 +431,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
         .kv_tiers
         .as_ref()
         .map(|t| t.fingerprint.clone())
-        .filter(|f| !f.weights_sha256.is_empty() && model.kv_fingerprint("").is_some());
+        .filter(|f| !f.weights_sha256.is_empty() && model.exports_kv());
     let max_batch = max_batch(&model, cfg.max_batch);
     let chunk = if model.on_gpu() { PREFILL_CHUNK_GPU } else { PREFILL_CHUNK };
     if cfg.paged_attention {

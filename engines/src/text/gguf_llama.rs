@@ -362,6 +362,11 @@ impl LlamaGguf {
         })
     }
 
+    /// Whether this backend's KV can be exported (the lower tiers, snapshots): the native one.
+    pub fn exports_kv(&self) -> bool {
+        matches!(self.backend, Backend::Native(_))
+    }
+
     /// A sequence holding `state`'s KV, positioned after its tokens. None where the backend
     /// cannot take a snapshot or the state's shape is not this model's.
     pub fn sequence_from(&self, state: &KvState) -> Option<Sequence> {

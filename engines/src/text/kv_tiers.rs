@@ -20,7 +20,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::kv_snapshot::{self, Fingerprint, KvState, Quant};
-use super::prefix_cache::{common_prefix, MIN_PARTIAL};
+use super::prefix_cache::{usable, MIN_PARTIAL};
 
 /// The scope whose entries every principal may use (marked by an admin).
 pub const SHARED: &str = "shared";
@@ -51,21 +51,6 @@ pub struct TierStats {
     pub disk_write_failures: AtomicU64,
     /// Files refused at start or on load (another model's, corrupt, tampered), removed.
     pub disk_rejected: AtomicU64,
-}
-
-/// How many leading tokens of `prompt` an entry holding `tokens` (with or without the logits
-/// after them) can serve: the whole of it when it starts the prompt, or a cut of it where they
-/// share at least `MIN_PARTIAL` tokens, keeping one prompt token to prefill when there are no
-/// logits.
-fn usable(tokens: &[u32], has_logits: bool, prompt: &[u32]) -> usize {
-    let shared = common_prefix(tokens, prompt);
-    if shared == tokens.len() && (shared < prompt.len() || has_logits) {
-        shared
-    } else if shared >= MIN_PARTIAL {
-        shared.min(prompt.len().saturating_sub(1))
-    } else {
-        0
-    }
 }
 
 fn visible(entry_scope: &str, scope: &str) -> bool {
@@ -235,14 +220,14 @@ impl KvTiers {
             .iter()
             .enumerate()
             .filter(|(_, e)| visible(&e.scope, scope))
-            .map(|(i, e)| (usable(&e.state.tokens, e.state.logits.is_some(), prompt), i))
+            .map(|(i, e)| (usable(&e.state.tokens, e.state.logits.is_some(), Some(MIN_PARTIAL), prompt), i))
             .max();
         let disk = self
             .disk
             .iter()
             .enumerate()
             .filter(|(_, e)| visible(&e.scope, scope) && e.ready.load(Ordering::Acquire))
-            .map(|(i, e)| (usable(&e.tokens, e.has_logits, prompt), i))
+            .map(|(i, e)| (usable(&e.tokens, e.has_logits, Some(MIN_PARTIAL), prompt), i))
             .max();
         let take_host = match (host, disk) {
             (Some((h, _)), Some((d, _))) => h >= d,

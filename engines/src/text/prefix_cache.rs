@@ -35,6 +35,21 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// How many leading tokens of `prompt` a cached state of `tokens` can serve: all of it when it
+/// starts the prompt (the whole prompt only with the logits after it), or — where the state can
+/// be cut (`cut_from`: the fewest shared tokens worth it) — the part they share, keeping at
+/// least one prompt token to prefill. Every tier and the named keys use this one rule.
+pub fn usable(tokens: &[u32], has_logits: bool, cut_from: Option<usize>, prompt: &[u32]) -> usize {
+    let shared = common_prefix(tokens, prompt);
+    if shared == tokens.len() && (shared < prompt.len() || has_logits) {
+        shared
+    } else if cut_from.is_some_and(|min| shared >= min) {
+        shared.min(prompt.len().saturating_sub(1))
+    } else {
+        0
+    }
+}
+
 impl Entry {
     /// How many leading tokens of `prompt` this entry can serve: all of it when it starts the
     /// prompt (the whole prompt only with its logits), or — where the backend can cut a
@@ -43,14 +58,12 @@ impl Entry {
         if self.scope != scope && self.scope != super::kv_tiers::SHARED {
             return 0;
         }
-        let shared = common_prefix(&self.tokens, prompt);
-        if shared == self.tokens.len() && (shared < prompt.len() || self.logits.is_some()) {
-            shared
-        } else if shared >= MIN_PARTIAL && self.seq.can_truncate() {
-            shared.min(prompt.len() - 1)
-        } else {
-            0
-        }
+        usable(
+            &self.tokens,
+            self.logits.is_some(),
+            self.seq.can_truncate().then_some(MIN_PARTIAL),
+            prompt,
+        )
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::gguf_llama::{LlamaGguf, Sequence};
 use super::kv_snapshot::{self, Fingerprint, Quant};
 use super::kv_tiers::SHARED;
-use super::prefix_cache::{common_prefix, PrefixCache};
+use super::prefix_cache::{common_prefix, usable, PrefixCache};
 
 /// Upstream's default `max_entries`.
 pub const MAX_KEYS: usize = 32;
@@ -199,15 +199,8 @@ impl PromptKeys {
         let id = self.find(scope, &key)?;
         let e = self.entries.get_mut(&id)?;
         e.last_used = Instant::now();
-        let shared = common_prefix(&e.tokens, prompt);
-        let whole = shared == e.tokens.len();
-        let n = if whole && (shared < prompt.len() || e.logits.is_some()) {
-            shared
-        } else if e.seq.can_truncate() {
-            shared.min(prompt.len().saturating_sub(1))
-        } else {
-            0
-        };
+        // A named key is cut wherever it helps: no minimum shared length.
+        let n = usable(&e.tokens, e.logits.is_some(), e.seq.can_truncate().then_some(1), prompt);
         if n == 0 || n <= better_than {
             return None;
         }
