@@ -406,23 +406,7 @@ fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
         .take(3)
         .map(|c| [shared.as_slice(), &c.prompt_ids].concat())
         .collect();
-    let run = |p: &Vec<u32>| -> (Vec<u32>, usize) {
-        let rx = engine.generate(GenerateRequest {
-            prompt_ids: p.clone(),
-            max_tokens: 10,
-            ..Default::default()
-        });
-        let mut ids = Vec::new();
-        for ev in rx {
-            match ev {
-                GenEvent::Token { id, .. } => ids.push(id),
-                GenEvent::Done { usage, .. } => return (ids, usage.cached_tokens),
-                GenEvent::Text(_) => {}
-                other => panic!("{other:?}"),
-            }
-        }
-        panic!("no Done")
-    };
+    let run = |p: &Vec<u32>| answer(&engine, p, 10);
     let expect: Vec<Vec<u32>> = prompts.iter().map(|p| cold.greedy(p, 10, &[]).unwrap()).collect();
     let (first, cached) = run(&prompts[0]);
     assert_eq!((first, cached), (expect[0].clone(), 0));
@@ -451,6 +435,85 @@ fn prefix_cache_on_shared_blocks_matches_cold_runs(dev: &Device) {
         let free = abstractgateway_engines::device::free_bytes(dev).unwrap() as usize;
         assert!(limit > pool && limit < free, "default KV limit {limit} B, {free} B free");
     }
+}
+
+/// A prompt's greedy tokens and how many of its tokens came from the cache.
+fn answer(engine: &TextEngine, prompt: &[u32], max_tokens: usize) -> (Vec<u32>, usize) {
+    let rx = engine.generate(GenerateRequest {
+        prompt_ids: prompt.to_vec(),
+        max_tokens,
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for ev in rx {
+        match ev {
+            GenEvent::Token { id, .. } => ids.push(id),
+            GenEvent::Done { usage, .. } => return (ids, usage.cached_tokens),
+            GenEvent::Text(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("no Done")
+}
+
+/// The dense backend's KV leaves the pool for the prefix cache's lower tiers and comes back:
+/// a prompt evicted from the first tier is served from host RAM, and after a restart from
+/// disk, each time with the cold run's greedy tokens. In the dtype the device runs (f32 on the
+/// CPU, whose KV the tiers round to f16; bf16 on GPUs, which f16 holds exactly).
+fn dense_kv_moves_through_the_host_and_disk_tiers(dev: &Device) {
+    use abstractgateway_engines::text::engine::EngineConfig;
+    use abstractgateway_engines::text::kv_tiers::TierConfig;
+    use std::sync::atomic::Ordering::Relaxed;
+    let path = common::smollm2();
+    let dtype = if dev.is_cpu() { DType::F32 } else { DType::BF16 };
+    let load = || LlamaGguf::load_full_precision(&path, dev, dtype).unwrap();
+    let cold = load();
+    let refs = refs(include_str!("../../models/tests/data/smollm2_greedy.json"));
+    let all: Vec<u32> = refs.cases.iter().flat_map(|c| c.prompt_ids.iter().copied()).collect();
+    // Two ~100-token prompts that share nothing past their first token.
+    let a: Vec<u32> = all.iter().copied().cycle().take(100).collect();
+    let b: Vec<u32> = all.iter().rev().copied().cycle().take(100).collect();
+    let expect_a = cold.greedy(&a, 8, &[]).unwrap();
+    let expect_b = cold.greedy(&b, 8, &[]).unwrap();
+    let dir = std::env::temp_dir().join(format!("dense-tiers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let fingerprint = cold.kv_fingerprint("test-weights").expect("the dense backend exports KV");
+    assert_eq!(fingerprint.arch, "dense-llama");
+    let cfg = EngineConfig {
+        // Room for one 100-token prompt in the first tier: its four 32-position pool blocks
+        // (SmolLM2 f32: 45 KiB per position), not two prompts' eight.
+        prefix_cache_bytes: 160 * fingerprint.row() * fingerprint.n_layer * 2 * 4,
+        kv_tiers: Some(TierConfig {
+            fingerprint,
+            host_bytes: 64 << 20,
+            disk_dir: Some(dir.clone()),
+            disk_bytes: 1 << 30,
+            min_tokens: 64,
+        }),
+        ..Default::default()
+    };
+    let engine = TextEngine::spawn_with(load(), cfg.clone());
+    assert_eq!(answer(&engine, &a, 8), (expect_a.clone(), 0));
+    assert_eq!(answer(&engine, &b, 8), (expect_b.clone(), 0), "b evicts a to the host tier");
+    let (again, cached) = answer(&engine, &a, 8);
+    assert_eq!(again, expect_a, "a from the host tier");
+    assert!(cached >= 96, "{cached} of a's 100 tokens from the host tier");
+    let tiers = engine.stats.tiers.get().unwrap().clone();
+    assert_eq!(tiers.host_hits.load(Relaxed), 1);
+    // Both prompts were written through to disk; a fresh engine finds them there.
+    let t0 = std::time::Instant::now();
+    while tiers.disk_writes.load(Relaxed) < 2 {
+        assert!(t0.elapsed().as_secs() < 60, "the disk writer did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(engine);
+    let engine = TextEngine::spawn_with(load(), cfg);
+    let (again, cached) = answer(&engine, &b, 8);
+    assert_eq!(again, expect_b, "b from the disk tier after a restart");
+    assert!(cached >= 96, "{cached} of b's 100 tokens from the disk tier");
+    assert_eq!(engine.stats.tiers.get().unwrap().disk_hits.load(Relaxed), 1);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The prefix cache counts a pool block once however many entries hold it, and frees only
@@ -628,6 +691,13 @@ test_device!(
     phi3_full_precision_cpu,
     phi3_full_precision_cuda,
     phi3_full_precision_metal
+);
+
+test_device!(
+    dense_kv_moves_through_the_host_and_disk_tiers,
+    dense_kv_tiers_cpu,
+    dense_kv_tiers_cuda,
+    dense_kv_tiers_metal
 );
 
 test_device!(

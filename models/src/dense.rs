@@ -19,8 +19,13 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::paged_kv::{BlockTable, KvBudget, KvPool, BLOCK};
+use crate::paged_kv::{BlockTable, HostKv, KvBudget, KvPool, BLOCK};
 use crate::ModelError;
+
+/// The version of the dense model's numerics (as `llama::KV_NUMERICS` is the native one's):
+/// bumped with any change to the arithmetic up to K and V, so KV snapshots written under
+/// another are refused. The pool's dtype is part of the snapshot's fingerprint besides.
+pub const KV_NUMERICS: &str = "dense/1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenseArch {
@@ -410,6 +415,21 @@ impl DenseModel {
         DenseSeq {
             table: BlockTable::default(),
         }
+    }
+
+    /// `seq`'s KV per layer (K, V), position-major `[len, kv_heads, head_dim]` f16 on the host:
+    /// what the prefix cache's host and disk tiers keep. Exact for bf16 and f16 pools (their
+    /// values fit f16's range in practice); an f32 pool's (full precision on the CPU) is
+    /// rounded to f16.
+    pub fn export_kv(&self, seq: &DenseSeq) -> Result<Vec<HostKv>, ModelError> {
+        self.pool_guard()?.read(&seq.table, seq.len())
+    }
+
+    /// A sequence holding `layers` (as `export_kv` gives them) for `len` positions, in blocks of
+    /// its own. A failure leaves the pool as it was.
+    pub fn sequence_from(&self, layers: &[(&[half::f16], &[half::f16])], len: usize) -> Result<DenseSeq, ModelError> {
+        let table = self.pool_guard()?.write(layers, len)?;
+        Ok(DenseSeq { table })
     }
 
     /// Bytes the KV pool holds (it grows on demand; `shrink_kv_pool` cuts it to what is held).

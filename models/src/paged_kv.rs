@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
+use half::f16;
 
 use crate::ModelError;
 
@@ -93,6 +94,9 @@ impl BlockTable {
         self.blocks.truncate(self.len.div_ceil(BLOCK));
     }
 }
+
+/// One layer's K and V on the host, position-major `[len, kv_heads, head_dim]` f16.
+pub type HostKv = (Vec<f16>, Vec<f16>);
 
 pub struct KvPool {
     /// Per layer: K and V, `[kv_heads, blocks * BLOCK, head_dim]`.
@@ -373,6 +377,70 @@ impl KvPool {
             .unwrap_or(0)
     }
 
+    /// The first `len` positions `table` holds, per layer, as position-major `[len, kv_heads,
+    /// head_dim]` f16 on the host (K and V): a snapshot of a sequence, for the lower tiers of
+    /// the prefix cache. Gathered and converted on the device, so one copy per tensor crosses
+    /// to the host.
+    pub fn read(&self, table: &BlockTable, len: usize) -> Result<Vec<HostKv>, ModelError> {
+        if len > table.len {
+            return Err(ModelError::Unsupported(format!(
+                "KV pool: {len} positions asked of a table of {}",
+                table.len
+            )));
+        }
+        let Some((k0, _)) = self.layers.first() else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<u32> = (0..len).map(|p| table.row(p) as u32).collect();
+        let rows = Tensor::new(rows.as_slice(), k0.device())?;
+        let host = |t: &Tensor| -> Result<Vec<f16>, ModelError> {
+            let t = t.index_select(&rows, 1)?.transpose(0, 1)?.to_dtype(DType::F16)?;
+            Ok(t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f16>()?)
+        };
+        self.layers.iter().map(|(k, v)| Ok((host(k)?, host(v)?))).collect()
+    }
+
+    /// A fresh table holding `layers` (per layer K and V, `[len, kv_heads, head_dim]` f16 as
+    /// `read` gives them), converted to the pool's dtype. A failure (a wrong shape, a full
+    /// pool) gives back what it took: the blocks written are the new table's alone.
+    pub fn write(&mut self, layers: &[(&[f16], &[f16])], len: usize) -> Result<BlockTable, ModelError> {
+        if layers.len() != self.layers.len() {
+            return Err(ModelError::Unsupported(format!(
+                "KV pool: {} layers given to {}",
+                layers.len(),
+                self.layers.len()
+            )));
+        }
+        let mut table = self.new_table();
+        if len == 0 {
+            return Ok(table);
+        }
+        self.reserve(&mut table, len)?;
+        let ids = table.block_ids();
+        for ((k, v), (pk, pv)) in layers.iter().zip(&self.layers) {
+            for (src, dst) in [(k, pk), (v, pv)] {
+                let (h, _, d) = dst.dims3()?;
+                if src.len() != len * h * d {
+                    return Err(ModelError::Unsupported(format!(
+                        "KV pool: {} values for {len} positions of {h}x{d}",
+                        src.len()
+                    )));
+                }
+                let t = Tensor::from_slice(src, (len, h, d), &Device::Cpu)?
+                    .to_device(dst.device())?
+                    .to_dtype(dst.dtype())?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                for (b, id) in ids.iter().enumerate() {
+                    let n = BLOCK.min(len - b * BLOCK);
+                    let part = t.narrow(1, b * BLOCK, n)?.force_contiguous()?;
+                    dst.slice_set(&part, 1, *id as usize * BLOCK)?;
+                }
+            }
+        }
+        Ok(table)
+    }
+
     fn copy_block(&self, from: u32, to: u32) -> Result<(), ModelError> {
         for (k, v) in &self.layers {
             for t in [k, v] {
@@ -433,6 +501,47 @@ mod tests {
         let snap_b = b.clone();
         p.reserve(&mut b, 33).unwrap();
         assert_eq!(b.block_ids()[0], snap_b.block_ids()[0]);
+    }
+
+    #[test]
+    fn written_kv_reads_back_position_major_across_blocks() {
+        let mut p = KvPool::new(2, 2, 4, DType::F32, &Device::Cpu).unwrap();
+        // Blocks held elsewhere first, so the written table's blocks are not the pool's first.
+        let mut other = p.new_table();
+        p.reserve(&mut other, 40).unwrap();
+        let len = 70;
+        let layer = |seed: usize| -> Vec<f16> {
+            (0..len * 8)
+                .map(|i| f16::from_f32(((i * 7 + seed) % 101) as f32 / 8.0 - 6.0))
+                .collect()
+        };
+        let data: Vec<HostKv> = (0..2).map(|l| (layer(l), layer(l + 10))).collect();
+        let refs: Vec<(&[f16], &[f16])> = data.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        let t = p.write(&refs, len).unwrap();
+        assert_eq!((t.len, t.blocks()), (len, 3));
+        assert!(t.block_ids()[0] >= 2, "blocks after the other table's");
+        assert_eq!(p.read(&t, len).unwrap(), data);
+        // Position 33, head 1, value 2 sits at the pool row of position 33 in layer 1's V.
+        let (_, v1) = p.layer(1);
+        let at = v1
+            .narrow(0, 1, 1)
+            .unwrap()
+            .narrow(1, t.row(33), 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(at[2], data[1].1[33 * 8 + 4 + 2].to_f32());
+        // A prefix is the first positions of each layer.
+        assert_eq!(p.read(&t, 5).unwrap()[0].0, data[0].0[..5 * 8].to_vec());
+        assert!(p.read(&t, 71).is_err());
+        // Wrong sizes are refused, and the blocks taken for them come back.
+        let free = p.free_blocks();
+        let short: Vec<(&[f16], &[f16])> = data.iter().map(|(k, v)| (&k[..8], v.as_slice())).collect();
+        assert!(p.write(&short, len).is_err());
+        assert!(p.write(&refs[..1], len).is_err());
+        assert_eq!(p.free_blocks(), free);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct LocalModel {
     pub loaded_at: i64,
     /// llguidance's view of the vocabulary, built on the first constrained request.
     grammars: OnceLock<Result<Arc<GrammarFactory>, String>>,
-    /// Whether its KV can be saved and loaded (snapshots; native backend, weights hashed).
+    /// Whether its KV can be saved and loaded (snapshots; native and dense backends, weights hashed).
     pub kv_snapshots: bool,
 }
 

@@ -416,7 +416,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
     let mut tiers = match cfg.kv_tiers.clone() {
         Some(t) if budget > 0 && model.exports_kv() => Some(KvTiers::open(t)),
         Some(_) => {
-            tracing::warn!("the KV cache's host and disk tiers need the native backend; this model keeps the first tier only");
+            tracing::warn!("the KV cache's host and disk tiers need the native or dense backend; this model keeps the first tier only");
             None
         }
         None => None,

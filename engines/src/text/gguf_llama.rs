@@ -326,12 +326,56 @@ impl LlamaGguf {
 
     /// What a KV snapshot of this model must match (`kv_snapshot::Fingerprint`), with the weights'
     /// sha256 given by the caller, who knows the file. None: this backend's KV cannot be
-    /// exported (only the native backend's can yet).
+    /// exported (candle's backends).
     pub fn kv_fingerprint(&self, weights_sha256: &str) -> Option<Fingerprint> {
-        let Backend::Native(m) = &self.backend else {
-            return None;
+        let (arch, kv_dtype, n_layer, n_kv_head, head_dim, rope, block_size, numerics) = match &self.backend {
+            Backend::Native(m) => {
+                let c = &m.cfg;
+                let rope = format!("base={} n_rot={} swa={:?} context={}", c.rope_base, c.n_rot, c.swa, c.context);
+                let numerics = abstractgateway_models::llama::KV_NUMERICS;
+                (
+                    c.arch.name().to_string(),
+                    "f16".to_string(),
+                    c.n_layer,
+                    c.n_kv_head,
+                    c.head_dim,
+                    rope,
+                    1,
+                    numerics,
+                )
+            }
+            Backend::Dense(m) => {
+                let c = &m.cfg;
+                let rope = format!(
+                    "theta={} llama3={:?} swa={:?} context={}",
+                    c.rope_theta, c.rope_llama3, c.sliding_window, m.context
+                );
+                let arch = format!("dense-{:?}", c.arch).to_lowercase();
+                let kv_dtype = format!("{:?}", m.dtype).to_lowercase();
+                let numerics = abstractgateway_models::dense::KV_NUMERICS;
+                let block = abstractgateway_models::paged_kv::BLOCK;
+                (arch, kv_dtype, c.n_layer, c.n_kv_head, c.head_dim, rope, block, numerics)
+            }
+            Backend::Candle(_) | Backend::Hf(_) => return None,
         };
-        let c = &m.cfg;
+        let template = Sha256::digest(self.tokenizer.chat_template.as_deref().unwrap_or("").as_bytes());
+        Some(Fingerprint {
+            weights_sha256: weights_sha256.to_string(),
+            tokenizer_sha256: self.tokenizer_sha256(),
+            chat_template_sha256: hex::encode(template),
+            arch,
+            kv_dtype,
+            n_layer,
+            n_kv_head,
+            head_dim,
+            rope,
+            block_size,
+            numerics: numerics.to_string(),
+        })
+    }
+
+    /// A hash of everything in the tokenizer that decides which ids a text becomes.
+    fn tokenizer_sha256(&self) -> String {
         let mut tok = Sha256::new();
         for t in &self.tokenizer.token_bytes {
             match t {
@@ -346,35 +390,37 @@ impl LlamaGguf {
             tok.update(id.map_or(u32::MAX, |i| i).to_le_bytes());
         }
         tok.update([self.tokenizer.add_bos as u8]);
-        let template = Sha256::digest(self.tokenizer.chat_template.as_deref().unwrap_or("").as_bytes());
-        Some(Fingerprint {
-            weights_sha256: weights_sha256.to_string(),
-            tokenizer_sha256: hex::encode(tok.finalize()),
-            chat_template_sha256: hex::encode(template),
-            arch: c.arch.name().to_string(),
-            kv_dtype: "f16".into(),
-            n_layer: c.n_layer,
-            n_kv_head: c.n_kv_head,
-            head_dim: c.head_dim,
-            rope: format!("base={} n_rot={} swa={:?} context={}", c.rope_base, c.n_rot, c.swa, c.context),
-            block_size: 1,
-            numerics: abstractgateway_models::llama::KV_NUMERICS.to_string(),
-        })
+        hex::encode(tok.finalize())
     }
 
-    /// Whether this backend's KV can be exported (the lower tiers, snapshots): the native one.
+    /// Whether this backend's KV can be exported (the lower tiers, snapshots): the native and
+    /// dense ones.
     pub fn exports_kv(&self) -> bool {
-        matches!(self.backend, Backend::Native(_))
+        matches!(self.backend, Backend::Native(_) | Backend::Dense(_))
     }
 
     /// A sequence holding `state`'s KV, positioned after its tokens. None where the backend
-    /// cannot take a snapshot or the state's shape is not this model's.
+    /// cannot take a snapshot, the state's shape is not this model's, or the dense pool has no
+    /// room for it.
     pub fn sequence_from(&self, state: &KvState) -> Option<Sequence> {
-        let Backend::Native(m) = &self.backend else {
-            return None;
-        };
-        let cache = KvCache::from_layers(&m.cfg, state.k.clone(), state.v.clone(), state.tokens.len())?;
-        Some(Sequence::Native { model: m.clone(), cache })
+        match &self.backend {
+            Backend::Native(m) => {
+                let cache = KvCache::from_layers(&m.cfg, state.k.clone(), state.v.clone(), state.tokens.len())?;
+                Some(Sequence::Native { model: m.clone(), cache })
+            }
+            Backend::Dense(m) => {
+                let layers: Vec<(&[half::f16], &[half::f16])> =
+                    state.k.iter().zip(&state.v).map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+                match m.sequence_from(&layers, state.tokens.len()) {
+                    Ok(seq) => Some(Sequence::Dense { model: m.clone(), seq }),
+                    Err(e) => {
+                        tracing::warn!("KV state of {} positions not loaded: {e}", state.tokens.len());
+                        None
+                    }
+                }
+            }
+            Backend::Candle(_) | Backend::Hf(_) => None,
+        }
     }
 
     /// Bytes of the dense backend's KV pool (0 for the others, whose KV lives per sequence).
@@ -651,6 +697,21 @@ impl Sequence {
                     logits: None,
                 })
             }
+            Sequence::Dense { model, seq } if seq.len() == tokens.len() => match model.export_kv(seq) {
+                Ok(layers) => {
+                    let (k, v) = layers.into_iter().unzip();
+                    Some(KvState {
+                        tokens: tokens.to_vec(),
+                        k,
+                        v,
+                        logits: None,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!("KV of a sequence of {} positions not exported: {e}", tokens.len());
+                    None
+                }
+            },
             _ => None,
         }
     }

@@ -40,6 +40,8 @@ pub struct Fingerprint {
     pub chat_template_sha256: String,
     /// Architecture name (`llama`, `qwen2`, …).
     pub arch: String,
+    /// The dtype the backend holds K and V in (the container always stores f16, or q8): `f16`
+    /// on the native backend, the pool's (`bf16`, `f32`) on the dense one.
     pub kv_dtype: String,
     pub n_layer: usize,
     pub n_kv_head: usize,
