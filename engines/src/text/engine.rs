@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use super::gguf_llama::{LlamaGguf, Sequence, StepOut};
 use super::grammar::Grammar;
 use super::json_constraint::JsonConstraint;
-use super::kv_tiers::{KvTiers, TierConfig, TierStats};
+use super::kv_loader::KvLoader;
+use super::kv_snapshot::KvState;
+use super::kv_tiers::{KvTiers, Tier, TierConfig, TierStats};
 use super::prefix_cache::{common_prefix, Hit, PrefixCache};
 use super::prompt_keys::{KeyError, KeyOp, PromptKeys};
 use super::sampling::{Sampler, SamplingParams};
@@ -392,6 +394,9 @@ const PREFILL_CHUNK: usize = 256;
 const PREFILL_CHUNK_GPU: usize = 2048;
 /// Shared prefixes shorter than this are left to each request's own prefill.
 const MIN_SHARED_PREFILL: usize = 64;
+/// How long an engine whose only work is a disk read waits for it before looking at its inbox
+/// again (so a request arriving meanwhile waits at most this long).
+const LOAD_POLL: Duration = Duration::from_millis(2);
 
 enum Outcome {
     Done(FinishReason, Usage),
@@ -440,12 +445,21 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
             false => tracing::warn!("ABSTRACTGATEWAY_PAGED_ATTENTION: this model's backend or head size cannot use it"),
         }
     }
+    // Disk-tier reads run beside the engine thread; their requests wait in the loader.
+    let mut loader: Option<KvLoader<Job>> = tiers.as_ref().filter(|t| t.has_disk()).and_then(|_| KvLoader::spawn());
     let mut active: Vec<Active> = Vec::new();
     let mut open = true;
-    while open || !active.is_empty() {
+    while open || !active.is_empty() || loader.as_ref().is_some_and(KvLoader::busy) {
+        // Requests whose prefix has been read from disk join now (an engine with nothing else
+        // to do waits briefly for one, still taking new work between waits).
+        let loaded = match loader.as_mut() {
+            Some(l) if l.busy() => l.finished(active.is_empty().then_some(LOAD_POLL)),
+            _ => Vec::new(),
+        };
+        let loading = loader.as_ref().is_some_and(KvLoader::busy);
         // Admit: wait when idle, otherwise take whatever is queued (up to the batch size).
         let mut incoming = Vec::new();
-        if active.is_empty() {
+        if active.is_empty() && loaded.is_empty() && !loading {
             match wait_idle(&model, &rx, &stats, cfg.kv_idle_release, member) {
                 Some(Msg::Job(job)) => incoming.push(job),
                 Some(Msg::Control(op, reply)) => {
@@ -482,8 +496,30 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
         if incoming.len() >= 2 && budget > 0 && model.batches() {
             share_prefix(&model, &mut cache, &incoming);
         }
+        let mut admissions: Vec<(Job, Option<KvState>)> = Vec::new();
+        for (read, job, result) in loaded {
+            let state = tiers.as_mut().and_then(|t| t.finish_read(&read, result));
+            admissions.push((job, state));
+        }
         for job in incoming {
-            match admit(&model, &mut cache, tiers.as_mut(), &mut keys, job) {
+            // A prefix on disk longer than the first tier's: read it off this thread.
+            let read = match (loader.as_ref(), tiers.as_mut()) {
+                (Some(_), Some(t)) => {
+                    let (p, scope) = (&job.req.prompt_ids, job.req.cache_scope.as_str());
+                    t.disk_candidate(p, scope, cache.reusable(p, scope))
+                }
+                _ => None,
+            };
+            match (read, loader.as_mut()) {
+                (Some(read), Some(l)) => match l.start(read, job) {
+                    Ok(()) => {}
+                    Err((_, job)) => admissions.push((job, None)),
+                },
+                _ => admissions.push((job, None)),
+            }
+        }
+        for (job, state) in admissions {
+            match admit(&model, &mut cache, tiers.as_mut(), &mut keys, job, state) {
                 Ok(a) => active.push(a),
                 Err((mut sink, e)) => finish(&stats, &mut sink, Outcome::Failed(e)),
             }
@@ -798,13 +834,15 @@ fn share_prefix(model: &LlamaGguf, cache: &mut PrefixCache, jobs: &[Job]) {
     }
 }
 
-/// Validates a request and prefills its prompt (reusing the longest cached prefix).
+/// Validates a request and prefills its prompt (reusing the longest cached prefix). `loaded`:
+/// its prefix, already read from the disk tier (then the lower tiers are not looked up again).
 fn admit(
     model: &LlamaGguf,
     cache: &mut PrefixCache,
     tiers: Option<&mut KvTiers>,
     keys: &mut PromptKeys,
     job: Job,
+    loaded: Option<KvState>,
 ) -> Result<Active, (EventSink, GenError)> {
     let Job { mut req, sink } = job;
     // Moved, not cloned: a matcher's deep copy is work the request never needs twice.
@@ -829,8 +867,12 @@ fn admit(
     }
     // A longer prefix in host RAM or on disk (evicted, or from before a restart) beats the
     // first tier's: its KV is loaded into a sequence, and kept in the first tier again.
-    if let Some((state, tier)) = tiers.and_then(|t| t.lookup(prompt, scope, cached)) {
-        if let Some(s) = model.sequence_from(&state) {
+    let lower = match loaded {
+        Some(state) => Some((state, Tier::Disk)),
+        None => tiers.and_then(|t| t.lookup(prompt, scope, cached)),
+    };
+    if let Some((mut state, tier)) = lower.filter(|(s, _)| s.tokens.len() > cached) {
+        if let Some(s) = model.sequence_from(&mut state) {
             tracing::debug!(?tier, tokens = state.tokens.len(), "prefix served from a lower KV tier");
             cache.insert(&state.tokens, &s, state.logits.as_deref(), scope);
             cached = state.tokens.len();

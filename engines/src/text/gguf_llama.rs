@@ -399,13 +399,15 @@ impl LlamaGguf {
         matches!(self.backend, Backend::Native(_) | Backend::Dense(_))
     }
 
-    /// A sequence holding `state`'s KV, positioned after its tokens. None where the backend
-    /// cannot take a snapshot, the state's shape is not this model's, or the dense pool has no
-    /// room for it.
-    pub fn sequence_from(&self, state: &KvState) -> Option<Sequence> {
+    /// A sequence holding `state`'s KV, positioned after its tokens. The native backend takes
+    /// the KV out of `state` (no copy; its tokens and logits stay), the dense one copies it into
+    /// its pool. None where the backend cannot take a snapshot, the state's shape is not this
+    /// model's, or the dense pool has no room for it.
+    pub fn sequence_from(&self, state: &mut KvState) -> Option<Sequence> {
         match &self.backend {
             Backend::Native(m) => {
-                let cache = KvCache::from_layers(&m.cfg, state.k.clone(), state.v.clone(), state.tokens.len())?;
+                let (k, v) = (std::mem::take(&mut state.k), std::mem::take(&mut state.v));
+                let cache = KvCache::from_layers(&m.cfg, k, v, state.tokens.len())?;
                 Some(Sequence::Native { model: m.clone(), cache })
             }
             Backend::Dense(m) => {

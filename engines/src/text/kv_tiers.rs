@@ -84,6 +84,41 @@ enum DiskJob {
     Remove(PathBuf),
 }
 
+/// The entry a lookup picked, by index, and the tokens it serves.
+enum Choice {
+    Host(usize, usize),
+    Disk(usize, usize),
+}
+
+/// A disk-tier file to read (on any thread) for a prompt: the first `n` positions of it.
+#[derive(Clone)]
+pub struct DiskRead {
+    pub path: PathBuf,
+    n: usize,
+    /// The prompt is all of it: its logits are kept.
+    whole: bool,
+    /// Tokens the index found in the file.
+    tokens: usize,
+    fingerprint: Fingerprint,
+}
+
+impl DiskRead {
+    /// Reads the file and checks it (`kv_snapshot::read`), cut to the positions wanted.
+    pub fn read(&self) -> Result<KvState, kv_snapshot::SnapshotError> {
+        let (mut state, _) = kv_snapshot::read(&self.path, &self.fingerprint)?;
+        if state.tokens.len() != self.tokens {
+            return Err(kv_snapshot::SnapshotError::Corrupt(
+                "its tokens changed since it was indexed".into(),
+            ));
+        }
+        state.truncate(self.n);
+        if !self.whole {
+            state.logits = None;
+        }
+        Ok(state)
+    }
+}
+
 /// Which tier served a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -204,6 +239,11 @@ impl KvTiers {
         s.disk_bytes.store(self.disk_used, Ordering::Relaxed);
     }
 
+    /// Whether these tiers have a disk tier (with its writer running).
+    pub fn has_disk(&self) -> bool {
+        self.writer.is_some()
+    }
+
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.cfg.fingerprint
     }
@@ -211,10 +251,77 @@ impl KvTiers {
     /// How many leading tokens of `prompt` the best entry of these tiers visible to `scope`
     /// would serve, if more than `better_than` + `MIN_PARTIAL` (a small gain is not worth a copy
     /// or a read); then its state (cut to that length; its logits kept only when it covers the
-    /// whole prompt), and which tier.
+    /// whole prompt), and which tier. A disk hit is read here, on the caller's thread
+    /// (`disk_candidate` and `finish_read` read it on another).
     pub fn lookup(&mut self, prompt: &[u32], scope: &str, better_than: usize) -> Option<(KvState, Tier)> {
+        match self.choose(prompt, scope, better_than)? {
+            Choice::Host(i, n) => {
+                let e = &mut self.host[i];
+                e.last_used = self.clock;
+                let mut state = (*e.state).clone();
+                state.truncate(n);
+                if n < prompt.len() {
+                    state.logits = None;
+                }
+                self.stats.host_hits.fetch_add(1, Ordering::Relaxed);
+                Some((state, Tier::Host))
+            }
+            Choice::Disk(i, n) => {
+                let read = self.disk_read(i, n, prompt.len());
+                let result = read.read();
+                self.finish_read(&read, result).map(|s| (s, Tier::Disk))
+            }
+        }
+    }
+
+    /// A disk-tier hit better than the host tier's (and than `better_than`), to be read off the
+    /// engine thread with `DiskRead::read` and handed back with `finish_read`; None where the
+    /// best hit, if any, is in host RAM.
+    pub fn disk_candidate(&mut self, prompt: &[u32], scope: &str, better_than: usize) -> Option<DiskRead> {
+        match self.choose(prompt, scope, better_than)? {
+            Choice::Disk(i, n) => Some(self.disk_read(i, n, prompt.len())),
+            Choice::Host(..) => None,
+        }
+    }
+
+    /// What a disk read gave: the state, counted as a hit; or, for a file that could not be
+    /// read or was refused, None, and the entry is dropped (its file removed).
+    pub fn finish_read(&mut self, read: &DiskRead, result: Result<KvState, kv_snapshot::SnapshotError>) -> Option<KvState> {
+        let at = self.disk.iter().position(|e| e.path == read.path);
+        match result {
+            Ok(state) => {
+                if let Some(i) = at {
+                    self.disk[i].last_used = self.clock;
+                }
+                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                Some(state)
+            }
+            Err(e) => {
+                tracing::warn!(file = %read.path.display(), code = e.code(), error = %e, "KV disk tier: refusing a file");
+                self.stats.disk_rejected.fetch_add(1, Ordering::Relaxed);
+                if let Some(i) = at {
+                    self.drop_disk(i, "unreadable");
+                }
+                None
+            }
+        }
+    }
+
+    fn disk_read(&self, i: usize, n: usize, prompt_len: usize) -> DiskRead {
+        DiskRead {
+            path: self.disk[i].path.clone(),
+            n,
+            whole: n >= prompt_len,
+            tokens: self.disk[i].tokens.len(),
+            fingerprint: self.cfg.fingerprint.clone(),
+        }
+    }
+
+    /// The best entry for `prompt` visible to `scope` (the host tier's on a tie), if it serves
+    /// more than `better_than` + `MIN_PARTIAL` tokens (all of a shorter prompt), and how many.
+    fn choose(&mut self, prompt: &[u32], scope: &str, better_than: usize) -> Option<Choice> {
         self.clock += 1;
-        let floor = better_than + MIN_PARTIAL;
+        let floor = (better_than + MIN_PARTIAL).min(prompt.len());
         let host = self
             .host
             .iter()
@@ -229,52 +336,16 @@ impl KvTiers {
             .filter(|(_, e)| visible(&e.scope, scope) && e.ready.load(Ordering::Acquire))
             .map(|(i, e)| (usable(&e.tokens, e.has_logits, Some(MIN_PARTIAL), prompt), i))
             .max();
-        let take_host = match (host, disk) {
-            (Some((h, _)), Some((d, _))) => h >= d,
-            (Some(_), None) => true,
-            _ => false,
+        let choice = match (host, disk) {
+            (Some((h, i)), Some((d, _))) if h >= d => Choice::Host(i, h),
+            (Some((h, i)), None) => Choice::Host(i, h),
+            (_, Some((d, i))) => Choice::Disk(i, d),
+            (None, None) => return None,
         };
-        if take_host {
-            let (n, i) = host?;
-            if n < floor.min(prompt.len()) || n == 0 {
-                return None;
-            }
-            let e = &mut self.host[i];
-            e.last_used = self.clock;
-            let mut state = (*e.state).clone();
-            state.truncate(n);
-            if n < prompt.len() {
-                state.logits = None;
-            }
-            self.stats.host_hits.fetch_add(1, Ordering::Relaxed);
-            return Some((state, Tier::Host));
-        }
-        let (n, i) = disk?;
-        if n < floor.min(prompt.len()) || n == 0 {
-            return None;
-        }
-        let path = self.disk[i].path.clone();
-        match kv_snapshot::read(&path, &self.cfg.fingerprint) {
-            Ok((mut state, _)) => {
-                self.disk[i].last_used = self.clock;
-                if state.tokens.len() != self.disk[i].tokens.len() {
-                    self.drop_disk(i, "its tokens changed since it was indexed");
-                    return None;
-                }
-                state.truncate(n);
-                if n < prompt.len() {
-                    state.logits = None;
-                }
-                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-                Some((state, Tier::Disk))
-            }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), code = e.code(), error = %e, "KV disk tier: refusing a file");
-                self.stats.disk_rejected.fetch_add(1, Ordering::Relaxed);
-                self.drop_disk(i, "unreadable");
-                None
-            }
-        }
+        let n = match choice {
+            Choice::Host(_, n) | Choice::Disk(_, n) => n,
+        };
+        (n >= floor && n > better_than).then_some(choice)
     }
 
     fn drop_disk(&mut self, i: usize, why: &str) {
@@ -508,6 +579,57 @@ mod tests {
         assert_eq!((s.tokens.len(), s.logits), (100, None));
         // A better first-tier hit wins.
         assert!(t.lookup(&longer, "alice", 90).is_none());
+    }
+
+    #[test]
+    fn disk_hits_are_read_on_the_loader_thread_and_a_tampered_file_is_dropped() {
+        use crate::text::kv_loader::KvLoader;
+        let d = std::env::temp_dir().join(format!("kvtiers-{}", rand::random::<u64>()));
+        let a: Vec<u32> = (0..100).collect();
+        let b: Vec<u32> = (1000..1100).collect();
+        let mut t = tiers(&d);
+        t.write_through("", &a, || Some(st(a.clone())));
+        t.write_through("", &b, || Some(st(b.clone())));
+        wait_written(&t, 2);
+        assert!(t.has_disk());
+        // A host hit is not a disk candidate; nor is a prefix the first tier already serves.
+        t.demote("", st(a.clone()));
+        assert!(t.disk_candidate(&a, "", 0).is_none());
+        assert!(t.disk_candidate(&b, "", 100).is_none());
+        let longer: Vec<u32> = (1000..1130).collect();
+        let read_b = t.disk_candidate(&longer, "", 0).expect("b is on disk");
+        // Tamper with b's file after it was indexed: the read refuses it.
+        let bad = read_b.clone();
+        let mut loader: KvLoader<&str> = KvLoader::spawn().unwrap();
+        assert!(loader.start(read_b, "b").is_ok());
+        let mut got = Vec::new();
+        while loader.busy() {
+            got.extend(loader.finished(Some(std::time::Duration::from_millis(50))));
+        }
+        let (read, job, result) = got.pop().unwrap();
+        assert_eq!(job, "b");
+        let state = t.finish_read(&read, result).expect("read");
+        assert_eq!(
+            (state.tokens.len(), state.logits),
+            (100, None),
+            "a prefix of the longer prompt, without logits"
+        );
+        assert_eq!(t.stats.disk_hits.load(Ordering::Relaxed), 1);
+        let mut bytes = std::fs::read(&bad.path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&bad.path, bytes).unwrap();
+        loader.start(bad, "b again").ok().unwrap();
+        let mut got = Vec::new();
+        while loader.busy() {
+            got.extend(loader.finished(Some(std::time::Duration::from_millis(50))));
+        }
+        let (read, _, result) = got.pop().unwrap();
+        assert_eq!(result.as_ref().err().map(|e| e.code()), Some("checksum_mismatch"));
+        assert!(t.finish_read(&read, result).is_none());
+        assert_eq!(t.stats.disk_rejected.load(Ordering::Relaxed), 1);
+        assert!(t.disk_candidate(&longer, "", 0).is_none(), "the tampered entry is gone");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -431,12 +431,12 @@ impl PromptKeys {
             } => {
                 let fp = fp.ok_or_else(|| err("prompt_cache_unsupported", "this model's backend cannot import KV"))?;
                 let started = Instant::now();
-                let (state, md) = kv_snapshot::read(&path, fp).map_err(|e| KeyError {
+                let (mut state, md) = kv_snapshot::read(&path, fp).map_err(|e| KeyError {
                     code: e.code(),
                     message: e.to_string(),
                 })?;
                 let seq = model
-                    .sequence_from(&state)
+                    .sequence_from(&mut state)
                     .ok_or_else(|| err("fingerprint_mismatch", "the snapshot's KV does not fit this model"))?;
                 let n = state.tokens.len();
                 if !probe {
