@@ -513,7 +513,7 @@ fn serve(model: LlamaGguf, cfg: EngineConfig, rx: Receiver<Msg>, stats: Arc<Engi
             match (read, loader.as_mut()) {
                 (Some(read), Some(l)) => match l.start(read, job) {
                     Ok(()) => {}
-                    Err((_, job)) => admissions.push((job, None)),
+                    Err(job) => admissions.push((job, None)),
                 },
                 _ => admissions.push((job, None)),
             }

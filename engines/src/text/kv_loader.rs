@@ -46,7 +46,7 @@ impl<T> KvLoader<T> {
     }
 
     /// Starts reading `read` for `job`; Err gives the job back (the reader has stopped).
-    pub fn start(&mut self, read: DiskRead, job: T) -> Result<(), (DiskRead, T)> {
+    pub fn start(&mut self, read: DiskRead, job: T) -> Result<(), T> {
         let id = self.next;
         self.next += 1;
         // The thread gets a copy; this one is reported back with the result.
@@ -56,7 +56,7 @@ impl<T> KvLoader<T> {
                 self.waiting.push((id, back, job));
                 Ok(())
             }
-            Err(e) => Err((e.0 .1, job)),
+            Err(_) => Err(job),
         }
     }
 
