@@ -17,7 +17,7 @@ use super::{route, AppState, Route};
 use crate::providers::prompt_cache::{self as pc, Target};
 use crate::providers::{cache_scope, Providers};
 use crate::security::principal::Principal;
-use abstractgateway_engines::text::prompt_keys::KeyOp;
+use abstractgateway_engines::text::prompt_keys::{KeyError, KeyOp};
 
 fn body_schema(props: Value, required: &[&str]) -> Value {
     json!({"application/json": {"schema": {"type": "object", "properties": props, "required": required}}})
@@ -464,6 +464,38 @@ fn local_only(operation: &str, t: &Target) -> Json<Value> {
     Json(with_host(pc::unavailable(operation, t, code)))
 }
 
+/// What `export` and `import` work on once their fields are read: the local model, the
+/// caller's scope and the model's capabilities (refusals carry them).
+struct ExportCall {
+    id: String,
+    scope: String,
+    caps: Value,
+    operation: &'static str,
+}
+
+impl ExportCall {
+    /// Err: the answer for a target that is not a local model.
+    fn of(p: &Providers, c: Call, operation: &'static str) -> Result<ExportCall, Json<Value>> {
+        let Target::Local(id) = &c.target else {
+            return Err(local_only(operation, &c.target));
+        };
+        Ok(ExportCall {
+            id: id.clone(),
+            caps: pc::capabilities(p, &c.target),
+            scope: c.scope,
+            operation,
+        })
+    }
+
+    fn fail(&self, code: &str, error: String) -> Json<Value> {
+        Json(with_host(refused(self.operation, code, &error, &self.caps).0))
+    }
+
+    fn failed(&self, e: &KeyError) -> Json<Value> {
+        Json(with_host(pc::failed(self.operation, &self.caps, e)))
+    }
+}
+
 /// Upstream marks export operations as served by the host facade.
 fn with_host(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {
@@ -486,21 +518,18 @@ async fn save(
     let key = f.req_str("key");
     let q8 = f.opt_bool("q8").unwrap_or(false);
     f.finish()?;
-    let Target::Local(id) = &c.target else {
-        return Ok(local_only("export", &c.target));
+    let x = match ExportCall::of(&p, c, "export") {
+        Ok(x) => x,
+        Err(answer) => return Ok(answer),
     };
-    let caps = pc::capabilities(&p, &c.target);
-    let fail = |code: &str, error: String| Json(with_host(refused("export", code, &error, &caps).0));
+    let (id, caps) = (&x.id, &x.caps);
     let slug = match pc::export_name(&name) {
         Ok(s) => s,
-        Err(e) => return Ok(fail("invalid_name", e)),
+        Err(e) => return Ok(x.fail("invalid_name", e)),
     };
     let dir = exports_of(&st, id);
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        return Ok(fail(
-            "prompt_cache_operation_failed",
-            format!("cannot create {}: {e}", dir.display()),
-        ));
+        return Ok(x.fail("prompt_cache_operation_failed", format!("cannot create {}: {e}", dir.display())));
     }
     let filename = format!("{slug}{}", pc::EXTENSION);
     let path = dir.join(&filename);
@@ -509,7 +538,7 @@ async fn save(
         .into_iter()
         .collect();
     let op = KeyOp::Save {
-        scope: c.scope,
+        scope: x.scope.clone(),
         key: key.clone(),
         path: path.clone(),
         quant: pc::quant(q8),
@@ -517,7 +546,7 @@ async fn save(
     };
     let r = match pc::run(&p, id, op).await {
         Ok(r) => r,
-        Err(e) => return Ok(Json(with_host(pc::failed("export", &caps, &e)))),
+        Err(e) => return Ok(x.failed(&e)),
     };
     let p2 = path.clone();
     let sha = tokio::task::spawn_blocking(move || abstractgateway_engines::text::kv_snapshot::file_sha256(&p2))
@@ -530,7 +559,7 @@ async fn save(
         "token_count": r["token_count"], "quantized": q8, "artifact_sha256": sha, "artifact_bytes": r["bytes"]});
     let meta_path = dir.join(format!("{filename}.meta.json"));
     if let Err(e) = abstractgateway_engines::text::kv_snapshot::write_file_atomic(&meta_path, meta.to_string().as_bytes()) {
-        return Ok(fail(
+        return Ok(x.fail(
             "prompt_cache_operation_failed",
             format!("cannot write {}: {e}", meta_path.display()),
         ));
@@ -559,23 +588,23 @@ async fn load(
     let make_default = f.opt_bool("make_default").unwrap_or(false);
     let clear_existing = f.opt_bool("clear_existing").unwrap_or(false);
     f.finish()?;
-    let Target::Local(id) = &c.target else {
-        return Ok(local_only("import", &c.target));
+    let x = match ExportCall::of(&p, c, "import") {
+        Ok(x) => x,
+        Err(answer) => return Ok(answer),
     };
-    let caps = pc::capabilities(&p, &c.target);
-    let fail = |code: &str, error: String| Json(with_host(refused("import", code, &error, &caps).0));
+    let (id, caps) = (&x.id, &x.caps);
     let Ok(slug) = pc::export_name(&name) else {
-        return Ok(fail("not_found", format!("no export named '{name}'")));
+        return Ok(x.fail("not_found", format!("no export named '{name}'")));
     };
     let dir = exports_of(&st, id);
     let d2 = dir.clone();
     let items = tokio::task::spawn_blocking(move || pc::saved(&d2)).await.unwrap_or_default();
     let Some(item) = items.into_iter().find(|i| i["name"] == json!(slug)) else {
-        return Ok(fail("not_found", format!("no export named '{slug}' for local/{id}")));
+        return Ok(x.fail("not_found", format!("no export named '{slug}' for local/{id}")));
     };
     let path = dir.join(item["artifact_filename"].as_str().unwrap_or(""));
     if !path.is_file() || !path.starts_with(&dir) {
-        return Ok(fail("not_found", format!("the export's file {} is missing", path.display())));
+        return Ok(x.fail("not_found", format!("the export's file {} is missing", path.display())));
     }
     let load_op = |probe: bool, key: String, scope: String| KeyOp::Load {
         scope,
@@ -589,14 +618,14 @@ async fn load(
     if clear_existing {
         // Validate before wiping: a file that would be refused must not cost the live keys.
         let probe_key = format!("import-probe:{}", &crate::util::new_hex_id()[..12]);
-        if let Err(e) = pc::run(&p, id, load_op(true, probe_key, c.scope.clone())).await {
-            return Ok(Json(with_host(pc::failed("import", &caps, &e))));
+        if let Err(e) = pc::run(&p, id, load_op(true, probe_key, x.scope.clone())).await {
+            return Ok(x.failed(&e));
         }
         if let Err(e) = pc::run(
             &p,
             id,
             KeyOp::Clear {
-                scope: c.scope.clone(),
+                scope: x.scope.clone(),
                 key: None,
             },
         )
@@ -605,7 +634,7 @@ async fn load(
             warnings.push(json!(format!("clearing the existing keys failed: {e}")));
         }
     }
-    Ok(match pc::run(&p, id, load_op(false, key.clone(), c.scope)).await {
+    Ok(match pc::run(&p, id, load_op(false, key.clone(), x.scope.clone())).await {
         Ok(r) => {
             let mut out = json!({"supported": true, "ok": true, "operation": "import", "local_only": true, "provider": "local",
                 "model": id, "name": slug, "key": key, "make_default": make_default, "clear_existing": clear_existing,
@@ -616,6 +645,6 @@ async fn load(
             }
             Json(with_host(out))
         }
-        Err(e) => Json(with_host(pc::failed("import", &caps, &e))),
+        Err(e) => x.failed(&e),
     })
 }

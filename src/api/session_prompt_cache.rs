@@ -20,7 +20,7 @@ use super::{route, AppState, Route};
 use crate::providers::prompt_cache::{self as pc, Module, Target};
 use crate::providers::{cache_scope, Providers};
 use crate::security::principal::Principal;
-use abstractgateway_engines::text::prompt_keys::KeyOp;
+use abstractgateway_engines::text::prompt_keys::{KeyError, KeyOp};
 
 /// Upstream's limits on a prepare request's modules.
 const MAX_MODULES: usize = 12;
@@ -555,16 +555,8 @@ async fn do_prepare(st: &AppState, p: &Arc<Providers>, r: &Prepare, restore: boo
             make_default: r.make_default,
             ttl: r.ttl,
         };
-        match pc::run(p, model, op).await {
-            Ok(v) => {
-                responses.insert("set".into(), pc::bounded(v));
-                out["prepared"] = json!(true);
-            }
-            Err(e) => {
-                out["prepared"] = json!(false);
-                fail(&mut out, e.code, &e.message);
-            }
-        }
+        let result = pc::run(p, model, op).await;
+        record_prepared(&mut out, &mut responses, "set", result);
         out["provider_responses"] = Value::Object(responses);
         return out;
     }
@@ -595,26 +587,34 @@ async fn do_prepare(st: &AppState, p: &Arc<Providers>, r: &Prepare, restore: boo
         make_default: r.make_default,
         ttl: r.ttl,
     };
-    match pc::run(p, model, fork).await {
-        Ok(v) => {
-            responses.insert("fork".into(), pc::bounded(v));
-            out["prepared"] = json!(true);
-            if snapshots && !same {
-                // Durable: the session's prefix survives a restart as an artifact of it.
-                match store_snapshot(st, p, s, model, &prefix).await {
-                    Ok(a) => out["snapshot_artifact"] = a,
-                    Err(e) => out["warnings"] = json!([format!("the session's KV snapshot was not stored: {e}")]),
-                }
-            }
-        }
-        Err(e) => {
-            out["prepared"] = json!(false);
-            fail(&mut out, e.code, &e.message);
+    let result = pc::run(p, model, fork).await;
+    if record_prepared(&mut out, &mut responses, "fork", result) && snapshots && !same {
+        // Durable: the session's prefix survives a restart as an artifact of it.
+        match store_snapshot(st, p, s, model, &prefix).await {
+            Ok(a) => out["snapshot_artifact"] = a,
+            Err(e) => out["warnings"] = json!([format!("the session's KV snapshot was not stored: {e}")]),
         }
     }
     out["prefix_cache_key"] = json!(prefix);
     out["provider_responses"] = Value::Object(responses);
     out
+}
+
+/// The step that prepares the session's key (`set`, or `fork` from the modules' key): its
+/// answer among the provider responses, and `prepared` (or the failure); whether it succeeded.
+fn record_prepared(out: &mut Value, responses: &mut Map<String, Value>, step: &str, result: Result<Value, KeyError>) -> bool {
+    match result {
+        Ok(v) => {
+            responses.insert(step.into(), pc::bounded(v));
+            out["prepared"] = json!(true);
+            true
+        }
+        Err(e) => {
+            out["prepared"] = json!(false);
+            fail(out, e.code, &e.message);
+            false
+        }
+    }
 }
 
 async fn do_clear(p: &Arc<Providers>, s: &Session) -> Value {

@@ -137,6 +137,24 @@ impl KvState {
     }
 
     /// Keeps the first `n` positions.
+    /// A copy of the first `n` positions (the logits only where that is all of it), in buffers
+    /// with room to grow (`kv_buffer`).
+    pub fn prefix(&self, n: usize) -> KvState {
+        let n = n.min(self.tokens.len());
+        let copy = |layer: &Vec<f16>| -> Vec<f16> {
+            let keep = layer.len() / self.tokens.len().max(1) * n;
+            let mut v = Vec::with_capacity(keep + keep / 2);
+            v.extend_from_slice(&layer[..keep]);
+            v
+        };
+        KvState {
+            tokens: self.tokens[..n].to_vec(),
+            k: self.k.iter().map(copy).collect(),
+            v: self.v.iter().map(copy).collect(),
+            logits: if n == self.tokens.len() { self.logits.clone() } else { None },
+        }
+    }
+
     pub fn truncate(&mut self, n: usize) {
         if n >= self.tokens.len() {
             return;
@@ -199,6 +217,18 @@ impl SnapshotError {
     }
 }
 
+/// A layer's K or V buffer of `len` zeros with room to grow by half again. A sequence restored
+/// from it appends to it; at exactly `len`, its first decode step would copy every layer into
+/// a larger buffer, on the engine thread. The spare room is never touched until used (no memory
+/// is committed for it).
+pub fn kv_buffer(len: usize) -> Vec<f16> {
+    // Zeroed allocation (calloc: fresh pages, not written), then cut: the spare part keeps
+    // its capacity and costs nothing until written.
+    let mut v = vec![f16::ZERO; len + len / 2];
+    v.truncate(len);
+    v
+}
+
 fn f16_bytes(x: &[f16]) -> &[u8] {
     bytemuck::cast_slice(x)
 }
@@ -237,7 +267,7 @@ fn q8_encode(x: &[f16]) -> (Vec<u8>, Vec<f16>) {
 
 fn q8_decode(q: &[u8], scales: &[f16]) -> Vec<f16> {
     use half::slice::HalfFloatSliceExt;
-    let mut out = vec![f16::ZERO; q.len()];
+    let mut out = kv_buffer(q.len());
     let mut f = [0f32; Q8_RUN];
     for ((run, d), o) in q.chunks(Q8_RUN).zip(scales).zip(out.chunks_mut(Q8_RUN)) {
         let d = d.to_f32();
@@ -552,7 +582,7 @@ pub fn read(path: &Path, fp: &Fingerprint) -> Result<(KvState, HashMap<String, S
         .par_iter()
         .map(|&(name, at, len, f16)| {
             let mut buf = if f16 {
-                Buf::F16(vec![f16::ZERO; len / 2])
+                Buf::F16(kv_buffer(len / 2))
             } else {
                 Buf::Bytes(vec![0u8; len])
             };
@@ -751,6 +781,11 @@ mod tests {
 
     #[test]
     fn truncating_a_state_keeps_a_prefix() {
+        let p = state(6).prefix(2);
+        assert_eq!((p.tokens.clone(), p.logits.clone()), (vec![0, 1], None));
+        assert_eq!(p.k[0], state(6).k[0][..128].to_vec());
+        assert!(p.k[0].capacity() >= 192, "room to grow");
+        assert_eq!(state(6).prefix(9).logits, state(6).logits, "all of it keeps the logits");
         let mut s = state(6);
         s.truncate(2);
         assert_eq!(s.tokens, vec![0, 1]);

@@ -258,8 +258,7 @@ impl KvTiers {
             Choice::Host(i, n) => {
                 let e = &mut self.host[i];
                 e.last_used = self.clock;
-                let mut state = (*e.state).clone();
-                state.truncate(n);
+                let mut state = e.state.prefix(n);
                 if n < prompt.len() {
                     state.logits = None;
                 }
