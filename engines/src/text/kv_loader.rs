@@ -7,7 +7,7 @@
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
-use super::kv_snapshot::{KvState, SnapshotError};
+use super::kv_snapshot::{self, KvState, SnapshotError};
 use super::kv_tiers::DiskRead;
 
 type Done = (u64, Result<KvState, SnapshotError>);
@@ -26,9 +26,11 @@ impl<T> KvLoader<T> {
         let (tx, rx) = channel::<(u64, DiskRead)>();
         let (done_tx, done) = channel::<Done>();
         let spawned = std::thread::Builder::new().name("kv-disk-reader".into()).spawn(move || {
+            let pool = kv_snapshot::background_pool("kv-disk-reader");
             // Ends when the engine drops its loader (the sender).
             for (id, read) in rx {
-                if done_tx.send((id, read.read())).is_err() {
+                let result = kv_snapshot::on_pool(pool.as_ref(), || read.read());
+                if done_tx.send((id, result)).is_err() {
                     break;
                 }
             }

@@ -217,6 +217,30 @@ impl SnapshotError {
     }
 }
 
+/// A thread pool of its own for snapshot work done in the background (the disk tier's reader
+/// and writer). On rayon's global pool, a read's or a write's parallel hashing would queue the
+/// engine's own parallel matmuls behind it, stalling every decode step for its whole length:
+/// measured as an 84–89 ms gap in another stream's tokens during a 2,446-token SmolLM2 read.
+/// A quarter of the cores (at least one), so decoding keeps the rest. None: the global pool.
+pub fn background_pool(name: &str) -> Option<rayon::ThreadPool> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let name = name.to_string();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads((cores / 4).max(1))
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "no thread pool for background KV snapshot work"))
+        .ok()
+}
+
+/// Runs `f` on `pool`, or here where there is none.
+pub fn on_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
 /// A layer's K or V buffer of `len` zeros with room to grow by half again. A sequence restored
 /// from it appends to it; at exactly `len`, its first decode step would copy every layer into
 /// a larger buffer, on the engine thread. The spare room is never touched until used (no memory

@@ -471,6 +471,7 @@ impl KvTiers {
 fn spawn_writer(fp: Fingerprint, stats: Arc<TierStats>) -> Sender<DiskJob> {
     let (tx, rx) = channel::<DiskJob>();
     let spawned = std::thread::Builder::new().name("kv-disk-writer".into()).spawn(move || {
+        let pool = kv_snapshot::background_pool("kv-disk-writer");
         for job in rx {
             match job {
                 DiskJob::Write { path, state, scope, ready } => {
@@ -478,7 +479,8 @@ fn spawn_writer(fp: Fingerprint, stats: Arc<TierStats>) -> Sender<DiskJob> {
                         ("scope".to_string(), scope),
                         ("has_logits".to_string(), state.logits.is_some().to_string()),
                     ]);
-                    match kv_snapshot::write(&path, &state, &fp, Quant::None, &extra) {
+                    let written = kv_snapshot::on_pool(pool.as_ref(), || kv_snapshot::write(&path, &state, &fp, Quant::None, &extra));
+                    match written {
                         Ok(_) => {
                             stats.disk_writes.fetch_add(1, Ordering::Relaxed);
                             ready.store(true, Ordering::Release);
