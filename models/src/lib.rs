@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod chat_template;
+pub mod ct2;
 pub mod dense;
 pub mod embedding_dir;
 pub mod error;
@@ -15,5 +16,7 @@ pub mod source;
 pub mod spm;
 pub mod tokenizer;
 pub mod weight_map;
+pub mod whisper_ct2;
+pub mod whisper_mel;
 
 pub use error::ModelError;

