@@ -64,12 +64,15 @@ pub fn whisper_from_ct2(m: &Ct2Model, suppress_ids: &[u32], dtype: DType, device
     let dec_positions = tensor("decoder/position_encodings/encodings")?;
     let target_positions = dec_positions.dim(0)?;
     put("model.decoder.embed_positions.weight".into(), dec_positions);
+    // A linear layer (`weight`, `bias`) or a layer norm (`gamma`, `beta`) under its HF name.
+    let pair = |put: &mut dyn FnMut(String, Tensor), hf: &str, ct: &str, norm: bool| -> Result<(), ModelError> {
+        let (w, b) = if norm { ("gamma", "beta") } else { ("weight", "bias") };
+        put(format!("{hf}.weight"), tensor(&format!("{ct}/{w}"))?);
+        put(format!("{hf}.bias"), tensor(&format!("{ct}/{b}"))?);
+        Ok(())
+    };
     for side in ["encoder", "decoder"] {
-        put(
-            format!("model.{side}.layer_norm.weight"),
-            tensor(&format!("{side}/layer_norm/gamma"))?,
-        );
-        put(format!("model.{side}.layer_norm.bias"), tensor(&format!("{side}/layer_norm/beta"))?);
+        pair(&mut put, &format!("model.{side}.layer_norm"), &format!("{side}/layer_norm"), true)?;
         let n = if side == "encoder" { enc_layers } else { dec_layers };
         for i in 0..n {
             let c = |x: &str| format!("{side}/layer_{i}/{x}");
@@ -82,30 +85,22 @@ pub fn whisper_from_ct2(m: &Ct2Model, suppress_ids: &[u32], dtype: DType, device
             put(h("self_attn.v_proj.weight"), rows(&w, 2)?);
             put(h("self_attn.q_proj.bias"), rows(&b, 0)?);
             put(h("self_attn.v_proj.bias"), rows(&b, 2)?);
-            put(h("self_attn.out_proj.weight"), tensor(&c("self_attention/linear_1/weight"))?);
-            put(h("self_attn.out_proj.bias"), tensor(&c("self_attention/linear_1/bias"))?);
-            put(h("self_attn_layer_norm.weight"), tensor(&c("self_attention/layer_norm/gamma"))?);
-            put(h("self_attn_layer_norm.bias"), tensor(&c("self_attention/layer_norm/beta"))?);
+            pair(&mut put, &h("self_attn.out_proj"), &c("self_attention/linear_1"), false)?;
+            pair(&mut put, &h("self_attn_layer_norm"), &c("self_attention/layer_norm"), true)?;
             if side == "decoder" {
                 // Cross-attention: Q alone, K and V fused by rows.
-                put(h("encoder_attn.q_proj.weight"), tensor(&c("attention/linear_0/weight"))?);
-                put(h("encoder_attn.q_proj.bias"), tensor(&c("attention/linear_0/bias"))?);
+                pair(&mut put, &h("encoder_attn.q_proj"), &c("attention/linear_0"), false)?;
                 let w = tensor(&c("attention/linear_1/weight"))?;
                 let b = tensor(&c("attention/linear_1/bias"))?;
                 put(h("encoder_attn.k_proj.weight"), rows(&w, 0)?);
                 put(h("encoder_attn.v_proj.weight"), rows(&w, 1)?);
                 put(h("encoder_attn.v_proj.bias"), rows(&b, 1)?);
-                put(h("encoder_attn.out_proj.weight"), tensor(&c("attention/linear_2/weight"))?);
-                put(h("encoder_attn.out_proj.bias"), tensor(&c("attention/linear_2/bias"))?);
-                put(h("encoder_attn_layer_norm.weight"), tensor(&c("attention/layer_norm/gamma"))?);
-                put(h("encoder_attn_layer_norm.bias"), tensor(&c("attention/layer_norm/beta"))?);
+                pair(&mut put, &h("encoder_attn.out_proj"), &c("attention/linear_2"), false)?;
+                pair(&mut put, &h("encoder_attn_layer_norm"), &c("attention/layer_norm"), true)?;
             }
-            for (ours, theirs) in [("fc1", "ffn/linear_0"), ("fc2", "ffn/linear_1")] {
-                put(h(&format!("{ours}.weight")), tensor(&c(&format!("{theirs}/weight")))?);
-                put(h(&format!("{ours}.bias")), tensor(&c(&format!("{theirs}/bias")))?);
-            }
-            put(h("final_layer_norm.weight"), tensor(&c("ffn/layer_norm/gamma"))?);
-            put(h("final_layer_norm.bias"), tensor(&c("ffn/layer_norm/beta"))?);
+            pair(&mut put, &h("fc1"), &c("ffn/linear_0"), false)?;
+            pair(&mut put, &h("fc2"), &c("ffn/linear_1"), false)?;
+            pair(&mut put, &h("final_layer_norm"), &c("ffn/layer_norm"), true)?;
         }
     }
     let config = json!({
