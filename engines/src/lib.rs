@@ -4,6 +4,7 @@
 pub mod device;
 pub mod embedding;
 pub mod error;
+pub mod stt;
 pub mod text;
 
 pub use error::{EngineError, GenError};

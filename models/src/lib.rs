@@ -16,6 +16,7 @@ pub mod source;
 pub mod spm;
 pub mod tokenizer;
 pub mod weight_map;
+pub mod whisper;
 pub mod whisper_ct2;
 pub mod whisper_mel;
 

@@ -3,25 +3,9 @@
 
 use abstractgateway_models::whisper_mel::{mel_filters, window, MelExtractor, WINDOW_FRAMES};
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/speech");
+mod common;
 
-/// A 16-bit PCM wav's samples in [-1, 1] (the clips: 16 kHz mono).
-fn wav(name: &str) -> Vec<f32> {
-    let b = std::fs::read(format!("{DATA}/{name}.wav")).unwrap();
-    let mut at = 12;
-    while at + 8 <= b.len() {
-        let id = &b[at..at + 4];
-        let len = u32::from_le_bytes([b[at + 4], b[at + 5], b[at + 6], b[at + 7]]) as usize;
-        if id == b"data" {
-            return b[at + 8..at + 8 + len]
-                .chunks(2)
-                .map(|s| i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0)
-                .collect();
-        }
-        at += 8 + len + (len & 1);
-    }
-    panic!("{name}.wav has no data chunk")
-}
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/speech");
 
 fn reference(name: &str) -> (Vec<f32>, Vec<usize>) {
     let b = std::fs::read(format!("{DATA}/whisper_features.safetensors")).unwrap();
@@ -46,7 +30,7 @@ fn filters_equal_faster_whispers() {
 #[test]
 fn features_match_faster_whisper_within_1e_4() {
     let (want, shape) = reference("hello.features");
-    let (got, frames) = MelExtractor::new(80).features(&wav("hello"));
+    let (got, frames) = MelExtractor::new(80).features(&common::speech_clip("hello"));
     assert_eq!(vec![80, frames], shape);
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-4, "log-mel features differ by {worst}");

@@ -77,3 +77,23 @@ pub fn piper_joe() -> PathBuf {
 fn dir_of(file: PathBuf) -> PathBuf {
     file.parent().map(PathBuf::from).expect("a model file's directory")
 }
+
+/// A speech clip of tests/data/speech (16-bit PCM wav) as samples in [-1, 1].
+pub fn speech_clip(name: &str) -> Vec<f32> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/data/speech")
+        .join(format!("{name}.wav"));
+    let b = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut at = 12;
+    while at + 8 <= b.len() {
+        let len = u32::from_le_bytes([b[at + 4], b[at + 5], b[at + 6], b[at + 7]]) as usize;
+        if &b[at..at + 4] == b"data" {
+            return b[at + 8..at + 8 + len]
+                .chunks(2)
+                .map(|s| i16::from_le_bytes([s[0], s[1]]) as f32 / 32768.0)
+                .collect();
+        }
+        at += 8 + len + (len & 1);
+    }
+    panic!("{name}.wav has no data chunk")
+}

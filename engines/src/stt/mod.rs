@@ -1,0 +1,3 @@
+//! Speech-to-text: whisper (`transcribe`), from faster-whisper (CTranslate2) directories.
+
+pub mod transcribe;
