@@ -2,7 +2,7 @@
 //! models/tests/data/speech/record_whisper_refs.py) on the real whisper tiny.en and base, for
 //! every clip: each window's tokens exactly, and the language the multilingual model detects.
 
-use abstractgateway_engines::stt::transcribe::WhisperModel;
+use abstractgateway_engines::stt::transcribe::{TranscribeOptions, WhisperModel};
 use candle_core::Device;
 
 #[path = "../../models/tests/common/mod.rs"]
@@ -17,33 +17,41 @@ fn check(model: &str, dir: std::path::PathBuf) {
     let refs = refs();
     let runs = refs["models"][model].as_object().unwrap();
     for (clip, want) in runs {
-        let (lang, segments) = m.transcribe(&common::speech_clip(clip), None, false).unwrap();
-        let got: Vec<Vec<u32>> = segments.iter().map(|s| s.tokens.clone()).collect();
-        let expected: Vec<Vec<u32>> = want["plain"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
-            .collect();
-        assert_eq!(
-            got,
-            expected,
-            "{model} {clip}: {:?}",
-            segments.iter().map(|s| &s.text).collect::<Vec<_>>()
-        );
-        assert_eq!(lang, want["language"].as_str().unwrap(), "{model} {clip}");
-        let spans: Vec<(f64, f64)> = segments.iter().map(|s| (s.start, s.end)).collect();
-        let want_spans: Vec<(f64, f64)> = want["plain"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap()))
-            .collect();
-        for (a, b) in spans.iter().zip(&want_spans) {
-            assert!(
-                (a.0 - b.0).abs() < 0.011 && (a.1 - b.1).abs() < 0.011,
-                "{model} {clip}: {spans:?} vs {want_spans:?}"
+        let pcm = common::speech_clip(clip);
+        for (mode, timestamps) in [("plain", false), ("timestamps", true)] {
+            // The references were recorded at temperature 0 alone.
+            let opts = TranscribeOptions {
+                timestamps,
+                temperatures: vec![0.0],
+                ..Default::default()
+            };
+            let mut windows = 0;
+            let t = m.transcribe(&pcm, &opts, &mut |_, _| windows += 1).unwrap();
+            assert!(windows >= 1);
+            let got: Vec<Vec<u32>> = t.segments.iter().map(|s| s.tokens.clone()).collect();
+            let expected: Vec<Vec<u32>> = want[mode]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
+                .collect();
+            assert_eq!(
+                got,
+                expected,
+                "{model} {clip} {mode}: {:?}",
+                t.segments.iter().map(|s| &s.text).collect::<Vec<_>>()
             );
+            assert_eq!(t.language, want["language"].as_str().unwrap(), "{model} {clip}");
+            for (s, w) in t.segments.iter().zip(want[mode].as_array().unwrap()) {
+                assert_eq!(s.text, w["text"].as_str().unwrap(), "{model} {clip} {mode}");
+                let (a, b) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+                assert!(
+                    (s.start - a).abs() < 0.011 && (s.end - b).abs() < 0.011,
+                    "{model} {clip} {mode}: {} {} vs {a} {b}",
+                    s.start,
+                    s.end
+                );
+            }
         }
     }
 }

@@ -1,10 +1,10 @@
-//! Whisper transcription as faster-whisper does it with greedy decoding: log-mel features of
-//! the whole clip, 30 s windows taken in turn, each decoded after a prompt of the previous
-//! windows' text (`<|startofprev|>`), the start-of-transcript sequence and `<|notimestamps|>`;
-//! the multilingual model's language detected on the first window. Token suppression is the
-//! model directory's: `suppress_ids` at every step, `suppress_ids_begin` (blank and end of
-//! text) at the first.
+//! Whisper transcription as faster-whisper does it: log-mel features of the whole clip, 30 s
+//! windows taken in turn, each decoded after a prompt of the text so far
+//! (`<|startofprev|>`), the multilingual model's language detected on the first window,
+//! segments cut at timestamp tokens, and temperature fallback where the output looks wrong
+//! (too repetitive or too unlikely), with windows of silence skipped.
 
+use std::io::Write;
 use std::path::Path;
 
 use abstractgateway_models::ct2::Ct2Model;
@@ -12,16 +12,103 @@ use abstractgateway_models::whisper::{Whisper, WhisperConfig};
 use abstractgateway_models::whisper_ct2::whisper_from_ct2;
 use abstractgateway_models::whisper_mel::{self, MelExtractor, WINDOW_FRAMES};
 use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
+use super::decode::{Decoded, Decoder};
+use super::rules::{log_softmax, RuleTokens};
+use super::split::split;
 use crate::EngineError;
 
-/// One decoded window: its time span (seconds), tokens and text.
+/// Samples a second the model takes.
+pub const SAMPLE_RATE: usize = 16_000;
+
+/// One segment of the transcript, with faster-whisper's (and OpenAI's `verbose_json`) fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
+    pub id: usize,
+    /// The mel frame (10 ms) its window started at.
+    pub seek: usize,
     pub start: f64,
     pub end: f64,
-    pub tokens: Vec<u32>,
     pub text: String,
+    pub tokens: Vec<u32>,
+    pub temperature: f32,
+    pub avg_logprob: f64,
+    pub compression_ratio: f64,
+    pub no_speech_prob: f64,
+}
+
+/// A whole transcript.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub language: String,
+    /// The detected language's probability (1 where it was given or the model is English-only).
+    pub language_probability: f64,
+    /// Seconds of audio.
+    pub duration: f64,
+    pub segments: Vec<Segment>,
+}
+
+impl Transcript {
+    pub fn text(&self) -> String {
+        self.segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string()
+    }
+}
+
+/// How to transcribe; the defaults are faster-whisper's.
+#[derive(Debug, Clone)]
+pub struct TranscribeOptions {
+    /// ISO code (`en`, `fr`, …); detected on multilingual models where absent.
+    pub language: Option<String>,
+    /// Into English (multilingual models only).
+    pub translate: bool,
+    /// Segments cut at the model's timestamps (else one per window).
+    pub timestamps: bool,
+    /// Tried in turn while the output fails the thresholds.
+    pub temperatures: Vec<f32>,
+    /// Hypotheses sampled at each temperature above 0; the likeliest is kept.
+    pub best_of: usize,
+    /// Text the first window is conditioned on (names, spelling, style).
+    pub initial_prompt: Option<String>,
+    pub condition_on_previous_text: bool,
+    pub compression_ratio_threshold: f64,
+    pub log_prob_threshold: f64,
+    pub no_speech_threshold: f64,
+    /// Sampling seed, so a fallback is reproducible.
+    pub seed: u64,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        TranscribeOptions {
+            language: None,
+            translate: false,
+            timestamps: true,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            best_of: 5,
+            initial_prompt: None,
+            condition_on_previous_text: true,
+            compression_ratio_threshold: 2.4,
+            log_prob_threshold: -1.0,
+            no_speech_threshold: 0.6,
+            seed: 0,
+        }
+    }
+}
+
+impl TranscribeOptions {
+    /// The ladder from `t` up to 1.0 in steps of 0.2 (OpenAI's `temperature` field).
+    pub fn temperatures_from(t: f32) -> Vec<f32> {
+        let t = t.clamp(0.0, 1.0);
+        let mut out = vec![t];
+        let mut next = t + 0.2;
+        while next <= 1.0 + 1e-6 {
+            out.push(next.min(1.0));
+            next += 0.2;
+        }
+        out
+    }
 }
 
 /// A loaded whisper model with its tokenizer and decoding rules.
@@ -29,9 +116,8 @@ pub struct WhisperModel {
     model: Whisper,
     tokenizer: tokenizers::Tokenizer,
     mel: MelExtractor,
+    decoder: Decoder,
     specials: Specials,
-    suppress: Vec<u32>,
-    suppress_begin: Vec<u32>,
     /// Language tokens and their codes (`en`, `fr`, …); empty for English-only models.
     languages: Vec<(String, u32)>,
 }
@@ -85,12 +171,29 @@ impl WhisperModel {
                 Some((t.trim_start_matches("<|").trim_end_matches("|>").to_string(), id))
             })
             .collect();
+        // The timestamp tokens follow <|notimestamps|> to the end of the vocabulary; the
+        // first may be at most 1 s in (faster-whisper's max_initial_timestamp).
+        let timestamp_begin = specials.no_timestamps + 1;
+        let decoder = Decoder {
+            sot: specials.sot,
+            no_speech: tokenizer
+                .token_to_id("<|nospeech|>")
+                .or_else(|| tokenizer.token_to_id("<|nocaptions|>")),
+            suppress: ids("suppress_ids"),
+            suppress_begin: ids("suppress_ids_begin"),
+            rules: RuleTokens {
+                eot: specials.eot,
+                no_timestamps: specials.no_timestamps,
+                timestamp_begin,
+                timestamp_end: model.cfg.vocab_size as u32 - 1,
+                max_initial_timestamp: timestamp_begin + 50,
+            },
+        };
         Ok(WhisperModel {
             mel: MelExtractor::new(model.cfg.num_mel_bins),
             model,
+            decoder,
             specials,
-            suppress: ids("suppress_ids"),
-            suppress_begin: ids("suppress_ids_begin"),
             languages,
             tokenizer,
         })
@@ -100,17 +203,53 @@ impl WhisperModel {
         !self.languages.is_empty()
     }
 
-    /// Transcribes 16 kHz mono samples (into English where `translate`, on multilingual
-    /// models): the language (given, detected, or `en` for English-only models) and the
-    /// segments, one per 30 s window.
-    pub fn transcribe(&self, pcm: &[f32], language: Option<&str>, translate: bool) -> Result<(String, Vec<Segment>), EngineError> {
+    /// The language codes the model knows (`en` alone for English-only models).
+    pub fn languages(&self) -> Vec<String> {
+        if self.multilingual() {
+            self.languages.iter().map(|(c, _)| c.clone()).collect()
+        } else {
+            vec!["en".into()]
+        }
+    }
+
+    /// Checks a language code before any audio is decoded.
+    pub fn check_language(&self, code: &str) -> Result<(), EngineError> {
+        if self.multilingual() {
+            self.language_token(code).map(|_| ())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Transcribes 16 kHz mono samples. `progress` hears, after each window, the seconds
+    /// decoded so far and the segments that window produced.
+    pub fn transcribe(
+        &self,
+        pcm: &[f32],
+        opts: &TranscribeOptions,
+        progress: &mut dyn FnMut(f64, &[Segment]),
+    ) -> Result<Transcript, EngineError> {
         let (features, frames) = self.mel.features(pcm);
         let n_mels = self.mel.n_mels();
         // faster-whisper's features end one frame past the audio (its 160 samples of padding).
         let content = frames.saturating_sub(1);
-        let mut language = language.map(str::to_string);
-        let mut previous: Vec<u32> = Vec::new();
-        let mut segments = Vec::new();
+        let mut rng = StdRng::seed_from_u64(opts.seed);
+        let mut language = if self.multilingual() {
+            opts.language.clone()
+        } else {
+            Some("en".to_string())
+        };
+        let mut language_probability = 1.0;
+        let mut all_tokens: Vec<u32> = Vec::new();
+        if let Some(p) = opts.initial_prompt.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            let enc = self
+                .tokenizer
+                .encode(format!(" {p}"), false)
+                .map_err(|e| EngineError::Unsupported(format!("tokenizing the prompt: {e}")))?;
+            all_tokens.extend(enc.get_ids());
+        }
+        let mut reset_since = 0;
+        let mut segments: Vec<Segment> = Vec::new();
         let mut seek = 0;
         while seek < content {
             let size = (content - seek).min(WINDOW_FRAMES);
@@ -121,43 +260,143 @@ impl WhisperModel {
                 (_, false) => None,
                 (Some(l), true) => Some(self.language_token(l)?),
                 (None, true) => {
-                    let (code, id) = self.detect_language(&audio)?;
+                    let (code, id, p) = self.detect_language(&audio)?;
                     language = Some(code);
+                    language_probability = p;
                     Some(id)
                 }
             };
-            let mut prompt = Vec::new();
-            if !previous.is_empty() {
-                // The last 223 tokens of the text so far (half the context, less one).
-                let keep = self.model.cfg.max_target_positions / 2 - 1;
-                prompt.push(self.specials.sot_prev);
-                prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+            let prompt = self.prompt(&all_tokens[reset_since..], lang, opts);
+            let (decoded, temperature, compression_ratio) = self.decode_with_fallback(&audio, &prompt, opts, &mut rng)?;
+            // Silence: unlikely text where <|nocaptions|> was likely.
+            if decoded.no_speech_prob > opts.no_speech_threshold && decoded.avg_logprob() <= opts.log_prob_threshold {
+                seek += size;
+                progress(seek as f64 * 0.01, &[]);
+                continue;
             }
-            prompt.push(self.specials.sot);
-            if let Some(l) = lang {
-                let task = if translate {
-                    self.specials.translate
-                } else {
-                    self.specials.transcribe
-                };
-                prompt.extend([l, task]);
+            let (pieces, next) = if opts.timestamps {
+                split(&decoded.tokens, self.decoder.rules.timestamp_begin, seek, size)
+            } else {
+                split(&decoded.tokens, u32::MAX, seek, size)
+            };
+            let first_new = segments.len();
+            for piece in pieces {
+                let text = self.text(&piece.tokens)?;
+                if piece.start == piece.end || text.trim().is_empty() {
+                    continue;
+                }
+                all_tokens.extend(&piece.tokens);
+                segments.push(Segment {
+                    id: segments.len(),
+                    seek,
+                    start: piece.start,
+                    end: piece.end,
+                    text,
+                    tokens: piece.tokens,
+                    temperature,
+                    avg_logprob: decoded.avg_logprob(),
+                    compression_ratio,
+                    no_speech_prob: decoded.no_speech_prob,
+                });
             }
-            prompt.push(self.specials.no_timestamps);
-            let tokens = self.greedy(&audio, &prompt)?;
-            let text = self
-                .tokenizer
-                .decode(&tokens, true)
-                .map_err(|e| EngineError::Unsupported(format!("detokenizing: {e}")))?;
-            segments.push(Segment {
-                start: seek as f64 * 0.01,
-                end: (seek + size) as f64 * 0.01,
-                tokens: tokens.clone(),
-                text,
-            });
-            previous.extend(tokens);
-            seek += size;
+            if !opts.condition_on_previous_text || temperature > 0.5 {
+                reset_since = all_tokens.len();
+            }
+            // A window must move on, whatever its timestamps said.
+            seek = if next > seek { next } else { seek + size };
+            progress((seek.min(content)) as f64 * 0.01, &segments[first_new..]);
         }
-        Ok((language.unwrap_or_else(|| "en".into()), segments))
+        Ok(Transcript {
+            language: language.unwrap_or_else(|| "en".into()),
+            language_probability,
+            duration: pcm.len() as f64 / SAMPLE_RATE as f64,
+            segments,
+        })
+    }
+
+    /// `<|startofprev|>` and the last 223 tokens of the text so far (half the context, less
+    /// one), the start-of-transcript sequence, and `<|notimestamps|>` where they are off.
+    fn prompt(&self, previous: &[u32], lang: Option<u32>, opts: &TranscribeOptions) -> Vec<u32> {
+        let mut prompt = Vec::new();
+        if !previous.is_empty() {
+            let keep = self.model.cfg.max_target_positions / 2 - 1;
+            prompt.push(self.specials.sot_prev);
+            prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+        }
+        prompt.push(self.specials.sot);
+        if let Some(l) = lang {
+            let task = if opts.translate {
+                self.specials.translate
+            } else {
+                self.specials.transcribe
+            };
+            prompt.extend([l, task]);
+        }
+        if !opts.timestamps {
+            prompt.push(self.specials.no_timestamps);
+        }
+        prompt
+    }
+
+    /// Decodes at each temperature in turn until the output passes the compression and
+    /// log-probability thresholds (or is silence); else the likeliest of those below the
+    /// compression threshold (or of all). Returns it with its temperature and compression ratio.
+    fn decode_with_fallback(
+        &self,
+        audio: &Tensor,
+        prompt: &[u32],
+        opts: &TranscribeOptions,
+        rng: &mut StdRng,
+    ) -> Result<(Decoded, f32, f64), EngineError> {
+        let mut tried: Vec<(Decoded, f32, f64)> = Vec::new();
+        let temperatures = if opts.temperatures.is_empty() {
+            vec![0.0]
+        } else {
+            opts.temperatures.clone()
+        };
+        let last_t = temperatures[temperatures.len() - 1];
+        for &t in &temperatures {
+            let decoded = if t > 0.0 {
+                let mut best: Option<Decoded> = None;
+                for _ in 0..opts.best_of.max(1) {
+                    let d = self.decoder.run(&self.model, audio, prompt, opts.timestamps, t, rng)?;
+                    let score = |d: &Decoded| d.sum_logprob / (d.tokens.len() + 1) as f64;
+                    if best.as_ref().is_none_or(|b| score(&d) > score(b)) {
+                        best = Some(d);
+                    }
+                }
+                best.ok_or_else(|| EngineError::Unsupported("no hypothesis".into()))?
+            } else {
+                self.decoder.run(&self.model, audio, prompt, opts.timestamps, 0.0, rng)?
+            };
+            let ratio = compression_ratio(self.text(&decoded.tokens)?.trim());
+            let avg = decoded.avg_logprob();
+            let silence = decoded.no_speech_prob > opts.no_speech_threshold && avg < opts.log_prob_threshold;
+            let fails = ratio > opts.compression_ratio_threshold || avg < opts.log_prob_threshold;
+            if !fails || silence {
+                return Ok((decoded, t, ratio));
+            }
+            tried.push((decoded, t, ratio));
+        }
+        let below: Vec<usize> = (0..tried.len())
+            .filter(|&i| tried[i].2 <= opts.compression_ratio_threshold)
+            .collect();
+        let pool: Vec<usize> = if below.is_empty() { (0..tried.len()).collect() } else { below };
+        let best = pool
+            .into_iter()
+            .max_by(|&a, &b| tried[a].0.avg_logprob().total_cmp(&tried[b].0.avg_logprob()))
+            .ok_or_else(|| EngineError::Unsupported("no decoding".into()))?;
+        let (d, _, ratio) = tried.swap_remove(best);
+        // The last temperature tried, as faster-whisper reports it (it decides the prompt reset).
+        Ok((d, last_t, ratio))
+    }
+
+    /// The text of `tokens` (timestamps and other specials dropped).
+    pub fn text(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        let words: Vec<u32> = tokens.iter().copied().filter(|&t| t < self.specials.eot).collect();
+        self.tokenizer
+            .decode(&words, false)
+            .map_err(|e| EngineError::Unsupported(format!("detokenizing: {e}")))
     }
 
     fn language_token(&self, code: &str) -> Result<u32, EngineError> {
@@ -168,48 +407,46 @@ impl WhisperModel {
             .ok_or_else(|| EngineError::Unsupported(format!("language '{code}' is not one this model knows")))
     }
 
-    /// The most likely language token after `<|startoftranscript|>`.
-    fn detect_language(&self, audio: &Tensor) -> Result<(String, u32), EngineError> {
+    /// The most likely language after `<|startoftranscript|>`, with its probability.
+    fn detect_language(&self, audio: &Tensor) -> Result<(String, u32, f64), EngineError> {
         let mut st = self.model.start(audio)?;
         let logits = self.model.step(&mut st, &[self.specials.sot])?;
+        let lp = log_softmax(&logits);
         self.languages
             .iter()
             .max_by(|a, b| logits[a.1 as usize].total_cmp(&logits[b.1 as usize]))
-            .cloned()
+            .map(|(c, id)| (c.clone(), *id, (lp[*id as usize] as f64).exp()))
             .ok_or_else(|| EngineError::Unsupported("no language tokens".into()))
     }
+}
 
-    /// Greedy decoding after `prompt` until end of text; the tokens decoded (without it).
-    fn greedy(&self, audio: &Tensor, prompt: &[u32]) -> Result<Vec<u32>, EngineError> {
-        let mut st = self.model.start(audio)?;
-        let mut logits = self.model.step(&mut st, prompt)?;
-        let mut out = Vec::new();
-        let max = self.model.cfg.max_target_positions;
-        while st.len() < max {
-            for &t in &self.suppress {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-            if out.is_empty() {
-                for &t in &self.suppress_begin {
-                    if let Some(l) = logits.get_mut(t as usize) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let next = logits
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i as u32)
-                .unwrap_or(self.specials.eot);
-            if next == self.specials.eot {
-                break;
-            }
-            out.push(next);
-            logits = self.model.step(&mut st, &[next])?;
-        }
-        Ok(out)
+/// UTF-8 bytes over their zlib-compressed bytes: high for repetitive text (a decoding loop).
+pub fn compression_ratio(text: &str) -> f64 {
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let packed = z.write_all(text.as_bytes()).and_then(|_| z.finish()).map(|v| v.len()).unwrap_or(1);
+    text.len() as f64 / packed.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_temperature_ladder_starts_where_asked() {
+        assert_eq!(TranscribeOptions::temperatures_from(0.0).len(), 6);
+        let l = TranscribeOptions::temperatures_from(0.5);
+        assert_eq!(l.len(), 3);
+        assert!((l[2] - 0.9).abs() < 1e-6);
+        assert_eq!(TranscribeOptions::temperatures_from(1.0), vec![1.0]);
+    }
+
+    #[test]
+    fn a_loop_compresses_well_and_prose_does_not() {
+        let looped = "the the the the ".repeat(20);
+        assert!(compression_ratio(&looped) > 2.4);
+        assert!(compression_ratio("The quick brown fox jumps over the lazy dog.") < 2.4);
     }
 }
