@@ -1,6 +1,7 @@
 //! In-process inference engines (`engines/`). Each engine owns its model; the gateway talks to it
 //! through typed requests and never touches tensors.
 
+pub mod audio;
 pub mod device;
 pub mod embedding;
 pub mod error;
