@@ -361,10 +361,14 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         batch_wait: std::time::Duration::from_millis(cfg.embedding_batch_wait_ms),
         queue: cfg.model_queue.max(1) * 4,
     };
+    let stt = abstractgateway_engines::stt::engine::SttConfig {
+        max_batch: cfg.stt_batch_windows,
+        queue: cfg.model_queue.max(1) * 4,
+    };
     cfg.device_spec().map_err(|e| e.to_string())?;
     let c = cfg.clone();
     let local = tokio::task::spawn_blocking(move || {
-        LocalModels::load(&specs, &store, &engine, &embedding, &|id: &str| {
+        LocalModels::load(&specs, &store, &engine, &embedding, &stt, &|id: &str| {
             c.device_spec_for(id).map_err(|e| e.to_string())
         })
     })
@@ -376,8 +380,9 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
             tracing::warn!(model = %id, "ABSTRACTGATEWAY_MODEL_DEVICES names a model that was not loaded");
         }
     }
-    if local.models.is_empty() && !local.embedders.is_empty() {
-        let msg = "no chat model loaded (only embedding models): runs and /v1 chat need a remote provider on the input.text route";
+    if local.models.is_empty() && !(local.embedders.is_empty() && local.transcribers.is_empty()) {
+        let msg =
+            "no chat model loaded (only embedding or speech models): runs and /v1 chat need a remote provider on the input.text route";
         eprintln!("{msg}");
         tracing::warn!("{msg}");
     } else if local.models.is_empty() && !cli_models.iter().any(|m| m == "none") {
@@ -410,6 +415,15 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
             if e.normalize { ", normalised" } else { "" },
             e.max_tokens,
             e.device
+        );
+    }
+    for t in &local.transcribers {
+        eprintln!(
+            "speech-to-text model {} ready ({}, {} languages, {})",
+            t.info.id,
+            if t.engine.multilingual { "multilingual" } else { "English-only" },
+            t.engine.languages.len(),
+            t.device
         );
     }
     Ok(Arc::new(Providers::new(

@@ -20,6 +20,8 @@ use crate::ModelError;
 pub enum Format {
     Gguf,
     Safetensors,
+    /// A CTranslate2 directory (`model.bin` + `config.json`), as faster-whisper ships whisper.
+    Ctranslate2,
 }
 
 /// A resolved model: the id it is served under and the file or directory to load.
@@ -216,7 +218,10 @@ fn pick_file(path: &Path) -> Result<(PathBuf, Format), SourceError> {
     match ggufs.len() {
         1 => Ok((ggufs.remove(0), Format::Gguf)),
         0 if safetensors && path.join("config.json").exists() => Ok((path.to_path_buf(), Format::Safetensors)),
-        0 => Err(unusable("holds no .gguf file and no config.json + *.safetensors".into())),
+        0 if path.join("model.bin").is_file() && path.join("config.json").exists() => Ok((path.to_path_buf(), Format::Ctranslate2)),
+        0 => Err(unusable(
+            "holds no .gguf file, no config.json + *.safetensors and no CTranslate2 model.bin + config.json".into(),
+        )),
         _ => Err(unusable(format!(
             "holds {} .gguf files ({}); name one",
             ggufs.len(),
@@ -287,6 +292,17 @@ pub fn describe(src: &ModelSource) -> Result<ModelInfo, SourceError> {
             info.architecture = arch;
             info.name = meta_str(m, "general.name").map(str::to_string);
             info.quantization = dominant_type(&g);
+        }
+        Format::Ctranslate2 => {
+            info.size_bytes = std::fs::metadata(src.path.join("model.bin")).map(|m| m.len()).unwrap_or(0);
+            let cfg: serde_json::Value = std::fs::read_to_string(src.path.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            // faster-whisper's config.json: whisper's suppression lists and language ids.
+            if cfg.get("suppress_ids").is_some() && cfg.get("lang_ids").is_some() {
+                info.architecture = Some("whisper".into());
+            }
         }
         Format::Safetensors => {
             if let Ok(rd) = std::fs::read_dir(&src.path) {

@@ -50,6 +50,12 @@ pub struct Config {
     pub embedding_batch_tokens: usize,
     /// How long an embedding batch waits for more requests once one has arrived (ms).
     pub embedding_batch_wait_ms: u64,
+    /// 30 s windows a speech-to-text engine encodes in one batch.
+    pub stt_batch_windows: usize,
+    /// The longest audio a transcription takes (seconds).
+    pub stt_max_seconds: u64,
+    /// The largest audio upload (bytes; OpenAI's own limit is 25 MB).
+    pub audio_max_bytes: u64,
     /// Where the knowledge graph lives: `sqlite` (the plane's database) or `lancedb`
     /// (`<data dir>/kg.lancedb`; builds with the `lancedb` feature only).
     pub kg_backend: String,
@@ -340,6 +346,9 @@ impl Config {
             model_queue: number(&["ABSTRACTGATEWAY_MODEL_QUEUE"], 64usize)?,
             embedding_batch_tokens: number(&["ABSTRACTGATEWAY_EMBEDDING_BATCH_TOKENS"], 16_384usize)?.max(1),
             embedding_batch_wait_ms: number(&["ABSTRACTGATEWAY_EMBEDDING_BATCH_WAIT_MS"], 0u64)?,
+            stt_batch_windows: number(&["ABSTRACTGATEWAY_STT_BATCH_WINDOWS"], 4usize)?.max(1),
+            stt_max_seconds: number(&["ABSTRACTGATEWAY_STT_MAX_SECONDS"], 10_800u64)?.max(1),
+            audio_max_bytes: number(&["ABSTRACTGATEWAY_AUDIO_MAX_BYTES"], 26_214_400u64)?.max(1),
             db_max_mb: match var(&["ABSTRACTGATEWAY_DB_MAX_MB"]) {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_DB_MAX_MB"], 0u64)?.max(1)),

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use abstractgateway_engines::device::{self, DeviceSpec};
 use abstractgateway_engines::embedding::EmbeddingConfig;
+use abstractgateway_engines::stt::engine::SttConfig;
 use abstractgateway_engines::text::engine::{kv_budgets_by_device, EngineConfig, GenEvent, GenerateRequest, TextEngine};
 use abstractgateway_engines::text::gguf_llama::LlamaGguf;
 use abstractgateway_engines::text::grammar::{bounded_whitespace, Grammar, GrammarFactory, GrammarSpec};
@@ -19,6 +20,7 @@ use abstractgateway_models::tokenizer::GgufTokenizer;
 use serde_json::{json, Map, Value};
 
 use super::embeddings::LocalEmbedder;
+use super::transcription::LocalTranscriber;
 use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, ToolChoice, Usage};
 
 pub struct LocalModel {
@@ -47,6 +49,8 @@ pub struct LocalModels {
     pub models: Vec<LocalModel>,
     /// Text-embedding models (directories `embedding_dir::is_embedding_dir` recognises).
     pub embedders: Vec<LocalEmbedder>,
+    /// Speech-to-text models (faster-whisper's CTranslate2 directories).
+    pub transcribers: Vec<LocalTranscriber>,
 }
 
 /// End-of-turn markers of common chat templates, used as stop tokens when the vocabulary has them.
@@ -60,15 +64,20 @@ impl LocalModels {
         store: &Path,
         engine: &EngineConfig,
         embedding: &EmbeddingConfig,
+        stt: &SttConfig,
         device_for: &dyn Fn(&str) -> Result<DeviceSpec, String>,
     ) -> Result<LocalModels, String> {
         let mut loaded: Vec<Loaded> = Vec::new();
         let mut embedders: Vec<LocalEmbedder> = Vec::new();
+        let mut transcribers: Vec<LocalTranscriber> = Vec::new();
         // One selection per distinct device spec (selecting a GPU initialises it).
         let mut selections: Vec<(DeviceSpec, device::Selected)> = Vec::new();
         for spec in specs {
             let src = source::resolve(spec, store).map_err(|e| e.to_string())?;
-            if loaded.iter().any(|m| m.info.id == src.id) || embedders.iter().any(|m| m.info.id == src.id) {
+            let taken = loaded.iter().any(|m| m.info.id == src.id)
+                || embedders.iter().any(|m| m.info.id == src.id)
+                || transcribers.iter().any(|m| m.info.id == src.id);
+            if taken {
                 return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
             }
             let want = device_for(&src.id)?;
@@ -85,6 +94,17 @@ impl LocalModels {
             if is_embedding_dir(&src.path) {
                 let info = source::describe(&src).map_err(|e| e.to_string())?;
                 embedders.push(LocalEmbedder::load(info, &sel.device, &sel.name, embedding.clone())?);
+                continue;
+            }
+            if src.format == source::Format::Ctranslate2 {
+                let info = source::describe(&src).map_err(|e| e.to_string())?;
+                if info.architecture.as_deref() != Some("whisper") {
+                    return Err(format!(
+                        "{}: a CTranslate2 directory that is not faster-whisper's (no suppress_ids/lang_ids in config.json)",
+                        src.path.display()
+                    ));
+                }
+                transcribers.push(LocalTranscriber::load(info, &sel.device, &sel.name, stt.clone())?);
                 continue;
             }
             loaded.push(load_one(&src, sel, want == DeviceSpec::Auto)?);
@@ -111,7 +131,11 @@ impl LocalModels {
                 })
             })
             .collect();
-        Ok(LocalModels { models, embedders })
+        Ok(LocalModels {
+            models,
+            embedders,
+            transcribers,
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<&LocalModel> {
@@ -351,7 +375,7 @@ fn tool_instructions(tools: &[Value]) -> String {
 /// What an engine's typed failure means to the router: the request's fault (no fallback), a
 /// busy model (try a fallback, else 429), or this target failing (fallback, and the breaker
 /// counts it).
-fn gen_error(model: &str, e: GenError) -> ProviderError {
+pub(crate) fn gen_error(model: &str, e: GenError) -> ProviderError {
     match e {
         GenError::Overloaded { capacity } => ProviderError::Overloaded {
             model: model.to_string(),

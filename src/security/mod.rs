@@ -463,6 +463,9 @@ pub async fn guard(State(sec): State<Arc<Security>>, ConnectInfo(peer): ConnectI
             sec.cfg.attachment_body_limit()
         } else if path.ends_with("/bundles/upload") {
             sec.cfg.upload_body_limit()
+        } else if path.starts_with("/v1/audio/") {
+            // An audio file and its multipart envelope.
+            sec.cfg.audio_max_bytes.saturating_add(1 << 20)
         } else {
             sec.cfg.max_body_bytes
         };

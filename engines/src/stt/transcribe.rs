@@ -122,6 +122,55 @@ pub struct WhisperModel {
     languages: Vec<(String, u32)>,
 }
 
+/// One transcription under way (see `WhisperModel::begin`).
+pub struct Pass {
+    opts: TranscribeOptions,
+    n_mels: usize,
+    features: Vec<f32>,
+    frames: usize,
+    content: usize,
+    rng: StdRng,
+    language: Option<String>,
+    language_probability: f64,
+    all_tokens: Vec<u32>,
+    reset_since: usize,
+    segments: Vec<Segment>,
+    seek: usize,
+    duration: f64,
+}
+
+impl Pass {
+    pub fn done(&self) -> bool {
+        self.seek >= self.content
+    }
+
+    /// The log-mel window the next `advance` decodes.
+    pub fn window(&self) -> Vec<f32> {
+        whisper_mel::window(&self.features, self.n_mels, self.frames, self.seek)
+    }
+
+    pub fn seconds_done(&self) -> f64 {
+        self.seek.min(self.content) as f64 * 0.01
+    }
+
+    pub fn duration(&self) -> f64 {
+        self.duration
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    pub fn finish(self) -> Transcript {
+        Transcript {
+            language: self.language.unwrap_or_else(|| "en".into()),
+            language_probability: self.language_probability,
+            duration: self.duration,
+            segments: self.segments,
+        }
+    }
+}
+
 struct Specials {
     sot: u32,
     eot: u32,
@@ -229,17 +278,22 @@ impl WhisperModel {
         opts: &TranscribeOptions,
         progress: &mut dyn FnMut(f64, &[Segment]),
     ) -> Result<Transcript, EngineError> {
+        let mut pass = self.begin(pcm, opts.clone())?;
+        while !pass.done() {
+            let audio = self.encode(&[pass.window()])?;
+            let new = self.advance(&mut pass, &audio[0])?;
+            progress(pass.seconds_done(), &pass.segments()[new]);
+        }
+        Ok(pass.finish())
+    }
+
+    /// A transcription taken window by window (`window`, `encode`, `advance`), so an engine can
+    /// encode the windows of several at once.
+    pub fn begin(&self, pcm: &[f32], opts: TranscribeOptions) -> Result<Pass, EngineError> {
+        if let Some(l) = &opts.language {
+            self.check_language(l)?;
+        }
         let (features, frames) = self.mel.features(pcm);
-        let n_mels = self.mel.n_mels();
-        // faster-whisper's features end one frame past the audio (its 160 samples of padding).
-        let content = frames.saturating_sub(1);
-        let mut rng = StdRng::seed_from_u64(opts.seed);
-        let mut language = if self.multilingual() {
-            opts.language.clone()
-        } else {
-            Some("en".to_string())
-        };
-        let mut language_probability = 1.0;
         let mut all_tokens: Vec<u32> = Vec::new();
         if let Some(p) = opts.initial_prompt.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
             let enc = self
@@ -248,70 +302,92 @@ impl WhisperModel {
                 .map_err(|e| EngineError::Unsupported(format!("tokenizing the prompt: {e}")))?;
             all_tokens.extend(enc.get_ids());
         }
-        let mut reset_since = 0;
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut seek = 0;
-        while seek < content {
-            let size = (content - seek).min(WINDOW_FRAMES);
-            let win = whisper_mel::window(&features, n_mels, frames, seek);
-            let mel = Tensor::from_vec(win, (1, n_mels, WINDOW_FRAMES), &self.model.device)?;
-            let audio = self.model.encode(&mel)?;
-            let lang = match (&language, self.multilingual()) {
-                (_, false) => None,
-                (Some(l), true) => Some(self.language_token(l)?),
-                (None, true) => {
-                    let (code, id, p) = self.detect_language(&audio)?;
-                    language = Some(code);
-                    language_probability = p;
-                    Some(id)
-                }
-            };
-            let prompt = self.prompt(&all_tokens[reset_since..], lang, opts);
-            let (decoded, temperature, compression_ratio) = self.decode_with_fallback(&audio, &prompt, opts, &mut rng)?;
-            // Silence: unlikely text where <|nocaptions|> was likely.
-            if decoded.no_speech_prob > opts.no_speech_threshold && decoded.avg_logprob() <= opts.log_prob_threshold {
-                seek += size;
-                progress(seek as f64 * 0.01, &[]);
+        Ok(Pass {
+            n_mels: self.mel.n_mels(),
+            features,
+            frames,
+            // faster-whisper's features end one frame past the audio (its 160 samples of padding).
+            content: frames.saturating_sub(1),
+            rng: StdRng::seed_from_u64(opts.seed),
+            language: if self.multilingual() {
+                opts.language.clone()
+            } else {
+                Some("en".to_string())
+            },
+            language_probability: 1.0,
+            all_tokens,
+            reset_since: 0,
+            segments: Vec::new(),
+            seek: 0,
+            duration: pcm.len() as f64 / SAMPLE_RATE as f64,
+            opts,
+        })
+    }
+
+    /// Encodes log-mel windows (`[n_mels × 3000]` each) in one batch; one `[1, 1500, d]`
+    /// output each.
+    pub fn encode(&self, windows: &[Vec<f32>]) -> Result<Vec<Tensor>, EngineError> {
+        let n_mels = self.mel.n_mels();
+        let flat: Vec<f32> = windows.iter().flat_map(|w| w.iter().copied()).collect();
+        let mel = Tensor::from_vec(flat, (windows.len(), n_mels, WINDOW_FRAMES), &self.model.device)?;
+        let audio = self.model.encode(&mel)?;
+        (0..windows.len()).map(|i| Ok(audio.narrow(0, i, 1)?)).collect()
+    }
+
+    /// Decodes the pass's current window from its encoder output; where the segments it
+    /// produced are in `pass.segments()`.
+    pub fn advance(&self, pass: &mut Pass, audio: &Tensor) -> Result<std::ops::Range<usize>, EngineError> {
+        let (seek, size) = (pass.seek, (pass.content - pass.seek).min(WINDOW_FRAMES));
+        let lang = match (&pass.language, self.multilingual()) {
+            (_, false) => None,
+            (Some(l), true) => Some(self.language_token(l)?),
+            (None, true) => {
+                let (code, id, p) = self.detect_language(audio)?;
+                pass.language = Some(code);
+                pass.language_probability = p;
+                Some(id)
+            }
+        };
+        let opts = &pass.opts;
+        let prompt = self.prompt(&pass.all_tokens[pass.reset_since..], lang, opts);
+        let (decoded, temperature, compression_ratio) = self.decode_with_fallback(audio, &prompt, opts, &mut pass.rng)?;
+        // Silence: unlikely text where <|nocaptions|> was likely.
+        if decoded.no_speech_prob > opts.no_speech_threshold && decoded.avg_logprob() <= opts.log_prob_threshold {
+            pass.seek += size;
+            return Ok(pass.segments.len()..pass.segments.len());
+        }
+        let begin = if opts.timestamps {
+            self.decoder.rules.timestamp_begin
+        } else {
+            u32::MAX
+        };
+        let (pieces, next) = split(&decoded.tokens, begin, seek, size);
+        let first_new = pass.segments.len();
+        for piece in pieces {
+            let text = self.text(&piece.tokens)?;
+            if piece.start == piece.end || text.trim().is_empty() {
                 continue;
             }
-            let (pieces, next) = if opts.timestamps {
-                split(&decoded.tokens, self.decoder.rules.timestamp_begin, seek, size)
-            } else {
-                split(&decoded.tokens, u32::MAX, seek, size)
-            };
-            let first_new = segments.len();
-            for piece in pieces {
-                let text = self.text(&piece.tokens)?;
-                if piece.start == piece.end || text.trim().is_empty() {
-                    continue;
-                }
-                all_tokens.extend(&piece.tokens);
-                segments.push(Segment {
-                    id: segments.len(),
-                    seek,
-                    start: piece.start,
-                    end: piece.end,
-                    text,
-                    tokens: piece.tokens,
-                    temperature,
-                    avg_logprob: decoded.avg_logprob(),
-                    compression_ratio,
-                    no_speech_prob: decoded.no_speech_prob,
-                });
-            }
-            if !opts.condition_on_previous_text || temperature > 0.5 {
-                reset_since = all_tokens.len();
-            }
-            // A window must move on, whatever its timestamps said.
-            seek = if next > seek { next } else { seek + size };
-            progress((seek.min(content)) as f64 * 0.01, &segments[first_new..]);
+            pass.all_tokens.extend(&piece.tokens);
+            pass.segments.push(Segment {
+                id: pass.segments.len(),
+                seek,
+                start: piece.start,
+                end: piece.end,
+                text,
+                tokens: piece.tokens,
+                temperature,
+                avg_logprob: decoded.avg_logprob(),
+                compression_ratio,
+                no_speech_prob: decoded.no_speech_prob,
+            });
         }
-        Ok(Transcript {
-            language: language.unwrap_or_else(|| "en".into()),
-            language_probability,
-            duration: pcm.len() as f64 / SAMPLE_RATE as f64,
-            segments,
-        })
+        if !pass.opts.condition_on_previous_text || temperature > 0.5 {
+            pass.reset_since = pass.all_tokens.len();
+        }
+        // A window must move on, whatever its timestamps said.
+        pass.seek = if next > seek { next } else { seek + size };
+        Ok(first_new..pass.segments.len())
     }
 
     /// `<|startofprev|>` and the last 223 tokens of the text so far (half the context, less

@@ -2,6 +2,8 @@
 //! the provider router (local engines first, remote fallbacks). The gateway's auth applies.
 //! Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
+pub mod audio;
+pub mod audio_languages;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
@@ -18,6 +20,7 @@ use crate::providers::ProviderError;
 
 pub fn routes() -> Vec<Route> {
     let mut r = chat::routes();
+    r.extend(audio::routes());
     r.extend(completions::routes());
     r.extend(embeddings::routes());
     r.extend(models::routes());

@@ -1,0 +1,282 @@
+//! `POST /v1/audio/transcriptions` and `/v1/audio/translations` (OpenAI shape): a multipart
+//! upload (`file`, `model`, `language`, `prompt`, `temperature`, `response_format`,
+//! `timestamp_granularities[]`), decoded here (wav, flac, mp3, ogg/vorbis; any rate and
+//! channel count) and transcribed by a local whisper engine. `response_format` is `json`,
+//! `text`, `srt`, `vtt` or `verbose_json` (segments with OpenAI's fields).
+
+use std::sync::Arc;
+
+use abstractgateway_engines::audio::decode::{decode, SUPPORTED};
+use abstractgateway_engines::audio::AudioError;
+use abstractgateway_engines::stt::transcribe::{TranscribeOptions, Transcript, SAMPLE_RATE};
+use axum::extract::{Multipart, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Extension;
+use serde_json::{json, Value};
+
+use super::OpenAiError;
+use crate::api::{route, AppState, Route};
+use crate::config::Config;
+use crate::providers::Providers;
+
+use super::audio_languages::language_name;
+
+pub fn routes() -> Vec<Route> {
+    let form = |task: &str| {
+        json!({"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": format!("audio to {task}: {SUPPORTED}")},
+            "model": {"type": "string"},
+            "language": {"type": "string", "description": "ISO-639-1 code of the spoken language"},
+            "prompt": {"type": "string"},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+            "response_format": {"enum": ["json", "text", "srt", "vtt", "verbose_json"]},
+            "timestamp_granularities[]": {"type": "array", "items": {"enum": ["segment"]}}}}}})
+    };
+    let ok = json!({"type": "object", "required": ["text"], "properties": {"text": {"type": "string"},
+        "task": {"type": "string"}, "language": {"type": "string"}, "duration": {"type": "number"},
+        "segments": {"type": "array"}}});
+    vec![
+        route(
+            "post",
+            "/v1/audio/transcriptions",
+            "OpenAI-compatible speech-to-text",
+            &[],
+            post(transcriptions),
+        )
+        .errors(&[400, 404, 413, 415, 429, 503])
+        .ok_json(ok.clone())
+        .body(form("transcribe")),
+        route(
+            "post",
+            "/v1/audio/translations",
+            "OpenAI-compatible speech translation into English",
+            &[],
+            post(translations),
+        )
+        .errors(&[400, 404, 413, 415, 429, 503])
+        .ok_json(ok)
+        .body(form("translate")),
+    ]
+}
+
+pub async fn transcriptions(p: Extension<Arc<Providers>>, st: State<AppState>, form: Multipart) -> Response {
+    handle(p.0, st.0.cfg, form, false).await.unwrap_or_else(|e| e.into_response())
+}
+
+pub async fn translations(p: Extension<Arc<Providers>>, st: State<AppState>, form: Multipart) -> Response {
+    handle(p.0, st.0.cfg, form, true).await.unwrap_or_else(|e| e.into_response())
+}
+
+/// The form's fields.
+#[derive(Default)]
+struct Form {
+    file: Option<(Option<String>, Vec<u8>)>,
+    model: Option<String>,
+    language: Option<String>,
+    prompt: Option<String>,
+    temperature: Option<f32>,
+    format: Option<String>,
+    granularities: Vec<String>,
+}
+
+async fn read_form(mut form: Multipart, max_bytes: u64) -> Result<Form, OpenAiError> {
+    let bad = |m: String| OpenAiError::invalid(m, None);
+    let mut f = Form::default();
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("the multipart body is malformed: {e}")))?
+    {
+        let name = field.name().unwrap_or("").to_string();
+        if name == "file" {
+            let file_name = field.file_name().map(str::to_string);
+            let bytes = field.bytes().await.map_err(|e| bad(format!("reading 'file': {e}")))?;
+            if bytes.len() as u64 > max_bytes {
+                return Err(OpenAiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    ..OpenAiError::invalid(format!("'file' is {} bytes; the limit is {max_bytes}", bytes.len()), Some("file"))
+                });
+            }
+            f.file = Some((file_name, bytes.to_vec()));
+            continue;
+        }
+        let text = field.text().await.map_err(|e| bad(format!("reading '{name}': {e}")))?;
+        match name.as_str() {
+            "model" => f.model = Some(text),
+            "language" => f.language = Some(text.trim().to_ascii_lowercase()).filter(|l| !l.is_empty()),
+            "prompt" => f.prompt = Some(text),
+            "temperature" => {
+                let t: f32 = text
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|t: &f32| (0.0..=1.0).contains(t))
+                    .ok_or_else(|| OpenAiError::invalid("'temperature' must be a number from 0 to 1", Some("temperature")))?;
+                f.temperature = Some(t);
+            }
+            "response_format" => f.format = Some(text),
+            "timestamp_granularities[]" | "timestamp_granularities" => f.granularities.push(text),
+            // OpenAI's other fields (stream, chunking_strategy, include[]) do not apply to whisper.
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: Multipart, translate: bool) -> Result<Response, OpenAiError> {
+    let f = read_form(form, cfg.audio_max_bytes).await?;
+    let format = f.format.clone().unwrap_or_else(|| "json".into());
+    if !["json", "text", "srt", "vtt", "verbose_json"].contains(&format.as_str()) {
+        return Err(OpenAiError::invalid(
+            format!("'response_format' must be json, text, srt, vtt or verbose_json, not '{format}'"),
+            Some("response_format"),
+        ));
+    }
+    if let Some(g) = f.granularities.iter().find(|g| g.as_str() != "segment") {
+        return Err(OpenAiError::invalid(
+            format!("timestamp granularity '{g}' is not supported: whisper here gives segment timestamps"),
+            Some("timestamp_granularities"),
+        ));
+    }
+    let (name, bytes) = f.file.ok_or_else(|| OpenAiError::invalid("'file' is required", Some("file")))?;
+    let t = providers.transcriber(f.model.as_deref()).map_err(OpenAiError::from)?;
+    if let Some(l) = &f.language {
+        if t.engine.multilingual && !t.engine.languages.iter().any(|c| c == l) {
+            return Err(OpenAiError::invalid(
+                format!("language '{l}' is not an ISO-639-1 code this model knows"),
+                Some("language"),
+            ));
+        }
+    }
+    let max_seconds = cfg.stt_max_seconds as f64;
+    let pcm = tokio::task::spawn_blocking(move || decode(&bytes, name.as_deref(), SAMPLE_RATE as u32, max_seconds))
+        .await
+        .map_err(|e| OpenAiError::invalid(format!("decoding the audio failed: {e}"), Some("file")))?
+        .map_err(audio_error)?;
+    let opts = TranscribeOptions {
+        language: f.language,
+        translate,
+        timestamps: true,
+        temperatures: TranscribeOptions::temperatures_from(f.temperature.unwrap_or(0.0)),
+        initial_prompt: f.prompt,
+        ..Default::default()
+    };
+    let transcript = t.transcribe(pcm, opts, None).await.map_err(OpenAiError::from)?;
+    Ok(render(&transcript, &format, translate))
+}
+
+fn audio_error(e: AudioError) -> OpenAiError {
+    let status = match e {
+        AudioError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        AudioError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        AudioError::Corrupt(_) | AudioError::Empty => StatusCode::BAD_REQUEST,
+    };
+    OpenAiError {
+        status,
+        ..OpenAiError::invalid(e.to_string(), Some("file"))
+    }
+}
+
+/// The transcript in the asked format.
+pub fn render(t: &Transcript, format: &str, translate: bool) -> Response {
+    let text = |body: String, mime: &'static str| ([(header::CONTENT_TYPE, mime)], body).into_response();
+    match format {
+        "text" => text(format!("{}\n", t.text()), "text/plain; charset=utf-8"),
+        "srt" => text(subtitles(t, false), "application/x-subrip; charset=utf-8"),
+        "vtt" => text(subtitles(t, true), "text/vtt; charset=utf-8"),
+        "verbose_json" => axum::Json(verbose(t, translate)).into_response(),
+        _ => axum::Json(json!({"text": t.text()})).into_response(),
+    }
+}
+
+/// OpenAI's `verbose_json`: the task, the language's English name, the duration and segments.
+pub fn verbose(t: &Transcript, translate: bool) -> Value {
+    let segments: Vec<Value> = t
+        .segments
+        .iter()
+        .map(|s| {
+            json!({"id": s.id, "seek": s.seek, "start": round2(s.start), "end": round2(s.end), "text": s.text,
+                   "tokens": s.tokens, "temperature": s.temperature, "avg_logprob": s.avg_logprob,
+                   "compression_ratio": s.compression_ratio, "no_speech_prob": s.no_speech_prob})
+        })
+        .collect();
+    json!({"task": if translate { "translate" } else { "transcribe" },
+           "language": language_name(&t.language).unwrap_or(t.language.as_str()),
+           "duration": round2(t.duration), "text": t.text(), "segments": segments})
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// SubRip (`00:00:01,500`) or WebVTT (`00:00:01.500`) cues, one per segment.
+pub fn subtitles(t: &Transcript, vtt: bool) -> String {
+    let stamp = |s: f64| {
+        let ms = (s.max(0.0) * 1000.0).round() as u64;
+        let sep = if vtt { '.' } else { ',' };
+        format!(
+            "{:02}:{:02}:{:02}{sep}{:03}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        )
+    };
+    let mut out = String::from(if vtt { "WEBVTT\n\n" } else { "" });
+    for (i, s) in t.segments.iter().enumerate() {
+        if !vtt {
+            out.push_str(&format!("{}\n", i + 1));
+        }
+        out.push_str(&format!("{} --> {}\n{}\n\n", stamp(s.start), stamp(s.end), s.text.trim()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abstractgateway_engines::stt::transcribe::Segment;
+
+    fn transcript() -> Transcript {
+        let seg = |id, start, end, text: &str| Segment {
+            id,
+            seek: 0,
+            start,
+            end,
+            text: text.into(),
+            tokens: vec![],
+            temperature: 0.0,
+            avg_logprob: -0.2,
+            compression_ratio: 1.2,
+            no_speech_prob: 0.01,
+        };
+        Transcript {
+            language: "en".into(),
+            language_probability: 1.0,
+            duration: 3725.5,
+            segments: vec![seg(0, 0.0, 1.5, " Hello."), seg(1, 3661.25, 3725.5, " Bye.")],
+        }
+    }
+
+    #[test]
+    fn subtitles_number_cues_and_stamp_hours() {
+        let srt = subtitles(&transcript(), false);
+        assert_eq!(
+            srt,
+            "1\n00:00:00,000 --> 00:00:01,500\nHello.\n\n2\n01:01:01,250 --> 01:02:05,500\nBye.\n\n"
+        );
+        let vtt = subtitles(&transcript(), true);
+        assert!(vtt.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello.\n\n"), "{vtt}");
+    }
+
+    #[test]
+    fn verbose_json_names_the_language_and_task() {
+        let v = verbose(&transcript(), true);
+        assert_eq!(v["language"], "english");
+        assert_eq!(v["task"], "translate");
+        assert_eq!(v["text"], "Hello. Bye.");
+        assert_eq!(v["segments"][1]["start"], 3661.25);
+    }
+}
