@@ -174,6 +174,33 @@ fn bad_uploads_get_clear_openai_errors() {
     // The engine survived all of it.
     let (s, _, body) = transcribe(&g, t, "hello.wav", &[("model", "tiny")]);
     assert_eq!(s, 200, "{body}");
+
+    // Discovery tells what is loaded: both models, their tasks, and the work done.
+    let (s, cat) = g.get("/api/gateway/audio/transcriptions/models");
+    assert_eq!(s, 200, "{cat}");
+    assert_eq!(
+        (cat["catalog"]["contract"].as_str(), cat["catalog"]["scope"].as_str()),
+        (Some("gateway_catalog_v1"), Some("stt"))
+    );
+    let ids: Vec<&str> = cat["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["tiny", "base"]);
+    assert_eq!(cat["items"][0]["tasks"], json!(["transcribe"]));
+    assert_eq!(cat["items"][1]["tasks"], json!(["transcribe", "translate"]));
+    assert!(cat["items"][0]["stats"]["requests"].as_u64().unwrap() >= 1, "{cat}");
+    let (_, caps) = g.get("/api/gateway/discovery/capabilities");
+    assert_eq!(
+        caps["capabilities"]["audio"]["available"], true,
+        "{}",
+        caps["capabilities"]["audio"]
+    );
+    let (_, models) = g.get("/v1/models");
+    let tasks: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["task"].as_str())
+        .collect();
+    assert_eq!(tasks, ["transcription", "transcription"], "{models}");
 }
 
 #[test]
@@ -188,6 +215,14 @@ fn without_a_speech_model_transcription_is_unavailable() {
             .contains("no speech-to-text model"),
         "{body}"
     );
+    let (_, cat) = g.get("/api/gateway/audio/transcriptions/models");
+    assert_eq!(
+        (cat["available"].as_bool(), cat["items"].as_array().map(Vec::len)),
+        (Some(false), Some(0)),
+        "{cat}"
+    );
+    let (_, caps) = g.get("/api/gateway/discovery/capabilities");
+    assert_eq!(caps["capabilities"]["audio"]["available"], false);
 }
 
 #[test]

@@ -101,6 +101,8 @@ async fn capabilities(
     let remote_up = remotes.iter().any(|r| r["available"] == true);
     let embedding = embedding_capability(&p);
     let embedding_up = embedding["available"].as_bool().unwrap_or(false);
+    let stt_models = crate::api::audio::transcription_items(&p);
+    let stt_up = stt_models.iter().any(|m| m["available"] == true);
     let d = |m, path| endpoint(m, path);
     let commands = {
         let mut c = d("post", "/api/gateway/commands");
@@ -141,6 +143,7 @@ async fn capabilities(
         "provider_models": "/api/gateway/discovery/providers/{provider}/models",
         "tools": "/api/gateway/discovery/tools",
         "embedding_models": "/api/gateway/embeddings/models",
+        "audio_transcription_models": "/api/gateway/audio/transcriptions/models",
         "catalog_contract": "gateway_catalog_v1",
     });
     let flag = |v: &Value| v["available"].as_bool().unwrap_or(false);
@@ -152,7 +155,7 @@ async fn capabilities(
             "of the LLM-facing nodes only llm_call and agent are served; other LLM/media node types fail with a clear error",
             "llm.delta frames reach SSE readers of the process that executes the LLM call (serve), for the run itself, not its subtree",
             "memory: the knowledge graph (memory_kg_assert, memory_kg_query, memory_kg_resolve, POST /kg/query) and notes (memory_note, memory_query) are served; memory_tag and memory_rehydrate are not",
-            "media, voice and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings",
+            "media, voice (text-to-speech) and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings, speech-to-text on /v1/audio/transcriptions and /v1/audio/translations",
         ],
         "surfaces": {
             "runs": {"start": flag(&runs["start"]), "schedule": flag(&runs["schedule"]), "summary": flag(&runs["summary"]),
@@ -165,6 +168,7 @@ async fn capabilities(
             "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": true},
             "text": {"available": local_up || remote_up, "local": local_up, "remote": remote_up},
             "embedding": {"available": embedding_up},
+            "audio": {"transcription": stt_up},
             "memory": {"kg_query": flag(&d("post", "/api/gateway/kg/query")), "kg_assert_node": true, "kg_query_node": true,
                        "kg_resolve_node": true, "note_node": true, "query_node": true, "semantic": embedding_up, "backend": st.kg.name()},
             "prompt_cache": {"provider_controls": prompt_cache["provider_controls_available"], "session_lifecycle": prompt_cache["session_lifecycle_available"],
@@ -180,6 +184,11 @@ async fn capabilities(
                  "local_models": local, "remote": remotes,
                  "openai_compatible": d("post", "/v1/chat/completions")},
         "embedding": embedding,
+        // Speech-to-text: whisper models loaded here (upstream's `audio` capability).
+        "audio": {"available": stt_up, "route": crate::providers::transcription::TRANSCRIPTION_ROUTE, "local_models": stt_models,
+                  "catalog": "/api/gateway/audio/transcriptions/models",
+                  "openai_compatible": {"transcriptions": d("post", "/v1/audio/transcriptions"), "translations": d("post", "/v1/audio/translations")}},
+        "voice": {"available": false},
         "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "artifacts": artifacts,
             "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness,
             "memory": {"kg_query": d("post", "/api/gateway/kg/query"), "backend": st.kg.name(), "semantic_query": embedding_up},

@@ -3,6 +3,7 @@
 
 pub mod artifact_inputs;
 pub mod artifacts;
+pub mod audio;
 pub mod audit;
 pub mod auth;
 pub mod basics;
@@ -172,6 +173,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(audit::routes());
     all.extend(capability_defaults::routes());
     all.extend(embeddings::routes());
+    all.extend(audio::routes());
     all.extend(kg::routes());
     all.extend(prompt_cache::routes());
     all.extend(session_prompt_cache::routes());

@@ -38,6 +38,11 @@ fn all(p: &Providers) -> Vec<Value> {
                "format": e.info.format, "architecture": e.info.architecture, "dimension": e.dimension,
                "context_length": e.max_tokens, "size_bytes": e.info.size_bytes})
     }));
+    out.extend(p.local.transcribers.iter().map(|t| {
+        json!({"id": t.info.id, "object": "model", "created": t.loaded_at, "owned_by": "local", "task": "transcription",
+               "format": t.info.format, "architecture": t.info.architecture, "languages": t.engine.languages.len(),
+               "size_bytes": t.info.size_bytes})
+    }));
     for t in p.route.text().chain().into_iter().filter(|t| !t.is_local()) {
         let id = format!("{}/{}", t.provider, t.model);
         if !out.iter().any(|m| m["id"] == id.as_str()) {

@@ -1,0 +1,79 @@
+//! Upstream's audio catalogs (spec §1.9): `GET /audio/transcriptions/models` lists the
+//! speech-to-text models loaded here, in the `gateway_catalog_v1` envelope. Only what is
+//! loaded and running is reported.
+
+use std::sync::Arc;
+
+use axum::extract::RawQuery;
+use axum::routing::get;
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use super::error::ApiResult;
+use super::validate::{query_bool, query_map};
+use super::{route, Route};
+use crate::providers::transcription::TRANSCRIPTION_ROUTE;
+use crate::providers::Providers;
+
+pub fn routes() -> Vec<Route> {
+    vec![route(
+        "get",
+        "/api/gateway/audio/transcriptions/models",
+        "Speech-to-text models loaded here (gateway_catalog_v1)",
+        &["provider", "providers_only"],
+        get(transcription_models),
+    )
+    .errors(&[422])]
+}
+
+/// What the engine has done, for operators.
+fn stats(st: &abstractgateway_engines::stt::engine::SttStats) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({"requests": st.requests.load(Relaxed), "failed": st.failed.load(Relaxed), "rejected": st.rejected.load(Relaxed),
+           "encoder_passes": st.encoder_passes.load(Relaxed), "windows": st.windows.load(Relaxed),
+           "audio_seconds": st.audio_ms.load(Relaxed) as f64 / 1000.0, "in_flight": st.in_flight.load(Relaxed)})
+}
+
+/// The loaded transcribers as catalog items.
+pub fn transcription_items(p: &Providers) -> Vec<Value> {
+    p.local
+        .transcribers
+        .iter()
+        .map(|t| {
+            let tasks = if t.engine.multilingual {
+                json!(["transcribe", "translate"])
+            } else {
+                json!(["transcribe"])
+            };
+            json!({"id": t.info.id, "label": t.info.id, "provider": "local", "available": t.engine.is_running(),
+                   "task": TRANSCRIPTION_ROUTE, "tasks": tasks, "languages": t.engine.languages,
+                   "parameters": ["language", "prompt", "temperature", "response_format"],
+                   "architecture": t.info.architecture, "size_bytes": t.info.size_bytes, "device": t.device,
+                   "stats": stats(&t.engine.stats)})
+        })
+        .collect()
+}
+
+async fn transcription_models(Extension(p): Extension<Arc<Providers>>, RawQuery(rq): RawQuery) -> ApiResult<Json<Value>> {
+    let q = query_map(rq.as_deref());
+    let providers_only = query_bool(&q, "providers_only", false)?;
+    let mut items = transcription_items(&p);
+    if let Some(f) = q.get("provider").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        items.retain(|i| i["provider"].as_str() == Some(f));
+    }
+    let available = items.iter().any(|i| i["available"] == true);
+    let providers: Vec<&str> = if items.is_empty() { vec![] } else { vec!["local"] };
+    let listed = if providers_only {
+        providers.iter().map(|pv| json!({"id": pv, "label": pv, "provider": pv})).collect()
+    } else {
+        items.clone()
+    };
+    let kind = if providers_only { "providers" } else { "models" };
+    Ok(Json(json!({
+        "available": available, "kind": "audio_transcription_models", "scope": TRANSCRIPTION_ROUTE,
+        "providers": providers, "models": items, "items": listed,
+        "catalog": {"contract": "gateway_catalog_v1", "version": 1, "kind": kind, "scope": "stt", "primary_items_field": "items",
+                    "source": "abstractgateway.catalog", "route_source": "abstractgateway.local", "available": available,
+                    "route_available": true, "task": TRANSCRIPTION_ROUTE, "providers_only": providers_only},
+    })))
+}
