@@ -50,18 +50,28 @@ impl Attention {
         Ok(x.reshape((b, n, self.heads, d / self.heads))?.transpose(1, 2)?.contiguous()?)
     }
 
-    /// Keys and values of `x` (self-attention's new positions, or the audio for cross-attention).
+    /// Keys (transposed, `[b, heads, head_dim, n]`) and values of `x` (self-attention's new
+    /// positions, or the audio for cross-attention).
     fn kv(&self, x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
-        Ok((self.split(&self.k.forward(x)?)?, self.split(&self.v.forward(x)?)?))
+        let (b, n, d) = x.dims3()?;
+        let kt = self
+            .k
+            .forward(x)?
+            .reshape((b, n, self.heads, d / self.heads))?
+            .permute((0, 2, 3, 1))?
+            .contiguous()?;
+        Ok((kt, self.split(&self.v.forward(x)?)?))
     }
 
-    /// Attention of `x`'s queries over `k`, `v` (`[b, heads, m, head_dim]`); `mask` `[n, m]`.
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
+    /// Attention of `x`'s queries over keys `kt` (transposed: `[b, heads, head_dim, m]`) and
+    /// values `v` (`[b, heads, m, head_dim]`); `mask` `[n, m]`. Keys are kept transposed so
+    /// that a decoding step's `q · kᵀ` reads them contiguously.
+    fn attend(&self, x: &Tensor, kt: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
         let (b, n, d) = x.dims3()?;
         let hd = d / self.heads;
         // whisper scales Q and K by head_dim^-1/4 each; one scale of Q by head_dim^-1/2 is the same.
         let q = (self.split(&self.q.forward(x)?)? * (hd as f64).powf(-0.5))?;
-        let mut s = q.matmul(&k.t()?)?;
+        let mut s = q.matmul(kt)?;
         if let Some(m) = mask {
             s = s.broadcast_add(m)?;
         }
@@ -228,7 +238,7 @@ impl Whisper {
             let h = b.attn_ln.forward(&x)?;
             let (k, v) = b.attn.kv(&h)?;
             let (k, v) = match &st.past[i] {
-                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 3)?, Tensor::cat(&[pv, &v], 2)?),
                 None => (k, v),
             };
             x = (&x + b.attn.attend(&h, &k, &v, mask.as_ref())?)?;
@@ -241,8 +251,9 @@ impl Whisper {
         }
         st.len += n;
         let last = self.dec_ln.forward(&x.i((.., n - 1..n, ..))?)?;
-        // The output projection is the token embedding.
-        let logits = last.squeeze(0)?.matmul(&self.emb.embeddings().t()?)?;
-        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        // The output projection is the token embedding: [vocab, d] × [d, 1], so the big matrix
+        // is read row by row as stored (its transpose on the right is a strided slow path).
+        let logits = self.emb.embeddings().matmul(&last.squeeze(0)?.t()?)?;
+        Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
 }

@@ -467,6 +467,23 @@ impl WhisperModel {
         Ok((d, last_t, ratio))
     }
 
+    /// Seconds a decoder step takes, over `n` steps after the start of a transcript (for
+    /// profiling; the tokens fed are the argmax, whatever they are).
+    pub fn profile_decoder(&self, audio: &Tensor, n: usize) -> Result<(f64, usize), EngineError> {
+        let mut st = self.model.start(audio)?;
+        let mut logits = self.model.step(&mut st, &[self.specials.sot])?;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let next = logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i as u32);
+            logits = self.model.step(&mut st, &[next])?;
+        }
+        Ok((t.elapsed().as_secs_f64() / n as f64, n))
+    }
+
     /// The text of `tokens` (timestamps and other specials dropped).
     pub fn text(&self, tokens: &[u32]) -> Result<String, EngineError> {
         let words: Vec<u32> = tokens.iter().copied().filter(|&t| t < self.specials.eot).collect();
