@@ -96,7 +96,9 @@ impl LocalModels {
                 embedders.push(LocalEmbedder::load(info, &sel.device, &sel.name, embedding.clone())?);
                 continue;
             }
-            if src.format == source::Format::Ctranslate2 {
+            let whisper_hf = src.format == source::Format::Safetensors
+                && source::describe(&src).is_ok_and(|i| i.architecture.as_deref() == Some("whisper"));
+            if src.format == source::Format::Ctranslate2 || whisper_hf {
                 let info = source::describe(&src).map_err(|e| e.to_string())?;
                 if info.architecture.as_deref() != Some("whisper") {
                     return Err(format!(

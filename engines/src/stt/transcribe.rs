@@ -181,23 +181,68 @@ struct Specials {
 }
 
 impl WhisperModel {
-    /// Loads a faster-whisper (CTranslate2) directory: `model.bin`, `config.json` (suppression
-    /// lists, language ids) and `tokenizer.json`.
+    /// Loads a whisper directory: faster-whisper's (CTranslate2 `model.bin`, its `config.json`
+    /// holding the suppression lists and language ids) converted at load, or Hugging Face's
+    /// (`config.json` of `model_type` whisper, `*.safetensors`, the lists in
+    /// `generation_config.json`) as it is; `tokenizer.json` in both.
     pub fn load(dir: &Path, device: &Device) -> Result<WhisperModel, EngineError> {
         let bad = |m: String| EngineError::Unsupported(format!("{}: {m}", dir.display()));
-        let cfg: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
-            .map_err(|e| bad(format!("config.json: {e}")))
-            .and_then(|t| serde_json::from_str(&t).map_err(|e| bad(format!("config.json: {e}"))))?;
-        let ids = |k: &str| -> Vec<u32> {
-            cfg[k]
-                .as_array()
+        let json = |name: &str| -> Result<serde_json::Value, EngineError> {
+            std::fs::read_to_string(dir.join(name))
+                .map_err(|e| bad(format!("{name}: {e}")))
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| bad(format!("{name}: {e}"))))
+        };
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect())
                 .unwrap_or_default()
         };
-        let ct2 = Ct2Model::open(&dir.join("model.bin"))?;
-        let w = whisper_from_ct2(&ct2, &ids("suppress_ids"), DType::F32, device)?;
-        let wc: WhisperConfig = serde_json::from_value(w.config.clone()).map_err(|e| bad(format!("whisper config: {e}")))?;
-        let vb = candle_nn::VarBuilder::from_tensors(w.tensors, DType::F32, device);
+        let (vb, config, suppress, suppress_begin, lang_ids) = if dir.join("model.bin").is_file() {
+            let cfg = json("config.json")?;
+            let ct2 = Ct2Model::open(&dir.join("model.bin"))?;
+            let w = whisper_from_ct2(&ct2, &ids(&cfg["suppress_ids"]), DType::F32, device)?;
+            let vb = candle_nn::VarBuilder::from_tensors(w.tensors, DType::F32, device);
+            (
+                vb,
+                w.config,
+                ids(&cfg["suppress_ids"]),
+                ids(&cfg["suppress_ids_begin"]),
+                ids(&cfg["lang_ids"]),
+            )
+        } else {
+            let config = json("config.json")?;
+            if config["model_type"].as_str() != Some("whisper") {
+                return Err(bad(
+                    "neither a faster-whisper model.bin nor an HF config.json of model_type whisper".into(),
+                ));
+            }
+            // Older exports keep the lists in config.json; generation_config.json wins.
+            let gen = json("generation_config.json").unwrap_or_else(|_| config.clone());
+            let mut lang_ids: Vec<u32> = gen["lang_to_id"]
+                .as_object()
+                .map(|m| m.values().filter_map(|v| v.as_u64()).map(|v| v as u32).collect())
+                .unwrap_or_default();
+            lang_ids.sort_unstable();
+            let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| bad(e.to_string()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(bad("no *.safetensors weights".into()));
+            }
+            // SAFETY: the files are mapped read-only and not modified while the model lives.
+            let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+            let begin = if gen.get("begin_suppress_tokens").is_some() {
+                ids(&gen["begin_suppress_tokens"])
+            } else {
+                ids(&config["begin_suppress_tokens"])
+            };
+            (vb, config.clone(), ids(&gen["suppress_tokens"]), begin, lang_ids)
+        };
+        let wc: WhisperConfig = serde_json::from_value(config).map_err(|e| bad(format!("whisper config: {e}")))?;
         let model = Whisper::load(vb, wc)?;
         let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| bad(format!("tokenizer.json: {e}")))?;
         let tok = |s: &str| tokenizer.token_to_id(s).ok_or_else(|| bad(format!("the tokenizer has no {s}")));
@@ -212,7 +257,7 @@ impl WhisperModel {
         // English-only models have one token fewer (openai-whisper's own test); their
         // config.json still lists language ids, which their prompts must not use.
         let multilingual = model.cfg.vocab_size >= 51_865;
-        let languages = ids("lang_ids")
+        let languages = lang_ids
             .into_iter()
             .filter(|_| multilingual)
             .filter_map(|id| {
@@ -228,8 +273,8 @@ impl WhisperModel {
             no_speech: tokenizer
                 .token_to_id("<|nospeech|>")
                 .or_else(|| tokenizer.token_to_id("<|nocaptions|>")),
-            suppress: ids("suppress_ids"),
-            suppress_begin: ids("suppress_ids_begin"),
+            suppress,
+            suppress_begin,
             rules: RuleTokens {
                 eot: specials.eot,
                 no_timestamps: specials.no_timestamps,
