@@ -7,5 +7,6 @@ pub mod embedding;
 pub mod error;
 pub mod stt;
 pub mod text;
+pub mod worker;
 
 pub use error::{EngineError, GenError};

@@ -11,12 +11,12 @@
 //! - each request is answered once all its sequences are done.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::model::EmbeddingModel;
+use crate::worker::Worker;
 use crate::GenError;
 
 /// Called once with the request's vectors (one per input, in order) or why it failed.
@@ -62,61 +62,33 @@ pub struct EmbeddingStats {
 }
 
 pub struct EmbeddingEngine {
-    tx: Option<SyncSender<Job>>,
-    handle: Option<JoinHandle<()>>,
+    worker: Worker<Job>,
     pub stats: Arc<EmbeddingStats>,
-    capacity: usize,
 }
 
 impl EmbeddingEngine {
     pub fn spawn(model: EmbeddingModel, cfg: EmbeddingConfig) -> EmbeddingEngine {
-        let (tx, rx) = sync_channel::<Job>(cfg.queue.max(1));
         let stats = Arc::new(EmbeddingStats::default());
         let st = stats.clone();
-        let capacity = cfg.queue.max(1);
-        let handle = std::thread::Builder::new()
-            .name("embedding-engine".into())
-            .spawn(move || serve(model, cfg, rx, st))
-            .expect("spawning the embedding engine thread");
+        let queue = cfg.queue;
         EmbeddingEngine {
-            tx: Some(tx),
-            handle: Some(handle),
+            worker: Worker::spawn("embedding-engine", queue, move |rx| serve(model, cfg, rx, st)),
             stats,
-            capacity,
         }
     }
 
     /// Queues a request; `reply` is called from the engine thread. Refused at once (and `reply`
     /// dropped uncalled) when the queue is full or the engine has stopped.
     pub fn submit(&self, inputs: Vec<Vec<u32>>, reply: Reply) -> Result<(), GenError> {
-        let tx = self.tx.as_ref().ok_or(GenError::Stopped)?;
         if inputs.iter().any(Vec::is_empty) {
             return Err(GenError::InvalidRequest("an input has no tokens".into()));
         }
-        match tx.try_send(Job { inputs, reply }) {
-            Ok(()) => {
-                self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(TrySendError::Full(_)) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(GenError::Overloaded { capacity: self.capacity })
-            }
-            Err(TrySendError::Disconnected(_)) => Err(GenError::Stopped),
-        }
+        self.worker
+            .send_counted(Job { inputs, reply }, &self.stats.in_flight, &self.stats.rejected)
     }
 
     pub fn is_running(&self) -> bool {
-        self.handle.as_ref().map(|h| !h.is_finished()).unwrap_or(false)
-    }
-}
-
-impl Drop for EmbeddingEngine {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.worker.is_running()
     }
 }
 

@@ -6,11 +6,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use super::transcribe::{Pass, Segment, TranscribeOptions, Transcript, WhisperModel};
+use crate::worker::Worker;
 use crate::{EngineError, GenError};
 
 /// What a transcription reports, from the engine thread.
@@ -60,10 +60,8 @@ pub struct SttStats {
 }
 
 pub struct SttEngine {
-    tx: Option<SyncSender<Job>>,
-    handle: Option<JoinHandle<()>>,
+    worker: Worker<Job>,
     pub stats: Arc<SttStats>,
-    capacity: usize,
     /// Language codes the model knows, for checks before a request is queued.
     pub languages: Vec<String>,
     pub multilingual: bool,
@@ -71,20 +69,13 @@ pub struct SttEngine {
 
 impl SttEngine {
     pub fn spawn(model: WhisperModel, cfg: SttConfig) -> SttEngine {
-        let capacity = cfg.queue.max(1);
-        let (tx, rx) = sync_channel::<Job>(capacity);
         let stats = Arc::new(SttStats::default());
         let st = stats.clone();
         let (languages, multilingual) = (model.languages(), model.multilingual());
-        let handle = std::thread::Builder::new()
-            .name("stt-engine".into())
-            .spawn(move || serve(model, cfg, rx, st))
-            .expect("spawning the speech-to-text engine thread");
+        let queue = cfg.queue;
         SttEngine {
-            tx: Some(tx),
-            handle: Some(handle),
+            worker: Worker::spawn("stt-engine", queue, move |rx| serve(model, cfg, rx, st)),
             stats,
-            capacity,
             languages,
             multilingual,
         }
@@ -93,36 +84,17 @@ impl SttEngine {
     /// Queues a transcription of 16 kHz mono `pcm`; `on_event` is called from the engine
     /// thread, last with `Done`. Refused at once when the queue is full or the engine stopped.
     pub fn submit(&self, pcm: Vec<f32>, opts: TranscribeOptions, on_event: OnEvent) -> Result<(), GenError> {
-        let tx = self.tx.as_ref().ok_or(GenError::Stopped)?;
         if let Some(l) = &opts.language {
             if self.multilingual && !self.languages.iter().any(|c| c == l) {
                 return Err(GenError::InvalidRequest(format!("language '{l}' is not one this model knows")));
             }
         }
-        match tx.try_send(Job { pcm, opts, on_event }) {
-            Ok(()) => {
-                self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(TrySendError::Full(_)) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(GenError::Overloaded { capacity: self.capacity })
-            }
-            Err(TrySendError::Disconnected(_)) => Err(GenError::Stopped),
-        }
+        self.worker
+            .send_counted(Job { pcm, opts, on_event }, &self.stats.in_flight, &self.stats.rejected)
     }
 
     pub fn is_running(&self) -> bool {
-        self.handle.as_ref().map(|h| !h.is_finished()).unwrap_or(false)
-    }
-}
-
-impl Drop for SttEngine {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.worker.is_running()
     }
 }
 
