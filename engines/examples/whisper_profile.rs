@@ -11,7 +11,7 @@ fn main() {
     let dir = std::env::args().nth(1).expect("a whisper directory");
     let m = WhisperModel::load(std::path::Path::new(&dir), &Device::Cpu).expect("load");
     let window = vec![0.0f32; 80 * 3000];
-    m.encode(&[window.clone()]).expect("warm-up");
+    m.encode(std::slice::from_ref(&window)).expect("warm-up");
     let t = Instant::now();
     let audio = m.encode(&[window]).expect("encode");
     println!("encoder, one window: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
