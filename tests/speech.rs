@@ -245,3 +245,80 @@ fn the_official_openai_client_transcribes_and_translates() {
     assert!(!v["translation"].as_str().unwrap().is_empty());
     assert_eq!(v["junk"], json!(["APIStatusError", 415]));
 }
+
+#[test]
+fn the_transcription_route_reaches_a_remote_gateway_with_fallback() {
+    let mut b = Gateway::start_with(&[], &["--model", &format!("tiny={}", model_files::whisper_tiny_en().display())]);
+    let a = Gateway::start_with(&[("REMOTE_B_KEY", TOKEN)], &["--model", "none"]);
+    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let b_url = b.url("/v1");
+    // The OpenAI-style name of upstream's input.voice route, then the route itself.
+    a.config(&[
+        "set-default",
+        "audio.transcription",
+        "--provider",
+        "openai-compatible",
+        "--model",
+        "tiny",
+        "--base-url",
+        &dead,
+    ]);
+    a.config(&[
+        "set-default",
+        "input.voice",
+        "--provider",
+        "openai-compatible",
+        "--model",
+        "tiny",
+        "--base-url",
+        &b_url,
+        "--api-key-env",
+        "REMOTE_B_KEY",
+        "--fallback",
+    ]);
+    let bytes = std::fs::read(clips().join("long.wav")).unwrap();
+    let form = Form::new()
+        .part("file", Part::bytes(bytes).file_name("long.wav"))
+        .text("response_format", "verbose_json");
+    let r = a
+        .http
+        .post(a.url("/v1/audio/transcriptions"))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(300))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-gateway-provider"], "openai-compatible/tiny");
+    assert_eq!(r.headers()["x-gateway-fallbacks"], "1");
+    let v: Value = r.json().unwrap();
+    // B's segments, times and tokens, through A.
+    let want = refs()["models"]["whisper-tiny.en"]["long"]["timestamps"].clone();
+    let got: Vec<&Value> = v["segments"].as_array().unwrap().iter().map(|s| &s["tokens"]).collect();
+    let expected: Vec<&Value> = want.as_array().unwrap().iter().map(|s| &s["tokens"]).collect();
+    assert_eq!(got, expected);
+    assert_eq!(v["text"], ref_text("whisper-tiny.en", "long"));
+    assert_eq!(v["language"], "english");
+    // A's catalog shows the route's targets, the dead one's breaker counting its failure.
+    let (_, cat) = a.get("/api/gateway/audio/transcriptions/models");
+    let provs: Vec<&str> = cat["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["provider"].as_str().unwrap())
+        .collect();
+    assert_eq!(provs, ["openai-compatible", "openai-compatible"], "{cat}");
+    // Bad audio is refused by A itself, whoever would have served it.
+    let (s, _, body) = upload(
+        &a,
+        "/v1/audio/transcriptions",
+        Part::bytes(b"junk".repeat(100)).file_name("x.mp3"),
+        &[],
+    );
+    assert_eq!(s, 415, "{body}");
+    // Every target down: 503 naming them.
+    b.kill9();
+    let (s, _, body) = transcribe(&a, "/v1/audio/transcriptions", "hello.wav", &[]);
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("no provider could serve"), "{body}");
+}

@@ -1,6 +1,6 @@
 //! Upstream's audio catalogs (spec §1.9): `GET /audio/transcriptions/models` lists the
-//! speech-to-text models loaded here, in the `gateway_catalog_v1` envelope. Only what is
-//! loaded and running is reported.
+//! speech-to-text models loaded here and the `input.voice` route's remote targets, in the
+//! `gateway_catalog_v1` envelope. Only what is loaded (or routed) is reported.
 
 use std::sync::Arc;
 
@@ -34,8 +34,19 @@ fn stats(st: &abstractgateway_engines::stt::engine::SttStats) -> Value {
            "audio_seconds": st.audio_ms.load(Relaxed) as f64 / 1000.0, "in_flight": st.in_flight.load(Relaxed)})
 }
 
-/// The loaded transcribers as catalog items.
+/// The loaded transcribers, then the route's remote targets, as catalog items.
 pub fn transcription_items(p: &Providers) -> Vec<Value> {
+    let remote = p
+        .route
+        .named(TRANSCRIPTION_ROUTE)
+        .chain()
+        .into_iter()
+        .filter(|t| !t.is_local())
+        .map(|t| {
+            let health = p.breakers.view(&t.key());
+            json!({"id": t.model, "label": t.model, "provider": t.provider, "available": health.state != "open",
+               "task": TRANSCRIPTION_ROUTE, "base_url": t.resolved_base_url(), "health": health})
+        });
     p.local
         .transcribers
         .iter()
@@ -51,6 +62,7 @@ pub fn transcription_items(p: &Providers) -> Vec<Value> {
                    "architecture": t.info.architecture, "size_bytes": t.info.size_bytes, "device": t.device,
                    "stats": stats(&t.engine.stats)})
         })
+        .chain(remote)
         .collect()
 }
 
@@ -62,7 +74,8 @@ async fn transcription_models(Extension(p): Extension<Arc<Providers>>, RawQuery(
         items.retain(|i| i["provider"].as_str() == Some(f));
     }
     let available = items.iter().any(|i| i["available"] == true);
-    let providers: Vec<&str> = if items.is_empty() { vec![] } else { vec!["local"] };
+    let mut providers: Vec<&str> = items.iter().filter_map(|i| i["provider"].as_str()).collect();
+    providers.dedup();
     let listed = if providers_only {
         providers.iter().map(|pv| json!({"id": pv, "label": pv, "provider": pv})).collect()
     } else {

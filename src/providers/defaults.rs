@@ -137,6 +137,13 @@ pub fn canonical_route(name: &str) -> Result<&'static str, DefaultsError> {
     if name == "output.text" {
         return Ok(TEXT_ROUTE);
     }
+    // The capability names the OpenAI-style surfaces use, for upstream's voice routes.
+    if name == "audio.transcription" {
+        return Ok("input.voice");
+    }
+    if name == "audio.speech" {
+        return Ok("output.voice");
+    }
     ROUTE_SPECS.iter().map(|s| s.0).find(|k| *k == name).ok_or_else(|| {
         DefaultsError::Invalid(format!(
             "unknown capability route '{name}' (known: {})",

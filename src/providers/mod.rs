@@ -14,6 +14,7 @@ pub mod embeddings;
 pub mod local;
 pub mod prompt_cache;
 pub mod remote;
+pub mod remote_audio;
 pub mod tool_calls;
 pub mod transcription;
 pub mod weights_hash;

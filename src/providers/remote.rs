@@ -11,7 +11,7 @@ use super::embeddings::{EmbedInput, EmbedRequest};
 use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, ToolChoice, Usage};
 
 pub struct RemoteClient {
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
 }
 
 impl RemoteClient {
@@ -183,7 +183,7 @@ impl RemoteClient {
 }
 
 /// An error body's message: OpenAI's `error.message`, FastAPI's `detail`, else the text's start.
-fn upstream_message(v: &Value, text: &str) -> String {
+pub(super) fn upstream_message(v: &Value, text: &str) -> String {
     v.pointer("/error/message")
         .or_else(|| v.get("detail"))
         .and_then(Value::as_str)
@@ -191,7 +191,7 @@ fn upstream_message(v: &Value, text: &str) -> String {
         .unwrap_or_else(|| text.chars().take(300).collect())
 }
 
-fn describe_reqwest(e: &reqwest::Error) -> String {
+pub(super) fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {

@@ -6,11 +6,21 @@ use abstractgateway_engines::stt::engine::{SttConfig, SttEngine, SttEvent};
 use abstractgateway_engines::stt::transcribe::{Segment, TranscribeOptions, Transcript, WhisperModel};
 use abstractgateway_models::source::ModelInfo;
 
+use super::defaults::Target;
 use super::local::gen_error;
-use super::{ProviderError, Providers};
+use super::{select_chain, ProviderError, Providers};
 
-/// The capability route transcription follows.
-pub const TRANSCRIPTION_ROUTE: &str = "audio.transcription";
+/// The capability route transcription follows: upstream's `input.voice` (`audio.transcription`
+/// is accepted as its name too).
+pub const TRANSCRIPTION_ROUTE: &str = "input.voice";
+
+/// An audio file as uploaded (forwarded as it is to a remote provider) and, decoded, its 16 kHz
+/// samples (for a local engine).
+pub struct AudioInput {
+    pub bytes: Vec<u8>,
+    pub file_name: Option<String>,
+    pub pcm: Vec<f32>,
+}
 
 /// A whisper model loaded here, served by its engine thread.
 pub struct LocalTranscriber {
@@ -71,16 +81,49 @@ impl Providers {
     /// The local transcriber `model` names, or the first one loaded.
     pub fn transcriber(&self, model: Option<&str>) -> Result<&LocalTranscriber, ProviderError> {
         let all = &self.local.transcribers;
-        let first = || all.first().ok_or_else(|| ProviderError::Unavailable(no_transcriber()));
         match model.filter(|m| !m.is_empty()) {
-            None => first(),
-            Some(m) => match all.iter().find(|t| t.info.id == m) {
-                Some(t) => Ok(t),
-                // OpenAI's own model names ask for "a whisper": the first one here serves them.
-                None if m == "whisper-1" || m.starts_with("gpt-4o") => first(),
-                None => Err(ProviderError::ModelNotFound(m.to_string())),
-            },
+            None => all.first().ok_or_else(|| ProviderError::Unavailable(no_transcriber())),
+            Some(m) => all
+                .iter()
+                .find(|t| t.info.id == m)
+                .ok_or_else(|| ProviderError::ModelNotFound(m.to_string())),
         }
+    }
+
+    /// The targets a transcription naming `model` (or none) tries in turn. OpenAI's own model
+    /// names (`whisper-1`, `gpt-4o-transcribe`) ask for "a whisper": the route's, else the
+    /// first loaded here.
+    pub fn transcription_chain(&self, model: Option<&str>) -> Result<Vec<Target>, ProviderError> {
+        let all = &self.local.transcribers;
+        let generic = |m: &str| m == "whisper-1" || m.starts_with("gpt-4o");
+        let model = model.filter(|m| !generic(m) || all.iter().any(|t| t.info.id == *m));
+        select_chain(
+            self.route.named(TRANSCRIPTION_ROUTE).chain(),
+            model,
+            all.first().map(|t| t.info.id.as_str()),
+            |m| all.iter().any(|t| t.info.id == m),
+            || ProviderError::Unavailable(no_transcriber()),
+        )
+    }
+
+    /// Transcribes through the chain: local engines take the samples, remote OpenAI-compatible
+    /// providers the file; fallback and breakers as for text. Who made the transcript, it, and
+    /// the targets that failed first.
+    pub async fn transcribe(
+        &self,
+        model: Option<&str>,
+        audio: &AudioInput,
+        opts: &TranscribeOptions,
+    ) -> Result<(Target, Transcript, Vec<String>), ProviderError> {
+        let chain = self.transcription_chain(model)?;
+        self.walk(chain, "transcription provider failed", |target| async move {
+            if !target.is_local() {
+                return self.remote.transcribe(&target, audio, opts).await;
+            }
+            let t = self.transcriber(Some(&target.model))?;
+            t.transcribe(audio.pcm.clone(), opts.clone(), None).await
+        })
+        .await
     }
 }
 

@@ -16,9 +16,10 @@ use axum::routing::post;
 use axum::Extension;
 use serde_json::{json, Value};
 
-use super::OpenAiError;
+use super::{provider_headers, OpenAiError};
 use crate::api::{route, AppState, Route};
 use crate::config::Config;
+use crate::providers::transcription::AudioInput;
 use crate::providers::Providers;
 
 use super::audio_languages::language_name;
@@ -141,8 +142,9 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: Multipart, tr
         ));
     }
     let (name, bytes) = f.file.ok_or_else(|| OpenAiError::invalid("'file' is required", Some("file")))?;
-    let t = providers.transcriber(f.model.as_deref()).map_err(OpenAiError::from)?;
-    if let Some(l) = &f.language {
+    let chain = providers.transcription_chain(f.model.as_deref()).map_err(OpenAiError::from)?;
+    // A language the local model does not know is refused before the audio is read.
+    if let (Some(l), Some(t)) = (&f.language, chain.first().and_then(|t| providers.transcriber(Some(&t.model)).ok())) {
         if t.engine.multilingual && !t.engine.languages.iter().any(|c| c == l) {
             return Err(OpenAiError::invalid(
                 format!("language '{l}' is not an ISO-639-1 code this model knows"),
@@ -150,11 +152,20 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: Multipart, tr
             ));
         }
     }
+    // The audio is decoded here whoever serves it: unreadable audio is the client's error
+    // (415, 413 or 400), never a provider's failure.
     let max_seconds = cfg.stt_max_seconds as f64;
-    let pcm = tokio::task::spawn_blocking(move || decode(&bytes, name.as_deref(), SAMPLE_RATE as u32, max_seconds))
-        .await
-        .map_err(|e| OpenAiError::invalid(format!("decoding the audio failed: {e}"), Some("file")))?
-        .map_err(audio_error)?;
+    let (pcm, bytes, name) = tokio::task::spawn_blocking(move || {
+        let pcm = decode(&bytes, name.as_deref(), SAMPLE_RATE as u32, max_seconds);
+        (pcm, bytes, name)
+    })
+    .await
+    .map_err(|e| OpenAiError::invalid(format!("decoding the audio failed: {e}"), Some("file")))?;
+    let audio = AudioInput {
+        pcm: pcm.map_err(audio_error)?,
+        bytes,
+        file_name: name,
+    };
     let opts = TranscribeOptions {
         language: f.language,
         translate,
@@ -163,8 +174,13 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: Multipart, tr
         initial_prompt: f.prompt,
         ..Default::default()
     };
-    let transcript = t.transcribe(pcm, opts, None).await.map_err(OpenAiError::from)?;
-    Ok(render(&transcript, &format, translate))
+    let (target, transcript, fell_back) = providers
+        .transcribe(f.model.as_deref(), &audio, &opts)
+        .await
+        .map_err(OpenAiError::from)?;
+    let mut resp = render(&transcript, &format, translate);
+    provider_headers(&mut resp, &target.label(), fell_back.len());
+    Ok(resp)
 }
 
 fn audio_error(e: AudioError) -> OpenAiError {

@@ -21,6 +21,16 @@ pub fn language_name(code: &str) -> Option<&'static str> {
         .map(|(_, n)| n)
 }
 
+/// `french` → `fr`; a code is returned as it is.
+pub fn language_code(name: &str) -> Option<&'static str> {
+    let name = name.trim().to_ascii_lowercase();
+    LANGUAGES
+        .split('|')
+        .filter_map(|e| e.split_once(' '))
+        .find(|(c, n)| *n == name || *c == name)
+        .map(|(c, _)| c)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -29,5 +39,7 @@ mod tests {
         assert_eq!(super::language_name("yue"), Some("cantonese"));
         assert_eq!(super::language_name("ht"), Some("haitian creole"));
         assert_eq!(super::language_name("xx"), None);
+        assert_eq!(super::language_code("French"), Some("fr"));
+        assert_eq!(super::language_code("de"), Some("de"));
     }
 }

@@ -1,0 +1,109 @@
+//! Speech-to-text on a remote OpenAI-compatible provider: the uploaded file forwarded as it is
+//! to `{base}/audio/transcriptions` (or `/translations`), asked for `verbose_json` so segments and
+//! their times come back, and read into the same transcript a local engine gives.
+
+use abstractgateway_engines::stt::transcribe::{Segment, TranscribeOptions, Transcript};
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+use super::defaults::Target;
+use super::remote::{describe_reqwest, upstream_message, RemoteClient};
+use super::transcription::AudioInput;
+use super::ProviderError;
+
+impl RemoteClient {
+    pub async fn transcribe(&self, target: &Target, audio: &AudioInput, opts: &TranscribeOptions) -> Result<Transcript, ProviderError> {
+        let base = target
+            .resolved_base_url()
+            .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))?;
+        let path = if opts.translate { "translations" } else { "transcriptions" };
+        let part = Part::bytes(audio.bytes.clone()).file_name(audio.file_name.clone().unwrap_or_else(|| "audio".into()));
+        let mut form = Form::new()
+            .part("file", part)
+            .text("model", target.model.clone())
+            .text("response_format", "verbose_json")
+            .text("temperature", opts.temperatures.first().copied().unwrap_or(0.0).to_string());
+        if let Some(l) = &opts.language {
+            form = form.text("language", l.clone());
+        }
+        if let Some(p) = &opts.initial_prompt {
+            form = form.text("prompt", p.clone());
+        }
+        let mut rb = self.http.post(format!("{base}/audio/{path}")).multipart(form);
+        if let Some(k) = target.api_key() {
+            rb = rb.bearer_auth(k);
+        }
+        let resp = rb.send().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = upstream_message(&v, &text);
+            // The provider judged the audio or the fields: so would any other.
+            if matches!(status.as_u16(), 400 | 413 | 415) {
+                return Err(ProviderError::Invalid(format!("{}: {message}", target.label())));
+            }
+            return Err(ProviderError::Upstream {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let text_of = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let whole = text_of("text")
+            .ok_or_else(|| ProviderError::Unavailable(format!("{} answered /audio/{path} without a text", target.label())))?;
+        let duration = v
+            .get("duration")
+            .and_then(Value::as_f64)
+            .unwrap_or(audio.pcm.len() as f64 / 16_000.0);
+        let num = |s: &Value, k: &str| s.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        let mut segments: Vec<Segment> = v
+            .get("segments")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .enumerate()
+                    .map(|(i, s)| Segment {
+                        id: i,
+                        seek: s.get("seek").and_then(Value::as_u64).unwrap_or(0) as usize,
+                        start: num(s, "start"),
+                        end: num(s, "end"),
+                        text: s.get("text").and_then(Value::as_str).unwrap_or("").to_string(),
+                        tokens: s
+                            .get("tokens")
+                            .and_then(Value::as_array)
+                            .map(|t| t.iter().filter_map(Value::as_u64).map(|x| x as u32).collect())
+                            .unwrap_or_default(),
+                        temperature: num(s, "temperature") as f32,
+                        avg_logprob: num(s, "avg_logprob"),
+                        compression_ratio: num(s, "compression_ratio"),
+                        no_speech_prob: num(s, "no_speech_prob"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Providers without segments (text only): one segment over the whole clip.
+        if segments.is_empty() && !whole.trim().is_empty() {
+            segments.push(Segment {
+                id: 0,
+                seek: 0,
+                start: 0.0,
+                end: duration,
+                text: format!(" {}", whole.trim()),
+                tokens: Vec::new(),
+                temperature: 0.0,
+                avg_logprob: 0.0,
+                compression_ratio: 0.0,
+                no_speech_prob: 0.0,
+            });
+        }
+        let language = text_of("language").unwrap_or_default();
+        Ok(Transcript {
+            language: crate::api::openai::audio_languages::language_code(&language)
+                .unwrap_or(&language)
+                .to_string(),
+            language_probability: 1.0,
+            duration,
+            segments,
+        })
+    }
+}
