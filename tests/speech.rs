@@ -171,6 +171,11 @@ fn bad_uploads_get_clear_openai_errors() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().unwrap().contains("'file' is required"));
+    // Not multipart: a 400 in OpenAI's shape.
+    let r = g.http.post(g.url(t)).bearer_auth(TOKEN).json(&json!({"file": "x"})).send().unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("multipart/form-data"), "{v}");
     // The engine survived all of it.
     let (s, _, body) = transcribe(&g, t, "hello.wav", &[("model", "tiny")]);
     assert_eq!(s, 200, "{body}");

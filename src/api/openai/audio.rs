@@ -9,6 +9,7 @@ use std::sync::Arc;
 use abstractgateway_engines::audio::decode::{decode, SUPPORTED};
 use abstractgateway_engines::audio::AudioError;
 use abstractgateway_engines::stt::transcribe::{TranscribeOptions, Transcript, SAMPLE_RATE};
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -62,11 +63,13 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-pub async fn transcriptions(p: Extension<Arc<Providers>>, st: State<AppState>, form: Multipart) -> Response {
+type FormResult = Result<Multipart, MultipartRejection>;
+
+pub async fn transcriptions(p: Extension<Arc<Providers>>, st: State<AppState>, form: FormResult) -> Response {
     handle(p.0, st.0.cfg, form, false).await.unwrap_or_else(|e| e.into_response())
 }
 
-pub async fn translations(p: Extension<Arc<Providers>>, st: State<AppState>, form: Multipart) -> Response {
+pub async fn translations(p: Extension<Arc<Providers>>, st: State<AppState>, form: FormResult) -> Response {
     handle(p.0, st.0.cfg, form, true).await.unwrap_or_else(|e| e.into_response())
 }
 
@@ -126,7 +129,9 @@ async fn read_form(mut form: Multipart, max_bytes: u64) -> Result<Form, OpenAiEr
     Ok(f)
 }
 
-async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: Multipart, translate: bool) -> Result<Response, OpenAiError> {
+async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: FormResult, translate: bool) -> Result<Response, OpenAiError> {
+    // Not multipart at all: OpenAI's error shape, not axum's plain-text rejection.
+    let form = form.map_err(|e| OpenAiError::invalid(format!("the body must be multipart/form-data with a 'file' part: {e}"), None))?;
     let f = read_form(form, cfg.audio_max_bytes).await?;
     let format = f.format.clone().unwrap_or_else(|| "json".into());
     if !["json", "text", "srt", "vtt", "verbose_json"].contains(&format.as_str()) {
