@@ -7,9 +7,10 @@
 #   scripts/fuzz-openapi.sh [MAX_SECONDS] [MAX_EXAMPLES]     (defaults: 240 s, 40 per operation)
 #
 # The gateway runs from a fresh data dir in hosted-user mode (so the admin routes are exercised
-# too), with the upstream test bundles, no chat model, and the tiny random-weight embedding model
-# of the engine tests (86 KB), so that the embedding and knowledge-graph routes really embed. schemathesis (Python, pinned) is
-# installed once into target/schemathesis-venv.
+# too), with the upstream test bundles, no chat model, the tiny random-weight embedding model
+# of the engine tests (86 KB), so that the embedding and knowledge-graph routes really embed, and
+# whisper tiny.en (fetched into .models if missing), so that /v1/audio really reads what it is
+# sent. schemathesis (Python, pinned) is installed once into target/schemathesis-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 max_time=${1:-240}
@@ -20,12 +21,13 @@ if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   "$venv/bin/pip" install -q --disable-pip-version-check schemathesis==4.32.5
 fi
 cargo build -q --bin abstractgateway
+scripts/fetch-models.sh --dest .models whisper-tiny.en >/dev/null
 data=$(mktemp -d /tmp/agw-fuzz-XXXXXX)
 mkdir -p "$data/flows"
 cp tests/fixtures/bundles/test-*.flow "$data/flows/"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ABSTRACTGATEWAY_DATA_DIR="$data" ABSTRACTGATEWAY_AUTH_TOKEN=fuzz-operator-token-0123456789 \
-  ABSTRACTGATEWAY_USER_AUTH=1 ABSTRACTGATEWAY_MODELS=tiny-embed=engines/tests/data/tiny-xlmr ABSTRACTGATEWAY_LOG_LEVEL=error \
+  ABSTRACTGATEWAY_USER_AUTH=1 ABSTRACTGATEWAY_MODELS=tiny-embed=engines/tests/data/tiny-xlmr,stt=.models/whisper-tiny.en ABSTRACTGATEWAY_LOG_LEVEL=error \
   ABSTRACTGATEWAY_LOCKOUT_AFTER=1000000 ABSTRACTGATEWAY_MAX_CONCURRENCY=256 \
   target/debug/abstractgateway serve --host 127.0.0.1 --port "$port" >"$data/serve.log" 2>&1 &
 pid=$!
