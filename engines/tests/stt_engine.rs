@@ -38,7 +38,7 @@ fn concurrent_transcriptions_share_encoder_passes_and_equal_the_references() {
         let mut progress = 0;
         engine
             .submit(
-                common::speech_clip(clip),
+                common::speech_clip(clip).into(),
                 opts.clone(),
                 Box::new(move |ev| match ev {
                     SttEvent::Progress { done, total, .. } => {
@@ -72,7 +72,7 @@ fn concurrent_transcriptions_share_encoder_passes_and_equal_the_references() {
     let (tx, rx) = channel();
     engine
         .submit(
-            Vec::new(),
+            Vec::new().into(),
             opts,
             Box::new(move |ev| {
                 if let SttEvent::Done(r) = ev {

@@ -9,6 +9,7 @@ use axum::routing::get;
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
+use super::discovery::with_model_catalog;
 use super::error::ApiResult;
 use super::validate::{query_bool, query_map};
 use super::{route, Route};
@@ -76,17 +77,14 @@ async fn transcription_models(Extension(p): Extension<Arc<Providers>>, RawQuery(
     let available = items.iter().any(|i| i["available"] == true);
     let mut providers: Vec<&str> = items.iter().filter_map(|i| i["provider"].as_str()).collect();
     providers.dedup();
-    let listed = if providers_only {
-        providers.iter().map(|pv| json!({"id": pv, "label": pv, "provider": pv})).collect()
-    } else {
-        items.clone()
-    };
-    let kind = if providers_only { "providers" } else { "models" };
-    Ok(Json(json!({
-        "available": available, "kind": "audio_transcription_models", "scope": TRANSCRIPTION_ROUTE,
-        "providers": providers, "models": items, "items": listed,
-        "catalog": {"contract": "gateway_catalog_v1", "version": 1, "kind": kind, "scope": "stt", "primary_items_field": "items",
-                    "source": "abstractgateway.catalog", "route_source": "abstractgateway.local", "available": available,
-                    "route_available": true, "task": TRANSCRIPTION_ROUTE, "providers_only": providers_only},
-    })))
+    let payload = json!({"available": available, "kind": "audio_transcription_models", "scope": TRANSCRIPTION_ROUTE,
+                         "providers": providers, "models": items});
+    Ok(Json(with_model_catalog(
+        payload,
+        "stt",
+        TRANSCRIPTION_ROUTE,
+        &items,
+        &providers,
+        providers_only,
+    )))
 }

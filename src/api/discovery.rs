@@ -71,6 +71,33 @@ fn catalog(kind: &str, scope: &str, available: bool, items: Vec<Value>, extra: V
     json!({"catalog": cat, "items": items})
 }
 
+/// A route's model catalog (`/embeddings/models`, `/audio/transcriptions/models`) added to
+/// `payload`: its models as `items`, or with `providers_only` one item per provider, and the
+/// `gateway_catalog_v1` envelope.
+pub(crate) fn with_model_catalog(
+    mut payload: Value,
+    scope: &str,
+    task: &str,
+    items: &[Value],
+    providers: &[&str],
+    providers_only: bool,
+) -> Value {
+    let available = items.iter().any(|i| i["available"] == true);
+    let (kind, listed) = if providers_only {
+        (
+            "providers",
+            providers.iter().map(|pv| json!({"id": pv, "label": pv, "provider": pv})).collect(),
+        )
+    } else {
+        ("models", items.to_vec())
+    };
+    let extra = json!({"route_source": "abstractgateway.local", "task": task, "providers_only": providers_only});
+    if let (Some(p), Value::Object(c)) = (payload.as_object_mut(), catalog(kind, scope, available, listed, extra)) {
+        p.extend(c);
+    }
+    payload
+}
+
 /// Loaded local models as catalog items.
 fn local_items(p: &Providers) -> Vec<Value> {
     p.local

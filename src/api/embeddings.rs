@@ -13,6 +13,7 @@ use axum::{Extension, Json};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::discovery::with_model_catalog;
 use super::error::{ApiError, ApiResult};
 use super::openai::embeddings::inputs;
 use super::validate::{parse_body, query_bool, query_map, Fields};
@@ -226,20 +227,19 @@ async fn models(Extension(p): Extension<Arc<Providers>>, RawQuery(rq): RawQuery)
             a.push(i["id"].clone());
         }
     }
-    let catalog_items = if providers_only {
-        providers.iter().map(|pv| json!({"id": pv, "label": pv, "provider": pv})).collect()
-    } else {
-        items.clone()
-    };
-    let kind = if providers_only { "providers" } else { "models" };
-    Ok(Json(json!({
+    let names: Vec<&str> = providers.iter().map(String::as_str).collect();
+    let payload = json!({
         "available": available, "kind": "embedding_models", "scope": EMBEDDING_ROUTE, "provider": provider,
         "providers": providers, "models_by_provider": by_provider, "provider_models": items,
-        "items": catalog_items,
-        "catalog": {"contract": "gateway_catalog_v1", "version": 1, "kind": kind, "scope": "embedding", "primary_items_field": "items",
-                    "source": "abstractgateway.catalog", "route_source": "abstractgateway.local", "available": available,
-                    "route_available": true, "task": EMBEDDING_ROUTE, "providers_only": providers_only},
-    })))
+    });
+    Ok(Json(with_model_catalog(
+        payload,
+        "embedding",
+        EMBEDDING_ROUTE,
+        &items,
+        &names,
+        providers_only,
+    )))
 }
 
 /// What the engine has done: requests, inputs, tokens, and the forward passes they were packed

@@ -91,25 +91,24 @@ impl LocalModels {
                 }
             };
             let sel = &selections[at].1;
+            let info = source::describe(&src).map_err(|e| e.to_string())?;
             if is_embedding_dir(&src.path) {
-                let info = source::describe(&src).map_err(|e| e.to_string())?;
                 embedders.push(LocalEmbedder::load(info, &sel.device, &sel.name, embedding.clone())?);
                 continue;
             }
-            let whisper_hf = src.format == source::Format::Safetensors
-                && source::describe(&src).is_ok_and(|i| i.architecture.as_deref() == Some("whisper"));
-            if src.format == source::Format::Ctranslate2 || whisper_hf {
-                let info = source::describe(&src).map_err(|e| e.to_string())?;
-                if info.architecture.as_deref() != Some("whisper") {
-                    return Err(format!(
-                        "{}: a CTranslate2 directory that is not faster-whisper's (no suppress_ids/lang_ids in config.json)",
-                        src.path.display()
-                    ));
-                }
+            // faster-whisper's CTranslate2 directories and HF whisper directories.
+            let whisper = info.architecture.as_deref() == Some("whisper");
+            if src.format == source::Format::Ctranslate2 && !whisper {
+                return Err(format!(
+                    "{}: a CTranslate2 directory that is not faster-whisper's (no suppress_ids/lang_ids in config.json)",
+                    src.path.display()
+                ));
+            }
+            if whisper && src.format != source::Format::Gguf {
                 transcribers.push(LocalTranscriber::load(info, &sel.device, &sel.name, stt.clone())?);
                 continue;
             }
-            loaded.push(load_one(&src, sel, want == DeviceSpec::Auto)?);
+            loaded.push(load_one(&src, info, sel, want == DeviceSpec::Auto)?);
         }
         // The engines start once every model's weights are in memory: the dense models on one
         // device share a KV budget sized from what is free then.
@@ -197,8 +196,7 @@ struct Loaded {
 
 /// Loads one model on `selected`. Under `auto`, a model the GPU path cannot run yet goes to the
 /// CPU with a warning; a device named explicitly is never swapped.
-fn load_one(src: &source::ModelSource, selected: &device::Selected, auto: bool) -> Result<Loaded, String> {
-    let info = source::describe(src).map_err(|e| e.to_string())?;
+fn load_one(src: &source::ModelSource, info: ModelInfo, selected: &device::Selected, auto: bool) -> Result<Loaded, String> {
     let started = Instant::now();
     let size_mb = info.size_bytes as f64 / 1e6;
     tracing::info!(model = %info.id, path = %src.path.display(), size_mb, "loading model");

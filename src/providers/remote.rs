@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use reqwest::RequestBuilder;
 use serde_json::{json, Map, Value};
 
 use super::defaults::Target;
@@ -29,13 +30,8 @@ impl RemoteClient {
     /// The provider's own model list (`GET {base}/models`, OpenAI shape), asked live so that
     /// discovery never lists a provider that does not answer. Bounded to a few seconds.
     pub async fn list_models(&self, target: &Target) -> Result<Vec<Value>, ProviderError> {
-        let base = target
-            .resolved_base_url()
-            .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))?;
-        let mut rb = self.http.get(format!("{base}/models")).timeout(Duration::from_secs(5));
-        if let Some(k) = target.api_key() {
-            rb = rb.bearer_auth(k);
-        }
+        let base = base_url(target)?;
+        let rb = authed(self.http.get(format!("{base}/models")).timeout(Duration::from_secs(5)), target);
         let resp = rb.send().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
@@ -55,9 +51,7 @@ impl RemoteClient {
 
     /// `POST {base}/embeddings` (OpenAI shape): vectors in input order and the prompt tokens.
     pub async fn embed(&self, target: &Target, req: &EmbedRequest) -> Result<(Vec<Vec<f32>>, usize), ProviderError> {
-        let base = target
-            .resolved_base_url()
-            .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))?;
+        let base = base_url(target)?;
         let texts: Option<Vec<&str>> = req
             .inputs
             .iter()
@@ -86,25 +80,10 @@ impl RemoteClient {
         if req.truncate {
             body["truncate"] = json!(true);
         }
-        let mut rb = self.http.post(format!("{base}/embeddings")).json(&body);
-        if let Some(k) = target.api_key() {
-            rb = rb.bearer_auth(k);
-        }
-        let resp = rb.send().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = upstream_message(&v, &text);
-            // The provider judged the request itself (too long, bad input): so would any other.
-            if status.as_u16() == 400 {
-                return Err(ProviderError::Invalid(format!("{}: {message}", target.label())));
-            }
-            return Err(ProviderError::Upstream {
-                status: status.as_u16(),
-                message,
-            });
-        }
+        // A 400 is the provider judging the input itself (too long, bad input): so would any other.
+        let v = self
+            .call_json(target, self.http.post(format!("{base}/embeddings")).json(&body), &[400])
+            .await?;
         let bad = |why: &str| ProviderError::Unavailable(format!("{} answered /embeddings with {why}", target.label()));
         let data = v.get("data").and_then(Value::as_array).ok_or_else(|| bad("no data array"))?;
         let mut out: Vec<Option<Vec<f32>>> = vec![None; req.inputs.len()];
@@ -129,14 +108,9 @@ impl RemoteClient {
     }
 
     pub async fn start(&self, target: &Target, req: &TextRequest) -> Result<EventRx, ProviderError> {
-        let base = target
-            .resolved_base_url()
-            .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))?;
+        let base = base_url(target)?;
         let (path, body) = request_body(target, req);
-        let mut rb = self.http.post(format!("{base}{path}")).json(&body);
-        if let Some(k) = target.api_key() {
-            rb = rb.bearer_auth(k);
-        }
+        let rb = authed(self.http.post(format!("{base}{path}")).json(&body), target);
         let resp = rb.send().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
         let status = resp.status();
         if !status.is_success() {
@@ -182,8 +156,49 @@ impl RemoteClient {
     }
 }
 
+impl RemoteClient {
+    /// Sends a one-shot request with the target's key: the JSON body of a success. A status in
+    /// `client_statuses` is the provider judging the request itself (`Invalid`: no fallback
+    /// would do better); any other failure is `Upstream`.
+    pub(super) async fn call_json(&self, target: &Target, rb: RequestBuilder, client_statuses: &[u16]) -> Result<Value, ProviderError> {
+        let resp = authed(rb, target)
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = upstream_message(&v, &text);
+            if client_statuses.contains(&status.as_u16()) {
+                return Err(ProviderError::Invalid(format!("{}: {message}", target.label())));
+            }
+            return Err(ProviderError::Upstream {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// A target's base URL, or why it has none.
+pub(super) fn base_url(target: &Target) -> Result<String, ProviderError> {
+    target
+        .resolved_base_url()
+        .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))
+}
+
+/// `rb` with the target's API key, where it has one.
+fn authed(rb: RequestBuilder, target: &Target) -> RequestBuilder {
+    match target.api_key() {
+        Some(k) => rb.bearer_auth(k),
+        None => rb,
+    }
+}
+
 /// An error body's message: OpenAI's `error.message`, FastAPI's `detail`, else the text's start.
-pub(super) fn upstream_message(v: &Value, text: &str) -> String {
+fn upstream_message(v: &Value, text: &str) -> String {
     v.pointer("/error/message")
         .or_else(|| v.get("detail"))
         .and_then(Value::as_str)
@@ -191,7 +206,7 @@ pub(super) fn upstream_message(v: &Value, text: &str) -> String {
         .unwrap_or_else(|| text.chars().take(300).collect())
 }
 
-pub(super) fn describe_reqwest(e: &reqwest::Error) -> String {
+fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {

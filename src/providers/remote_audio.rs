@@ -2,22 +2,21 @@
 //! to `{base}/audio/transcriptions` (or `/translations`), asked for `verbose_json` so segments and
 //! their times come back, and read into the same transcript a local engine gives.
 
-use abstractgateway_engines::stt::transcribe::{Segment, TranscribeOptions, Transcript};
+use abstractgateway_engines::stt::transcribe::{Segment, TranscribeOptions, Transcript, SAMPLE_RATE};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
 use super::defaults::Target;
-use super::remote::{describe_reqwest, upstream_message, RemoteClient};
+use super::remote::{base_url, RemoteClient};
 use super::transcription::AudioInput;
 use super::ProviderError;
 
 impl RemoteClient {
     pub async fn transcribe(&self, target: &Target, audio: &AudioInput, opts: &TranscribeOptions) -> Result<Transcript, ProviderError> {
-        let base = target
-            .resolved_base_url()
-            .ok_or_else(|| ProviderError::Unavailable(format!("provider '{}' has no base URL", target.provider)))?;
+        let base = base_url(target)?;
         let path = if opts.translate { "translations" } else { "transcriptions" };
-        let part = Part::bytes(audio.bytes.clone()).file_name(audio.file_name.clone().unwrap_or_else(|| "audio".into()));
+        let part = Part::stream_with_length(audio.bytes.clone(), audio.bytes.len() as u64)
+            .file_name(audio.file_name.clone().unwrap_or_else(|| "audio".into()));
         let mut form = Form::new()
             .part("file", part)
             .text("model", target.model.clone())
@@ -29,32 +28,16 @@ impl RemoteClient {
         if let Some(p) = &opts.initial_prompt {
             form = form.text("prompt", p.clone());
         }
-        let mut rb = self.http.post(format!("{base}/audio/{path}")).multipart(form);
-        if let Some(k) = target.api_key() {
-            rb = rb.bearer_auth(k);
-        }
-        let resp = rb.send().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = upstream_message(&v, &text);
-            // The provider judged the audio or the fields: so would any other.
-            if matches!(status.as_u16(), 400 | 413 | 415) {
-                return Err(ProviderError::Invalid(format!("{}: {message}", target.label())));
-            }
-            return Err(ProviderError::Upstream {
-                status: status.as_u16(),
-                message,
-            });
-        }
+        // The provider judged the audio or the fields: so would any other.
+        let rb = self.http.post(format!("{base}/audio/{path}")).multipart(form);
+        let v = self.call_json(target, rb, &[400, 413, 415]).await?;
         let text_of = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let whole = text_of("text")
             .ok_or_else(|| ProviderError::Unavailable(format!("{} answered /audio/{path} without a text", target.label())))?;
         let duration = v
             .get("duration")
             .and_then(Value::as_f64)
-            .unwrap_or(audio.pcm.len() as f64 / 16_000.0);
+            .unwrap_or(audio.pcm.len() as f64 / SAMPLE_RATE as f64);
         let num = |s: &Value, k: &str| s.get(k).and_then(Value::as_f64).unwrap_or(0.0);
         let mut segments: Vec<Segment> = v
             .get("segments")

@@ -1,9 +1,11 @@
-//! Speech-to-text: whisper models loaded here, each on its engine thread. The HTTP layer hands
-//! over decoded 16 kHz samples and options, and gets the transcript (and, for runs, progress
-//! after each 30 s window) back.
+//! Speech-to-text: whisper models loaded here, each on its engine thread, and the `input.voice`
+//! route's chain. The HTTP layer hands over the file and its decoded 16 kHz samples, and gets
+//! the transcript back.
 
 use abstractgateway_engines::stt::engine::{SttConfig, SttEngine, SttEvent};
-use abstractgateway_engines::stt::transcribe::{Segment, TranscribeOptions, Transcript, WhisperModel};
+use std::sync::Arc;
+
+use abstractgateway_engines::stt::transcribe::{TranscribeOptions, Transcript, WhisperModel};
 use abstractgateway_models::source::ModelInfo;
 
 use super::defaults::Target;
@@ -16,10 +18,11 @@ pub const TRANSCRIPTION_ROUTE: &str = "input.voice";
 
 /// An audio file as uploaded (forwarded as it is to a remote provider) and, decoded, its 16 kHz
 /// samples (for a local engine).
+/// Both are shared, not copied, by each target the chain tries.
 pub struct AudioInput {
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     pub file_name: Option<String>,
-    pub pcm: Vec<f32>,
+    pub pcm: Arc<[f32]>,
 }
 
 /// A whisper model loaded here, served by its engine thread.
@@ -43,27 +46,16 @@ impl LocalTranscriber {
         })
     }
 
-    /// Transcribes `pcm` (16 kHz mono); `progress` hears the seconds done, the total and each
-    /// window's segments.
-    pub async fn transcribe(
-        &self,
-        pcm: Vec<f32>,
-        opts: TranscribeOptions,
-        progress: Option<tokio::sync::mpsc::UnboundedSender<(f64, f64, Vec<Segment>)>>,
-    ) -> Result<Transcript, ProviderError> {
+    /// Transcribes `pcm` (16 kHz mono).
+    pub async fn transcribe(&self, pcm: Arc<[f32]>, opts: TranscribeOptions) -> Result<Transcript, ProviderError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);
         self.engine
             .submit(
                 pcm,
                 opts,
-                Box::new(move |ev| match ev {
-                    SttEvent::Progress { done, total, segments } => {
-                        if let Some(p) = &progress {
-                            let _ = p.send((done, total, segments));
-                        }
-                    }
-                    SttEvent::Done(r) => {
+                Box::new(move |ev| {
+                    if let SttEvent::Done(r) = ev {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(r);
                         }
@@ -106,22 +98,21 @@ impl Providers {
         )
     }
 
-    /// Transcribes through the chain: local engines take the samples, remote OpenAI-compatible
+    /// Transcribes through `chain` (`transcription_chain`): local engines take the samples, remote OpenAI-compatible
     /// providers the file; fallback and breakers as for text. Who made the transcript, it, and
     /// the targets that failed first.
     pub async fn transcribe(
         &self,
-        model: Option<&str>,
+        chain: Vec<Target>,
         audio: &AudioInput,
         opts: &TranscribeOptions,
     ) -> Result<(Target, Transcript, Vec<String>), ProviderError> {
-        let chain = self.transcription_chain(model)?;
         self.walk(chain, "transcription provider failed", |target| async move {
             if !target.is_local() {
                 return self.remote.transcribe(&target, audio, opts).await;
             }
             let t = self.transcriber(Some(&target.model))?;
-            t.transcribe(audio.pcm.clone(), opts.clone(), None).await
+            t.transcribe(audio.pcm.clone(), opts.clone()).await
         })
         .await
     }

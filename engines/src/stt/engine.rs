@@ -27,7 +27,7 @@ pub enum SttEvent {
 pub type OnEvent = Box<dyn FnMut(SttEvent) + Send>;
 
 struct Job {
-    pcm: Vec<f32>,
+    pcm: Arc<[f32]>,
     opts: TranscribeOptions,
     on_event: OnEvent,
 }
@@ -83,14 +83,17 @@ impl SttEngine {
 
     /// Queues a transcription of 16 kHz mono `pcm`; `on_event` is called from the engine
     /// thread, last with `Done`. Refused at once when the queue is full or the engine stopped.
-    pub fn submit(&self, pcm: Vec<f32>, opts: TranscribeOptions, on_event: OnEvent) -> Result<(), GenError> {
-        if let Some(l) = &opts.language {
-            if self.multilingual && !self.languages.iter().any(|c| c == l) {
-                return Err(GenError::InvalidRequest(format!("language '{l}' is not one this model knows")));
-            }
+    pub fn submit(&self, pcm: Arc<[f32]>, opts: TranscribeOptions, on_event: OnEvent) -> Result<(), GenError> {
+        if let Some(l) = opts.language.as_deref().filter(|l| !self.knows_language(l)) {
+            return Err(GenError::InvalidRequest(format!("language '{l}' is not one this model knows")));
         }
         self.worker
             .send_counted(Job { pcm, opts, on_event }, &self.stats.in_flight, &self.stats.rejected)
+    }
+
+    /// Whether a request may name `code` (English-only models take any and transcribe English).
+    pub fn knows_language(&self, code: &str) -> bool {
+        !self.multilingual || self.languages.iter().any(|c| c == code)
     }
 
     pub fn is_running(&self) -> bool {

@@ -470,19 +470,14 @@ impl WhisperModel {
         rng: &mut StdRng,
     ) -> Result<(Decoded, f32, f64), EngineError> {
         let mut tried: Vec<(Decoded, f32, f64)> = Vec::new();
-        let temperatures = if opts.temperatures.is_empty() {
-            vec![0.0]
-        } else {
-            opts.temperatures.clone()
-        };
+        let temperatures: &[f32] = if opts.temperatures.is_empty() { &[0.0] } else { &opts.temperatures };
         let last_t = temperatures[temperatures.len() - 1];
-        for &t in &temperatures {
+        for &t in temperatures {
             let decoded = if t > 0.0 {
                 let mut best: Option<Decoded> = None;
                 for _ in 0..opts.best_of.max(1) {
                     let d = self.decoder.run(&self.model, audio, prompt, opts.timestamps, t, rng)?;
-                    let score = |d: &Decoded| d.sum_logprob / (d.tokens.len() + 1) as f64;
-                    if best.as_ref().is_none_or(|b| score(&d) > score(b)) {
+                    if best.as_ref().is_none_or(|b| d.avg_logprob() > b.avg_logprob()) {
                         best = Some(d);
                     }
                 }

@@ -76,7 +76,7 @@ pub async fn translations(p: Extension<Arc<Providers>>, st: State<AppState>, for
 /// The form's fields.
 #[derive(Default)]
 struct Form {
-    file: Option<(Option<String>, Vec<u8>)>,
+    file: Option<(Option<String>, bytes::Bytes)>,
     model: Option<String>,
     language: Option<String>,
     prompt: Option<String>,
@@ -103,7 +103,7 @@ async fn read_form(mut form: Multipart, max_bytes: u64) -> Result<Form, OpenAiEr
                     ..OpenAiError::invalid(format!("'file' is {} bytes; the limit is {max_bytes}", bytes.len()), Some("file"))
                 });
             }
-            f.file = Some((file_name, bytes.to_vec()));
+            f.file = Some((file_name, bytes));
             continue;
         }
         let text = field.text().await.map_err(|e| bad(format!("reading '{name}': {e}")))?;
@@ -150,7 +150,7 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: FormResult, t
     let chain = providers.transcription_chain(f.model.as_deref()).map_err(OpenAiError::from)?;
     // A language the local model does not know is refused before the audio is read.
     if let (Some(l), Some(t)) = (&f.language, chain.first().and_then(|t| providers.transcriber(Some(&t.model)).ok())) {
-        if t.engine.multilingual && !t.engine.languages.iter().any(|c| c == l) {
+        if !t.engine.knows_language(l) {
             return Err(OpenAiError::invalid(
                 format!("language '{l}' is not an ISO-639-1 code this model knows"),
                 Some("language"),
@@ -167,7 +167,7 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: FormResult, t
     .await
     .map_err(|e| OpenAiError::invalid(format!("decoding the audio failed: {e}"), Some("file")))?;
     let audio = AudioInput {
-        pcm: pcm.map_err(audio_error)?,
+        pcm: pcm.map_err(audio_error)?.into(),
         bytes,
         file_name: name,
     };
@@ -179,10 +179,7 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: FormResult, t
         initial_prompt: f.prompt,
         ..Default::default()
     };
-    let (target, transcript, fell_back) = providers
-        .transcribe(f.model.as_deref(), &audio, &opts)
-        .await
-        .map_err(OpenAiError::from)?;
+    let (target, transcript, fell_back) = providers.transcribe(chain, &audio, &opts).await.map_err(OpenAiError::from)?;
     let mut resp = render(&transcript, &format, translate);
     provider_headers(&mut resp, &target.label(), fell_back.len());
     Ok(resp)
