@@ -12,6 +12,7 @@ pub mod kv_budget;
 pub mod llama;
 pub mod paged_attention;
 pub mod paged_kv;
+pub mod piper;
 pub mod source;
 pub mod spm;
 pub mod tokenizer;
