@@ -4,7 +4,8 @@
 #   scripts/fetch-models.sh [--dest DIR] [qwen-coder-0.5b | qwen-coder-1.5b | smollm2 | gemma3 | minilm |
 #                            whisper-base | whisper-tiny.en | piper-joe ...]
 # With no name (or `default`) it fetches the default models: the chat model Qwen2.5-Coder-0.5B-Instruct,
-# the embedding model all-MiniLM-L6-v2 and the speech-to-text model whisper base.
+# the embedding model all-MiniLM-L6-v2, the speech-to-text model whisper base and the Piper voice
+# en_US-joe-medium (text-to-speech).
 # The store is $ABSTRACTGATEWAY_MODELS_DIR, else $ABSTRACTGATEWAY_DATA_DIR/models, else
 # ./runtime/models: where `abstractgateway serve` looks for model ids.
 set -euo pipefail
@@ -184,7 +185,7 @@ fetch_qwen_coder_15b() {
 }
 for m in "${@:-default}"; do
   case "$m" in
-    default) fetch_qwen_coder_05b; fetch_minilm; fetch_whisper_base ;;
+    default) fetch_qwen_coder_05b; fetch_minilm; fetch_whisper_base; fetch_piper_joe ;;
     qwen-coder-0.5b) fetch_qwen_coder_05b ;;
     qwen-coder-1.5b) fetch_qwen_coder_15b ;;
     smollm2) fetch_smollm2 ;;
@@ -193,6 +194,6 @@ for m in "${@:-default}"; do
     whisper-base) fetch_whisper_base ;;
     whisper-tiny.en) fetch_whisper_tiny_en ;;
     piper-joe) fetch_piper_joe ;;
-    *) echo "unknown model: $m (known: default (qwen-coder-0.5b, minilm and whisper-base), qwen-coder-0.5b, qwen-coder-1.5b, smollm2, gemma3, minilm, whisper-base, whisper-tiny.en, piper-joe)" >&2; exit 2 ;;
+    *) echo "unknown model: $m (known: default (qwen-coder-0.5b, minilm, whisper-base and piper-joe), qwen-coder-0.5b, qwen-coder-1.5b, smollm2, gemma3, minilm, whisper-base, whisper-tiny.en, piper-joe)" >&2; exit 2 ;;
   esac
 done

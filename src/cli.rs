@@ -365,10 +365,16 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
         max_batch: cfg.stt_batch_windows,
         queue: cfg.model_queue.max(1) * 4,
     };
+    let speech = crate::providers::speech::SpeechSettings {
+        espeak: cfg.espeak_ng.clone(),
+        engine: abstractgateway_engines::tts::engine::TtsConfig {
+            queue: cfg.model_queue.max(1) * 4,
+        },
+    };
     cfg.device_spec().map_err(|e| e.to_string())?;
     let c = cfg.clone();
     let local = tokio::task::spawn_blocking(move || {
-        LocalModels::load(&specs, &store, &engine, &embedding, &stt, &|id: &str| {
+        LocalModels::load(&specs, &store, &engine, &embedding, &stt, &speech, &|id: &str| {
             c.device_spec_for(id).map_err(|e| e.to_string())
         })
     })
@@ -380,7 +386,7 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
             tracing::warn!(model = %id, "ABSTRACTGATEWAY_MODEL_DEVICES names a model that was not loaded");
         }
     }
-    if local.models.is_empty() && !(local.embedders.is_empty() && local.transcribers.is_empty()) {
+    if local.models.is_empty() && !(local.embedders.is_empty() && local.transcribers.is_empty() && local.speakers.is_empty()) {
         let msg =
             "no chat model loaded (only embedding or speech models): runs and /v1 chat need a remote provider on the input.text route";
         eprintln!("{msg}");
@@ -425,6 +431,18 @@ async fn open_providers(cfg: &Config, cli_models: &[String]) -> Result<Arc<Provi
             t.engine.languages.len(),
             t.device
         );
+    }
+    for s in &local.speakers {
+        match &s.engine {
+            Ok(_) => eprintln!(
+                "text-to-speech voice {} ready ({}, {} Hz, {})",
+                s.info.id,
+                s.language.as_deref().unwrap_or("?"),
+                s.sample_rate,
+                s.device
+            ),
+            Err(why) => eprintln!("text-to-speech voice {} loaded but unavailable: {why}", s.info.id),
+        }
     }
     Ok(Arc::new(Providers::new(
         Arc::new(local),

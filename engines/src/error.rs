@@ -10,6 +10,9 @@ pub enum EngineError {
     Unsupported(String),
     #[error("prompt of {prompt} tokens does not fit the context of {context} tokens")]
     ContextOverflow { prompt: usize, context: usize },
+    /// The phonemizer (the espeak-ng program) failed.
+    #[error("phonemizer: {0}")]
+    Phonemizer(String),
 }
 
 /// Why a generation request failed, as it crosses an engine's channel. Typed, so that the

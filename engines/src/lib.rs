@@ -7,6 +7,7 @@ pub mod embedding;
 pub mod error;
 pub mod stt;
 pub mod text;
+pub mod tts;
 pub mod worker;
 
 pub use error::{EngineError, GenError};

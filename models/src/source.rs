@@ -22,6 +22,8 @@ pub enum Format {
     Safetensors,
     /// A CTranslate2 directory (`model.bin` + `config.json`), as faster-whisper ships whisper.
     Ctranslate2,
+    /// A Piper voice: its `.onnx` with the `.onnx.json` beside it.
+    Piper,
 }
 
 /// A resolved model: the id it is served under and the file or directory to load.
@@ -200,27 +202,38 @@ fn pick_file(path: &Path) -> Result<(PathBuf, Format), SourceError> {
         return match path.extension().and_then(|e| e.to_str()) {
             Some(e) if e.eq_ignore_ascii_case("gguf") => Ok((path.to_path_buf(), Format::Gguf)),
             Some("safetensors") => Ok((path.parent().unwrap_or(path).to_path_buf(), Format::Safetensors)),
-            _ => Err(unusable("not a .gguf or .safetensors file".into())),
+            Some("onnx") if crate::piper::config_path(path).is_file() => Ok((path.to_path_buf(), Format::Piper)),
+            Some("onnx") => Err(unusable(format!(
+                "an .onnx file without its Piper voice config ({})",
+                crate::piper::config_path(path).display()
+            ))),
+            _ => Err(unusable("not a .gguf, .safetensors or Piper .onnx file".into())),
         };
     }
     let entries = std::fs::read_dir(path).map_err(|e| unusable(e.to_string()))?;
     let mut ggufs: Vec<PathBuf> = Vec::new();
+    let mut voices: Vec<PathBuf> = Vec::new();
     let mut safetensors = false;
     for e in entries.flatten() {
         let p = e.path();
         match p.extension().and_then(|e| e.to_str()) {
             Some(x) if x.eq_ignore_ascii_case("gguf") => ggufs.push(p),
             Some("safetensors") => safetensors = true,
+            Some("onnx") if crate::piper::config_path(&p).is_file() => voices.push(p),
             _ => {}
         }
     }
     ggufs.sort();
+    voices.sort();
     match ggufs.len() {
         1 => Ok((ggufs.remove(0), Format::Gguf)),
+        0 if voices.len() == 1 => Ok((voices.remove(0), Format::Piper)),
         0 if safetensors && path.join("config.json").exists() => Ok((path.to_path_buf(), Format::Safetensors)),
         0 if path.join("model.bin").is_file() && path.join("config.json").exists() => Ok((path.to_path_buf(), Format::Ctranslate2)),
+        0 if voices.len() > 1 => Err(unusable(format!("holds {} Piper voices; name one .onnx", voices.len()))),
         0 => Err(unusable(
-            "holds no .gguf file, no config.json + *.safetensors and no CTranslate2 model.bin + config.json".into(),
+            "holds no .gguf file, no config.json + *.safetensors, no CTranslate2 model.bin + config.json and no Piper .onnx + .onnx.json"
+                .into(),
         )),
         _ => Err(unusable(format!(
             "holds {} .gguf files ({}); name one",
@@ -303,6 +316,13 @@ pub fn describe(src: &ModelSource) -> Result<ModelInfo, SourceError> {
             if cfg.get("suppress_ids").is_some() && cfg.get("lang_ids").is_some() {
                 info.architecture = Some("whisper".into());
             }
+        }
+        Format::Piper => {
+            info.size_bytes = std::fs::metadata(&src.path).map(|m| m.len()).unwrap_or(0);
+            let cfg = crate::piper::PiperConfig::read(&crate::piper::config_path(&src.path))?;
+            info.architecture = Some("piper-vits".into());
+            info.name = src.path.file_stem().map(|s| s.to_string_lossy().to_string());
+            info.quantization = cfg.quality;
         }
         Format::Safetensors => {
             if let Ok(rd) = std::fs::read_dir(&src.path) {

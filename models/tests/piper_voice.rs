@@ -12,7 +12,10 @@ mod common;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/speech");
 
-fn refs() -> (Value, HashMap<String, (Vec<f32>, Vec<usize>)>) {
+/// Each recorded tensor's values (as f32) and shape.
+type Tensors = HashMap<String, (Vec<f32>, Vec<usize>)>;
+
+fn refs() -> (Value, Tensors) {
     let json: Value = serde_json::from_str(&std::fs::read_to_string(format!("{DATA}/piper_refs.json")).unwrap()).unwrap();
     let b = std::fs::read(format!("{DATA}/piper_refs.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&b).unwrap();

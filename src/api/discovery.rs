@@ -130,6 +130,8 @@ async fn capabilities(
     let embedding_up = embedding["available"].as_bool().unwrap_or(false);
     let stt_models = crate::api::audio::transcription_items(&p);
     let stt_up = stt_models.iter().any(|m| m["available"] == true);
+    let tts_models = crate::api::audio::speech_items(&p);
+    let tts_up = tts_models.iter().any(|m| m["available"] == true);
     let d = |m, path| endpoint(m, path);
     let commands = {
         let mut c = d("post", "/api/gateway/commands");
@@ -182,7 +184,7 @@ async fn capabilities(
             "of the LLM-facing nodes only llm_call and agent are served; other LLM/media node types fail with a clear error",
             "llm.delta frames reach SSE readers of the process that executes the LLM call (serve), for the run itself, not its subtree",
             "memory: the knowledge graph (memory_kg_assert, memory_kg_query, memory_kg_resolve, POST /kg/query) and notes (memory_note, memory_query) are served; memory_tag and memory_rehydrate are not",
-            "media, voice (text-to-speech) and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings, speech-to-text on /v1/audio/transcriptions and /v1/audio/translations",
+            "media and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings, speech-to-text on /v1/audio/transcriptions and /v1/audio/translations, text-to-speech on /v1/audio/speech",
         ],
         "surfaces": {
             "runs": {"start": flag(&runs["start"]), "schedule": flag(&runs["schedule"]), "summary": flag(&runs["summary"]),
@@ -195,7 +197,8 @@ async fn capabilities(
             "discovery": {"capabilities": true, "providers": true, "provider_models": true, "tools": true},
             "text": {"available": local_up || remote_up, "local": local_up, "remote": remote_up},
             "embedding": {"available": embedding_up},
-            "audio": {"transcription": stt_up},
+            "audio": {"transcription": stt_up, "speech": tts_up},
+            "voice": {"available": tts_up},
             "memory": {"kg_query": flag(&d("post", "/api/gateway/kg/query")), "kg_assert_node": true, "kg_query_node": true,
                        "kg_resolve_node": true, "note_node": true, "query_node": true, "semantic": embedding_up, "backend": st.kg.name()},
             "prompt_cache": {"provider_controls": prompt_cache["provider_controls_available"], "session_lifecycle": prompt_cache["session_lifecycle_available"],
@@ -215,7 +218,10 @@ async fn capabilities(
         "audio": {"available": stt_up, "route": crate::providers::transcription::TRANSCRIPTION_ROUTE, "local_models": stt_models,
                   "catalog": "/api/gateway/audio/transcriptions/models",
                   "openai_compatible": {"transcriptions": d("post", "/v1/audio/transcriptions"), "translations": d("post", "/v1/audio/translations")}},
-        "voice": {"available": false},
+        // Text-to-speech: Piper voices loaded here (upstream's `voice` capability).
+        "voice": {"available": tts_up, "route": crate::providers::speech::SPEECH_ROUTE, "local_models": tts_models,
+                  "catalogs": {"voices": "/api/gateway/voice/voices", "models": "/api/gateway/audio/speech/models"},
+                  "openai_compatible": {"speech": d("post", "/v1/audio/speech")}},
         "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "artifacts": artifacts,
             "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness,
             "memory": {"kg_query": d("post", "/api/gateway/kg/query"), "backend": st.kg.name(), "semantic_query": embedding_up},

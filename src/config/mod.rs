@@ -56,6 +56,10 @@ pub struct Config {
     pub stt_max_seconds: u64,
     /// The largest audio upload (bytes; OpenAI's own limit is 25 MB).
     pub audio_max_bytes: u64,
+    /// The longest text one speech request may give (characters; OpenAI's limit is 4096).
+    pub tts_max_chars: usize,
+    /// The espeak-ng program Piper voices are phonemized with (run as a separate process).
+    pub espeak_ng: String,
     /// Where the knowledge graph lives: `sqlite` (the plane's database) or `lancedb`
     /// (`<data dir>/kg.lancedb`; builds with the `lancedb` feature only).
     pub kg_backend: String,
@@ -349,6 +353,8 @@ impl Config {
             stt_batch_windows: number(&["ABSTRACTGATEWAY_STT_BATCH_WINDOWS"], 4usize)?.max(1),
             stt_max_seconds: number(&["ABSTRACTGATEWAY_STT_MAX_SECONDS"], 10_800u64)?.max(1),
             audio_max_bytes: number(&["ABSTRACTGATEWAY_AUDIO_MAX_BYTES"], 26_214_400u64)?.max(1),
+            tts_max_chars: number(&["ABSTRACTGATEWAY_TTS_MAX_CHARS"], 4096usize)?.max(1),
+            espeak_ng: var(&["ABSTRACTGATEWAY_ESPEAK_NG"]).unwrap_or_else(|| "espeak-ng".into()),
             db_max_mb: match var(&["ABSTRACTGATEWAY_DB_MAX_MB"]) {
                 None => None,
                 Some(_) => Some(number(&["ABSTRACTGATEWAY_DB_MAX_MB"], 0u64)?.max(1)),

@@ -20,6 +20,7 @@ use abstractgateway_models::tokenizer::GgufTokenizer;
 use serde_json::{json, Map, Value};
 
 use super::embeddings::LocalEmbedder;
+use super::speech::{LocalSpeaker, SpeechSettings};
 use super::transcription::LocalTranscriber;
 use super::{EventRx, Prompt, ProviderError, TextEvent, TextRequest, ToolChoice, Usage};
 
@@ -51,6 +52,8 @@ pub struct LocalModels {
     pub embedders: Vec<LocalEmbedder>,
     /// Speech-to-text models (faster-whisper's CTranslate2 directories).
     pub transcribers: Vec<LocalTranscriber>,
+    /// Text-to-speech voices (Piper).
+    pub speakers: Vec<LocalSpeaker>,
 }
 
 /// End-of-turn markers of common chat templates, used as stop tokens when the vocabulary has them.
@@ -65,18 +68,21 @@ impl LocalModels {
         engine: &EngineConfig,
         embedding: &EmbeddingConfig,
         stt: &SttConfig,
+        speech: &SpeechSettings,
         device_for: &dyn Fn(&str) -> Result<DeviceSpec, String>,
     ) -> Result<LocalModels, String> {
         let mut loaded: Vec<Loaded> = Vec::new();
         let mut embedders: Vec<LocalEmbedder> = Vec::new();
         let mut transcribers: Vec<LocalTranscriber> = Vec::new();
+        let mut speakers: Vec<LocalSpeaker> = Vec::new();
         // One selection per distinct device spec (selecting a GPU initialises it).
         let mut selections: Vec<(DeviceSpec, device::Selected)> = Vec::new();
         for spec in specs {
             let src = source::resolve(spec, store).map_err(|e| e.to_string())?;
             let taken = loaded.iter().any(|m| m.info.id == src.id)
                 || embedders.iter().any(|m| m.info.id == src.id)
-                || transcribers.iter().any(|m| m.info.id == src.id);
+                || transcribers.iter().any(|m| m.info.id == src.id)
+                || speakers.iter().any(|m| m.info.id == src.id);
             if taken {
                 return Err(format!("two models are served as '{}'; give one another id with ID=PATH", src.id));
             }
@@ -92,6 +98,10 @@ impl LocalModels {
             };
             let sel = &selections[at].1;
             let info = source::describe(&src).map_err(|e| e.to_string())?;
+            if src.format == source::Format::Piper {
+                speakers.push(LocalSpeaker::load(info, &sel.device, &sel.name, speech)?);
+                continue;
+            }
             if is_embedding_dir(&src.path) {
                 embedders.push(LocalEmbedder::load(info, &sel.device, &sel.name, embedding.clone())?);
                 continue;
@@ -136,6 +146,7 @@ impl LocalModels {
             models,
             embedders,
             transcribers,
+            speakers,
         })
     }
 

@@ -15,6 +15,7 @@ pub mod local;
 pub mod prompt_cache;
 pub mod remote;
 pub mod remote_audio;
+pub mod speech;
 pub mod tool_calls;
 pub mod transcription;
 pub mod weights_hash;

@@ -161,14 +161,27 @@ impl RemoteClient {
     /// `client_statuses` is the provider judging the request itself (`Invalid`: no fallback
     /// would do better); any other failure is `Upstream`.
     pub(super) async fn call_json(&self, target: &Target, rb: RequestBuilder, client_statuses: &[u16]) -> Result<Value, ProviderError> {
+        let body = self.call_bytes(target, rb, client_statuses).await?;
+        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// `rb` sent with the target's key: the body of a success, else the provider's message (a
+    /// status in `client_statuses` is the client's error, any other the provider's).
+    pub(super) async fn call_bytes(
+        &self,
+        target: &Target,
+        rb: RequestBuilder,
+        client_statuses: &[u16],
+    ) -> Result<bytes::Bytes, ProviderError> {
         let resp = authed(rb, target)
             .send()
             .await
             .map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let body = resp.bytes().await.map_err(|e| ProviderError::Unavailable(describe_reqwest(&e)))?;
         if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let message = upstream_message(&v, &text);
             if client_statuses.contains(&status.as_u16()) {
                 return Err(ProviderError::Invalid(format!("{}: {message}", target.label())));
@@ -178,7 +191,7 @@ impl RemoteClient {
                 message,
             });
         }
-        Ok(v)
+        Ok(body)
     }
 }
 

@@ -8,10 +8,37 @@ use serde_json::Value;
 
 use super::defaults::Target;
 use super::remote::{base_url, RemoteClient};
+use super::speech::SpeechRequest;
 use super::transcription::AudioInput;
 use super::ProviderError;
 
+/// The rate remote speech is read at (OpenAI's own).
+pub const REMOTE_SPEECH_RATE: u32 = 24_000;
+
 impl RemoteClient {
+    /// `POST {base}/audio/speech` asking for a wav, read into mono samples at
+    /// [`REMOTE_SPEECH_RATE`] (the HTTP layer encodes them as the client asked).
+    pub async fn speak(&self, target: &Target, req: &SpeechRequest) -> Result<(u32, Vec<f32>), ProviderError> {
+        let base = base_url(target)?;
+        let mut body = serde_json::json!({
+            "model": target.model, "input": req.input, "voice": req.voice, "speed": req.speed, "response_format": "wav",
+        });
+        // Our own extension, sent only when the client gave it (so a gateway upstream repeats it).
+        if let Some(seed) = req.seed {
+            body["seed"] = seed.into();
+        }
+        let rb = self.http.post(format!("{base}/audio/speech")).json(&body);
+        let bytes = self.call_bytes(target, rb, &[400]).await?;
+        let samples =
+            abstractgateway_engines::audio::decode::decode(&bytes, Some("speech.wav"), REMOTE_SPEECH_RATE, 3600.0).map_err(|e| {
+                ProviderError::Unavailable(format!(
+                    "{} answered /audio/speech with audio that cannot be read: {e}",
+                    target.label()
+                ))
+            })?;
+        Ok((REMOTE_SPEECH_RATE, samples))
+    }
+
     pub async fn transcribe(&self, target: &Target, audio: &AudioInput, opts: &TranscribeOptions) -> Result<Transcript, ProviderError> {
         let base = base_url(target)?;
         let path = if opts.translate { "translations" } else { "transcriptions" };

@@ -36,7 +36,7 @@ impl Generator {
         let n_res = w
             .count("dec.resblocks", "convs.0.weight")
             .max(w.count("dec.resblocks", "convs1.0.weight"));
-        if n_up == 0 || n_res == 0 || n_res % n_up != 0 {
+        if n_up == 0 || n_res == 0 || !n_res.is_multiple_of(n_up) {
             return Err(ModelError::Invalid(format!(
                 "the voice's decoder has {n_up} upsamplers and {n_res} blocks"
             )));

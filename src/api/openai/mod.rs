@@ -9,6 +9,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod models;
 pub mod params;
+pub mod speech;
 pub mod stream;
 
 use axum::http::{HeaderValue, StatusCode};
@@ -21,6 +22,7 @@ use crate::providers::ProviderError;
 pub fn routes() -> Vec<Route> {
     let mut r = chat::routes();
     r.extend(audio::routes());
+    r.extend(speech::routes());
     r.extend(completions::routes());
     r.extend(embeddings::routes());
     r.extend(models::routes());

@@ -43,6 +43,11 @@ fn all(p: &Providers) -> Vec<Value> {
                "format": t.info.format, "architecture": t.info.architecture, "languages": t.engine.languages.len(),
                "size_bytes": t.info.size_bytes})
     }));
+    out.extend(p.local.speakers.iter().map(|s| {
+        json!({"id": s.info.id, "object": "model", "created": s.loaded_at, "owned_by": "local", "task": "speech",
+               "format": s.info.format, "architecture": s.info.architecture, "voices": [s.voice], "sample_rate": s.sample_rate,
+               "available": s.available(), "size_bytes": s.info.size_bytes})
+    }));
     for t in p.route.text().chain().into_iter().filter(|t| !t.is_local()) {
         let id = format!("{}/{}", t.provider, t.model);
         if !out.iter().any(|m| m["id"] == id.as_str()) {
