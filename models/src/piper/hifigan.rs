@@ -134,7 +134,7 @@ impl ResBlock {
             }
             ResBlock::Two(convs) => {
                 for c in convs {
-                    x = (&x + c.forward(&candle_nn::ops::leaky_relu(&x, LRELU_SLOPE)?)?)?;
+                    x = c.residual_leaky(&x, LRELU_SLOPE as f32)?;
                 }
             }
         }
