@@ -19,6 +19,10 @@ use abstractgateway_engines::stt::transcribe::{TranscribeOptions, WhisperModel};
 use candle_core::Device;
 use serde_json::Value;
 
+#[path = "common/process.rs"]
+mod process;
+use process::{median, rss_mb};
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -26,17 +30,6 @@ fn root() -> PathBuf {
 fn clip_samples(name: &str) -> Vec<f32> {
     let b = std::fs::read(root().join("models/tests/data/speech").join(format!("{name}.wav"))).expect("clip");
     abstractgateway_engines::audio::decode::decode(&b, Some("x.wav"), 16_000, 600.0).expect("decode")
-}
-
-/// This process's resident set (`VmRSS:`) or its peak (`VmHWM:`), MiB.
-fn rss_mb(field: &str) -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 fn main() {
@@ -87,8 +80,7 @@ fn main() {
         times.push(dt);
         text = tx;
     }
-    times.sort_by(f64::total_cmp);
-    let ours = times[times.len() / 2];
+    let ours = median(times);
     println!("stt_bench: whisper base, {duration:.0} s clip, {threads} threads, median of {runs} after a warm-up");
     println!(
         "  ours (candle, f32)        {ours:7.2} s   RTF {:.3}   load {load_s:.2} s   model RSS +{rss:.0} MiB (peak +{peak:.0})",

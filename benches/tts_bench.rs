@@ -22,6 +22,10 @@ use abstractgateway_models::piper::{PiperVoice, Scales};
 use candle_core::Device;
 use serde_json::Value;
 
+#[path = "common/process.rs"]
+mod process;
+use process::{median, rss_mb};
+
 const TEXT: &str = "The gateway keeps every run in a durable ledger. Clients replay it or stream it as it grows. \
 Speech comes from a Piper voice that runs in the same process, on candle. \
 Its text is phonemized by espeak-ng, clause by clause, as Piper does it. \
@@ -32,21 +36,6 @@ const SHORT: &str = "Hello! How can I help you today?";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn rss_mb(field: &str) -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

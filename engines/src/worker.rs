@@ -3,7 +3,7 @@
 //! when the queue is full, and the thread is joined when the engine is dropped.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 
 use crate::GenError;
@@ -58,6 +58,28 @@ impl<J: Send + 'static> Worker<J> {
     pub fn is_running(&self) -> bool {
         self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
+}
+
+/// The next queued job for an engine loop that interleaves its requests: blocks while `idle`
+/// (nothing in progress), else only takes what is already queued. `open` turns false, and None
+/// comes back, once the queue is closed.
+pub fn next_job<J>(rx: &Receiver<J>, open: &mut bool, idle: bool) -> Option<J> {
+    if !*open {
+        return None;
+    }
+    let got = if idle {
+        rx.recv().ok()
+    } else {
+        match rx.try_recv() {
+            Ok(j) => Some(j),
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => None,
+        }
+    };
+    if got.is_none() {
+        *open = false;
+    }
+    got
 }
 
 impl<J> Drop for Worker<J> {

@@ -104,6 +104,7 @@ pub fn conv1d_fused(
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn naive(x: &[f32], c_in: usize, l: usize, w: &[f32], c_out: usize, k: usize, d: usize, b: &[f32]) -> Vec<f32> {
         let pad = (d * (k - 1) / 2) as isize;
         let mut y = vec![0.0f32; c_out * l];

@@ -20,6 +20,23 @@ pub mod tool_calls;
 pub mod transcription;
 pub mod weights_hash;
 
+/// The local model `model` names among `all` (404 when none is), or with no name the first one
+/// (503 saying `none()` when there are none).
+pub(crate) fn named_or_first<'a, T>(
+    all: &'a [T],
+    model: Option<&str>,
+    id: impl Fn(&T) -> &str,
+    none: impl FnOnce() -> String,
+) -> Result<&'a T, ProviderError> {
+    match model.filter(|m| !m.is_empty()) {
+        None => all.first().ok_or_else(|| ProviderError::Unavailable(none())),
+        Some(m) => all
+            .iter()
+            .find(|t| id(t) == m)
+            .ok_or_else(|| ProviderError::ModelNotFound(m.to_string())),
+    }
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

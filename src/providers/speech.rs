@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::defaults::Target;
 use super::local::gen_error;
-use super::{select_chain, ProviderError, Providers};
+use super::{named_or_first, select_chain, ProviderError, Providers};
 
 /// The capability route speech follows.
 pub const SPEECH_ROUTE: &str = "output.voice";
@@ -175,14 +175,7 @@ fn voice_name(path: &Path) -> String {
 impl Providers {
     /// The local voice `model` names, or the first one loaded.
     pub fn speaker(&self, model: Option<&str>) -> Result<&LocalSpeaker, ProviderError> {
-        let all = &self.local.speakers;
-        match model.filter(|m| !m.is_empty()) {
-            None => all.first().ok_or_else(|| ProviderError::Unavailable(no_speaker())),
-            Some(m) => all
-                .iter()
-                .find(|t| t.info.id == m)
-                .ok_or_else(|| ProviderError::ModelNotFound(m.to_string())),
-        }
+        named_or_first(&self.local.speakers, model, |s| &s.info.id, no_speaker)
     }
 
     /// The targets a speech request naming `model` tries in turn. OpenAI's model names (`tts-1`,

@@ -10,7 +10,7 @@ use abstractgateway_models::source::ModelInfo;
 
 use super::defaults::Target;
 use super::local::gen_error;
-use super::{select_chain, ProviderError, Providers};
+use super::{named_or_first, select_chain, ProviderError, Providers};
 
 /// The capability route transcription follows: upstream's `input.voice` (`audio.transcription`
 /// is accepted as its name too).
@@ -72,14 +72,7 @@ impl LocalTranscriber {
 impl Providers {
     /// The local transcriber `model` names, or the first one loaded.
     pub fn transcriber(&self, model: Option<&str>) -> Result<&LocalTranscriber, ProviderError> {
-        let all = &self.local.transcribers;
-        match model.filter(|m| !m.is_empty()) {
-            None => all.first().ok_or_else(|| ProviderError::Unavailable(no_transcriber())),
-            Some(m) => all
-                .iter()
-                .find(|t| t.info.id == m)
-                .ok_or_else(|| ProviderError::ModelNotFound(m.to_string())),
-        }
+        named_or_first(&self.local.transcribers, model, |t| &t.info.id, no_transcriber)
     }
 
     /// The targets a transcription naming `model` (or none) tries in turn. OpenAI's own model

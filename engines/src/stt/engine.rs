@@ -6,11 +6,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use super::transcribe::{Pass, Segment, TranscribeOptions, Transcript, WhisperModel};
-use crate::worker::Worker;
+use crate::worker::{next_job, Worker};
 use crate::{EngineError, GenError};
 
 /// What a transcription reports, from the engine thread.
@@ -123,25 +123,7 @@ fn serve(model: WhisperModel, cfg: SttConfig, rx: Receiver<Job>, stats: Arc<SttS
     let mut open = true;
     loop {
         // Admit what is queued; block only when there is nothing to do.
-        while open {
-            let job = if active.is_empty() {
-                match rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => {
-                        open = false;
-                        break;
-                    }
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            };
+        while let Some(job) = next_job(&rx, &mut open, active.is_empty()) {
             let Job { pcm, opts, mut on_event } = job;
             match guarded(|| model.begin(&pcm, opts)) {
                 Ok(pass) if pass.done() => {

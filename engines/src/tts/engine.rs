@@ -6,7 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use abstractgateway_models::piper::{Latent, PiperVoice, Scales};
@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::phonemize::Phonemizer;
-use crate::worker::Worker;
+use crate::worker::{next_job, Worker};
 use crate::{EngineError, GenError};
 
 #[derive(Debug, Clone)]
@@ -267,25 +267,7 @@ fn serve(voice: PiperVoice, phonemizer: Phonemizer, rx: Receiver<Job>, stats: Ar
     let mut open = true;
     let sample_rate = voice.sample_rate() as u64;
     loop {
-        while open {
-            let job = if active.is_empty() {
-                match rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => {
-                        open = false;
-                        break;
-                    }
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            };
+        while let Some(job) = next_job(&rx, &mut open, active.is_empty()) {
             stats.characters.fetch_add(job.req.text.chars().count() as u64, Ordering::Relaxed);
             match admit(&voice, &phonemizer, job) {
                 Ok(a) => active.push(a),
