@@ -111,6 +111,8 @@ fn parse(body: &[u8], max_chars: usize) -> Result<Ask, OpenAiError> {
             Some(_) => Err(bad(format!("'{k}' must be a string"), k)),
         }
     };
+    // Accepted for OpenAI's sake (a Piper voice has no style prompt), but it must be text.
+    str_field("instructions", "")?;
     let stream_format = str_field("stream_format", "audio")?;
     let sse = match stream_format.as_str() {
         "audio" => false,
@@ -359,6 +361,8 @@ mod tests {
                 "response_format",
             ),
             (r#"{"input":"Hi","voice":"a","stream_format":"x"}"#, "stream_format"),
+            (r#"{"input":"Hi","voice":"a","instructions":5}"#, "instructions"),
+            (r#"{"input":"Hi","voice":"a","seed":-1}"#, "seed"),
         ] {
             let e = p(body).err().unwrap_or_else(|| panic!("{body} accepted"));
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
