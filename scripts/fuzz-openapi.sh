@@ -8,9 +8,10 @@
 #
 # The gateway runs from a fresh data dir in hosted-user mode (so the admin routes are exercised
 # too), with the upstream test bundles, no chat model, the tiny random-weight embedding model
-# of the engine tests (86 KB), so that the embedding and knowledge-graph routes really embed, and
-# whisper tiny.en (fetched into .models if missing), so that /v1/audio really reads what it is
-# sent. schemathesis (Python, pinned) is installed once into target/schemathesis-venv.
+# of the engine tests (86 KB), so that the embedding and knowledge-graph routes really embed,
+# whisper tiny.en and the Piper voice joe (fetched into .models if missing; the voice needs the
+# espeak-ng program), so that /v1/audio really reads and speaks what it is sent (texts capped at
+# 200 characters, so that no one request outlasts the request timeout). schemathesis (Python, pinned) is installed once into target/schemathesis-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 max_time=${1:-240}
@@ -21,13 +22,14 @@ if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   "$venv/bin/pip" install -q --disable-pip-version-check schemathesis==4.32.5
 fi
 cargo build -q --bin abstractgateway
-scripts/fetch-models.sh --dest .models whisper-tiny.en >/dev/null
+scripts/fetch-models.sh --dest .models whisper-tiny.en piper-joe >/dev/null
 data=$(mktemp -d /tmp/agw-fuzz-XXXXXX)
 mkdir -p "$data/flows"
 cp tests/fixtures/bundles/test-*.flow "$data/flows/"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ABSTRACTGATEWAY_DATA_DIR="$data" ABSTRACTGATEWAY_AUTH_TOKEN=fuzz-operator-token-0123456789 \
-  ABSTRACTGATEWAY_USER_AUTH=1 ABSTRACTGATEWAY_MODELS=tiny-embed=engines/tests/data/tiny-xlmr,stt=.models/whisper-tiny.en ABSTRACTGATEWAY_LOG_LEVEL=error \
+  ABSTRACTGATEWAY_USER_AUTH=1 ABSTRACTGATEWAY_MODELS=tiny-embed=engines/tests/data/tiny-xlmr,stt=.models/whisper-tiny.en,tts=.models/piper-en_US-joe-medium \
+  ABSTRACTGATEWAY_TTS_MAX_CHARS=200 ABSTRACTGATEWAY_LOG_LEVEL=error \
   ABSTRACTGATEWAY_LOCKOUT_AFTER=1000000 ABSTRACTGATEWAY_MAX_CONCURRENCY=256 \
   target/debug/abstractgateway serve --host 127.0.0.1 --port "$port" >"$data/serve.log" 2>&1 &
 pid=$!

@@ -80,7 +80,7 @@ fn query_param(path: &str, name: &str) -> Value {
         "limit" => json!({"type": "integer", "minimum": 1, "maximum": 10000}),
         // Plain `boolean` here: with the string enum, schemathesis 4.32's coverage phase takes
         // `2` for a valid value of these (and only these) parameters.
-        "include_voice" | "include_stats" | "debug_unlimited" | "include_subruns" | "include_session" | "providers_only" => {
+        "include_voice" | "include_stats" | "debug_unlimited" | "include_subruns" | "include_session" | "providers_only" | "compact" => {
             json!({"type": "boolean"})
         }
         "session_turn_limit" => json!({"type": "integer", "minimum": 1, "maximum": i64::MAX}),

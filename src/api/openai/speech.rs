@@ -32,15 +32,15 @@ const FORMATS: &str = "wav, flac or pcm";
 
 pub fn routes() -> Vec<Route> {
     let body = json!({"application/json": {"schema": {"type": "object", "required": ["input", "voice"], "properties": {
-        "model": {"type": "string", "description": "a loaded voice's id, or OpenAI's tts-1 / tts-1-hd / gpt-4o-mini-tts for the route's voice"},
+        "model": {"type": ["string", "null"], "description": "a loaded voice's id, or OpenAI's tts-1 / tts-1-hd / gpt-4o-mini-tts for the route's voice"},
         "input": {"type": "string", "minLength": 1},
         "voice": {"description": "the voice's id or name, or an OpenAI voice name (the route's voice speaks)", "oneOf": [
             {"type": "string"}, {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}]},
-        "instructions": {"type": "string"},
-        "response_format": {"enum": ["wav", "flac", "pcm", "mp3", "opus", "aac"], "description": "wav (default here), flac or pcm (16-bit, 24 kHz); mp3, opus and aac are refused"},
-        "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0},
-        "stream_format": {"enum": ["audio", "sse"]},
-        "seed": {"type": "integer", "minimum": 0, "description": "extension: the same seed gives the same audio"}}}}});
+        "instructions": {"type": ["string", "null"]},
+        "response_format": {"enum": ["wav", "flac", "pcm", "mp3", "opus", "aac", null], "description": "wav (default here), flac or pcm (16-bit, 24 kHz); mp3, opus and aac are refused"},
+        "speed": {"type": ["number", "null"], "minimum": 0.25, "maximum": 4.0},
+        "stream_format": {"enum": ["audio", "sse", null]},
+        "seed": {"type": ["integer", "null"], "minimum": 0, "description": "extension: the same seed gives the same audio"}}}}});
     vec![route("post", "/v1/audio/speech", "OpenAI-compatible text-to-speech", &[], post(speech))
         .errors(&[400, 404, 429, 503])
         .ok_content(json!({
