@@ -9,7 +9,6 @@ mod model_files;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use reqwest::blocking::multipart::{Form, Part};
@@ -57,21 +56,8 @@ fn upload(g: &Gateway, path: &str, part: Part, fields: &[(&str, &str)]) -> (u16,
     for (k, v) in fields {
         form = form.text(k.to_string(), v.to_string());
     }
-    let r = g
-        .http
-        .post(g.url(path))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(300))
-        .multipart(form)
-        .send()
-        .unwrap();
-    let status = r.status().as_u16();
-    let mime = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap_or("").to_string())
-        .unwrap_or_default();
-    (status, mime, r.text().unwrap())
+    let r = post_form(g, path, form);
+    (r.status().as_u16(), content_type(&r), r.text().unwrap())
 }
 
 fn json_of(body: &str) -> Value {
@@ -285,14 +271,7 @@ fn the_transcription_route_reaches_a_remote_gateway_with_fallback() {
     let form = Form::new()
         .part("file", Part::bytes(bytes).file_name("long.wav"))
         .text("response_format", "verbose_json");
-    let r = a
-        .http
-        .post(a.url("/v1/audio/transcriptions"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(300))
-        .multipart(form)
-        .send()
-        .unwrap();
+    let r = post_form(&a, "/v1/audio/transcriptions", form);
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["x-gateway-provider"], "openai-compatible/tiny");
     assert_eq!(r.headers()["x-gateway-fallbacks"], "1");

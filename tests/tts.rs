@@ -45,13 +45,7 @@ fn speak(g: &Gateway, body: Value) -> (u16, String, Vec<u8>) {
         .json(&body)
         .send()
         .unwrap();
-    let status = r.status().as_u16();
-    let mime = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap_or("").to_string())
-        .unwrap_or_default();
-    (status, mime, r.bytes().unwrap().to_vec())
+    (r.status().as_u16(), content_type(&r), r.bytes().unwrap().to_vec())
 }
 
 fn error_of(body: &[u8]) -> Value {
@@ -64,14 +58,7 @@ fn hear(g: &Gateway, wav: Vec<u8>) -> String {
         .part("file", Part::bytes(wav).file_name("speech.wav"))
         .text("model", "base")
         .text("language", "en");
-    let r = g
-        .http
-        .post(g.url("/v1/audio/transcriptions"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(300))
-        .multipart(form)
-        .send()
-        .unwrap();
+    let r = post_form(g, "/v1/audio/transcriptions", form);
     assert_eq!(r.status().as_u16(), 200);
     r.json::<Value>().unwrap()["text"].as_str().unwrap().to_lowercase()
 }

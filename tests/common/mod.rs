@@ -448,3 +448,22 @@ pub fn node(id: &str, ty: &str, inputs: Vec<Value>, outputs: Vec<Value>, extra: 
 pub fn edge(s: &str, sh: &str, t: &str, th: &str) -> Value {
     json!({"id": format!("{s}.{sh}->{t}.{th}"), "source": s, "sourceHandle": sh, "target": t, "targetHandle": th})
 }
+
+/// POSTs a multipart `form` to `path` with the operator token (audio uploads: a 5-minute bound).
+pub fn post_form(g: &Gateway, path: &str, form: reqwest::blocking::multipart::Form) -> reqwest::blocking::Response {
+    g.http
+        .post(g.url(path))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(300))
+        .multipart(form)
+        .send()
+        .unwrap()
+}
+
+/// A response's content type ("" when it has none).
+pub fn content_type(r: &reqwest::blocking::Response) -> String {
+    r.headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}

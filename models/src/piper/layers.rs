@@ -40,6 +40,8 @@ impl Weights {
 pub struct Conv {
     w: Tensor,
     b: Option<Tensor>,
+    /// The bias as host values, for the CPU kernel (read once at load, not per call).
+    b_host: Option<Vec<f32>>,
     pad: usize,
     dilation: usize,
 }
@@ -55,9 +57,14 @@ impl Conv {
         } else {
             None
         };
+        let b_host = match &b {
+            Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
         Ok(Conv {
             w: weight,
             b,
+            b_host,
             pad: (k * dilation - dilation) / 2,
             dilation,
         })
@@ -101,10 +108,6 @@ impl Conv {
         }
         let l = x.dim(2)?;
         let x = x.contiguous()?;
-        let b = match &self.b {
-            Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
-            None => None,
-        };
         let y = {
             let (xs, xl) = x.storage_and_layout();
             let (ws, wl) = self.w.storage_and_layout();
@@ -116,7 +119,7 @@ impl Conv {
             }
             let xv = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + c_in * l];
             let wv = &ws.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + c_out * c_in * k];
-            conv1d_fused(xv, c_in, l, wv, c_out, k, self.dilation, b.as_deref(), fused)
+            conv1d_fused(xv, c_in, l, wv, c_out, k, self.dilation, self.b_host.as_deref(), fused)
         };
         Ok(Some(Tensor::from_vec(y, (1, c_out, l), x.device())?))
     }
