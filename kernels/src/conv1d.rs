@@ -1,9 +1,10 @@
-//! 1-D convolution on the CPU as one accumulated GEMM per kernel tap:
+//! 1-D convolution on the CPU as accumulated GEMMs, one per kernel tap, over time tiles:
 //! `y = b + Σ_j W[:, :, j] · X_pad[:, j·d .. j·d + L]`, each term a strided view handed to `gemm`
-//! (the crate candle's own matmuls use), accumulating into `y`. candle lowers conv1d to im2col:
-//! a `[L, C_in·k]` copy of the input per call, which for HiFi-GAN's late stages (32 channels ×
-//! 61k samples, k up to 7) is tens of megabytes written and read again per convolution. Here the
-//! input is read in place.
+//! (the crate candle's own matmuls use). candle lowers conv1d to im2col: a `[L, C_in·k]` copy of
+//! the input per call, which for HiFi-GAN's late stages (32 channels × 61k samples, k up to 7) is
+//! tens of megabytes written and read again per convolution. Here each tile's padded input (the
+//! input's activation fused into that copy) and output stay in L2 across the k taps, and the
+//! GEMMs run with time as their long side.
 
 use gemm::{gemm, Parallelism};
 
@@ -41,64 +42,117 @@ pub fn conv1d_fused(
     assert_eq!(w.len(), c_out * c_in * k, "conv1d weight is not [c_out, c_in, k]");
     assert!(!fused.residual || c_in == c_out, "a residual needs as many channels out as in");
     let pad = dilation * (k - 1) / 2;
-    let lp = l + 2 * pad;
-    // The padded input (a copy of the input only, not of its k shifts), activated on the way.
-    let mut xp = vec![0.0f32; c_in * lp];
-    for (row, src) in xp.chunks_exact_mut(lp).zip(x.chunks_exact(l)) {
-        let dst = &mut row[pad..pad + l];
-        match fused.leaky_input {
-            Some(slope) => {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = if v >= 0.0 { v } else { v * slope };
-                }
-            }
-            None => dst.copy_from_slice(src),
-        }
-    }
-    let mut y = if fused.residual { x.to_vec() } else { vec![0.0f32; c_out * l] };
-    if let Some(b) = bias {
-        for (row, &bv) in y.chunks_exact_mut(l).zip(b) {
-            for v in row.iter_mut() {
-                *v += bv;
-            }
-        }
-    }
+    let mut y = vec![0.0f32; c_out * l];
+    // Time tiles: a tile's padded (and activated) input and its output rows stay in L2 while its
+    // k taps accumulate, instead of every tap streaming the whole output through memory again,
+    // and no padded copy of the whole input is made. Tiles are independent, so they are also
+    // the unit of parallelism when there are enough of them.
+    let tile = (TILE_FLOATS / c_out.max(c_in)).clamp(256, l.max(256));
+    let tiles = l.div_ceil(tile);
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && c_out * l * c_in >= 1 << 16 {
+    let by_tile = threads > 1 && tiles >= 2 * threads;
+    let par = if !by_tile && threads > 1 && c_out * l * c_in >= 1 << 16 {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
-    for j in 0..k {
-        // SAFETY: every view stays inside its buffer: lhs (i, p) at j + i·c_in·k + p·k <
-        // c_out·c_in·k; rhs (p, t) at j·d + p·lp + t ≤ (k−1)·d + (c_in−1)·lp + l − 1 < c_in·lp
-        // since (k−1)·d = 2·pad; dst (i, t) at i·l + t < c_out·l.
-        unsafe {
-            gemm(
-                c_out,
-                l,
-                c_in,
-                y.as_mut_ptr(),
-                1,
-                l as isize,
-                true,
-                w.as_ptr().add(j),
-                k as isize,
-                (c_in * k) as isize,
-                xp.as_ptr().add(j * dilation),
-                1,
-                lp as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
+    let out = SendPtr(y.as_mut_ptr());
+    let run_tile = |ti: usize| {
+        let t0 = ti * tile;
+        let n = tile.min(l - t0);
+        let out = &out;
+        for co in 0..c_out {
+            // SAFETY: row co, columns t0..t0+n of y: inside y, and no other tile writes them.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(co * l + t0), n) };
+            let b = bias.map(|b| b[co]).unwrap_or(0.0);
+            if fused.residual {
+                for (d, &v) in row.iter_mut().zip(&x[co * l + t0..co * l + t0 + n]) {
+                    *d = v + b;
+                }
+            } else {
+                row.fill(b);
+            }
         }
+        // The tile's input, columns t0 − pad .. t0 + n + pad, zero outside the signal.
+        let tw = n + 2 * pad;
+        TILE_INPUT.with(|buf| {
+            let mut xt = buf.borrow_mut();
+            xt.clear();
+            xt.resize(c_in * tw, 0.0);
+            let lo = t0 as isize - pad as isize;
+            let (s0, s1) = (lo.max(0) as usize, ((lo + tw as isize) as usize).min(l));
+            let skip = (s0 as isize - lo) as usize;
+            for (ci, row) in xt.chunks_exact_mut(tw).enumerate() {
+                let src = &x[ci * l + s0..ci * l + s1];
+                copy_activated(&mut row[skip..skip + src.len()], src, fused.leaky_input);
+            }
+            for j in 0..k {
+                // y[:, t0..t0+n]ᵀ += xt[:, j·d .. j·d + n]ᵀ · W[:, :, j]ᵀ: time is the GEMM's
+                // long side, the one its micro-kernels tile best.
+                // SAFETY: every view stays inside its buffer: dst (t, i) at i·l + t0 + t <
+                // c_out·l, and columns t0..t0+n are this tile's alone; lhs (t, p) at
+                // j·d + p·tw + t ≤ (k−1)·d + (c_in−1)·tw + n − 1 < c_in·tw since (k−1)·d = 2·pad;
+                // rhs (p, i) at j + i·c_in·k + p·k < c_out·c_in·k.
+                unsafe {
+                    gemm(
+                        n,
+                        c_out,
+                        c_in,
+                        out.0.add(t0),
+                        l as isize,
+                        1,
+                        true,
+                        xt.as_ptr().add(j * dilation),
+                        tw as isize,
+                        1,
+                        w.as_ptr().add(j),
+                        (c_in * k) as isize,
+                        k as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
+            }
+        });
+    };
+    if by_tile {
+        use rayon::prelude::*;
+        (0..tiles).into_par_iter().for_each(run_tile);
+    } else {
+        (0..tiles).for_each(run_tile);
     }
     y
 }
+
+/// `dst = src`, through `leaky_relu(·, slope)` when a slope is given.
+pub(crate) fn copy_activated(dst: &mut [f32], src: &[f32], leaky: Option<f32>) {
+    match leaky {
+        Some(slope) => {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = if v >= 0.0 { v } else { v * slope };
+            }
+        }
+        None => dst.copy_from_slice(src),
+    }
+}
+
+thread_local! {
+    /// Each thread's tile input buffer, reused across tiles and calls.
+    static TILE_INPUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Floats of one time tile's widest side (output or input rows): 256 KiB, within L2.
+const TILE_FLOATS: usize = 64 * 1024;
+
+/// An output buffer shared by parallel workers that write disjoint parts of it.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: tiles write disjoint ranges of the buffer and the buffer outlives the parallel loop.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
 
 #[cfg(test)]
 mod tests {
@@ -137,6 +191,8 @@ mod tests {
             (8, 4, 100, 5, 2),
             (16, 16, 300, 7, 12),
             (6, 2, 9, 1, 1),
+            (8, 8, 40_000, 5, 3),
+            (200, 96, 1000, 3, 1),
             (4, 3, 5, 7, 3),
         ] {
             let x: Vec<f32> = (0..c_in * l).map(|_| rnd()).collect();

@@ -2,7 +2,9 @@
 
 use candle_core::Tensor;
 
-use super::layers::{Conv, Weights};
+use abstractgateway_kernels::conv_transpose1d::upsample;
+
+use super::layers::{on_cpu, Conv, Weights};
 use crate::ModelError;
 
 const LRELU_SLOPE: f64 = 0.1;
@@ -10,8 +12,32 @@ const LRELU_SLOPE: f64 = 0.1;
 struct Upsample {
     w: Tensor,
     b: Tensor,
+    /// The bias as host values, for the CPU kernel.
+    b_host: Vec<f32>,
     stride: usize,
     pad: usize,
+}
+
+impl Upsample {
+    /// `conv_transpose(leaky_relu(x))`, cut to `stride×` the input's length.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (c_in, c_out, k) = self.w.dims3()?;
+        let l = x.dim(2)?;
+        // The CPU kernel's case: kernel 2u, padding u/2 (every Piper voice).
+        if k == 2 * self.stride && self.pad == self.stride / 2 && self.stride.is_multiple_of(2) && x.dim(0)? == 1 {
+            let y = on_cpu(x, &self.w, |xv, wv| {
+                upsample(xv, c_in, l, wv, c_out, self.stride, Some(&self.b_host), Some(LRELU_SLOPE as f32))
+            })?;
+            if let Some(y) = y {
+                return Tensor::from_vec(y, (1, c_out, l * self.stride), x.device());
+            }
+        }
+        let x = candle_nn::ops::leaky_relu(x, LRELU_SLOPE)?;
+        // Padding 0 keeps candle on its col2im fast path; the padded output is a slice of it.
+        let full = x.conv_transpose1d(&self.w, 0, 0, self.stride, 1, 1)?;
+        let len = full.dim(2)? - 2 * self.pad;
+        full.narrow(2, self.pad, len)?.broadcast_add(&self.b)
+    }
 }
 
 enum ResBlock {
@@ -48,9 +74,11 @@ impl Generator {
             let k = wt.dim(2)?;
             // Every Piper config (x_low … high) upsamples by k/2 with padding (k − u)/2.
             let stride = k / 2;
+            let b = w.get(&format!("dec.ups.{i}.bias"))?;
             ups.push(Upsample {
                 w: wt,
-                b: w.get(&format!("dec.ups.{i}.bias"))?.reshape((1, (), 1))?,
+                b_host: b.to_vec1::<f32>()?,
+                b: b.reshape((1, (), 1))?,
                 stride,
                 pad: (k - stride) / 2,
             });
@@ -97,11 +125,7 @@ impl Generator {
     pub fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = self.conv_pre.forward(z)?;
         for (i, up) in self.ups.iter().enumerate() {
-            x = candle_nn::ops::leaky_relu(&x, LRELU_SLOPE)?;
-            // Padding 0 keeps candle on its col2im fast path; the padded output is a slice of it.
-            let full = x.conv_transpose1d(&up.w, 0, 0, up.stride, 1, 1)?;
-            let len = full.dim(2)? - 2 * up.pad;
-            x = full.narrow(2, up.pad, len)?.broadcast_add(&up.b)?;
+            x = up.forward(&x)?;
             let mut sum: Option<Tensor> = None;
             for block in &self.resblocks[i * self.kernels..(i + 1) * self.kernels] {
                 let y = block.forward(&x)?;
