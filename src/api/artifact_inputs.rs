@@ -16,11 +16,7 @@ fn bad(pin: &str, why: String) -> ApiError {
 
 /// The artifact id of one ref, or why the value is not one.
 fn ref_id(pin: &str, v: &Value) -> ApiResult<String> {
-    match v
-        .get("$artifact")
-        .and_then(Value::as_str)
-        .or_else(|| v.get("artifact_id").and_then(Value::as_str))
-    {
+    match crate::store::artifacts::id_in_ref(v) {
         Some(id) if crate::util::is_safe_id(id) => Ok(id.to_string()),
         _ => Err(bad(
             pin,

@@ -532,7 +532,7 @@ async fn list_by(st: AppState, q: ArtifactQuery, raw: &HashMap<String, String>) 
 }
 
 /// The run, created first when it is a session's memory run (upstream creates those on use).
-async fn owner_run(st: &AppState, run_id: &str) -> ApiResult<RunState> {
+pub(crate) async fn owner_run(st: &AppState, run_id: &str) -> ApiResult<RunState> {
     safe_id("run_id", run_id)?;
     let id = run_id.to_string();
     if let Some(r) = st.blocking(move |s| s.get_run(&id)).await? {

@@ -176,15 +176,26 @@ async fn capabilities(
         "catalog_contract": "gateway_catalog_v1",
     });
     let flag = |v: &Value| v["available"].as_bool().unwrap_or(false);
+    // Upstream's media descriptors, for the speech this gateway serves as run routes.
+    let media_entry = |available: bool, path: &'static str, workflow: &str, task: &str| {
+        let mut e = d("post", path);
+        e["available"] = json!(available);
+        json!({"available": available, "direct_endpoint": e, "workflow": workflow, "node": if task == "tts" { "generate_voice" } else { "transcribe_audio" },
+               "progress_event_name": crate::runtime::media::PROGRESS_EVENT, "provider_models_task": task})
+    };
+    let media = json!({
+        "generated_voice": media_entry(tts_up, "/api/gateway/runs/{run_id}/voice/tts", crate::runtime::media::TTS_WORKFLOW, "tts"),
+        "transcription": media_entry(stt_up, "/api/gateway/runs/{run_id}/audio/transcribe", crate::runtime::media::STT_WORKFLOW, "stt"),
+    });
     let admin = principal.as_ref().is_some_and(|p| p.is_admin());
     let prompt_cache = prompt_cache_descriptor(&p, admin);
     let readiness = json!({
         "contract": "gateway_surface_readiness_v1", "version": 1, "truth_scope": "gateway_contract_surface",
         "limitations": [
-            "of the LLM-facing nodes only llm_call and agent are served; other LLM/media node types fail with a clear error",
+            "of the LLM-facing and media nodes, llm_call, agent, generate_voice and transcribe_audio are served; other LLM/media node types (images, video, music) fail with a clear error",
             "llm.delta frames reach SSE readers of the process that executes the LLM call (serve), for the run itself, not its subtree",
             "memory: the knowledge graph (memory_kg_assert, memory_kg_query, memory_kg_resolve, POST /kg/query) and notes (memory_note, memory_query) are served; memory_tag and memory_rehydrate are not",
-            "media and vision surfaces are not served; embeddings are served on /v1/embeddings and /api/gateway/embeddings, speech-to-text on /v1/audio/transcriptions and /v1/audio/translations, text-to-speech on /v1/audio/speech",
+            "of the media surfaces only speech is served (run routes voice/tts and audio/transcribe, /v1/audio/*); image, video and music generation and vision are not; embeddings are served on /v1/embeddings and /api/gateway/embeddings",
         ],
         "surfaces": {
             "runs": {"start": flag(&runs["start"]), "schedule": flag(&runs["schedule"]), "summary": flag(&runs["summary"]),
@@ -199,6 +210,11 @@ async fn capabilities(
             "embedding": {"available": embedding_up},
             "audio": {"transcription": stt_up, "speech": tts_up},
             "voice": {"available": tts_up},
+            "media": {
+                "generated_voice": {"available": tts_up, "route_available": true, "workflow_available": true},
+                "transcription": {"available": stt_up, "route_available": true, "workflow_available": true},
+                "generated_image": {"available": false, "route_available": false, "workflow_available": false},
+            },
             "memory": {"kg_query": flag(&d("post", "/api/gateway/kg/query")), "kg_assert_node": true, "kg_query_node": true,
                        "kg_resolve_node": true, "note_node": true, "query_node": true, "semantic": embedding_up, "backend": st.kg.name()},
             "prompt_cache": {"provider_controls": prompt_cache["provider_controls_available"], "session_lifecycle": prompt_cache["session_lifecycle_available"],
@@ -225,7 +241,7 @@ async fn capabilities(
         "contracts": {"version": 1, "common": {"runs": runs, "ledger": ledger, "artifacts": artifacts,
             "attachments": {"upload": upload, "max_upload_bytes": st.cfg.max_attachment_bytes}, "discovery": discovery, "readiness": readiness,
             "memory": {"kg_query": d("post", "/api/gateway/kg/query"), "backend": st.kg.name(), "semantic_query": embedding_up},
-            "prompt_cache": prompt_cache}},
+            "prompt_cache": prompt_cache, "media": media}},
     }}))
 }
 

@@ -57,3 +57,14 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The status of audio that cannot be read: a format not read here (415), past the length
+/// limit (413), corrupt or empty (400).
+pub fn audio_status(e: &abstractgateway_engines::audio::AudioError) -> StatusCode {
+    use abstractgateway_engines::audio::AudioError;
+    match e {
+        AudioError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        AudioError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        AudioError::Corrupt(_) | AudioError::Empty => StatusCode::BAD_REQUEST,
+    }
+}

@@ -38,7 +38,7 @@ pub fn routes() -> Vec<Route> {
             get(stream),
         )
         .errors(&[400])
-        .ok_content(json!({"text/event-stream": {"schema": {"type": "string", "description": "SSE frames: `id: <cursor>`, `event: record|done|llm.delta|llm.delta_end`, `data: <JSON>`; `: heartbeat` comments"}}})),
+        .ok_content(json!({"text/event-stream": {"schema": crate::api::openapi::sse_event_schema("SSE frames: `id: <cursor>`, `event: record|done|llm.delta|llm.delta_end`, `data: <JSON>`; `: heartbeat` comments")}})),
     ]
 }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod history;
 pub mod kg;
 pub mod ledger;
+pub mod media;
 pub mod openai;
 pub mod openapi;
 pub mod planes;
@@ -174,6 +175,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(capability_defaults::routes());
     all.extend(embeddings::routes());
     all.extend(audio::routes());
+    all.extend(media::routes());
     all.extend(kg::routes());
     all.extend(prompt_cache::routes());
     all.extend(session_prompt_cache::routes());

@@ -66,6 +66,13 @@ fn path_param(name: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "schema": schema})
 }
 
+/// The schema of one server-sent event (what a client, and the fuzzer, parses a
+/// `text/event-stream` body into): its `event` name, `id` and `data` text.
+pub fn sse_event_schema(description: &str) -> Value {
+    json!({"type": "object", "description": description, "properties": {
+        "event": {"type": "string"}, "id": {"type": "string"}, "data": {"type": "string"}}})
+}
+
 pub fn safe_id_schema() -> Value {
     json!({"type": "string", "minLength": 1, "maxLength": 256,
            "pattern": "^(?!\\.\\.?$)(?!.*\\.\\.)[^/\\\\\\u0000-\\u001f\\u007f-\\u009f]+$"})

@@ -134,7 +134,8 @@ impl Planes {
             st.kg.clone(),
             st.notifier.clone(),
             providers,
-            st.cfg.data_dir.clone(),
+            st.blobs.clone(),
+            st.cfg.clone(),
         );
         if let Ok(mut h) = self.handles.lock() {
             h.push(tokio::spawn(worker.run_forever(rx)));

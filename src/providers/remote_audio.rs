@@ -108,7 +108,7 @@ impl RemoteClient {
         }
         let language = text_of("language").unwrap_or_default();
         Ok(Transcript {
-            language: crate::api::openai::audio_languages::language_code(&language)
+            language: abstractgateway_engines::stt::languages::language_code(&language)
                 .unwrap_or(&language)
                 .to_string(),
             language_probability: 1.0,

@@ -134,6 +134,19 @@ impl LocalSpeaker {
         voice == self.info.id || voice == self.voice || OPENAI_VOICES.contains(&voice)
     }
 
+    /// Refuses a `voice` (when one is named) that is not this one, naming what is.
+    pub fn check_voice(&self, voice: &str) -> Result<(), ProviderError> {
+        if voice.is_empty() || self.answers_to(voice) {
+            return Ok(());
+        }
+        Err(ProviderError::Invalid(format!(
+            "unknown voice '{voice}': '{}' speaks as '{}' (or any of OpenAI's voice names: {})",
+            self.info.id,
+            self.voice,
+            OPENAI_VOICES.join(", ")
+        )))
+    }
+
     /// Starts speaking `req`: the chunks arrive on the stream as the engine makes them. A client
     /// that drops the stream stops the work.
     pub fn speak(&self, req: &SpeechRequest) -> Result<mpsc::UnboundedReceiver<SpeechChunk>, ProviderError> {
@@ -211,15 +224,7 @@ impl Providers {
                     return Ok((rate, Some(SpeechChunk::Audio(samples)), rx));
                 }
                 let s = self.speaker(Some(&target.model))?;
-                if !req.voice.is_empty() && !s.answers_to(&req.voice) {
-                    return Err(ProviderError::Invalid(format!(
-                        "unknown voice '{}': '{}' speaks as '{}' (or any of OpenAI's voice names: {})",
-                        req.voice,
-                        s.info.id,
-                        s.voice,
-                        OPENAI_VOICES.join(", ")
-                    )));
-                }
+                s.check_voice(&req.voice)?;
                 let mut rx = s.speak(req)?;
                 // The first event says whether the text was accepted: a refusal is an error here,
                 // before any audio is sent, and audio is put back at the stream's head.

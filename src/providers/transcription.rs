@@ -25,6 +25,9 @@ pub struct AudioInput {
     pub pcm: Arc<[f32]>,
 }
 
+/// Told the seconds of audio transcribed and the total, after each window (local engines only).
+pub type Progress = Arc<dyn Fn(f64, f64) + Send + Sync>;
+
 /// A whisper model loaded here, served by its engine thread.
 pub struct LocalTranscriber {
     pub info: ModelInfo,
@@ -46,18 +49,29 @@ impl LocalTranscriber {
         })
     }
 
-    /// Transcribes `pcm` (16 kHz mono).
-    pub async fn transcribe(&self, pcm: Arc<[f32]>, opts: TranscribeOptions) -> Result<Transcript, ProviderError> {
+    /// Transcribes `pcm` (16 kHz mono), telling `progress` (if any) the seconds done of the total
+    /// after each 30 s window.
+    pub async fn transcribe(
+        &self,
+        pcm: Arc<[f32]>,
+        opts: TranscribeOptions,
+        progress: Option<Progress>,
+    ) -> Result<Transcript, ProviderError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);
         self.engine
             .submit(
                 pcm,
                 opts,
-                Box::new(move |ev| {
-                    if let SttEvent::Done(r) = ev {
+                Box::new(move |ev| match ev {
+                    SttEvent::Done(r) => {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(r);
+                        }
+                    }
+                    SttEvent::Progress { done, total, .. } => {
+                        if let Some(p) = &progress {
+                            p(done, total);
                         }
                     }
                 }),
@@ -91,6 +105,19 @@ impl Providers {
         )
     }
 
+    /// Refuses a `language` the chain's first (local) model does not know, before any audio is
+    /// read; a remote first target decides for itself.
+    pub fn check_language(&self, chain: &[Target], language: Option<&str>) -> Result<(), ProviderError> {
+        if let (Some(l), Some(t)) = (language, chain.first().and_then(|t| self.transcriber(Some(&t.model)).ok())) {
+            if !t.engine.knows_language(l) {
+                return Err(ProviderError::Invalid(format!(
+                    "language '{l}' is not an ISO-639-1 code this model knows"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Transcribes through `chain` (`transcription_chain`): local engines take the samples, remote OpenAI-compatible
     /// providers the file; fallback and breakers as for text. Who made the transcript, it, and
     /// the targets that failed first.
@@ -99,13 +126,17 @@ impl Providers {
         chain: Vec<Target>,
         audio: &AudioInput,
         opts: &TranscribeOptions,
+        progress: Option<Progress>,
     ) -> Result<(Target, Transcript, Vec<String>), ProviderError> {
-        self.walk(chain, "transcription provider failed", |target| async move {
-            if !target.is_local() {
-                return self.remote.transcribe(&target, audio, opts).await;
+        self.walk(chain, "transcription provider failed", |target| {
+            let progress = progress.clone();
+            async move {
+                if !target.is_local() {
+                    return self.remote.transcribe(&target, audio, opts).await;
+                }
+                let t = self.transcriber(Some(&target.model))?;
+                t.transcribe(audio.pcm.clone(), opts.clone(), progress).await
             }
-            let t = self.transcriber(Some(&target.model))?;
-            t.transcribe(audio.pcm.clone(), opts.clone()).await
         })
         .await
     }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::compaction;
 use super::effect_wait;
 use super::interpreter;
+use super::media;
 use super::model::{RunState, RunStatus, WaitState};
 use super::nodes::Host;
 use super::runner::Pass;
@@ -50,6 +51,7 @@ impl Pass<'_> {
             "update_schedule" => self.cmd_update_schedule(c),
             "compact_memory" => self.cmd_compact(c),
             compaction::ANSWER_KIND => self.cmd_compacted(c),
+            media::PROGRESS_KIND => self.cmd_progress(c),
             other => Ok(outcome("rejected", format!("unknown command type '{other}'"), vec![])),
         };
         r.unwrap_or_else(|e| outcome("rejected", format!("store error while applying: {e}"), vec![]))
@@ -420,6 +422,24 @@ impl Pass<'_> {
                 ))
             }
         }
+    }
+
+    /// The effect worker's progress on an effect a run awaits: an `abstract.progress` record,
+    /// unless the run has stopped waiting for it (answered, cancelled).
+    fn cmd_progress(&mut self, c: &CommandRow) -> crate::store::StoreResult<CommandOutcome> {
+        if let Err(o) = self.target(c)? {
+            return Ok(o);
+        }
+        let Some(run) = self.runs.get(&c.run_id) else {
+            return Ok(outcome("rejected", "run vanished", vec![]));
+        };
+        Ok(match media::progress_record(run, &c.payload) {
+            Ok(rec) => {
+                self.record(rec);
+                outcome("applied", "progress recorded", vec![c.run_id.clone()])
+            }
+            Err(why) => outcome("ignored", why, vec![]),
+        })
     }
 
     /// The effect worker's summary for a compaction this runner started.

@@ -20,10 +20,12 @@ pub const LLM: &str = "llm";
 pub const TOOL: &str = "tool";
 /// Knowledge-graph writes and queries (they embed, so a model may be needed).
 pub const MEMORY: &str = "memory";
+/// Speech and other media made or read by an engine; the output is stored as an artifact.
+pub const MEDIA: &str = "media";
 
 /// Waits the effect worker answers.
 pub fn is_effect_reason(reason: &str) -> bool {
-    reason == LLM || reason == TOOL || reason == MEMORY
+    reason == LLM || reason == TOOL || reason == MEMORY || reason == MEDIA
 }
 
 /// Waits that return control to the node that made them (instead of moving past it).

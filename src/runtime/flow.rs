@@ -102,6 +102,25 @@ const EXEC_HANDLES: &[&str] = &[
     "default",
 ];
 
+/// VisualFlow JSON for flows the gateway writes itself (schedules, media runs): an execution
+/// pin, a data pin, a node, an edge.
+pub mod build {
+    use serde_json::{json, Value};
+
+    pub fn exec(id: &str) -> Value {
+        json!({"id": id, "label": "", "type": "execution"})
+    }
+    pub fn data(id: &str, ty: &str) -> Value {
+        json!({"id": id, "label": id, "type": ty})
+    }
+    pub fn node(id: &str, ty: &str, d: Value) -> Value {
+        json!({"id": id, "type": ty, "position": {"x": 0, "y": 0}, "data": d})
+    }
+    pub fn edge(s: &str, sh: &str, t: &str, th: &str) -> Value {
+        json!({"id": format!("e-{s}-{sh}-{t}-{th}"), "source": s, "sourceHandle": sh, "target": t, "targetHandle": th})
+    }
+}
+
 impl Flow {
     /// Compiles a VisualFlow JSON document. `namespace` (`bundle@version`) prefixes the workflow id
     /// and any subflow references that name a flow of the same bundle (`local_flows`).

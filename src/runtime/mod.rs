@@ -10,6 +10,8 @@ pub mod effect_wait;
 pub mod flow;
 pub mod history;
 pub mod interpreter;
+pub mod media;
+pub mod media_effect;
 pub mod memory;
 pub mod model;
 pub mod nodes;

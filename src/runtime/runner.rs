@@ -104,6 +104,9 @@ impl<'a> Pass<'a> {
         if schedule::is_scheduled_workflow(&run.workflow_id) {
             return schedule::wrapper_flow(run).map(Arc::new).map_err(|e| e.to_string());
         }
+        if super::media::is_media_workflow(&run.workflow_id) {
+            return super::media::flow(&run.workflow_id).map(Arc::new).map_err(|e| e.to_string());
+        }
         self.lookup(&run.workflow_id)
             .ok_or_else(|| format!("workflow '{}' is not loaded (was its bundle removed?)", run.workflow_id))
     }

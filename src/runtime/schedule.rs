@@ -53,9 +53,7 @@ pub fn wrapper_json(run: &RunState) -> Option<Value> {
     let start_at = s.get("start_at").and_then(Value::as_str).unwrap_or("now");
     let interval = s.get("interval").and_then(Value::as_str).unwrap_or("0s");
     let share = s.get("share_context").and_then(Value::as_bool).unwrap_or(true);
-    let exec = |id: &str| json!({"id": id, "label": "", "type": "execution"});
-    let data = |id: &str, ty: &str| json!({"id": id, "label": id, "type": ty});
-    let node = |id: &str, ty: &str, d: Value| json!({"id": id, "type": ty, "position": {"x": 0, "y": 0}, "data": d});
+    use super::flow::build::{data, edge, exec, node};
     let mut nodes = vec![
         node(
             "start",
@@ -100,7 +98,6 @@ pub fn wrapper_json(run: &RunState) -> Option<Value> {
             json!({"nodeType": "on_flow_end", "inputs": [exec("exec-in")]}),
         ),
     ];
-    let edge = |s: &str, sh: &str, t: &str, th: &str| json!({"id": format!("e-{s}-{sh}-{t}-{th}"), "source": s, "sourceHandle": sh, "target": t, "targetHandle": th});
     let mut edges = vec![
         edge("start", "exec-out", "repeat", "exec-in"),
         edge("repeat", "loop", "pick_wait", "exec-in"),

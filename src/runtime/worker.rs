@@ -12,7 +12,6 @@
 //! `write_file`, which rewrites the same content.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::compaction;
-use super::effect_wait::{self, LLM, MEMORY, TOOL};
+use super::effect_wait::{self, LLM, MEDIA, MEMORY, TOOL};
 use super::model::RunStatus;
 use super::notify::Notifier;
 use super::tools::{self, Workspace};
@@ -42,7 +41,10 @@ pub struct EffectWorker {
     pub kg: Arc<dyn crate::store::kg::KgBackend>,
     pub notifier: Arc<Notifier>,
     pub providers: Arc<Providers>,
-    pub data_dir: PathBuf,
+    /// Where media effects store their output.
+    pub blobs: Arc<crate::store::blobs::BlobStore>,
+    /// The plane's limits (text and audio sizes).
+    pub cfg: Arc<crate::config::Config>,
     /// This plane's capability defaults: a hosted user's overlay wins over the deployment's.
     overlay: crate::providers::defaults::WatchedRoute,
     in_flight: Mutex<HashSet<String>>,
@@ -67,16 +69,20 @@ impl EffectWorker {
         kg: Arc<dyn crate::store::kg::KgBackend>,
         notifier: Arc<Notifier>,
         providers: Arc<Providers>,
-        data_dir: PathBuf,
+        blobs: Arc<crate::store::blobs::BlobStore>,
+        cfg: Arc<crate::config::Config>,
     ) -> Arc<EffectWorker> {
+        let overlay = crate::providers::defaults::WatchedRoute::new(crate::providers::defaults::defaults_path(&cfg.data_dir));
+        let cache_scope = abstractgateway_engines::text::kv_tiers::scope_of(&format!("plane\u{1f}{}", cfg.data_dir.display()));
         Arc::new(EffectWorker {
+            blobs,
+            cfg,
             store,
             kg,
             notifier,
             providers,
-            overlay: crate::providers::defaults::WatchedRoute::new(crate::providers::defaults::defaults_path(&data_dir)),
-            cache_scope: abstractgateway_engines::text::kv_tiers::scope_of(&format!("plane\u{1f}{}", data_dir.display())),
-            data_dir,
+            overlay,
+            cache_scope,
             in_flight: Mutex::new(HashSet::new()),
         })
     }
@@ -201,6 +207,7 @@ impl EffectWorker {
             LLM => self.llm(&job).await,
             TOOL => self.tools(&job).await,
             MEMORY => self.memory(&job).await,
+            MEDIA => self.media(&job.run_id, &job.wait_key, &job.request).await,
             other => json!({"error": format!("no executor for '{other}' waits")}),
         };
         let cmd = NewCommand {
@@ -350,7 +357,7 @@ impl EffectWorker {
         }))
     }
 
-    async fn still_waiting(&self, run_id: &str) -> bool {
+    pub(super) async fn still_waiting(&self, run_id: &str) -> bool {
         let (store, id) = (self.store.clone(), run_id.to_string());
         match tokio::task::spawn_blocking(move || store.run_status(&id)).await {
             Ok(Ok(Some(st))) => !st.is_terminal(),
@@ -359,12 +366,12 @@ impl EffectWorker {
         }
     }
 
-    async fn journal_get(&self, key: &str) -> Option<crate::store::JournalEntry> {
+    pub(super) async fn journal_get(&self, key: &str) -> Option<crate::store::JournalEntry> {
         let (store, key) = (self.store.clone(), key.to_string());
         tokio::task::spawn_blocking(move || store.journal_get(&key)).await.ok()?.ok()?
     }
 
-    async fn journal_put(&self, key: &str, run_id: &str, state: &str, result: Option<Value>) -> Result<(), String> {
+    pub(super) async fn journal_put(&self, key: &str, run_id: &str, state: &str, result: Option<Value>) -> Result<(), String> {
         let (store, key, run_id, state) = (self.store.clone(), key.to_string(), run_id.to_string(), state.to_string());
         tokio::task::spawn_blocking(move || store.journal_put(&key, &run_id, &state, result.as_ref()))
             .await
@@ -472,7 +479,7 @@ impl EffectWorker {
 
     async fn tools(&self, job: &Job) -> Value {
         let calls = job.request.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
-        let ws = match Workspace::for_run(&self.data_dir, &job.workspace) {
+        let ws = match Workspace::for_run(&self.cfg.data_dir, &job.workspace) {
             Ok(w) => w,
             Err(e) => return json!({"error": format!("cannot open the run's workspace: {e}")}),
         };

@@ -63,6 +63,14 @@ pub struct ArtifactRow {
     pub access: Option<Value>,
 }
 
+/// The artifact id an artifact ref names (`{"$artifact": id}`, or the `artifact_id` of a
+/// canonical ref).
+pub fn id_in_ref(v: &Value) -> Option<&str> {
+    v.get("$artifact")
+        .and_then(Value::as_str)
+        .or_else(|| v.get("artifact_id").and_then(Value::as_str))
+}
+
 /// `image`, `audio`, `video` or `text` from a content type; anything else is a `file`.
 pub fn modality_of(content_type: &str) -> &'static str {
     let ct = content_type.to_ascii_lowercase();

@@ -67,9 +67,10 @@ CREATE TABLE IF NOT EXISTS command_cursors (
     updated_at  TEXT NOT NULL
 );
 DROP INDEX IF EXISTS runs_effect_waits;
+DROP INDEX IF EXISTS runs_effect_waits_v2;
 -- compact_memory commands, which the effect worker completes after the runner applied them.
 CREATE INDEX IF NOT EXISTS commands_compact ON commands(seq) WHERE type = 'compact_memory';
-CREATE INDEX IF NOT EXISTS runs_effect_waits_v2 ON runs(updated_at) WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool', 'memory');
+CREATE INDEX IF NOT EXISTS runs_effect_waits_v3 ON runs(updated_at) WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool', 'memory', 'media');
 -- Outcomes of effects executed outside the runner (LLM calls, tools), by idempotency key, so a
 -- restart reuses a finished result and never repeats a side effect that may have happened.
 CREATE TABLE IF NOT EXISTS effect_journal (
@@ -819,7 +820,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             ids(
                 c,
-                "SELECT run_id FROM runs WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool', 'memory') AND paused = 0 \
+                "SELECT run_id FROM runs WHERE status = 'waiting' AND wait_reason IN ('llm', 'tool', 'memory', 'media') AND paused = 0 \
                  ORDER BY updated_at LIMIT ?1",
                 &[&(limit as i64)],
             )

@@ -2,6 +2,8 @@
 
 pub mod decode;
 pub mod engine;
+pub mod languages;
+pub mod render;
 pub mod rules;
 pub mod split;
 pub mod transcribe;

@@ -15,7 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Extension;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{provider_headers, OpenAiError};
 use crate::api::{route, AppState, Route};
@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::providers::transcription::AudioInput;
 use crate::providers::Providers;
 
-use super::audio_languages::language_name;
+use abstractgateway_engines::stt::render::{file, FORMATS};
 
 pub fn routes() -> Vec<Route> {
     let form = |task: &str| {
@@ -134,7 +134,7 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: FormResult, t
     let form = form.map_err(|e| OpenAiError::invalid(format!("the body must be multipart/form-data with a 'file' part: {e}"), None))?;
     let f = read_form(form, cfg.audio_max_bytes).await?;
     let format = f.format.clone().unwrap_or_else(|| "json".into());
-    if !["json", "text", "srt", "vtt", "verbose_json"].contains(&format.as_str()) {
+    if !FORMATS.contains(&format.as_str()) {
         return Err(OpenAiError::invalid(
             format!("'response_format' must be json, text, srt, vtt or verbose_json, not '{format}'"),
             Some("response_format"),
@@ -149,14 +149,9 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: FormResult, t
     let (name, bytes) = f.file.ok_or_else(|| OpenAiError::invalid("'file' is required", Some("file")))?;
     let chain = providers.transcription_chain(f.model.as_deref()).map_err(OpenAiError::from)?;
     // A language the local model does not know is refused before the audio is read.
-    if let (Some(l), Some(t)) = (&f.language, chain.first().and_then(|t| providers.transcriber(Some(&t.model)).ok())) {
-        if !t.engine.knows_language(l) {
-            return Err(OpenAiError::invalid(
-                format!("language '{l}' is not an ISO-639-1 code this model knows"),
-                Some("language"),
-            ));
-        }
-    }
+    providers
+        .check_language(&chain, f.language.as_deref())
+        .map_err(|e| OpenAiError::invalid(e.to_string(), Some("language")))?;
     // The audio is decoded here whoever serves it: unreadable audio is the client's error
     // (415, 413 or 400), never a provider's failure.
     let max_seconds = cfg.stt_max_seconds as f64;
@@ -179,122 +174,21 @@ async fn handle(providers: Arc<Providers>, cfg: Arc<Config>, form: FormResult, t
         initial_prompt: f.prompt,
         ..Default::default()
     };
-    let (target, transcript, fell_back) = providers.transcribe(chain, &audio, &opts).await.map_err(OpenAiError::from)?;
+    let (target, transcript, fell_back) = providers.transcribe(chain, &audio, &opts, None).await.map_err(OpenAiError::from)?;
     let mut resp = render(&transcript, &format, translate);
     provider_headers(&mut resp, &target.label(), fell_back.len());
     Ok(resp)
 }
 
 fn audio_error(e: AudioError) -> OpenAiError {
-    let status = match e {
-        AudioError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        AudioError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        AudioError::Corrupt(_) | AudioError::Empty => StatusCode::BAD_REQUEST,
-    };
     OpenAiError {
-        status,
+        status: crate::api::error::audio_status(&e),
         ..OpenAiError::invalid(e.to_string(), Some("file"))
     }
 }
 
 /// The transcript in the asked format.
 pub fn render(t: &Transcript, format: &str, translate: bool) -> Response {
-    let text = |body: String, mime: &'static str| ([(header::CONTENT_TYPE, mime)], body).into_response();
-    match format {
-        "text" => text(format!("{}\n", t.text()), "text/plain; charset=utf-8"),
-        "srt" => text(subtitles(t, false), "application/x-subrip; charset=utf-8"),
-        "vtt" => text(subtitles(t, true), "text/vtt; charset=utf-8"),
-        "verbose_json" => axum::Json(verbose(t, translate)).into_response(),
-        _ => axum::Json(json!({"text": t.text()})).into_response(),
-    }
-}
-
-/// OpenAI's `verbose_json`: the task, the language's English name, the duration and segments.
-pub fn verbose(t: &Transcript, translate: bool) -> Value {
-    let segments: Vec<Value> = t
-        .segments
-        .iter()
-        .map(|s| {
-            json!({"id": s.id, "seek": s.seek, "start": round2(s.start), "end": round2(s.end), "text": s.text,
-                   "tokens": s.tokens, "temperature": s.temperature, "avg_logprob": s.avg_logprob,
-                   "compression_ratio": s.compression_ratio, "no_speech_prob": s.no_speech_prob})
-        })
-        .collect();
-    json!({"task": if translate { "translate" } else { "transcribe" },
-           "language": language_name(&t.language).unwrap_or(t.language.as_str()),
-           "duration": round2(t.duration), "text": t.text(), "segments": segments})
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-/// SubRip (`00:00:01,500`) or WebVTT (`00:00:01.500`) cues, one per segment.
-pub fn subtitles(t: &Transcript, vtt: bool) -> String {
-    let stamp = |s: f64| {
-        let ms = (s.max(0.0) * 1000.0).round() as u64;
-        let sep = if vtt { '.' } else { ',' };
-        format!(
-            "{:02}:{:02}:{:02}{sep}{:03}",
-            ms / 3_600_000,
-            ms / 60_000 % 60,
-            ms / 1000 % 60,
-            ms % 1000
-        )
-    };
-    let mut out = String::from(if vtt { "WEBVTT\n\n" } else { "" });
-    for (i, s) in t.segments.iter().enumerate() {
-        if !vtt {
-            out.push_str(&format!("{}\n", i + 1));
-        }
-        out.push_str(&format!("{} --> {}\n{}\n\n", stamp(s.start), stamp(s.end), s.text.trim()));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use abstractgateway_engines::stt::transcribe::Segment;
-
-    fn transcript() -> Transcript {
-        let seg = |id, start, end, text: &str| Segment {
-            id,
-            seek: 0,
-            start,
-            end,
-            text: text.into(),
-            tokens: vec![],
-            temperature: 0.0,
-            avg_logprob: -0.2,
-            compression_ratio: 1.2,
-            no_speech_prob: 0.01,
-        };
-        Transcript {
-            language: "en".into(),
-            language_probability: 1.0,
-            duration: 3725.5,
-            segments: vec![seg(0, 0.0, 1.5, " Hello."), seg(1, 3661.25, 3725.5, " Bye.")],
-        }
-    }
-
-    #[test]
-    fn subtitles_number_cues_and_stamp_hours() {
-        let srt = subtitles(&transcript(), false);
-        assert_eq!(
-            srt,
-            "1\n00:00:00,000 --> 00:00:01,500\nHello.\n\n2\n01:01:01,250 --> 01:02:05,500\nBye.\n\n"
-        );
-        let vtt = subtitles(&transcript(), true);
-        assert!(vtt.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello.\n\n"), "{vtt}");
-    }
-
-    #[test]
-    fn verbose_json_names_the_language_and_task() {
-        let v = verbose(&transcript(), true);
-        assert_eq!(v["language"], "english");
-        assert_eq!(v["task"], "translate");
-        assert_eq!(v["text"], "Hello. Bye.");
-        assert_eq!(v["segments"][1]["start"], 3661.25);
-    }
+    let (body, content_type) = file(t, format, translate);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }

@@ -26,7 +26,7 @@ pub fn routes() -> Vec<Route> {
     )
     .errors(&[400, 404, 429, 502, 503])
     .ok_content(json!({"application/json": {"schema": {"type": "object", "required": ["id", "object", "choices"]}},
-                       "text/event-stream": {"schema": {"type": "string", "description": "with stream=true: `data: <chunk JSON>` frames, then `data: [DONE]`"}}}))
+                       "text/event-stream": {"schema": crate::api::openapi::sse_event_schema("with stream=true: `data: <chunk JSON>` frames, then `data: [DONE]`")}}))
     .body(
         json!({"application/json": {"schema": {"type": "object", "required": ["messages"], "properties": {
             "model": {"type": "string"}, "messages": {"type": "array"}, "stream": {"type": "boolean"},

@@ -3,7 +3,6 @@
 //! Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
 pub mod audio;
-pub mod audio_languages;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

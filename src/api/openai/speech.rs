@@ -47,7 +47,7 @@ pub fn routes() -> Vec<Route> {
             "audio/wav": {"schema": {"type": "string", "format": "binary"}},
             "audio/flac": {"schema": {"type": "string", "format": "binary"}},
             "audio/pcm": {"schema": {"type": "string", "format": "binary"}},
-            "text/event-stream": {"schema": {"type": "string", "description": "stream_format sse: `data: {\"type\":\"speech.audio.delta\",\"audio\":<base64>}` frames, then `speech.audio.done` with usage"}}}))
+            "text/event-stream": {"schema": crate::api::openapi::sse_event_schema("stream_format sse: `data: {\"type\":\"speech.audio.delta\",\"audio\":<base64>}` frames, then `speech.audio.done` with usage")}}))
         .body(body)]
 }
 

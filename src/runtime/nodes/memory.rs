@@ -32,7 +32,7 @@ use crate::runtime::memory::owner_for;
 use crate::runtime::model::RunState;
 use crate::util::time::now_iso;
 
-fn pin(run: &RunState, flow: &Flow, node: &Node, names: &[&str]) -> Result<Value, String> {
+pub(super) fn pin(run: &RunState, flow: &Flow, node: &Node, names: &[&str]) -> Result<Value, String> {
     for n in names {
         let v = input(run, flow, node, n)?;
         if !v.is_null() {
@@ -42,14 +42,14 @@ fn pin(run: &RunState, flow: &Flow, node: &Node, names: &[&str]) -> Result<Value
     Ok(Value::Null)
 }
 
-fn text(run: &RunState, flow: &Flow, node: &Node, name: &str) -> Result<Option<String>, String> {
+pub(super) fn text(run: &RunState, flow: &Flow, node: &Node, name: &str) -> Result<Option<String>, String> {
     Ok(as_string(&input(run, flow, node, name)?)
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty()))
 }
 
 /// Re-entry after the worker answered: the `completed`/`failed` twin, then the outputs.
-fn finish(
+pub(super) fn finish(
     run: &mut RunState,
     flow: &Flow,
     host: &mut dyn Host,

@@ -20,6 +20,7 @@ mod control;
 mod entry;
 mod events;
 pub mod llm_call;
+mod media;
 mod memory;
 mod subflow;
 mod user;
@@ -78,6 +79,8 @@ const NODES: &[(&[&str], Exec)] = &[
     (&["memory_kg_resolve"], memory::kg_resolve),
     (&["memory_note"], memory::note),
     (&["memory_query"], memory::query),
+    (&["generate_voice", "text_to_speech"], media::generate_voice),
+    (&["transcribe_audio", "speech_to_text"], media::transcribe_audio),
 ];
 
 /// Executes the node under the run's cursor.
