@@ -83,7 +83,7 @@ fn main() {
     let ours = median(times);
     println!("stt_bench: whisper base, {duration:.0} s clip, {threads} threads, median of {runs} after a warm-up");
     println!(
-        "  ours (candle, f32)        {ours:7.2} s   RTF {:.3}   load {load_s:.2} s   model RSS +{rss:.0} MiB (peak +{peak:.0})",
+        "  ours (candle)             {ours:7.2} s   RTF {:.3}   load {load_s:.2} s   model RSS +{rss:.0} MiB (peak +{peak:.0})",
         ours / duration
     );
     println!("  text: {}…", text.chars().take(120).collect::<String>());

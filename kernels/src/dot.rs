@@ -20,13 +20,19 @@ pub fn f32_scalar(x: &[f32], y: &[f32]) -> f32 {
     x.iter().zip(y).map(|(a, b)| a * b).sum()
 }
 
+/// f16 weights (as stored: whisper's CTranslate2 F16) against f32 activations. Widening f16 is
+/// exact, so this is the f32 dot product of the same values; only the summation order is ours.
+pub fn f16_f32_scalar(w: &[half::f16], x: &[f32]) -> f32 {
+    w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
         let s = _mm_add_ps(lo, hi);
@@ -178,6 +184,65 @@ mod avx2 {
             sum
         }
     }
+}
+
+/// f16 × f32 with F16C: 16 values a step in two lanes of eight. The one-row and four-row forms
+/// sum in the same order, so a row's result does not depend on how many rows are batched.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+mod f16c {
+    use super::avx2::hsum;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// Eight f16 at `w` widened to f32.
+    #[inline(always)]
+    unsafe fn load(w: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i))
+    }
+
+    pub fn dot_rows<const R: usize>(w: &[f16], x: [&[f32]; R]) -> [f32; R] {
+        let n = x.iter().fold(w.len(), |m, r| m.min(r.len()));
+        // SAFETY: compiled only with AVX2/FMA/F16C enabled; every load reads 8 values at an index
+        // + 8 <= n (the tail is scalar); f16 is a plain u16.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let mut i = 0;
+            while i + 16 <= n {
+                let w0 = load(w.as_ptr().add(i));
+                let w1 = load(w.as_ptr().add(i + 8));
+                for (a, xr) in acc.iter_mut().zip(x.iter()) {
+                    a[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr.as_ptr().add(i)), a[0]);
+                    a[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr.as_ptr().add(i + 8)), a[1]);
+                }
+                i += 16;
+            }
+            std::array::from_fn(|r| {
+                let mut sum = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+                for j in i..n {
+                    sum += w[j].to_f32() * x[r][j];
+                }
+                sum
+            })
+        }
+    }
+}
+
+/// One f16 weight row against one f32 activation row.
+#[inline]
+pub fn f16_f32_dot(w: &[half::f16], x: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    return f16c::dot_rows::<1>(w, [x])[0];
+    #[allow(unreachable_code)]
+    f16_f32_scalar(w, x)
+}
+
+/// One f16 weight row against four activation rows (each as `f16_f32_dot` gives it alone).
+#[inline]
+pub fn f16_f32_dot_x4(w: &[half::f16], x: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    return f16c::dot_rows::<4>(w, x);
+    #[allow(unreachable_code)]
+    x.map(|x| f16_f32_scalar(w, x))
 }
 
 /// Activation block scales converted to f32 once per matmul (f16 → f32 is exact, so this

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg(x: f32) -> f32 {
     // x ≤ 0 here (−z²); below −87 the result underflows to 0 anyway.
     let x = x.max(-87.0);
     let n = (x * std::f32::consts::LOG2_E).round();

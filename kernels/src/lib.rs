@@ -10,6 +10,7 @@ pub mod attn;
 pub mod blocks;
 pub mod conv1d;
 pub mod conv_transpose1d;
+pub mod dense_attention;
 pub mod dot;
 pub mod dot_k;
 pub mod gelu;

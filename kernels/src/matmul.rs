@@ -17,6 +17,8 @@ use crate::kquants::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QType {
     F32,
+    /// IEEE half, one value a block (dense f16 weights kept as stored, widened in the dot).
+    F16,
     Q4_0,
     Q4_1,
     Q5_0,
@@ -30,7 +32,7 @@ impl QType {
     /// Values per block.
     pub fn block(self) -> usize {
         match self {
-            QType::F32 => 1,
+            QType::F32 | QType::F16 => 1,
             QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q8_0 => QK,
             QType::Q4K | QType::Q5K | QType::Q6K => QK_K,
         }
@@ -40,6 +42,7 @@ impl QType {
     pub fn block_bytes(self) -> usize {
         match self {
             QType::F32 => 4,
+            QType::F16 => 2,
             QType::Q4_0 => std::mem::size_of::<BlockQ4_0>(),
             QType::Q4_1 => std::mem::size_of::<BlockQ4_1>(),
             QType::Q5_0 => std::mem::size_of::<BlockQ5_0>(),
@@ -62,7 +65,7 @@ impl QType {
     /// The activation format its dot product takes.
     fn acts(self) -> ActKind {
         match self {
-            QType::F32 => ActKind::F32,
+            QType::F32 | QType::F16 => ActKind::F32,
             QType::Q4_1 => ActKind::Q8_1,
             QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => ActKind::Q8_0,
             QType::Q4K => ActKind::Q8KRepacked,
@@ -215,6 +218,7 @@ impl QMatrix {
         let rg = r * bpr..(r + 1) * bpr;
         match self.qtype {
             QType::F32 => out.copy_from_slice(&self.blocks::<f32>()[rg]),
+            QType::F16 => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&self.blocks::<f16>()[rg], out),
             QType::Q4_0 => dequantize_q4_0(&self.blocks()[rg], out),
             QType::Q4_1 => dequantize_q4_1(&self.blocks()[rg], out),
             QType::Q5_0 => dequantize_q5_0(&self.blocks()[rg], out),
@@ -639,6 +643,9 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
                 // Four activation rows per pass over the weight row (bit-identical per row).
                 while i + 4 <= i1 {
                     let vals = match (w.qtype, acts) {
+                        (QType::F16, Acts::F32(a)) => {
+                            dot::f16_f32_dot_x4(&w.blocks()[wr.clone()], std::array::from_fn(|r| &a[blocks(i + r)]))
+                        }
                         (QType::Q4_1, Acts::Q8_1(a, sc)) => dot::q4_1_q8_1_x4(
                             &w.blocks()[wr.clone()],
                             std::array::from_fn(|r| &a[blocks(i + r)]),
@@ -665,6 +672,7 @@ pub fn matmul_many(ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]], groups: 
                 for i in i..i1 {
                     let v = match (w.qtype, acts) {
                         (QType::F32, Acts::F32(a)) => dot::f32_dot(&w.blocks::<f32>()[j * k..(j + 1) * k], &a[i * k..(i + 1) * k]),
+                        (QType::F16, Acts::F32(a)) => dot::f16_f32_dot(&w.blocks()[wr.clone()], &a[blocks(i)]),
                         (QType::Q4_1, Acts::Q8_1(a, sc)) => dot::q4_1_q8_1(&w.blocks()[wr.clone()], &a[blocks(i)], sc.row(blocks(i))),
                         (QType::Q8_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ8_0, 1>(w, wr.clone(), a, sc, i, &blocks)[0],
                         (QType::Q4_0, Acts::Q8_0(a, sc, _)) => q0::<BlockQ4_0, 1>(w, wr.clone(), a, sc, i, &blocks)[0],
@@ -726,7 +734,13 @@ mod tests {
             })
             .collect();
         let f32_bytes: Vec<u8> = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
-        for (t, bytes) in [(QType::F32, &f32_bytes), (QType::Q8_0, &q8_bytes), (QType::Q4_1, &q41)] {
+        let f16_bytes: Vec<u8> = wf.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        for (t, bytes) in [
+            (QType::F32, &f32_bytes),
+            (QType::F16, &f16_bytes),
+            (QType::Q8_0, &q8_bytes),
+            (QType::Q4_1, &q41),
+        ] {
             let w = QMatrix::from_bytes(t, n, k, bytes).expect("sizes");
             for m in [1usize, 3, 8] {
                 let x: Vec<f32> = (0..m * k).map(|_| r.gen_range(-1.0f32..1.0)).collect();
@@ -737,7 +751,8 @@ mod tests {
                     w.row_f32(j, &mut row);
                     for i in 0..m {
                         let exact = dot::f32_scalar(&row, &x[i * k..(i + 1) * k]);
-                        let tol = if t == QType::F32 { 1e-4 } else { 0.05 };
+                        // f16 weights are widened exactly: the same sum as f32 up to its order.
+                        let tol = if matches!(t, QType::F32 | QType::F16) { 1e-4 } else { 0.05 };
                         assert!(
                             (out[i * n + j] - exact).abs() < tol,
                             "{t:?} m={m} ({i},{j}): {} vs {exact}",

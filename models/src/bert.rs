@@ -8,7 +8,9 @@
 //! Weight names are Hugging Face's (`embeddings.*`, `encoder.layer.N.*`, optionally under
 //! `bert.`); the query, key and value projections are fused into one matrix at load.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+use crate::row_linear::RowLinear;
 use candle_nn::{layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 
 /// `hidden_act` values this forward runs.
@@ -60,60 +62,17 @@ impl BertShape {
     }
 }
 
-/// Inputs of at most this many tokens go through the row-dot kernel on the CPU.
+/// Inputs of at most this many tokens go through the row-dot kernel on the CPU (candle's `gemm`
+/// repacks the whole weight matrix on every call, most of a short input's time); larger inputs
+/// keep `gemm`'s register-blocked kernel.
 const SMALL_TOKENS: usize = 32;
 
-/// A linear layer. On the CPU, few rows (a short sentence, a small batch) go through
-/// `kernels::matmul`, which reads each weight row once and dots it with every input row:
-/// candle's `gemm` repacks the whole weight matrix on every call, which is most of a short
-/// input's time. Larger inputs keep `gemm`'s register-blocked kernel.
-struct Dense {
-    lin: Linear,
-    rows: Option<(abstractgateway_kernels::matmul::QMatrix, Vec<f32>)>,
-}
-
-impl Dense {
-    fn new(lin: Linear) -> Result<Dense> {
-        let rows = match lin.weight().device() {
-            Device::Cpu => {
-                let (n, k) = lin.weight().dims2()?;
-                let w: Vec<f32> = lin.weight().flatten_all()?.to_vec1()?;
-                let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let bias = match lin.bias() {
-                    Some(b) => b.to_vec1()?,
-                    None => vec![0.0; n],
-                };
-                abstractgateway_kernels::matmul::QMatrix::from_bytes(abstractgateway_kernels::matmul::QType::F32, n, k, &bytes)
-                    .map(|q| (q, bias))
-            }
-            _ => None,
-        };
-        Ok(Dense { lin, rows })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.rows {
-            Some((w, bias)) if x.dim(0)? <= SMALL_TOKENS => {
-                let m = x.dim(0)?;
-                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                let mut out = vec![0f32; m * w.rows];
-                abstractgateway_kernels::matmul::matmul(w, &xs, &mut out);
-                for row in out.chunks_exact_mut(w.rows) {
-                    row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-                }
-                Tensor::from_vec(out, (m, w.rows), x.device())
-            }
-            _ => self.lin.forward(x),
-        }
-    }
-}
-
 struct Layer {
-    qkv: Dense,
-    out: Dense,
+    qkv: RowLinear,
+    out: RowLinear,
     ln1: LayerNorm,
-    up: Dense,
-    down: Dense,
+    up: RowLinear,
+    down: RowLinear,
     ln2: LayerNorm,
 }
 
@@ -127,31 +86,9 @@ pub struct PackedBert {
     device: Device,
 }
 
-/// The exact GELU on the CPU through `abstractgateway_kernels::gelu` (vectorised erf).
-struct FastGeluErf;
-
-impl CustomOp1 for FastGeluErf {
-    fn name(&self) -> &'static str {
-        "fast-gelu-erf"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("fast-gelu-erf: f32 only")
-        };
-        let mut out: Vec<f32> = match layout.contiguous_offsets() {
-            Some((a, b)) => data[a..b].to_vec(),
-            None => candle_core::bail!("fast-gelu-erf: contiguous input only"),
-        };
-        abstractgateway_kernels::gelu::gelu_erf_inplace(&mut out);
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
 fn act(x: &Tensor, a: Act) -> Result<Tensor> {
     match a {
-        Act::GeluErf if x.device().is_cpu() && x.dtype() == DType::F32 => x.contiguous()?.apply_op1_no_bwd(&FastGeluErf),
-        Act::GeluErf => x.gelu_erf(),
+        Act::GeluErf => crate::row_linear::gelu_erf(x),
         Act::GeluTanh => x.gelu(),
         Act::Relu => x.relu(),
     }
@@ -225,11 +162,11 @@ impl PackedBert {
             let (q, k, v) = (part("query")?, part("key")?, part("value")?);
             let qkv = Linear::new(Tensor::cat(&[&q.0, &k.0, &v.0], 0)?, Some(Tensor::cat(&[&q.1, &k.1, &v.1], 0)?));
             layers.push(Layer {
-                qkv: Dense::new(qkv)?,
-                out: Dense::new(linear(h, h, l.pp("attention.output.dense"))?)?,
+                qkv: RowLinear::new(qkv, SMALL_TOKENS)?,
+                out: RowLinear::new(linear(h, h, l.pp("attention.output.dense"))?, SMALL_TOKENS)?,
                 ln1: layer_norm(h, shape.eps, l.pp("attention.output.LayerNorm"))?,
-                up: Dense::new(linear(h, shape.intermediate, l.pp("intermediate.dense"))?)?,
-                down: Dense::new(linear(shape.intermediate, h, l.pp("output.dense"))?)?,
+                up: RowLinear::new(linear(h, shape.intermediate, l.pp("intermediate.dense"))?, SMALL_TOKENS)?,
+                down: RowLinear::new(linear(shape.intermediate, h, l.pp("output.dense"))?, SMALL_TOKENS)?,
                 ln2: layer_norm(h, shape.eps, l.pp("output.LayerNorm"))?,
             });
         }

@@ -13,6 +13,7 @@ pub mod llama;
 pub mod paged_attention;
 pub mod paged_kv;
 pub mod piper;
+pub mod row_linear;
 pub mod source;
 pub mod spm;
 pub mod tokenizer;
