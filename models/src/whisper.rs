@@ -438,22 +438,11 @@ impl Whisper {
                 self.cfg.max_target_positions
             )));
         }
-        if st.rows.is_some() {
+        // On the CPU (the embedding kept as rows) every step is the row decoder's.
+        let TokenEmbedding::Candle(emb) = &self.emb else {
             return self.step_rows(st, tokens);
-        }
-        let x = match &self.emb {
-            TokenEmbedding::Candle(e) => e.forward(&Tensor::new(tokens, &self.device)?.unsqueeze(0)?)?,
-            TokenEmbedding::Rows(w) => {
-                let mut rows = vec![0f32; n * w.cols];
-                for (t, r) in tokens.iter().zip(rows.chunks_exact_mut(w.cols)) {
-                    if *t as usize >= w.rows {
-                        return Err(ModelError::Unsupported(format!("token id {t} is past the vocabulary")));
-                    }
-                    w.row_f32(*t as usize, r);
-                }
-                Tensor::from_vec(rows, (1, n, w.cols), &self.device)?
-            }
         };
+        let x = emb.forward(&Tensor::new(tokens, &self.device)?.unsqueeze(0)?)?;
         let mut x = x.broadcast_add(&self.dec_pos.narrow(0, st.len, n)?)?;
         // Causal over the new positions; every new position sees all the past ones.
         let past = st.len;
@@ -482,20 +471,9 @@ impl Whisper {
         }
         st.len += n;
         let last = self.dec_ln.forward(&x.i((.., n - 1..n, ..))?)?;
-        match &self.emb {
-            // The output projection is the token embedding: [vocab, d] × [d, 1], so the big
-            // matrix is read row by row as stored (its transpose on the right is a strided slow
-            // path).
-            TokenEmbedding::Candle(e) => {
-                let logits = e.embeddings().matmul(&last.squeeze(0)?.t()?)?;
-                Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-            }
-            TokenEmbedding::Rows(w) => {
-                let x: Vec<f32> = last.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                let mut logits = vec![0f32; w.rows];
-                matmul(w, &x, &mut logits);
-                Ok(logits)
-            }
-        }
+        // The output projection is the token embedding: [vocab, d] × [d, 1], so the big matrix
+        // is read row by row as stored (its transpose on the right is a strided slow path).
+        let logits = emb.embeddings().matmul(&last.squeeze(0)?.t()?)?;
+        Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
 }
